@@ -1,0 +1,55 @@
+# Finds Python, pybind11 and torch from the interpreter that runs the build, so the extension
+# is built against the torch that is already installed (never a torch fetched by an isolated build).
+#
+# Defines the imported target prunekit::torch and PRUNEKIT_TORCH_VERSION, PRUNEKIT_TORCH_CUDA.
+function(prunekit_find_torch)
+  find_package(Python 3.9 REQUIRED COMPONENTS Interpreter Development.Module)
+  execute_process(
+    COMMAND ${Python_EXECUTABLE} -c
+      "import torch, pybind11; print(torch.__version__); print(torch.version.cuda or ''); print(torch.utils.cmake_prefix_path); print(pybind11.get_cmake_dir()); print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"
+    OUTPUT_VARIABLE probe
+    RESULT_VARIABLE probe_status
+    OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT probe_status EQUAL 0)
+    message(FATAL_ERROR "prunekit needs torch and pybind11 importable from ${Python_EXECUTABLE}. "
+                        "Install torch first (pip install torch==2.13.0) and build with "
+                        "--no-build-isolation.")
+  endif()
+  string(REPLACE "\n" ";" probe "${probe}")
+  list(GET probe 0 torch_version)
+  list(GET probe 1 torch_cuda)
+  list(GET probe 2 torch_prefix)
+  list(GET probe 3 pybind11_dir)
+  list(GET probe 4 cxx11_abi)
+  set(PRUNEKIT_TORCH_VERSION "${torch_version}" PARENT_SCOPE)
+  if(torch_cuda)
+    set(PRUNEKIT_TORCH_CUDA ON PARENT_SCOPE)
+  else()
+    set(PRUNEKIT_TORCH_CUDA OFF PARENT_SCOPE)
+  endif()
+
+  set(pybind11_DIR "${pybind11_dir}")
+  find_package(pybind11 CONFIG REQUIRED)
+
+  # The headers and libraries of the installed torch. torch's own CMake config is avoided on
+  # purpose: for CPU builds it only adds MKL/Kineto probing noise, and it is not needed to link an
+  # op library (libtorch_python is not needed either: no tensors cross pybind11).
+  get_filename_component(torch_root "${torch_prefix}/../.." ABSOLUTE)
+  find_library(PRUNEKIT_LIBTORCH torch PATHS "${torch_root}/lib" NO_DEFAULT_PATH REQUIRED)
+  find_library(PRUNEKIT_LIBTORCH_CPU torch_cpu PATHS "${torch_root}/lib" NO_DEFAULT_PATH REQUIRED)
+  find_library(PRUNEKIT_LIBC10 c10 PATHS "${torch_root}/lib" NO_DEFAULT_PATH REQUIRED)
+  add_library(prunekit_torch INTERFACE)
+  add_library(prunekit::torch ALIAS prunekit_torch)
+  target_include_directories(prunekit_torch SYSTEM INTERFACE
+      "${torch_root}/include" "${torch_root}/include/torch/csrc/api/include")
+  target_link_libraries(prunekit_torch INTERFACE
+      ${PRUNEKIT_LIBTORCH} ${PRUNEKIT_LIBTORCH_CPU} ${PRUNEKIT_LIBC10})
+  target_compile_definitions(prunekit_torch INTERFACE
+      _GLIBCXX_USE_CXX11_ABI=${cxx11_abi} TORCH_EXTENSION_NAME=_C)
+  if(torch_cuda)
+    find_library(PRUNEKIT_LIBTORCH_CUDA torch_cuda PATHS "${torch_root}/lib" NO_DEFAULT_PATH REQUIRED)
+    find_library(PRUNEKIT_LIBC10_CUDA c10_cuda PATHS "${torch_root}/lib" NO_DEFAULT_PATH REQUIRED)
+    target_link_libraries(prunekit_torch INTERFACE ${PRUNEKIT_LIBTORCH_CUDA} ${PRUNEKIT_LIBC10_CUDA})
+    target_compile_definitions(prunekit_torch INTERFACE USE_CUDA)
+  endif()
+endfunction()

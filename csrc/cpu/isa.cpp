@@ -1,0 +1,80 @@
+#include "prunekit/isa.h"
+
+#include <algorithm>
+#include <cstddef>
+
+namespace prunekit::cpu {
+namespace {
+
+// Order from least to most capable; a CPU that runs one runs every variant before it on its arch.
+const std::vector<std::string>& ladder() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const std::vector<std::string> order{"scalar", "avx2", "avx512"};
+#elif defined(__aarch64__)
+  static const std::vector<std::string> order{"scalar", "neon"};
+#else
+  static const std::vector<std::string> order{"scalar"};
+#endif
+  return order;
+}
+
+}  // namespace
+
+std::vector<std::string> compiled_isas() {
+  // Grows as kernel variants are added (PRUNEKIT_HAVE_<ISA> comes from CMake per variant built).
+  std::vector<std::string> isas{"scalar"};
+#if defined(PRUNEKIT_HAVE_AVX2)
+  isas.push_back("avx2");
+#endif
+#if defined(PRUNEKIT_HAVE_AVX512)
+  isas.push_back("avx512");
+#endif
+#if defined(PRUNEKIT_HAVE_NEON)
+  isas.push_back("neon");
+#endif
+  return isas;
+}
+
+std::string detected_isa() {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl"))
+    return "avx512";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+  return "scalar";
+#elif defined(__aarch64__)
+  return "neon";  // Advanced SIMD is mandatory on AArch64.
+#else
+  return "scalar";
+#endif
+}
+
+std::vector<std::string> detected_features() {
+  std::vector<std::string> features;
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) features.push_back("avx2");
+  if (__builtin_cpu_supports("fma")) features.push_back("fma");
+  if (__builtin_cpu_supports("avx512f")) features.push_back("avx512f");
+  if (__builtin_cpu_supports("avx512bw")) features.push_back("avx512bw");
+  if (__builtin_cpu_supports("avx512vl")) features.push_back("avx512vl");
+  if (__builtin_cpu_supports("avx512vnni")) features.push_back("avx512_vnni");
+  if (__builtin_cpu_supports("avx512bf16")) features.push_back("avx512_bf16");
+#elif defined(__aarch64__)
+  features.push_back("neon");
+#endif
+  return features;
+}
+
+std::string selected_isa() {
+  const auto compiled = compiled_isas();
+  const auto& order = ladder();
+  const auto detected = std::find(order.begin(), order.end(), detected_isa()) - order.begin();
+  for (auto i = std::min<std::ptrdiff_t>(detected, std::ptrdiff_t(order.size()) - 1); i >= 0; --i) {
+    if (std::find(compiled.begin(), compiled.end(), order[i]) != compiled.end()) return order[i];
+  }
+  return "scalar";
+}
+
+}  // namespace prunekit::cpu

@@ -1,0 +1,19 @@
+// CPU instruction-set variants: which were compiled in, what this CPU supports, which is used.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace prunekit::cpu {
+
+// Variants with at least one kernel compiled in, best last (e.g. {"scalar"}).
+std::vector<std::string> compiled_isas();
+// Best variant this CPU can run, whether or not kernels for it were compiled: "avx512", "avx2",
+// "neon" or "scalar".
+std::string detected_isa();
+// CPU features seen at run time that kernels may use (e.g. "avx512_bf16", "avx512_vnni").
+std::vector<std::string> detected_features();
+// The variant the kernel selector uses: the best compiled one the CPU supports.
+std::string selected_isa();
+
+}  // namespace prunekit::cpu

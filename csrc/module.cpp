@@ -1,0 +1,44 @@
+// The Python extension module prunekit._C: loading it registers every op (TORCH_LIBRARY in
+// registration.cpp and the backend impls); pybind11 carries the small non-tensor helpers.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "prunekit/isa.h"
+
+#ifndef PRUNEKIT_VERSION
+#error "PRUNEKIT_VERSION must be defined by the build"
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = PRUNEKIT_VERSION;
+  info["torch_version"] = PRUNEKIT_TORCH_VERSION;
+  info["cuda_built"] = bool(PRUNEKIT_WITH_CUDA);
+  std::vector<std::string> archs;
+  std::string arch_list = PRUNEKIT_CUDA_ARCHS;
+  for (size_t start = 0; start < arch_list.size();) {
+    size_t end = arch_list.find(';', start);
+    if (end == std::string::npos) end = arch_list.size();
+    if (end > start) archs.push_back(arch_list.substr(start, end - start));
+    start = end + 1;
+  }
+  info["cuda_archs"] = archs;
+  info["cpu_isas_compiled"] = prunekit::cpu::compiled_isas();
+  info["cpu_isa_detected"] = prunekit::cpu::detected_isa();
+  info["cpu_isa_selected"] = prunekit::cpu::selected_isa();
+  info["cpu_features"] = prunekit::cpu::detected_features();
+  info["compiler"] = PRUNEKIT_COMPILER;
+  info["build_type"] = PRUNEKIT_BUILD_TYPE;
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "prunekit native extension: registers torch.ops.prunekit.* and exposes build_info()";
+  m.def("build_info", &build_info, "What this build of prunekit contains.");
+}

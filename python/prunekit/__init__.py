@@ -1,0 +1,46 @@
+"""prunekit: prune PyTorch models and run the pruned models faster.
+
+Importing prunekit loads its native extension, which registers the ``torch.ops.prunekit.*`` ops.
+A missing or broken extension is an error here, never a silent fallback to slower code.
+"""
+
+import torch
+
+try:
+    from . import _C
+except ImportError as error:  # pragma: no cover - exercised only by broken installs
+    raise ImportError(
+        "prunekit's native extension (prunekit._C) failed to load: "
+        f"{error}. Rebuild it against the installed torch {torch.__version__}: "
+        "pip install --no-build-isolation -e . (see README.md)"
+    ) from error
+
+
+def build_info() -> dict:
+    """What this build contains.
+
+    Returns a dict with the package ``version``, the ``torch_version`` it was built against,
+    ``cuda_built`` and ``cuda_archs``, the CPU ISA variants compiled in (``cpu_isas_compiled``),
+    the best one this CPU supports (``cpu_isa_detected``) and the one the kernels use
+    (``cpu_isa_selected``), the CPU features seen at run time, the compiler and build type.
+    """
+    info = dict(_C.build_info())
+    info["torch_runtime_version"] = torch.__version__
+    return info
+
+
+def _check_torch_matches_build() -> None:
+    built = _C.build_info()["torch_version"]
+    if built.split("+")[0] != torch.__version__.split("+")[0]:
+        raise ImportError(
+            f"prunekit was built against torch {built} but torch {torch.__version__} is installed; "
+            "C++ extensions need the same torch. Rebuild: pip install --no-build-isolation -e ."
+        )
+
+
+_check_torch_matches_build()
+
+from . import formats, ops  # noqa: E402  (registers the fake impls once _C has defined the ops)
+
+__version__ = _C.build_info()["version"]
+__all__ = ["build_info", "formats", "ops", "__version__"]

@@ -1,0 +1,49 @@
+"""Fake (meta) impls: output shapes and dtypes of every op, so torch.compile can trace them.
+
+Shape rules that do not depend on data are checked here too, with the same messages as the
+kernels; data-dependent checks (finite scores, at most two nonzeros per group) happen at run time.
+"""
+
+import torch
+
+from ..formats.semi24 import semi24_layout
+
+
+def _check_multiple(value: int, multiple: int, op: str, what: str) -> None:
+    torch._check(
+        value % multiple == 0,
+        lambda: f"prunekit.{op}: {what} must be a multiple of {multiple}, but got {value}",
+    )
+
+
+@torch.library.register_fake("prunekit::nm_mask")
+def _nm_mask_fake(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    torch._check(m >= 1, lambda: f"prunekit.nm_mask: argument 'm' must be >= 1, but got {m}")
+    torch._check(
+        0 <= n <= m, lambda: f"prunekit.nm_mask: argument 'n' must be in [0, m={m}], but got {n}"
+    )
+    return torch.empty_like(scores, dtype=torch.bool)
+
+
+@torch.library.register_fake("prunekit::compress_24")
+def _compress_24_fake(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    layout = semi24_layout(dense.dtype)
+    rows, cols = dense.shape
+    _check_multiple(rows, layout.row_alignment, "compress_24", "the number of rows of 'dense'")
+    _check_multiple(cols, layout.col_alignment, "compress_24", "the number of columns of 'dense'")
+    values = dense.new_empty(layout.values_shape(rows, cols))
+    meta = dense.new_empty(layout.meta_shape(rows, cols), dtype=layout.meta_dtype)
+    return values, meta
+
+
+@torch.library.register_fake("prunekit::decompress_24")
+def _decompress_24_fake(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    layout = semi24_layout(values.dtype)
+    rows, cols = values.shape[0], 2 * values.shape[1]
+    expected = layout.meta_shape(rows, cols)
+    torch._check(
+        tuple(meta.shape) == expected,
+        lambda: f"prunekit.decompress_24: argument 'meta' must have shape {list(expected)}, "
+        f"but got {list(meta.shape)}",
+    )
+    return values.new_empty((rows, cols))
