@@ -53,3 +53,35 @@ function(prunekit_find_torch)
     target_compile_definitions(prunekit_torch INTERFACE USE_CUDA)
   endif()
 endfunction()
+
+# KERNELS_ONLY helper: an object library compiling csrc/cuda/*.cu against the headers of whatever
+# torch is importable (a CPU wheel ships the c10/ATen CUDA headers but not the one generated
+# macro header, which is supplied here). Skipped with a message when torch is not importable.
+function(prunekit_add_cuda_glue_check)
+  find_package(Python 3.9 REQUIRED COMPONENTS Interpreter)
+  execute_process(
+    COMMAND ${Python_EXECUTABLE} -c
+      "import os, torch; print(os.path.dirname(torch.__file__)); print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"
+    OUTPUT_VARIABLE probe RESULT_VARIABLE probe_status OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+  if(NOT probe_status EQUAL 0)
+    message(STATUS "prunekit: torch not importable; the CUDA glue compile check is skipped")
+    return()
+  endif()
+  string(REPLACE "\n" ";" probe "${probe}")
+  list(GET probe 0 torch_root)
+  list(GET probe 1 cxx11_abi)
+  set(stub_dir "${CMAKE_CURRENT_BINARY_DIR}/glue_check_include")
+  if(NOT EXISTS "${torch_root}/include/c10/cuda/impl/cuda_cmake_macros.h")
+    file(WRITE "${stub_dir}/c10/cuda/impl/cuda_cmake_macros.h"
+         "#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+  endif()
+  file(GLOB glue_sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu)
+  add_library(prunekit_cuda_glue_check OBJECT ${glue_sources})
+  prunekit_configure_cuda_target(prunekit_cuda_glue_check)
+  target_include_directories(prunekit_cuda_glue_check SYSTEM PRIVATE
+      "${stub_dir}" "${torch_root}/include" "${torch_root}/include/torch/csrc/api/include")
+  string(REPLACE ";" "," arch_list "${CMAKE_CUDA_ARCHITECTURES}")
+  target_compile_definitions(prunekit_cuda_glue_check PRIVATE
+      _GLIBCXX_USE_CXX11_ABI=${cxx11_abi} PRUNEKIT_CUDA_ARCHS="${arch_list}")
+  message(STATUS "prunekit: compiling the CUDA glue against torch headers in ${torch_root}")
+endfunction()

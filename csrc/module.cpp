@@ -21,7 +21,7 @@ py::dict build_info() {
   std::vector<std::string> archs;
   std::string arch_list = PRUNEKIT_CUDA_ARCHS;
   for (size_t start = 0; start < arch_list.size();) {
-    size_t end = arch_list.find(';', start);
+    size_t end = arch_list.find(',', start);
     if (end == std::string::npos) end = arch_list.size();
     if (end > start) archs.push_back(arch_list.substr(start, end - start));
     start = end + 1;

@@ -1,7 +1,8 @@
 // Run-time check that this build holds kernels the current GPU can run, with a message that
 // names what was built when it does not.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
+#include <cuda_runtime_api.h>
 
 #include <cctype>
 #include <string>
@@ -34,10 +35,14 @@ bool arch_covers(const std::string& entry, int major, int minor) {
 }  // namespace
 
 void check_cuda_kernels_built_for_current_device(const char* op) {
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp properties{};
+  C10_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+  const cudaDeviceProp* prop = &properties;
   const std::string archs = PRUNEKIT_CUDA_ARCHS;
   for (size_t start = 0; start < archs.size();) {
-    size_t end = archs.find(';', start);
+    size_t end = archs.find(',', start);
     if (end == std::string::npos) end = archs.size();
     if (end > start && arch_covers(archs.substr(start, end - start), prop->major, prop->minor)) return;
     start = end + 1;

@@ -1,7 +1,8 @@
 // CUDA impls of the N:M mask and 2:4 format ops: the same checks as the CPU glue, then the
 // torch-free kernels of csrc/core/cuda on the current stream.
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "prunekit/cuda_entry.h"
@@ -40,7 +41,7 @@ at::Tensor nm_mask_cuda(const at::Tensor& scores, int64_t n, int64_t m) {
   at::Tensor error_index = new_error_index(scores);
   check_launch(cuda::nm_mask(scores.data_ptr(), score_type(scores.scalar_type()),
                              keep.data_ptr<bool>(), rows, k, n, m, error_ptr(error_index),
-                             at::cuda::getCurrentCUDAStream()),
+                             c10::cuda::getCurrentCUDAStream()),
                "nm_mask");
   const int64_t bad = read_error_index(error_index);
   TORCH_CHECK_VALUE(bad < 0, "prunekit.nm_mask: argument 'scores' must be finite, but entry ",
@@ -59,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cuda(const at::Tensor& dense) {
   const int64_t rows = dense.size(0), k = dense.size(1);
   check_launch(cuda::compress24(dense.data_ptr(), values.data_ptr(), meta.data_ptr(), rows, k,
                                 int(dense.element_size()), dense.is_floating_point(),
-                                error_ptr(error_index), at::cuda::getCurrentCUDAStream()),
+                                error_ptr(error_index), c10::cuda::getCurrentCUDAStream()),
                "compress_24");
   const int64_t bad = read_error_index(error_index);
   TORCH_CHECK_VALUE(bad < 0, too_many_nonzeros_message(bad / k, bad % k));
@@ -75,7 +76,7 @@ at::Tensor decompress_24_cuda(const at::Tensor& values, const at::Tensor& meta) 
   const int64_t rows = dense_shape[0], k = dense_shape[1];
   check_launch(cuda::decompress24(values.data_ptr(), meta.data_ptr(), dense.data_ptr(), rows, k,
                                   int(values.element_size()), error_ptr(error_index),
-                                  at::cuda::getCurrentCUDAStream()),
+                                  c10::cuda::getCurrentCUDAStream()),
                "decompress_24");
   const int64_t bad = read_error_index(error_index);
   TORCH_CHECK_VALUE(bad < 0, corrupt_meta_message(bad / k, bad % k));

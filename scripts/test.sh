@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up (scripts/setup.sh) and runs every test: the Python suite, the torch-free C++ kernel
+# tests under AddressSanitizer/UBSan, and, where nvcc exists, the KERNELS_ONLY CUDA compile.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3}
+bash scripts/setup.sh
+
+echo "== torch-free C++ kernel tests (ASan + UBSan)"
+cmake -S . -B build/core-asan -G Ninja -DPRUNEKIT_CORE_ONLY=ON -DCMAKE_BUILD_TYPE=Debug \
+  -DPRUNEKIT_SANITIZE=address,undefined >/dev/null
+cmake --build build/core-asan
+ctest --test-dir build/core-asan --output-on-failure
+
+if command -v nvcc >/dev/null; then
+  echo "== KERNELS_ONLY: CUDA kernels for sm_80 and sm_90a (no GPU needed)"
+  cmake -S . -B build/kernels-only -G Ninja -DPRUNEKIT_CUDA=KERNELS_ONLY -DPython_EXECUTABLE="$(command -v "$PYTHON")" >/dev/null
+  cmake --build build/kernels-only
+else
+  echo "== KERNELS_ONLY skipped: no nvcc on this machine"
+fi
+
+echo "== Python tests"
+"$PYTHON" -m pytest tests -q -p no:cacheprovider "$@"

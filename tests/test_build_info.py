@@ -1,0 +1,20 @@
+import torch
+
+import prunekit
+
+
+def test_build_info_describes_this_build():
+    info = prunekit.build_info()
+    assert info["version"] == prunekit.__version__
+    assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
+    assert isinstance(info["cuda_built"], bool)
+    assert isinstance(info["cuda_archs"], list)
+    assert info["cuda_built"] == bool(info["cuda_archs"])
+    assert "scalar" in info["cpu_isas_compiled"]
+    assert info["cpu_isa_selected"] in info["cpu_isas_compiled"]
+    assert info["cpu_isa_detected"] in ("scalar", "avx2", "avx512", "neon")
+
+
+def test_ops_are_registered_under_torch_ops():
+    for name in ("nm_mask", "compress_24", "decompress_24"):
+        assert hasattr(torch.ops.prunekit, name)
