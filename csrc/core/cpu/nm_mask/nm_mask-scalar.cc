@@ -14,10 +14,53 @@ namespace {
 // Groups up to this size are ranked by counting (m^2 compares, no scratch); larger ones sort.
 constexpr int64_t kMaxCountingGroup = 16;
 
-template <typename Load>
+// Rank counting with m known at compile time (2, 4, 8, 16: the common patterns): the pair loops
+// unroll and the group stays in registers.
+template <int M, typename Compute, typename Load>
+Status mask_rows_fixed(Load load, bool* keep, int64_t k, int64_t n, int64_t row_begin,
+                       int64_t row_end) {
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    for (int64_t start = 0; start < k; start += M) {
+      const int64_t base = row * k + start;
+      Compute group[M];
+      bool finite = true;
+      for (int i = 0; i < M; ++i) {
+        group[i] = load(base + i);
+        finite &= std::isfinite(group[i]);
+      }
+      if (!finite) {
+        for (int i = 0; i < M; ++i) {
+          if (!std::isfinite(group[i])) return Status{StatusCode::kNonFinite, row, start + i};
+        }
+      }
+      int rank[M] = {};
+      for (int i = 0; i < M; ++i) {
+        for (int j = i + 1; j < M; ++j) {
+          const bool j_wins = group[j] > group[i];
+          rank[i] += j_wins;
+          rank[j] += !j_wins;
+        }
+      }
+      for (int i = 0; i < M; ++i) keep[base + i] = rank[i] < n;
+    }
+  }
+  return Status{};
+}
+
+// Scores are compared as Compute (float for fp32/fp16/bf16, whose conversion to float is exact;
+// double for fp64).
+template <typename Compute, typename Load>
 Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t row_begin,
                  int64_t row_end) {
-  std::vector<double> group(m);
+  switch (m) {
+    case 2: return mask_rows_fixed<2, Compute>(load, keep, k, n, row_begin, row_end);
+    case 4: return mask_rows_fixed<4, Compute>(load, keep, k, n, row_begin, row_end);
+    case 8: return mask_rows_fixed<8, Compute>(load, keep, k, n, row_begin, row_end);
+    case 16: return mask_rows_fixed<16, Compute>(load, keep, k, n, row_begin, row_end);
+    default: break;
+  }
+  std::vector<Compute> group(m);
+  std::vector<int64_t> rank(m <= kMaxCountingGroup ? m : 0);
   std::vector<int64_t> order(m > kMaxCountingGroup ? m : 0);
   for (int64_t row = row_begin; row < row_end; ++row) {
     for (int64_t start = 0; start < k; start += m) {
@@ -28,13 +71,16 @@ Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t
       }
       bool* out = keep + base;
       if (m <= kMaxCountingGroup) {
+        // Each pair is compared once; the loser's rank grows (a tie goes to the lower index).
+        std::fill(rank.begin(), rank.end(), 0);
         for (int64_t i = 0; i < m; ++i) {
-          int64_t rank = 0;
-          for (int64_t j = 0; j < m; ++j) {
-            rank += group[j] > group[i] || (group[j] == group[i] && j < i);
+          for (int64_t j = i + 1; j < m; ++j) {
+            const bool j_wins = group[j] > group[i];
+            rank[i] += j_wins;
+            rank[j] += !j_wins;
           }
-          out[i] = rank < n;
         }
+        for (int64_t i = 0; i < m; ++i) out[i] = rank[i] < n;
       } else {
         std::iota(order.begin(), order.end(), int64_t{0});
         auto before = [&](int64_t a, int64_t b) {
@@ -56,20 +102,20 @@ Status nm_mask_rows_scalar(const void* scores, ScoreType type, bool* keep, int64
   switch (type) {
     case ScoreType::kFloat32: {
       const float* p = static_cast<const float*>(scores);
-      return mask_rows([p](int64_t i) { return double(p[i]); }, keep, k, n, m, row_begin, row_end);
+      return mask_rows<float>([p](int64_t i) { return p[i]; }, keep, k, n, m, row_begin, row_end);
     }
     case ScoreType::kFloat64: {
       const double* p = static_cast<const double*>(scores);
-      return mask_rows([p](int64_t i) { return p[i]; }, keep, k, n, m, row_begin, row_end);
+      return mask_rows<double>([p](int64_t i) { return p[i]; }, keep, k, n, m, row_begin, row_end);
     }
     case ScoreType::kFloat16: {
       const uint16_t* p = static_cast<const uint16_t*>(scores);
-      return mask_rows([p](int64_t i) { return double(fp16_to_float(p[i])); }, keep, k, n, m,
+      return mask_rows<float>([p](int64_t i) { return fp16_to_float(p[i]); }, keep, k, n, m,
                        row_begin, row_end);
     }
     case ScoreType::kBFloat16: {
       const uint16_t* p = static_cast<const uint16_t*>(scores);
-      return mask_rows([p](int64_t i) { return double(bf16_to_float(p[i])); }, keep, k, n, m,
+      return mask_rows<float>([p](int64_t i) { return bf16_to_float(p[i]); }, keep, k, n, m,
                        row_begin, row_end);
     }
   }
