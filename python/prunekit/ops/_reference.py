@@ -104,3 +104,50 @@ def decompress_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     dense.scatter_(2, idx0.unsqueeze(-1), pairs[..., :1])
     dense.scatter_(2, idx1.unsqueeze(-1), pairs[..., 1:])
     return dense.reshape(rows, cols)
+
+
+def sparsegpt_solve_(
+    weight: torch.Tensor, hinv: torch.Tensor, sparsity: float, n: int, m: int, blocksize: int
+) -> torch.Tensor:
+    """SparseGPT's blocked OBS column updates, as a per-column Python loop (the public reference
+    implementation's structure), in place on fp32 ``weight`` (rows, cols).
+
+    ``hinv`` is the upper Cholesky factor of the damped inverse Hessian. Unstructured (m == 0):
+    each block of ``blocksize`` columns prunes, from scores w^2 / hinv_ii^2 taken at the block's
+    start, exactly the entries that bring the running total to round(sparsity * rows * cols_done)
+    (smallest first, ties by lower flat index). N:M (m > 0): at every m-th column, the n largest
+    scores of the next m columns of each row, computed on the updated weights, are kept (ties keep
+    the lower index). Returns the keep-mask.
+    """
+    rows, cols = weight.shape
+    keep = torch.ones(rows, cols, dtype=torch.bool, device=weight.device)
+    pruned_so_far = 0
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        w1 = weight[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        diag = torch.diagonal(hinv1)
+        keep1 = torch.ones_like(w1, dtype=torch.bool)
+        if m == 0:
+            target = round(sparsity * rows * i2)
+            prune_count = target - pruned_so_far
+            pruned_so_far = target
+            scores = (w1 / diag).square().flatten()
+            order = torch.sort(scores, stable=True).indices
+            keep1.view(-1)[order[:prune_count]] = False
+        for i in range(count):
+            if m > 0 and i % m == 0:
+                scores = (w1[:, i : i + m] / diag[i : i + m]).square()
+                keep1[:, i : i + m] = nm_mask(scores, n, m)
+            w = w1[:, i]
+            q = torch.where(keep1[:, i], w, torch.zeros_like(w))
+            err = (w - q) / diag[i]
+            w1[:, i:] -= err.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            w1[:, i] = q
+            err1[:, i] = err
+        weight[:, i1:i2] = w1
+        weight[:, i2:] -= err1.matmul(hinv[i1:i2, i2:])
+        keep[:, i1:i2] = keep1
+    return keep

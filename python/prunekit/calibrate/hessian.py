@@ -1,0 +1,79 @@
+"""Running layer Hessians H = 2/n * sum_i x_i x_i^T for Linear and Conv2d inputs."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class HessianAccumulator:
+    """Accumulates the Hessian of a Linear or Conv2d layer's reconstruction loss from its inputs.
+
+    H = 2/n * sum over the n input rows x (tokens for Linear, unfolded patches for Conv2d) of
+    x x^T, kept as a running mean: each batch rescales the accumulator by n_old / n_new and adds
+    2/n_new * X^T X (one fused ``prunekit::hessian_accumulate_`` call), so no activations are
+    stored. ``dtype`` is the accumulator's (fp32 default, fp64 for very long calibration); inputs
+    of any float dtype are upcast batch by batch.
+
+    Use ``add(x)`` directly, or ``attach(module)`` to feed it from a forward hook.
+    """
+
+    def __init__(self, module_or_features, *, dtype: torch.dtype = torch.float32, device=None,
+                 max_rows_per_step: int = 8192):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"HessianAccumulator: dtype must be float32 or float64, but got {dtype}")
+        self.module = module_or_features if isinstance(module_or_features, nn.Module) else None
+        if self.module is None:
+            features = int(module_or_features)
+        elif isinstance(self.module, nn.Linear):
+            features = self.module.in_features
+        elif isinstance(self.module, nn.Conv2d):
+            if self.module.groups != 1:
+                raise ValueError("HessianAccumulator: grouped Conv2d (groups != 1) is not supported")
+            kh, kw = self.module.kernel_size
+            features = self.module.in_channels * kh * kw
+        else:
+            raise ValueError(f"HessianAccumulator: expected nn.Linear, nn.Conv2d or a feature count, "
+                             f"but got {type(self.module).__name__}")
+        if device is None and self.module is not None:
+            device = self.module.weight.device
+        self.features = features
+        self.hessian = torch.zeros(features, features, dtype=dtype, device=device)
+        self.n_samples = 0
+        self.max_rows_per_step = max_rows_per_step
+        self._handle = None
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as (rows, features): tokens for Linear, unfolded patches for Conv2d."""
+        if isinstance(self.module, nn.Conv2d):
+            conv = self.module
+            if x.dim() == 3:
+                x = x.unsqueeze(0)
+            patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+                               stride=conv.stride)  # (batch, features, positions)
+            return patches.transpose(1, 2).reshape(-1, self.features)
+        if x.shape[-1] != self.features:
+            raise ValueError(f"HessianAccumulator: input must have {self.features} features in its last "
+                             f"dim, but got shape {tuple(x.shape)}")
+        return x.reshape(-1, self.features)
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        """Adds a batch of layer inputs."""
+        rows = self._rows(x.detach())
+        for start in range(0, rows.shape[0], self.max_rows_per_step):
+            chunk = rows[start : start + self.max_rows_per_step]
+            torch.ops.prunekit.hessian_accumulate_(self.hessian, chunk.contiguous(), self.n_samples)
+            self.n_samples += chunk.shape[0]
+
+    def attach(self, module: nn.Module | None = None):
+        """Registers a forward hook that adds the module's input; returns the hook handle."""
+        module = module if module is not None else self.module
+        if module is None:
+            raise ValueError("HessianAccumulator.attach: no module given")
+        self._handle = module.register_forward_hook(lambda mod, args, out: self.add(args[0]))
+        return self._handle
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
