@@ -41,6 +41,7 @@ def _check_torch_matches_build() -> None:
 _check_torch_matches_build()
 
 from . import formats, ops  # noqa: E402  (registers the fake impls once _C has defined the ops)
+from .prune import PruneConfig, PruneReport, prune  # noqa: E402
 
 __version__ = _C.build_info()["version"]
-__all__ = ["build_info", "formats", "ops", "__version__"]
+__all__ = ["build_info", "formats", "ops", "__version__", "prune", "PruneConfig", "PruneReport"]

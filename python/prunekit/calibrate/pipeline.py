@@ -1,0 +1,451 @@
+"""Block-by-block calibration: run a model one block at a time over calibration batches and
+collect, for every prunable layer of the block, the statistics of its inputs.
+
+Transformers are a list of identical blocks (decoder layers of Llama, Mistral, Qwen2, OPT, GPT-2;
+encoder layers of BERT). The inputs of the first block are captured once, by a forward pre-hook
+that records its arguments (hidden states, attention mask, position embeddings, ...) and raises
+to stop the forward there. Then, block after block: a statistics pass runs the block over every
+captured input with hooks on its layers; the caller prunes the layers; an output pass produces
+the next block's inputs, from the pruned block (sequential mode) or from the dense block (one-shot
+mode: its outputs are computed during the statistics pass, before pruning). Outputs replace the
+inputs as they are produced, so at most one block's activations are held twice. Only the current
+block is moved to the compute device. Layers outside the blocks (an LM head, a pooler), and every
+layer of a model without a block list (any nn.Module of Linear/Conv2d layers), are calibrated
+afterwards by forwards of the whole model with hooks on those layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .hessian import HessianAccumulator
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- prunable layers
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): a Linear with its weight stored transposed, (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def is_prunable(module: nn.Module) -> bool:
+    """nn.Linear, nn.Conv2d with groups == 1, and transformers' Conv1D are prunable."""
+    if isinstance(module, nn.Linear):
+        return True
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1
+    return _is_hf_conv1d(module)
+
+
+class PrunableLayer:
+    """A prunable module seen as a matrix (out_features, in_features) acting on input rows."""
+
+    def __init__(self, name: str, module: nn.Module):
+        if not is_prunable(module):
+            raise ValueError(f"PrunableLayer: {name} ({type(module).__name__}) is not a Linear, Conv2d "
+                             "(groups=1) or Conv1D")
+        self.name = name
+        self.module = module
+        self.kind = "conv1d" if _is_hf_conv1d(module) else ("conv2d" if isinstance(module, nn.Conv2d) else "linear")
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    @property
+    def in_features(self) -> int:
+        return self.matrix().shape[1]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.module.weight.shape)
+
+    def matrix(self) -> torch.Tensor:
+        """The weight as (out_features, in_features); a view of the parameter's data."""
+        weight = self.module.weight.detach()
+        if self.kind == "conv1d":
+            return weight.t()
+        return weight.reshape(weight.shape[0], -1)
+
+    @torch.no_grad()
+    def set_matrix(self, matrix: torch.Tensor) -> None:
+        """Writes a (out_features, in_features) matrix back into the weight, in place."""
+        weight = self.module.weight
+        value = matrix.t() if self.kind == "conv1d" else matrix.reshape(weight.shape)
+        weight.copy_(value.to(weight.dtype))
+
+    def input_rows(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer input as (rows, in_features): tokens, or unfolded patches for Conv2d.
+        ``token_mask`` (batch, seq) drops padding tokens when it matches the input's leading dims."""
+        if self.kind == "conv2d":
+            conv = self.module
+            if x.dim() == 3:
+                x = x.unsqueeze(0)
+            patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+            return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        if token_mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(token_mask.shape):
+            x = x[token_mask]
+        return x.reshape(-1, x.shape[-1])
+
+
+def find_prunable_layers(model: nn.Module) -> dict[str, PrunableLayer]:
+    """All prunable layers of ``model`` by qualified name, in module order."""
+    return {name: PrunableLayer(name, module) for name, module in model.named_modules() if name and is_prunable(module)}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+class LayerInputStats:
+    """Running statistics of a layer's inputs: the Hessian H = 2/n sum x x^T (through
+    :class:`HessianAccumulator`) and the feature sums, from which the L2 norm, mean and variance
+    of every input feature follow."""
+
+    def __init__(self, layer: PrunableLayer, device=None):
+        self.layer = layer
+        features = layer.in_features
+        device = device if device is not None else layer.weight.device
+        self.accumulator = HessianAccumulator(features, device=device)
+        self.feature_sum = torch.zeros(features, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
+        rows = self.layer.input_rows(x.detach(), token_mask)
+        if rows.shape[0] == 0:
+            return
+        if not bool(torch.isfinite(rows).all()):
+            raise ValueError(f"calibration: the input of layer {self.layer.name} holds NaN or Inf "
+                             "activations (check the calibration data and the model's numerics)")
+        rows = rows.to(self.accumulator.hessian.device)
+        self.accumulator.add(rows)
+        self.feature_sum += rows.sum(dim=0, dtype=torch.float64)
+
+    @property
+    def n_samples(self) -> int:
+        return self.accumulator.n_samples
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        return self.accumulator.hessian
+
+    @property
+    def input_norms(self) -> torch.Tensor:
+        """||X_j||_2 over all calibration rows."""
+        return (torch.diagonal(self.hessian).clamp_min(0) * (self.n_samples / 2)).sqrt().to(torch.float32)
+
+    @property
+    def input_mean(self) -> torch.Tensor:
+        return (self.feature_sum / max(self.n_samples, 1)).to(torch.float32)
+
+    @property
+    def input_var(self) -> torch.Tensor:
+        second_moment = torch.diagonal(self.hessian).to(torch.float64) / 2
+        return (second_moment - (self.feature_sum / max(self.n_samples, 1)) ** 2).clamp_min(0).to(torch.float32)
+
+
+@contextlib.contextmanager
+def _collect_inputs(layers: Iterable[PrunableLayer], stats: dict[str, LayerInputStats], token_mask_ref: list):
+    """Forward hooks feeding each layer's input into its stats while the context is open."""
+    handles = []
+    for layer in layers:
+        def hook(module, args, output, layer=layer):
+            stats[layer.name].add(args[0], token_mask_ref[0])
+        handles.append(layer.module.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ----------------------------------------------------------------------------- model structure
+
+def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList] | None:
+    """The model's list of repeated blocks as (qualified name, ModuleList), or None.
+
+    ``path`` names it explicitly (e.g. "model.layers"). Otherwise the ModuleList holding the most
+    parameters whose entries all have one type and each contain a prunable layer is chosen: the
+    decoder layers of Llama/Mistral/Qwen2 (model.layers), OPT (model.decoder.layers), GPT-2
+    (transformer.h), the encoder layers of BERT (encoder.layer).
+    """
+    if path is not None:
+        try:
+            blocks = model.get_submodule(path)
+        except AttributeError as error:
+            raise ValueError(f"blocks: expected the name of a ModuleList in the model, but {path!r} does not "
+                             f"exist ({error})") from None
+        if not isinstance(blocks, nn.ModuleList):
+            raise ValueError(f"blocks: expected {path!r} to be an nn.ModuleList, but got {type(blocks).__name__}")
+        return path, blocks
+    best, best_params = None, -1
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(block) for block in module}) != 1:
+            continue
+        if not all(any(is_prunable(m) for m in block.modules()) for block in module):
+            continue
+        params = sum(p.numel() for p in module.parameters())
+        if params > best_params:
+            best, best_params = (name, module), params
+    return best
+
+
+@dataclass
+class CalibrationBatch:
+    """One calibration input normalised to (args, kwargs) for ``model(*args, **kwargs)``."""
+
+    args: tuple
+    kwargs: dict
+    token_mask: torch.Tensor | None = None  # (batch, seq) bool, from a 2-D attention_mask
+
+    @classmethod
+    def from_item(cls, item, index: int) -> "CalibrationBatch":
+        if isinstance(item, torch.Tensor):
+            return cls((item,), {})
+        if isinstance(item, Mapping):
+            kwargs = dict(item)
+            mask = kwargs.get("attention_mask")
+            token_mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+            return cls((), kwargs, token_mask)
+        if isinstance(item, (tuple, list)):
+            return cls(tuple(item), {})
+        raise ValueError(f"calib: expected every item to be a tensor, a dict of keyword arguments or a tuple "
+                         f"of positional arguments, but item {index} is {type(item).__name__}")
+
+    def to(self, device) -> "CalibrationBatch":
+        return CalibrationBatch(_to_device(self.args, device), _to_device(self.kwargs, device),
+                                None if self.token_mask is None else self.token_mask.to(device))
+
+
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _no_cache(model: nn.Module):
+    """Turns off a Hugging Face model's KV cache while calibrating (no cache objects in kwargs)."""
+    config = getattr(model, "config", None)
+    previous = getattr(config, "use_cache", None)
+    if config is not None and previous is not None:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if config is not None and previous is not None:
+            config.use_cache = previous
+
+
+@contextlib.contextmanager
+def _outside_blocks_on(model: nn.Module, blocks_name: str, device: torch.device):
+    """Moves the parameters and buffers outside the block list (embeddings, rotary tables) to
+    ``device`` for the capture forward, and back afterwards."""
+    prefix = blocks_name + "."
+    moved = []
+    for module_name, module in model.named_modules():
+        if module_name == blocks_name or module_name.startswith(prefix):
+            continue
+        for store in (module._parameters, module._buffers):
+            for key, tensor in store.items():
+                if tensor is not None and tensor.device != device:
+                    moved.append((store, key, tensor.device))
+                    if isinstance(tensor, nn.Parameter):
+                        tensor.data = tensor.data.to(device)
+                    else:
+                        store[key] = tensor.to(device)
+    try:
+        yield
+    finally:
+        for store, key, original in moved:
+            tensor = store[key]
+            if isinstance(tensor, nn.Parameter):
+                tensor.data = tensor.data.to(original)
+            else:
+                store[key] = tensor.to(original)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the first block's inputs are recorded."""
+
+
+@dataclass
+class BlockInput:
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+    token_mask: torch.Tensor | None
+
+
+def _block_output(output) -> torch.Tensor:
+    """A block returns its hidden states, or a tuple/list whose first entry they are."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise ValueError(f"calibration: a block returned {type(output).__name__}; expected a tensor or a tuple "
+                     "starting with the hidden states")
+
+
+def capture_block_inputs(model: nn.Module, blocks_name: str, blocks: nn.ModuleList,
+                         batches: list[CalibrationBatch], device: torch.device) -> list[BlockInput]:
+    """The first block's inputs (hidden states, other args, kwargs) for every calibration batch."""
+    captured: list[BlockInput] = []
+    current_mask: list = [None]
+
+    def pre_hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append(BlockInput(hidden.detach(), tuple(args[1:]), dict(kwargs), current_mask[0]))
+        raise _StopForward
+
+    handle = blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        with torch.no_grad(), _no_cache(model), _outside_blocks_on(model, blocks_name, device):
+            for index, batch in enumerate(batches):
+                batch = batch.to(device)
+                current_mask[0] = batch.token_mask
+                try:
+                    model(*batch.args, **batch.kwargs)
+                except _StopForward:
+                    pass
+                except Exception as error:
+                    raise ValueError(f"calib: item {index} does not fit {type(model).__name__}.forward: "
+                                     f"{type(error).__name__}: {error}") from error
+                else:
+                    raise ValueError(f"calib: item {index} ran {type(model).__name__}.forward to the end "
+                                     f"without reaching {blocks_name}[0]; is that the model's block list?")
+                hidden = captured[-1].hidden
+                if not bool(torch.isfinite(hidden).all()):
+                    raise ValueError(f"calib: item {index} produces NaN or Inf activations at the input of "
+                                     f"{blocks_name}[0]")
+    finally:
+        handle.remove()
+    return captured
+
+
+# ----------------------------------------------------------------------------- the walk
+
+@dataclass
+class CalibrationStep:
+    """One unit the caller prunes: a block (``index`` >= 0) or the layers outside the blocks
+    (``index`` == -1), with the input statistics of its layers."""
+
+    name: str
+    index: int
+    layers: dict[str, PrunableLayer]
+    stats: dict[str, LayerInputStats] = field(default_factory=dict)
+
+
+def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLayer], *,
+                sequential: bool = True, device=None, blocks_path: str | None = None,
+                progress: bool = True, description: str = "prunekit") -> Iterator[CalibrationStep]:
+    """Yields one :class:`CalibrationStep` per block that holds some of ``layers`` (then one for
+    the layers outside the blocks, if any), with statistics gathered; the caller prunes the step's
+    layers before asking for the next step, and the next block sees the pruned outputs
+    (``sequential``) or the dense ones.
+
+    ``calib`` is a list of model inputs (tensors, dicts of keyword arguments, tuples of
+    positional arguments). ``device`` is where blocks run (default: where the model is); the
+    blocks stay where they are between their turns.
+    """
+    batches = [CalibrationBatch.from_item(item, i) for i, item in enumerate(calib)]
+    if not batches:
+        raise ValueError("calib: expected at least one calibration input, but got none")
+    home = model_device(model)
+    device = torch.device(device) if device is not None else home
+    found = find_blocks(model, blocks_path)
+    remaining = dict(layers)
+    if found is not None:
+        blocks_name, blocks = found
+        block_layers = []
+        for index, block in enumerate(blocks):
+            prefix = f"{blocks_name}.{index}."
+            mine = {name: layer for name, layer in remaining.items() if name.startswith(prefix)}
+            block_layers.append(mine)
+            for name in mine:
+                del remaining[name]
+        last = max((i for i, mine in enumerate(block_layers) if mine), default=-1)
+        if last >= 0:
+            logger.info("calibrating %d blocks of %s block by block (%s)", last + 1, blocks_name,
+                        "sequential" if sequential else "one-shot")
+            inputs = capture_block_inputs(model, blocks_name, blocks, batches, device)
+            bar = tqdm(range(last + 1), desc=f"{description}: blocks", disable=None if progress else True)
+            for index in bar:
+                block = blocks[index]
+                block_home = model_device(block)
+                block.to(device)
+                try:
+                    yield from _walk_one_block(f"{blocks_name}.{index}", index, block, block_layers[index],
+                                               inputs, sequential, is_last=index == last)
+                finally:
+                    block.to(block_home)
+            bar.close()
+            del inputs
+    if remaining:
+        yield from _walk_whole_model(model, batches, remaining, home)
+
+
+def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, PrunableLayer],
+                    inputs: list[BlockInput], sequential: bool, is_last: bool) -> Iterator[CalibrationStep]:
+    step = CalibrationStep(name, index, layers, {n: LayerInputStats(layer) for n, layer in layers.items()})
+    token_mask: list = [None]
+    need_outputs = not is_last
+    dense_outputs: list[torch.Tensor] | None = [] if (need_outputs and not sequential) else None
+    with torch.no_grad(), _collect_inputs(layers.values(), step.stats, token_mask):
+        for item in inputs:
+            token_mask[0] = item.token_mask
+            output = _block_output(block(item.hidden, *item.args, **item.kwargs))
+            if dense_outputs is not None:
+                dense_outputs.append(output.detach())
+    yield step
+    if not need_outputs:
+        return
+    step.stats.clear()  # the Hessians are not needed past pruning
+    with torch.no_grad():
+        for i, item in enumerate(inputs):
+            if dense_outputs is not None:
+                item.hidden = dense_outputs[i]
+                dense_outputs[i] = None
+            else:  # outputs of the pruned block replace the inputs one by one
+                item.hidden = _block_output(block(item.hidden, *item.args, **item.kwargs)).detach()
+
+
+def _walk_whole_model(model: nn.Module, batches: list[CalibrationBatch], layers: dict[str, PrunableLayer],
+                      device: torch.device) -> Iterator[CalibrationStep]:
+    logger.info("calibrating %d layers outside any block list with whole-model forwards", len(layers))
+    step = CalibrationStep("model", -1, layers, {n: LayerInputStats(layer) for n, layer in layers.items()})
+    token_mask: list = [None]
+    with torch.no_grad(), _no_cache(model), _collect_inputs(layers.values(), step.stats, token_mask):
+        for index, batch in enumerate(batches):
+            batch = batch.to(device)
+            token_mask[0] = batch.token_mask
+            try:
+                model(*batch.args, **batch.kwargs)
+            except ValueError:
+                raise
+            except Exception as error:
+                raise ValueError(f"calib: item {index} does not fit {type(model).__name__}.forward: "
+                                 f"{type(error).__name__}: {error}") from error
+    yield step

@@ -1,0 +1,97 @@
+"""Keep-mask selection shared by the score-based criteria (magnitude, Wanda, GBLM, random).
+
+A criterion turns a layer's weight (and statistics) into a score per weight; these functions turn
+scores into a boolean keep-mask. Every mask prunes an exact count: ``round(sparsity * numel)``
+entries per layer (unstructured, also when compared per output row), or exactly ``m - n`` of every
+``m`` consecutive inputs (N:M, through the ``prunekit::nm_mask`` op). Ties are broken by index so
+masks are deterministic.
+"""
+
+import math
+
+import torch
+
+from .. import ops
+from .patterns import parse_pattern
+
+
+def check_sparsity(sparsity, what: str = "sparsity") -> float:
+    """A sparsity as a float in [0, 1), or a ValueError naming ``what``."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise ValueError(f"{what}: expected a number in [0, 1), but got {sparsity!r}")
+    value = float(sparsity)
+    if math.isnan(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{what}: expected a number in [0, 1), but got {sparsity!r}")
+    return value
+
+
+def prune_count(numel: int, sparsity: float) -> int:
+    """How many of ``numel`` weights a layer at ``sparsity`` prunes: round(sparsity * numel)."""
+    return min(numel, int(round(sparsity * numel)))
+
+
+def _check_scores(scores: torch.Tensor, name: str) -> None:
+    if scores.dim() != 2:
+        raise ValueError(f"{name}: scores must be 2-D (out_features, in_features), but got shape "
+                         f"{tuple(scores.shape)}")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"{name}: importance scores hold NaN or Inf (non-finite weights or "
+                         "calibration activations)")
+
+
+def keep_lowest_pruned(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Keep-mask pruning the ``count`` lowest scores of the whole tensor (ties: lower flat index)."""
+    flat = scores.reshape(-1)
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=scores.device)
+    if count > 0:
+        order = torch.sort(flat, stable=True).indices
+        keep[order[:count]] = False
+    return keep.reshape(scores.shape)
+
+
+def keep_lowest_pruned_per_row(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Keep-mask pruning ``count`` entries in total, compared within each row (Wanda's grouping).
+
+    Every row prunes ``count // rows`` of its lowest scores; the ``count % rows`` remaining
+    prunes go to the rows whose next-lowest score is smallest, so the layer hits the exact count
+    even when it is not a multiple of the row count.
+    """
+    rows, cols = scores.shape
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if count <= 0:
+        return keep
+    per_row, extra = divmod(count, rows)
+    values, order = torch.sort(scores, dim=1, stable=True)
+    keep.scatter_(1, order[:, :per_row], False)
+    if extra:
+        next_best = values[:, per_row]
+        rows_with_extra = torch.sort(next_best, stable=True).indices[:extra]
+        keep[rows_with_extra, order[rows_with_extra, per_row]] = False
+    return keep
+
+
+def select_mask(scores: torch.Tensor, *, sparsity: float | None = None, pattern=None,
+                per_row: bool = False, name: str = "layer") -> torch.Tensor:
+    """Keep-mask from a (out_features, in_features) score matrix (higher score = more important).
+
+    ``pattern`` None: unstructured, prunes exactly round(sparsity * numel) entries, compared
+    across the whole layer, or within each output row when ``per_row``. ``pattern`` (n, m) or
+    "n:m": keeps the n highest of every m consecutive inputs (``sparsity`` must then be None or
+    1 - n/m).
+    """
+    _check_scores(scores, name)
+    nm = parse_pattern(pattern)
+    if nm is not None:
+        n, m = nm
+        if sparsity is not None and not math.isclose(float(sparsity), 1 - n / m):
+            raise ValueError(f"{name}: sparsity {sparsity} contradicts pattern {n}:{m} (sparsity "
+                             f"{1 - n / m:g}); pass one of them")
+        if scores.shape[1] % m:
+            raise ValueError(f"{name}: in_features must be a multiple of m={m} for an {n}:{m} pattern, "
+                             f"but got {scores.shape[1]}")
+        return ops.nm_mask(scores.to(torch.float32).contiguous(), n, m)
+    sparsity = check_sparsity(0.5 if sparsity is None else sparsity, f"{name}: sparsity")
+    count = prune_count(scores.numel(), sparsity)
+    if per_row:
+        return keep_lowest_pruned_per_row(scores, count)
+    return keep_lowest_pruned(scores, count)
