@@ -41,4 +41,6 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "prunekit native extension: registers torch.ops.prunekit.* and exposes build_info()";
   m.def("build_info", &build_info, "What this build of prunekit contains.");
+  m.def("_set_cpu_isa", &prunekit::cpu::set_isa_override, py::arg("isa"),
+        "Force the CPU kernel variant ('' restores automatic selection); for tests and benchmarks.");
 }

@@ -10,4 +10,8 @@ TORCH_LIBRARY(prunekit, m) {
   m.def("compress_24(Tensor dense) -> (Tensor values, Tensor meta)", tags);
   // values + meta -> the dense (rows, k) matrix, exactly.
   m.def("decompress_24(Tensor values, Tensor meta) -> Tensor", tags);
+  // Running layer Hessian: hessian <- hessian * n_seen / (n_seen + rows) + 2 / (n_seen + rows) * x^T x.
+  m.def("hessian_accumulate_(Tensor(a!) hessian, Tensor x, int n_seen) -> ()", tags);
+  // SparseGPT blocked OBS solve in place on fp32 weight given the upper Cholesky factor of H^-1; returns the keep-mask.
+  m.def("sparsegpt_solve_(Tensor(a!) weight, Tensor hinv, float sparsity, int n, int m, int blocksize) -> Tensor", tags);
 }

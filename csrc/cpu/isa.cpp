@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <stdexcept>
 
 namespace prunekit::cpu {
 namespace {
@@ -67,7 +68,32 @@ std::vector<std::string> detected_features() {
   return features;
 }
 
+namespace {
+std::string& isa_override() {
+  static std::string value;
+  return value;
+}
+}  // namespace
+
+void set_isa_override(const std::string& isa) {
+  if (isa.empty()) {
+    isa_override().clear();
+    return;
+  }
+  const auto compiled = compiled_isas();
+  const auto& order = ladder();
+  const auto rank = [&](const std::string& name) { return std::find(order.begin(), order.end(), name) - order.begin(); };
+  const bool is_compiled = std::find(compiled.begin(), compiled.end(), isa) != compiled.end();
+  if (!is_compiled || rank(isa) > rank(detected_isa())) {
+    std::string names;
+    for (const auto& name : compiled) names += (names.empty() ? "" : ", ") + name;
+    throw std::invalid_argument("prunekit: CPU ISA '" + isa + "' must be one compiled in and supported by this CPU (compiled: " + names + "; this CPU: up to " + detected_isa() + ")");
+  }
+  isa_override() = isa;
+}
+
 std::string selected_isa() {
+  if (!isa_override().empty()) return isa_override();
   const auto compiled = compiled_isas();
   const auto& order = ladder();
   const auto detected = std::find(order.begin(), order.end(), detected_isa()) - order.begin();

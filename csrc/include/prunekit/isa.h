@@ -13,7 +13,11 @@ std::vector<std::string> compiled_isas();
 std::string detected_isa();
 // CPU features seen at run time that kernels may use (e.g. "avx512_bf16", "avx512_vnni").
 std::vector<std::string> detected_features();
-// The variant the kernel selector uses: the best compiled one the CPU supports.
+// The variant the kernel selectors use: the override if one is set, else the best compiled one
+// the CPU supports.
 std::string selected_isa();
+// Forces a variant (tests, benchmarks); "" clears. Throws std::invalid_argument naming the
+// compiled variants when `isa` is not compiled in or not supported by this CPU.
+void set_isa_override(const std::string& isa);
 
 }  // namespace prunekit::cpu

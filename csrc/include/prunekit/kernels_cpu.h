@@ -39,3 +39,27 @@ Status nm_mask_rows_scalar(const void* scores, ScoreType type, bool* keep, int64
                            int64_t m, int64_t row_begin, int64_t row_end);
 
 }  // namespace prunekit::cpu
+
+namespace prunekit::cpu {
+
+// SparseGPT in-block OBS column updates for rows [row_begin, row_end) of one block of `cols`
+// columns. w: the block's first column of a row-major fp32 weight (row stride ldw), updated in
+// place (pruned entries become 0, the rest absorb the error). hinv: the block's diagonal block of
+// the upper Cholesky factor of H^-1 (row stride ldh). err (rows x cols, contiguous): the scaled
+// errors, for the caller's lazy update of later columns. keep (rows x cols, contiguous): the mask,
+// read when m == 0 (chosen beforehand), written when m > 0 (n kept of every m, on updated weights).
+// One symbol per ISA variant; kernel_select.h picks one at run time.
+#define PRUNEKIT_DECLARE_OBS_BLOCK(isa)                                                          \
+  void obs_block_rows_##isa(float* w, int64_t ldw, const float* hinv, int64_t ldh, int64_t cols, \
+                            float* err, bool* keep, int64_t n, int64_t m, int64_t row_begin,     \
+                            int64_t row_end);
+PRUNEKIT_DECLARE_OBS_BLOCK(scalar)
+PRUNEKIT_DECLARE_OBS_BLOCK(avx2)
+PRUNEKIT_DECLARE_OBS_BLOCK(avx512)
+PRUNEKIT_DECLARE_OBS_BLOCK(neon)
+#undef PRUNEKIT_DECLARE_OBS_BLOCK
+
+// keep[i] = false for exactly the k smallest scores (ties: lower index first), true otherwise.
+void prune_smallest_scalar(const float* scores, int64_t count, int64_t k, bool* keep);
+
+}  // namespace prunekit::cpu

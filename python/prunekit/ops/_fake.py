@@ -47,3 +47,13 @@ def _decompress_24_fake(values: torch.Tensor, meta: torch.Tensor) -> torch.Tenso
         f"but got {list(meta.shape)}",
     )
     return values.new_empty((rows, cols))
+
+
+@torch.library.register_fake("prunekit::hessian_accumulate_")
+def _hessian_accumulate_fake(hessian: torch.Tensor, x: torch.Tensor, n_seen: int) -> None:
+    return None
+
+
+@torch.library.register_fake("prunekit::sparsegpt_solve_")
+def _sparsegpt_solve_fake(weight, hinv, sparsity: float, n: int, m: int, blocksize: int) -> torch.Tensor:
+    return torch.empty_like(weight, dtype=torch.bool)

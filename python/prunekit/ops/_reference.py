@@ -151,3 +151,25 @@ def sparsegpt_solve_(
         weight[:, i2:] -= err1.matmul(hinv[i1:i2, i2:])
         keep[:, i1:i2] = keep1
     return keep
+
+
+def sparsegpt(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    n: int = 0,
+    m: int = 0,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole SparseGPT solve as the public reference does it: dead inputs, damping, inverse
+    Hessian factor, then the per-column loop of :func:`sparsegpt_solve_`. Returns (weight, keep)."""
+    w = weight.detach().to(torch.float32, copy=True)
+    h = hessian.detach().to(torch.float32, copy=True)
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += percdamp * torch.diagonal(h).mean() * torch.eye(h.shape[0])
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    keep = sparsegpt_solve_(w, hinv, sparsity, n, m, blocksize)
+    return w, keep

@@ -44,6 +44,23 @@ def _check_inputs(weight: torch.Tensor, hessian: torch.Tensor, name: str) -> Non
                          "(NaN activations in calibration?)")
 
 
+def _lower_triangular_inverse(lower: torch.Tensor, base: int = 256) -> torch.Tensor:
+    """Inverse of a lower-triangular matrix by recursive halving, so nearly all the work is GEMMs:
+    inv([[A, 0], [B, C]]) = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]."""
+    size = lower.shape[0]
+    if size <= base:
+        eye = torch.eye(size, dtype=lower.dtype, device=lower.device)
+        return torch.linalg.solve_triangular(lower, eye, upper=False)
+    half = size // 2
+    top = _lower_triangular_inverse(lower[:half, :half], base)
+    bottom = _lower_triangular_inverse(lower[half:, half:], base)
+    inverse = torch.zeros_like(lower)
+    inverse[:half, :half] = top
+    inverse[half:, half:] = bottom
+    inverse[half:, :half] = -(bottom @ (lower[half:, :half] @ top))
+    return inverse
+
+
 def inverse_hessian_factor(
     hessian: torch.Tensor,
     weight: torch.Tensor | None = None,
@@ -74,12 +91,14 @@ def inverse_hessian_factor(
         raise ValueError(f"sparsegpt({name}): percdamp must be >= 0, but got {percdamp}")
     damp = percdamp * diag.mean().item()
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    # With J the reversal permutation and J H J = L L^T, the upper Cholesky factor of H^-1 is
+    # J L^-1 J: one Cholesky and one triangular inverse instead of Cholesky, inverse, Cholesky.
+    reversed_hessian = hessian.flip(0, 1)
     for attempt in range(max_retries + 1):
-        factor, info = torch.linalg.cholesky_ex(hessian + damp * eye)
+        factor, info = torch.linalg.cholesky_ex(reversed_hessian + damp * eye)
         if int(info) == 0:
-            inverse = torch.cholesky_inverse(factor)
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            if int(info) == 0 and bool(torch.isfinite(upper).all()):
+            upper = _lower_triangular_inverse(factor).flip(0, 1).contiguous()
+            if bool(torch.isfinite(upper).all()):
                 return upper
         if attempt == max_retries:
             break

@@ -1,0 +1,30 @@
+// Exact-count selection of the entries to prune: the k smallest scores, ties by lower index.
+#include <algorithm>
+#include <vector>
+
+#include "prunekit/kernels_cpu.h"
+
+namespace prunekit::cpu {
+
+void prune_smallest_scalar(const float* scores, int64_t count, int64_t k, bool* keep) {
+  if (k <= 0) {
+    std::fill(keep, keep + count, true);
+    return;
+  }
+  if (k >= count) {
+    std::fill(keep, keep + count, false);
+    return;
+  }
+  std::vector<float> sorted(scores, scores + count);
+  std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end());
+  const float threshold = sorted[k - 1];
+  int64_t below = 0;
+  for (int64_t i = 0; i < count; ++i) below += scores[i] < threshold;
+  int64_t ties_to_prune = k - below;
+  for (int64_t i = 0; i < count; ++i) {
+    const bool prune = scores[i] < threshold || (scores[i] == threshold && ties_to_prune-- > 0);
+    keep[i] = !prune;
+  }
+}
+
+}  // namespace prunekit::cpu

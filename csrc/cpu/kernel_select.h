@@ -1,0 +1,28 @@
+// Run-time choice among the compiled ISA variants of each CPU kernel family.
+#pragma once
+
+#include <string>
+
+#include "prunekit/isa.h"
+#include "prunekit/kernels_cpu.h"
+
+namespace prunekit::cpu {
+
+using ObsBlockFn = void (*)(float*, int64_t, const float*, int64_t, int64_t, float*, bool*, int64_t,
+                            int64_t, int64_t, int64_t);
+
+inline ObsBlockFn select_obs_block() {
+  const std::string isa = selected_isa();
+#if defined(PRUNEKIT_HAVE_AVX512)
+  if (isa == "avx512") return &obs_block_rows_avx512;
+#endif
+#if defined(PRUNEKIT_HAVE_AVX2)
+  if (isa == "avx2" || isa == "avx512") return &obs_block_rows_avx2;
+#endif
+#if defined(PRUNEKIT_HAVE_NEON)
+  if (isa == "neon") return &obs_block_rows_neon;
+#endif
+  return &obs_block_rows_scalar;
+}
+
+}  // namespace prunekit::cpu
