@@ -7,7 +7,9 @@ Each cycle revives the pruned weight that moves ``delta`` towards zero the most 
 ``w_j E[x_j]`` has delta's sign; ranked by that contribution divided by Var[x_j], so features that
 vary little, whose effect is mostly their mean, are preferred), then prunes a kept weight of
 lowest Wanda score whose removal does not push ``delta`` away from zero. A row stops when
-``delta`` changes sign, falls below ``threshold``, or after ``max_cycles`` swaps. The number of
+``delta`` changes sign, falls below ``threshold``, after ``max_cycles`` swaps, or when the next
+swap would leave ``|delta|`` larger than before (a guard the paper does not have: every row's
+expected error only decreases). The number of
 pruned weights per row never changes, and under N:M the revived and the pruned weight lie in the
 same group of m, so the mask stays a valid N:M mask.
 """
@@ -67,12 +69,14 @@ def dsnot(weight: torch.Tensor, keep: torch.Tensor, input_mean: torch.Tensor, in
         opposite = torch.sign(contribution) != torch.sign(delta_after_grow).unsqueeze(1)
         prunable = keep & same_group & opposite
         prune_at = torch.where(prunable, wanda_score, inf).argmin(dim=1)
-        swap = can_grow & prunable[row_index, prune_at]
+        delta_after_swap = delta_after_grow + contribution[row_index, prune_at]
+        # A swap that would overshoot to a larger |delta| is not taken (the row stops instead).
+        swap = can_grow & prunable[row_index, prune_at] & (delta_after_swap.abs() < delta.abs())
         if not bool(swap.any()):
             break
         swap_rows = row_index[swap]
         keep[swap_rows, grow_at[swap]] = True
         keep[swap_rows, prune_at[swap]] = False
-        delta = torch.where(swap, delta_after_grow + contribution[row_index, prune_at], delta)
+        delta = torch.where(swap, delta_after_swap, delta)
         active = swap & (torch.sign(delta) == initial_sign) & (delta.abs() > threshold)
     return keep
