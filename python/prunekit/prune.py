@@ -86,7 +86,7 @@ class PruneConfig:
     gblm_gradient_scale: float = 100.0
     gblm_loss: Callable | None = None
     dsnot_max_cycles: int = 50
-    dsnot_threshold: float = 0.1
+    dsnot_threshold: float = 0.0
     device: str | torch.device | None = None
     blocks: str | None = None
     progress: bool = True
@@ -416,7 +416,8 @@ def _prune_layer(layer: PrunableLayer, stats: LayerInputStats | None, sparsity: 
                              gradient_scale=config.gblm_gradient_scale)
     keep = select_mask(scores, sparsity=target, pattern=pattern, per_row=per_row, name=name)
     if config.refine == "dsnot":
-        keep = dsnot(weight, keep, stats.input_mean, stats.input_var, stats.input_norms, pattern=pattern,
+        keep = dsnot(weight, keep, stats.input_mean, stats.input_var, stats.input_norms, hessian=stats.hessian,
+                     pattern=pattern,
                      max_cycles=config.dsnot_max_cycles, threshold=config.dsnot_threshold, name=name)
     return weight * keep
 
