@@ -12,6 +12,14 @@ TORCH_LIBRARY(prunekit, m) {
   m.def("decompress_24(Tensor values, Tensor meta) -> Tensor", tags);
   // Running layer Hessian: hessian <- hessian * n_seen / (n_seen + rows) + 2 / (n_seen + rows) * x^T x.
   m.def("hessian_accumulate_(Tensor(a!) hessian, Tensor x, int n_seen) -> ()", tags);
+  // Unstructured sparse (rows, k) -> packed nonzeros, bitmap (rows, ceil(k/16)) int16, row offsets (rows + 1).
+  m.def("compress_bitmap(Tensor dense) -> (Tensor values, Tensor bitmap, Tensor row_offsets)", tags);
+  // The bitmap format back to the dense (rows, cols) matrix, exactly.
+  m.def("decompress_bitmap(Tensor values, Tensor bitmap, Tensor row_offsets, int cols) -> Tensor", tags);
+  // y = x W^T + b with W in the bitmap format (fp32 or bf16 values, fp32 accumulation).
+  m.def("sparse_linear(Tensor x, Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, Tensor? bias=None) -> Tensor", tags);
+  // 1x1 convolution of NCHW x with a bitmap-format (out, in) weight; activation 0 none, 1 relu, 2 relu6.
+  m.def("sparse_conv1x1(Tensor x, Tensor values, Tensor bitmap, Tensor row_offsets, Tensor? bias=None, int activation=0) -> Tensor", tags);
   // SparseGPT blocked OBS solve in place on fp32 weight given the upper Cholesky factor of H^-1; returns the keep-mask.
   m.def("sparsegpt_solve_(Tensor(a!) weight, Tensor hinv, float sparsity, int n, int m, int blocksize) -> Tensor", tags);
 }

@@ -39,8 +39,10 @@ std::vector<std::string> compiled_isas() {
 std::string detected_isa() {
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
   __builtin_cpu_init();
+  // The avx512 variants use F, BW, VL, DQ and VBMI2 (16-bit expand-loads): Ice Lake, Zen 4 and later.
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl"))
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vbmi2"))
     return "avx512";
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
   return "scalar";
@@ -60,6 +62,7 @@ std::vector<std::string> detected_features() {
   if (__builtin_cpu_supports("avx512f")) features.push_back("avx512f");
   if (__builtin_cpu_supports("avx512bw")) features.push_back("avx512bw");
   if (__builtin_cpu_supports("avx512vl")) features.push_back("avx512vl");
+  if (__builtin_cpu_supports("avx512vbmi2")) features.push_back("avx512_vbmi2");
   if (__builtin_cpu_supports("avx512vnni")) features.push_back("avx512_vnni");
   if (__builtin_cpu_supports("avx512bf16")) features.push_back("avx512_bf16");
 #elif defined(__aarch64__)

@@ -26,3 +26,28 @@ inline ObsBlockFn select_obs_block() {
 }
 
 }  // namespace prunekit::cpu
+
+namespace prunekit::cpu {
+
+using BitmapGemvFn = Status (*)(const void*, ValueType, const uint16_t*, const int64_t*, int64_t,
+                                int64_t, const float*, int64_t, const float*, float*, int64_t,
+                                int64_t);
+using BitmapSpmmFn = Status (*)(const void*, ValueType, const uint16_t*, const int64_t*, int64_t,
+                                const float*, int64_t, int64_t, const float*, Activation, float*,
+                                int64_t, int64_t, int64_t);
+
+inline BitmapGemvFn select_bitmap_gemv() {
+#if defined(PRUNEKIT_HAVE_AVX512)
+  if (selected_isa() == "avx512") return &bitmap_gemv_avx512;
+#endif
+  return &bitmap_gemv_scalar;
+}
+
+inline BitmapSpmmFn select_bitmap_spmm() {
+#if defined(PRUNEKIT_HAVE_AVX512)
+  if (selected_isa() == "avx512") return &bitmap_spmm_avx512;
+#endif
+  return &bitmap_spmm_scalar;
+}
+
+}  // namespace prunekit::cpu

@@ -63,3 +63,59 @@ PRUNEKIT_DECLARE_OBS_BLOCK(neon)
 void prune_smallest_scalar(const float* scores, int64_t count, int64_t k, bool* keep);
 
 }  // namespace prunekit::cpu
+
+namespace prunekit::cpu {
+
+// ---- Bitmap sparse format (unstructured, and 2:4 stored the same way) ----
+// A (rows, k) matrix is stored as bitmap (rows, words = ceil(k/16)) uint16, bit b of word w
+// marking column 16 w + b, and the marked entries packed row by row in column order into
+// values, row r's starting at row_offsets[r] (row_offsets has rows + 1 entries).
+// Bytes per weight: (1 - sparsity) * element_bytes + 1/8.
+constexpr int64_t kBitmapWordBits = 16;
+inline int64_t bitmap_words(int64_t k) { return (k + kBitmapWordBits - 1) / kBitmapWordBits; }
+
+// Pass 1 of compression: bitmap and per-row nonzero counts of rows [row_begin, row_end).
+void bitmap_scan_rows(const void* dense, int element_bytes, bool is_float, int64_t k,
+                      uint16_t* bitmap, int64_t* row_nnz, int64_t row_begin, int64_t row_end);
+// Pass 2: packs the nonzeros given the bitmap and row offsets.
+void bitmap_pack_rows(const void* dense, int element_bytes, int64_t k, const uint16_t* bitmap,
+                      const int64_t* row_offsets, void* values, int64_t row_begin, int64_t row_end);
+// Expands rows back to dense (zeros elsewhere).
+void bitmap_unpack_rows(const void* values, int element_bytes, const uint16_t* bitmap,
+                        const int64_t* row_offsets, int64_t k, void* dense, int64_t row_begin,
+                        int64_t row_end);
+// Checks that each row's offsets match its bitmap's popcount and that no bit lies past column k
+// (so kernels never read outside values or x). Returns the first bad row in status.row.
+Status bitmap_validate_rows(const uint16_t* bitmap, const int64_t* row_offsets, int64_t k,
+                            int64_t row_begin, int64_t row_end);
+
+enum class ValueType : int { kFloat32, kBFloat16 };
+enum class Activation : int { kNone = 0, kRelu = 1, kRelu6 = 2 };
+
+// y[b][r] = sum_c W[r][c] x[b][c] + bias[r] for batch <= kGemvMaxBatch, rows [row_begin, row_end).
+// x: (batch, k) fp32 row-major; y: (batch, rows) fp32; bias may be null.
+// Kernels never read values outside [row_offsets[r], row_offsets[r+1]) (the caller checks that
+// the offsets are non-decreasing and within values); a row whose bitmap disagrees with its offsets
+// or marks columns past k stops with kCorruptMeta.
+constexpr int64_t kGemvMaxBatch = 4;
+#define PRUNEKIT_DECLARE_BITMAP_GEMV(isa)                                                     \
+  Status bitmap_gemv_##isa(const void* values, ValueType type, const uint16_t* bitmap,          \
+                         const int64_t* row_offsets, int64_t rows, int64_t k, const float* x, \
+                         int64_t batch, const float* bias, float* y, int64_t row_begin,       \
+                         int64_t row_end);
+// Y[r][p] = act(sum_c W[r][c] X[c][p] + bias[r]) for p < cols_x: X (k, cols_x) fp32 with row
+// stride ldx, Y (rows, cols_x) with row stride ldy. Serves batched linear (X = x^T) and 1x1
+// convolution (X = one image's (channels, pixels)).
+#define PRUNEKIT_DECLARE_BITMAP_SPMM(isa)                                                      \
+  Status bitmap_spmm_##isa(const void* values, ValueType type, const uint16_t* bitmap,           \
+                         const int64_t* row_offsets, int64_t k, const float* x, int64_t ldx,   \
+                         int64_t cols_x, const float* bias, Activation activation, float* y,   \
+                         int64_t ldy, int64_t row_begin, int64_t row_end);
+PRUNEKIT_DECLARE_BITMAP_GEMV(scalar)
+PRUNEKIT_DECLARE_BITMAP_GEMV(avx512)
+PRUNEKIT_DECLARE_BITMAP_SPMM(scalar)
+PRUNEKIT_DECLARE_BITMAP_SPMM(avx512)
+#undef PRUNEKIT_DECLARE_BITMAP_GEMV
+#undef PRUNEKIT_DECLARE_BITMAP_SPMM
+
+}  // namespace prunekit::cpu

@@ -41,3 +41,18 @@ def semi24_layout(dtype: torch.dtype) -> Semi24Layout:
     if dtype == torch.int8:
         return Semi24Layout(torch.int32, 8, 16, 64)
     return Semi24Layout(torch.int16, 4, 32, 32)
+
+
+def meta_offsets(rows: int, meta_cols: int, meta_bytes: int) -> torch.Tensor:
+    """Flat position in CUTLASS's ColumnMajorInterleaved<2> order of each (row, col) meta entry."""
+    row = torch.arange(rows).unsqueeze(1).expand(rows, meta_cols)
+    col = torch.arange(meta_cols).unsqueeze(0).expand(rows, meta_cols)
+    group, interweave = (32, 4) if meta_bytes == 2 else (16, 2)
+    dst_row = row // group * group + (row % 8) * interweave + (row % group) // 8
+    # Swizzle 2x2 blocks: top-right and bottom-left entries trade places.
+    top_right = (dst_row % 2 == 0) & (col % 2 == 1)
+    bottom_left = (dst_row % 2 == 1) & (col % 2 == 0)
+    shift = top_right.long() - bottom_left.long()
+    dst_row = dst_row + shift
+    dst_col = col - shift
+    return (dst_col // 2) * rows * 2 + dst_row * 2 + dst_col % 2

@@ -9,7 +9,15 @@ import torch
 
 from . import _fake  # noqa: F401  (registers the fake impls)
 
-__all__ = ["nm_mask", "compress_24", "decompress_24"]
+__all__ = [
+    "nm_mask",
+    "compress_24",
+    "decompress_24",
+    "compress_bitmap",
+    "decompress_bitmap",
+    "sparse_linear",
+    "sparse_conv1x1",
+]
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -46,3 +54,34 @@ def decompress_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     is an error.
     """
     return torch.ops.prunekit.decompress_24(values, meta)
+
+
+def compress_bitmap(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compress a (rows, k) fp32 or bf16 matrix into the bitmap format (CPU).
+
+    Returns ``(values, bitmap, row_offsets)``: the nonzeros packed row by row in column order,
+    an int16 bitmap of shape (rows, ceil(k/16)) with bit b of word w marking column 16 w + b, and
+    the int64 start of each row's values (rows + 1 entries). -0.0 counts as zero.
+    """
+    return torch.ops.prunekit.compress_bitmap(dense)
+
+
+def decompress_bitmap(values, bitmap, row_offsets, cols: int) -> torch.Tensor:
+    """Expand the bitmap format back to the dense (rows, cols) matrix, exactly."""
+    return torch.ops.prunekit.decompress_bitmap(values, bitmap, row_offsets, cols)
+
+
+def sparse_linear(x, values, bitmap, row_offsets, in_features: int, bias=None) -> torch.Tensor:
+    """``F.linear(x, W, bias)`` with W in the bitmap format, on CPU.
+
+    ``x`` is (..., in_features) fp32 or bf16; values fp32 or bf16; accumulation is fp32 and the
+    result has x's dtype. Batches of up to 4 rows stream the weight once (GEMV kernels); larger
+    batches use the SpMM kernels.
+    """
+    return torch.ops.prunekit.sparse_linear(x, values, bitmap, row_offsets, in_features, bias)
+
+
+def sparse_conv1x1(x, values, bitmap, row_offsets, bias=None, activation: int = 0) -> torch.Tensor:
+    """1x1 convolution (stride 1, no padding) of NCHW fp32 ``x`` with a bitmap-format
+    (out_channels, in_channels) weight; ``activation`` 0 none, 1 ReLU, 2 ReLU6 (fused)."""
+    return torch.ops.prunekit.sparse_conv1x1(x, values, bitmap, row_offsets, bias, activation)

@@ -57,3 +57,33 @@ def _hessian_accumulate_fake(hessian: torch.Tensor, x: torch.Tensor, n_seen: int
 @torch.library.register_fake("prunekit::sparsegpt_solve_")
 def _sparsegpt_solve_fake(weight, hinv, sparsity: float, n: int, m: int, blocksize: int) -> torch.Tensor:
     return torch.empty_like(weight, dtype=torch.bool)
+
+
+@torch.library.register_fake("prunekit::compress_bitmap")
+def _compress_bitmap_fake(dense: torch.Tensor):
+    rows, cols = dense.shape
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    values = dense.new_empty((nnz,))
+    bitmap = dense.new_empty((rows, (cols + 15) // 16), dtype=torch.int16)
+    row_offsets = dense.new_empty((rows + 1,), dtype=torch.int64)
+    return values, bitmap, row_offsets
+
+
+@torch.library.register_fake("prunekit::decompress_bitmap")
+def _decompress_bitmap_fake(values, bitmap, row_offsets, cols: int) -> torch.Tensor:
+    return values.new_empty((bitmap.shape[0], cols))
+
+
+@torch.library.register_fake("prunekit::sparse_linear")
+def _sparse_linear_fake(x, values, bitmap, row_offsets, in_features: int, bias=None) -> torch.Tensor:
+    torch._check(
+        x.shape[-1] == in_features,
+        lambda: f"prunekit.sparse_linear: the last dimension of 'x' must be in_features={in_features}, "
+        f"but got shape {list(x.shape)}",
+    )
+    return x.new_empty((*x.shape[:-1], bitmap.shape[0]))
+
+
+@torch.library.register_fake("prunekit::sparse_conv1x1")
+def _sparse_conv1x1_fake(x, values, bitmap, row_offsets, bias=None, activation: int = 0) -> torch.Tensor:
+    return x.new_empty((x.shape[0], bitmap.shape[0], x.shape[2], x.shape[3]))

@@ -6,6 +6,7 @@ vectorised torch code; the kernels are tested against these.
 
 import torch
 
+from ..formats.semi24 import meta_offsets as _meta_offsets
 from ..formats.semi24 import semi24_layout
 
 
@@ -37,21 +38,6 @@ def _group_codes(nonzero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         torch.where(~nz0 & ~nz1, 3, torch.where(nz3, 3, 2)),
     )
     return idx0.long(), idx1.long()
-
-
-def _meta_offsets(rows: int, meta_cols: int, meta_bytes: int) -> torch.Tensor:
-    """Flat position in CUTLASS's ColumnMajorInterleaved<2> order of each (row, col) meta entry."""
-    row = torch.arange(rows).unsqueeze(1).expand(rows, meta_cols)
-    col = torch.arange(meta_cols).unsqueeze(0).expand(rows, meta_cols)
-    group, interweave = (32, 4) if meta_bytes == 2 else (16, 2)
-    dst_row = row // group * group + (row % 8) * interweave + (row % group) // 8
-    # Swizzle 2x2 blocks: top-right and bottom-left entries trade places.
-    top_right = (dst_row % 2 == 0) & (col % 2 == 1)
-    bottom_left = (dst_row % 2 == 1) & (col % 2 == 0)
-    shift = top_right.long() - bottom_left.long()
-    dst_row = dst_row + shift
-    dst_col = col - shift
-    return (dst_col // 2) * rows * 2 + dst_row * 2 + dst_col % 2
 
 
 def _to_signed(words: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
@@ -173,3 +159,42 @@ def sparsegpt(
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     keep = sparsegpt_solve_(w, hinv, sparsity, n, m, blocksize)
     return w, keep
+
+
+def compress_bitmap(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed nonzeros (row by row, column order), int16 bitmap (rows, ceil(k/16)), row offsets."""
+    rows, cols = dense.shape
+    nonzero = dense != 0
+    words = (cols + 15) // 16
+    padded = torch.zeros(rows, words * 16, dtype=torch.int64)
+    padded[:, :cols] = nonzero.long()
+    bits = (padded.reshape(rows, words, 16) << torch.arange(16)).sum(-1)
+    bitmap = _to_signed(bits, 16, torch.int16)
+    row_offsets = torch.zeros(rows + 1, dtype=torch.int64)
+    row_offsets[1:] = nonzero.sum(1).cumsum(0)
+    return dense[nonzero], bitmap, row_offsets
+
+
+def decompress_bitmap(values, bitmap, row_offsets, cols: int) -> torch.Tensor:
+    rows, words = bitmap.shape
+    bits = (bitmap.long().unsqueeze(-1) >> torch.arange(16)) & 1
+    nonzero = bits.reshape(rows, words * 16)[:, :cols].bool()
+    dense = torch.zeros(rows, cols, dtype=values.dtype)
+    dense[nonzero] = values
+    return dense
+
+
+def sparse_linear(x, values, bitmap, row_offsets, in_features: int, bias=None) -> torch.Tensor:
+    weight = decompress_bitmap(values, bitmap, row_offsets, in_features).float()
+    out = torch.nn.functional.linear(x.float(), weight, None if bias is None else bias.float())
+    return out.to(x.dtype)
+
+
+def sparse_conv1x1(x, values, bitmap, row_offsets, bias=None, activation: int = 0) -> torch.Tensor:
+    weight = decompress_bitmap(values, bitmap, row_offsets, x.shape[1]).float()
+    out = torch.nn.functional.conv2d(x, weight[:, :, None, None], None if bias is None else bias.float())
+    if activation == 1:
+        out = out.relu()
+    elif activation == 2:
+        out = out.clamp(0, 6)
+    return out

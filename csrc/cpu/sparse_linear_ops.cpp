@@ -1,0 +1,207 @@
+// CPU impls of the bitmap format and the sparse linear / 1x1 convolution ops. Batch <= 4 runs
+// the bandwidth-bound GEMV kernels; larger batches and convolutions run the SpMM kernels on the
+// (channels, columns) layout: x^T for linear, one image's (C, H*W) for NCHW convolution.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "kernel_select.h"
+#include "prunekit/check.h"
+#include "prunekit/kernels_cpu.h"
+
+namespace prunekit {
+namespace {
+
+using cpu::Status;
+
+template <typename Kernel>
+Status run_rows(int64_t rows, int64_t grain, Kernel kernel) {
+  FirstError<Status> error;
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { error.record(kernel(begin, end)); });
+  return error.get();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_bitmap(const at::Tensor& dense) {
+  constexpr const char* op = "compress_bitmap";
+  check_dtype(dense, op, "dense", {at::kFloat, at::kBFloat16});
+  check_dim(dense, op, "dense", 2);
+  check_contiguous(dense, op, "dense");
+  check_nonempty(dense, op, "dense");
+  const int64_t rows = dense.size(0), k = dense.size(1);
+  at::Tensor bitmap = at::empty({rows, cpu::bitmap_words(k)}, dense.options().dtype(at::kShort));
+  at::Tensor row_nnz = at::empty({rows}, dense.options().dtype(at::kLong));
+  auto* bits = reinterpret_cast<uint16_t*>(bitmap.data_ptr<int16_t>());
+  const int element_bytes = int(dense.element_size());
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    cpu::bitmap_scan_rows(dense.data_ptr(), element_bytes, true, k, bits, row_nnz.data_ptr<int64_t>(), begin, end);
+  });
+  at::Tensor row_offsets = at::zeros({rows + 1}, row_nnz.options());
+  row_offsets.narrow(0, 1, rows).copy_(row_nnz.cumsum(0));
+  at::Tensor values = at::empty({row_offsets[rows].item<int64_t>()}, dense.options());
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    cpu::bitmap_pack_rows(dense.data_ptr(), element_bytes, k, bits, row_offsets.data_ptr<int64_t>(),
+                          values.data_ptr(), begin, end);
+  });
+  return {values, bitmap, row_offsets};
+}
+
+// Checks the format's tensors against each other; returns (rows, k) of the dense weight.
+std::pair<int64_t, int64_t> check_bitmap_weight(const char* op, const at::Tensor& values,
+                                                const at::Tensor& bitmap,
+                                                const at::Tensor& row_offsets, int64_t k) {
+  check_dtype(values, op, "values", {at::kFloat, at::kBFloat16});
+  check_dim(values, op, "values", 1);
+  check_contiguous(values, op, "values");
+  check_dtype(bitmap, op, "bitmap", {at::kShort});
+  check_dim(bitmap, op, "bitmap", 2);
+  check_contiguous(bitmap, op, "bitmap");
+  check_dtype(row_offsets, op, "row_offsets", {at::kLong});
+  check_dim(row_offsets, op, "row_offsets", 1);
+  check_contiguous(row_offsets, op, "row_offsets");
+  TORCH_CHECK_VALUE(k >= 1, "prunekit.", op, ": the number of columns must be >= 1, but got ", k);
+  const int64_t rows = bitmap.size(0);
+  TORCH_CHECK_VALUE(rows >= 1, "prunekit.", op, ": argument 'bitmap' must have at least one row");
+  TORCH_CHECK_VALUE(bitmap.size(1) == cpu::bitmap_words(k), "prunekit.", op,
+                    ": argument 'bitmap' must have ", cpu::bitmap_words(k), " columns (ceil(", k,
+                    " / 16)), but got ", bitmap.size(1));
+  TORCH_CHECK_VALUE(row_offsets.size(0) == rows + 1, "prunekit.", op,
+                    ": argument 'row_offsets' must have ", rows + 1, " entries (rows + 1), but got ",
+                    row_offsets.size(0));
+  for (const auto* t : {&values, &bitmap, &row_offsets}) {
+    TORCH_CHECK(t->device().is_cpu(), "prunekit.", op, ": the compressed weight must be on the CPU, but got ", t->device());
+  }
+  // O(rows): the offsets bound every kernel read; bitmap/offset agreement is checked per row.
+  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(offsets[0] == 0 && offsets[rows] == values.numel(), "prunekit.", op,
+                    ": argument 'row_offsets' must start at 0 and end at values.numel()=",
+                    values.numel(), ", but got ", offsets[0], " and ", offsets[rows],
+                    " (truncated or mismatched buffers?)");
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK_VALUE(offsets[r + 1] >= offsets[r], "prunekit.", op,
+                      ": argument 'row_offsets' must be non-decreasing, but entry ", r + 1, " (",
+                      offsets[r + 1], ") is below entry ", r, " (", offsets[r], ")");
+  }
+  return {rows, k};
+}
+
+void check_status(const Status& status, const char* op) {
+  TORCH_CHECK_VALUE(status.ok(), "prunekit.", op, ": the compressed weight is corrupt: row ",
+                    status.row, " of 'bitmap' does not match its 'row_offsets' span or marks "
+                    "columns past in_features");
+}
+
+at::Tensor decompress_bitmap(const at::Tensor& values, const at::Tensor& bitmap,
+                             const at::Tensor& row_offsets, int64_t cols) {
+  constexpr const char* op = "decompress_bitmap";
+  const auto [rows, k] = check_bitmap_weight(op, values, bitmap, row_offsets, cols);
+  const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
+  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
+  check_status(run_rows(rows, 64, [&](int64_t begin, int64_t end) {
+                 return cpu::bitmap_validate_rows(bits, offsets, k, begin, end);
+               }),
+               op);
+  at::Tensor dense = at::empty({rows, k}, values.options());
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    cpu::bitmap_unpack_rows(values.data_ptr(), int(values.element_size()), bits, offsets, k,
+                            dense.data_ptr(), begin, end);
+  });
+  return dense;
+}
+
+cpu::ValueType value_type(const at::Tensor& values) {
+  return values.scalar_type() == at::kFloat ? cpu::ValueType::kFloat32 : cpu::ValueType::kBFloat16;
+}
+
+at::Tensor bias_as_float(const std::optional<at::Tensor>& bias, int64_t rows, const char* op) {
+  if (!bias.has_value()) return at::Tensor();
+  check_dtype(*bias, op, "bias", {at::kFloat, at::kBFloat16});
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == rows, "prunekit.", op,
+                    ": argument 'bias' must have shape [", rows, "], but got ", bias->sizes());
+  return bias->to(at::kFloat).contiguous();
+}
+
+at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                         const at::Tensor& row_offsets, int64_t in_features,
+                         const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparse_linear";
+  const auto [rows, k] = check_bitmap_weight(op, values, bitmap, row_offsets, in_features);
+  check_dtype(x, op, "x", {at::kFloat, at::kBFloat16});
+  check_min_dim(x, op, "x", 1);
+  TORCH_CHECK_VALUE(x.size(-1) == k, "prunekit.", op, ": the last dimension of 'x' must be ",
+                    "in_features=", k, ", but got shape ", x.sizes());
+  TORCH_CHECK(x.device().is_cpu(), "prunekit.", op, ": argument 'x' must be on the CPU, but got ", x.device());
+  const int64_t batch = x.numel() / k;
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = rows;
+  const at::Tensor bias32 = bias_as_float(bias, rows, op);
+  const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
+  at::Tensor out = at::empty({batch, rows}, x.options().dtype(at::kFloat));
+  if (batch == 0) return out.view(out_shape).to(x.scalar_type());
+  const at::Tensor x32 = x.reshape({batch, k}).to(at::kFloat).contiguous();
+  const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
+  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
+  const auto type = value_type(values);
+  Status status;
+  if (batch <= cpu::kGemvMaxBatch) {
+    const auto gemv = cpu::select_bitmap_gemv();
+    status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
+      return gemv(values.data_ptr(), type, bits, offsets, rows, k, x32.data_ptr<float>(), batch,
+                  bias_ptr, out.data_ptr<float>(), begin, end);
+    });
+  } else {
+    const auto spmm = cpu::select_bitmap_spmm();
+    const at::Tensor xt = x32.t().contiguous();  // (k, batch)
+    at::Tensor yt = at::empty({rows, batch}, out.options());
+    status = run_rows(rows, 8, [&](int64_t begin, int64_t end) {
+      return spmm(values.data_ptr(), type, bits, offsets, k, xt.data_ptr<float>(), batch, batch,
+                  bias_ptr, cpu::Activation::kNone, yt.data_ptr<float>(), batch, begin, end);
+    });
+    out.copy_(yt.t());
+  }
+  check_status(status, op);
+  return out.view(out_shape).to(x.scalar_type());
+}
+
+at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                          const at::Tensor& row_offsets, const std::optional<at::Tensor>& bias,
+                          int64_t activation) {
+  constexpr const char* op = "sparse_conv1x1";
+  check_dtype(x, op, "x", {at::kFloat});
+  check_dim(x, op, "x", 4);
+  check_contiguous(x, op, "x");
+  TORCH_CHECK(x.device().is_cpu(), "prunekit.", op, ": argument 'x' must be on the CPU, but got ", x.device());
+  const int64_t channels = x.size(1);
+  const auto [rows, k] = check_bitmap_weight(op, values, bitmap, row_offsets, channels);
+  TORCH_CHECK_VALUE(activation >= 0 && activation <= 2, "prunekit.", op,
+                    ": argument 'activation' must be 0 (none), 1 (relu) or 2 (relu6), but got ",
+                    activation);
+  const at::Tensor bias32 = bias_as_float(bias, rows, op);
+  const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
+  const int64_t images = x.size(0), pixels = x.size(2) * x.size(3);
+  at::Tensor out = at::empty({images, rows, x.size(2), x.size(3)}, x.options());
+  if (out.numel() == 0) return out;
+  const auto spmm = cpu::select_bitmap_spmm();
+  const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
+  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
+  const auto type = value_type(values);
+  for (int64_t image = 0; image < images; ++image) {
+    const float* in = x.data_ptr<float>() + image * channels * pixels;
+    float* result = out.data_ptr<float>() + image * rows * pixels;
+    check_status(run_rows(rows, 4, [&](int64_t begin, int64_t end) {
+                   return spmm(values.data_ptr(), type, bits, offsets, k, in, pixels, pixels, bias_ptr,
+                               cpu::Activation(activation), result, pixels, begin, end);
+                 }),
+                 op);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(prunekit, CPU, m) {
+  m.impl("compress_bitmap", &compress_bitmap);
+  m.impl("decompress_bitmap", &decompress_bitmap);
+  m.impl("sparse_linear", &sparse_linear);
+  m.impl("sparse_conv1x1", &sparse_conv1x1);
+}
+
+}  // namespace prunekit

@@ -1,0 +1,98 @@
+"""The CPU sparse weight format: a bitmap of nonzero positions plus the packed nonzeros.
+
+Bytes per weight: (1 - sparsity) * element_bytes + 1/8 (the bitmap), plus 8 bytes per row of
+offsets. This beats CSR at every sparsity for batch-1 inference, which streams the weight once
+(CSR with 32-bit indices costs (1 - s) * (b + 4)). A 2:4 weight is stored the same way with
+exactly two marked positions per group of four (see :func:`from_semi24`), which the kernels
+expand in registers; :func:`to_semi24` converts back to torch's CUTLASS layout exactly.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .semi24 import meta_offsets, semi24_layout
+
+
+@dataclass(frozen=True)
+class BitmapWeight:
+    """A (rows, cols) weight in the bitmap format (tensors as the prunekit ops take them)."""
+
+    values: torch.Tensor  # (nnz,) fp32 or bf16
+    bitmap: torch.Tensor  # (rows, ceil(cols / 16)) int16
+    row_offsets: torch.Tensor  # (rows + 1,) int64
+    cols: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.bitmap.shape[0], self.cols
+
+    @classmethod
+    def from_dense(cls, dense: torch.Tensor) -> "BitmapWeight":
+        values, bitmap, row_offsets = torch.ops.prunekit.compress_bitmap(dense.contiguous())
+        return cls(values, bitmap, row_offsets, dense.shape[1])
+
+    def to_dense(self) -> torch.Tensor:
+        return torch.ops.prunekit.decompress_bitmap(self.values, self.bitmap, self.row_offsets, self.cols)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.values, self.bitmap, self.row_offsets))
+
+
+def from_semi24(values: torch.Tensor, meta: torch.Tensor) -> BitmapWeight:
+    """Exact conversion of torch's CUTLASS 2:4 layout (from ``compress_24``) to the CPU format.
+
+    The CUTLASS values (two per group, zero padding included) are kept as they are, in the same
+    order; the bitmap marks the two positions each group's metadata names. fp32 and bf16 only.
+    """
+    if values.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"from_semi24: values must be float32 or bfloat16, but got {values.dtype}")
+    rows, half = values.shape
+    cols = 2 * half
+    positions = _semi24_positions(meta, rows, cols, values.dtype)  # (rows, cols/4, 2) column indices
+    marked = torch.zeros(rows, cols, dtype=torch.bool)
+    marked.scatter_(1, positions.reshape(rows, -1), True)
+    words = (cols + 15) // 16
+    bits = (marked.reshape(rows, words, 16).long() << torch.arange(16)).sum(-1)
+    bitmap = torch.where(bits >= 2**15, bits - 2**16, bits).to(torch.int16)
+    row_offsets = torch.arange(rows + 1, dtype=torch.int64) * half
+    return BitmapWeight(values.contiguous().reshape(-1), bitmap, row_offsets, cols)
+
+
+def to_semi24(weight: BitmapWeight) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact conversion back to torch's CUTLASS 2:4 layout; a weight with other than two marked
+    positions per group of four is not a 2:4 weight and raises."""
+    rows, cols = weight.shape
+    counts = torch.diff(weight.row_offsets)
+    if cols % 4 or not bool((counts == cols // 2).all()):
+        raise ValueError("to_semi24: the weight must mark exactly 2 of every 4 columns (a from_semi24 weight)")
+    marked = _marked_columns(weight)
+    if not bool((marked.reshape(rows, -1, 4).sum(-1) == 2).all()):
+        raise ValueError("to_semi24: the weight must mark exactly 2 of every 4 columns (a from_semi24 weight)")
+    values = weight.values.reshape(rows, cols // 2)
+    _, meta = torch.ops.prunekit.compress_24(_placeholder_pattern(marked, weight.values.dtype))
+    return values, meta
+
+
+def _marked_columns(weight: BitmapWeight) -> torch.Tensor:
+    rows, cols = weight.shape
+    bits = (weight.bitmap.long().unsqueeze(-1) >> torch.arange(16)) & 1
+    return bits.reshape(rows, -1)[:, :cols].bool()
+
+
+def _placeholder_pattern(marked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A matrix whose nonzeros are exactly the marked positions, so compress_24 reproduces the
+    metadata of those positions (metadata depends only on which positions are nonzero)."""
+    return marked.to(dtype)
+
+
+def _semi24_positions(meta: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    layout = semi24_layout(dtype)
+    meta_cols = meta.shape[1]
+    meta_bytes = meta.element_size()
+    words = meta.reshape(-1)[meta_offsets(rows, meta_cols, meta_bytes).reshape(-1)].long()
+    words = words & (2 ** (8 * meta_bytes) - 1)
+    shifts = 4 * torch.arange(layout.groups_per_meta)
+    codes = ((words.reshape(rows, meta_cols, 1) >> shifts) & 0xF).reshape(rows, cols // 4)
+    base = 4 * torch.arange(cols // 4)
+    return torch.stack((base + (codes & 3), base + (codes >> 2)), dim=-1)

@@ -1,0 +1,186 @@
+"""Bitmap format and sparse linear / 1x1 conv ops against their references, over dtypes, odd
+shapes (remainder words, tiles and batches), sparsities 0/0.5/0.9/1, every ISA variant."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import prunekit
+from prunekit import ops
+from prunekit.formats import BitmapWeight, from_semi24, to_semi24
+from prunekit.ops import _reference as ref
+
+ISAS = prunekit.build_info()["cpu_isas_compiled"]
+SPARSITIES = [0.0, 0.5, 0.9, 1.0]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    prunekit._C._set_cpu_isa(request.param)
+    yield request.param
+    prunekit._C._set_cpu_isa("")
+
+
+def sparse_weight(rows, cols, sparsity, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, cols, generator=generator)
+    weight[torch.rand(rows, cols, generator=generator) < sparsity] = 0
+    return weight.to(dtype)
+
+
+def tolerance(dtype, k):
+    # fp32 accumulation in a different order than the reference GEMM.
+    return dict(rtol=1e-4, atol=1e-5 * k) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (37, 100), (8, 256), (2, 4096)])
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_compress_matches_reference_and_round_trips(dtype, shape, sparsity):
+    dense = sparse_weight(*shape, sparsity, dtype)
+    values, bitmap, row_offsets = ops.compress_bitmap(dense)
+    ref_values, ref_bitmap, ref_offsets = ref.compress_bitmap(dense)
+    assert torch.equal(values, ref_values) and torch.equal(bitmap, ref_bitmap) and torch.equal(row_offsets, ref_offsets)
+    assert torch.equal(ops.decompress_bitmap(values, bitmap, row_offsets, shape[1]), dense)
+    weight = BitmapWeight.from_dense(dense)
+    assert weight.nbytes() == values.numel() * dense.element_size() + bitmap.numel() * 2 + row_offsets.numel() * 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 17, 64, 130])
+@pytest.mark.parametrize("shape", [(7, 33), (64, 256), (33, 1000)])
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_sparse_linear_matches_reference(isa, dtype, batch, shape, sparsity):
+    rows, cols = shape
+    weight = sparse_weight(rows, cols, sparsity, dtype)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    x = torch.randn(batch, cols).to(dtype)
+    bias = torch.randn(rows).to(dtype)
+    for b in (None, bias):
+        out = ops.sparse_linear(x, values, bitmap, row_offsets, cols, b)
+        assert out.dtype == dtype and out.shape == (batch, rows)
+        expected = F.linear(x.float(), weight.float(), None if b is None else b.float())
+        torch.testing.assert_close(out.float(), expected, **tolerance(dtype, cols))
+
+
+def test_sparse_linear_keeps_leading_dims_and_handles_empty_batch():
+    weight = sparse_weight(16, 48, 0.5, torch.float32)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    x = torch.randn(2, 3, 48)
+    out = ops.sparse_linear(x, values, bitmap, row_offsets, 48)
+    torch.testing.assert_close(out, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    assert ops.sparse_linear(torch.randn(0, 48), values, bitmap, row_offsets, 48).shape == (0, 16)
+
+
+@pytest.mark.parametrize("channels", [(16, 8), (17, 9), (64, 32)])
+@pytest.mark.parametrize("side", [1, 5, 8, 14])
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("activation", [0, 1, 2])
+def test_sparse_conv1x1_matches_reference(isa, channels, side, sparsity, activation):
+    out_channels, in_channels = channels
+    weight = sparse_weight(out_channels, in_channels, sparsity, torch.float32)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    x = torch.randn(2, in_channels, side, side) * 4
+    bias = torch.randn(out_channels)
+    out = ops.sparse_conv1x1(x, values, bitmap, row_offsets, bias, activation)
+    expected = ref.sparse_conv1x1(x, values, bitmap, row_offsets, bias, activation)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_semi24_conversion_is_exact_both_ways(isa, dtype):
+    dense = sparse_weight(64, 128, 0.0, dtype)
+    dense = dense * ops.nm_mask(dense.float().abs(), 2, 4)
+    dense[3, :12] = 0  # groups with fewer than two nonzeros (zero padding in the layout)
+    values, meta = ops.compress_24(dense)
+    weight = from_semi24(values, meta)
+    assert torch.equal(weight.to_dense(), dense)
+    back_values, back_meta = to_semi24(weight)
+    assert torch.equal(back_values, values) and torch.equal(back_meta, meta)
+    x = torch.randn(3, 128).to(dtype)
+    out = ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets, 128)
+    torch.testing.assert_close(out.float(), F.linear(x.float(), dense.float()), **tolerance(dtype, 128))
+
+
+def test_opcheck_and_compile():
+    weight = sparse_weight(16, 40, 0.5, torch.float32)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    x = torch.randn(3, 40)
+    torch.library.opcheck(torch.ops.prunekit.sparse_linear.default, (x, values, bitmap, row_offsets, 40, torch.randn(16)))
+    torch.library.opcheck(torch.ops.prunekit.sparse_linear.default, (torch.randn(9, 40), values, bitmap, row_offsets, 40))
+    torch.library.opcheck(torch.ops.prunekit.decompress_bitmap.default, (values, bitmap, row_offsets, 40))
+    image = torch.randn(1, 40, 3, 3)
+    torch.library.opcheck(torch.ops.prunekit.sparse_conv1x1.default, (image, values, bitmap, row_offsets, None, 1))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def forward(x):
+        return ops.sparse_linear(x, values, bitmap, row_offsets, 40).relu()
+
+    torch.testing.assert_close(forward(x), F.linear(x, weight).relu(), rtol=1e-5, atol=1e-5)
+
+
+def test_compress_opcheck_with_dynamic_size():
+    torch.library.opcheck(torch.ops.prunekit.compress_bitmap.default, (sparse_weight(8, 20, 0.5, torch.float32),),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def bad(values, bitmap, row_offsets, **changes):
+    args = dict(values=values, bitmap=bitmap, row_offsets=row_offsets)
+    args.update(changes)
+    return args
+
+
+def test_bad_inputs_are_clear_errors(isa):
+    weight = sparse_weight(8, 40, 0.5, torch.float32)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    x = torch.randn(2, 40)
+    with pytest.raises(ValueError, match=r"last dimension of 'x' must be in_features=40, but got shape \[2, 39\]"):
+        ops.sparse_linear(torch.randn(2, 39), values, bitmap, row_offsets, 40)
+    with pytest.raises(ValueError, match=r"'bitmap' must have 3 columns \(ceil\(64 / 16\)\)|'bitmap' must have 4 columns"):
+        ops.sparse_linear(torch.randn(2, 64), values, bitmap, row_offsets, 64)
+    with pytest.raises(ValueError, match=r"'row_offsets' must start at 0 and end at values.numel\(\)=\d+, but got 0 and \d+ \(truncated"):
+        ops.sparse_linear(x, values[:-1].contiguous(), bitmap, row_offsets, 40)
+    with pytest.raises(ValueError, match=r"'row_offsets' must have 9 entries"):
+        ops.sparse_linear(x, values, bitmap, row_offsets[:-1].contiguous(), 40)
+    shuffled = row_offsets.clone()
+    shuffled[3], shuffled[4] = shuffled[4] + 1, shuffled[3]
+    with pytest.raises(ValueError, match=r"non-decreasing|corrupt"):
+        ops.sparse_linear(x, values, bitmap, shuffled, 40)
+    skewed = row_offsets.clone()
+    skewed[2] += 1  # rows 1 and 2 disagree with their bitmaps; total still right
+    with pytest.raises(ValueError, match=r"compressed weight is corrupt: row 1 of 'bitmap'"):
+        ops.sparse_linear(x, values, bitmap, skewed, 40)
+    for batch in (1, 9):
+        with pytest.raises(ValueError, match=r"compressed weight is corrupt"):
+            ops.sparse_linear(torch.randn(batch, 40), values, bitmap, skewed, 40)
+    past_k = bitmap.clone()
+    past_k[0, -1] |= 1 << 15  # column 47 of a 40-column weight
+    with pytest.raises(ValueError, match=r"corrupt"):
+        ops.decompress_bitmap(values, past_k, row_offsets, 40)
+    with pytest.raises(ValueError, match=r"'values' must have dtype one of Float, BFloat16, but got Half"):
+        ops.sparse_linear(x, values.half(), bitmap, row_offsets, 40)
+    with pytest.raises(ValueError, match=r"'x' must have dtype one of"):
+        ops.sparse_linear(x.double(), values, bitmap, row_offsets, 40)
+    with pytest.raises(ValueError, match=r"'bias' must have shape \[8\], but got \[7\]"):
+        ops.sparse_linear(x, values, bitmap, row_offsets, 40, torch.randn(7))
+    with pytest.raises(ValueError, match=r"'dense' must be 2-D"):
+        ops.compress_bitmap(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match=r"'dense' must have dtype one of Float, BFloat16"):
+        ops.compress_bitmap(torch.randn(4, 4).double())
+    with pytest.raises(ValueError, match=r"'activation' must be 0 \(none\), 1 \(relu\) or 2 \(relu6\), but got 3"):
+        ops.sparse_conv1x1(torch.randn(1, 40, 2, 2), values, bitmap, row_offsets, None, 3)
+    with pytest.raises(ValueError, match=r"'x' must be 4-D"):
+        ops.sparse_conv1x1(torch.randn(40, 2, 2), values, bitmap, row_offsets)
+
+
+def test_outputs_are_fully_written():
+    """Every output element is computed (no stale memory): results equal on a second call after
+    filling the allocator's memory with NaN."""
+    weight = sparse_weight(33, 70, 0.9, torch.float32)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    for batch in (1, 3, 7, 70):
+        x = torch.randn(batch, 70)
+        first = ops.sparse_linear(x, values, bitmap, row_offsets, 70)
+        torch.full((batch * 33 * 4,), float("nan"))  # dirty freed memory
+        assert not bool(first.isnan().any())
+        torch.testing.assert_close(first, F.linear(x, weight), rtol=1e-5, atol=1e-4)
