@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from .allocation import global_allocation, owl_allocation, uniform_allocation
-from .calibrate.pipeline import (CalibrationBatch, LayerInputStats, PrunableLayer, find_prunable_layers,
+from .calibrate.pipeline import (CalibrationBatch, CalibrationError, LayerInputStats, PrunableLayer, find_prunable_layers,
                                  model_device, walk_blocks)
 from .solvers.dsnot import dsnot
 from .solvers.gblm import gblm_scores
@@ -311,7 +311,7 @@ def _default_loss(model: nn.Module, batch: CalibrationBatch) -> torch.Tensor:
     if loss is None and isinstance(output, dict):
         loss = output.get("loss")
     if loss is None:
-        raise ValueError(f"gblm: {type(model).__name__} returned no loss for labels=input_ids; pass "
+        raise CalibrationError(f"gblm: {type(model).__name__} returned no loss for labels=input_ids; pass "
                          "PruneConfig(gblm_loss=callable(model, batch) -> scalar loss)")
     return loss
 
@@ -338,7 +338,7 @@ def _gradient_norms(model: nn.Module, layers: dict[str, PrunableLayer], items: l
                 layer.weight.grad = None
             try:
                 loss = loss_fn(model, batch)
-            except ValueError:
+            except CalibrationError:
                 raise
             except Exception as error:
                 raise ValueError(f"calib: item {index} does not fit {type(model).__name__}.forward: "

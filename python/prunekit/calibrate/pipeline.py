@@ -31,6 +31,11 @@ from .hessian import HessianAccumulator
 logger = logging.getLogger(__name__)
 
 
+class CalibrationError(ValueError):
+    """A problem with the calibration data found by prunekit (as opposed to an error raised by the
+    model's own forward, which is wrapped into a ValueError saying the data does not fit it)."""
+
+
 # ----------------------------------------------------------------------------- prunable layers
 
 def _is_hf_conv1d(module: nn.Module) -> bool:
@@ -123,7 +128,7 @@ class LayerInputStats:
         if rows.shape[0] == 0:
             return
         if not bool(torch.isfinite(rows).all()):
-            raise ValueError(f"calibration: the input of layer {self.layer.name} holds NaN or Inf "
+            raise CalibrationError(f"calibration: the input of layer {self.layer.name} holds NaN or Inf "
                              "activations (check the calibration data and the model's numerics)")
         rows = rows.to(self.accumulator.hessian.device)
         self.accumulator.add(rows)
@@ -443,7 +448,7 @@ def _walk_whole_model(model: nn.Module, batches: list[CalibrationBatch], layers:
             token_mask[0] = batch.token_mask
             try:
                 model(*batch.args, **batch.kwargs)
-            except ValueError:
+            except CalibrationError:
                 raise
             except Exception as error:
                 raise ValueError(f"calib: item {index} does not fit {type(model).__name__}.forward: "
