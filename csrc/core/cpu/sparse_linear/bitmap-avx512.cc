@@ -100,28 +100,39 @@ Status bitmap_spmm_avx512(const void* values, ValueType type, const uint16_t* bi
                         int64_t cols_x, const float* bias, Activation activation, float* y,
                         int64_t ldy, int64_t row_begin, int64_t row_end) {
   const int64_t words = bitmap_words(k);
-  std::vector<int64_t> column;
-  std::vector<float> weight;
-  column.reserve(k);
-  weight.reserve(k);
+  const __mmask16 tail_mask =
+      k % kBitmapWordBits ? __mmask16((1u << (k % kBitmapWordBits)) - 1) : __mmask16(0xffff);
+  // Decoded nonzeros of one row (16 entries of slack: the compress step stores whole vectors).
+  std::vector<int32_t> column_storage(k + 16);
+  std::vector<float> weight_storage(type == ValueType::kFloat32 ? 0 : k + 16);
+  int32_t* column = column_storage.data();
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int64_t r = row_begin; r < row_end; ++r) {
-    column.clear();
-    weight.clear();
-    int64_t offset = row_offsets[r];
+    // Branch-free decode: each word's set bits become column indices by one vector compress.
+    const uint16_t* bm = bitmap + r * words;
+    int64_t nnz = 0;
     for (int64_t w = 0; w < words; ++w) {
-      for (uint32_t word = bitmap[r * words + w]; word; word &= word - 1) {
-        const int64_t c = w * kBitmapWordBits + __builtin_ctz(word);
-        if (c >= k || offset >= row_offsets[r + 1]) return Status{StatusCode::kCorruptMeta, r, c};
-        column.push_back(c);
-        weight.push_back(type == ValueType::kFloat32
-                             ? static_cast<const float*>(values)[offset]
-                             : _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(
-                                   int(static_cast<const uint16_t*>(values)[offset]) << 16))));
-        ++offset;
-      }
+      const __mmask16 mask = bm[w];
+      const __m512i index = _mm512_add_epi32(lanes, _mm512_set1_epi32(int32_t(w * kBitmapWordBits)));
+      _mm512_storeu_si512(column + nnz, _mm512_maskz_compress_epi32(mask, index));
+      nnz += __builtin_popcount(mask);
     }
-    if (offset != row_offsets[r + 1]) return Status{StatusCode::kCorruptMeta, r, 0};
-    const int64_t nnz = int64_t(column.size());
+    if ((bm[words - 1] & ~tail_mask) || nnz != row_offsets[r + 1] - row_offsets[r]) {
+      return Status{StatusCode::kCorruptMeta, r, 0};
+    }
+    const float* weight;
+    if (type == ValueType::kFloat32) {
+      weight = static_cast<const float*>(values) + row_offsets[r];
+    } else {
+      const uint16_t* in = static_cast<const uint16_t*>(values) + row_offsets[r];
+      for (int64_t t = 0; t < nnz; t += 16) {
+        const __mmask16 mask = nnz - t >= 16 ? __mmask16(0xffff) : __mmask16((1u << (nnz - t)) - 1);
+        const __m256i halves = _mm256_maskz_loadu_epi16(mask, in + t);
+        _mm512_storeu_ps(weight_storage.data() + t,
+                         _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16)));
+      }
+      weight = weight_storage.data();
+    }
     const __m512 initial = _mm512_set1_ps(bias ? bias[r] : 0.0f);
     float* out = y + r * ldy;
     int64_t p = 0;
@@ -140,14 +151,41 @@ Status bitmap_spmm_avx512(const void* values, ValueType type, const uint16_t* bi
       _mm512_storeu_ps(out + p + 32, activate(acc2, activation));
       _mm512_storeu_ps(out + p + 48, activate(acc3, activation));
     }
-    for (; p < cols_x; p += 16) {  // remainder, one (possibly partial) vector at a time
-      const int64_t lanes = cols_x - p < 16 ? cols_x - p : 16;
-      const __mmask16 mask = __mmask16((1u << lanes) - 1);
-      __m512 acc = initial;
-      for (int64_t t = 0; t < nnz; ++t) {
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(weight[t]), _mm512_maskz_loadu_ps(mask, x + column[t] * ldx + p), acc);
+    if (p < cols_x) {  // remainder: up to 4 (partial) vectors in one pass over the nonzeros
+      const int64_t vectors = (cols_x - p + 15) / 16;
+      __mmask16 masks[kTileVectors];
+      for (int64_t v = 0; v < kTileVectors; ++v) {
+        const int64_t lanes = cols_x - p - 16 * v;
+        masks[v] = lanes >= 16 ? __mmask16(0xffff) : lanes > 0 ? __mmask16((1u << lanes) - 1) : __mmask16(0);
       }
-      _mm512_mask_storeu_ps(out + p, mask, activate(acc, activation));
+      if (vectors == 1) {
+        // One vector: four accumulators over interleaved nonzeros keep the FMA pipes busy.
+        __m512 acc[kTileVectors] = {initial, _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        int64_t t = 0;
+        for (; t + kTileVectors <= nnz; t += kTileVectors) {
+          for (int64_t u = 0; u < kTileVectors; ++u) {
+            acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(weight[t + u]),
+                                     _mm512_maskz_loadu_ps(masks[0], x + column[t + u] * ldx + p), acc[u]);
+          }
+        }
+        for (; t < nnz; ++t) {
+          acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(weight[t]), _mm512_maskz_loadu_ps(masks[0], x + column[t] * ldx + p), acc[0]);
+        }
+        const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        _mm512_mask_storeu_ps(out + p, masks[0], activate(sum, activation));
+      } else {
+        __m512 acc[kTileVectors] = {initial, initial, initial, initial};
+        for (int64_t t = 0; t < nnz; ++t) {
+          const __m512 wv = _mm512_set1_ps(weight[t]);
+          const float* in = x + column[t] * ldx + p;
+          for (int64_t v = 0; v < kTileVectors; ++v) {
+            acc[v] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(masks[v], in + 16 * v), acc[v]);
+          }
+        }
+        for (int64_t v = 0; v < vectors; ++v) {
+          _mm512_mask_storeu_ps(out + p + 16 * v, masks[v], activate(acc[v], activation));
+        }
+      }
     }
   }
   return Status{};
