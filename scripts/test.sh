@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up (scripts/setup.sh) and runs every test: the Python suite, the torch-free C++ kernel
-# tests under AddressSanitizer/UBSan, and, where nvcc exists, the KERNELS_ONLY CUDA compile.
+# tests under AddressSanitizer/UBSan (and for aarch64 under qemu-user where the cross toolchain
+# is installed), and, where nvcc exists, the KERNELS_ONLY CUDA compile.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,6 +13,16 @@ cmake -S . -B build/core-asan -G Ninja -DPRUNEKIT_CORE_ONLY=ON -DCMAKE_BUILD_TYP
   -DPRUNEKIT_SANITIZE=address,undefined >/dev/null
 cmake --build build/core-asan
 ctest --test-dir build/core-asan --output-on-failure
+
+if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null; then
+  echo "== torch-free C++ kernel tests for aarch64 (NEON variants), under qemu-user"
+  cmake -S . -B build/core-aarch64 -G Ninja -DPRUNEKIT_CORE_ONLY=ON \
+    -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake >/dev/null
+  cmake --build build/core-aarch64
+  ctest --test-dir build/core-aarch64 --output-on-failure
+else
+  echo "== aarch64 tests skipped: needs g++-aarch64-linux-gnu and qemu-user (apt-get install)"
+fi
 
 if command -v nvcc >/dev/null; then
   echo "== KERNELS_ONLY: CUDA kernels for sm_80 and sm_90a (no GPU needed)"
