@@ -46,6 +46,11 @@ function(prunekit_find_torch)
       ${PRUNEKIT_LIBTORCH} ${PRUNEKIT_LIBTORCH_CPU} ${PRUNEKIT_LIBC10})
   target_compile_definitions(prunekit_torch INTERFACE
       _GLIBCXX_USE_CXX11_ABI=${cxx11_abi} TORCH_EXTENSION_NAME=_C)
+  # at::parallel_for is a header template whose OpenMP pragma only splits work when the extension
+  # itself is compiled with OpenMP (as torch.utils.cpp_extension does); without it, ops run on
+  # one thread.
+  find_package(OpenMP REQUIRED COMPONENTS CXX)
+  target_link_libraries(prunekit_torch INTERFACE OpenMP::OpenMP_CXX)
   if(torch_cuda)
     find_library(PRUNEKIT_LIBTORCH_CUDA torch_cuda PATHS "${torch_root}/lib" NO_DEFAULT_PATH REQUIRED)
     find_library(PRUNEKIT_LIBC10_CUDA c10_cuda PATHS "${torch_root}/lib" NO_DEFAULT_PATH REQUIRED)

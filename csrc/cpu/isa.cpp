@@ -39,10 +39,10 @@ std::vector<std::string> compiled_isas() {
 std::string detected_isa() {
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
   __builtin_cpu_init();
-  // The avx512 variants use F, BW, VL, DQ and VBMI2 (16-bit expand-loads): Ice Lake, Zen 4 and later.
+  // The avx512 variants use F, BW, VL, DQ, VBMI2 and BMI2: Ice Lake, Zen 4 and later.
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vbmi2"))
+      __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("bmi2"))
     return "avx512";
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
   return "scalar";

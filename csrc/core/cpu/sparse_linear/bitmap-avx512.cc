@@ -16,9 +16,12 @@ inline __m512 expand_values(const void* values, ValueType type, int64_t offset, 
   if (type == ValueType::kFloat32) {
     return _mm512_maskz_expandloadu_ps(mask, static_cast<const float*>(values) + offset);
   }
-  const __m256i halves =
-      _mm256_maskz_expandloadu_epi16(mask, static_cast<const uint16_t*>(values) + offset);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+  // bf16: load the packed run, widen to fp32, then expand in registers (the 16-bit
+  // expand-load is slow on some cores, e.g. Zen 4).
+  const __mmask16 run = __mmask16(_bzhi_u32(0xffffu, unsigned(__builtin_popcount(mask))));
+  const __m256i halves = _mm256_maskz_loadu_epi16(run, static_cast<const uint16_t*>(values) + offset);
+  const __m512 packed = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+  return _mm512_maskz_expand_ps(mask, packed);
 }
 
 // B batch rows, U words in flight (independent accumulators hide the FMA latency).
