@@ -18,13 +18,15 @@ _spec.loader.exec_module(quality_minilm)
 def test_minilm_embedding_fidelity():
     configs = [dict(method=m, sparsity=s) for s in (0.5, "2:4") for m in ("magnitude", "wanda", "sparsegpt")]
     configs += [dict(method="wanda", sparsity=0.7), dict(method="wanda", sparsity=0.7, refine="dsnot")]
-    rows = quality_minilm.run(calibration_sentences=64, evaluation_sentences=128, configs=configs)
+    rows = quality_minilm.run(calibration_sentences=48, evaluation_sentences=96, configs=configs)
     cosine = {(r["method"], r["sparsity"], r["refine"]): r["mean_cosine"] for r in rows}
     for sparsity in ("0.5", "2:4"):
         magnitude = cosine[("magnitude", sparsity, "-")]
-        # "much closer": at least 40% of magnitude's distance to the dense embeddings is removed
+        # "much closer": at least 30% of magnitude's distance (1 - cosine) to the dense embeddings
+        # is removed, and the mean cosine is at least 0.1 higher
         for method in ("wanda", "sparsegpt"):
-            assert 1 - cosine[(method, sparsity, "-")] < 0.6 * (1 - magnitude), (sparsity, method, cosine)
+            assert 1 - cosine[(method, sparsity, "-")] < 0.7 * (1 - magnitude), (sparsity, method, cosine)
+            assert cosine[(method, sparsity, "-")] > magnitude + 0.1, (sparsity, method, cosine)
         assert cosine[("sparsegpt", sparsity, "-")] > cosine[("wanda", sparsity, "-")]
     assert cosine[("wanda", "0.7", "dsnot")] > cosine[("wanda", "0.7", "-")] + 0.02, cosine
     for row in rows:

@@ -113,3 +113,15 @@ def test_bad_model_and_config_types():
         prunekit.prune(nn.Linear(4, 4), {"method": "wanda"}, None)
     with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
         prunekit.prune("model", PruneConfig(), None)
+
+
+def test_gblm_without_a_loss_asks_for_one():
+    model = tiny_model("bert")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="returned no loss .*gblm_loss"):
+        prunekit.prune(model, PruneConfig(method="gblm", progress=False), calibration("bert"))
+    assert_unchanged(model, before)
+    # with a loss function it works
+    report = prunekit.prune(model, PruneConfig(method="gblm", progress=False, gblm_loss=lambda m, batch: m(
+        **batch.kwargs).last_hidden_state.square().mean()), calibration("bert"))
+    assert report.total_sparsity == pytest.approx(0.5)
