@@ -81,8 +81,52 @@ inline __m512 activate(__m512 v, Activation activation) {
   return activation == Activation::kRelu6 ? _mm512_min_ps(v, _mm512_set1_ps(6.0f)) : v;
 }
 
-constexpr int64_t kTileVectors = 4;
-constexpr int64_t kTile = kTileVectors * 16;
+// Y[p .. p + 16 V) of one output row: the nonzeros broadcast against V vectors of each of their
+// rows of X; masks cover a partial last tile. With V == 1 four accumulators over interleaved
+// nonzeros keep the FMA pipeline full.
+template <int V>
+inline void spmm_tile(const float* weight, const int32_t* column, int64_t nnz, const float* x,
+                      int64_t ldx, int64_t p, int64_t cols_x, __m512 initial, Activation activation,
+                      float* out) {
+  constexpr int A = V == 1 ? 4 : V;  // accumulators
+  __mmask16 masks[V];
+  for (int v = 0; v < V; ++v) {
+    const int64_t lanes = cols_x - p - 16 * v;
+    masks[v] = lanes >= 16 ? __mmask16(0xffff) : lanes > 0 ? __mmask16((1u << lanes) - 1) : __mmask16(0);
+  }
+  __m512 acc[A];
+  for (int a = 0; a < A; ++a) acc[a] = a < V ? initial : _mm512_setzero_ps();
+  const float* base = x + p;
+  if (V == 1) {
+    int64_t t = 0;
+    for (; t + 4 <= nnz; t += 4) {
+      for (int u = 0; u < 4; ++u) {
+        acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(weight[t + u]),
+                                 _mm512_maskz_loadu_ps(masks[0], base + column[t + u] * ldx), acc[u]);
+      }
+    }
+    for (; t < nnz; ++t) {
+      acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(weight[t]), _mm512_maskz_loadu_ps(masks[0], base + column[t] * ldx), acc[0]);
+    }
+    acc[0] = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+  } else {
+    for (int64_t t = 0; t < nnz; ++t) {
+      const __m512 wv = _mm512_set1_ps(weight[t]);
+      const float* in = base + column[t] * ldx;
+      for (int v = 0; v < V; ++v) acc[v] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(masks[v], in + 16 * v), acc[v]);
+    }
+  }
+  for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(out + p + 16 * v, masks[v], activate(acc[v], activation));
+}
+
+// Tile width in vectors: the largest (up to 4) whose slice of X (k rows) stays within L2.
+inline int tile_vectors(int64_t k, int64_t cols_x) {
+  constexpr int64_t kSliceBytes = 512 * 1024;
+  int vectors = 4;
+  while (vectors > 1 && k * 16 * vectors * int64_t(sizeof(float)) > kSliceBytes) vectors /= 2;
+  while (vectors > 1 && 16 * (vectors / 2) >= cols_x) vectors /= 2;  // no wider than needed
+  return vectors;
+}
 
 }  // namespace
 
@@ -110,84 +154,46 @@ Status bitmap_spmm_avx512(const void* values, ValueType type, const uint16_t* bi
   std::vector<float> weight_storage(type == ValueType::kFloat32 ? 0 : k + 16);
   int32_t* column = column_storage.data();
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    // Branch-free decode: each word's set bits become column indices by one vector compress.
-    const uint16_t* bm = bitmap + r * words;
-    int64_t nnz = 0;
-    for (int64_t w = 0; w < words; ++w) {
-      const __mmask16 mask = bm[w];
-      const __m512i index = _mm512_add_epi32(lanes, _mm512_set1_epi32(int32_t(w * kBitmapWordBits)));
-      _mm512_storeu_si512(column + nnz, _mm512_maskz_compress_epi32(mask, index));
-      nnz += __builtin_popcount(mask);
-    }
-    if ((bm[words - 1] & ~tail_mask) || nnz != row_offsets[r + 1] - row_offsets[r]) {
-      return Status{StatusCode::kCorruptMeta, r, 0};
-    }
-    const float* weight;
-    if (type == ValueType::kFloat32) {
-      weight = static_cast<const float*>(values) + row_offsets[r];
-    } else {
-      const uint16_t* in = static_cast<const uint16_t*>(values) + row_offsets[r];
-      for (int64_t t = 0; t < nnz; t += 16) {
-        const __mmask16 mask = nnz - t >= 16 ? __mmask16(0xffff) : __mmask16((1u << (nnz - t)) - 1);
-        const __m256i halves = _mm256_maskz_loadu_epi16(mask, in + t);
-        _mm512_storeu_ps(weight_storage.data() + t,
-                         _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16)));
+  const int vectors = tile_vectors(k, cols_x);
+  const int64_t tile = 16 * vectors;
+  // Tiles outermost: each X slice is reused by all of this thread's rows while it sits in L2;
+  // a row's nonzeros are decoded again per tile (cheap next to the FMAs of a tile).
+  for (int64_t p = 0; p < cols_x; p += tile) {
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      // Branch-free decode: each word's set bits become column indices by one vector compress.
+      const uint16_t* bm = bitmap + r * words;
+      int64_t nnz = 0;
+      for (int64_t w = 0; w < words; ++w) {
+        const __mmask16 mask = bm[w];
+        const __m512i index = _mm512_add_epi32(lanes, _mm512_set1_epi32(int32_t(w * kBitmapWordBits)));
+        _mm512_storeu_si512(column + nnz, _mm512_maskz_compress_epi32(mask, index));
+        nnz += __builtin_popcount(mask);
       }
-      weight = weight_storage.data();
-    }
-    const __m512 initial = _mm512_set1_ps(bias ? bias[r] : 0.0f);
-    float* out = y + r * ldy;
-    int64_t p = 0;
-    for (; p + kTile <= cols_x; p += kTile) {
-      __m512 acc0 = initial, acc1 = initial, acc2 = initial, acc3 = initial;
-      for (int64_t t = 0; t < nnz; ++t) {
-        const __m512 wv = _mm512_set1_ps(weight[t]);
-        const float* in = x + column[t] * ldx + p;
-        acc0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(in), acc0);
-        acc1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(in + 16), acc1);
-        acc2 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(in + 32), acc2);
-        acc3 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(in + 48), acc3);
+      if ((bm[words - 1] & ~tail_mask) || nnz != row_offsets[r + 1] - row_offsets[r]) {
+        return Status{StatusCode::kCorruptMeta, r, 0};
       }
-      _mm512_storeu_ps(out + p, activate(acc0, activation));
-      _mm512_storeu_ps(out + p + 16, activate(acc1, activation));
-      _mm512_storeu_ps(out + p + 32, activate(acc2, activation));
-      _mm512_storeu_ps(out + p + 48, activate(acc3, activation));
-    }
-    if (p < cols_x) {  // remainder: up to 4 (partial) vectors in one pass over the nonzeros
-      const int64_t vectors = (cols_x - p + 15) / 16;
-      __mmask16 masks[kTileVectors];
-      for (int64_t v = 0; v < kTileVectors; ++v) {
-        const int64_t lanes = cols_x - p - 16 * v;
-        masks[v] = lanes >= 16 ? __mmask16(0xffff) : lanes > 0 ? __mmask16((1u << lanes) - 1) : __mmask16(0);
-      }
-      if (vectors == 1) {
-        // One vector: four accumulators over interleaved nonzeros keep the FMA pipes busy.
-        __m512 acc[kTileVectors] = {initial, _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        int64_t t = 0;
-        for (; t + kTileVectors <= nnz; t += kTileVectors) {
-          for (int64_t u = 0; u < kTileVectors; ++u) {
-            acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(weight[t + u]),
-                                     _mm512_maskz_loadu_ps(masks[0], x + column[t + u] * ldx + p), acc[u]);
-          }
-        }
-        for (; t < nnz; ++t) {
-          acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(weight[t]), _mm512_maskz_loadu_ps(masks[0], x + column[t] * ldx + p), acc[0]);
-        }
-        const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        _mm512_mask_storeu_ps(out + p, masks[0], activate(sum, activation));
+      const float* weight;
+      if (type == ValueType::kFloat32) {
+        weight = static_cast<const float*>(values) + row_offsets[r];
       } else {
-        __m512 acc[kTileVectors] = {initial, initial, initial, initial};
-        for (int64_t t = 0; t < nnz; ++t) {
-          const __m512 wv = _mm512_set1_ps(weight[t]);
-          const float* in = x + column[t] * ldx + p;
-          for (int64_t v = 0; v < kTileVectors; ++v) {
-            acc[v] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(masks[v], in + 16 * v), acc[v]);
-          }
+        const uint16_t* in = static_cast<const uint16_t*>(values) + row_offsets[r];
+        for (int64_t t = 0; t < nnz; t += 16) {
+          const __mmask16 mask = nnz - t >= 16 ? __mmask16(0xffff) : __mmask16((1u << (nnz - t)) - 1);
+          const __m256i halves = _mm256_maskz_loadu_epi16(mask, in + t);
+          _mm512_storeu_ps(weight_storage.data() + t,
+                           _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16)));
         }
-        for (int64_t v = 0; v < vectors; ++v) {
-          _mm512_mask_storeu_ps(out + p + 16 * v, masks[v], activate(acc[v], activation));
-        }
+        weight = weight_storage.data();
+      }
+      const __m512 initial = _mm512_set1_ps(bias ? bias[r] : 0.0f);
+      float* out = y + r * ldy;
+      // A partial last tile uses only as many vectors as it has columns.
+      const int64_t remaining = cols_x - p;
+      const int here = remaining >= tile ? vectors : remaining <= 16 ? 1 : remaining <= 32 ? 2 : 4;
+      switch (here) {
+        case 4: spmm_tile<4>(weight, column, nnz, x, ldx, p, cols_x, initial, activation, out); break;
+        case 2: spmm_tile<2>(weight, column, nnz, x, ldx, p, cols_x, initial, activation, out); break;
+        default: spmm_tile<1>(weight, column, nnz, x, ldx, p, cols_x, initial, activation, out); break;
       }
     }
   }
