@@ -18,6 +18,7 @@ import inspect
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,7 +40,9 @@ def docstring_sentences(module_names: list[str], limit: int) -> list[str]:
     for module_name in module_names:
         module = importlib.import_module(module_name)
         for name in sorted(vars(module)):
-            obj = getattr(module, name)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # e.g. typing.re
+                obj = getattr(module, name)
             if not (inspect.isfunction(obj) or inspect.isclass(obj)):
                 continue
             doc = inspect.getdoc(obj)
