@@ -43,9 +43,9 @@ def docstring_sentences(module_names: list[str], limit: int) -> list[str]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # e.g. typing.re
                 obj = getattr(module, name)
-            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
-                continue
-            doc = inspect.getdoc(obj)
+                if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                    continue
+                doc = inspect.getdoc(obj)
             if not doc:
                 continue
             paragraph = " ".join(doc.split("\n\n")[0].split())
