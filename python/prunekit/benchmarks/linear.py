@@ -1,0 +1,102 @@
+"""Sparse linear on CPU vs dense F.linear and torch's CSR path, side by side in one process.
+
+For each named shape, batch, dtype and pattern (unstructured 50%/90%, 2:4): time of
+prunekit.ops.sparse_linear, dense F.linear of the same dtype, and torch.sparse.mm on a CSR
+weight (fp32), the speed-ups, effective (dense-equivalent) and actual GFLOP/s, and at batch 1
+the weight bandwidth in GB/s (bytes of the compressed weight per call).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .common import progress_bar, summarize_speedups, time_ms
+from .shapes import LLAMA_7B, SMALL_LINEAR
+
+QUICK = "one small shape, batches 1 and 16, short timings"
+NAME = "linear_cpu"
+TITLE = "Sparse linear vs dense F.linear and torch CSR (CPU)"
+COLUMNS = ["shape", "dtype", "pattern", "batch", "prunekit_ms", "dense_ms", "csr_ms", "speedup_vs_dense",
+           "speedup_vs_csr", "effective_gflops", "actual_gflops", "weight_GB_s"]
+PATTERNS = ("50%", "90%", "2:4")
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def pattern_sparsity(pattern: str) -> float:
+    """"50%" -> 0.5; "n:m" -> 1 - n/m."""
+    if ":" in pattern:
+        n, m = (int(v) for v in pattern.split(":"))
+        return 1 - n / m
+    return float(pattern.rstrip("%")) / 100
+
+
+def make_weight(rows: int, cols: int, pattern: str, dtype: torch.dtype, generator: torch.Generator):
+    """(dense, BitmapWeight) of a random weight pruned to ``pattern`` ("50%", "2:4", ...)."""
+    from prunekit import ops
+    from prunekit.formats import BitmapWeight, from_semi24
+
+    weight = torch.randn(rows, cols, generator=generator)
+    if pattern == "2:4":
+        dense = (weight * ops.nm_mask(weight.abs(), 2, 4)).to(dtype)
+        return dense, from_semi24(*ops.compress_24(dense))
+    weight[torch.rand(rows, cols, generator=generator) < pattern_sparsity(pattern)] = 0
+    dense = weight.to(dtype)
+    return dense, BitmapWeight.from_dense(dense)
+
+
+def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patterns=PATTERNS, dtypes=DTYPES,
+        min_run_time: float | None = None, csr: bool = True, progress: bool = False, on_row=None) -> list[dict]:
+    """One row per (shape, dtype, pattern, batch). ``quick``: one small shape, batches 1 and 16,
+    short timings. ``csr=False`` leaves out torch's CSR baseline."""
+    from prunekit import ops
+
+    shapes = shapes or (SMALL_LINEAR if quick else LLAMA_7B)
+    batches = batches or ((1, 16) if quick else (1, 16, 128))
+    min_run_time = min_run_time or (0.05 if quick else 0.4)
+    generator = torch.Generator().manual_seed(0)
+    rows_out = []
+    bar = progress_bar(len(shapes) * len(dtypes) * len(patterns) * len(batches), "bench linear", progress)
+    with warnings.catch_warnings(), bar:
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        for (name, (out_features, in_features)), dtype, pattern in itertools.product(shapes.items(), dtypes, patterns):
+            dense, weight = make_weight(out_features, in_features, pattern, dtype, generator)
+            csr_weight = dense.float().to_sparse_csr() if csr and dtype == torch.float32 and pattern != "2:4" else None
+            for batch in batches:
+                x = torch.randn(batch, in_features, generator=generator).to(dtype)
+                sparse_ms = time_ms(lambda: ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets,
+                                                              in_features), min_run_time)
+                dense_ms = time_ms(lambda: F.linear(x, dense), min_run_time)
+                csr_ms = time_ms(lambda: torch.sparse.mm(csr_weight, x.T), min_run_time) \
+                    if csr_weight is not None else None
+                flops = 2 * batch * out_features * in_features
+                nnz = weight.values.numel()
+                row = {
+                    "shape": name, "dtype": str(dtype).removeprefix("torch."), "pattern": pattern,
+                    "sparsity": pattern_sparsity(pattern), "batch": batch,
+                    "prunekit_ms": sparse_ms, "dense_ms": dense_ms, "csr_ms": csr_ms,
+                    "speedup_vs_dense": dense_ms / sparse_ms,
+                    "speedup_vs_csr": csr_ms / sparse_ms if csr_ms else None,
+                    "effective_gflops": flops / sparse_ms / 1e6,
+                    "actual_gflops": 2 * batch * nnz / sparse_ms / 1e6,
+                    "weight_GB_s": weight.nbytes() / sparse_ms / 1e6 if batch == 1 else None,
+                }
+                rows_out.append(row)
+                bar.update()
+                if on_row is not None:
+                    on_row(row)
+    return rows_out
+
+
+def describe(row: dict) -> str:
+    csr = f", CSR {row['csr_ms']:7.3f} ms ({row['speedup_vs_csr']:4.2f}x)" if row["csr_ms"] else ""
+    return (f"{row['shape']:>18} {row['dtype']:>8} {row['pattern']:>4} b{row['batch']:<4}: prunekit "
+            f"{row['prunekit_ms']:7.3f} ms, dense {row['dense_ms']:7.3f} ms ({row['speedup_vs_dense']:5.2f}x){csr}")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Speed-up over dense F.linear per dtype, pattern and batch (geometric mean over shapes)."""
+    return summarize_speedups("linear", rows, ["dtype", "pattern", "batch"], "speedup_vs_dense", "F.linear")
