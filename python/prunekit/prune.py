@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from . import distributed as _distributed
 from .allocation import global_allocation, owl_allocation, uniform_allocation
 from .calibrate.pipeline import (CalibrationBatch, CalibrationError, LayerInputStats, PrunableLayer, find_prunable_layers,
                                  model_device, walk_blocks)
@@ -68,6 +69,13 @@ class PruneConfig:
       model's own loss with labels = input_ids (causal LMs).
     - ``device``: where blocks run (default: where the model is); ``blocks``: the name of the
       model's block list when it is not found automatically; ``progress``: show a progress bar.
+    - ``distributed``: spread the run over the ranks of a torch.distributed process group
+      (``process_group``, default: the default group). None: when one with more than one rank is
+      initialised; True: insist; False: never. Every rank calls :func:`prune` with the same model,
+      config and ``calib``; the calibration items are sharded over the ranks, the statistics
+      reduced, each block's layer solves spread over the ranks and the pruned weights broadcast,
+      so every rank ends with the model a single process would produce. See
+      :mod:`prunekit.distributed`.
     """
 
     method: str = "wanda"
@@ -90,6 +98,8 @@ class PruneConfig:
     device: str | torch.device | None = None
     blocks: str | None = None
     progress: bool = True
+    distributed: bool | None = None
+    process_group: object | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -117,6 +127,8 @@ class PruneConfig:
             raise ValueError(f"PruneConfig.blocksize: expected >= 1, but got {self.blocksize}")
         if self.percdamp < 0:
             raise ValueError(f"PruneConfig.percdamp: expected >= 0, but got {self.percdamp}")
+        if self.distributed not in (None, True, False):
+            raise ValueError(f"PruneConfig.distributed: expected None, True or False, but got {self.distributed!r}")
 
     @property
     def pattern(self) -> tuple[int, int] | None:
@@ -317,8 +329,20 @@ def _default_loss(model: nn.Module, batch: CalibrationBatch) -> torch.Tensor:
 
 
 def _gradient_norms(model: nn.Module, layers: dict[str, PrunableLayer], items: list,
-                    config: PruneConfig) -> dict[str, torch.Tensor]:
-    """||G|| over the calibration items of every layer's weight gradient, as (out, in) matrices."""
+                    config: PruneConfig, context: _distributed.Context | None = None) -> dict[str, torch.Tensor]:
+    """||G|| over the calibration items of every layer's weight gradient, as (out, in) matrices.
+    Distributed: each rank takes its share of the items and the squared gradients are summed."""
+    if context is None:
+        return _gradient_norms_local(model, layers, list(enumerate(items)), config)
+    with context.guard("the GBLM gradient pass"):
+        norms = _gradient_norms_local(model, layers, context.shard(list(enumerate(items))), config, sqrt=False)
+    for name, squares in norms.items():
+        context.all_reduce_sum_(squares, what=f"the gradient reduction of layer {name}")
+    return {name: squares.sqrt() for name, squares in norms.items()}
+
+
+def _gradient_norms_local(model: nn.Module, layers: dict[str, PrunableLayer], items: list[tuple[int, object]],
+                          config: PruneConfig, sqrt: bool = True) -> dict[str, torch.Tensor]:
     loss_fn = config.gblm_loss or _default_loss
     device = model_device(model)
     squares = {name: torch.zeros(layer.matrix().shape, dtype=torch.float32, device=layer.weight.device)
@@ -332,7 +356,7 @@ def _gradient_norms(model: nn.Module, layers: dict[str, PrunableLayer], items: l
             p.requires_grad_(False)
         for layer in layers.values():
             layer.weight.requires_grad_(True)
-        for index, item in enumerate(items):
+        for index, item in items:
             batch = CalibrationBatch.from_item(item, index).to(device)
             for layer in layers.values():
                 layer.weight.grad = None
@@ -359,12 +383,12 @@ def _gradient_norms(model: nn.Module, layers: dict[str, PrunableLayer], items: l
         for name, layer in layers.items():
             layer.weight.grad = saved_grads[name]
         model.train(was_training)
-    return {name: s.sqrt() for name, s in squares.items()}
+    return {name: s.sqrt() for name, s in squares.items()} if sqrt else squares
 
 
 # ----------------------------------------------------------------------------- allocations
 
-def _layer_sparsities(model, layers, items, config) -> dict[str, float]:
+def _layer_sparsities(model, layers, items, config, context=None) -> dict[str, float]:
     allocation = config.effective_allocation
     if allocation == "uniform":
         return uniform_allocation({n: l.weight.numel() for n, l in layers.items()}, config.target_sparsity)
@@ -376,7 +400,7 @@ def _layer_sparsities(model, layers, items, config) -> dict[str, float]:
     group_sizes: dict[str, int] = {}
     group_of: dict[str, str] = {}
     walk = walk_blocks(model, items, layers, sequential=False, device=config.device, blocks_path=config.blocks,
-                       progress=config.progress, description="prunekit OWL statistics")
+                       progress=config.progress, description="prunekit OWL statistics", context=context)
     for step in walk:
         for name, layer in step.layers.items():
             # Without a block list every layer is its own group.
@@ -431,6 +455,34 @@ def _relative_error(dense: torch.Tensor, pruned: torch.Tensor, hessian: torch.Te
     return max(numerator, 0.0), denominator
 
 
+# ----------------------------------------------------------------------------- distribution
+
+def _solve_cost(layer: PrunableLayer, config: PruneConfig) -> float:
+    """Relative cost of pruning ``layer`` (for spreading a block's layers over ranks): the error
+    tr(dW H dW^T) is out * in^2 for every method; SparseGPT adds its solve (out * in^2 + in^3)."""
+    out_features, in_features = layer.matrix().shape
+    cost = float(out_features) * in_features * in_features
+    if config.method == "sparsegpt":
+        cost += float(out_features) * in_features * in_features + float(in_features) ** 3
+    return cost
+
+
+def _run_facts(layers: dict[str, PrunableLayer], items: list | None, config: PruneConfig) -> dict:
+    """What every rank of a distributed run must agree on: the layers, the number of calibration
+    items, the configuration and (a sample of) the weights."""
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name not in ("device", "progress", "process_group", "gblm_loss")}
+    settings["gblm_loss"] = None if config.gblm_loss is None else getattr(config.gblm_loss, "__qualname__", "custom")
+    samples = []
+    for layer in layers.values():
+        flat = layer.weight.detach().reshape(-1)
+        samples.append(float(flat[:: max(1, flat.numel() // 64)].to(torch.float64).sum()))
+    return {"the prunable layers": [(name, layer.shape) for name, layer in layers.items()],
+            "the number of calibration items": None if items is None else len(items),
+            "PruneConfig": settings,
+            "the weights (sampled checksums per layer)": samples}
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def prune(model: nn.Module, config: PruneConfig | None = None, calib=None) -> PruneReport:
@@ -448,40 +500,75 @@ def prune(model: nn.Module, config: PruneConfig | None = None, calib=None) -> Pr
         raise ValueError(f"prune: config must be a prunekit.PruneConfig, but got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise ValueError(f"prune: model must be a torch.nn.Module, but got {type(model).__name__}")
-    layers = _select_layers(model, config)
-    items = _calibration_list(calib, config)
+    context = _distributed.Context.resolve(config.distributed, config.process_group)
+    with _distributed.guard(context, "checking the model, config and calibration data"):
+        layers = _select_layers(model, config)
+        items = _calibration_list(calib, config)
+        if context is not None and items is not None and len(items) < context.world:
+            raise ValueError(f"prune: calib: distributed calibration over {context.world} ranks needs at least one "
+                             f"item per rank, but got {len(items)} items")
+    if context is not None:
+        context.agree(_run_facts(layers, items, config), "prunekit.prune")
     report = PruneReport(method=config.method, sparsity=config.sparsity if config.pattern is None else
                          f"{config.pattern[0]}:{config.pattern[1]}", allocation=config.effective_allocation,
                          refine=config.refine, sequential=config.sequential,
                          calibration_items=0 if items is None else len(items))
-    gradient_norms = _gradient_norms(model, layers, items, config) if config.method == "gblm" else {}
-    sparsities = _layer_sparsities(model, layers, items, config)
+    gradient_norms = _gradient_norms(model, layers, items, config, context) if config.method == "gblm" else {}
+    with _distributed.guard(context, "the sparsity allocation"):
+        sparsities = _layer_sparsities(model, layers, items, config, context)
     generator = torch.Generator().manual_seed(config.seed)
-    logger.info("prune: %s at %s (%s allocation) over %d layers", config.method, report.sparsity,
-                report.allocation, len(layers))
+    logger.info("prune: %s at %s (%s allocation) over %d layers%s", config.method, report.sparsity,
+                report.allocation, len(layers), "" if context is None else
+                f" (rank {context.rank} of {context.world}, {context.backend})")
 
-    def apply(layer: PrunableLayer, stats: LayerInputStats | None, block: str | None) -> None:
+    def solve(layer: PrunableLayer, stats: LayerInputStats | None) -> tuple[float, float] | None:
+        """Prunes one layer in place; returns the numerator and denominator of its error."""
         dense = layer.matrix().to(torch.float32)
         pruned = _prune_layer(layer, stats, sparsities[layer.name], config, gradient_norms.get(layer.name), generator)
+        error_terms = None if stats is None else _relative_error(dense, pruned, stats.hessian)
+        layer.set_matrix(pruned)
+        return error_terms
+
+    def record(layer: PrunableLayer, error_terms: tuple[float, float] | None, block: str | None) -> None:
         error = None
-        if stats is not None:
-            numerator, denominator = _relative_error(dense, pruned, stats.hessian)
+        if error_terms is not None:
+            numerator, denominator = error_terms
             error = numerator / denominator if denominator > 0 else 0.0
             report._error_sums[0] += numerator
             report._error_sums[1] += denominator
-        layer.set_matrix(pruned)
         zeros = int((layer.matrix() == 0).sum())
         report.layers.append(LayerReport(layer.name, layer.shape, layer.weight.numel(), sparsities[layer.name],
                                          zeros / layer.weight.numel(), error, block))
 
+    # The random criterion draws from one generator in layer order: every rank computes every
+    # layer (cheap, identical); the other methods split each block's layers over the ranks.
+    parallel = context is not None and config.method != "random"
     if items is None:
-        for layer in layers.values():
-            apply(layer, None, None)
+        with _distributed.guard(context, "pruning without calibration data"):
+            for layer in layers.values():
+                record(layer, solve(layer, None), None)
     else:
         for step in walk_blocks(model, items, layers, sequential=config.sequential, device=config.device,
-                                blocks_path=config.blocks, progress=config.progress):
-            for layer in step.layers.values():
-                apply(layer, step.stats[layer.name], step.name if step.index >= 0 else None)
+                                blocks_path=config.blocks, progress=config.progress, context=context):
+            block = step.name if step.index >= 0 else None
+            if not parallel:
+                with _distributed.guard(context, f"pruning the layers of {step.name}"):
+                    for layer in step.layers.values():
+                        record(layer, solve(layer, step.stats[layer.name]), block)
+                continue
+            names = list(step.layers)
+            owners = context.assign({name: _solve_cost(step.layers[name], config) for name in names})
+            terms = torch.zeros(len(names), 2, dtype=torch.float64)
+            with context.guard(f"pruning the layers of {step.name}"):
+                for i, name in enumerate(names):
+                    if owners[name] == context.rank:
+                        terms[i] = torch.tensor(solve(step.layers[name], step.stats[name]), dtype=torch.float64)
+            for name in names:  # the pruned weights, from the rank that solved each
+                context.broadcast_(step.layers[name].weight.detach(), owners[name],
+                                   what=f"the broadcast of {name}'s pruned weight from rank {owners[name]}")
+            context.all_reduce_sum_(terms, what=f"the reconstruction errors of {step.name}")
+            for i, name in enumerate(names):
+                record(step.layers[name], (float(terms[i, 0]), float(terms[i, 1])), block)
     order = {name: i for i, name in enumerate(layers)}
     report.layers.sort(key=lambda layer: order[layer.name])
     report.seconds = time.perf_counter() - started

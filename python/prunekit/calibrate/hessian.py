@@ -65,6 +65,24 @@ class HessianAccumulator:
             torch.ops.prunekit.hessian_accumulate_(self.hessian, chunk.contiguous(), self.n_samples)
             self.n_samples += chunk.shape[0]
 
+    @torch.no_grad()
+    def all_reduce(self, group=None, what: str = "the Hessian reduction") -> None:
+        """Combines the accumulators of all ranks of ``group`` (torch.distributed) in place: every
+        rank ends with H = 2/N * sum of x x^T over all ranks' rows and n_samples = N, the result of
+        one accumulator fed every rank's rows (up to the order of additions). Sums are reduced,
+        not means: H * n and n."""
+        from ..distributed import all_reduce_sum_
+
+        count = torch.tensor([self.n_samples], dtype=torch.int64)
+        all_reduce_sum_(count, group, what=f"{what} (sample counts)")
+        total = int(count[0])
+        if self.n_samples:
+            self.hessian.mul_(self.n_samples)
+        all_reduce_sum_(self.hessian, group, what=what)
+        if total:
+            self.hessian.div_(total)
+        self.n_samples = total
+
     def attach(self, module: nn.Module | None = None):
         """Registers a forward hook that adds the module's input; returns the hook handle."""
         module = module if module is not None else self.module

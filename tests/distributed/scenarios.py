@@ -1,0 +1,49 @@
+"""The pruning runs the distributed tests compare: the same tiny HF model, calibration items and
+configs in the single-process reference (the test process) and in every rank (_worker.py)."""
+
+import os
+
+import torch
+
+import prunekit
+from prunekit import PruneConfig
+
+from tiny_models import calibration, tiny_model
+
+FAIL_BLOCK = 1  # the block whose statistics pass the failure scenarios break on rank 1
+
+RUNS = {
+    "sparsegpt": dict(method="sparsegpt", sparsity=0.5),
+    "sparsegpt_24": dict(method="sparsegpt", sparsity="2:4"),
+    "wanda": dict(method="wanda", sparsity=0.5),
+    "wanda_owl_oneshot": dict(method="wanda", sparsity=0.6, allocation="owl", sequential=False),
+    "gblm": dict(method="gblm", sparsity=0.5),
+}
+
+
+def calib() -> list:
+    """5 items (an uneven split over 2 ranks), one of them padded: the ranks see different token
+    counts, so their statistics must be combined with the counts."""
+    items = calibration("llama", batches=5, batch_size=2, seq=16)
+    items[0]["attention_mask"][1, 9:] = 0
+    return items
+
+
+def run_scenario(name: str, *, fail_rank: int | None = None, fail_block: int = FAIL_BLOCK, hard: bool = False,
+                 distributed: bool | None = None):
+    """Prunes a fresh tiny Llama under RUNS[name]; returns (model, report). ``fail_rank`` makes that
+    rank raise (or, ``hard``, exit at once) in the forward of block ``fail_block``'s MLP."""
+    model = tiny_model("llama")
+    if fail_rank is not None and prunekit.distributed.get_rank() == fail_rank:
+        def hook(module, args, output):
+            if hard:
+                os._exit(3)
+            raise RuntimeError("injected failure in the MLP forward")
+        model.model.layers[fail_block].mlp.register_forward_hook(hook)
+    config = PruneConfig(**RUNS[name], progress=False, distributed=distributed)
+    report = prunekit.prune(model, config, calib())
+    return model, report
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.dim() == 2}
