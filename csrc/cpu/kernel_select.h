@@ -37,15 +37,29 @@ using BitmapSpmmFn = Status (*)(const void*, ValueType, const uint16_t*, const i
                                 int64_t, int64_t, int64_t);
 
 inline BitmapGemvFn select_bitmap_gemv() {
+  const std::string isa = selected_isa();
 #if defined(PRUNEKIT_HAVE_AVX512)
-  if (selected_isa() == "avx512") return &bitmap_gemv_avx512;
+  if (isa == "avx512") return &bitmap_gemv_avx512;
+#endif
+#if defined(PRUNEKIT_HAVE_AVX2)
+  if (isa == "avx2") return &bitmap_gemv_avx2;
+#endif
+#if defined(PRUNEKIT_HAVE_NEON)
+  if (isa == "neon") return &bitmap_gemv_neon;
 #endif
   return &bitmap_gemv_scalar;
 }
 
 inline BitmapSpmmFn select_bitmap_spmm() {
+  const std::string isa = selected_isa();
 #if defined(PRUNEKIT_HAVE_AVX512)
-  if (selected_isa() == "avx512") return &bitmap_spmm_avx512;
+  if (isa == "avx512") return &bitmap_spmm_avx512;
+#endif
+#if defined(PRUNEKIT_HAVE_AVX2)
+  if (isa == "avx2") return &bitmap_spmm_avx2;
+#endif
+#if defined(PRUNEKIT_HAVE_NEON)
+  if (isa == "neon") return &bitmap_spmm_neon;
 #endif
   return &bitmap_spmm_scalar;
 }

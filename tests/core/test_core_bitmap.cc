@@ -41,6 +41,15 @@ std::vector<Variant> variants() {
     out.push_back({"avx512", &bitmap_gemv_avx512, &bitmap_spmm_avx512});
   }
 #endif
+#if defined(PRUNEKIT_HAVE_AVX2) && (defined(__x86_64__) || defined(_M_X64))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    out.push_back({"avx2", &bitmap_gemv_avx2, &bitmap_spmm_avx2});
+  }
+#endif
+#if defined(PRUNEKIT_HAVE_NEON)
+  out.push_back({"neon", &bitmap_gemv_neon, &bitmap_spmm_neon});
+#endif
   return out;
 }
 

@@ -112,9 +112,13 @@ constexpr int64_t kGemvMaxBatch = 4;
                          int64_t cols_x, const float* bias, Activation activation, float* y,   \
                          int64_t ldy, int64_t row_begin, int64_t row_end);
 PRUNEKIT_DECLARE_BITMAP_GEMV(scalar)
+PRUNEKIT_DECLARE_BITMAP_GEMV(avx2)
 PRUNEKIT_DECLARE_BITMAP_GEMV(avx512)
+PRUNEKIT_DECLARE_BITMAP_GEMV(neon)
 PRUNEKIT_DECLARE_BITMAP_SPMM(scalar)
+PRUNEKIT_DECLARE_BITMAP_SPMM(avx2)
 PRUNEKIT_DECLARE_BITMAP_SPMM(avx512)
+PRUNEKIT_DECLARE_BITMAP_SPMM(neon)
 #undef PRUNEKIT_DECLARE_BITMAP_GEMV
 #undef PRUNEKIT_DECLARE_BITMAP_SPMM
 

@@ -82,7 +82,7 @@ inline __m512 activate(__m512 v, Activation activation) {
 }
 
 // Y[p .. p + 16 V) of one output row: the nonzeros broadcast against V vectors of each of their
-// rows of X; masks cover a partial last tile. With V == 1 four accumulators over interleaved
+// rows of X; masks cover a partial last vector. With V == 1 four accumulators over interleaved
 // nonzeros keep the FMA pipeline full.
 template <int V>
 inline void spmm_tile(const float* weight, const int32_t* column, int64_t nnz, const float* x,
@@ -113,19 +113,44 @@ inline void spmm_tile(const float* weight, const int32_t* column, int64_t nnz, c
     for (int64_t t = 0; t < nnz; ++t) {
       const __m512 wv = _mm512_set1_ps(weight[t]);
       const float* in = base + column[t] * ldx;
-      for (int v = 0; v < V; ++v) acc[v] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(masks[v], in + 16 * v), acc[v]);
+      // Only the last vector can be partial: full vectors load unmasked.
+      for (int v = 0; v + 1 < V; ++v) acc[v] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(in + 16 * v), acc[v]);
+      acc[V - 1] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(masks[V - 1], in + 16 * (V - 1)), acc[V - 1]);
     }
   }
   for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(out + p + 16 * v, masks[v], activate(acc[v], activation));
 }
 
-// Tile width in vectors: the largest (up to 4) whose slice of X (k rows) stays within L2.
+constexpr int kMaxTileVectors = 8;
+
+// One tile of width `vectors` (1..kMaxTileVectors) vectors, dispatched to its template.
+inline void spmm_tile_any(int vectors, const float* weight, const int32_t* column, int64_t nnz,
+                          const float* x, int64_t ldx, int64_t p, int64_t cols_x, __m512 initial,
+                          Activation activation, float* out) {
+  switch (vectors) {
+#define PRUNEKIT_TILE_CASE(V) \
+  case V: spmm_tile<V>(weight, column, nnz, x, ldx, p, cols_x, initial, activation, out); break;
+    PRUNEKIT_TILE_CASE(8)
+    PRUNEKIT_TILE_CASE(7)
+    PRUNEKIT_TILE_CASE(6)
+    PRUNEKIT_TILE_CASE(5)
+    PRUNEKIT_TILE_CASE(4)
+    PRUNEKIT_TILE_CASE(3)
+    PRUNEKIT_TILE_CASE(2)
+    default: spmm_tile<1>(weight, column, nnz, x, ldx, p, cols_x, initial, activation, out); break;
+#undef PRUNEKIT_TILE_CASE
+  }
+}
+
+// Tile width in vectors: the widest (up to kMaxTileVectors) whose slice of X (k rows) stays
+// within L2, and no wider than the columns need. Wide tiles amortise the per-nonzero work
+// (broadcast, index, address) over more FMAs and cut the number of passes over each row.
 inline int tile_vectors(int64_t k, int64_t cols_x) {
   constexpr int64_t kSliceBytes = 512 * 1024;
-  int vectors = 4;
+  int vectors = kMaxTileVectors;
   while (vectors > 1 && k * 16 * vectors * int64_t(sizeof(float)) > kSliceBytes) vectors /= 2;
-  while (vectors > 1 && 16 * (vectors / 2) >= cols_x) vectors /= 2;  // no wider than needed
-  return vectors;
+  const int64_t needed = (cols_x + 15) / 16;
+  return int(needed < vectors ? needed : vectors);
 }
 
 }  // namespace
@@ -188,13 +213,9 @@ Status bitmap_spmm_avx512(const void* values, ValueType type, const uint16_t* bi
       const __m512 initial = _mm512_set1_ps(bias ? bias[r] : 0.0f);
       float* out = y + r * ldy;
       // A partial last tile uses only as many vectors as it has columns.
-      const int64_t remaining = cols_x - p;
-      const int here = remaining >= tile ? vectors : remaining <= 16 ? 1 : remaining <= 32 ? 2 : 4;
-      switch (here) {
-        case 4: spmm_tile<4>(weight, column, nnz, x, ldx, p, cols_x, initial, activation, out); break;
-        case 2: spmm_tile<2>(weight, column, nnz, x, ldx, p, cols_x, initial, activation, out); break;
-        default: spmm_tile<1>(weight, column, nnz, x, ldx, p, cols_x, initial, activation, out); break;
-      }
+      const int64_t remaining_vectors = (cols_x - p + 15) / 16;
+      const int here = remaining_vectors < vectors ? int(remaining_vectors) : vectors;
+      spmm_tile_any(here, weight, column, nnz, x, ldx, p, cols_x, initial, activation, out);
     }
   }
   return Status{};
