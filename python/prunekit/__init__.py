@@ -42,6 +42,10 @@ _check_torch_matches_build()
 
 from . import formats, ops  # noqa: E402  (registers the fake impls once _C has defined the ops)
 from .prune import PruneConfig, PruneReport, prune  # noqa: E402
+from . import nn  # noqa: E402  (SparseLinear, SparseConv2d)
+from .io import load, save  # noqa: E402  (compressed checkpoints)
+from .surgery import sparsify_  # noqa: E402
 
 __version__ = _C.build_info()["version"]
 __all__ = ["build_info", "formats", "ops", "__version__", "prune", "PruneConfig", "PruneReport"]
+__all__ += ["nn", "sparsify_", "save", "load"]

@@ -1,0 +1,503 @@
+"""Lossless compressed checkpoints: ``prunekit.save(model, path)`` / ``prunekit.load(path)``.
+
+The format (version 1) is one safetensors file; no pickle anywhere. Its ``__metadata__`` holds
+JSON strings:
+
+- ``format`` = "prunekit.checkpoint", ``format_version`` = "1", ``prunekit_version``,
+  ``torch_version``;
+- ``model``: the model's class name and, for Hugging Face models, the class, the full config and
+  the attention implementation, so that :func:`load` can rebuild the model without a skeleton;
+- ``modules``: per SparseLinear / SparseConv2d, its class, format, sizes, dtype and geometry;
+  ``module_aliases``: further names of a sparse module registered under several names;
+- ``tensors``: per stored tensor its dtype, shape and CRC-32; ``aliases``: state_dict keys whose
+  tensor is stored under another key (tied weights, stored once);
+- ``nonpersistent``: floating-point buffers outside state_dict (e.g. rotary ``inv_freq``) that
+  are stored because a dtype change of the model changes them.
+
+Tensors: each sparse module's compressed tensors under ``<module>.<name>`` (unstructured:
+``values``, ``bitmap``; its ``row_offsets`` are recomputed from the bitmap on load; 2:4:
+``values`` and ``meta`` in torch's CUTLASS layout; dense: ``weight``; and ``bias``), every other
+state_dict entry under its key, bit for bit.
+
+A Hugging Face model saved to a path that does not end in ".safetensors" becomes a directory
+holding ``config.json`` (for tools) and ``model.prunekit.safetensors`` (self-contained; the
+config inside it is the one :func:`load` uses).
+
+Loading parses and checks the header (format name and version, JSON, dtypes and shapes against
+byte spans, the file's exact length), memory-maps the file (``mmap=True``: tensors are
+copy-on-write views of the file, so in-place changes never reach it), checks every tensor's
+dtype, shape and CRC-32 against the header (``verify=True``) and each sparse module's tensors
+against its format, and checks the model's structure (sparse module geometry, state_dict keys,
+shapes) before changing anything in the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..nn import SparseConv2d, SparseLinear, SparseWeightModule
+from ..nn._sparse import row_offsets_from_bitmap
+from ..nn.linear import is_hf_conv1d
+from . import safetensors_file as stf
+from .safetensors_file import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "prunekit.checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.prunekit.safetensors"
+CONFIG_NAME = "config.json"
+_JSON_KEYS = ("model", "modules", "module_aliases", "tensors", "aliases", "nonpersistent")
+_VALUE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                 "float64": torch.float64}
+
+
+# ----------------------------------------------------------------------------- save
+
+def _hf_pretrained(model: nn.Module) -> bool:
+    try:
+        import transformers
+    except ImportError:
+        return False
+    return isinstance(model, transformers.PreTrainedModel)
+
+
+def save(model: nn.Module, path, *, overwrite: bool = False) -> Path:
+    """Saves ``model`` (sparse modules compressed, everything else as is) losslessly.
+
+    ``path``: a file; for a Hugging Face ``PreTrainedModel`` a directory (config.json +
+    model.prunekit.safetensors) unless it ends in ".safetensors". An existing file, or a
+    non-empty directory, is refused unless ``overwrite=True``; then only the checkpoint's own
+    files are replaced, each atomically. Returns the path of the safetensors file.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"save: argument 'model' must be a torch.nn.Module, but got {type(model).__name__}")
+    if not isinstance(path, (str, Path)) and not hasattr(path, "__fspath__"):
+        raise TypeError(f"save: argument 'path' must be a str or os.PathLike, but got {type(path).__name__}")
+    path = Path(path)
+    hf = _hf_pretrained(model)
+    as_directory = hf and path.suffix != ".safetensors"
+    if as_directory:
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"save: argument 'path' must be a directory for a Hugging Face model (or a name ending "
+                                  f"in .safetensors), but {path} is a file")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise CheckpointError(f"save: argument 'path' must not exist or be an empty directory (pass overwrite=True "
+                                  f"to replace the checkpoint in it), but {path} holds {sorted(p.name for p in path.iterdir())[:5]}")
+        weights = path / WEIGHTS_NAME
+    else:
+        if path.is_dir():
+            raise CheckpointError(f"save: argument 'path' must be a file name, but {path} is a directory")
+        if path.exists() and not overwrite:
+            raise CheckpointError(f"save: argument 'path' must not exist (pass overwrite=True to replace it), but "
+                                  f"{path} exists")
+        if not path.parent.is_dir():
+            raise CheckpointError(f"save: the directory of argument 'path' must exist, but {path.parent} does not")
+        weights = path
+    tensors, metadata = _collect(model, hf)
+    if as_directory:
+        path.mkdir(parents=True, exist_ok=True)
+    stf.write(weights, tensors, metadata, overwrite=overwrite)
+    if as_directory:
+        stf.write_text(path / CONFIG_NAME, model.config.to_json_string(use_diff=False), overwrite=True)
+    return weights
+
+
+def _cpu(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach()
+    if tensor.device.type == "meta":
+        raise CheckpointError(f"save: tensor '{key}' is on the meta device (no data); load or materialise the model first")
+    return tensor.cpu().contiguous()
+
+
+def _collect(model: nn.Module, hf: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    sparse: dict[str, SparseWeightModule] = {}
+    module_aliases: dict[str, str] = {}
+    first_name: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, SparseWeightModule):
+            if id(module) in first_name:
+                module_aliases[name] = first_name[id(module)]
+                continue
+            first_name[id(module)] = name
+            sparse[name] = module
+    sparse_names = set(sparse) | set(module_aliases)
+
+    named: dict[str, torch.Tensor] = {}
+    modules = {}
+    for name, module in sparse.items():
+        modules[name] = module.checkpoint_spec()
+        for key, tensor in module._state_tensors().items():
+            if module.format == "unstructured" and key == "row_offsets":
+                continue  # recomputed from the bitmap on load
+            named[_join(name, key)] = tensor
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if _owner(key) not in sparse_names:
+            named[key] = tensor
+    nonpersistent = []
+    for name, module in model.named_modules():
+        if isinstance(module, SparseWeightModule):
+            continue
+        for buffer_name in sorted(module._non_persistent_buffers_set):
+            buffer = module._buffers.get(buffer_name)
+            if buffer is not None and buffer.is_floating_point():
+                key = _join(name, buffer_name)
+                named[key] = buffer
+                nonpersistent.append(key)
+
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    stored_by_identity: dict[tuple, str] = {}
+    for key, tensor in named.items():
+        identity = None
+        if tensor.device.type != "meta" and tensor.numel():
+            identity = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                        tuple(tensor.stride()), tensor.dtype)
+        if identity is not None and identity in stored_by_identity:
+            aliases[key] = stored_by_identity[identity]
+            continue
+        if identity is not None:
+            stored_by_identity[identity] = key
+        tensors[key] = _cpu(key, tensor)
+    manifest = {key: {"dtype": stf.DTYPES.get(t.dtype, str(t.dtype)), "shape": list(t.shape), "crc32": stf.crc32(t)}
+                for key, t in tensors.items() if t.dtype in stf.DTYPES}
+
+    import prunekit
+
+    model_info = {"class": type(model).__name__, "module": type(model).__module__}
+    if hf:
+        model_info["hf"] = {"class": type(model).__name__,
+                            "config": json.loads(model.config.to_json_string(use_diff=False)),
+                            "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+    metadata = {
+        "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "prunekit_version": prunekit.__version__,
+        "torch_version": torch.__version__, "model": json.dumps(model_info), "modules": json.dumps(modules),
+        "module_aliases": json.dumps(module_aliases), "tensors": json.dumps(manifest), "aliases": json.dumps(aliases),
+        "nonpersistent": json.dumps(nonpersistent),
+    }
+    return tensors, metadata
+
+
+def _join(name: str, key: str) -> str:
+    return f"{name}.{key}" if name else key
+
+
+def _owner(key: str) -> str:
+    return key.rsplit(".", 1)[0] if "." in key else ""
+
+
+# ----------------------------------------------------------------------------- read
+
+def _weights_path(path: Path) -> Path:
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            raise CheckpointError(f"load: argument 'path' is a directory, so it must hold {WEIGHTS_NAME}, but "
+                                  f"{path} holds {sorted(p.name for p in path.iterdir())[:8]}")
+        return weights
+    if not path.exists():
+        raise FileNotFoundError(f"load: argument 'path' must name a prunekit checkpoint, but {path} does not exist")
+    return path
+
+
+def read_info(path) -> dict:
+    """The checked header of a checkpoint, without loading tensors: format version, versions,
+    model info, sparse module specs, tensor manifest, aliases and the file's size."""
+    weights = _weights_path(Path(path))
+    header, metadata = stf.read_header(weights)
+    if metadata.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"load: {weights} is not a prunekit checkpoint: expected metadata format={FORMAT_NAME!r}, "
+                              f"but got {metadata.get('format')!r}")
+    version = metadata.get("format_version")
+    if version != str(FORMAT_VERSION):
+        newer = version is not None and version.isdigit() and int(version) > FORMAT_VERSION
+        hint = " (written by a newer prunekit: upgrade prunekit)" if newer else ""
+        raise CheckpointError(f"load: {weights} has checkpoint format_version {version!r}, but this prunekit reads "
+                              f"version {FORMAT_VERSION!r}{hint}")
+    info = {"path": str(weights), "bytes": weights.stat().st_size, "format_version": FORMAT_VERSION,
+            "prunekit_version": metadata.get("prunekit_version"), "torch_version": metadata.get("torch_version")}
+    for key in _JSON_KEYS:
+        try:
+            info[key] = json.loads(metadata[key])
+        except (KeyError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"load: {weights} is corrupt: metadata '{key}' must be JSON, but {error!r}") from None
+    manifest = info["tensors"]
+    if set(manifest) != set(header):
+        missing, extra = sorted(set(manifest) - set(header))[:5], sorted(set(header) - set(manifest))[:5]
+        raise CheckpointError(f"load: {weights} is corrupt: the stored tensors must be those its metadata lists, but "
+                              f"{missing} are missing and {extra} are not listed")
+    for key, entry in header.items():
+        if manifest[key].get("dtype") != entry["dtype"] or list(manifest[key].get("shape", [])) != list(entry["shape"]):
+            raise CheckpointError(f"load: {weights} is corrupt: tensor '{key}' must be {manifest[key].get('dtype')} of "
+                                  f"shape {manifest[key].get('shape')} (metadata), but the header says {entry['dtype']} "
+                                  f"of shape {entry['shape']}")
+    return info
+
+
+def _read_tensors(weights: Path, info: dict, *, mmap: bool, verify: bool) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
+
+    tensors = {}
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as file:
+            for key in file.keys():
+                tensors[key] = file.get_tensor(key)
+    except SafetensorError as error:
+        raise CheckpointError(f"load: {weights} could not be read as safetensors: {error}") from None
+    for key, tensor in tensors.items():
+        entry = info["tensors"][key]
+        if verify and stf.crc32(tensor) != entry.get("crc32"):
+            raise CheckpointError(f"load: {weights} is corrupt: tensor '{key}' must have CRC-32 {entry.get('crc32')}, "
+                                  f"but its bytes give {stf.crc32(tensor)}")
+        if not mmap:
+            tensors[key] = tensor.clone()
+    return tensors
+
+
+# ----------------------------------------------------------------------------- load
+
+def load(path, model: nn.Module | None = None, *, mmap: bool = True, verify: bool = True) -> nn.Module:
+    """Loads a checkpoint written by :func:`save`.
+
+    - ``path``: the file, or the directory of a Hugging Face checkpoint.
+    - ``model``: a skeleton to load into (the same architecture: dense or already sparsified;
+      its weights may be on the meta device). Without it, a Hugging Face checkpoint rebuilds its
+      model from the stored config (transformers' class named in the checkpoint); other models
+      need the skeleton.
+    - ``mmap``: tensors stay copy-on-write memory maps of the file (else they are read into RAM).
+    - ``verify``: check every tensor's CRC-32 (reads every byte once).
+
+    Returns the model (the skeleton itself when given, changed in place, in eval mode if it was
+    rebuilt). Every check runs before the model changes: a bad checkpoint or a mismatching
+    skeleton raises a ``CheckpointError`` (a ``ValueError``) naming the file or argument, what
+    was expected and what was found.
+    """
+    if not isinstance(path, (str, Path)) and not hasattr(path, "__fspath__"):
+        raise TypeError(f"load: argument 'path' must be a str or os.PathLike, but got {type(path).__name__}")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"load: argument 'model' must be a torch.nn.Module or None, but got {type(model).__name__}")
+    weights = _weights_path(Path(path))
+    info = read_info(weights)
+    model_info = info["model"]
+    rebuilt = model is None
+    if rebuilt:
+        model = _rebuild_hf(weights, model_info)
+    else:
+        _check_architecture(weights, model_info, model)
+    tensors = _read_tensors(weights, info, mmap=mmap, verify=verify)
+    _load_into(weights, info, tensors, model)
+    if rebuilt:
+        model.eval()
+    return model
+
+
+def _check_architecture(weights: Path, model_info: dict, model: nn.Module) -> None:
+    expected = model_info.get("class")
+    if type(model).__name__ != expected:
+        raise CheckpointError(f"load: argument 'model' must be a {expected} (the architecture the checkpoint {weights} "
+                              f"was saved from), but got {type(model).__name__}")
+    hf = model_info.get("hf")
+    if hf is not None and hasattr(model, "config"):
+        stored = hf["config"].get("model_type")
+        actual = getattr(model.config, "model_type", None)
+        if stored != actual:
+            raise CheckpointError(f"load: argument 'model' must have config.model_type {stored!r} (as in {weights}), "
+                                  f"but got {actual!r}")
+
+
+def _rebuild_hf(weights: Path, model_info: dict) -> nn.Module:
+    hf = model_info.get("hf")
+    if hf is None:
+        raise CheckpointError(f"load: {weights} holds a {model_info.get('class')} (not a Hugging Face model), so argument "
+                              "'model' must be a skeleton of it to load into, but got None")
+    try:
+        import transformers
+    except ImportError as error:
+        raise RuntimeError(f"load: {weights} holds a Hugging Face {hf.get('class')}; rebuilding it needs transformers "
+                           "(pip install transformers), which is not installed") from error
+    cls = getattr(transformers, str(hf.get("class")), None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise CheckpointError(f"load: {weights} names model class {hf.get('class')!r}, which must be a transformers "
+                              f"PreTrainedModel class, but transformers {transformers.__version__} has none by that name")
+    try:
+        config = cls.config_class.from_dict(dict(hf["config"]))
+    except Exception as error:  # transformers raises many kinds for a bad config
+        raise CheckpointError(f"load: the config stored in {weights} does not build a {cls.__name__} config: {error}") from error
+    if hf.get("attn_implementation"):
+        config._attn_implementation = hf["attn_implementation"]
+    no_init = _no_init_weights()
+    with no_init():
+        return cls(config)
+
+
+def _no_init_weights():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:  # pragma: no cover - very old transformers
+            import contextlib
+            return contextlib.nullcontext
+    return no_init_weights
+
+
+def _module_tensors(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    prefix = f"{name}." if name else ""
+    return {key[len(prefix):]: t for key, t in tensors.items() if key.startswith(prefix) and "." not in key[len(prefix):]}
+
+
+def _build_sparse(weights: Path, name: str, spec: dict, tensors: dict[str, torch.Tensor]) -> SparseWeightModule:
+    owner = f"load: sparse module '{name}' in {weights}"
+    try:
+        kind, fmt = spec["class"], spec["format"]
+        dtype = _VALUE_DTYPES[spec["dtype"]]
+        has_bias = bool(spec["bias"])
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"{owner}: its spec must give class, format, dtype and bias, but got {spec!r} "
+                              f"({error!r})") from None
+    own = dict(tensors)
+    bias = own.pop("bias", None)
+    if has_bias != (bias is not None):
+        raise CheckpointError(f"{owner}: expected {'a' if has_bias else 'no'} 'bias' tensor, but "
+                              f"{'none' if bias is None else 'one'} is stored")
+    if fmt == "unstructured" and "bitmap" in own:
+        bitmap = own["bitmap"]
+        if bitmap.dtype != torch.int16 or bitmap.dim() != 2:
+            raise CheckpointError(f"{owner}: tensor 'bitmap' must be a 2-D int16 tensor, but got {bitmap.dtype} of shape "
+                                  f"{tuple(bitmap.shape)}")
+        own["row_offsets"] = row_offsets_from_bitmap(bitmap)
+    try:
+        if kind == "SparseLinear":
+            return SparseLinear(int(spec["in_features"]), int(spec["out_features"]), format=fmt, tensors=own, bias=bias,
+                                dtype=dtype, source=spec.get("source", "linear"))
+        if kind == "SparseConv2d":
+            padding = spec["padding"]
+            return SparseConv2d(int(spec["in_channels"]), int(spec["out_channels"]), tuple(spec["kernel_size"]),
+                                stride=tuple(spec["stride"]), padding=padding if isinstance(padding, str) else tuple(padding),
+                                dilation=tuple(spec["dilation"]), padding_mode=spec["padding_mode"], format=fmt,
+                                tensors=own, bias=bias, dtype=dtype)
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"{owner}: its spec is incomplete: {error!r}") from None
+    except ValueError as error:
+        raise CheckpointError(f"{owner}: {error}") from None
+    raise CheckpointError(f"{owner}: class must be 'SparseLinear' or 'SparseConv2d', but got {kind!r}")
+
+
+def _check_fits(weights: Path, name: str, target: nn.Module, built: SparseWeightModule) -> None:
+    """The skeleton's module at ``name`` must have the sparse module's geometry."""
+    where = f"load: module '{name}' of argument 'model'"
+    if isinstance(built, SparseLinear):
+        if isinstance(target, SparseLinear):
+            shape = (target.out_features, target.in_features)
+        elif is_hf_conv1d(target):
+            shape = tuple(target.weight.shape[::-1])
+        elif isinstance(target, nn.Linear):
+            shape = (target.out_features, target.in_features)
+        else:
+            raise CheckpointError(f"{where} must be an nn.Linear, Conv1D or SparseLinear (as in {weights}), but got "
+                                  f"{type(target).__name__}")
+        expected = (built.out_features, built.in_features)
+    else:
+        if isinstance(target, (nn.Conv2d, SparseConv2d)):
+            shape = (target.out_channels, target.in_channels, *target.kernel_size, *target.stride)
+        else:
+            raise CheckpointError(f"{where} must be an nn.Conv2d or SparseConv2d (as in {weights}), but got "
+                                  f"{type(target).__name__}")
+        expected = (built.out_channels, built.in_channels, *built.kernel_size, *built.stride)
+    if tuple(shape) != tuple(expected):
+        raise CheckpointError(f"{where} must have (out, in{', kernel, stride' if len(expected) > 2 else ''}) = {expected} "
+                              f"as in {weights}, but got {tuple(shape)}")
+    if (getattr(target, "bias", None) is not None) != (built.bias is not None):
+        raise CheckpointError(f"{where} must {'have' if built.bias is not None else 'have no'} bias as in {weights}, "
+                              f"but it {'has none' if built.bias is not None else 'has one'}")
+
+
+def _load_into(weights: Path, info: dict, tensors: dict[str, torch.Tensor], model: nn.Module) -> None:
+    specs, module_aliases = info["modules"], info["module_aliases"]
+    aliases, nonpersistent = info["aliases"], set(info["nonpersistent"])
+    sparse_names = set(specs) | set(module_aliases)
+    # 1. sparse modules, built and checked against the skeleton
+    built: dict[str, SparseWeightModule] = {}
+    for name, spec in specs.items():
+        module = _build_sparse(weights, name, spec, _module_tensors(name, tensors))
+        for place in [name] + [alias for alias, target in module_aliases.items() if target == name]:
+            try:
+                target = model.get_submodule(place) if place else model
+            except AttributeError:
+                raise CheckpointError(f"load: argument 'model' must have a module '{place}' (a sparse module in "
+                                      f"{weights}), but it has none: another architecture or configuration?") from None
+            _check_fits(weights, place, target, module)
+        built[name] = module
+    # 2. everything else against the skeleton's state_dict
+    stored = {key: t for key, t in tensors.items() if _owner(key) not in sparse_names and key not in nonpersistent}
+    for alias, key in aliases.items():
+        if key not in tensors:
+            raise CheckpointError(f"load: {weights} is corrupt: alias '{alias}' must name a stored tensor, but '{key}' "
+                                  "is not stored")
+        if _owner(alias) not in sparse_names and alias not in nonpersistent:
+            stored[alias] = tensors[key]
+    expected = {key: t for key, t in model.state_dict(keep_vars=True).items() if _owner(key) not in sparse_names}
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"load: argument 'model' must have the state_dict keys stored in {weights} (the same "
+                              f"architecture and configuration), but {len(missing)} of its keys are not stored "
+                              f"{missing[:5]} and {len(unexpected)} stored keys are not in it {unexpected[:5]}")
+    for key, tensor in stored.items():
+        if tuple(expected[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"load: tensor '{key}' of argument 'model' must have shape {tuple(tensor.shape)} as in "
+                                  f"{weights}, but has {tuple(expected[key].shape)}")
+    buffers = {}
+    for key in nonpersistent:
+        owner, _, buffer_name = key.rpartition(".")
+        try:
+            module = model.get_submodule(owner) if owner else model
+        except AttributeError:
+            module = None
+        current = None if module is None else module._buffers.get(buffer_name)
+        if current is None or tuple(current.shape) != tuple(tensors[key].shape):
+            logger.warning("load: non-persistent buffer %s of %s does not fit argument 'model'; kept its own", key, weights)
+            continue
+        buffers[key] = (module, buffer_name)
+    # 3. change the model
+    tied = _tied_groups(model)
+    for name, module in built.items():
+        module.train(model.training)
+        for place in [name] + [alias for alias, target in module_aliases.items() if target == name]:
+            _set_submodule(model, place, module)
+    model.load_state_dict(stored, strict=False, assign=True)
+    for key, (module, buffer_name) in buffers.items():
+        module._buffers[buffer_name] = tensors[key]
+    _retie(model, tied)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _tied_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names that refer to one Parameter object (tied weights)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _retie(model: nn.Module, groups: list[list[str]]) -> None:
+    for names in groups:
+        try:
+            first = model.get_parameter(names[0])
+        except AttributeError:
+            continue
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            if isinstance(module._parameters.get(attr), nn.Parameter):
+                module._parameters[attr] = first

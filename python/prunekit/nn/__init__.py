@@ -1,0 +1,11 @@
+"""Drop-in sparse modules: SparseLinear (for nn.Linear and transformers Conv1D) and SparseConv2d
+(for nn.Conv2d, groups=1), holding a compressed weight ("2:4", "unstructured" or "dense") and
+running it through the prunekit ops. Build them with ``from_dense(module, format="auto")``, or
+swap a whole pruned model at once with :func:`prunekit.sparsify_`."""
+
+from ._sparse import BREAK_EVEN_SPARSITY, FORMATS, SEMI24_MIN_FILL, SparseWeightModule, WeightStats, choose_format
+from .conv import SparseConv2d
+from .linear import SparseLinear, is_hf_conv1d
+
+__all__ = ["BREAK_EVEN_SPARSITY", "FORMATS", "SEMI24_MIN_FILL", "SparseConv2d", "SparseLinear", "SparseWeightModule",
+           "WeightStats", "choose_format", "is_hf_conv1d"]

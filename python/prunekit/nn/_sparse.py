@@ -1,0 +1,383 @@
+"""What SparseLinear and SparseConv2d share: the compressed weight formats, their validation, the
+choice of format ("auto"), device moves and the memory report.
+
+A sparse module holds its weight as a (rows, cols) matrix (Linear: (out, in); Conv2d:
+(out, in * kh * kw), the order of ``weight.reshape(out, -1)`` and of ``F.unfold``) in one of
+three formats. Tensors marked *state* are in ``state_dict()`` and in checkpoints; *runtime*
+tensors are derived from them for the device the module is on and rebuilt on every move:
+
+- ``"unstructured"``: state ``values`` (nnz,) packed nonzeros row by row, ``bitmap``
+  (rows, ceil(cols / 16)) int16, ``row_offsets`` (rows + 1,) int64 (the CPU bitmap format,
+  :mod:`prunekit.formats.bitmap`). On CUDA there is no unstructured kernel: the dense weight is
+  rebuilt on the GPU as runtime tensor ``dense_weight`` when the module moves there.
+- ``"2:4"``: state ``values`` (rows, cols / 2) and ``meta`` in torch's CUTLASS layout
+  (``prunekit.ops.compress_24``), the layout CUDA 2:4 kernels use. On CPU the runtime tensors
+  ``bitmap`` and ``row_offsets`` describe the same values in the bitmap format (exactly two marked
+  positions per group of four, :func:`prunekit.formats.from_semi24`), so the CPU bitmap kernels
+  run it. On CUDA the forward expands the weight with ``decompress_24`` and runs the dense GEMM
+  (a 2:4 tensor-core GEMM is a later issue): it saves memory, not time.
+- ``"dense"``: state ``weight``, the plain dense weight.
+
+The modules are for inference: their tensors do not require grad.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..formats.bitmap import from_semi24
+from ..formats.semi24 import semi24_layout
+
+FORMATS = ("auto", "2:4", "unstructured", "dense")
+
+# Sparsity at which the CPU bitmap kernels start to beat dense torch, per kernel family, measured
+# on the development machine (2-core AVX-512 Xeon, 2 threads, fp32) with bench/bench_linear.py /
+# bench_conv.py-style side-by-side timings over batch-1 transformer shapes (1-32 token rows) and
+# CNN feature maps; see bench/results/e2e_minilm.md and the module docstrings of SparseLinear and
+# SparseConv2d. "auto" picks the bitmap format at or above these sparsities and stays dense below.
+BREAK_EVEN_SPARSITY = {"linear": 0.4, "conv1x1": 0.5, "conv": 0.8}
+
+# "auto" keeps a valid 2:4 weight as 2:4 unless it is much sparser than 50% (the 2:4 layout stores
+# two values per group of four, zero padding included): 2:4 while at least this share of the
+# stored values is nonzero, the (smaller, faster) unstructured bitmap below it.
+SEMI24_MIN_FILL = 0.9
+
+_KERNEL_VALUE_DTYPES = (torch.float32, torch.bfloat16)
+_BITMAP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _as_kernel_dtype(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16 bits seen as bf16, so the fp32/bf16 bitmap conversion ops handle fp16 exactly: both
+    formats encode +-0 as 0x0000/0x8000, so the zero test and the copied bits are the same."""
+    return tensor.view(torch.bfloat16) if tensor.dtype == torch.float16 else tensor
+_POPCOUNT16 = None
+
+
+def _popcount16() -> torch.Tensor:
+    global _POPCOUNT16
+    if _POPCOUNT16 is None:
+        values = torch.arange(1 << 16, dtype=torch.int32)
+        count = torch.zeros_like(values)
+        for bit in range(16):
+            count += (values >> bit) & 1
+        _POPCOUNT16 = count.to(torch.int64)
+    return _POPCOUNT16
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ----------------------------------------------------------------------------- format helpers
+
+def bitmap_row_counts(bitmap: torch.Tensor) -> torch.Tensor:
+    """Marked positions per row of an int16 bitmap (CPU), int64."""
+    table = _popcount16()
+    return table[bitmap.to(torch.int32) & 0xFFFF].sum(-1)
+
+
+def row_offsets_from_bitmap(bitmap: torch.Tensor) -> torch.Tensor:
+    counts = bitmap_row_counts(bitmap)
+    return torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))
+
+
+def bitmap_mask(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
+    """(rows, cols) bool mask of the marked positions; any device."""
+    rows = bitmap.shape[0]
+    shifts = torch.arange(16, device=bitmap.device, dtype=torch.int32)
+    bits = (bitmap.to(torch.int32).unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(rows, -1)[:, :cols].bool()
+
+
+def bitmap_to_dense(values: torch.Tensor, bitmap: torch.Tensor, cols: int) -> torch.Tensor:
+    """Exact bitmap -> dense expansion in plain torch, for any device and dtype (the op
+    ``decompress_bitmap`` is CPU fp32/bf16 only)."""
+    mask = bitmap_mask(bitmap, cols)
+    dense = values.new_zeros((bitmap.shape[0], cols))
+    dense[mask] = values
+    return dense
+
+
+def semi24_aligned(rows: int, cols: int, dtype: torch.dtype) -> str | None:
+    """None if a (rows, cols) ``dtype`` matrix fits the 2:4 layout, else why not."""
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the 2:4 format holds float16, bfloat16 or float32 weights, but the weight is {dtype_name(dtype)}"
+    layout = semi24_layout(dtype)
+    if rows % layout.row_alignment or cols % layout.col_alignment:
+        return (f"the 2:4 layout needs rows % {layout.row_alignment} == 0 and columns % {layout.col_alignment} == 0, "
+                f"but the weight matrix is {rows} x {cols}")
+    return None
+
+
+def first_dense_group(matrix: torch.Tensor) -> tuple[int, int, int] | None:
+    """(row, group, nonzeros) of the first group of four with more than two nonzeros, or None."""
+    rows, cols = matrix.shape
+    if cols % 4:
+        return (0, 0, -1)
+    counts = (matrix.reshape(rows, cols // 4, 4) != 0).sum(-1)
+    bad = (counts > 2).nonzero()
+    if bad.numel() == 0:
+        return None
+    row, group = (int(v) for v in bad[0])
+    return row, group, int(counts[row, group])
+
+
+@dataclass(frozen=True)
+class WeightStats:
+    """What the format choice looks at."""
+
+    rows: int
+    cols: int
+    dtype: torch.dtype
+    device: torch.device
+    nonzeros: int
+    is_24: bool  # at most two nonzeros in every group of four along the columns
+    semi24_problem: str | None  # why the 2:4 layout cannot hold it (alignment, dtype), or None
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzeros / (self.rows * self.cols)
+
+    @classmethod
+    def of(cls, matrix: torch.Tensor) -> "WeightStats":
+        rows, cols = matrix.shape
+        nonzeros = int(torch.count_nonzero(matrix))
+        is_24 = cols % 4 == 0 and first_dense_group(matrix) is None
+        return cls(rows, cols, matrix.dtype, matrix.device, nonzeros, is_24, semi24_aligned(rows, cols, matrix.dtype))
+
+
+def choose_format(stats: WeightStats, kernel: str, *, break_even: float | None = None) -> tuple[str, str]:
+    """The format "auto" picks for a weight, and why (a short sentence).
+
+    ``kernel`` is the CPU kernel family that would run it: "linear", "conv1x1" (pointwise conv)
+    or "conv" (any other conv, run as unfold + bitmap SpMM). ``break_even`` overrides
+    :data:`BREAK_EVEN_SPARSITY`. On CUDA there is no prunekit sparse GEMM yet, so "auto" is
+    always dense there.
+    """
+    threshold = BREAK_EVEN_SPARSITY[kernel] if break_even is None else break_even
+    if stats.device.type != "cpu":
+        return "dense", f"no prunekit sparse kernel on {stats.device.type} yet; dense is fastest"
+    if stats.dtype not in _KERNEL_VALUE_DTYPES or (kernel != "linear" and stats.dtype != torch.float32):
+        wanted = "float32 or bfloat16" if kernel == "linear" else "float32"
+        return "dense", f"the CPU {kernel} kernel runs {wanted}, the weight is {dtype_name(stats.dtype)}"
+    if stats.is_24 and stats.semi24_problem is None and stats.nonzeros >= SEMI24_MIN_FILL * stats.rows * stats.cols / 2:
+        return "2:4", "valid 2:4 pattern (bitmap kernel on CPU, CUTLASS layout on disk and on CUDA)"
+    if stats.sparsity >= threshold:
+        return "unstructured", f"sparsity {stats.sparsity:.3f} >= break-even {threshold:.2f} of the CPU {kernel} kernel"
+    return "dense", f"sparsity {stats.sparsity:.3f} < break-even {threshold:.2f} of the CPU {kernel} kernel"
+
+
+def compress(matrix: torch.Tensor, fmt: str, owner: str) -> dict[str, torch.Tensor]:
+    """The state tensors of ``matrix`` (rows, cols) in format ``fmt`` (not "auto"), on the
+    matrix's device (unstructured compression runs on the CPU)."""
+    matrix = matrix.detach()
+    if fmt == "dense":
+        return {"weight": matrix.clone()}
+    if fmt == "unstructured":
+        if matrix.dtype not in _BITMAP_DTYPES:
+            raise ValueError(f"{owner}: format='unstructured' holds float32, bfloat16 or float16 weights, but the weight "
+                             f"is {dtype_name(matrix.dtype)}; convert the module first or use format='dense'")
+        values, bitmap, row_offsets = torch.ops.prunekit.compress_bitmap(_as_kernel_dtype(matrix.cpu().contiguous()))
+        device = matrix.device
+        return {"values": values.view(matrix.dtype).to(device), "bitmap": bitmap.to(device),
+                "row_offsets": row_offsets.to(device)}
+    if fmt == "2:4":
+        rows, cols = matrix.shape
+        problem = semi24_aligned(rows, cols, matrix.dtype)
+        if problem is not None:
+            raise ValueError(f"{owner}: format='2:4' cannot hold this weight: {problem}")
+        bad = first_dense_group(matrix)
+        if bad is not None:
+            row, group, count = bad
+            raise ValueError(f"{owner}: format='2:4' needs at most 2 nonzeros in every group of 4 consecutive input "
+                             f"columns, but row {row}, columns {4 * group}..{4 * group + 3} hold {count}; prune it "
+                             "with sparsity='2:4' first or use format='unstructured'")
+        values, meta = torch.ops.prunekit.compress_24(matrix.contiguous())
+        return {"values": values, "meta": meta}
+    raise ValueError(f"{owner}: argument 'format' must be one of {FORMATS}, but got {fmt!r}")
+
+
+def expected_state(fmt: str, rows: int, cols: int, dtype: torch.dtype, state: dict[str, torch.Tensor],
+                   weight_shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and dtype each state tensor of a ``fmt`` weight must have (values' length for the
+    unstructured format comes from the bitmap)."""
+    if fmt == "dense":
+        return {"weight": (tuple(weight_shape), dtype)}
+    if fmt == "unstructured":
+        words = (cols + 15) // 16
+        nnz = int(state["row_offsets"][-1]) if "row_offsets" in state else -1
+        shapes = {"bitmap": ((rows, words), torch.int16), "row_offsets": ((rows + 1,), torch.int64)}
+        if nnz >= 0:
+            shapes["values"] = ((nnz,), dtype)
+        return shapes
+    if fmt == "2:4":
+        layout = semi24_layout(dtype)
+        return {"values": (layout.values_shape(rows, cols), dtype), "meta": (layout.meta_shape(rows, cols), layout.meta_dtype)}
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+# ----------------------------------------------------------------------------- the base module
+
+class SparseWeightModule(nn.Module):
+    """Base of SparseLinear and SparseConv2d: holds a (rows, cols) weight in one format."""
+
+    _STATE = {"dense": ("weight",), "unstructured": ("values", "bitmap", "row_offsets"), "2:4": ("values", "meta")}
+    _RUNTIME = ("dense_weight", "runtime_bitmap", "runtime_row_offsets")
+
+    def _init_weight(self, fmt: str, rows: int, cols: int, dtype: torch.dtype, state: dict[str, torch.Tensor],
+                     bias: torch.Tensor | None, weight_shape: tuple[int, ...]) -> None:
+        name = type(self).__name__
+        if fmt not in FORMATS[1:]:
+            raise ValueError(f"{name}: argument 'format' must be one of {FORMATS[1:]}, but got {fmt!r}")
+        self.format = fmt
+        self.rows, self.cols = rows, cols
+        self.weight_shape = tuple(weight_shape)
+        check_state(f"{name}", fmt, rows, cols, dtype, state, self.weight_shape)
+        if fmt == "unstructured":
+            _check_bitmap_consistency(name, state["bitmap"], state["row_offsets"], state["values"], cols)
+        for key in self._STATE[fmt]:
+            tensor = state[key]
+            if key == "weight":
+                self.weight = nn.Parameter(tensor, requires_grad=False)
+            else:
+                self.register_buffer(key, tensor)
+        if bias is not None:
+            if tuple(bias.shape) != (rows,):
+                raise ValueError(f"{name}: argument 'bias' must have shape ({rows},), but got {tuple(bias.shape)}")
+            self.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        for key in self._RUNTIME:
+            self.register_buffer(key, None, persistent=False)
+        self._build_runtime()
+
+    # --- runtime tensors -------------------------------------------------------------------
+    def _build_runtime(self) -> None:
+        if self.format == "dense":
+            return
+        device = self.values.device
+        if self.format == "2:4" and device.type == "cpu" and self.values.dtype in _KERNEL_VALUE_DTYPES:
+            view = from_semi24(self.values, self.meta)
+            if not bool((bitmap_row_counts(view.bitmap) == self.cols // 2).all()):
+                raise ValueError(f"{type(self).__name__}: the 2:4 metadata is corrupt: it must name two distinct "
+                                 "columns in every group of four, but some group names one column twice")
+            self.runtime_bitmap, self.runtime_row_offsets = view.bitmap, view.row_offsets
+        elif self.format == "unstructured" and device.type not in ("cpu", "meta"):
+            self.dense_weight = bitmap_to_dense(self.values, self.bitmap, self.cols)
+
+    def _apply(self, fn, recurse=True):
+        for key in self._RUNTIME:
+            self._buffers[key] = None
+        result = super()._apply(fn, recurse)
+        self._build_runtime()
+        return result
+
+    def _kernel_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values, bitmap, row_offsets) for the CPU bitmap kernels."""
+        if self.format == "2:4":
+            return self.values.view(-1), self.runtime_bitmap, self.runtime_row_offsets
+        return self.values, self.bitmap, self.row_offsets
+
+    def _kernel_runs(self, x: torch.Tensor, x_dtypes: tuple[torch.dtype, ...]) -> bool:
+        """Whether the CPU bitmap kernel can run this input (else the dense fallback runs)."""
+        return (self.format != "dense" and x.device.type == "cpu" and self.values.device.type == "cpu"
+                and x.dtype in x_dtypes and self.values.dtype in _KERNEL_VALUE_DTYPES
+                and (self.bias is None or self.bias.dtype in _KERNEL_VALUE_DTYPES))
+
+    def dense_matrix(self) -> torch.Tensor:
+        """The (rows, cols) weight matrix, dense, exact, on the module's device."""
+        if self.format == "dense":
+            return self.weight.detach().reshape(self.rows, self.cols)
+        if self.dense_weight is not None:
+            return self.dense_weight
+        if self.format == "2:4":
+            return torch.ops.prunekit.decompress_24(self.values, self.meta)
+        if self.values.device.type == "cpu" and self.values.dtype in _BITMAP_DTYPES:
+            dense = torch.ops.prunekit.decompress_bitmap(_as_kernel_dtype(self.values), self.bitmap, self.row_offsets,
+                                                         self.cols)
+            return dense.view(self.values.dtype)
+        return bitmap_to_dense(self.values, self.bitmap, self.cols)
+
+    # --- reports ------------------------------------------------------------------------------
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return (self.weight if self.format == "dense" else self.values).dtype
+
+    @property
+    def nonzeros(self) -> int:
+        """Nonzero weights (zero padding of the 2:4 layout not counted)."""
+        if self.format == "unstructured":
+            return int(torch.count_nonzero(self.values))
+        return int(torch.count_nonzero(self.weight if self.format == "dense" else self.values))
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzeros / (self.rows * self.cols)
+
+    def memory(self) -> dict:
+        """Bytes this module holds: ``state`` (the tensors of its state_dict and checkpoint: the
+        compressed weight and the bias), ``runtime`` (tensors derived for the current device: the
+        CPU bitmap view of a 2:4 weight, the dense weight of an unstructured one on CUDA),
+        ``total``, and ``dense`` (a dense weight and bias of the same dtype), with the ``format``,
+        ``device`` and ``ratio`` = total / dense."""
+        state = sum(_nbytes(t) for t in self._state_tensors().values())
+        runtime = sum(_nbytes(self._buffers[key]) for key in self._RUNTIME)
+        element = self.weight_dtype.itemsize
+        dense = self.rows * self.cols * element + (_nbytes(self.bias) if self.bias is not None else 0)
+        total = state + runtime
+        device = (self.weight if self.format == "dense" else self.values).device
+        return {"format": self.format, "device": str(device), "state": state, "runtime": runtime, "total": total,
+                "dense": dense, "ratio": total / dense}
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {key: getattr(self, key) for key in self._STATE[self.format]}
+        if self.bias is not None:
+            tensors["bias"] = self.bias
+        return tensors
+
+    def _weight_repr(self) -> str:
+        return f"format={self.format!r}, sparsity={self.sparsity:.3f}, dtype={dtype_name(self.weight_dtype)}"
+
+
+def _nbytes(tensor: torch.Tensor | None) -> int:
+    return 0 if tensor is None else tensor.numel() * tensor.element_size()
+
+
+def check_state(owner: str, fmt: str, rows: int, cols: int, dtype: torch.dtype, state: dict[str, torch.Tensor],
+                weight_shape: tuple[int, ...]) -> None:
+    """Raises ValueError unless ``state`` holds exactly the tensors of format ``fmt`` with the
+    right shapes and dtypes."""
+    expected = expected_state(fmt, rows, cols, dtype, state, weight_shape)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(SparseWeightModule._STATE[fmt]))
+    if missing or unexpected:
+        raise ValueError(f"{owner}: format {fmt!r} needs tensors {sorted(expected)}, but got {sorted(state)}")
+    for key, (shape, key_dtype) in expected.items():
+        tensor = state[key]
+        if tuple(tensor.shape) != tuple(shape) or tensor.dtype != key_dtype:
+            raise ValueError(f"{owner}: tensor '{key}' of a {fmt!r} {rows}x{cols} {dtype_name(dtype)} weight must be "
+                             f"{dtype_name(key_dtype)} of shape {tuple(shape)}, but got {dtype_name(tensor.dtype)} of "
+                             f"shape {tuple(tensor.shape)}")
+
+
+def _check_bitmap_consistency(owner: str, bitmap: torch.Tensor, row_offsets: torch.Tensor, values: torch.Tensor,
+                              cols: int) -> None:
+    """The bitmap's marks per row must equal the row_offsets spans, and mark no column past cols."""
+    if bitmap.device.type != "cpu":
+        return
+    expected = row_offsets_from_bitmap(bitmap)
+    if not torch.equal(expected, row_offsets.cpu()):
+        row = int((expected != row_offsets.cpu()).nonzero()[0])
+        raise ValueError(f"{owner}: the unstructured weight is corrupt: 'row_offsets'[{row}] must be {int(expected[row])} "
+                         f"(marks of 'bitmap' in the rows before it), but got {int(row_offsets[row])}")
+    tail = bitmap.shape[1] * 16 - cols
+    if tail and bool(((bitmap[:, -1].to(torch.int32) & 0xFFFF) >> (16 - tail)).any()):
+        raise ValueError(f"{owner}: the unstructured weight is corrupt: 'bitmap' marks columns past cols={cols}")
+
+
+def expanded_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return math.floor((size + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1)

@@ -1,0 +1,121 @@
+"""SparseLinear: a drop-in nn.Linear (or transformers Conv1D) holding a compressed weight.
+
+What runs where (``forward``):
+
+=========  ==============  ===============  ==========================================================
+device     format          dtypes           computation
+=========  ==============  ===============  ==========================================================
+CPU        unstructured    fp32, bf16       ``prunekit.ops.sparse_linear`` (bitmap GEMV for <= 4
+                                            rows, bitmap SpMM above; fp32 accumulation)
+CPU        2:4             fp32, bf16       the same kernel on the bitmap view of the 2:4 values
+CPU        sparse          other (fp16)     exact expansion + ``F.linear`` (correct, not faster)
+CUDA       2:4             fp16/bf16/fp32   ``decompress_24`` + ``F.linear`` (saves memory, not time)
+CUDA       unstructured    any              the dense weight, rebuilt on the GPU at ``.to()``
+any        dense           any              ``F.linear``
+=========  ==============  ===============  ==========================================================
+
+``format="auto"`` picks, for the module's device and weight (see
+:func:`prunekit.nn.choose_format`): on CPU with fp32/bf16 weights "2:4" for a valid 2:4 pattern
+that the layout can hold, "unstructured" at or above the measured break-even sparsity
+``BREAK_EVEN_SPARSITY["linear"]``, else "dense"; on CUDA always "dense" (no prunekit sparse GEMM
+there yet).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._sparse import FORMATS, SparseWeightModule, WeightStats, choose_format, compress, dtype_name
+
+_X_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): a Linear whose weight is stored transposed, (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(getattr(module, "weight", None), torch.Tensor)
+
+
+class SparseLinear(SparseWeightModule):
+    """``y = x W^T + b`` with W (out_features, in_features) held compressed.
+
+    Build with :meth:`from_dense`; :meth:`to_dense` gives back an equal ``nn.Linear``. The module
+    moves with ``.to(device)`` (derived tensors are rebuilt for the new device), works under
+    ``torch.compile(fullgraph=True)`` and reports its bytes with :meth:`memory`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, format: str, tensors: dict[str, torch.Tensor],
+                 bias: torch.Tensor | None = None, dtype: torch.dtype | None = None, source: str = "linear"):
+        """Wraps already compressed ``tensors`` (the state tensors of ``format``, see
+        :mod:`prunekit.nn._sparse`); ``dtype`` is the weight dtype (default: that of the values or
+        weight). Most code wants :meth:`from_dense` instead."""
+        super().__init__()
+        if source not in ("linear", "conv1d"):
+            raise ValueError(f"SparseLinear: argument 'source' must be 'linear' or 'conv1d', but got {source!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.source = source
+        if dtype is None:
+            dtype = (tensors.get("weight") if format == "dense" else tensors.get("values", torch.empty(0))).dtype
+        self._init_weight(format, self.out_features, self.in_features, dtype, tensors, bias,
+                          (self.out_features, self.in_features))
+
+    @classmethod
+    def from_dense(cls, module: nn.Module, format: str = "auto", *, break_even: float | None = None) -> "SparseLinear":
+        """A SparseLinear computing the same as ``module`` (an ``nn.Linear`` or a transformers
+        ``Conv1D``, whose (in, out) weight is transposed here), holding its weight in ``format``:
+        "auto", "2:4", "unstructured" or "dense". ``break_even`` overrides the auto sparsity
+        threshold. The module is not changed."""
+        matrix, source = cls._matrix(module, "SparseLinear.from_dense")
+        if format not in FORMATS:
+            raise ValueError(f"SparseLinear.from_dense: argument 'format' must be one of {FORMATS}, but got {format!r}")
+        if format == "auto":
+            format, _ = choose_format(WeightStats.of(matrix), "linear", break_even=break_even)
+        tensors = compress(matrix, format, "SparseLinear.from_dense")
+        bias = module.bias.detach().clone() if getattr(module, "bias", None) is not None else None
+        return cls(matrix.shape[1], matrix.shape[0], format=format, tensors=tensors, bias=bias, dtype=matrix.dtype,
+                   source=source)
+
+    @staticmethod
+    def _matrix(module: nn.Module, owner: str) -> tuple[torch.Tensor, str]:
+        if is_hf_conv1d(module):
+            return module.weight.detach().t(), "conv1d"
+        if isinstance(module, nn.Linear):
+            return module.weight.detach(), "linear"
+        raise ValueError(f"{owner}: argument 'module' must be an nn.Linear or a transformers Conv1D, "
+                         f"but got {type(module).__name__}")
+
+    @classmethod
+    def auto_format(cls, module: nn.Module, *, break_even: float | None = None) -> tuple[str, str]:
+        """The format ``from_dense(module, "auto")`` picks, and why."""
+        matrix, _ = cls._matrix(module, "SparseLinear.auto_format")
+        return choose_format(WeightStats.of(matrix), "linear", break_even=break_even)
+
+    def to_dense(self) -> nn.Linear:
+        """An ``nn.Linear`` with the same weight and bias (also for a module built from a
+        transformers Conv1D: the Linear computes the same function)."""
+        weight = self.dense_matrix()
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=weight.device,
+                           dtype=weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel_runs(x, _X_DTYPES):
+            values, bitmap, row_offsets = self._kernel_weight()
+            return torch.ops.prunekit.sparse_linear(x, values, bitmap, row_offsets, self.in_features, self.bias)
+        return F.linear(x, self.dense_matrix(), self.bias)
+
+    def checkpoint_spec(self) -> dict:
+        """What a checkpoint records about this module besides its tensors."""
+        return {"class": "SparseLinear", "format": self.format, "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.bias is not None,
+                "dtype": dtype_name(self.weight_dtype), "source": self.source}
+
+    def extra_repr(self) -> str:
+        source = ", source='conv1d'" if self.source == "conv1d" else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"{self._weight_repr()}{source}")

@@ -1,0 +1,262 @@
+"""SparseLinear and SparseConv2d: equal to the dense module in every format, dtype and geometry;
+the auto choice; torch.compile; device and dtype moves; memory reports; errors."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import prunekit
+from prunekit.nn import BREAK_EVEN_SPARSITY, SparseConv2d, SparseLinear
+
+
+def prune_(weight: torch.Tensor, pattern, generator=None) -> None:
+    """Zero weights in place: "2:4" along the flattened input dim, or a fraction at random."""
+    with torch.no_grad():
+        matrix = weight.reshape(weight.shape[0], -1)
+        if pattern == "2:4":
+            keep = prunekit.ops.nm_mask(matrix.abs().float(), 2, 4)
+        else:
+            keep = torch.rand(matrix.shape, generator=generator) >= pattern
+        matrix.mul_(keep.to(matrix.dtype))
+
+
+def pruned_linear(in_features, out_features, pattern, dtype=torch.float32, bias=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    linear = nn.Linear(in_features, out_features, bias=bias).to(dtype)
+    prune_(linear.weight, pattern, generator)
+    return linear
+
+
+def tolerance(dtype):
+    return {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+
+
+# ----------------------------------------------------------------------------- SparseLinear
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fmt,pattern", [("unstructured", 0.5), ("unstructured", 0.9), ("2:4", "2:4"),
+                                         ("unstructured", "2:4"), ("dense", 0.5)])
+def test_linear_matches_dense(dtype, fmt, pattern):
+    linear = pruned_linear(64, 96, pattern, dtype)
+    sparse = SparseLinear.from_dense(linear, fmt)
+    assert sparse.format == fmt
+    assert torch.equal(sparse.to_dense().weight, linear.weight)
+    assert torch.equal(sparse.to_dense().bias, linear.bias)
+    for shape in [(64,), (1, 64), (3, 64), (2, 7, 64), (37, 64)]:  # GEMV (<= 4 rows) and SpMM
+        x = torch.randn(shape).to(dtype)
+        expected = F.linear(x.float(), linear.weight.float(), linear.bias.float())
+        got = sparse(x)
+        assert got.dtype == dtype and got.shape == expected.shape
+        torch.testing.assert_close(got.float(), expected, atol=tolerance(dtype), rtol=tolerance(dtype))
+
+
+def test_linear_without_bias_and_odd_sizes():
+    linear = pruned_linear(37, 5, 0.7, bias=False)
+    sparse = SparseLinear.from_dense(linear, "unstructured")
+    x = torch.randn(6, 37)
+    torch.testing.assert_close(sparse(x), linear(x))
+    assert sparse.bias is None and sparse.to_dense().bias is None
+
+
+def test_linear_from_hf_conv1d():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv1d = Conv1D(64, 32)  # nx=32 inputs, nf=64 outputs, weight (32, 64)
+    with torch.no_grad():
+        conv1d.bias.normal_()
+    matrix = conv1d.weight.detach().t().contiguous()  # (out, in): 2:4 groups along the input dim
+    prune_(matrix, "2:4")
+    with torch.no_grad():
+        conv1d.weight.copy_(matrix.t())
+    sparse = SparseLinear.from_dense(conv1d, "2:4")
+    assert (sparse.in_features, sparse.out_features, sparse.source) == (32, 64, "conv1d")
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(sparse(x), conv1d(x))
+    torch.testing.assert_close(sparse.to_dense()(x), conv1d(x))
+
+
+@pytest.mark.parametrize("pattern,dtype,expected", [
+    (0.9, torch.float32, "unstructured"), (0.5, torch.bfloat16, "unstructured"), ("2:4", torch.float32, "2:4"),
+    ("2:4", torch.bfloat16, "2:4"), (0.1, torch.float32, "dense"), (0.9, torch.float16, "dense"),
+])
+def test_auto_choice(pattern, dtype, expected):
+    sparse = SparseLinear.from_dense(pruned_linear(64, 64, pattern, dtype), "auto")
+    assert sparse.format == expected
+
+
+def test_auto_choice_edge_cases():
+    # valid 2:4 but rows not a multiple of 32: the layout cannot hold it, the bitmap can
+    assert SparseLinear.from_dense(pruned_linear(64, 48, "2:4"), "auto").format == "unstructured"
+    # valid 2:4 with one nonzero per group (75% sparse): the bitmap stores half as many values
+    linear = pruned_linear(64, 64, "2:4")
+    with torch.no_grad():
+        linear.weight.view(64, 16, 4)[..., :].mul_(torch.tensor([1.0, 0, 0, 0]))
+        linear.weight.view(64, 16, 4)[..., 0] = 1.0
+    assert SparseLinear.from_dense(linear, "auto").format == "unstructured"
+    # break_even override
+    assert SparseLinear.from_dense(pruned_linear(64, 64, 0.3), "auto", break_even=0.2).format == "unstructured"
+    assert SparseLinear.from_dense(pruned_linear(64, 64, 0.3), "auto", break_even=0.5).format == "dense"
+    assert 0 < BREAK_EVEN_SPARSITY["linear"] < 1
+    fmt, reason = SparseLinear.auto_format(pruned_linear(64, 64, 0.1))
+    assert fmt == "dense" and "break-even" in reason
+
+
+@pytest.mark.parametrize("fmt,pattern", [("unstructured", 0.9), ("2:4", "2:4")])
+def test_linear_compiles_fullgraph(fmt, pattern):
+    linear = pruned_linear(64, 32, pattern)
+    sparse = SparseLinear.from_dense(linear, fmt)
+    compiled = torch.compile(sparse, fullgraph=True)
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(compiled(x), linear(x))
+
+
+def test_memory_report():
+    linear = pruned_linear(256, 128, 0.9)
+    sparse = SparseLinear.from_dense(linear, "unstructured")
+    report = sparse.memory()
+    dense = 256 * 128 * 4 + 128 * 4
+    assert report["dense"] == dense and report["format"] == "unstructured" and report["device"] == "cpu"
+    nnz = int((linear.weight != 0).sum())
+    assert report["state"] == nnz * 4 + 128 * 16 * 2 + 129 * 8 + 128 * 4
+    assert report["total"] == report["state"] + report["runtime"] and report["ratio"] < 0.2
+    semi = SparseLinear.from_dense(pruned_linear(256, 128, "2:4"), "2:4").memory()
+    assert semi["runtime"] > 0  # the CPU bitmap view of the 2:4 weight
+    assert 0.5 < semi["ratio"] < 0.65
+    assert "format='unstructured'" in repr(sparse) and "sparsity=0.8" in repr(sparse)
+
+
+def test_dtype_moves_keep_the_module_exact():
+    linear = pruned_linear(64, 64, "2:4")
+    for fmt in ("unstructured", "2:4"):
+        sparse = SparseLinear.from_dense(linear, fmt).to(torch.bfloat16)
+        assert sparse.weight_dtype == torch.bfloat16
+        assert torch.equal(sparse.to_dense().weight, linear.weight.to(torch.bfloat16))
+        x = torch.randn(3, 64, dtype=torch.bfloat16)
+        torch.testing.assert_close(sparse(x).float(), F.linear(x.float(), linear.weight.bfloat16().float(),
+                                                               linear.bias.bfloat16().float()), atol=2e-2, rtol=2e-2)
+        half = SparseLinear.from_dense(linear, fmt).half()  # no fp16 kernel: exact expansion + F.linear
+        xh = torch.randn(3, 64).half()
+        torch.testing.assert_close(half(xh), F.linear(xh, linear.weight.half(), linear.bias.half()))
+    meta = SparseLinear.from_dense(linear, "2:4").to("meta")  # no data: moves without runtime tensors
+    assert meta.values.device.type == "meta" and meta.runtime_bitmap is None
+
+
+def test_state_dict_round_trip_into_a_sparse_module():
+    linear = pruned_linear(64, 64, 0.8)
+    sparse = SparseLinear.from_dense(linear, "unstructured")
+    assert set(sparse.state_dict()) == {"values", "bitmap", "row_offsets", "bias"}
+    twin = SparseLinear.from_dense(linear, "unstructured")
+    twin.load_state_dict(sparse.state_dict())
+    semi = SparseLinear.from_dense(pruned_linear(64, 64, "2:4"), "2:4")
+    assert set(semi.state_dict()) == {"values", "meta", "bias"}  # the runtime bitmap is not state
+
+
+def test_linear_errors():
+    with pytest.raises(ValueError, match=r"argument 'module' must be an nn.Linear or a transformers Conv1D, but got Embedding"):
+        SparseLinear.from_dense(nn.Embedding(4, 4))
+    with pytest.raises(ValueError, match=r"argument 'format' must be one of .* but got 'csr'"):
+        SparseLinear.from_dense(pruned_linear(64, 64, 0.5), "csr")
+    with pytest.raises(ValueError, match=r"format='2:4' needs at most 2 nonzeros .* row 0, columns 0\.\.3 hold [34]"):
+        SparseLinear.from_dense(pruned_linear(64, 64, 0.0), "2:4")
+    with pytest.raises(ValueError, match=r"rows % 32 == 0 .* but the weight matrix is 48 x 64"):
+        SparseLinear.from_dense(pruned_linear(64, 48, "2:4"), "2:4")
+    with pytest.raises(ValueError, match=r"format='unstructured' holds float32, bfloat16 or float16 weights, but the weight is float64"):
+        SparseLinear.from_dense(pruned_linear(64, 64, 0.5, torch.float64), "unstructured")
+    sparse = SparseLinear.from_dense(pruned_linear(64, 64, 0.5), "unstructured")
+    with pytest.raises(ValueError, match="in_features=64"):
+        sparse(torch.randn(2, 63))
+
+
+# ----------------------------------------------------------------------------- SparseConv2d
+
+CONV_GEOMETRIES = [
+    dict(kernel_size=1),
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=1, stride=2),
+    dict(kernel_size=3, dilation=2, padding=2),
+    dict(kernel_size=(3, 1), padding=(1, 0)),
+    dict(kernel_size=3, padding="same"),
+    dict(kernel_size=3, padding="valid"),
+    dict(kernel_size=3, padding=1, padding_mode="reflect"),
+    dict(kernel_size=3, padding=1, padding_mode="circular", bias=False),
+]
+
+
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=lambda g: ",".join(f"{k}={v}" for k, v in g.items()))
+@pytest.mark.parametrize("fmt,pattern", [("unstructured", 0.7), ("2:4", "2:4"), ("dense", 0.5)])
+def test_conv_matches_dense(geometry, fmt, pattern):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 32, **geometry)
+    prune_(conv.weight, pattern, torch.Generator().manual_seed(0))
+    sparse = SparseConv2d.from_dense(conv, fmt)
+    assert sparse.format == fmt
+    assert sparse.pointwise == (conv.kernel_size == (1, 1) and conv.stride == (1, 1))
+    back = sparse.to_dense()
+    assert torch.equal(back.weight, conv.weight) and back.padding == conv.padding and back.stride == conv.stride
+    for shape in [(2, 32, 9, 11), (32, 8, 8)]:  # batched and unbatched
+        x = torch.randn(shape)
+        torch.testing.assert_close(sparse(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_conv_channels_last_and_bf16_inputs():
+    conv = nn.Conv2d(16, 32, 1)
+    prune_(conv.weight, 0.8)
+    sparse = SparseConv2d.from_dense(conv, "unstructured")
+    x = torch.randn(2, 16, 5, 5).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(sparse(x), conv(x))
+    bf16 = SparseConv2d.from_dense(conv.to(torch.bfloat16), "unstructured")  # no bf16 conv kernel: fallback
+    xb = torch.randn(2, 16, 5, 5, dtype=torch.bfloat16)
+    torch.testing.assert_close(bf16(xb), conv(xb))
+
+
+def test_conv_auto_choice():
+    pointwise = nn.Conv2d(64, 64, 1)
+    prune_(pointwise.weight, 0.9)
+    assert SparseConv2d.from_dense(pointwise).format == "unstructured"
+    spatial = nn.Conv2d(64, 64, 3, padding=1)
+    prune_(spatial.weight, "2:4")
+    assert SparseConv2d.from_dense(spatial).format == "2:4"
+    light = nn.Conv2d(64, 64, 3, padding=1)
+    prune_(light.weight, 0.3)
+    assert SparseConv2d.from_dense(light).format == "dense"
+    bf16 = nn.Conv2d(64, 64, 1).to(torch.bfloat16)
+    prune_(bf16.weight, 0.9)
+    assert SparseConv2d.from_dense(bf16).format == "dense"  # the conv kernel runs fp32 only
+
+
+def test_conv_compiles_fullgraph():
+    conv = nn.Conv2d(32, 64, 3, stride=2, padding=1)
+    prune_(conv.weight, "2:4")
+    compiled = torch.compile(SparseConv2d.from_dense(conv, "2:4"), fullgraph=True)
+    x = torch.randn(2, 32, 8, 8)
+    torch.testing.assert_close(compiled(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_conv_errors():
+    with pytest.raises(ValueError, match=r"argument 'module' must have groups=1 .* but got groups=4"):
+        SparseConv2d.from_dense(nn.Conv2d(8, 8, 3, groups=4))
+    with pytest.raises(ValueError, match=r"argument 'module' must be an nn.Conv2d, but got Linear"):
+        SparseConv2d.from_dense(nn.Linear(4, 4))
+    conv = nn.Conv2d(3, 32, 3)  # 27 inputs per output: no groups of four
+    prune_(conv.weight, 0.5)
+    with pytest.raises(ValueError, match="format='2:4'"):
+        SparseConv2d.from_dense(conv, "2:4")
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("fmt,pattern", [("unstructured", 0.9), ("2:4", "2:4")])
+def test_modules_move_to_cuda_and_back(device, fmt, pattern):
+    linear = pruned_linear(64, 64, pattern, torch.float16)
+    sparse = SparseLinear.from_dense(linear, fmt).to(device)
+    x = torch.randn(3, 64, dtype=torch.float16, device=device)
+    torch.testing.assert_close(sparse(x), linear.to(device)(x))
+    if device == "cuda" and fmt == "unstructured":
+        assert sparse.memory()["runtime"] == 64 * 64 * 2  # the dense weight held on the GPU
+    back = sparse.to("cpu")
+    assert torch.equal(back.to_dense().weight, linear.weight.cpu())
