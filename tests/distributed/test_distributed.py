@@ -71,8 +71,17 @@ def _result(ranks, rank: int, name: str) -> dict:
     return torch.load(path)
 
 
+@pytest.fixture
+def one_thread():
+    """The reference runs use one thread, as each rank does (and as fast on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", list(RUNS))
-def test_matches_single_process(ranks, name):
+def test_matches_single_process(ranks, one_thread, name):
     model, report = run_scenario(name, distributed=False)
     expected = weights(model)
     results = [_result(ranks, rank, name) for rank in range(WORLD)]
