@@ -7,12 +7,13 @@ import torch.nn as nn
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, inputs: int, outputs: int, stride: int = 1):
+    def __init__(self, inputs: int, outputs: int, stride: int = 1, inner: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(outputs)
+        inner = inner or outputs
+        self.conv1 = nn.Conv2d(inputs, inner, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(inner, outputs, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(outputs)
         self.downsample = None
         if stride != 1 or inputs != outputs:
@@ -27,12 +28,17 @@ class BasicBlock(nn.Module):
 
 
 class TinyResNet(nn.Module):
-    def __init__(self, widths=(16, 32), classes: int = 10):
+    """Two stages of two basic blocks; ``inner`` sets the width inside the blocks (default: the
+    stage width), so the architecture a structured pruner should produce can be built directly."""
+
+    def __init__(self, widths=(16, 32), inner=None, classes: int = 10):
         super().__init__()
+        inner = inner or widths
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
         layers, inputs = [], widths[0]
         for i, width in enumerate(widths):
-            layers.append(nn.Sequential(BasicBlock(inputs, width, 1 if i == 0 else 2), BasicBlock(width, width)))
+            layers.append(nn.Sequential(BasicBlock(inputs, width, 1 if i == 0 else 2, inner[i]),
+                                        BasicBlock(width, width, 1, inner[i])))
             inputs = width
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -44,10 +50,9 @@ class TinyResNet(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, inputs: int, outputs: int, stride: int, expand: int):
+    def __init__(self, inputs: int, outputs: int, stride: int, hidden: int, residual: bool | None = None):
         super().__init__()
-        hidden = inputs * expand
-        self.use_residual = stride == 1 and inputs == outputs
+        self.use_residual = stride == 1 and inputs == outputs if residual is None else residual
         self.block = nn.Sequential(
             nn.Conv2d(inputs, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
@@ -60,13 +65,18 @@ class InvertedResidual(nn.Module):
 
 
 class TinyMobileNet(nn.Module):
-    def __init__(self, classes: int = 10):
+    """MobileNetV2-style: stem, three inverted residual blocks (expand 1x1, depthwise 3x3, project
+    1x1; residual adds where shapes allow), a 1x1 head and a classifier. The widths are arguments
+    so that the architecture a structured pruner should produce can be built directly."""
+
+    def __init__(self, stem: int = 16, outs=(16, 24, 24), hidden=(64, 64, 96), head: int = 64, classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(inplace=True))
-        self.blocks = nn.Sequential(InvertedResidual(16, 16, 1, 4), InvertedResidual(16, 24, 2, 4),
-                                    InvertedResidual(24, 24, 1, 4))
-        self.head = nn.Sequential(nn.Conv2d(24, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6(inplace=True))
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, classes))
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6(inplace=True))
+        self.blocks = nn.Sequential(InvertedResidual(stem, outs[0], 1, hidden[0], True),
+                                    InvertedResidual(outs[0], outs[1], 2, hidden[1], False),
+                                    InvertedResidual(outs[1], outs[2], 1, hidden[2], True))
+        self.head = nn.Sequential(nn.Conv2d(outs[2], head, 1, bias=False), nn.BatchNorm2d(head), nn.ReLU6(inplace=True))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(head, classes))
 
     def forward(self, x):
         x = self.head(self.blocks(self.stem(x)))
