@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "pruning"))
 
 from scenarios import RUNS, run_scenario, weights  # noqa: E402
+from small_cnn import prune_small_cnn  # noqa: E402
 
 WORLD = 2
 TIMEOUT_S = 20  # collective timeout of the ranks: bounds how long a failure can take to be noticed
@@ -131,6 +132,29 @@ def test_a_dying_rank_stops_the_others(ranks):
     assert result["type"] == "DistributedError" and result["is_runtime_error"]
     assert "rank 0 lost contact with the other ranks" in result["error"]
     assert result["seconds"] < TIMEOUT_S + 15
+
+
+def test_torchrun_launch(tmp_path, one_thread):
+    """torchrun (python -m torch.distributed.run) starts the ranks and init_from_env() joins them;
+    a model without a block list (a CNN: whole-model forwards, Conv2d inputs unfolded) pruned
+    with SparseGPT over 2 ranks equals the single-process result."""
+    port = _free_port()
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PRUNEKIT_DIST_TIMEOUT=str(TIMEOUT_S))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(WORLD),
+               "--master-addr", "127.0.0.1", "--master-port", str(port), str(HERE / "_torchrun_worker.py"),
+               str(tmp_path)]
+    completed = subprocess.run(command, env=env, cwd=HERE, capture_output=True, text=True, timeout=LAUNCH_LIMIT_S)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    model, report = prune_small_cnn(distributed=False)
+    expected = {n: p.detach() for n, p in model.named_parameters() if p.dim() > 1}
+    for rank in range(WORLD):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result["joined"] and (result["rank"], result["world"]) == (rank, WORLD)
+        assert result["report"]["total_sparsity"] == report.total_sparsity
+        for key, reference in expected.items():
+            assert torch.equal(result["weights"][key] == 0, reference == 0), f"rank {rank}: the mask of {key} differs"
+            assert float((result["weights"][key] - reference).abs().max()) <= 1e-5
 
 
 # ----------------------------------------------------------------------------- in-process units
