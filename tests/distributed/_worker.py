@@ -65,7 +65,16 @@ def main() -> int:
                   leftovers=sorted(p.name for p in out.iterdir() if "failed" in p.name))
     _save(out, rank, "soft_failure", result)
 
-    # 4. Rank 1 dies without a word (os._exit) mid-run; rank 0 must notice and stop with a clear
+    # 4. The ranks were given different models: every rank refuses, naming what differs.
+    result = {}
+    try:
+        run_scenario("wanda", other_model_rank=1)
+        result["error"] = None
+    except Exception as error:  # noqa: BLE001
+        result.update(error=f"{type(error).__name__}: {error}", type=type(error).__name__)
+    _save(out, rank, "disagreement", result)
+
+    # 5. Rank 1 dies without a word (os._exit) mid-run; rank 0 must notice and stop with a clear
     #    error within the (short) timeout instead of hanging. Must be last: the group is gone.
     started = time.perf_counter()
     result = {}

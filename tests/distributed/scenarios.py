@@ -30,10 +30,11 @@ def calib() -> list:
 
 
 def run_scenario(name: str, *, fail_rank: int | None = None, fail_block: int = FAIL_BLOCK, hard: bool = False,
-                 distributed: bool | None = None):
+                 distributed: bool | None = None, other_model_rank: int | None = None):
     """Prunes a fresh tiny Llama under RUNS[name]; returns (model, report). ``fail_rank`` makes that
-    rank raise (or, ``hard``, exit at once) in the forward of block ``fail_block``'s MLP."""
-    model = tiny_model("llama")
+    rank raise (or, ``hard``, exit at once) in the forward of block ``fail_block``'s MLP;
+    ``other_model_rank`` gives that rank a model with other weights."""
+    model = tiny_model("llama", seed=1 if prunekit.distributed.get_rank() == other_model_rank else 0)
     if fail_rank is not None and prunekit.distributed.get_rank() == fail_rank:
         def hook(module, args, output):
             if hard:

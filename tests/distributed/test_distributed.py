@@ -124,6 +124,14 @@ def test_a_failing_rank_stops_every_rank(ranks):
         assert not result["checkpoint_exists"] and result["leftovers"] == []
 
 
+def test_ranks_with_different_models_refuse(ranks):
+    for rank in range(WORLD):
+        result = _result(ranks, rank, "disagreement")
+        assert result["type"] == "ValueError"
+        assert ("every rank must run prunekit.prune on the same inputs, but they differ in the weights (sampled "
+                "checksums per layer): rank 0: [") in result["error"]
+
+
 def test_a_dying_rank_stops_the_others(ranks):
     out, codes, logs = ranks
     assert codes[1] == 3, f"rank 1 should have died with exit code 3; log:\n{logs[1][-3000:]}"
