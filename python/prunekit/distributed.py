@@ -170,7 +170,7 @@ def is_main_process(group=None) -> bool:
 def local_device() -> torch.device:
     """The device this rank computes on: ``cuda:LOCAL_RANK`` under NCCL (the current CUDA device),
     else the CPU. Pass it as ``PruneConfig(device=...)`` to prune one block at a time on it."""
-    if is_enabled() and dist.get_backend() == "nccl":
+    if is_enabled() and "cuda" in _device_types() and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -181,10 +181,20 @@ def _describe_timeout() -> str:
     return f"{_timeout_s:.0f} s" if _timeout_s is not None else "the process group's timeout"
 
 
+def _device_types(group=None) -> set[str]:
+    """The tensor device types the group's backend takes: "gloo" CPU, "nccl" CUDA, and a combined
+    backend ("cpu:gloo,cuda:nccl") each of its devices."""
+    backend = str(dist.get_backend(group))
+    if ":" in backend:
+        return {entry.split(":", 1)[0] for entry in backend.split(",")}
+    return {"cuda"} if backend == "nccl" else {"cpu"}
+
+
 def _comm_device(group=None) -> torch.device:
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    """Where small bookkeeping tensors (error flags, counts) live for the group's backend."""
+    if "cpu" in _device_types(group):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def _collective(what: str, fn: Callable, group=None):
@@ -200,10 +210,13 @@ def _collective(what: str, fn: Callable, group=None):
 
 
 def _staged(tensor: torch.Tensor, group) -> tuple[torch.Tensor, bool]:
-    device = _comm_device(group)
-    if tensor.device == device and tensor.is_contiguous():
-        return tensor, False
-    return tensor.to(device).contiguous(), True
+    """``tensor`` itself when the backend takes it (its device type, contiguous), else a contiguous
+    copy on a device the backend takes (copied back after the collective)."""
+    if tensor.device.type in _device_types(group):
+        if tensor.is_contiguous():
+            return tensor, False
+        return tensor.contiguous(), True
+    return tensor.to(_comm_device(group)).contiguous(), True
 
 
 def all_reduce_sum_(tensor: torch.Tensor, group=None, what: str = "all_reduce") -> torch.Tensor:
@@ -241,7 +254,7 @@ def check(error: BaseException | None, what: str, group=None) -> None:
     if error is not None:
         flags[rank] = 1
     all_reduce_sum_(flags, group, what=f"the error check after {what}")
-    failed = [r for r in range(world) if int(flags[r])]
+    failed = [r for r, flag in enumerate(flags.tolist()) if flag]
     if not failed:
         return
     message = None if error is None else f"{type(error).__name__}: {error}"
@@ -286,8 +299,7 @@ class Context:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
-        self.backend = dist.get_backend(group)
-        self.device = _comm_device(group)
+        self.backend = str(dist.get_backend(group))
 
     @classmethod
     def resolve(cls, distributed: bool | None, process_group=None) -> "Context | None":
