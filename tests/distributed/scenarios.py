@@ -18,6 +18,8 @@ RUNS = {
     "wanda": dict(method="wanda", sparsity=0.5),
     "wanda_owl_oneshot": dict(method="wanda", sparsity=0.6, allocation="owl", sequential=False),
     "gblm": dict(method="gblm", sparsity=0.5),
+    "wanda_dsnot": dict(method="wanda", sparsity=0.6, refine="dsnot"),
+    "random": dict(method="random", sparsity=0.5),  # replicated on every rank (one generator in layer order)
 }
 
 
