@@ -372,13 +372,32 @@ def assign_owners(costs: Mapping[str, float], world: int) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def _replace(tmp: str, path: str) -> None:
+    """Moves the finished ``tmp`` to ``path``: one os.replace for a file; a directory (e.g. a
+    save_pretrained folder) replacing an existing one moves the old one aside first and deletes
+    it after, so ``path`` never holds a partial checkpoint."""
+    if not (os.path.isdir(tmp) and os.path.isdir(path)):
+        os.replace(tmp, path)
+        return
+    old = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.old-{os.getpid()}")
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except Exception:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_checkpoint(path: str | os.PathLike, write: Callable[[str], None], context: "Context | None" = None,
                     *, group=None) -> None:
     """Writes the final checkpoint safely: every rank calls this after a successful run; once all
     arrived (an error check, so a failure elsewhere stops everyone first), rank 0 calls
     ``write(tmp)`` for a temporary path next to ``path`` and renames it to ``path`` with
     ``os.replace``; a failed write removes the temporary file and raises on every rank. Other
-    ranks write nothing. Works in a single process too (no context and no process group)."""
+    ranks write nothing. ``write`` may create a file or a directory (``save_pretrained``); an
+    existing checkpoint at ``path`` is replaced only once the new one is complete. Works in a
+    single process too (no context and no process group)."""
     if context is None and is_enabled(group):
         context = Context(group)
     path = os.fspath(path)
@@ -393,7 +412,7 @@ def save_checkpoint(path: str | os.PathLike, write: Callable[[str], None], conte
             write(tmp)
             if not os.path.exists(tmp):
                 raise RuntimeError(f"save_checkpoint: write: expected it to create {tmp!r}, but it did not")
-            os.replace(tmp, path)
+            _replace(tmp, path)
         except Exception as caught:
             error = caught
             with contextlib.suppress(OSError):

@@ -229,3 +229,24 @@ def test_save_checkpoint_single_process_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     with pytest.raises(RuntimeError, match="write: expected it to create"):
         distributed.save_checkpoint(tmp_path / "none.pt", lambda tmp: None)
+
+
+def test_save_checkpoint_replaces_a_directory_only_when_complete(tmp_path):
+    target = tmp_path / "pruned"
+
+    def save_dir(files):
+        def write(tmp):
+            Path(tmp).mkdir()
+            for name, text in files.items():
+                if text is None:
+                    raise OSError("disk full")
+                (Path(tmp) / name).write_text(text)
+        return write
+
+    distributed.save_checkpoint(target, save_dir({"config.json": "1", "model.safetensors": "1"}))
+    with pytest.raises(OSError, match="disk full"):
+        distributed.save_checkpoint(target, save_dir({"config.json": "2", "model.safetensors": None}))
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"config.json": "1", "model.safetensors": "1"}
+    distributed.save_checkpoint(target, save_dir({"config.json": "3"}))
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"config.json": "3"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]
