@@ -9,6 +9,7 @@ terminal or with ``--quiet``; log messages go to stderr; results go to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -53,47 +54,57 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def _configure_logging(args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _logging_configured(args: argparse.Namespace):
+    """Log records of prunekit (and Python warnings) to stderr at the level the options ask for,
+    for the duration of a command; the previous logging set-up is restored afterwards."""
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else getattr(logging, args.log_level.upper())
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("prunekit: %(levelname)s: %(message)s" if args.debug else
                                            "prunekit: %(message)s"))
-    root = logging.getLogger("prunekit")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    loggers = {"prunekit": level, "py.warnings": logging.WARNING}
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+                    logging.getLogger(name).propagate) for name in loggers}
+    for name, logger_level in loggers.items():
+        configured = logging.getLogger(name)
+        configured.handlers[:] = [handler]
+        configured.setLevel(logger_level)
+        configured.propagate = False
     logging.captureWarnings(True)
-    warnings_logger = logging.getLogger("py.warnings")
-    warnings_logger.handlers[:] = [handler]
-    warnings_logger.propagate = False
-    warnings_logger.setLevel(logging.WARNING)
+    # transformers and huggingface_hub read these when they are imported (later, and only if needed):
+    # their own progress bars off (prunekit shows its own), their log messages at error level.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "debug" if args.debug else "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
-        import transformers
-
-        transformers.logging.set_verbosity_debug() if args.debug else transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    except ImportError:
-        pass
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for name, (handlers, logger_level, propagate) in saved.items():
+            restored = logging.getLogger(name)
+            restored.handlers[:] = handlers
+            restored.setLevel(logger_level)
+            restored.propagate = propagate
 
 
 # ----------------------------------------------------------------------------- argument parsing helpers
 
-def parse_sparsity(text: str) -> float | str:
+def parse_sparsity(text: str, what: str = "--sparsity") -> float | str:
     """"0.5" -> 0.5; "2:4" -> "2:4"; anything else (e.g. "3:2", "1.5", "half") raises UsageError."""
     text = text.strip()
+    error = UsageError(f"{what}: expected a fraction in [0, 1) or 'n:m' with 0 < n < m (e.g. 0.5 or 2:4), "
+                       f"but got {text!r}")
     if ":" in text:
         match = re.fullmatch(r"(\d+):(\d+)", text)
         if not match or not 0 < int(match[1]) < int(match[2]):
-            raise UsageError(f"--sparsity: expected a fraction in [0, 1) or 'n:m' with 0 < n < m (e.g. 0.5 or 2:4), "
-                             f"but got {text!r}")
+            raise error
         return f"{int(match[1])}:{int(match[2])}"
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not 0 <= value < 1:
-        raise UsageError(f"--sparsity: expected a fraction in [0, 1) or 'n:m' with 0 < n < m (e.g. 0.5 or 2:4), "
-                         f"but got {text!r}")
+        raise error
     return value
 
 
@@ -188,8 +199,9 @@ def load_model(name: str, dtype: str = "float32", what: str = "MODEL"):
         logger.debug("no tokenizer in %s: %s", source, error)
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    logger.info("loaded %s (%s, %.1f M parameters)%s", name, type(model).__name__,
-                sum(p.numel() for p in model.parameters()) / 1e6, "" if tokenizer else ", no tokenizer")
+    weights_mb = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 1e6
+    logger.info("loaded %s (%s, %.1f MB of weights)%s", name, type(model).__name__, weights_mb,
+                "" if tokenizer else ", no tokenizer")
     return model, tokenizer, causal
 
 
@@ -199,9 +211,10 @@ def _load_compressed(source: str):
     import prunekit
 
     load = getattr(prunekit, "load", None)
-    detect = getattr(getattr(prunekit, "io", None), "is_checkpoint", None)
-    if not callable(load) or not os.path.isdir(source) or not callable(detect) or not detect(source):
+    weights_name = getattr(getattr(prunekit, "io", None), "WEIGHTS_NAME", None)
+    if not callable(load) or weights_name is None or not os.path.isfile(os.path.join(source, weights_name)):
         return None
+    logger.info("%s is a prunekit compressed checkpoint: loading it with prunekit.load", source)
     return load(source)
 
 
@@ -291,7 +304,13 @@ def _demo(args: argparse.Namespace) -> int:
     from . import report as reports
 
     out = reports.prepare_output_dir(args.out, overwrite=True, produced=demo.DEMO_FILES) if args.out else None
-    result = demo.run_demo(out, quick=args.quick, progress=not args.quiet, seed=args.seed)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    for method in methods or ():
+        if method not in METHODS:
+            raise UsageError(f"--methods: expected methods among {', '.join(METHODS)}, but got {method!r}")
+    sparsities = [parse_sparsity(s, "--sparsities") for s in args.sparsities.split(",")] if args.sparsities else None
+    result = demo.run_demo(out, quick=args.quick, progress=not args.quiet, seed=args.seed, methods=methods,
+                           sparsities=sparsities)
     for _, heading, rows, columns in demo.demo_tables(result):
         print(f"\n{heading}\n{reports.text_table(rows, columns)}")
     if "skipped" in result["sparsify"]:
@@ -379,8 +398,9 @@ def _prune_run(args, sparsity, config_kwargs, out: Path, distributed) -> int:
     checkpoint = {"path": "model"}
     if args.sparsify:
         summary = prunekit.sparsify_(model)
+        logger.info("%s", summary)
         checkpoint["format"] = "prunekit compressed (prunekit.load)"
-        checkpoint["sparsify"] = summary if isinstance(summary, (dict, list, str, int)) else str(summary)
+        checkpoint["sparsify"] = summary.to_dict() if hasattr(summary, "to_dict") else str(summary)
     else:
         checkpoint["format"] = "Hugging Face, masked dense weights (from_pretrained)"
     if is_main:
@@ -614,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer sentences, 50%% and 2:4 only, short timings")
     demo.add_argument("--out", default="prunekit-demo", help="report directory (default: prunekit-demo; '' for none)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--methods", metavar="M1,M2", help="comma-separated methods instead of magnitude,wanda,sparsegpt")
+    demo.add_argument("--sparsities", metavar="S1,S2", help="comma-separated sparsities instead of 0.5,2:4,0.7")
     demo.set_defaults(run=_demo)
 
     prune = commands.add_parser(
@@ -688,9 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    _configure_logging(args)
     try:
-        return args.run(args)
+        with _logging_configured(args):
+            return args.run(args)
     except KeyboardInterrupt:
         print(f"prunekit {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -29,7 +29,8 @@ DEMO_METHODS = ("magnitude", "wanda", "sparsegpt")
 DEMO_SPARSITIES = (0.5, "2:4", 0.7)
 QUICK_SPARSITIES = (0.5, "2:4")
 SPARSIFY_METHOD = "sparsegpt"
-"""The demo sparsifies and times the runs of this method (the best one), at every sparsity."""
+"""The demo sparsifies and times the runs of this method (the best one; else of the last method
+run), at every sparsity."""
 DEMO_FILES = (reports.REPORT_JSON, reports.REPORT_MD, reports.LAYERS_PNG, reports.QUALITY_PNG, reports.SPEEDUP_PNG)
 
 QUALITY_COLUMNS = [("sparsity", "sparsity", ""), ("method", "method", ""), ("allocation", "allocation", ""),
@@ -40,7 +41,8 @@ TIMING_COLUMNS = [("config", "pruned model", ""), ("sentences", "sentences", "")
                   ("dense_ms", "dense ms", ".2f"), ("sparse_ms", "sparse ms", ".2f"), ("speedup", "speed-up", ".2f"),
                   ("max_cosine_error", "1 - min cosine", ".1e")]
 SIZE_COLUMNS = [("config", "pruned model", ""), ("dense_mb", "dense MB", ".1f"), ("sparse_mb", "sparse MB", ".1f"),
-                ("layers_sparsified", "layers sparsified", "")]
+                ("layers_sparsified", "layers sparsified", ""), ("formats", "format", ""),
+                ("kept_dense", "kept dense", "")]
 KERNEL_COLUMNS = [("shape", "layer", ""), ("pattern", "pattern", ""), ("batch", "rows", ""),
                   ("prunekit_ms", "prunekit ms", ".3f"), ("dense_ms", "F.linear ms", ".3f"),
                   ("speedup_vs_dense", "speed-up", ".2f")]
@@ -73,10 +75,11 @@ def default_configs(quick: bool = False) -> list[dict]:
     return rows
 
 
-def demo_configs(quick: bool = False) -> list[dict]:
-    """The demo's runs: magnitude, Wanda and SparseGPT at 50%, 2:4 and 70% (``quick``: 50% and 2:4)."""
-    return [dict(method=method, sparsity=sparsity)
-            for sparsity in (QUICK_SPARSITIES if quick else DEMO_SPARSITIES) for method in DEMO_METHODS]
+def demo_configs(quick: bool = False, methods=None, sparsities=None) -> list[dict]:
+    """The demo's runs: magnitude, Wanda and SparseGPT at 50%, 2:4 and 70% (``quick``: 50% and
+    2:4), or the given ``methods`` at the given ``sparsities``."""
+    sparsities = sparsities or (QUICK_SPARSITIES if quick else DEMO_SPARSITIES)
+    return [dict(method=method, sparsity=sparsity) for sparsity in sparsities for method in methods or DEMO_METHODS]
 
 
 def config_label(config: dict) -> str:
@@ -151,28 +154,22 @@ def sparsify_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _weight_megabytes(model: torch.nn.Module) -> float:
-    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6
-
-
 def sparsify_and_time(config: dict, model: torch.nn.Module, batches: list[dict], min_run_time: float) -> dict:
     """Sparsifies a copy of the pruned (masked dense) ``model`` with ``prunekit.sparsify_`` and times
     a forward of one sentence and of one batch of sentences through both; checks the sparsified
     model's embeddings against the masked dense model's. Returns {"timing": rows, "size": row}."""
     import prunekit
 
-    from .benchmarks.common import time_ms
+    from .benchmarks.common import compare_ms
 
     sparse = copy.deepcopy(model)
     summary = prunekit.sparsify_(sparse)
-    layers = _count_sparsified(sparse, summary)
     timing = []
     with torch.no_grad():
         single = {k: v[:1, : int(batches[0]["attention_mask"][0].sum())] for k, v in batches[0].items()}
         for inputs in (single, batches[0]):
-            dense_ms = time_ms(lambda: model(**inputs), min_run_time)
-            sparse_ms = time_ms(lambda: sparse(**inputs), min_run_time)
+            times = compare_ms({"dense": lambda: model(**inputs), "sparse": lambda: sparse(**inputs)}, min_run_time)
+            dense_ms, sparse_ms = times["dense"], times["sparse"]
             reference = evaluation.sentence_embeddings(model, [inputs])
             cosine = (evaluation.sentence_embeddings(sparse, [inputs]) * reference).sum(-1)
             timing.append({"config": config_label(config), "sentences": int(inputs["input_ids"].shape[0]),
@@ -181,27 +178,21 @@ def sparsify_and_time(config: dict, model: torch.nn.Module, batches: list[dict],
                            "sparsity": PruneConfig(**{"progress": False, **config}).target_sparsity,
                            "pattern": str(config["sparsity"]),
                            "max_cosine_error": float((1 - cosine).abs().max())})
-    size = {"config": config_label(config), "dense_mb": _weight_megabytes(model), "sparse_mb": _weight_megabytes(sparse),
-            "layers_sparsified": layers}
+    formats = sorted(set(summary.swapped.values()))
+    size = {"config": config_label(config), "dense_mb": summary.bytes_before / 1e6, "sparse_mb": summary.bytes_after / 1e6,
+            "layers_sparsified": len(summary.swapped), "kept_dense": len(summary.kept_dense),
+            "formats": ", ".join(formats) or "-"}
     return {"timing": timing, "size": size}
-
-
-def _count_sparsified(model: torch.nn.Module, summary) -> int | None:
-    for key in ("sparsified", "replaced", "layers", "count"):
-        value = summary.get(key) if isinstance(summary, dict) else getattr(summary, key, None)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, (list, tuple, dict)):
-            return len(value)
-    return sum(1 for m in model.modules() if type(m).__name__ in ("SparseLinear", "SparseConv2d")) or None
 
 
 # ----------------------------------------------------------------------------- the demo
 
-def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False, seed: int = 0) -> dict:
+def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False, seed: int = 0, methods=None,
+             sparsities=None) -> dict:
     """The whole main job; writes report.json, report.md and the plots into ``out`` (None: no
     files) and returns everything that was reported (the dict written to report.json, with
-    "files" listing what was written)."""
+    "files" listing what was written). ``quick``: fewer sentences, 50% and 2:4 only, short
+    timings; ``methods`` / ``sparsities`` replace the default runs."""
     from . import build_info
     from .benchmarks import linear
     from .benchmarks.common import machine_info
@@ -209,30 +200,31 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
 
     started = time.perf_counter()
     torch.manual_seed(seed)
-    calibration_sentences, evaluation_sentences = (32, 64) if quick else (128, 256)
-    configs = demo_configs(quick)
+    calibration_sentences, evaluation_sentences = (16, 32) if quick else (128, 256)
+    configs = demo_configs(quick, methods, sparsities)
     loaded = load_minilm()
     logger.info("all-MiniLM-L6-v2 loaded (%.1f M parameters); %d pruning runs", 
                 sum(p.numel() for p in loaded[0].parameters()) / 1e6, len(configs))
     can_sparsify, why_not = sparsify_available()
     if not can_sparsify:
         logger.warning("the sparsify-and-time step is skipped: %s", why_not)
+    sparsify_method = SPARSIFY_METHOD if any(c["method"] == SPARSIFY_METHOD for c in configs) else configs[-1]["method"]
     prune_reports: dict[str, dict] = {}
     timing_rows: list[dict] = []
     size_rows: list[dict] = []
 
     def on_pruned(config, model, report, held_out):
         prune_reports[config_label(config)] = report.to_dict()
-        if can_sparsify and config["method"] == SPARSIFY_METHOD:
-            result = sparsify_and_time(config, model, held_out, 0.05 if quick else 0.3)
+        if can_sparsify and config["method"] == sparsify_method:
+            result = sparsify_and_time(config, model, held_out, 0.06 if quick else 0.6)
             timing_rows.extend(result["timing"])
             size_rows.append(result["size"])
 
     quality_rows = minilm_quality(configs, calibration_sentences, evaluation_sentences, on_pruned=on_pruned,
                                   progress=progress, loaded=loaded)
     kernel_rows = linear.run(quick, shapes=MINILM_L6, batches=(1, 64) if quick else (1, 16, 512),
-                             patterns=("50%", "70%", "90%", "2:4"), dtypes=(torch.float32,), csr=False,
-                             min_run_time=0.03 if quick else 0.1, progress=progress)
+                             patterns=("50%", "2:4") if quick else ("50%", "70%", "90%", "2:4"),
+                             dtypes=(torch.float32,), csr=False, min_run_time=0.02 if quick else 0.2, progress=progress)
     result = {
         "command": "demo",
         "quick": quick,
@@ -249,7 +241,7 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
         "machine": machine_info(),
         "build": {k: v for k, v in build_info().items() if k in ("version", "cpu_isa_selected", "cuda_built")},
         "quality": quality_rows,
-        "sparsify": {"skipped": why_not} if not can_sparsify else {"method": SPARSIFY_METHOD, "timing": timing_rows,
+        "sparsify": {"skipped": why_not} if not can_sparsify else {"method": sparsify_method, "timing": timing_rows,
                                                                    "size": size_rows},
         "kernels": kernel_rows,
         "prune_reports": prune_reports,
@@ -265,7 +257,7 @@ def demo_tables(result: dict) -> list[tuple[str, str, list[dict], list]]:
                QUALITY_COLUMNS)]
     sparsify = result["sparsify"]
     if "timing" in sparsify:
-        tables.append(("timing", f"Sparsified {SPARSIFY_METHOD} models against dense torch (whole-model forward)",
+        tables.append(("timing", f"Sparsified {sparsify['method']} models against dense torch (whole-model forward)",
                        sparsify["timing"], TIMING_COLUMNS))
         tables.append(("size", "Weight memory", sparsify["size"], SIZE_COLUMNS))
     tables.append(("kernels", "prunekit.ops.sparse_linear on the MiniLM layer shapes (fp32) against F.linear",
@@ -278,8 +270,10 @@ def write_demo_report(out: Path, result: dict) -> list[str]:
     from .benchmarks.common import geomean
 
     machine = result["machine"]
+    methods = list(dict.fromkeys(row["method"] for row in result["quality"]))
+    sparsities = list(dict.fromkeys(row["sparsity"] for row in result["quality"]))
     intro = (f"{result['model']} ({result['model_source']}), pruned with "
-             f"{', '.join(DEMO_METHODS)} at {', '.join(str(s) for s in (QUICK_SPARSITIES if result['quick'] else DEMO_SPARSITIES))}"
+             f"{', '.join(methods)} at {', '.join(sparsities)}"
              f" (uniform allocation, sequential calibration, pooler not pruned). Calibration: "
              f"{result['data']['calibration_sentences']} sentences from the docstrings of "
              f"{', '.join(result['data']['calibration_modules'])}; evaluation: {result['data']['evaluation_sentences']} "
@@ -311,10 +305,19 @@ def write_demo_report(out: Path, result: dict) -> list[str]:
 
 
 def _plot_demo_speedup(path: Path, result: dict, geomean) -> Path:
-    kernels = [dict(row, shape_batch=f"{row['shape'].split('.')[-1]} {row['batch']} rows") for row in result["kernels"]]
-    series, markers = reports.speedup_series(kernels, ["shape_batch"])
+    """Kernel speed-ups (geometric mean over the three MiniLM layer shapes) per number of input
+    rows against sparsity, 2:4 as markers, and the sparsified whole model as stars."""
+    groups: dict[tuple, list[float]] = {}
+    for row in result["kernels"]:
+        groups.setdefault((row["batch"], row["pattern"], row["sparsity"]), []).append(row["speedup_vs_dense"])
+    series: dict[str, list] = {}
+    markers: dict[str, list] = {}
+    for (batch, pattern, sparsity), values in groups.items():
+        label = f"sparse_linear, {batch} row{'s' if batch > 1 else ''}"
+        target = markers.setdefault(f"{label}, 2:4", []) if ":" in pattern else series.setdefault(label, [])
+        target.append((sparsity, geomean(values)))
     for row in result["sparsify"].get("timing", []):
-        markers.setdefault(f"whole model, {row['sentences']} sentence(s), {row['pattern']}", []).append(
-            (row["sparsity"], row["speedup"]))
+        markers.setdefault(f"whole model, {row['sentences']} sentence{'s' if row['sentences'] > 1 else ''}, "
+                           f"{row['pattern']}", []).append((row["sparsity"], row["speedup"]))
     return reports.plot_speedup(path, series, markers,
-                                title="sparse_linear (MiniLM shapes) and the sparsified model vs dense torch")
+                                title="all-MiniLM-L6-v2 on CPU: prunekit sparse against dense torch (fp32)")

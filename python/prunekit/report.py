@@ -163,17 +163,23 @@ def plot_layers(path: str | os.PathLike, reports: dict[str, dict]) -> Path:
     """Per-layer sparsity (top) and relative reconstruction error (bottom, log scale) of one or
     more prune reports ({label: PruneReport.to_dict()}), layers in model order."""
     plt = _pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
     names: list[str] = []
     for report in reports.values():
         for layer in report["layers"]:
             if layer["name"] not in names:
                 names.append(layer["name"])
     index = {name: i for i, name in enumerate(names)}
+    # Colour by the first word of the label (the method), line style by the rest (the sparsity).
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
-    for k, (label, report) in enumerate(reports.items()):
+    colour_of = {key: colours[i % len(colours)] for i, key in enumerate(dict.fromkeys(l.split(" ")[0] for l in reports))}
+    style_of = {key: styles[i % len(styles)]
+                for i, key in enumerate(dict.fromkeys(" ".join(l.split(" ")[1:]) for l in reports))}
+    for label, report in reports.items():
         xs = [index[layer["name"]] for layer in report["layers"]]
-        style = dict(linestyle=styles[(k // 10) % len(styles)], marker=".", linewidth=1.2, label=label)
+        style = dict(color=colour_of[label.split(" ")[0]], linestyle=style_of[" ".join(label.split(" ")[1:])],
+                     marker=".", linewidth=1.2, label=label)
         top.plot(xs, [layer["sparsity"] for layer in report["layers"]], **style)
         errors = [(x, layer["reconstruction_error"]) for x, layer in zip(xs, report["layers"])
                   if layer["reconstruction_error"] is not None and layer["reconstruction_error"] > 0]

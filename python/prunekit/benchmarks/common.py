@@ -117,3 +117,15 @@ def progress_bar(total: int, description: str, progress: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=description, disable=None if progress else True, leave=False)
+
+
+def compare_ms(fns: dict[str, Callable[[], object]], min_run_time: float = 0.3, rounds: int = 3) -> dict[str, float]:
+    """Times several functions against each other on a busy machine: ``rounds`` rounds, each
+    timing every function in turn (blocked autorange, ``min_run_time / rounds`` seconds); the
+    result per function is its fastest round's median in milliseconds. Alternating the functions
+    spreads background load over all of them; taking the fastest round filters bursts of it."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], time_ms(fn, min_run_time / rounds))
+    return best

@@ -1,0 +1,89 @@
+"""The prunekit command end to end (subprocesses): help, info, bench --json, and prune / eval on
+a tiny Llama saved with save_pretrained."""
+
+import json
+
+import pytest
+import torch
+from _cli import json_stdout, run, run_many
+
+SUBCOMMANDS = ("info", "demo", "prune", "eval", "bench")
+
+
+def test_help_of_the_command_and_every_subcommand():
+    results = run_many(["--help"], *([name, "--help"] for name in SUBCOMMANDS))
+    for result in results:
+        assert result.returncode == 0, (result.args, result.stderr)
+        assert result.stdout.startswith("usage: prunekit"), result.args
+        assert "Traceback" not in result.stderr
+    assert all(name in results[0].stdout for name in SUBCOMMANDS)
+
+
+def test_info_and_bench_json():
+    info, bench = run_many(["info"], ["bench", "--quick", "--json", "--only", "sparsegpt,cuda", "--quiet"])
+    info = json_stdout(info)
+    assert {"version", "torch_version", "cpu_isa_selected", "cpu", "threads", "cuda_devices"} <= info.keys()
+    document = json_stdout(bench)  # stdout is one JSON document and nothing else
+    assert document["quick"] is True
+    assert {"cpu_isa_selected", "threads", "commit"} <= document["machine"].keys()
+    rows = document["results"]["sparsegpt"]["rows"]
+    assert {row["pattern"] for row in rows} == {"50%", "2:4"}
+    assert all(row["err_ratio"] == pytest.approx(1, abs=1e-3) for row in rows)
+    summary = {row["case"]: row for row in document["summary"]}
+    assert summary.keys() == {"50%", "2:4"} and all(row["speedup"] > 0 for row in summary.values())
+    cuda = document["results"]["cuda"]
+    assert "skipped" in cuda or cuda["rows"]
+
+
+def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import prunekit
+
+    out = tmp_path / "pruned"
+    result = run("prune", tiny_llama_dir, "--method", "wanda", "--sparsity", "2:4", "--nsamples", "8", "--seqlen", "16",
+                 "--eval-samples", "4", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "no tokenizer" in result.stderr  # random token ids, with a warning
+    report = json.loads((out / "report.json").read_text())
+    assert {"model", "report.json", "report.md", "layers.png", "quality_vs_sparsity.png"} <= set(report["files"])
+    assert all((out / name).exists() for name in report["files"])
+    assert report["prune"]["total_sparsity"] == pytest.approx(0.5)
+    assert report["config"]["ignore"] == ["lm_head"]
+    assert report["calibration"]["seed"] == 0 and "random token ids" in report["calibration"]["source"]
+    quality = report["quality"]
+    assert quality["metric"] == "perplexity" and quality["dense"] > 1 and quality["pruned"] > 1
+    # the printed totals are report.json's
+    assert f"pruned ({report['prune']['total_sparsity']:.4f})" in result.stdout
+    assert f"dense {quality['dense']:.4f}, pruned {quality['pruned']:.4f}" in result.stdout
+    assert (out / "report.md").read_text().startswith("# prunekit prune")
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    for layer in model.model.layers:
+        weight = layer.mlp.up_proj.weight
+        assert torch.equal((weight.reshape(-1, 4) != 0).sum(1), torch.full((weight.numel() // 4,), 2))
+    assert (model.lm_head.weight != 0).all()
+
+    # eval of the pruned checkpoint; prune --sparsify into a used directory with --overwrite
+    sparse_out = tmp_path / "sparse"
+    (sparse_out / "model").mkdir(parents=True)
+    (sparse_out / "model" / "stale").write_text("replaced by --overwrite")
+    (sparse_out / "notes.txt").write_text("not prunekit's: kept")
+    sparsify = hasattr(prunekit, "sparsify_")
+    commands = [["eval", out / "model", "--samples", "4", "--seqlen", "16", "--json"]]
+    if sparsify:
+        commands.append(["prune", tiny_llama_dir, "--method", "sparsegpt", "--sparsity", "0.5", "--nsamples", "8",
+                         "--seqlen", "16", "--no-eval", "--sparsify", "--overwrite", "--out", sparse_out, "--seed", "3"])
+    evaluated, *sparsified = run_many(*commands)
+    evaluated = json_stdout(evaluated)
+    assert evaluated["metric"] == "perplexity" and evaluated["perplexity"] > 1 and evaluated["tokens"] == 4 * 16
+    if not sparsify:
+        pytest.skip("prune --sparsify needs prunekit.sparsify_")
+    assert sparsified[0].returncode == 0, sparsified[0].stderr
+    report = json.loads((sparse_out / "report.json").read_text())
+    assert report["quality"] is None and report["config"]["seed"] == 3
+    assert report["checkpoint"]["sparsify"]["swapped"]
+    assert not (sparse_out / "model" / "stale").exists() and (sparse_out / "notes.txt").exists()
+    compared = run("eval", sparse_out / "model", "--reference", tiny_llama_dir, "--samples", "4", "--seqlen", "16")
+    assert compared.returncode == 0, compared.stderr
+    assert compared.stdout.startswith("perplexity ") and "; reference " in compared.stdout
