@@ -352,16 +352,22 @@ def _prune(args: argparse.Namespace) -> int:
         evaluation.read_text_file(args.calib, "--calib")
     if args.eval_data is not None and not args.no_eval:
         evaluation.read_text_file(args.eval_data, "--eval-data")
-    main_rank = int(os.environ.get("RANK", "0") or 0) == 0
-    out = reports.prepare_output_dir(args.out, args.overwrite, PRUNE_FILES) if main_rank else Path(args.out)
     distributed = _distributed()
-    if distributed is not None:
-        distributed.init_from_env()
+    if distributed is None or not distributed.init_from_env():  # a single process (no torchrun)
+        out = reports.prepare_output_dir(args.out, args.overwrite, PRUNE_FILES)
+        return _prune_run(args, sparsity, config_kwargs, out, None)
+    # Under torchrun: rank 0 prepares --out; every rank learns whether that failed, and stops if so.
     try:
-        return _prune_run(args, sparsity, config_kwargs, out, distributed)
+        error = None
+        if distributed.is_main_process():
+            try:
+                reports.prepare_output_dir(args.out, args.overwrite, PRUNE_FILES)
+            except ValueError as caught:
+                error = caught
+        distributed.check(error, "preparing --out")
+        return _prune_run(args, sparsity, config_kwargs, Path(args.out), distributed)
     finally:
-        if distributed is not None and callable(getattr(distributed, "shutdown", None)):
-            distributed.shutdown()
+        distributed.shutdown()
 
 
 def _prune_run(args, sparsity, config_kwargs, out: Path, distributed) -> int:
@@ -403,8 +409,8 @@ def _prune_run(args, sparsity, config_kwargs, out: Path, distributed) -> int:
         checkpoint["sparsify"] = summary.to_dict() if hasattr(summary, "to_dict") else str(summary)
     else:
         checkpoint["format"] = "Hugging Face, masked dense weights (from_pretrained)"
+    _save_checkpoint(model, tokenizer, out / "model", args.sparsify, distributed)  # every rank takes part
     if is_main:
-        _save_checkpoint(model, tokenizer, out / "model", args.sparsify, distributed)
         result = {
             "command": "prune", "model": args.model, "model_class": type(model).__name__, "causal_lm": causal,
             "config": {"method": args.method, "sparsity": sparsity, "allocation": args.allocation,
@@ -438,9 +444,8 @@ def _save_checkpoint(model, tokenizer, path: Path, sparsified: bool, distributed
         if tokenizer is not None:
             tokenizer.save_pretrained(target)
 
-    if distributed is not None and callable(getattr(distributed, "save_checkpoint", None)) \
-            and distributed.is_enabled():
-        distributed.save_checkpoint(path, write)
+    if distributed is not None:
+        distributed.save_checkpoint(path, write)  # rank 0 writes, atomically, once every rank got there
     else:
         write(os.fspath(path))
     logger.info("wrote the pruned checkpoint to %s", path)
