@@ -78,30 +78,39 @@ def test_linear_from_hf_conv1d():
     torch.testing.assert_close(sparse.to_dense()(x), conv1d(x))
 
 
-@pytest.mark.parametrize("pattern,dtype,expected", [
-    (0.9, torch.float32, "unstructured"), (0.5, torch.bfloat16, "unstructured"), ("2:4", torch.float32, "2:4"),
-    ("2:4", torch.bfloat16, "2:4"), (0.1, torch.float32, "dense"), (0.9, torch.float16, "dense"),
+@pytest.mark.parametrize("shape,pattern,dtype,expected", [
+    ((1024, 512), 0.9, torch.float32, "unstructured"),
+    ((1024, 512), 0.75, torch.float32, "unstructured"),
+    ((1024, 512), 0.5, torch.float32, "dense"),  # below the measured break-even
+    ((1024, 512), "2:4", torch.float32, "dense"),  # 2:4 is 50% sparse: below it too
+    ((256, 256), 0.9, torch.float32, "dense"),  # too small: per-call overhead
+    ((1024, 512), 0.9, torch.bfloat16, "dense"),  # dense bf16 (AMX) is faster at multi-row batches
+    ((1024, 512), 0.9, torch.float16, "dense"),  # no fp16 kernel
 ])
-def test_auto_choice(pattern, dtype, expected):
-    sparse = SparseLinear.from_dense(pruned_linear(64, 64, pattern, dtype), "auto")
+def test_auto_choice(shape, pattern, dtype, expected):
+    sparse = SparseLinear.from_dense(pruned_linear(shape[0], shape[1], pattern, dtype), "auto")
     assert sparse.format == expected
 
 
-def test_auto_choice_edge_cases():
+def test_auto_choice_with_a_break_even_override():
+    assert SparseLinear.from_dense(pruned_linear(64, 64, "2:4"), "auto", break_even=0.4).format == "2:4"
+    assert SparseLinear.from_dense(pruned_linear(64, 64, "2:4", torch.bfloat16), "auto", break_even=0.4).format == "2:4"
+    assert SparseLinear.from_dense(pruned_linear(64, 64, 0.9), "auto", break_even=0.4).format == "unstructured"
     # valid 2:4 but rows not a multiple of 32: the layout cannot hold it, the bitmap can
-    assert SparseLinear.from_dense(pruned_linear(64, 48, "2:4"), "auto").format == "unstructured"
+    assert SparseLinear.from_dense(pruned_linear(64, 48, "2:4"), "auto", break_even=0.4).format == "unstructured"
     # valid 2:4 with one nonzero per group (75% sparse): the bitmap stores half as many values
     linear = pruned_linear(64, 64, "2:4")
     with torch.no_grad():
-        linear.weight.view(64, 16, 4)[..., :].mul_(torch.tensor([1.0, 0, 0, 0]))
-        linear.weight.view(64, 16, 4)[..., 0] = 1.0
-    assert SparseLinear.from_dense(linear, "auto").format == "unstructured"
-    # break_even override
+        linear.weight.copy_(torch.tensor([1.0, 0, 0, 0]).repeat(64, 16))
+    assert SparseLinear.from_dense(linear, "auto", break_even=0.4).format == "unstructured"
     assert SparseLinear.from_dense(pruned_linear(64, 64, 0.3), "auto", break_even=0.2).format == "unstructured"
     assert SparseLinear.from_dense(pruned_linear(64, 64, 0.3), "auto", break_even=0.5).format == "dense"
-    assert 0 < BREAK_EVEN_SPARSITY["linear"] < 1
-    fmt, reason = SparseLinear.auto_format(pruned_linear(64, 64, 0.1))
-    assert fmt == "dense" and "break-even" in reason
+    assert SparseLinear.from_dense(pruned_linear(64, 64, 0.9, torch.float16), "auto", break_even=0.1).format == "dense"
+    fmt, reason = SparseLinear.auto_format(pruned_linear(1024, 512, 0.3))
+    assert fmt == "dense" and "break-even 0.70" in reason
+    assert BREAK_EVEN_SPARSITY["linear"][torch.float32] == 0.7
+    with pytest.raises(ValueError, match=r"argument 'break_even' must be in \[0, 1\], but got 1.5"):
+        SparseLinear.from_dense(pruned_linear(64, 64, 0.3), "auto", break_even=1.5)
 
 
 @pytest.mark.parametrize("fmt,pattern", [("unstructured", 0.9), ("2:4", "2:4")])
@@ -217,12 +226,14 @@ def test_conv_auto_choice():
     pointwise = nn.Conv2d(64, 64, 1)
     prune_(pointwise.weight, 0.9)
     assert SparseConv2d.from_dense(pointwise).format == "unstructured"
-    spatial = nn.Conv2d(64, 64, 3, padding=1)
-    prune_(spatial.weight, "2:4")
-    assert SparseConv2d.from_dense(spatial).format == "2:4"
-    light = nn.Conv2d(64, 64, 3, padding=1)
-    prune_(light.weight, 0.3)
-    assert SparseConv2d.from_dense(light).format == "dense"
+    pointwise24 = nn.Conv2d(64, 64, 1)
+    prune_(pointwise24.weight, "2:4")
+    assert SparseConv2d.from_dense(pointwise24).format == "dense"  # 50%: below the measured break-even
+    assert SparseConv2d.from_dense(pointwise24, break_even=0.5).format == "2:4"
+    spatial = nn.Conv2d(64, 64, 3, padding=1)  # no sparse kernel beats the dense 3x3 conv
+    prune_(spatial.weight, 0.95)
+    assert SparseConv2d.from_dense(spatial).format == "dense"
+    assert SparseConv2d.from_dense(spatial, break_even=0.5).format == "dense"
     bf16 = nn.Conv2d(64, 64, 1).to(torch.bfloat16)
     prune_(bf16.weight, 0.9)
     assert SparseConv2d.from_dense(bf16).format == "dense"  # the conv kernel runs fp32 only

@@ -23,7 +23,6 @@ The modules are for inference: their tensors do not require grad.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,12 +33,28 @@ from ..formats.semi24 import semi24_layout
 
 FORMATS = ("auto", "2:4", "unstructured", "dense")
 
-# Sparsity at which the CPU bitmap kernels start to beat dense torch, per kernel family, measured
-# on the development machine (2-core AVX-512 Xeon, 2 threads, fp32) with bench/bench_linear.py /
-# bench_conv.py-style side-by-side timings over batch-1 transformer shapes (1-32 token rows) and
-# CNN feature maps; see bench/results/e2e_minilm.md and the module docstrings of SparseLinear and
-# SparseConv2d. "auto" picks the bitmap format at or above these sparsities and stays dense below.
-BREAK_EVEN_SPARSITY = {"linear": 0.4, "conv1x1": 0.5, "conv": 0.8}
+# What "auto" knows about the CPU kernels: the sparsity from which the bitmap kernels beat dense
+# torch, per kernel family and weight dtype, for the batch-1 workload prunekit targets (one
+# sequence: 1 to 64 token rows per linear call; one image per conv call). Measured on the
+# development machine (2-core Sapphire Rapids Xeon, AVX-512 kernels, 1 thread, CPU time, so that
+# other load does not distort it), linear at 384x384, 1536x384, 384x1536, 2048x2048, 4096x4096
+# for 1/4/16/64 rows, pointwise convs at 64-576 channels on 14x14-56x56 maps:
+# - linear fp32: sparse wins from ~0.65-0.7 (0.5 and below only at 4 rows); at 0.9 1.1-2x faster
+#   on layers of >= ~0.5M weights; below 2**18 weights (e.g. 384x384) the per-call overhead
+#   (~12 us against dense's ~6 us) eats the gain at <= 16 rows even at 0.9.
+# - linear bf16: dense bf16 runs on AMX here; the bitmap kernel wins only at 1 row (1.1-1.8x at
+#   0.5-0.9) and loses 1.5-5x at 16-64 rows at every sparsity, so "auto" keeps bf16 dense (None).
+# - pointwise conv fp32: sparse wins from 0.5-0.75 depending on the shape (2-2.7x at 0.9).
+# - other convs: im2col + the bitmap SpMM lost 1.5-4x to oneDNN's direct conv even at 0.9, so
+#   they have no sparse kernel: "auto" keeps them dense; explicit sparse formats save memory.
+# ``break_even=`` (from_dense, sparsify_) overrides the threshold and the size rule.
+BREAK_EVEN_SPARSITY = {
+    "linear": {torch.float32: 0.7, torch.bfloat16: None},
+    "conv1x1": {torch.float32: 0.75},
+    "conv": {},
+}
+MIN_SPARSE_WEIGHTS = {"linear": 1 << 18, "conv1x1": 0, "conv": 0}
+_KERNEL_DTYPES = {"linear": (torch.float32, torch.bfloat16), "conv1x1": (torch.float32,), "conv": ()}
 
 # "auto" keeps a valid 2:4 weight as 2:4 unless it is much sparser than 50% (the 2:4 layout stores
 # two values per group of four, zero padding included): 2:4 while at least this share of the
@@ -154,21 +169,37 @@ def choose_format(stats: WeightStats, kernel: str, *, break_even: float | None =
     """The format "auto" picks for a weight, and why (a short sentence).
 
     ``kernel`` is the CPU kernel family that would run it: "linear", "conv1x1" (pointwise conv)
-    or "conv" (any other conv, run as unfold + bitmap SpMM). ``break_even`` overrides
-    :data:`BREAK_EVEN_SPARSITY`. On CUDA there is no prunekit sparse GEMM yet, so "auto" is
-    always dense there.
+    or "conv" (any other conv: no sparse kernel). On CPU: "2:4" for a valid 2:4 pattern that the
+    layout holds (and that is not much sparser than 2:4) and "unstructured" otherwise, when the
+    sparsity reaches the measured break-even of :data:`BREAK_EVEN_SPARSITY` for the kernel and
+    dtype and the layer has at least :data:`MIN_SPARSE_WEIGHTS` weights; else "dense".
+    ``break_even`` replaces both rules with one threshold. On CUDA there is no prunekit sparse
+    GEMM yet, so "auto" is always dense there.
     """
-    threshold = BREAK_EVEN_SPARSITY[kernel] if break_even is None else break_even
     if stats.device.type != "cpu":
         return "dense", f"no prunekit sparse kernel on {stats.device.type} yet; dense is fastest"
-    if stats.dtype not in _KERNEL_VALUE_DTYPES or (kernel != "linear" and stats.dtype != torch.float32):
-        wanted = "float32 or bfloat16" if kernel == "linear" else "float32"
-        return "dense", f"the CPU {kernel} kernel runs {wanted}, the weight is {dtype_name(stats.dtype)}"
+    dtype = dtype_name(stats.dtype)
+    if break_even is not None:
+        threshold = float(break_even)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"choose_format: argument 'break_even' must be in [0, 1], but got {break_even}")
+        if stats.dtype not in _KERNEL_DTYPES[kernel]:
+            return "dense", f"no CPU {kernel} kernel runs {dtype} weights"
+    else:
+        table = BREAK_EVEN_SPARSITY[kernel]
+        if stats.dtype not in table:
+            return "dense", f"no CPU {kernel} kernel runs {dtype} weights faster than dense torch"
+        threshold = table[stats.dtype]
+        if threshold is None:
+            return "dense", f"the CPU {kernel} kernel does not beat dense torch on {dtype} weights at batch-1 sizes"
+        if stats.rows * stats.cols < MIN_SPARSE_WEIGHTS[kernel]:
+            return "dense", (f"{stats.rows}x{stats.cols} is below {MIN_SPARSE_WEIGHTS[kernel]} weights, where the CPU "
+                             f"{kernel} kernel's per-call overhead outweighs the sparsity")
+    if stats.sparsity < threshold:
+        return "dense", f"sparsity {stats.sparsity:.3f} < break-even {threshold:.2f} of the CPU {kernel} kernel ({dtype})"
     if stats.is_24 and stats.semi24_problem is None and stats.nonzeros >= SEMI24_MIN_FILL * stats.rows * stats.cols / 2:
         return "2:4", "valid 2:4 pattern (bitmap kernel on CPU, CUTLASS layout on disk and on CUDA)"
-    if stats.sparsity >= threshold:
-        return "unstructured", f"sparsity {stats.sparsity:.3f} >= break-even {threshold:.2f} of the CPU {kernel} kernel"
-    return "dense", f"sparsity {stats.sparsity:.3f} < break-even {threshold:.2f} of the CPU {kernel} kernel"
+    return "unstructured", f"sparsity {stats.sparsity:.3f} >= break-even {threshold:.2f} of the CPU {kernel} kernel ({dtype})"
 
 
 def compress(matrix: torch.Tensor, fmt: str, owner: str) -> dict[str, torch.Tensor]:
@@ -377,7 +408,3 @@ def _check_bitmap_consistency(owner: str, bitmap: torch.Tensor, row_offsets: tor
     tail = bitmap.shape[1] * 16 - cols
     if tail and bool(((bitmap[:, -1].to(torch.int32) & 0xFFFF) >> (16 - tail)).any()):
         raise ValueError(f"{owner}: the unstructured weight is corrupt: 'bitmap' marks columns past cols={cols}")
-
-
-def expanded_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return math.floor((size + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1)

@@ -6,20 +6,22 @@ The weight is held as the (out_channels, in_channels * kh * kw) matrix ``weight.
 =========  ==============  ========  ==================================================================
 device     format          dtypes    computation
 =========  ==============  ========  ==================================================================
-CPU        sparse          fp32      pointwise (1x1, stride 1, no padding): ``prunekit.ops.sparse_conv1x1``
-                                     (bitmap SpMM, bias fused); any other geometry: ``F.unfold`` (im2col)
-                                     then the same kernel over the (C*kh*kw, pixels) patch matrix
-CPU        sparse          other     exact expansion + ``F.conv2d`` (correct, not faster)
+CPU        sparse          fp32      pointwise convs (1x1, stride 1, no padding):
+                                     ``prunekit.ops.sparse_conv1x1`` (bitmap SpMM, bias fused)
+CPU        sparse          fp32      other convs: exact expansion + ``F.conv2d`` (saves memory, not
+                                     time: im2col + the bitmap SpMM measured 1.5-4x slower than
+                                     oneDNN's direct conv even at 90% sparsity)
+CPU        sparse          other     exact expansion + ``F.conv2d``
 CUDA       2:4             any       ``decompress_24`` + ``F.conv2d`` (saves memory, not time)
 CUDA       unstructured    any       the dense weight, rebuilt on the GPU at ``.to()``
 any        dense           any       ``F.conv2d``
 =========  ==============  ========  ==================================================================
 
-``format="auto"`` on CPU with fp32 weights picks "2:4" for a valid 2:4 pattern (groups of four
-along the flattened input dimension) the layout can hold, "unstructured" at or above the measured
-break-even sparsity (``BREAK_EVEN_SPARSITY["conv1x1"]`` for pointwise convs,
-``BREAK_EVEN_SPARSITY["conv"]`` for the others, whose im2col copy costs extra), else "dense"; on
-CUDA always "dense". Grouped and depthwise convolutions are not supported (they are not pruned
+``format="auto"`` on CPU picks a sparse format only for fp32 pointwise convs at or above the
+measured break-even sparsity (``BREAK_EVEN_SPARSITY["conv1x1"]``): "2:4" for a valid 2:4
+pattern (groups of four along the flattened input dimension) the layout holds, else
+"unstructured"; every other conv stays dense (no sparse kernel beats oneDNN there), and so does
+every conv on CUDA. Grouped and depthwise convolutions are not supported (they are not pruned
 either).
 """
 
@@ -146,29 +148,13 @@ class SparseConv2d(SparseWeightModule):
         return conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._kernel_runs(x, _X_DTYPES):
+        if not (self.pointwise and self._kernel_runs(x, _X_DTYPES)):
             return self._dense_forward(x)
         values, bitmap, row_offsets = self._kernel_weight()
-        unbatched = x.dim() == 3
-        if unbatched:
-            x = x.unsqueeze(0)
-        if self.pointwise:
-            y = torch.ops.prunekit.sparse_conv1x1(x.contiguous(), values, bitmap, row_offsets, self.bias, 0)
-        else:
-            padding = self.padding
-            if isinstance(padding, str) or self.padding_mode != "zeros":
-                mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-                x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
-                padding = (0, 0)
-            n, _, h, w = x.shape
-            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-            out_h = (h + 2 * padding[0] - dh * (kh - 1) - 1) // sh + 1
-            out_w = (w + 2 * padding[1] - dw * (kw - 1) - 1) // sw + 1
-            patches = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=padding, stride=self.stride)
-            patches = patches.reshape(n, self.cols, out_h * out_w, 1)
-            y = torch.ops.prunekit.sparse_conv1x1(patches, values, bitmap, row_offsets, self.bias, 0)
-            y = y.reshape(n, self.out_channels, out_h, out_w)
-        return y.squeeze(0) if unbatched else y
+        if x.dim() == 3:  # unbatched (C, H, W)
+            return torch.ops.prunekit.sparse_conv1x1(x.unsqueeze(0).contiguous(), values, bitmap, row_offsets,
+                                                     self.bias, 0).squeeze(0)
+        return torch.ops.prunekit.sparse_conv1x1(x.contiguous(), values, bitmap, row_offsets, self.bias, 0)
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.dense_weight4d()

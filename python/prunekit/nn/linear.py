@@ -15,10 +15,11 @@ any        dense           any              ``F.linear``
 =========  ==============  ===============  ==========================================================
 
 ``format="auto"`` picks, for the module's device and weight (see
-:func:`prunekit.nn.choose_format`): on CPU with fp32/bf16 weights "2:4" for a valid 2:4 pattern
-that the layout can hold, "unstructured" at or above the measured break-even sparsity
-``BREAK_EVEN_SPARSITY["linear"]``, else "dense"; on CUDA always "dense" (no prunekit sparse GEMM
-there yet).
+:func:`prunekit.nn.choose_format`): on CPU, for fp32 weights of at least ``MIN_SPARSE_WEIGHTS``
+weights at or above the measured break-even sparsity (``BREAK_EVEN_SPARSITY["linear"]``, 0.7),
+"2:4" for a valid 2:4 pattern the layout holds, else "unstructured"; otherwise "dense". bf16
+weights stay dense (the bitmap kernel beats the AMX bf16 GEMM only at one token row), and so does
+everything on CUDA (no prunekit sparse GEMM there yet). Explicit formats always compress.
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ class SparsifySummary:
     ``swapped``: module name -> format of the SparseLinear/SparseConv2d now in its place;
     ``kept_dense``: name -> why "auto" left it dense (below break-even, no kernel for its
     dtype/device); ``skipped``: name -> why it was not considered (not pruned, filtered out, weight
-    shared with another module, a Linear its parent reads directly); ``bytes_before`` /
+    shared with another module, a Linear its parent reads directly); ``notes``: name -> how a
+    module's storage differs from the requested format (a valid 2:4 weight whose size the 2:4
+    layout cannot hold is stored, exactly, as "unstructured"); ``bytes_before`` /
     ``bytes_after``: bytes of all the model's parameters and buffers (shared storage once);
     ``swapped_bytes_before`` / ``swapped_bytes_after``: of the swapped modules only.
     """
@@ -30,6 +32,7 @@ class SparsifySummary:
     swapped: dict[str, str] = field(default_factory=dict)
     kept_dense: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
     bytes_before: int = 0
     bytes_after: int = 0
     swapped_bytes_before: int = 0
@@ -129,7 +132,9 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | No
       whose weight has at least one exact zero, i.e. pruned ones).
     - ``format``: "auto" (per module: the fastest format on its device, see
       :func:`prunekit.nn.choose_format`; modules it would keep dense are left untouched and
-      listed in ``kept_dense``), "2:4", "unstructured" or "dense" (every selected module swapped).
+      listed in ``kept_dense``), "2:4", "unstructured" or "dense" (every selected module swapped;
+      with "2:4", a valid 2:4 weight whose shape the CUTLASS layout cannot hold, e.g. rows not a
+      multiple of 32, is stored exactly as "unstructured" and listed in ``notes``).
     - ``break_even`` overrides the "auto" break-even sparsity.
 
     Modules whose weight is shared with another module (tied embeddings) and Linear layers whose
@@ -180,6 +185,11 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | No
                 if chosen == "dense":
                     summary.kept_dense[name] = reason
                     continue
+            if chosen == "2:4":
+                problem = _semi24_layout_problem(module, cls)
+                if problem is not None:  # a valid pattern the CUTLASS layout cannot hold: the bitmap holds it exactly
+                    chosen = "unstructured"
+                    summary.notes[name] = f"stored as 'unstructured' instead of '2:4': {problem}"
             sparse = cls.from_dense(module, chosen)
         except ValueError as error:
             raise ValueError(f"sparsify_: module '{name}' ({type(module).__name__}): {error}") from error
@@ -191,6 +201,17 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | No
     _swap_all(model, replacements)
     summary.bytes_after = model_bytes(model)
     return summary
+
+
+def _semi24_layout_problem(module: nn.Module, cls) -> str | None:
+    """Why the 2:4 layout cannot hold the module's weight for size or dtype reasons, if it has a
+    valid 2:4 pattern; None otherwise (a weight that is not 2:4 at all fails in from_dense)."""
+    from ..nn._sparse import first_dense_group, semi24_aligned
+
+    matrix = cls._matrix(module, "sparsify_")[0]
+    if matrix.shape[1] % 4 or first_dense_group(matrix) is not None:
+        return None
+    return semi24_aligned(matrix.shape[0], matrix.shape[1], matrix.dtype)
 
 
 def _swap_all(model: nn.Module, replacements: dict[int, nn.Module]) -> None:
