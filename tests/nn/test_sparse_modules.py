@@ -151,6 +151,10 @@ def test_dtype_moves_keep_the_module_exact():
         torch.testing.assert_close(half(xh), F.linear(xh, linear.weight.half(), linear.bias.half()))
     meta = SparseLinear.from_dense(linear, "2:4").to("meta")  # no data: moves without runtime tensors
     assert meta.values.device.type == "meta" and meta.runtime_bitmap is None
+    empty = meta.to_empty(device="cpu")  # garbage metadata: no runtime view; the forward expands and checks
+    if empty.runtime_bitmap is None:
+        with pytest.raises(ValueError, match="decompress_24"):
+            empty(torch.randn(2, 64))
 
 
 def test_state_dict_round_trip_into_a_sparse_module():

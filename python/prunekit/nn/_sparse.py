@@ -287,13 +287,18 @@ class SparseWeightModule(nn.Module):
         self._build_runtime()
 
     # --- runtime tensors -------------------------------------------------------------------
-    def _build_runtime(self) -> None:
+    def _build_runtime(self, strict: bool = True) -> None:
+        """Derives the runtime tensors for the current device. Corrupt 2:4 metadata raises when
+        ``strict``; otherwise (after a move, e.g. ``to_empty``) the runtime view is left out and
+        the forward expands the weight with ``decompress_24``, which raises on corrupt data."""
         if self.format == "dense":
             return
         device = self.values.device
         if self.format == "2:4" and device.type == "cpu" and self.values.dtype in _KERNEL_VALUE_DTYPES:
             view = from_semi24(self.values, self.meta)
             if not bool((bitmap_row_counts(view.bitmap) == self.cols // 2).all()):
+                if not strict:
+                    return
                 raise ValueError(f"{type(self).__name__}: the 2:4 metadata is corrupt: it must name two distinct "
                                  "columns in every group of four, but some group names one column twice")
             self.runtime_bitmap, self.runtime_row_offsets = view.bitmap, view.row_offsets
@@ -304,7 +309,7 @@ class SparseWeightModule(nn.Module):
         for key in self._RUNTIME:
             self._buffers[key] = None
         result = super()._apply(fn, recurse)
-        self._build_runtime()
+        self._build_runtime(strict=False)
         return result
 
     def _kernel_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -316,6 +321,7 @@ class SparseWeightModule(nn.Module):
     def _kernel_runs(self, x: torch.Tensor, x_dtypes: tuple[torch.dtype, ...]) -> bool:
         """Whether the CPU bitmap kernel can run this input (else the dense fallback runs)."""
         return (self.format != "dense" and x.device.type == "cpu" and self.values.device.type == "cpu"
+                and (self.format != "2:4" or self.runtime_bitmap is not None)
                 and x.dtype in x_dtypes and self.values.dtype in _KERNEL_VALUE_DTYPES
                 and (self.bias is None or self.bias.dtype in _KERNEL_VALUE_DTYPES))
 
