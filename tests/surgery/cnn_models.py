@@ -104,6 +104,6 @@ def tiny_cnn(kind: str, seed: int = 0) -> nn.Module:
     return randomise_batchnorm(model, seed).eval()
 
 
-def cnn_calibration(batches: int = 3, batch_size: int = 4, size: int = 16, seed: int = 1) -> list:
+def cnn_calibration(batches: int = 2, batch_size: int = 2, size: int = 8, seed: int = 1) -> list:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randn(batch_size, 3, size, size, generator=generator) for _ in range(batches)]

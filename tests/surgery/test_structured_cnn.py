@@ -76,7 +76,7 @@ def test_quarter_gives_the_expected_architecture(kind):
     assert report.params_after == count_parameters(model) == count_parameters(reference)
     assert report.params_before - report.params_after == count_parameters(tiny_cnn(kind)) - count_parameters(reference)
     assert _conv_widths(model) == _conv_widths(reference)
-    out = _output(model, torch.randn(3, 3, 20, 20))  # another batch and image size
+    out = _output(model, torch.randn(3, 3, 12, 12))  # another batch and image size
     assert out.shape == (3, 10) and bool(torch.isfinite(out).all())
     json.dumps(report.to_dict())
 
@@ -98,7 +98,7 @@ def test_every_importance_shrinks_the_same_way(kind, importance):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_flap_bias_compensation_reduces_error(kind):
-    calib = cnn_calibration(batches=4)
+    calib = cnn_calibration(batches=3)
     dense = tiny_cnn(kind)
     errors = {}
     for compensate in (False, True):

@@ -1171,7 +1171,8 @@ def _select_groups(structure: _Structure, targets: tuple[str, ...], modules, ign
         modules = [modules]
     chosen = []
     for pattern in modules:
-        hits = [g for g in groups if any(_matches(m.name, [pattern]) for m in g.members)
+        hits = [g for g in groups if any(_matches(m.name, [pattern]) for m in g.members if m.role != "in"
+                                         or g.kind == "heads")
                 or (g.attention and _matches(g.attention["module"], [pattern]))]
         if not hits:
             reason = next((r for n, r in structure.blocked.items() if _matches(n, [pattern])), None)
@@ -1215,9 +1216,11 @@ def prune_structured(model: nn.Module, ratio: float | Mapping[str, float] = 0.25
       with labels = input_ids); ``batch`` has ``.args`` and ``.kwargs``.
     - ``bias_compensation``: add W[:, removed] @ mean(X[removed]) to every consumer's bias
       (creating one if missing). Default: True for "flap", False otherwise; True needs ``calib``.
-    - ``modules``: prune only the groups containing these modules (names or fnmatch patterns);
-      a name that is not prunable raises ValueError saying why. ``ignore``: patterns of modules
-      whose groups are left alone.
+    - ``modules``: prune only the groups whose channels these modules produce (a Linear/Conv2d
+      by its output channels, a BatchNorm or depthwise conv by its channels) and the heads of
+      these attention modules or their projections (names or fnmatch patterns); a name that is
+      not prunable raises ValueError saying why. ``ignore``: patterns of modules whose groups
+      (as producer, consumer or pass-through) are left alone.
     - ``blocks``: the name of a transformer's block list when it is not found automatically;
       ``device``: where calibration runs block by block.
 
@@ -1366,53 +1369,58 @@ _MLP_CONFIG_ATTRIBUTES = ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden
 
 
 def _update_hf_config(model: nn.Module, config, plan, structure: _Structure, report: StructuredReport) -> None:
+    """Writes the new MLP width and head counts into ``config`` when every block has the same
+    (one width per config), then checks that the config rebuilds the pruned model."""
     layout = structure.layout
-    changed = [(g, k) for g, k in plan if k != g.units]
-    if not changed:
+    if all(k == g.units for g, k in plan):
         report.config_reloadable = True
         return
-    mlp = [(g, k) for g, k in plan if g.kind == "mlp"]
-    if any(k != g.units for g, k in mlp):
-        units = {g.units for g, _ in mlp}
-        kept = {k for _, k in mlp}
-        blocks_with_mlp = [g.block for g, _ in mlp]
-        if len(units) == 1 and len(kept) == 1 and len(set(blocks_with_mlp)) == len(blocks_with_mlp):
-            old, new = units.pop(), kept.pop()
-            hidden = layout["hidden"]
+    kept_by_group = {id(g): k for g, k in plan}
+
+    def sizes(kind):  # (units before, after) of every group of ``kind``, pruned or not
+        return [(g, g.units, kept_by_group.get(id(g), g.units)) for g in structure.groups if g.kind == kind]
+
+    mlp = sizes("mlp")
+    if any(after != before for _, before, after in mlp):
+        befores, afters = {b for _, b, _ in mlp}, {a for _, _, a in mlp}
+        blocks = [g.block for g, _, _ in mlp]
+        if len(befores) == 1 and len(afters) == 1 and len(set(blocks)) == len(blocks):
+            old, new = befores.pop(), afters.pop()
             names = [n for n in _MLP_CONFIG_ATTRIBUTES if getattr(config, n, None) == old]
-            if not names and getattr(config, "n_inner", "missing") is None and old == 4 * hidden:
-                names = ["n_inner"]
+            if not names and getattr(config, "n_inner", "missing") is None and old == 4 * layout["hidden"]:
+                names = ["n_inner"]  # GPT-2: None means 4 * n_embd
             for name in names[:1]:
                 report.config_updates[name] = [getattr(config, name), new]
                 setattr(config, name, new)
-            for group, _ in mlp:
+            for group, _, _ in mlp:  # modules that keep a copy of the width (e.g. LlamaMLP.intermediate_size)
                 block = model.get_submodule(f"{structure.blocks_name}.{group.block}")
                 for module in block.modules():
                     for name in _MLP_CONFIG_ATTRIBUTES:
-                        if getattr(module, name, None) == old and module is not config:
+                        if getattr(module, name, None) == old:
                             setattr(module, name, new)
             if not names:
                 report.warnings.append(f"config: no attribute of {type(config).__name__} holds the MLP width "
                                        f"{old}; the config still describes the unpruned width")
         else:
-            report.warnings.append("config: MLP widths differ between blocks or groups; a Hugging Face config "
-                                   "holds one width, so it was not updated")
-    heads = [(g, k) for g, k in plan if g.kind == "heads"]
-    if any(k != g.units for g, k in heads):
-        kept = {k for _, k in heads}
-        if len(kept) == 1 and len(heads) == len({g.block for g, _ in heads}):
-            new_kv = kept.pop()
+            report.warnings.append(f"config: MLP widths differ between blocks ({sorted(afters)}); a Hugging Face "
+                                   "config holds one width, so it was not updated")
+    heads = sizes("heads")
+    if any(after != before for _, before, after in heads):
+        afters = {a for _, _, a in heads}
+        if len(afters) == 1:
+            new_kv = afters.pop()
             new_heads = new_kv * (layout["heads"] // layout["kv_heads"])
             report.config_updates["num_attention_heads"] = [layout["heads"], new_heads]
             config.num_attention_heads = new_heads
-            if hasattr(config, "num_key_value_heads") and config.num_key_value_heads is not None:
+            if getattr(config, "num_key_value_heads", None) is not None:
                 report.config_updates["num_key_value_heads"] = [config.num_key_value_heads, new_kv]
                 config.num_key_value_heads = new_kv
             if getattr(config, "head_dim", None) != layout["head_dim"]:
                 report.config_updates["head_dim"] = [getattr(config, "head_dim", None), layout["head_dim"]]
                 config.head_dim = layout["head_dim"]
         else:
-            report.warnings.append("config: head counts differ between blocks; the config was not updated")
+            report.warnings.append(f"config: key/value head counts differ between blocks ({sorted(afters)}); a "
+                                   "Hugging Face config holds one count, so it was not updated")
     report.config_reloadable = _make_config_reloadable(model, config, report)
 
 
