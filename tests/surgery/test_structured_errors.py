@@ -2,6 +2,7 @@
 received value, raised before the model is touched."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -113,9 +114,23 @@ def test_modules_restricts_pruning():
 
 def test_ignore_skips_groups():
     model = hf_model("llama")
-    with pytest.warns(UserWarning, match="differ between blocks"):  # one config width cannot describe both
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         report = prune_structured(model, 0.5, ignore=["model.layers.1.*"])
     assert {g["name"].split(".")[2] for g in report.groups} == {"0"}
+    # one config width cannot describe both blocks: not updated, and the report says it will not reload
+    assert any("differ between blocks" in str(w.message) for w in caught)
+    assert report.config_reloadable is False and "intermediate_size" not in report.config_updates
+
+
+def test_training_mode_and_batchnorm_statistics_survive():
+    model = tiny_cnn("resnet").train()
+    model.layers[0].eval()
+    stem_mean = model.stem[1].running_mean.clone()
+    prune_structured(model, 0.25, importance="wanda", calib=cnn_calibration(), modules="layers.0.1.conv1")
+    assert torch.equal(model.stem[1].running_mean, stem_mean)  # untouched by tracing and calibration forwards
+    assert model.layers[0][1].conv1.out_channels == 12
+    assert model.training and model.stem.training and not model.layers[0].training
 
 
 # ----------------------------------------------------------------------------- low-level surgery

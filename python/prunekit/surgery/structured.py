@@ -1238,6 +1238,18 @@ def prune_structured(model: nn.Module, ratio: float | Mapping[str, float] = 0.25
     every unit of a group, round_to larger than a group, missing calib, modules that are not
     prunable.
     """
+    modes = {module: module.training for module in model.modules()}
+    model.eval()  # tracing and calibration must not update BatchNorm statistics or drop out
+    try:
+        return _prune_structured(model, ratio, importance, targets, round_to, calib, example_inputs, loss_fn,
+                                 bias_compensation, modules, ignore, blocks, device, progress)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _prune_structured(model, ratio, importance, targets, round_to, calib, example_inputs, loss_fn,
+                      bias_compensation, modules, ignore, blocks, device, progress) -> StructuredReport:
     started = time.perf_counter()
     if importance not in IMPORTANCES:
         raise ValueError(f"importance: expected one of {IMPORTANCES}, but got {importance!r}")
