@@ -602,7 +602,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reports.jsonable(result)))
     else:
-        print("\nSpeed-up ratios (prunekit time / baseline time inverted: > 1 means prunekit is faster)")
+        print("\nSpeed-up ratios: baseline time / prunekit time (> 1: prunekit is faster)")
         print(reports.text_table(result["summary"], columns))
         for name, family_result in result["results"].items():
             if "skipped" in family_result:

@@ -233,9 +233,11 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
         "data": {
             "text": "first paragraphs of Python standard-library docstrings (offline)",
             "calibration_modules": list(evaluation.CALIBRATION_MODULES),
-            "calibration_sentences": calibration_sentences,
+            "calibration_sentences": len(evaluation.docstring_sentences(evaluation.CALIBRATION_MODULES,
+                                                                         calibration_sentences)),
             "evaluation_modules": list(evaluation.EVALUATION_MODULES),
-            "evaluation_sentences": evaluation_sentences,
+            "evaluation_sentences": len(evaluation.docstring_sentences(evaluation.EVALUATION_MODULES,
+                                                                        evaluation_sentences)),
             "quality": "mean cosine between pruned and dense sentence embeddings (mean pooling, L2-normalised)",
         },
         "machine": machine_info(),

@@ -29,38 +29,42 @@ EVALUATION_MODULES = ("csv", "datetime", "decimal", "fractions", "random", "stat
 
 
 def docstring_sentences(module_names, limit: int) -> list[str]:
-    """Up to ``limit`` first paragraphs (40-300 characters) of the docstrings of the modules'
-    public functions and classes, deduplicated, spread evenly over the modules, deterministic."""
+    """Up to ``limit`` first paragraphs (40-300 characters) of the docstrings of the functions and
+    classes the modules define (not those they import, nor docstrings inherited from a base class,
+    so calibration and evaluation modules share no text), deduplicated, spread evenly over the
+    modules, deterministic."""
     seen, sentences = set(), []
     for module_name in module_names:
-        module = importlib.import_module(module_name)
-        for name in sorted(vars(module)):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # deprecated attributes, e.g. typing.re
-                obj = getattr(module, name)
-                if not (inspect.isfunction(obj) or inspect.isclass(obj)):
-                    continue
-                doc = inspect.getdoc(obj)
-            if not doc:
-                continue
-            paragraph = " ".join(doc.split("\n\n")[0].split())
+        for obj in _documented_objects(importlib.import_module(module_name), methods=False)[1:]:
+            paragraph = " ".join(_own_doc(obj).split("\n\n")[0].split())
             if 40 <= len(paragraph) <= 300 and paragraph not in seen:
                 seen.add(paragraph)
                 sentences.append(paragraph)
     return sentences[:: max(1, len(sentences) // limit)][:limit] if len(sentences) > limit else sentences
 
 
-def _documented_objects(module):
-    """The module, then its public functions and classes (sorted), and the methods of those classes."""
+def _own_doc(obj) -> str:
+    """The object's own docstring, cleaned ("" without one; inherited docstrings repeat across modules)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated attributes, e.g. typing.io
+        doc = getattr(obj, "__doc__", None)
+    return inspect.cleandoc(doc) if isinstance(doc, str) else ""
+
+
+def _documented_objects(module, methods: bool = True):
+    """The module, then the functions and classes it defines (sorted; not those it imports from
+    elsewhere), and (``methods``) the public methods of those classes."""
     objects = [module]
+    home = (module.__name__, "_" + module.__name__.rsplit(".", 1)[-1])  # io.StringIO lives in _io
     for name in sorted(vars(module)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             obj = getattr(module, name)
-        if inspect.isfunction(obj) or inspect.isclass(obj):
+        if (inspect.isfunction(obj) or inspect.isclass(obj)) and getattr(obj, "__module__", None) in home:
             objects.append(obj)
-            if inspect.isclass(obj):
-                objects += [member for _, member in sorted(vars(obj).items()) if inspect.isfunction(member)]
+            if methods and inspect.isclass(obj):
+                objects += [member for key, member in sorted(vars(obj).items())
+                            if inspect.isfunction(member) and not key.startswith("_")]
     return objects
 
 
@@ -78,10 +82,7 @@ def docstring_paragraphs(module_names) -> list[str]:
     seen, paragraphs = set(), []
     for module_name in module_names:
         for obj in _documented_objects(importlib.import_module(module_name)):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                doc = inspect.getdoc(obj)
-            for paragraph in (doc or "").split("\n\n"):
+            for paragraph in _own_doc(obj).split("\n\n"):
                 paragraph = " ".join(paragraph.split())
                 if len(paragraph) >= 40 and paragraph not in seen and _is_prose(paragraph):
                     seen.add(paragraph)
