@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import prunekit
-from prunekit.nn import BREAK_EVEN_SPARSITY, SparseConv2d, SparseLinear
+from prunekit.nn import BREAK_EVEN_SPARSITY, DEFAULT_ROWS, SparseConv2d, SparseLinear, break_even_sparsity
 
 
 def prune_(weight: torch.Tensor, pattern, generator=None) -> None:
@@ -78,17 +78,22 @@ def test_linear_from_hf_conv1d():
     torch.testing.assert_close(sparse.to_dense()(x), conv1d(x))
 
 
-@pytest.mark.parametrize("shape,pattern,dtype,expected", [
-    ((1024, 512), 0.9, torch.float32, "unstructured"),
-    ((1024, 512), 0.75, torch.float32, "unstructured"),
-    ((1024, 512), 0.5, torch.float32, "dense"),  # below the measured break-even
-    ((1024, 512), "2:4", torch.float32, "dense"),  # 2:4 is 50% sparse: below it too
-    ((256, 256), 0.9, torch.float32, "dense"),  # too small: per-call overhead
-    ((1024, 512), 0.9, torch.bfloat16, "dense"),  # dense bf16 (AMX) is faster at multi-row batches
-    ((1024, 512), 0.9, torch.float16, "dense"),  # no fp16 kernel
+@pytest.mark.parametrize("pattern,dtype,rows,expected", [
+    (0.9, torch.float32, None, "unstructured"),
+    (0.65, torch.float32, None, "unstructured"),
+    (0.65, torch.float32, 64, "dense"),  # more rows per call: the break-even rises to 0.7
+    (0.55, torch.float32, None, "dense"),
+    (0.55, torch.float32, 1, "unstructured"),  # decoding one token at a time: 0.5
+    ("2:4", torch.float32, None, "dense"),  # 50%: below the break-even at 16 rows
+    ("2:4", torch.float32, 4, "2:4"),
+    (0.9, torch.bfloat16, None, "unstructured"),
+    (0.8, torch.bfloat16, None, "dense"),  # dense bf16 (AMX) is faster at 16 rows below 0.85
+    (0.99, torch.bfloat16, 64, "dense"),  # and at 64 rows at any sparsity
+    ("2:4", torch.bfloat16, 1, "2:4"),
+    (0.9, torch.float16, None, "dense"),  # no fp16 kernel
 ])
-def test_auto_choice(shape, pattern, dtype, expected):
-    sparse = SparseLinear.from_dense(pruned_linear(shape[0], shape[1], pattern, dtype), "auto")
+def test_auto_choice(pattern, dtype, rows, expected):
+    sparse = SparseLinear.from_dense(pruned_linear(256, 128, pattern, dtype), "auto", rows=rows)
     assert sparse.format == expected
 
 
@@ -107,10 +112,15 @@ def test_auto_choice_with_a_break_even_override():
     assert SparseLinear.from_dense(pruned_linear(64, 64, 0.3), "auto", break_even=0.5).format == "dense"
     assert SparseLinear.from_dense(pruned_linear(64, 64, 0.9, torch.float16), "auto", break_even=0.1).format == "dense"
     fmt, reason = SparseLinear.auto_format(pruned_linear(1024, 512, 0.3))
-    assert fmt == "dense" and "break-even 0.70" in reason
-    assert BREAK_EVEN_SPARSITY["linear"][torch.float32] == 0.7
+    assert fmt == "dense" and "break-even 0.60" in reason
+    assert break_even_sparsity("linear", torch.float32) == 0.6 and DEFAULT_ROWS == 16
+    assert break_even_sparsity("linear", torch.bfloat16, rows=64) is None
+    assert break_even_sparsity("conv", torch.float32) is None
+    assert set(BREAK_EVEN_SPARSITY) == {"linear", "conv1x1", "conv"}
     with pytest.raises(ValueError, match=r"argument 'break_even' must be in \[0, 1\], but got 1.5"):
         SparseLinear.from_dense(pruned_linear(64, 64, 0.3), "auto", break_even=1.5)
+    with pytest.raises(ValueError, match=r"argument 'rows' must be >= 1, but got 0"):
+        SparseLinear.from_dense(pruned_linear(64, 64, 0.3), "auto", rows=0)
 
 
 @pytest.mark.parametrize("fmt,pattern", [("unstructured", 0.9), ("2:4", "2:4")])

@@ -33,28 +33,42 @@ from ..formats.semi24 import semi24_layout
 
 FORMATS = ("auto", "2:4", "unstructured", "dense")
 
-# What "auto" knows about the CPU kernels: the sparsity from which the bitmap kernels beat dense
-# torch, per kernel family and weight dtype, for the batch-1 workload prunekit targets (one
-# sequence: 1 to 64 token rows per linear call; one image per conv call). Measured on the
-# development machine (2-core Sapphire Rapids Xeon, AVX-512 kernels, 1 thread, CPU time, so that
-# other load does not distort it), linear at 384x384, 1536x384, 384x1536, 2048x2048, 4096x4096
-# for 1/4/16/64 rows, pointwise convs at 64-576 channels on 14x14-56x56 maps:
-# - linear fp32: sparse wins from ~0.65-0.7 (0.5 and below only at 4 rows); at 0.9 1.1-2x faster
-#   on layers of >= ~0.5M weights; below 2**18 weights (e.g. 384x384) the per-call overhead
-#   (~12 us against dense's ~6 us) eats the gain at <= 16 rows even at 0.9.
-# - linear bf16: dense bf16 runs on AMX here; the bitmap kernel wins only at 1 row (1.1-1.8x at
-#   0.5-0.9) and loses 1.5-5x at 16-64 rows at every sparsity, so "auto" keeps bf16 dense (None).
-# - pointwise conv fp32: sparse wins from 0.5-0.75 depending on the shape (2-2.7x at 0.9).
-# - other convs: im2col + the bitmap SpMM lost 1.5-4x to oneDNN's direct conv even at 0.9, so
-#   they have no sparse kernel: "auto" keeps them dense; explicit sparse formats save memory.
-# ``break_even=`` (from_dense, sparsify_) overrides the threshold and the size rule.
+# What "auto" knows about the CPU kernels: from which sparsity the bitmap kernels beat dense torch,
+# per kernel family and weight dtype, as a function of the rows per call (tokens of a sequence;
+# batch 1 is the workload prunekit targets). Measured on the development machine (2-core Sapphire
+# Rapids Xeon, AVX-512 kernels, 1 thread, CPU time so that other load does not distort it) with
+# the weights cold in L2, as in a model's forward where every layer's weight comes from L3/DRAM
+# (with hot weights dense looks ~1.5x better than it is): linear 384x384, 1536x384, 384x1536,
+# 2048x2048 at 1/4/16/64 rows, pointwise convs at 64-576 channels on 14x14-56x56 maps.
+# - linear fp32: wins from 0.5 at <= 4 rows (1.2-2x at 0.5, 2-3.7x at 0.9), from ~0.6 at 16 rows,
+#   from ~0.7 at 64 rows (1.8-2.8x at 0.9).
+# - linear bf16: dense bf16 runs on AMX here: sparse wins from 0.5 at <= 4 rows (1.1-3.5x), from
+#   ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9).
+# - pointwise conv fp32 (one image): wins from 0.5-0.75 depending on the shape (2-2.7x at 0.9).
+# - other convs: im2col + the bitmap SpMM lost 1.5-4x to oneDNN's direct conv even at 0.9, so they
+#   have no sparse kernel: "auto" keeps them dense; explicit sparse formats save memory only.
+# Each entry: ((max rows, break-even), ...) in increasing rows, None rows = any more; a None
+# break-even means the kernel never wins there. ``rows=`` and ``break_even=`` (from_dense,
+# sparsify_) pick the row count or override the threshold.
 BREAK_EVEN_SPARSITY = {
-    "linear": {torch.float32: 0.7, torch.bfloat16: None},
-    "conv1x1": {torch.float32: 0.75},
+    "linear": {torch.float32: ((4, 0.5), (16, 0.6), (None, 0.7)),
+               torch.bfloat16: ((4, 0.5), (16, 0.85), (None, None))},
+    "conv1x1": {torch.float32: ((None, 0.75),)},
     "conv": {},
 }
-MIN_SPARSE_WEIGHTS = {"linear": 1 << 18, "conv1x1": 0, "conv": 0}
+DEFAULT_ROWS = 16  # rows per call "auto" assumes: one sentence / a short prompt at batch 1
 _KERNEL_DTYPES = {"linear": (torch.float32, torch.bfloat16), "conv1x1": (torch.float32,), "conv": ()}
+
+
+def break_even_sparsity(kernel: str, dtype: torch.dtype, rows: int | None = None) -> float | None:
+    """The measured break-even sparsity of the CPU ``kernel`` ("linear", "conv1x1", "conv") for
+    ``dtype`` weights at ``rows`` rows per call (default :data:`DEFAULT_ROWS`); None where the
+    sparse kernel does not beat dense torch (or there is no kernel)."""
+    rows = DEFAULT_ROWS if rows is None else int(rows)
+    for max_rows, threshold in BREAK_EVEN_SPARSITY[kernel].get(dtype, ()):
+        if max_rows is None or rows <= max_rows:
+            return threshold
+    return None
 
 # "auto" keeps a valid 2:4 weight as 2:4 unless it is much sparser than 50% (the 2:4 layout stores
 # two values per group of four, zero padding included): 2:4 while at least this share of the
@@ -165,36 +179,33 @@ class WeightStats:
         return cls(rows, cols, matrix.dtype, matrix.device, nonzeros, is_24, semi24_aligned(rows, cols, matrix.dtype))
 
 
-def choose_format(stats: WeightStats, kernel: str, *, break_even: float | None = None) -> tuple[str, str]:
+def choose_format(stats: WeightStats, kernel: str, *, break_even: float | None = None,
+                  rows: int | None = None) -> tuple[str, str]:
     """The format "auto" picks for a weight, and why (a short sentence).
 
     ``kernel`` is the CPU kernel family that would run it: "linear", "conv1x1" (pointwise conv)
-    or "conv" (any other conv: no sparse kernel). On CPU: "2:4" for a valid 2:4 pattern that the
-    layout holds (and that is not much sparser than 2:4) and "unstructured" otherwise, when the
-    sparsity reaches the measured break-even of :data:`BREAK_EVEN_SPARSITY` for the kernel and
-    dtype and the layer has at least :data:`MIN_SPARSE_WEIGHTS` weights; else "dense".
-    ``break_even`` replaces both rules with one threshold. On CUDA there is no prunekit sparse
-    GEMM yet, so "auto" is always dense there.
+    or "conv" (any other conv: no sparse kernel). On CPU, when the sparsity reaches the measured
+    break-even (:func:`break_even_sparsity` of the kernel, the dtype and ``rows``, the rows per
+    call, default :data:`DEFAULT_ROWS`; or ``break_even`` when given): "2:4" for a valid 2:4
+    pattern the layout holds (and not much sparser than 2:4), else "unstructured"; otherwise
+    "dense". On CUDA there is no prunekit sparse GEMM yet, so "auto" is always dense there.
     """
     if stats.device.type != "cpu":
         return "dense", f"no prunekit sparse kernel on {stats.device.type} yet; dense is fastest"
     dtype = dtype_name(stats.dtype)
+    if stats.dtype not in _KERNEL_DTYPES[kernel]:
+        return "dense", f"no CPU {kernel} kernel runs {dtype} weights"
     if break_even is not None:
         threshold = float(break_even)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"choose_format: argument 'break_even' must be in [0, 1], but got {break_even}")
-        if stats.dtype not in _KERNEL_DTYPES[kernel]:
-            return "dense", f"no CPU {kernel} kernel runs {dtype} weights"
     else:
-        table = BREAK_EVEN_SPARSITY[kernel]
-        if stats.dtype not in table:
-            return "dense", f"no CPU {kernel} kernel runs {dtype} weights faster than dense torch"
-        threshold = table[stats.dtype]
+        if rows is not None and int(rows) < 1:
+            raise ValueError(f"choose_format: argument 'rows' must be >= 1, but got {rows}")
+        threshold = break_even_sparsity(kernel, stats.dtype, rows)
         if threshold is None:
-            return "dense", f"the CPU {kernel} kernel does not beat dense torch on {dtype} weights at batch-1 sizes"
-        if stats.rows * stats.cols < MIN_SPARSE_WEIGHTS[kernel]:
-            return "dense", (f"{stats.rows}x{stats.cols} is below {MIN_SPARSE_WEIGHTS[kernel]} weights, where the CPU "
-                             f"{kernel} kernel's per-call overhead outweighs the sparsity")
+            return "dense", (f"the CPU {kernel} kernel does not beat dense torch on {dtype} weights at "
+                             f"{DEFAULT_ROWS if rows is None else rows} rows per call")
     if stats.sparsity < threshold:
         return "dense", f"sparsity {stats.sparsity:.3f} < break-even {threshold:.2f} of the CPU {kernel} kernel ({dtype})"
     if stats.is_24 and stats.semi24_problem is None and stats.nonzeros >= SEMI24_MIN_FILL * stats.rows * stats.cols / 2:

@@ -96,17 +96,18 @@ class SparseConv2d(SparseWeightModule):
         return [p for p in reversed(self.padding) for _ in range(2)]
 
     @classmethod
-    def from_dense(cls, module: nn.Module, format: str = "auto", *, break_even: float | None = None) -> "SparseConv2d":
+    def from_dense(cls, module: nn.Module, format: str = "auto", *, break_even: float | None = None,
+                   rows: int | None = None) -> "SparseConv2d":
         """A SparseConv2d computing the same as ``module`` (an ``nn.Conv2d`` with groups=1),
-        holding its weight in ``format``: "auto", "2:4", "unstructured" or "dense". The module is
-        not changed."""
+        holding its weight in ``format``: "auto", "2:4", "unstructured" or "dense" (``rows`` and
+        ``break_even``: see :func:`prunekit.nn.choose_format`). The module is not changed."""
         matrix, kernel = cls._matrix(module, "SparseConv2d.from_dense")
         if format not in FORMATS:
             raise ValueError(f"SparseConv2d.from_dense: argument 'format' must be one of {FORMATS}, but got {format!r}")
         geometry = dict(stride=module.stride, padding=module.padding, dilation=module.dilation,
                         padding_mode=module.padding_mode)
         if format == "auto":
-            format, _ = choose_format(WeightStats.of(matrix), kernel, break_even=break_even)
+            format, _ = choose_format(WeightStats.of(matrix), kernel, break_even=break_even, rows=rows)
         tensors = compress(matrix, format, "SparseConv2d.from_dense")
         if format == "dense":
             tensors = {"weight": tensors["weight"].reshape(module.weight.shape)}
@@ -127,10 +128,10 @@ class SparseConv2d(SparseWeightModule):
         return module.weight.detach().reshape(module.out_channels, -1), "conv1x1" if pointwise else "conv"
 
     @classmethod
-    def auto_format(cls, module: nn.Module, *, break_even: float | None = None) -> tuple[str, str]:
+    def auto_format(cls, module: nn.Module, *, break_even: float | None = None, rows: int | None = None) -> tuple[str, str]:
         """The format ``from_dense(module, "auto")`` picks, and why."""
         matrix, kernel = cls._matrix(module, "SparseConv2d.auto_format")
-        return choose_format(WeightStats.of(matrix), kernel, break_even=break_even)
+        return choose_format(WeightStats.of(matrix), kernel, break_even=break_even, rows=rows)
 
     def dense_weight4d(self) -> torch.Tensor:
         return self.dense_matrix().reshape(self.weight_shape)

@@ -15,11 +15,11 @@ any        dense           any              ``F.linear``
 =========  ==============  ===============  ==========================================================
 
 ``format="auto"`` picks, for the module's device and weight (see
-:func:`prunekit.nn.choose_format`): on CPU, for fp32 weights of at least ``MIN_SPARSE_WEIGHTS``
-weights at or above the measured break-even sparsity (``BREAK_EVEN_SPARSITY["linear"]``, 0.7),
-"2:4" for a valid 2:4 pattern the layout holds, else "unstructured"; otherwise "dense". bf16
-weights stay dense (the bitmap kernel beats the AMX bf16 GEMM only at one token row), and so does
-everything on CUDA (no prunekit sparse GEMM there yet). Explicit formats always compress.
+:func:`prunekit.nn.choose_format`): on CPU, at or above the measured break-even sparsity for the
+weight dtype and the rows per call (fp32: 0.5 at <= 4 rows, 0.6 at <= 16, 0.7 above; bf16, whose
+dense GEMM runs on AMX: 0.5 at <= 4 rows, 0.85 at <= 16, never above), "2:4" for a valid 2:4
+pattern the layout holds, else "unstructured"; otherwise "dense", and always "dense" on CUDA
+(no prunekit sparse GEMM there yet). Explicit formats always compress.
 """
 
 from __future__ import annotations
@@ -62,16 +62,18 @@ class SparseLinear(SparseWeightModule):
                           (self.out_features, self.in_features))
 
     @classmethod
-    def from_dense(cls, module: nn.Module, format: str = "auto", *, break_even: float | None = None) -> "SparseLinear":
+    def from_dense(cls, module: nn.Module, format: str = "auto", *, break_even: float | None = None,
+                   rows: int | None = None) -> "SparseLinear":
         """A SparseLinear computing the same as ``module`` (an ``nn.Linear`` or a transformers
         ``Conv1D``, whose (in, out) weight is transposed here), holding its weight in ``format``:
-        "auto", "2:4", "unstructured" or "dense". ``break_even`` overrides the auto sparsity
-        threshold. The module is not changed."""
+        "auto", "2:4", "unstructured" or "dense". For "auto", ``rows`` is the number of rows (tokens)
+        per call the module will see (default ``DEFAULT_ROWS``) and ``break_even`` overrides the
+        measured threshold (see :func:`prunekit.nn.choose_format`). The module is not changed."""
         matrix, source = cls._matrix(module, "SparseLinear.from_dense")
         if format not in FORMATS:
             raise ValueError(f"SparseLinear.from_dense: argument 'format' must be one of {FORMATS}, but got {format!r}")
         if format == "auto":
-            format, _ = choose_format(WeightStats.of(matrix), "linear", break_even=break_even)
+            format, _ = choose_format(WeightStats.of(matrix), "linear", break_even=break_even, rows=rows)
         tensors = compress(matrix, format, "SparseLinear.from_dense")
         bias = module.bias.detach().clone() if getattr(module, "bias", None) is not None else None
         return cls(matrix.shape[1], matrix.shape[0], format=format, tensors=tensors, bias=bias, dtype=matrix.dtype,
@@ -87,10 +89,10 @@ class SparseLinear(SparseWeightModule):
                          f"but got {type(module).__name__}")
 
     @classmethod
-    def auto_format(cls, module: nn.Module, *, break_even: float | None = None) -> tuple[str, str]:
+    def auto_format(cls, module: nn.Module, *, break_even: float | None = None, rows: int | None = None) -> tuple[str, str]:
         """The format ``from_dense(module, "auto")`` picks, and why."""
         matrix, _ = cls._matrix(module, "SparseLinear.auto_format")
-        return choose_format(WeightStats.of(matrix), "linear", break_even=break_even)
+        return choose_format(WeightStats.of(matrix), "linear", break_even=break_even, rows=rows)
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` with the same weight and bias (also for a module built from a

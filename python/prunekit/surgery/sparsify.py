@@ -123,7 +123,7 @@ def _plain_forward(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def sparsify_(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | None = None, format: str = "auto", *,
-              break_even: float | None = None) -> SparsifySummary:
+              break_even: float | None = None, rows: int | None = None) -> SparsifySummary:
     """Swap the pruned prunable modules of ``model`` (``nn.Linear``, ``nn.Conv2d`` with
     groups=1, transformers ``Conv1D``) for :class:`~prunekit.nn.SparseLinear` /
     :class:`~prunekit.nn.SparseConv2d` holding their weights in ``format``, in place.
@@ -135,7 +135,9 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | No
       listed in ``kept_dense``), "2:4", "unstructured" or "dense" (every selected module swapped;
       with "2:4", a valid 2:4 weight whose shape the CUTLASS layout cannot hold, e.g. rows not a
       multiple of 32, is stored exactly as "unstructured" and listed in ``notes``).
-    - ``break_even`` overrides the "auto" break-even sparsity.
+    - ``rows``: the rows (tokens) per call the model will run, which moves the measured "auto"
+      break-even (default ``prunekit.nn.DEFAULT_ROWS``: one sentence or short prompt at batch 1;
+      ``rows=1`` for token-by-token decoding); ``break_even`` overrides the threshold.
 
     Modules whose weight is shared with another module (tied embeddings) and Linear layers whose
     parent reads their weight directly (``nn.MultiheadAttention.out_proj``) are skipped. Every
@@ -181,7 +183,7 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | No
         try:
             chosen = format
             if format == "auto":
-                chosen, reason = cls.auto_format(module, break_even=break_even)
+                chosen, reason = cls.auto_format(module, break_even=break_even, rows=rows)
                 if chosen == "dense":
                     summary.kept_dense[name] = reason
                     continue
