@@ -49,5 +49,5 @@ from .surgery.structured import StructuredReport, prune_structured  # noqa: E402
 
 __version__ = _C.build_info()["version"]
 __all__ = ["build_info", "formats", "ops", "__version__", "prune", "PruneConfig", "PruneReport"]
-__all__ += ["nn", "sparsify_", "save", "load"]
+__all__ += ["sparsify_", "save", "load"]  # prunekit.nn stays out: a star import would shadow torch.nn
 __all__ += ["prune_structured", "StructuredReport"]
