@@ -403,7 +403,7 @@ def _prune_run(args, sparsity, config_kwargs, out: Path, distributed) -> int:
             quality.update(pruned=fidelity["mean_cosine"], min_cosine=fidelity["min_cosine"])
     checkpoint = {"path": "model"}
     if args.sparsify:
-        summary = prunekit.sparsify_(model)
+        summary = prunekit.sparsify_(model, format=args.format)
         logger.info("%s", summary)
         checkpoint["format"] = "prunekit compressed (prunekit.load)"
         checkpoint["sparsify"] = summary.to_dict() if hasattr(summary, "to_dict") else str(summary)
@@ -665,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--seed", type=int, default=0, help="seed of calibration sampling and random criteria (default 0)")
     prune.add_argument("--sparsify", action="store_true",
                        help="swap pruned layers for compressed sparse ones and save a prunekit checkpoint")
+    prune.add_argument("--format", default="auto", choices=("auto", "2:4", "unstructured"),
+                       help="format of the sparse layers with --sparsify: auto (per layer: sparse only where "
+                            "prunekit's CPU kernel beats dense torch), 2:4 or unstructured (default auto)")
     prune.add_argument("--eval-data", type=Path, metavar="FILE",
                        help="held-out text for the before/after quality (default: standard-library docstrings)")
     prune.add_argument("--eval-samples", type=_positive_int, default=64,

@@ -73,7 +73,8 @@ def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tm
     commands = [["eval", out / "model", "--samples", "4", "--seqlen", "16", "--json"]]
     if sparsify:
         commands.append(["prune", tiny_llama_dir, "--method", "sparsegpt", "--sparsity", "0.5", "--nsamples", "8",
-                         "--seqlen", "16", "--no-eval", "--sparsify", "--overwrite", "--out", sparse_out, "--seed", "3"])
+                         "--seqlen", "16", "--no-eval", "--sparsify", "--format", "unstructured", "--overwrite",
+                         "--out", sparse_out, "--seed", "3"])
     evaluated, *sparsified = run_many(*commands)
     evaluated = json_stdout(evaluated)
     assert evaluated["metric"] == "perplexity" and evaluated["perplexity"] > 1 and evaluated["tokens"] == 4 * 16
