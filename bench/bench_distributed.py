@@ -9,10 +9,11 @@ started the way torchrun starts them). On a 2-core machine, 2 processes x 1 thre
 statistics passes with their all_reduce, block outputs; nothing pruned) and its throughput in
 calibration tokens/s; the whole prune() time (calibration, solves, weight broadcasts) and its
 tokens/s; the 1-minute load average around the run (the machine may be shared); the peak resident memory of each process (ru_maxrss) and
-its growth over the loaded model, and, for 2 processes, how far the pruned weights are from the
-1-process run (masks identical, max |dW|). Writes results/distributed_cpu[_quick].{json,md}.
+its growth over the loaded model; the CPU seconds of each rank (time.process_time: what a rank
+costs, whatever else runs on the machine); and how far the pruned weights are from the 1-process
+runs with 1 and with 2 threads (the fraction of weights kept/pruned differently, max |dW|). Writes results/distributed_cpu[_quick].{json,md}.
 
-    python bench/bench_distributed.py [--quick] [--nsamples 64] [--seqlen 128] [--repeats 2]
+    python bench/bench_distributed.py [--quick] [--nsamples 32] [--seqlen 128] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 COLUMNS = ["method", "processes", "threads_per_process", "calibration_tokens", "calibration_s",
-           "calibration_tokens_per_s", "calibration_speedup_vs_1x2", "prune_s", "prune_tokens_per_s",
-           "prune_speedup_vs_1x2", "peak_rss_mib_per_process", "rss_growth_mib_per_process", "masks_identical",
-           "max_abs_dw_vs_1_process"]
+           "calibration_tokens_per_s", "calibration_cpu_s_per_rank", "prune_s", "prune_tokens_per_s",
+           "prune_cpu_s_per_rank", "peak_rss_mib_per_process", "rss_growth_mib_per_process", "mask_diff_vs_1x1",
+           "max_abs_dw_vs_1x1", "mask_diff_vs_1x2", "load_1min"]
 
 
 def _rss_mib() -> float:
@@ -65,30 +66,33 @@ def worker(args) -> None:
     context = distributed.Context() if on else None
     layers = find_prunable_layers(dense)
     rss_loaded = _rss_mib()
-    times, calibration_times = [], []
+    times, calibration_times, prune_cpu, calibration_cpu = [], [], [], []
     model = None
     for _ in range(args.repeats):
         # Calibration alone: the block walk (capture, statistics passes with their reduction across
         # ranks, block outputs), nothing pruned.
         if on:
             distributed.check(None, "the start of a timed run")  # start together
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for _step in walk_blocks(dense, calib, layers, sequential=False, progress=False, context=context):
             pass
         calibration_times.append(time.perf_counter() - started)
+        calibration_cpu.append(time.process_time() - cpu)
         # The whole prune() call.
         model = copy.deepcopy(dense)
         if on:
             distributed.check(None, "the start of a timed run")
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         prunekit.prune(model, prunekit.PruneConfig(method=args.method, sparsity=0.5, progress=False), calib)
         times.append(time.perf_counter() - started)
+        prune_cpu.append(time.process_time() - cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     out = Path(args.worker)
     if rank == 0:
         torch.save({n: p.detach() for n, p in model.named_parameters() if p.dim() == 2}, out / "weights.pt")
     (out / f"rank{rank}.json").write_text(json.dumps({
-        "times": times, "calibration_times": calibration_times, "tokens": tokens, "peak_rss_mib": peak, "rss_loaded_mib": rss_loaded,
+        "times": times, "calibration_times": calibration_times, "prune_cpu": prune_cpu,
+        "calibration_cpu": calibration_cpu, "tokens": tokens, "peak_rss_mib": peak, "rss_loaded_mib": rss_loaded,
         "threads": torch.get_num_threads()}))
     if on:
         distributed.shutdown()
@@ -127,7 +131,7 @@ def launch(method: str, processes: int, threads: int, args, out: Path) -> list[d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer calibration samples, one repeat, Wanda only")
-    parser.add_argument("--nsamples", type=int, default=64, help="calibration sequences")
+    parser.add_argument("--nsamples", type=int, default=32, help="calibration sequences")
     parser.add_argument("--seqlen", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--batch", type=int, default=8, help="sequences per calibration item")
     parser.add_argument("--repeats", type=int, default=2, help="timed prune() runs per process (best is kept)")
@@ -148,9 +152,19 @@ def main() -> None:
     cores = os.cpu_count() or 1
     setups = [(1, min(2, cores)), (1, 1), (2, 1)]
     rows = []
+
+    def per_rank(results, key, best=min):
+        return " / ".join(f"{best(r[key]):.2f}" for r in results)
+
+    def compare(weights, reference) -> tuple[float, float]:
+        """(fraction of weights whose kept/pruned status differs, max |dW|)."""
+        flips = sum(int(((weights[k] == 0) != (reference[k] == 0)).sum()) for k in reference)
+        total = sum(reference[k].numel() for k in reference)
+        return flips / total, max(float((weights[k] - reference[k]).abs().max()) for k in reference)
+
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
-            reference_time, reference_weights = None, None
+            weights_of = {}
             for processes, threads in setups:
                 out = Path(tmp) / f"{method}_{processes}x{threads}"
                 load_before = os.getloadavg()[0]
@@ -158,33 +172,32 @@ def main() -> None:
                 seconds = max(min(r["times"]) for r in results)  # the run ends when its slowest rank does
                 calibration = max(min(r["calibration_times"]) for r in results)
                 tokens = results[0]["tokens"]
-                weights = torch.load(out / "weights.pt")
+                weights_of[(processes, threads)] = weights = torch.load(out / "weights.pt")
                 row = {"method": method, "processes": processes, "threads_per_process": threads,
                        "calibration_tokens": tokens, "calibration_s": calibration,
-                       "calibration_tokens_per_s": tokens / calibration, "calibration_speedup_vs_1x2": None,
-                       "prune_s": seconds, "prune_tokens_per_s": tokens / seconds, "prune_speedup_vs_1x2": None,
+                       "calibration_tokens_per_s": tokens / calibration,
+                       "calibration_cpu_s_per_rank": per_rank(results, "calibration_cpu"),
+                       "prune_s": seconds, "prune_tokens_per_s": tokens / seconds,
+                       "prune_cpu_s_per_rank": per_rank(results, "prune_cpu"),
                        "peak_rss_mib_per_process": " / ".join(f"{r['peak_rss_mib']:.0f}" for r in results),
                        "rss_growth_mib_per_process": " / ".join(f"{r['peak_rss_mib'] - r['rss_loaded_mib']:.0f}"
                                                                 for r in results),
-                       "masks_identical": "-", "max_abs_dw_vs_1_process": "-",
+                       "load_1min": f"{load_before:.1f}-{os.getloadavg()[0]:.1f}",
                        "times_per_rank": [r["times"] for r in results],
-                       "calibration_times_per_rank": [r["calibration_times"] for r in results],
-                       "load_average_1min_before_after": [load_before, os.getloadavg()[0]]}
-                if reference_time is None:
-                    reference_time, reference_calibration, reference_weights = seconds, calibration, weights
-                row["prune_speedup_vs_1x2"] = reference_time / seconds
-                row["calibration_speedup_vs_1x2"] = reference_calibration / calibration
-                if processes > 1 or (processes, threads) != setups[0]:
-                    row["masks_identical"] = all(torch.equal(weights[k] == 0, reference_weights[k] == 0)
-                                                 for k in reference_weights)
-                    row["max_abs_dw_vs_1_process"] = max(float((weights[k] - reference_weights[k]).abs().max())
-                                                         for k in reference_weights)
+                       "calibration_times_per_rank": [r["calibration_times"] for r in results]}
+                for name, key in (("1x1", (1, 1)), ("1x2", setups[0])):
+                    reference = weights_of.get(key)
+                    if reference is None or key == (processes, threads):
+                        row[f"mask_diff_vs_{name}"], row[f"max_abs_dw_vs_{name}"] = "-", "-"
+                    else:
+                        row[f"mask_diff_vs_{name}"], row[f"max_abs_dw_vs_{name}"] = compare(weights, reference)
                 rows.append(row)
                 print(f"{method:>9} {processes} proc x {threads} thr: calibration {calibration:6.2f} s "
-                      f"({tokens / calibration:6.0f} tok/s), prune {seconds:7.2f} s, "
-                      f"peak RSS {row['peak_rss_mib_per_process']} MiB (growth {row['rss_growth_mib_per_process']}), "
-                      f"masks identical {row['masks_identical']}, max |dW| {row['max_abs_dw_vs_1_process']}",
-                      flush=True)
+                      f"({tokens / calibration:6.0f} tok/s, cpu {row['calibration_cpu_s_per_rank']} s), prune "
+                      f"{seconds:7.2f} s (cpu {row['prune_cpu_s_per_rank']} s), peak RSS "
+                      f"{row['peak_rss_mib_per_process']} MiB (growth {row['rss_growth_mib_per_process']}), "
+                      f"vs 1x1: mask diff {row['mask_diff_vs_1x1']} max |dW| {row['max_abs_dw_vs_1x1']}; "
+                      f"vs 1x2: mask diff {row['mask_diff_vs_1x2']}; load {row['load_1min']}", flush=True)
     name = "distributed_cpu" + ("_quick" if args.quick else "")
     paths = write_results(name, rows, COLUMNS,
                           f"Distributed calibration (gloo, CPU): all-MiniLM-L6-v2, {args.nsamples} x {args.seqlen} "
