@@ -840,19 +840,18 @@ _WIDTH_ATTRIBUTES = ("all_head_size", "split_size", "inner_dim")
 
 
 def _update_attention_attributes(attention: nn.Module, old: dict, new_kv: int) -> None:
+    """Sets the head counts (and head-count-derived widths such as BERT's all_head_size or GPT-2's
+    split_size) that an attention module and its submodules keep as attributes; head_dim is kept."""
     group_size = old["heads"] // old["kv_heads"]
     new_heads = new_kv * group_size
+    updates = [(_HEAD_ATTRIBUTES, old["heads"], new_heads), (_KV_ATTRIBUTES, old["kv_heads"], new_kv),
+               (_WIDTH_ATTRIBUTES, old["heads"] * old["head_dim"], new_heads * old["head_dim"])]
     for module in attention.modules():
-        for name in _HEAD_ATTRIBUTES:
-            if getattr(module, name, None) == old["heads"] and isinstance(getattr(module, name), int):
-                setattr(module, name, new_heads)
-        for name in _KV_ATTRIBUTES:
-            if getattr(module, name, None) == old["kv_heads"] and isinstance(getattr(module, name), int) \
-                    and old["kv_heads"] != old["heads"]:
-                setattr(module, name, new_kv)
-        for name in _WIDTH_ATTRIBUTES:
-            if getattr(module, name, None) == old["heads"] * old["head_dim"]:
-                setattr(module, name, new_heads * old["head_dim"])
+        for names, before, after in updates:
+            for name in names:
+                value = getattr(module, name, None)
+                if isinstance(value, int) and not isinstance(value, bool) and value == before:
+                    setattr(module, name, after)
 
 
 # ============================================================================ structure of a model
