@@ -175,3 +175,12 @@ def test_llama_head_count_rejected_by_its_config_warns():
     assert report.config_reloadable is False
     assert model.config.num_attention_heads == 6
     assert bool(torch.isfinite(hf_output(model, hf_calibration(batches=1)[0])).all())
+
+
+@pytest.mark.parametrize("round_to, expected", [(None, 90), (16, 96), (64, 64)])
+def test_round_to_mlp_width(round_to, expected):
+    model = hf_model("qwen2")
+    report = prune_structured(model, {"mlp": 0.3}, targets="mlp", round_to=round_to)  # 128 * 0.7 = 89.6
+    assert model.config.intermediate_size == expected
+    assert all(layer.mlp.up_proj.out_features == expected for layer in model.model.layers)
+    assert report.config_reloadable is True

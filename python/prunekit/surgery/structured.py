@@ -1370,7 +1370,7 @@ def _prune_structured(model, ratio, importance, targets, round_to, calib, exampl
     report.params_after = count_parameters(model)
     report.seconds = time.perf_counter() - started
     for message in report.warnings:
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, stacklevel=3)  # at the caller of prune_structured
     return report
 
 
