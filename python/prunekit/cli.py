@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+from .prune import ALLOCATIONS, METHODS
+
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 logger = logging.getLogger("prunekit.cli")
 
-METHODS = ("magnitude", "global_magnitude", "wanda", "sparsegpt", "gblm", "random")
-ALLOCATIONS = ("uniform", "global", "owl")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 PRUNE_FILES = ("model", "report.json", "report.md", "layers.png", "quality_vs_sparsity.png")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -303,12 +303,12 @@ def _demo(args: argparse.Namespace) -> int:
     from . import demo
     from . import report as reports
 
-    out = reports.prepare_output_dir(args.out, overwrite=True, produced=demo.DEMO_FILES) if args.out else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     for method in methods or ():
         if method not in METHODS:
             raise UsageError(f"--methods: expected methods among {', '.join(METHODS)}, but got {method!r}")
     sparsities = [parse_sparsity(s, "--sparsities") for s in args.sparsities.split(",")] if args.sparsities else None
+    out = reports.prepare_output_dir(args.out, overwrite=True, produced=demo.DEMO_FILES) if args.out else None
     result = demo.run_demo(out, quick=args.quick, progress=not args.quiet, seed=args.seed, methods=methods,
                            sparsities=sparsities)
     for _, heading, rows, columns in demo.demo_tables(result):

@@ -88,3 +88,28 @@ def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tm
     compared = run("eval", sparse_out / "model", "--reference", tiny_llama_dir, "--samples", "4", "--seqlen", "16")
     assert compared.returncode == 0, compared.stderr
     assert compared.stdout.startswith("perplexity ") and "; reference " in compared.stdout
+
+
+def test_encoder_prune_and_eval_against_the_reference_in_process(tmp_path, capsys):
+    """An encoder (tiny BERT, no tokenizer): calibration on random token ids, embedding fidelity
+    before and after, and eval against the dense model (through prunekit.cli.main, no subprocess)."""
+    pytest.importorskip("transformers")
+    from tiny_models import tiny_model
+
+    from prunekit.cli import main
+
+    dense = tmp_path / "bert"
+    tiny_model("bert").save_pretrained(dense)
+    out = tmp_path / "out"
+    assert main(["prune", str(dense), "--method", "magnitude", "--sparsity", "0.5", "--nsamples", "4", "--seqlen", "8",
+                 "--eval-samples", "4", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["causal_lm"] is False and report["config"]["ignore"] == ["pooler"]
+    assert report["quality"]["metric"] == "mean_cosine" and 0 < report["quality"]["pruned"] < 1
+    capsys.readouterr()
+    assert main(["eval", str(out / "model"), "--reference", str(dense), "--samples", "4", "--seqlen", "8",
+                 "--json", "--quiet"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["metric"] == "mean_cosine" and 0 < evaluated["mean_cosine"] < 1
+    assert main(["eval", str(out / "model"), "--quiet"]) == 2  # an encoder needs --reference
+    assert "pass --reference" in capsys.readouterr().err
