@@ -185,3 +185,23 @@ def test_blocking_operations():
     groups, blocked = find_channel_groups(_Blocked(), torch.randn(2, 8))
     assert groups == []
     assert "LayerNorm" in blocked["a"] and "cat" in blocked["b"] and "cat" in blocked["c"]
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.b = nn.Linear(16, 8)
+        self.c = nn.Linear(8, 16)
+        self.d = nn.Linear(16, 8)
+        self.tied = nn.Linear(8, 16)
+        self.tied.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) + self.d(torch.relu(self.c(x))), self.tied(x)
+
+
+def test_tied_weights_are_not_pruned():
+    groups, blocked = find_channel_groups(_Tied(), torch.randn(2, 8))
+    assert [g.name for g in groups] == ["c"]
+    assert "shared" in blocked["a"]

@@ -739,18 +739,19 @@ def find_channel_groups(model: nn.Module, example_inputs=None, *, graph: fx.Grap
             graph = record_graph(model, args, kwargs)
     analysis = _ChannelAnalysis(graph, modules, where).run()
     groups, blocked = analysis.groups(prefix)
-    return _untie(model, groups, blocked, prefix)
+    return _drop_tied(model, groups, blocked)
 
 
-def _untie(model: nn.Module, groups: list[ChannelGroup], blocked: dict[str, str], prefix: str):
-    """Drops groups whose members share a weight with a module outside their role (tied weights)."""
-    users: dict[int, set[str]] = {}
-    for name, module in model.named_modules():
+def _drop_tied(model: nn.Module, groups: list[ChannelGroup], blocked: dict[str, str]):
+    """Drops groups with a member whose weight is shared with another module of ``model`` (tied
+    weights): cutting one would cut, or untie, the other."""
+    users: dict[int, int] = {}
+    for module in model.modules():
         for parameter in module.parameters(recurse=False):
-            users.setdefault(id(parameter), set()).add(f"{prefix}{name}")
+            users[id(parameter)] = users.get(id(parameter), 0) + 1
     kept = []
     for group in groups:
-        shared = [m.name for m in group.members if len(users.get(id(m.module.weight), ())) > 1]
+        shared = [m.name for m in group.members if users.get(id(m.module.weight), 0) > 1]
         if shared:
             for m in group.members:
                 if m.role == "out":
@@ -901,7 +902,7 @@ def find_structure(model: nn.Module, example_inputs=None, *, blocks: str | None 
         graph = record_graph(block, (captured.hidden, *captured.args), captured.kwargs)
         analysis = _ChannelAnalysis(graph, dict(block.named_modules()), f"{blocks_name}.{index}").run()
         block_groups, block_blocked = analysis.groups(prefix)
-        block_groups, block_blocked = _untie_block(model, block_groups, block_blocked)
+        block_groups, block_blocked = _drop_tied(model, block_groups, block_blocked)
         for group in block_groups:
             group.kind, group.block = "mlp", index
         attention = find_attention_group(block, f"{blocks_name}.{index}", layout, index)
@@ -914,22 +915,6 @@ def find_structure(model: nn.Module, example_inputs=None, *, blocks: str | None 
         groups.extend(g for g in block_groups if not attention_members & {m.name for m in g.members})
         blocked.update(block_blocked)
     return _Structure(groups, blocked, True, blocks_name, layout, missing)
-
-
-def _untie_block(model: nn.Module, groups, blocked):
-    users: dict[int, int] = {}
-    for module in model.modules():
-        for parameter in module.parameters(recurse=False):
-            users[id(parameter)] = users.get(id(parameter), 0) + 1
-    kept = []
-    for group in groups:
-        if any(users.get(id(m.module.weight), 0) > 1 for m in group.members):
-            for m in group.members:
-                if m.role == "out":
-                    blocked[m.name] = "its weight is shared with another module"
-            continue
-        kept.append(group)
-    return kept, blocked
 
 
 # ============================================================================ the pruner
