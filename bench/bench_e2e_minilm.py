@@ -6,7 +6,9 @@ the model is pruned once (magnitude; the criterion does not change the speed), c
 sparsified (format "auto", or a forced format for comparison). For each thread count and each input (single sentences of
 increasing length), dense and sparse forwards are timed in alternating rounds; the speed-up is
 the median of the per-round ratios (robust to other load on the machine), with its min and max.
-The sparse model's outputs are checked against the masked dense model's.
+The sparse model's outputs are checked against the masked dense model's. Each row records the
+machine's 1-minute load average: with other work on the cores, multi-threaded timings (which wait
+for a preempted thread at every parallel region) are unreliable, single-threaded ones much less so.
 
     python bench/bench_e2e_minilm.py [--quick] [--threads 2 1] [--rounds 7]
 
@@ -15,6 +17,7 @@ Writes bench/results/e2e_minilm[_quick].{json,md}.
 
 import argparse
 import copy
+import os
 import statistics
 
 import torch
@@ -81,7 +84,7 @@ def main() -> None:
                         "pattern": label, "format": fmt, "threads": threads, "batch": 1, "tokens": int(batch["input_ids"].shape[1]),
                         "dense_ms": statistics.median(dense_times), "sparse_ms": statistics.median(sparse_times),
                         "speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
-                        "max_abs_error": error, "formats": ", ".join(f"{n} {f}" for f, n in sorted(formats.items())),
+                        "max_abs_error": error, "load_avg_1min": os.getloadavg()[0], "formats": ", ".join(f"{n} {f}" for f, n in sorted(formats.items())),
                         "dense_MB": summary.bytes_before / 1e6, "sparse_MB": summary.bytes_after / 1e6,
                         "linear_MB_before": summary.swapped_bytes_before / 1e6,
                         "linear_MB_after": summary.swapped_bytes_after / 1e6,
@@ -95,8 +98,8 @@ def main() -> None:
     paths = write_results(
         "e2e_minilm" + ("_quick" if args.quick else ""), rows,
         ["pattern", "format", "threads", "batch", "tokens", "dense_ms", "sparse_ms", "speedup", "speedup_min", "speedup_max",
-         "max_abs_error", "formats", "dense_MB", "sparse_MB"],
-        "all-MiniLM-L6-v2 end to end, batch 1: sparsify_ (auto) vs the masked dense model (CPU)",
+         "max_abs_error", "formats", "dense_MB", "sparse_MB", "load_avg_1min"],
+        "all-MiniLM-L6-v2 end to end, batch 1: sparsify_ vs the masked dense model (CPU)",
     )
     print("wrote", *paths)
 
