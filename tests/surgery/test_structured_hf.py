@@ -184,3 +184,40 @@ def test_round_to_mlp_width(round_to, expected):
     assert model.config.intermediate_size == expected
     assert all(layer.mlp.up_proj.out_features == expected for layer in model.model.layers)
     assert report.config_reloadable is True
+
+
+def test_query_head_unit_keeps_kv_heads_and_prunes_within_groups(tmp_path):
+    model = hf_model("llama")
+    weak = [1, 2, 4, 7]  # one query head in each of the 4 key/value groups {0,1} {2,3} {4,5} {6,7}
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for head in weak:
+                layer.self_attn.q_proj.weight[head * 8:(head + 1) * 8] *= 1e-3
+                layer.self_attn.o_proj.weight[:, head * 8:(head + 1) * 8] *= 1e-3
+    q_before = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    k_before = model.model.layers[0].self_attn.k_proj.weight.detach().clone()
+    report = prune_structured(model, {"heads": 0.5}, targets="heads", head_unit="query_head")
+    assert report.params_removed == 2 * (4 * 8 * HIDDEN * 2)  # 4 query heads: q rows and o columns
+    attention = model.model.layers[0].self_attn
+    kept = [0, 3, 5, 6]
+    assert torch.equal(attention.q_proj.weight, torch.cat([q_before[h * 8:(h + 1) * 8] for h in kept]))
+    assert torch.equal(attention.k_proj.weight, k_before)
+    assert attention.num_key_value_groups == 1
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 4)
+    assert report.config_reloadable is True
+    batch = hf_calibration(batches=1)[0]
+    model.save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    reloaded.config._attn_implementation = "eager"
+    assert torch.equal(hf_output(reloaded, batch), hf_output(model, batch))
+
+
+def test_query_head_unit_errors():
+    with pytest.raises(ValueError, match=r"head_unit: expected 'kv_group' for OPTForCausalLM, .* but got 'query_head'"):
+        prune_structured(hf_model("opt"), 0.25, head_unit="query_head")
+    with pytest.raises(ValueError, match=r"head_unit: expected one of \('kv_group', 'query_head'\), but got 'heads'"):
+        prune_structured(hf_model("llama"), 0.25, head_unit="heads")
+    model = hf_model("qwen2")
+    with pytest.raises(ValueError, match=r"ratio: expected a ratio that keeps at least one of the 2 query heads of "
+                                         r"every key/value head .* but got 0.9"):
+        prune_structured(model, {"heads": 0.9}, targets="heads", head_unit="query_head")

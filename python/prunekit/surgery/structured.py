@@ -791,9 +791,16 @@ def _io(module: nn.Module) -> tuple[int, int]:
     return weight.shape[1], weight.shape[0]
 
 
-def find_attention_group(block: nn.Module, block_name: str, layout: dict, index: int) -> ChannelGroup | None:
-    """The attention heads of one transformer block as a channel group whose units are key/value
-    heads with their query heads (see the module docstring); None if no submodule matches."""
+HEAD_UNITS = ("kv_group", "query_head")
+
+
+def find_attention_group(block: nn.Module, block_name: str, layout: dict, index: int,
+                         unit: str = "kv_group") -> ChannelGroup | None:
+    """The attention heads of one transformer block as a channel group (see the module docstring);
+    None if no submodule matches. ``unit`` "kv_group": a unit is a key/value head with its query
+    heads (q, k, v rows and o columns go together); "query_head": a unit is one query head (q rows,
+    o columns), the key/value heads stay and every key/value head keeps the same number of query
+    heads (the pruner selects per group)."""
     heads, kv, hd, hidden = layout["heads"], layout["kv_heads"], layout["head_dim"], layout["hidden"]
     group_size = heads // kv
     for name, module in block.named_modules():
@@ -830,8 +837,13 @@ def find_attention_group(block: nn.Module, block_name: str, layout: dict, index:
                 roles[role] = full(p_name)
         members.append(ChannelMember(full(o_name), o, "in", 0, group_size * hd))
         roles["o"] = full(o_name)
-        attention = dict(layout, module=f"{block_name}.{name}", roles=roles)
-        return ChannelGroup(f"{block_name}.{name}.heads", "heads", kv, members, block=index, attention=attention)
+        units = kv
+        if unit == "query_head":  # q rows and o columns per query head; k and v stay
+            members = [ChannelMember(members[0].name, members[0].module, "out", 0, hd),
+                       ChannelMember(full(o_name), o, "in", 0, hd)]
+            units = heads
+        attention = dict(layout, module=f"{block_name}.{name}", roles=roles, unit=unit)
+        return ChannelGroup(f"{block_name}.{name}.heads", "heads", units, members, block=index, attention=attention)
     return None
 
 
@@ -840,13 +852,21 @@ _KV_ATTRIBUTES = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_head_k
 _WIDTH_ATTRIBUTES = ("all_head_size", "split_size", "inner_dim")
 
 
-def _update_attention_attributes(attention: nn.Module, old: dict, new_kv: int) -> None:
+def heads_after(group: ChannelGroup, kept: int) -> tuple[int, int]:
+    """(query heads, key/value heads) of a "heads" group that keeps ``kept`` units."""
+    attention = group.attention
+    if attention.get("unit") == "query_head":
+        return kept, attention["kv_heads"]
+    return kept * (attention["heads"] // attention["kv_heads"]), kept
+
+
+def _update_attention_attributes(attention: nn.Module, old: dict, new_heads: int, new_kv: int) -> None:
     """Sets the head counts (and head-count-derived widths such as BERT's all_head_size or GPT-2's
-    split_size) that an attention module and its submodules keep as attributes; head_dim is kept."""
-    group_size = old["heads"] // old["kv_heads"]
-    new_heads = new_kv * group_size
+    split_size, and the query heads per key/value head) that an attention module and its
+    submodules keep as attributes; head_dim is kept."""
     updates = [(_HEAD_ATTRIBUTES, old["heads"], new_heads), (_KV_ATTRIBUTES, old["kv_heads"], new_kv),
-               (_WIDTH_ATTRIBUTES, old["heads"] * old["head_dim"], new_heads * old["head_dim"])]
+               (_WIDTH_ATTRIBUTES, old["heads"] * old["head_dim"], new_heads * old["head_dim"]),
+               (("num_key_value_groups",), old["heads"] // old["kv_heads"], new_heads // new_kv)]
     for module in attention.modules():
         for names, before, after in updates:
             for name in names:
@@ -880,7 +900,8 @@ def _dummy_hf_input(model: nn.Module) -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def find_structure(model: nn.Module, example_inputs=None, *, blocks: str | None = None) -> _Structure:
+def find_structure(model: nn.Module, example_inputs=None, *, blocks: str | None = None,
+                   head_unit: str = "kv_group") -> _Structure:
     """All prunable groups of ``model``: for a Hugging Face transformer (a config with attention
     heads and a block list) per block its MLP channel groups (recorded from the block's forward)
     and its attention heads; otherwise the channel groups of the whole model."""
@@ -905,7 +926,7 @@ def find_structure(model: nn.Module, example_inputs=None, *, blocks: str | None 
         block_groups, block_blocked = _drop_tied(model, block_groups, block_blocked)
         for group in block_groups:
             group.kind, group.block = "mlp", index
-        attention = find_attention_group(block, f"{blocks_name}.{index}", layout, index)
+        attention = find_attention_group(block, f"{blocks_name}.{index}", layout, index, head_unit)
         attention_members = set()
         if attention is None:
             missing.append(f"{blocks_name}.{index}")
@@ -1137,6 +1158,14 @@ def _expand_columns(member: ChannelMember, channels: list[int]) -> torch.Tensor:
     return (channels[:, None] * area + torch.arange(area)).flatten()
 
 
+def _select_per_kv_head(group: ChannelGroup, scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """The best query heads within every key/value head's group, the same number in each."""
+    kv = group.attention["kv_heads"]
+    size = group.units // kv
+    per_kv = keep // kv
+    return torch.cat([select_units(scores[j * size:(j + 1) * size], per_kv) + j * size for j in range(kv)])
+
+
 def _matches(name: str, patterns: Sequence[str]) -> str | None:
     for pattern in patterns:
         if fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + "."):
@@ -1173,7 +1202,8 @@ def prune_structured(model: nn.Module, ratio: float | Mapping[str, float] = 0.25
                      round_to: int | None = None, calib: Sequence | None = None, example_inputs=None,
                      loss_fn: Callable | None = None, bias_compensation: bool | None = None,
                      modules: Sequence[str] | str | None = None, ignore: Sequence[str] = (),
-                     blocks: str | None = None, device=None, progress: bool = False) -> StructuredReport:
+                     head_unit: str = "kv_group", blocks: str | None = None, device=None,
+                     progress: bool = False) -> StructuredReport:
     """Structured pruning that physically shrinks ``model`` in place; returns a :class:`StructuredReport`.
 
     - ``ratio``: fraction of each group's units to remove, in [0, 1); or a dict per target, e.g.
@@ -1188,6 +1218,11 @@ def prune_structured(model: nn.Module, ratio: float | Mapping[str, float] = 0.25
       query model keeps num_attention_heads / num_key_value_heads) for Hugging Face transformers
       (default both); "channels" (every coupled channel group, e.g. conv output channels with
       their BatchNorm, residual adds and consumers) for other models (the default there).
+    - ``head_unit``: what a head unit is. "kv_group" (default): a key/value head together with the
+      query heads that share it (their q, k, v rows and o columns), so the ratio
+      num_attention_heads / num_key_value_heads is kept; "query_head" (grouped-query models
+      only): single query heads, the same number removed under every key/value head, the
+      key/value heads all kept (finer steps when there are few key/value heads).
     - ``round_to``: keep channel counts of "mlp" and "channels" groups multiples of this (8, 16,
       64, ...); heads are counted in heads and not rounded.
     - ``calib``: calibration inputs (tensors, dicts of keyword arguments, tuples) for the
@@ -1226,17 +1261,19 @@ def prune_structured(model: nn.Module, ratio: float | Mapping[str, float] = 0.25
     model.eval()  # tracing and calibration must not update BatchNorm statistics or drop out
     try:
         return _prune_structured(model, ratio, importance, targets, round_to, calib, example_inputs, loss_fn,
-                                 bias_compensation, modules, ignore, blocks, device, progress)
+                                 bias_compensation, modules, ignore, head_unit, blocks, device, progress)
     finally:
         for module, training in modes.items():
             module.training = training
 
 
 def _prune_structured(model, ratio, importance, targets, round_to, calib, example_inputs, loss_fn,
-                      bias_compensation, modules, ignore, blocks, device, progress) -> StructuredReport:
+                      bias_compensation, modules, ignore, head_unit, blocks, device, progress) -> StructuredReport:
     started = time.perf_counter()
     if importance not in IMPORTANCES:
         raise ValueError(f"importance: expected one of {IMPORTANCES}, but got {importance!r}")
+    if head_unit not in HEAD_UNITS:
+        raise ValueError(f"head_unit: expected one of {HEAD_UNITS}, but got {head_unit!r}")
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise ValueError(f"round_to: expected None or a positive int (e.g. 8, 16, 64), but got {round_to!r}")
     if bias_compensation is None:
@@ -1260,7 +1297,7 @@ def _prune_structured(model, ratio, importance, targets, round_to, calib, exampl
     if not is_transformer and example_inputs is None:
         raise ValueError(f"example_inputs: expected a model input (tensor, tuple or dict) to trace "
                          f"{type(model).__name__}, or calib; got None")
-    structure = find_structure(model, example_inputs, blocks=blocks)
+    structure = find_structure(model, example_inputs, blocks=blocks, head_unit=head_unit)
     available = ("mlp", "heads") if structure.transformer else ("channels",)
     if targets is None:
         targets = available
@@ -1273,6 +1310,10 @@ def _prune_structured(model, ratio, importance, targets, round_to, calib, exampl
     if not targets:
         raise ValueError(f"targets: expected at least one of {available}, but got an empty sequence")
     ratios = _validate_ratio(ratio, targets)
+    if head_unit == "query_head" and "heads" in targets and structure.layout["heads"] == structure.layout["kv_heads"]:
+        raise ValueError(f"head_unit: expected 'kv_group' for {type(model).__name__}, whose attention has as many "
+                         f"key/value heads as query heads ({structure.layout['heads']}; 'query_head' needs grouped-"
+                         "query attention), but got 'query_head'")
     if "heads" in targets and structure.heads_missing and ratios["heads"] > 0:
         raise ValueError(f"targets: 'heads' needs attention modules with q/k/v/o projections matching the config "
                          f"(layout {structure.layout}), but none was found in {structure.heads_missing[0]}")
@@ -1290,6 +1331,15 @@ def _prune_structured(model, ratio, importance, targets, round_to, calib, exampl
         if rounding is not None and group_ratio > 0 and rounding > group.units:
             raise ValueError(f"round_to: expected at most the {group.units} channels of group {group.name}, "
                              f"but got {rounding}")
+        if group.kind == "heads" and group.attention["unit"] == "query_head":
+            group_size = group.attention["heads"] // group.attention["kv_heads"]
+            per_kv = kept_units(group_size, group_ratio)
+            if per_kv < 1:
+                raise ValueError(f"ratio: expected a ratio that keeps at least one of the {group_size} query heads "
+                                 f"of every key/value head of {group.name} (head_unit='query_head'), but got "
+                                 f"{group_ratio} which removes all of them")
+            plan.append((group, per_kv * group.attention["kv_heads"]))
+            continue
         keep = kept_units(group.units, group_ratio, rounding)
         if keep < 1:
             what = "key/value heads" if group.kind == "heads" else "channels"
@@ -1311,13 +1361,15 @@ def _prune_structured(model, ratio, importance, targets, round_to, calib, exampl
         for group, keep in items:
             if keep == group.units:
                 chosen.append(torch.arange(group.units))
+            elif group.kind == "heads" and group.attention["unit"] == "query_head":
+                chosen.append(_select_per_kv_head(group, _score_group(group, importance, stats, gradients), keep))
             else:
                 chosen.append(select_units(_score_group(group, importance, stats, gradients), keep))
         for (group, keep), units in zip(items, chosen):
             _apply_group(group, units, stats, bias_compensation, report)
             if group.kind == "heads" and keep != group.units:
                 attention = model.get_submodule(group.attention["module"])
-                _update_attention_attributes(attention, group.attention, keep)
+                _update_attention_attributes(attention, group.attention, *heads_after(group, keep))
             report.groups.append({"name": group.name, "kind": group.kind, "members": group.member_names(),
                                   "units_before": group.units, "units_after": keep,
                                   "channels_per_unit": group.channels_per_unit,
@@ -1402,10 +1454,9 @@ def _update_hf_config(model: nn.Module, config, plan, structure: _Structure, rep
                                    "config holds one width, so it was not updated")
     heads = sizes("heads")
     if any(after != before for _, before, after in heads):
-        afters = {a for _, _, a in heads}
+        afters = {heads_after(g, a) for g, _, a in heads}
         if len(afters) == 1:
-            new_kv = afters.pop()
-            new_heads = new_kv * (layout["heads"] // layout["kv_heads"])
+            new_heads, new_kv = afters.pop()
             report.config_updates["num_attention_heads"] = [layout["heads"], new_heads]
             config.num_attention_heads = new_heads
             if getattr(config, "num_key_value_heads", None) is not None:
