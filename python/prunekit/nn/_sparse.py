@@ -12,9 +12,9 @@ tensors are derived from them for the device the module is on and rebuilt on eve
   rebuilt on the GPU as runtime tensor ``dense_weight`` when the module moves there.
 - ``"2:4"``: state ``values`` (rows, cols / 2) and ``meta`` in torch's CUTLASS layout
   (``prunekit.ops.compress_24``), the layout CUDA 2:4 kernels use. On CPU the runtime tensors
-  ``bitmap`` and ``row_offsets`` describe the same values in the bitmap format (exactly two marked
-  positions per group of four, :func:`prunekit.formats.from_semi24`), so the CPU bitmap kernels
-  run it. On CUDA the forward expands the weight with ``decompress_24`` and runs the dense GEMM
+  ``runtime_bitmap`` and ``runtime_row_offsets`` describe the same values in the bitmap format
+  (exactly two marked positions per group of four, :func:`prunekit.formats.from_semi24`), so the
+  CPU bitmap kernels run it. On CUDA the forward expands the weight with ``decompress_24`` and runs the dense GEMM
   (a 2:4 tensor-core GEMM is a later issue): it saves memory, not time.
 - ``"dense"``: state ``weight``, the plain dense weight.
 
