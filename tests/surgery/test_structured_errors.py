@@ -187,7 +187,8 @@ def test_low_level_errors():
         prune_input_channels(nn.Conv2d(4, 4, 1, groups=2), [0])
     with pytest.raises(ValueError, match=r"keep: expected at least one output channel to keep \(of 4\), but got none"):
         prune_output_channels(nn.Linear(3, 4), [])
-    with pytest.raises(ValueError, match=r"keep: expected input channel indices in \[0, 3\), but got values in \[1, 3\]"):
+    with pytest.raises(ValueError, match=r"keep: expected input channel indices in \[0, 3\), but got values in "
+                                         r"\[1, 3\]"):
         prune_input_channels(nn.Linear(3, 4), [1, 3])
     with pytest.raises(ValueError, match=r"keep: expected strictly increasing"):
         prune_output_channels(nn.Linear(3, 4), [2, 1])

@@ -125,7 +125,8 @@ def test_criteria_match_their_formulas():
         magnitude = (out.matrix[rows].square().sum() + inn.matrix[:, cols].square().sum()).sqrt()
         taylor = (out.matrix[rows] * out.gradient[rows]).abs().sum() + \
             (inn.matrix[:, cols] * inn.gradient[:, cols]).abs().sum()
-        wanda = (out.matrix[rows].abs() * out.input_norms).sum() + (inn.matrix[:, cols].abs() * inn.input_norms[cols]).sum()
+        wanda = (out.matrix[rows].abs() * out.input_norms).sum() + \
+            (inn.matrix[:, cols].abs() * inn.input_norms[cols]).sum()
         flap = (inn.input_var[cols] * inn.matrix[:, cols].square().sum(0)).sum()
         torch.testing.assert_close(magnitude_unit_scores([out, inn], 3)[unit], magnitude)
         torch.testing.assert_close(taylor_unit_scores([out, inn], 3)[unit], taylor)

@@ -35,7 +35,10 @@ config (num_attention_heads, num_key_value_heads, head_dim) and the block's modu
 the smallest submodule of the block whose prunable layers are input projections of sizes q/k/v
 (or one fused q|k|v projection, as GPT-2's c_attn) followed by one output projection of size
 (heads * head_dim -> hidden). A key/value head and the query heads sharing it (grouped-query
-attention) form one unit, so num_attention_heads / num_key_value_heads is preserved.
+attention) form one unit, so num_attention_heads / num_key_value_heads is preserved; or, with
+``head_unit="query_head"``, single query heads are removed, the same number under every
+key/value head. Every block keeps the same number of units (a Hugging Face config holds one
+width); which units go is decided per block.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
-from ..calibrate.pipeline import (CalibrationBatch, CalibrationError, LayerInputStats, PrunableLayer,
-                                  capture_block_inputs, find_blocks, model_device, walk_blocks)
+from ..calibrate.pipeline import (CalibrationBatch, LayerInputStats, PrunableLayer, capture_block_inputs,
+                                  find_blocks, model_device, walk_blocks)
 from ..solvers.structured import (IMPORTANCES, MemberWeights, bias_compensation, kept_units, select_units,
                                   unit_scores)
 
@@ -342,12 +345,6 @@ def _is_leaf_module(module: nn.Module) -> bool:
 class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return _is_leaf_module(module) or super().is_leaf_module(module, qualified_name)
-
-
-def _shape_of(value):
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
-    return None
 
 
 def trace_graph(model: nn.Module, example_args: tuple) -> fx.Graph:
@@ -1247,10 +1244,17 @@ def prune_structured(model: nn.Module, ratio: float | Mapping[str, float] = 0.25
     (num_attention_heads, num_key_value_heads, head_dim kept explicitly) are updated. Every layer
     is pruned by the same count, because these configs hold one width for all layers; within a
     layer the channels removed are chosen by importance. The report says whether the updated
-    config rebuilds the pruned model exactly (``config_reloadable``): it does for MLP and head
-    pruning of Llama, Mistral and Qwen2, and for MLP pruning of OPT, GPT-2 and BERT; their
-    attention classes derive head_dim from hidden_size / num_heads, so pruned heads cannot be
-    expressed there (a warning says so; save such a model with torch.save).
+    config rebuilds the pruned model exactly (``config_reloadable``, checked by building the model
+    class from the serialised config on the meta device): it does for MLP and head pruning of
+    Mistral and Qwen2, for Llama when hidden_size stays a multiple of the head count
+    (transformers' LlamaConfig validates that, although head_dim is explicit), and for MLP
+    pruning of OPT, GPT-2 and BERT. Their attention classes derive head_dim from
+    hidden_size / num_heads, so pruned heads cannot be expressed there. Where the config cannot
+    describe the result (also: FLAP biases on modules the config gives no bias; widths differing
+    between blocks through ``modules``/``ignore``) the model is still pruned and runs, and a
+    warning says so: save such a model with torch.save. Biases created by FLAP are made
+    expressible where a config switch exists (Llama's mlp_bias / attention_bias: turned on, the
+    sibling projections get zero biases).
 
     Errors (ValueError naming the argument, the expected and the received value) are raised
     before anything is changed: unknown importance or targets, ratios outside [0, 1) or removing
