@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-from cnn_models import TinyMobileNet, TinyResNet, cnn_calibration, tiny_cnn
+from structured_cnn_models import TinyMobileNet, TinyResNet, cnn_calibration, tiny_cnn
 
 from prunekit.surgery.structured import count_parameters, find_channel_groups, prune_structured
 

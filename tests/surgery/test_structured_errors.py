@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
-from cnn_models import cnn_calibration, tiny_cnn
-from hf_models import hf_calibration, hf_model
+from structured_cnn_models import cnn_calibration, tiny_cnn
+from structured_hf_models import hf_calibration, hf_model
 
 from prunekit.surgery.structured import (add_to_bias, prune_input_channels, prune_output_channels, prune_structured,
                                          prune_through_channels)

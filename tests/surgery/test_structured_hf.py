@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from hf_models import ARCHITECTURES, HIDDEN, LLAMA_FAMILY, hf_calibration, hf_model, hf_output
+from structured_hf_models import ARCHITECTURES, HIDDEN, LLAMA_FAMILY, hf_calibration, hf_model, hf_output
 
 from prunekit.surgery.structured import count_parameters, prune_structured
 

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from hf_models import hf_calibration, hf_model, hf_output
+from structured_hf_models import hf_calibration, hf_model, hf_output
 
 from prunekit.solvers.structured import (MemberWeights, bias_compensation, flap_unit_scores, kept_units,
                                          magnitude_unit_scores, select_units, taylor_unit_scores, wanda_unit_scores)
