@@ -309,6 +309,10 @@ def _demo(args: argparse.Namespace) -> int:
             raise UsageError(f"--methods: expected methods among {', '.join(METHODS)}, but got {method!r}")
     sparsities = [parse_sparsity(s, "--sparsities") for s in args.sparsities.split(",")] if args.sparsities else None
     out = reports.prepare_output_dir(args.out, overwrite=True, produced=demo.DEMO_FILES) if args.out else None
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     result = demo.run_demo(out, quick=args.quick, progress=not args.quiet, seed=args.seed, methods=methods,
                            sparsities=sparsities)
     for _, heading, rows, columns in demo.demo_tables(result):
@@ -639,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer sentences, 50%% and 2:4 only, short timings")
     demo.add_argument("--out", default="prunekit-demo", help="report directory (default: prunekit-demo; '' for none)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
     demo.add_argument("--methods", metavar="M1,M2", help="comma-separated methods instead of magnitude,wanda,sparsegpt")
     demo.add_argument("--sparsities", metavar="S1,S2", help="comma-separated sparsities instead of 0.5,2:4,0.7")
     demo.set_defaults(run=_demo)

@@ -228,7 +228,8 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
                                   progress=progress, loaded=loaded)
     kernel_rows = linear.run(quick, shapes=MINILM_L6, batches=(1, 64) if quick else (1, 16, 512),
                              patterns=("50%", "2:4") if quick else ("50%", "70%", "90%", "2:4"),
-                             dtypes=(torch.float32,), csr=False, min_run_time=0.02 if quick else 0.2, progress=progress)
+                             dtypes=(torch.float32,), csr=False, min_run_time=0.02 if quick else 0.3,
+                             rounds=1 if quick else 3, progress=progress)
     result = {
         "command": "demo",
         "quick": quick,

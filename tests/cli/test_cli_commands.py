@@ -39,6 +39,7 @@ def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tm
     from transformers import AutoModelForCausalLM
 
     import prunekit
+    from prunekit import report as reports
 
     out = tmp_path / "pruned"
     result = run("prune", tiny_llama_dir, "--method", "wanda", "--sparsity", "2:4", "--nsamples", "8", "--seqlen", "16",
@@ -46,7 +47,8 @@ def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tm
     assert result.returncode == 0, result.stderr
     assert "no tokenizer" in result.stderr  # random token ids, with a warning
     report = json.loads((out / "report.json").read_text())
-    assert {"model", "report.json", "report.md", "layers.png", "quality_vs_sparsity.png"} <= set(report["files"])
+    plots = {"layers.png", "quality_vs_sparsity.png"} if reports.have_matplotlib() else set()
+    assert {"model", "report.json", "report.md"} | plots == set(report["files"])
     assert all((out / name).exists() for name in report["files"])
     assert report["prune"]["total_sparsity"] == pytest.approx(0.5)
     assert report["config"]["ignore"] == ["lm_head"]

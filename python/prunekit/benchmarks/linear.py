@@ -14,7 +14,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .common import progress_bar, summarize_speedups, time_ms
+from .common import compare_ms, progress_bar, summarize_speedups, time_ms
 from .shapes import LLAMA_7B, SMALL_LINEAR
 
 QUICK = "one small shape, batches 1 and 16, short timings"
@@ -49,9 +49,12 @@ def make_weight(rows: int, cols: int, pattern: str, dtype: torch.dtype, generato
 
 
 def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patterns=PATTERNS, dtypes=DTYPES,
-        min_run_time: float | None = None, csr: bool = True, progress: bool = False, on_row=None) -> list[dict]:
+        min_run_time: float | None = None, csr: bool = True, rounds: int = 1, progress: bool = False,
+        on_row=None) -> list[dict]:
     """One row per (shape, dtype, pattern, batch). ``quick``: one small shape, batches 1 and 16,
-    short timings. ``csr=False`` leaves out torch's CSR baseline."""
+    short timings. ``csr=False`` leaves out torch's CSR baseline. ``rounds`` > 1 times prunekit
+    and the baselines alternately in that many rounds and keeps each one's best
+    (:func:`~prunekit.benchmarks.common.compare_ms`, for busy machines)."""
     from prunekit import ops
 
     shapes = shapes or (SMALL_LINEAR if quick else LLAMA_7B)
@@ -67,11 +70,16 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
             csr_weight = dense.float().to_sparse_csr() if csr and dtype == torch.float32 and pattern != "2:4" else None
             for batch in batches:
                 x = torch.randn(batch, in_features, generator=generator).to(dtype)
-                sparse_ms = time_ms(lambda: ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets,
-                                                              in_features), min_run_time)
-                dense_ms = time_ms(lambda: F.linear(x, dense), min_run_time)
-                csr_ms = time_ms(lambda: torch.sparse.mm(csr_weight, x.T), min_run_time) \
-                    if csr_weight is not None else None
+                fns = {"sparse": lambda: ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets,
+                                                           in_features),
+                       "dense": lambda: F.linear(x, dense)}
+                if csr_weight is not None:
+                    fns["csr"] = lambda: torch.sparse.mm(csr_weight, x.T)
+                if rounds > 1:
+                    times = compare_ms(fns, min_run_time, rounds)
+                else:
+                    times = {name: time_ms(fn, min_run_time) for name, fn in fns.items()}
+                sparse_ms, dense_ms, csr_ms = times["sparse"], times["dense"], times.get("csr")
                 flops = 2 * batch * out_features * in_features
                 nnz = weight.values.numel()
                 row = {
