@@ -5,7 +5,7 @@ with Wanda and SparseGPT on random token sequences, each configuration in fresh 
 1 process x 2 threads, 1 process x 1 thread, and 2 gloo processes x 1 thread (on 127.0.0.1,
 started the way torchrun starts them). On a 2-core machine, 2 processes x 1 thread against
 1 process x 2 threads is the fair comparison (the same cores). Reports per configuration
-(best of --repeats, slowest rank): the calibration time alone (the block walk: capture,
+(best of --repeats runs in each of --rounds interleaved launches, slowest rank): the calibration time alone (the block walk: capture,
 statistics passes with their all_reduce, block outputs; nothing pruned) and its throughput in
 calibration tokens/s; the whole prune() time (calibration, solves, weight broadcasts) and its
 tokens/s; the 1-minute load average around the run (the machine may be shared); the peak resident memory of each process (ru_maxrss) and
@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--batch", type=int, default=8, help="sequences per calibration item")
     parser.add_argument("--repeats", type=int, default=2, help="timed prune() runs per process (best is kept)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="launches of every setup, interleaved (best is kept: the machine may be shared)")
     parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -144,7 +146,7 @@ def main() -> None:
         worker(args)
         return
     if args.quick:
-        args.nsamples, args.repeats, args.methods = 16, 1, ["wanda"]
+        args.nsamples, args.repeats, args.rounds, args.methods = 16, 1, 1, ["wanda"]
     import torch
 
     from _common import write_results
@@ -164,15 +166,29 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
-            weights_of = {}
+            weights_of, runs, loads, walls = {}, {}, {}, {}
+            for round_ in range(args.rounds):  # rounds interleave the setups; the best time of each is kept
+                for processes, threads in setups:
+                    out = Path(tmp) / f"{method}_{processes}x{threads}_{round_}"
+                    load_before = os.getloadavg()[0]
+                    got = launch(method, processes, threads, args, out)
+                    loads.setdefault((processes, threads), []).append(f"{load_before:.1f}-{os.getloadavg()[0]:.1f}")
+                    merged = runs.setdefault((processes, threads), [{} for _ in got])
+                    for into, result in zip(merged, got):
+                        for key, value in result.items():
+                            into[key] = (into.get(key, []) + value if isinstance(value, list) else
+                                         max(into.get(key, value), value))  # peak memory: the largest
+                    # A timed run ends when its slowest rank does.
+                    wall = walls.setdefault((processes, threads), {"times": [], "calibration_times": []})
+                    for key in wall:
+                        wall[key] += [max(r[key][i] for r in got) for i in range(len(got[0][key]))]
+                    weights_of[(processes, threads)] = torch.load(out / "weights.pt")
             for processes, threads in setups:
-                out = Path(tmp) / f"{method}_{processes}x{threads}"
-                load_before = os.getloadavg()[0]
-                results = launch(method, processes, threads, args, out)
-                seconds = max(min(r["times"]) for r in results)  # the run ends when its slowest rank does
-                calibration = max(min(r["calibration_times"]) for r in results)
+                results = runs[(processes, threads)]
+                weights = weights_of[(processes, threads)]
+                seconds = min(walls[(processes, threads)]["times"])
+                calibration = min(walls[(processes, threads)]["calibration_times"])
                 tokens = results[0]["tokens"]
-                weights_of[(processes, threads)] = weights = torch.load(out / "weights.pt")
                 row = {"method": method, "processes": processes, "threads_per_process": threads,
                        "calibration_tokens": tokens, "calibration_s": calibration,
                        "calibration_tokens_per_s": tokens / calibration,
@@ -182,12 +198,12 @@ def main() -> None:
                        "peak_rss_mib_per_process": " / ".join(f"{r['peak_rss_mib']:.0f}" for r in results),
                        "rss_growth_mib_per_process": " / ".join(f"{r['peak_rss_mib'] - r['rss_loaded_mib']:.0f}"
                                                                 for r in results),
-                       "load_1min": f"{load_before:.1f}-{os.getloadavg()[0]:.1f}",
+                       "load_1min": ", ".join(loads[(processes, threads)]),
                        "times_per_rank": [r["times"] for r in results],
                        "calibration_times_per_rank": [r["calibration_times"] for r in results]}
                 for name, key in (("1x1", (1, 1)), ("1x2", setups[0])):
-                    reference = weights_of.get(key)
-                    if reference is None or key == (processes, threads):
+                    reference = weights_of[key]
+                    if key == (processes, threads):
                         row[f"mask_diff_vs_{name}"], row[f"max_abs_dw_vs_{name}"] = "-", "-"
                     else:
                         row[f"mask_diff_vs_{name}"], row[f"max_abs_dw_vs_{name}"] = compare(weights, reference)
