@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from prunekit import distributed
-from small_cnn import prune_small_cnn
+from distributed_cnn import prune_small_cnn
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

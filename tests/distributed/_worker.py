@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE.parent / "pruning"))
 import prunekit  # noqa: E402
 from prunekit import distributed  # noqa: E402
 
-from scenarios import FAIL_BLOCK, RUNS, run_scenario  # noqa: E402
+from distributed_scenarios import FAIL_BLOCK, RUNS, run_scenario  # noqa: E402
 
 
 def _save(out: Path, rank: int, name: str, result: dict) -> None:

@@ -24,8 +24,8 @@ from prunekit import distributed
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "pruning"))
 
-from scenarios import RUNS, run_scenario, weights  # noqa: E402
-from small_cnn import prune_small_cnn  # noqa: E402
+from distributed_scenarios import RUNS, run_scenario, weights  # noqa: E402
+from distributed_cnn import prune_small_cnn  # noqa: E402
 
 WORLD = 2
 TIMEOUT_S = 20  # collective timeout of the ranks: bounds how long a failure can take to be noticed
