@@ -5,6 +5,8 @@ import json
 
 import pytest
 import torch
+
+import prunekit
 from _cli import json_stdout, run, run_many
 
 SUBCOMMANDS = ("info", "demo", "prune", "eval", "bench")
@@ -38,7 +40,6 @@ def test_info_and_bench_json():
 def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    import prunekit
     from prunekit import report as reports
 
     out = tmp_path / "pruned"
@@ -66,30 +67,32 @@ def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tm
         assert torch.equal((weight.reshape(-1, 4) != 0).sum(1), torch.full((weight.numel() // 4,), 2))
     assert (model.lm_head.weight != 0).all()
 
-    # eval of the pruned checkpoint; prune --sparsify into a used directory with --overwrite
-    sparse_out = tmp_path / "sparse"
-    (sparse_out / "model").mkdir(parents=True)
-    (sparse_out / "model" / "stale").write_text("replaced by --overwrite")
-    (sparse_out / "notes.txt").write_text("not prunekit's: kept")
-    sparsify = hasattr(prunekit, "sparsify_")
-    commands = [["eval", out / "model", "--samples", "4", "--seqlen", "16", "--json"]]
-    if sparsify:
-        commands.append(["prune", tiny_llama_dir, "--method", "sparsegpt", "--sparsity", "0.5", "--nsamples", "8",
-                         "--seqlen", "16", "--no-eval", "--sparsify", "--format", "unstructured", "--overwrite",
-                         "--out", sparse_out, "--seed", "3"])
-    evaluated, *sparsified = run_many(*commands)
-    evaluated = json_stdout(evaluated)
+    evaluated = json_stdout(run("eval", out / "model", "--samples", "4", "--seqlen", "16", "--json"))
     assert evaluated["metric"] == "perplexity" and evaluated["perplexity"] > 1 and evaluated["tokens"] == 4 * 16
-    if not sparsify:
-        pytest.skip("prune --sparsify needs prunekit.sparsify_")
-    assert sparsified[0].returncode == 0, sparsified[0].stderr
-    report = json.loads((sparse_out / "report.json").read_text())
+
+
+@pytest.mark.skipif(not hasattr(prunekit, "sparsify_"), reason="prune --sparsify needs prunekit.sparsify_")
+def test_prune_sparsify_into_a_used_directory_then_eval_in_process(tiny_llama_dir, tmp_path, capsys):
+    """--sparsify writes a prunekit checkpoint that eval loads (prunekit.load); --overwrite replaces
+    only prunekit's files (through prunekit.cli.main, no subprocess)."""
+    from prunekit.cli import main
+
+    out = tmp_path / "sparse"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "stale").write_text("replaced by --overwrite")
+    (out / "notes.txt").write_text("not prunekit's: kept")
+    assert main(["prune", str(tiny_llama_dir), "--method", "sparsegpt", "--sparsity", "0.5", "--nsamples", "8",
+                 "--seqlen", "16", "--no-eval", "--sparsify", "--format", "unstructured", "--overwrite",
+                 "--out", str(out), "--seed", "3", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
     assert report["quality"] is None and report["config"]["seed"] == 3
-    assert report["checkpoint"]["sparsify"]["swapped"]
-    assert not (sparse_out / "model" / "stale").exists() and (sparse_out / "notes.txt").exists()
-    compared = run("eval", sparse_out / "model", "--reference", tiny_llama_dir, "--samples", "4", "--seqlen", "16")
-    assert compared.returncode == 0, compared.stderr
-    assert compared.stdout.startswith("perplexity ") and "; reference " in compared.stdout
+    assert len(report["checkpoint"]["sparsify"]["swapped"]) == 14  # every projection of the 2 blocks
+    assert not (out / "model" / "stale").exists() and (out / "notes.txt").exists()
+    capsys.readouterr()
+    assert main(["eval", str(out / "model"), "--reference", str(tiny_llama_dir), "--samples", "4", "--seqlen", "16",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("perplexity ") and "; reference " in printed
 
 
 def test_encoder_prune_and_eval_against_the_reference_in_process(tmp_path, capsys):
