@@ -176,7 +176,6 @@ def load_model(name: str, dtype: str = "float32", what: str = "MODEL"):
     compressed = _load_compressed(source)
     if compressed is not None:
         model = compressed
-        config = model.config
     else:
         try:
             config = AutoConfig.from_pretrained(source)
@@ -337,8 +336,6 @@ def _distributed():
 
 
 def _prune(args: argparse.Namespace) -> int:
-    import torch
-
     import prunekit
 
     from . import evaluation
