@@ -13,7 +13,6 @@ import dataclasses
 import fnmatch
 import json
 import logging
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -24,8 +23,8 @@ import torch.nn as nn
 
 from . import distributed as _distributed
 from .allocation import global_allocation, owl_allocation, uniform_allocation
-from .calibrate.pipeline import (CalibrationBatch, CalibrationError, LayerInputStats, PrunableLayer, find_prunable_layers,
-                                 model_device, walk_blocks)
+from .calibrate.gradients import accumulate_weight_gradients, language_model_loss
+from .calibrate.pipeline import CalibrationBatch, LayerInputStats, PrunableLayer, find_prunable_layers, walk_blocks
 from .solvers.dsnot import dsnot
 from .solvers.gblm import gblm_scores
 from .solvers.magnitude import magnitude_scores
@@ -309,23 +308,9 @@ def _calibration_list(calib, config: PruneConfig) -> list | None:
 # ----------------------------------------------------------------------------- GBLM gradients
 
 def _default_loss(model: nn.Module, batch: CalibrationBatch) -> torch.Tensor:
-    kwargs = dict(batch.kwargs)
-    if batch.args and "input_ids" not in kwargs and isinstance(batch.args[0], torch.Tensor) \
-            and not batch.args[0].is_floating_point():
-        kwargs["input_ids"] = batch.args[0]
-        args = batch.args[1:]
-    else:
-        args = batch.args
-    if "labels" not in kwargs and "input_ids" in kwargs:
-        kwargs["labels"] = kwargs["input_ids"]
-    output = model(*args, **kwargs)
-    loss = getattr(output, "loss", None)
-    if loss is None and isinstance(output, dict):
-        loss = output.get("loss")
-    if loss is None:
-        raise CalibrationError(f"gblm: {type(model).__name__} returned no loss for labels=input_ids; pass "
-                         "PruneConfig(gblm_loss=callable(model, batch) -> scalar loss)")
-    return loss
+    return language_model_loss(model, batch, no_loss_message=(
+        f"gblm: {type(model).__name__} returned no loss for labels=input_ids; pass "
+        "PruneConfig(gblm_loss=callable(model, batch) -> scalar loss)"))
 
 
 def _gradient_norms(model: nn.Module, layers: dict[str, PrunableLayer], items: list,
@@ -343,46 +328,15 @@ def _gradient_norms(model: nn.Module, layers: dict[str, PrunableLayer], items: l
 
 def _gradient_norms_local(model: nn.Module, layers: dict[str, PrunableLayer], items: list[tuple[int, object]],
                           config: PruneConfig, sqrt: bool = True) -> dict[str, torch.Tensor]:
-    loss_fn = config.gblm_loss or _default_loss
-    device = model_device(model)
     squares = {name: torch.zeros(layer.matrix().shape, dtype=torch.float32, device=layer.weight.device)
                for name, layer in layers.items()}
-    saved_flags = {p: p.requires_grad for p in model.parameters()}
-    saved_grads = {name: layer.weight.grad for name, layer in layers.items()}
-    was_training = model.training
-    model.eval()
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for layer in layers.values():
-            layer.weight.requires_grad_(True)
-        for index, item in items:
-            batch = CalibrationBatch.from_item(item, index).to(device)
-            for layer in layers.values():
-                layer.weight.grad = None
-            try:
-                loss = loss_fn(model, batch)
-            except CalibrationError:
-                raise
-            except Exception as error:
-                raise ValueError(f"calib: item {index} does not fit {type(model).__name__}.forward: "
-                                 f"{type(error).__name__}: {error}") from error
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ValueError(f"gblm: the loss must be a scalar tensor, but got {loss!r}")
-            if not bool(torch.isfinite(loss)):
-                raise ValueError(f"gblm: the loss of calibration item {index} is {float(loss)} (NaN activations?)")
-            loss.backward()
-            for name, layer in layers.items():
-                if layer.weight.grad is not None:
-                    grad = layer.weight.grad.detach().to(torch.float32)
-                    grad = grad.t() if layer.kind == "conv1d" else grad.reshape(grad.shape[0], -1)
-                    squares[name] += grad.square()
-    finally:
-        for p, flag in saved_flags.items():
-            p.requires_grad_(flag)
-        for name, layer in layers.items():
-            layer.weight.grad = saved_grads[name]
-        model.train(was_training)
+
+    def accumulate(name: str, grad: torch.Tensor) -> None:
+        layer = layers[name]
+        squares[name] += (grad.t() if layer.kind == "conv1d" else grad.reshape(grad.shape[0], -1)).square()
+
+    accumulate_weight_gradients(model, {name: layer.weight for name, layer in layers.items()}, items,
+                                config.gblm_loss or _default_loss, accumulate, loss_name="gblm loss")
     return {name: s.sqrt() for name, s in squares.items()} if sqrt else squares
 
 

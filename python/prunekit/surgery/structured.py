@@ -61,6 +61,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
+from ..calibrate.gradients import accumulate_weight_gradients, language_model_loss
 from ..calibrate.pipeline import (CalibrationBatch, LayerInputStats, PrunableLayer, capture_block_inputs,
                                   find_blocks, model_device, walk_blocks)
 from ..solvers.structured import (IMPORTANCES, MemberWeights, bias_compensation, kept_units, select_units,
@@ -1009,20 +1010,9 @@ def _validate_ratio(ratio, targets: tuple[str, ...]) -> dict[str, float]:
 
 
 def _default_loss(model: nn.Module, batch: CalibrationBatch) -> torch.Tensor:
-    kwargs = dict(batch.kwargs)
-    args = batch.args
-    if args and "input_ids" not in kwargs and isinstance(args[0], torch.Tensor) and not args[0].is_floating_point():
-        kwargs["input_ids"], args = args[0], args[1:]
-    if "labels" not in kwargs and "input_ids" in kwargs:
-        kwargs["labels"] = kwargs["input_ids"]
-    output = model(*args, **kwargs)
-    loss = getattr(output, "loss", None)
-    if loss is None and isinstance(output, Mapping):
-        loss = output.get("loss")
-    if loss is None:
-        raise ValueError(f"loss_fn: expected a callable(model, batch) -> scalar loss for taylor importance, because "
-                         f"{type(model).__name__} returned no loss for labels=input_ids; got None")
-    return loss
+    return language_model_loss(model, batch, no_loss_message=(
+        f"loss_fn: expected a callable(model, batch) -> scalar loss for taylor importance, because "
+        f"{type(model).__name__} returned no loss for labels=input_ids; got None"))
 
 
 def _member_matrix(member: ChannelMember) -> torch.Tensor:
@@ -1050,45 +1040,15 @@ def _member_lines(member: ChannelMember, units: torch.Tensor) -> torch.Tensor:
 
 def _gradients(model: nn.Module, members: list[ChannelMember], calib: list, loss_fn) -> dict[str, torch.Tensor]:
     """Sum over the calibration batches of every member's weight gradient (matrix layout)."""
-    loss_fn = loss_fn or _default_loss
-    device = model_device(model)
     modules = {m.name: m for m in members if m.kind in ("linear", "conv1d", "conv2d", "depthwise")}
     weights = {name: m.module.weight for name, m in modules.items()}
-    saved_flags = {p: p.requires_grad for p in model.parameters()}
-    saved_grads = {name: w.grad for name, w in weights.items()}
     totals = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in weights.items()}
-    was_training = model.training
-    model.eval()
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for w in weights.values():
-            w.requires_grad_(True)
-        for index, item in enumerate(calib):
-            batch = CalibrationBatch.from_item(item, index).to(device)
-            for w in weights.values():
-                w.grad = None
-            try:
-                loss = loss_fn(model, batch)
-            except ValueError:
-                raise
-            except Exception as error:
-                raise ValueError(f"calib: item {index} does not fit {type(model).__name__}.forward: "
-                                 f"{type(error).__name__}: {error}") from error
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ValueError(f"loss_fn: expected a scalar tensor, but got {loss!r}")
-            if not bool(torch.isfinite(loss)):
-                raise ValueError(f"loss_fn: expected a finite loss, but calibration item {index} gives {float(loss)}")
-            loss.backward()
-            for name, w in weights.items():
-                if w.grad is not None:
-                    totals[name] += w.grad.detach().to(torch.float32)
-    finally:
-        for p, flag in saved_flags.items():
-            p.requires_grad_(flag)
-        for name, w in weights.items():
-            w.grad = saved_grads[name]
-        model.train(was_training)
+
+    def accumulate(name: str, grad: torch.Tensor) -> None:
+        totals[name] += grad
+
+    accumulate_weight_gradients(model, weights, enumerate(calib), loss_fn or _default_loss, accumulate,
+                                loss_name="loss_fn")
     result = {}
     for name, m in modules.items():
         grad = totals[name]
