@@ -13,6 +13,7 @@ tiling the data exactly, the file's length) before the file is memory-mapped by 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -69,31 +70,30 @@ def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
-    directory = path.parent
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(struct.pack("<Q", len(blob)))
-            file.write(blob)
-            for key in order:
-                if tensors[key].numel():
-                    file.write(tensor_bytes(tensors[key]))
-            file.flush()
-            os.fsync(file.fileno())
-        publish(temp, path, overwrite=overwrite)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb", overwrite=overwrite) as file:
+        file.write(struct.pack("<Q", len(blob)))
+        file.write(blob)
+        for key in order:
+            if tensors[key].numel():
+                file.write(tensor_bytes(tensors[key]))
 
 
 def write_text(path: Path, text: str, *, overwrite: bool) -> None:
     """Writes a small text file atomically (temporary file, fsync, rename)."""
+    with atomic_file(path, "w", overwrite=overwrite) as file:
+        file.write(text)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str, *, overwrite: bool):
+    """A file object on a temporary file beside ``path``; when the block ends without an error
+    the file is flushed, fsynced and published to ``path`` (see :func:`publish`); on any error
+    (a crash, KeyboardInterrupt) the temporary file is removed and ``path`` is untouched."""
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     temp = Path(temp_name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+            yield file
             file.flush()
             os.fsync(file.fileno())
         publish(temp, path, overwrite=overwrite)
