@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "prunekit/kernels_cpu.h"
@@ -113,6 +114,24 @@ void check_variant(const Variant& v, std::mt19937& rng) {
         }
       }
     }
+  }
+  {
+    // Enough rows and columns for several row blocks, k-blocks and column tiles of the
+    // cache-blocked kernels, computed as two row ranges (as two threads would).
+    const int64_t rows = 2100, k = 200, cols_x = 150;
+    Sparse s = make(rows, k, 0.7, rng);
+    std::vector<float> x(k * cols_x), y(rows * cols_x, NAN);
+    for (auto& e : x) e = float(rng() % 11) - 5.0f;
+    for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 1003}, {1003, rows}}) {
+      EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), k, x.data(),
+                    cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x, begin, end).ok());
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t p = 0; p < cols_x; ++p) {
+        float expected = 0.0f;
+        for (int64_t c = 0; c < k; ++c) expected += s.dense[r * k + c] * x[c * cols_x + p];
+        EXPECT(close(y[r * cols_x + p], expected));
+      }
   }
   // Offsets that disagree with the bitmap are reported, never followed past the values.
   Sparse s = make(8, 40, 0.5, rng);
