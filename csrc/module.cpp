@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "cpu/kernel_select.h"
 #include "prunekit/isa.h"
 
 #ifndef PRUNEKIT_VERSION
@@ -31,6 +32,8 @@ py::dict build_info() {
   info["cpu_isa_detected"] = prunekit::cpu::detected_isa();
   info["cpu_isa_selected"] = prunekit::cpu::selected_isa();
   info["cpu_features"] = prunekit::cpu::detected_features();
+  // The bf16 x bf16 batch <= 4 sparse linear kernel in use, or None (x is then widened to fp32).
+  info["cpu_bf16_gemv"] = prunekit::cpu::select_bitmap_gemv_bf16() ? py::object(py::str("avx512bf16")) : py::none();
   info["compiler"] = PRUNEKIT_COMPILER;
   info["build_type"] = PRUNEKIT_BUILD_TYPE;
   return info;

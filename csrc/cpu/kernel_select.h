@@ -64,4 +64,16 @@ inline BitmapSpmmFn select_bitmap_spmm() {
   return &bitmap_spmm_scalar;
 }
 
+using BitmapGemvBf16Fn = Status (*)(const uint16_t*, const uint16_t*, const int64_t*, int64_t, int64_t,
+                                    const uint16_t*, int64_t, const float*, float*, int64_t, int64_t);
+
+// The bf16 x bf16 GEMV where the selected variant is avx512 and the CPU has AVX-512 BF16, else
+// null (callers then widen x and use the fp32 GEMV).
+inline BitmapGemvBf16Fn select_bitmap_gemv_bf16() {
+#if defined(PRUNEKIT_HAVE_AVX512BF16)
+  if (selected_isa() == "avx512" && __builtin_cpu_supports("avx512bf16")) return &bitmap_gemv_bf16_avx512bf16;
+#endif
+  return nullptr;
+}
+
 }  // namespace prunekit::cpu

@@ -164,11 +164,24 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
   const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
   at::Tensor out = at::empty({batch, rows}, x.options().dtype(at::kFloat));
   if (batch == 0) return out.view(out_shape).to(x.scalar_type());
-  const at::Tensor x32 = x.reshape({batch, k}).to(at::kFloat).contiguous();
   const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
   const int64_t* offsets = row_offsets.data_ptr<int64_t>();
   const auto type = value_type(values);
   Status status;
+  const auto gemv_bf16 = cpu::select_bitmap_gemv_bf16();
+  if (batch <= cpu::kGemvMaxBatch && gemv_bf16 && type == cpu::ValueType::kBFloat16 &&
+      x.scalar_type() == at::kBFloat16) {
+    // bf16 x bf16 products are exact in fp32: no need to widen x.
+    const at::Tensor x16 = x.reshape({batch, k}).contiguous();
+    const auto* x_bits = reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>());
+    const auto* value_bits = reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>());
+    status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
+      return gemv_bf16(value_bits, bits, offsets, rows, k, x_bits, batch, bias_ptr, out.data_ptr<float>(), begin, end);
+    });
+    check_status(status, op);
+    return out.view(out_shape).to(x.scalar_type());
+  }
+  const at::Tensor x32 = x.reshape({batch, k}).to(at::kFloat).contiguous();
   if (batch <= cpu::kGemvMaxBatch) {
     const auto gemv = cpu::select_bitmap_gemv();
     status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {

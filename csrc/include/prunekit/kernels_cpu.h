@@ -119,6 +119,11 @@ PRUNEKIT_DECLARE_BITMAP_SPMM(scalar)
 PRUNEKIT_DECLARE_BITMAP_SPMM(avx2)
 PRUNEKIT_DECLARE_BITMAP_SPMM(avx512)
 PRUNEKIT_DECLARE_BITMAP_SPMM(neon)
+// bf16 weights times bf16 x (batch <= kGemvMaxBatch) with fp32 sums, on CPUs with AVX-512 BF16:
+// x (batch, k) bf16 row-major, otherwise as bitmap_gemv_*.
+Status bitmap_gemv_bf16_avx512bf16(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
+                                   int64_t rows, int64_t k, const uint16_t* x, int64_t batch,
+                                   const float* bias, float* y, int64_t row_begin, int64_t row_end);
 #undef PRUNEKIT_DECLARE_BITMAP_GEMV
 #undef PRUNEKIT_DECLARE_BITMAP_SPMM
 
