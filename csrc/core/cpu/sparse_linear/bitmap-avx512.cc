@@ -13,6 +13,12 @@
 namespace prunekit::cpu {
 namespace {
 
+// The value stream's next reads are data dependent (each word advances by its popcount), and the
+// hardware prefetchers run too short a distance ahead of them: prefetch this far ahead in
+// software (measured best at 6-8 KiB on a 2-core Xeon VM; shorter distances leave the 50% and 2:4
+// GEMV waiting on memory).
+constexpr int64_t kValuePrefetchBytes = 8192;
+
 inline __m512 expand_values(const void* values, ValueType type, int64_t offset, __mmask16 mask) {
   if (type == ValueType::kFloat32) {
     return _mm512_maskz_expandloadu_ps(mask, static_cast<const float*>(values) + offset);
@@ -32,6 +38,7 @@ Status gemv_rows(const void* values, ValueType type, const uint16_t* bitmap, con
                int64_t row_begin, int64_t row_end) {
   const int64_t words = bitmap_words(k), full_words = k / kBitmapWordBits;
   const __mmask16 tail_mask = __mmask16((1u << (k % kBitmapWordBits)) - 1);
+  const int value_shift = type == ValueType::kFloat32 ? 2 : 1;
   for (int64_t r = row_begin; r < row_end; ++r) {
     const uint16_t* bm = bitmap + r * words;
     int64_t offset = row_offsets[r];
@@ -44,6 +51,7 @@ Status gemv_rows(const void* values, ValueType type, const uint16_t* bitmap, con
       int64_t count = 0;
       for (int u = 0; u < U; ++u) count += __builtin_popcount(bm[w + u]);
       if (offset + count > limit) return Status{StatusCode::kCorruptMeta, r, w * kBitmapWordBits};
+      _mm_prefetch(static_cast<const char*>(values) + (offset << value_shift) + kValuePrefetchBytes, _MM_HINT_T0);
       for (int u = 0; u < U; ++u) {
         const __mmask16 mask = bm[w + u];
         const __m512 weights = expand_values(values, type, offset, mask);

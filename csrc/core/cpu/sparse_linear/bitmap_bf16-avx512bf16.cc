@@ -14,6 +14,7 @@ namespace prunekit::cpu {
 namespace {
 
 constexpr int64_t kChunkColumns = 32;
+constexpr int64_t kValuePrefetchBytes = 8192;
 
 inline uint32_t chunk_mask(const uint16_t* bm, int64_t chunk) {
   uint32_t mask;
@@ -51,6 +52,8 @@ inline int64_t row_chunks(const uint16_t* values, const uint16_t* bm, int64_t of
       total += counts[u];
     }
     if (offset + total > limit) return -1;
+    // Software prefetch far ahead of the data-dependent value reads (see bitmap-avx512.cc).
+    _mm_prefetch(reinterpret_cast<const char*>(values + offset) + kValuePrefetchBytes, _MM_HINT_T0);
     for (int u = 0; u < U; ++u) {
       const __mmask32 mask = _load_mask32(reinterpret_cast<__mmask32*>(const_cast<uint16_t*>(bm + 2 * (chunk + u))));
       chunk_dot<B, kWholeLoad>(values, offset, mask, counts[u], x, k, (chunk + u) * kChunkColumns,
