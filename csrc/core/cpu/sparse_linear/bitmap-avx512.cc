@@ -142,6 +142,7 @@ constexpr int kMaxTileVectors = 8;
 // every row of a row block uses it; row blocks whose running sums (rows x 16 V floats) stay in L2.
 constexpr int64_t kL1SliceBytes = 32 * 1024;
 constexpr int64_t kL2SumsBytes = 512 * 1024;
+constexpr int64_t kBlockNonzeros = 32;
 // A row's bitmap and values for one k-block lie a row apart from the previous row's: the
 // hardware prefetchers miss that pattern, so prefetch this many rows ahead.
 constexpr int64_t kPrefetchRows = 8;
@@ -257,7 +258,12 @@ Status bitmap_spmm_avx512(const void* values, ValueType type, const uint16_t* bi
   const int64_t needed_vectors = (cols_x + 15) / 16;
   const int vectors = int(std::min<int64_t>(needed_vectors, kMaxTileVectors));
   const int64_t tile_bytes = 16 * vectors * int64_t(sizeof(float));
-  const int64_t block_words = std::max<int64_t>(1, kL1SliceBytes / tile_bytes / kBitmapWordBits);
+  // k-blocks sized for L1, widened (up to 4x, the slice then partly in L2) for sparse weights so
+  // that a row's block still holds about kBlockNonzeros nonzeros to spread its fixed costs over.
+  const int64_t l1_words = std::max<int64_t>(1, kL1SliceBytes / tile_bytes / kBitmapWordBits);
+  const int64_t nonzeros = row_offsets[row_end] - row_offsets[row_begin];
+  const int64_t nonzeros_per_word = std::max<int64_t>(1, nonzeros / std::max<int64_t>(1, (row_end - row_begin) * bitmap_words(k)));
+  const int64_t block_words = std::clamp<int64_t>(kBlockNonzeros / nonzeros_per_word, l1_words, 4 * l1_words);
   const int64_t block_rows = std::max<int64_t>(1, kL2SumsBytes / tile_bytes);
   // 16 entries of slack: the decode's compress stores whole vectors.
   SpmmScratch scratch{std::vector<int32_t>(block_words * kBitmapWordBits + 16),
