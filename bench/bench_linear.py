@@ -6,10 +6,20 @@ weight (fp32), the speed-ups, effective (dense-equivalent) and actual GFLOP/s, a
 the weight bandwidth in GB/s (bytes of the compressed weight per call). The logic lives in
 prunekit.benchmarks.linear (also run by `prunekit bench`).
 
-    python bench/bench_linear.py [--quick] [--threads N]   # writes bench/results/linear_cpu[_quick].{json,md}
+    python bench/bench_linear.py [--quick] [--threads N] [--rounds R]   # writes bench/results/linear_cpu[_quick].{json,md}
+
+--rounds R times prunekit and the baselines alternately R times and keeps each one's best (on a
+shared, noisy machine the recorded tables use R = 2).
 """
 
 from _common import main
 
+
+
+def rounds_argument(parser) -> list[str]:
+    parser.add_argument("--rounds", type=int, default=1, help="alternating timing rounds, best kept")
+    return ["rounds"]
+
+
 if __name__ == "__main__":
-    main("linear", __doc__)
+    main("linear", __doc__, rounds_argument)

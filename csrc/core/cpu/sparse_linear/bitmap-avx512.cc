@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "gemv_row_sums_avx512.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace prunekit::cpu {
@@ -75,11 +76,7 @@ Status gemv_rows(const void* values, ValueType type, const uint16_t* bitmap, con
       }
     }
     if (offset != limit) return Status{StatusCode::kCorruptMeta, r, 0};
-    for (int b = 0; b < B; ++b) {
-      __m512 sum = acc[0][b];
-      for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][b]);
-      y[b * rows + r] = _mm512_reduce_add_ps(sum) + (bias ? bias[r] : 0.0f);
-    }
+    store_row_sums<B, U>(acc, bias, r, rows, y);
   }
   return Status{};
 }

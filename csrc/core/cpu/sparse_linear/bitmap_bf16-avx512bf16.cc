@@ -8,6 +8,7 @@
 
 #include <cstring>
 
+#include "gemv_row_sums_avx512.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace prunekit::cpu {
@@ -105,11 +106,7 @@ Status gemv_rows(const uint16_t* values, const uint16_t* bitmap, const int64_t* 
       offset += count;
     }
     if (offset != limit) return Status{StatusCode::kCorruptMeta, r, 0};
-    for (int b = 0; b < B; ++b) {
-      __m512 sum = acc[0][b];
-      for (int u = 1; u < U; ++u) sum = _mm512_add_ps(sum, acc[u][b]);
-      y[b * rows + r] = _mm512_reduce_add_ps(sum) + (bias ? bias[r] : 0.0f);
-    }
+    store_row_sums<B, U>(acc, bias, r, rows, y);
   }
   return Status{};
 }
