@@ -29,6 +29,7 @@ py::dict build_info() {
   }
   info["cuda_archs"] = archs;
   info["cpu_isas_compiled"] = prunekit::cpu::compiled_isas();
+  info["cpu_isas_runnable"] = prunekit::cpu::runnable_isas();
   info["cpu_isa_detected"] = prunekit::cpu::detected_isa();
   info["cpu_isa_selected"] = prunekit::cpu::selected_isa();
   info["cpu_features"] = prunekit::cpu::detected_features();

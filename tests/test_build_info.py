@@ -12,6 +12,9 @@ def test_build_info_describes_this_build():
     assert info["cuda_built"] == bool(info["cuda_archs"])
     assert "scalar" in info["cpu_isas_compiled"]
     assert info["cpu_isa_selected"] in info["cpu_isas_compiled"]
+    assert info["cpu_isas_runnable"][0] == "scalar"
+    assert set(info["cpu_isas_runnable"]) <= set(info["cpu_isas_compiled"])
+    assert info["cpu_isa_selected"] == info["cpu_isas_runnable"][-1]
     assert info["cpu_isa_detected"] in ("scalar", "avx2", "avx512", "neon")
 
 

@@ -72,22 +72,34 @@ std::vector<std::string> detected_features() {
 }
 
 namespace {
+std::ptrdiff_t ladder_rank(const std::string& name) {
+  const auto& order = ladder();
+  return std::find(order.begin(), order.end(), name) - order.begin();
+}
+
 std::string& isa_override() {
   static std::string value;
   return value;
 }
 }  // namespace
 
+std::vector<std::string> runnable_isas() {
+  std::vector<std::string> isas;
+  const auto limit = ladder_rank(detected_isa());
+  for (const auto& name : compiled_isas()) {
+    if (ladder_rank(name) <= limit) isas.push_back(name);
+  }
+  return isas;
+}
+
 void set_isa_override(const std::string& isa) {
   if (isa.empty()) {
     isa_override().clear();
     return;
   }
-  const auto compiled = compiled_isas();
-  const auto& order = ladder();
-  const auto rank = [&](const std::string& name) { return std::find(order.begin(), order.end(), name) - order.begin(); };
-  const bool is_compiled = std::find(compiled.begin(), compiled.end(), isa) != compiled.end();
-  if (!is_compiled || rank(isa) > rank(detected_isa())) {
+  const auto runnable = runnable_isas();
+  if (std::find(runnable.begin(), runnable.end(), isa) == runnable.end()) {
+    const auto compiled = compiled_isas();
     std::string names;
     for (const auto& name : compiled) names += (names.empty() ? "" : ", ") + name;
     throw std::invalid_argument("prunekit: CPU ISA '" + isa + "' must be one compiled in and supported by this CPU (compiled: " + names + "; this CPU: up to " + detected_isa() + ")");
@@ -97,13 +109,7 @@ void set_isa_override(const std::string& isa) {
 
 std::string selected_isa() {
   if (!isa_override().empty()) return isa_override();
-  const auto compiled = compiled_isas();
-  const auto& order = ladder();
-  const auto detected = std::find(order.begin(), order.end(), detected_isa()) - order.begin();
-  for (auto i = std::min<std::ptrdiff_t>(detected, std::ptrdiff_t(order.size()) - 1); i >= 0; --i) {
-    if (std::find(compiled.begin(), compiled.end(), order[i]) != compiled.end()) return order[i];
-  }
-  return "scalar";
+  return runnable_isas().back();  // scalar is always compiled and runnable
 }
 
 }  // namespace prunekit::cpu

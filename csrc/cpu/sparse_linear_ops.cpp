@@ -24,8 +24,6 @@ Status run_rows(int64_t rows, int64_t grain, Kernel kernel) {
 
 // dst (cols x rows) = src (rows x cols)^T, contiguous, by 32 x 32 blocks over threads: several
 // times faster here than a strided at::Tensor copy, which walks one side a column at a time.
-// dst (cols x rows) = src (rows x cols)^T, contiguous, by 32 x 32 blocks over threads: several
-// times faster here than a strided at::Tensor copy, which walks one side a column at a time.
 __attribute__((noinline)) void transpose_block(const float* __restrict src, int64_t rows, int64_t cols,
                                                float* __restrict dst, int64_t r0, int64_t r1, int64_t c0,
                                                int64_t c1) {

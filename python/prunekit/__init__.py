@@ -20,8 +20,8 @@ def build_info() -> dict:
     """What this build contains.
 
     Returns a dict with the package ``version``, the ``torch_version`` it was built against,
-    ``cuda_built`` and ``cuda_archs``, the CPU ISA variants compiled in (``cpu_isas_compiled``),
-    the best one this CPU supports (``cpu_isa_detected``) and the one the kernels use
+    ``cuda_built`` and ``cuda_archs``, the CPU ISA variants compiled in (``cpu_isas_compiled``) and
+    those of them this CPU can run (``cpu_isas_runnable``), the best one this CPU supports (``cpu_isa_detected``) and the one the kernels use
     (``cpu_isa_selected``), the CPU features seen at run time, the bf16 x bf16 GEMV variant in use
     (``cpu_bf16_gemv``, None where bf16 inputs are widened to fp32), the compiler and build type.
     """

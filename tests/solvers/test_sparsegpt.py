@@ -9,7 +9,7 @@ from prunekit.calibrate import HessianAccumulator
 from prunekit.ops import _reference as ref
 from prunekit.solvers import inverse_hessian_factor, parse_pattern, sparsegpt
 
-ISAS = prunekit.build_info()["cpu_isas_compiled"]
+ISAS = prunekit.build_info()["cpu_isas_runnable"]  # variants this CPU cannot run are not forced
 
 
 def layer(rows, cols, tokens=256, seed=0):

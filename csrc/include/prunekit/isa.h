@@ -8,6 +8,8 @@ namespace prunekit::cpu {
 
 // Variants with at least one kernel compiled in, best last (e.g. {"scalar"}).
 std::vector<std::string> compiled_isas();
+// The compiled variants this CPU can run, best last (what tests and benchmarks may force).
+std::vector<std::string> runnable_isas();
 // Best variant this CPU can run, whether or not kernels for it were compiled: "avx512", "avx2",
 // "neon" or "scalar".
 std::string detected_isa();
