@@ -70,6 +70,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_bitmap(const at::Tensor&
   return {values, bitmap, row_offsets};
 }
 
+// O(rows): the offsets bound every kernel read of values.
+void check_row_offsets(const char* op, const at::Tensor& row_offsets, int64_t nnz) {
+  const int64_t rows = row_offsets.size(0) - 1;
+  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(offsets[0] == 0 && offsets[rows] == nnz, "prunekit.", op,
+                    ": argument 'row_offsets' must start at 0 and end at values.numel()=", nnz,
+                    ", but got ", offsets[0], " and ", offsets[rows], " (truncated or mismatched buffers?)");
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK_VALUE(offsets[r + 1] >= offsets[r], "prunekit.", op,
+                      ": argument 'row_offsets' must be non-decreasing, but entry ", r + 1, " (",
+                      offsets[r + 1], ") is below entry ", r, " (", offsets[r], ")");
+  }
+}
+
 // Checks the format's tensors against each other; returns (rows, k) of the dense weight.
 std::pair<int64_t, int64_t> check_bitmap_weight(const char* op, const at::Tensor& values,
                                                 const at::Tensor& bitmap,
@@ -95,17 +109,7 @@ std::pair<int64_t, int64_t> check_bitmap_weight(const char* op, const at::Tensor
   for (const auto* t : {&values, &bitmap, &row_offsets}) {
     TORCH_CHECK(t->device().is_cpu(), "prunekit.", op, ": the compressed weight must be on the CPU, but got ", t->device());
   }
-  // O(rows): the offsets bound every kernel read; bitmap/offset agreement is checked per row.
-  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
-  TORCH_CHECK_VALUE(offsets[0] == 0 && offsets[rows] == values.numel(), "prunekit.", op,
-                    ": argument 'row_offsets' must start at 0 and end at values.numel()=",
-                    values.numel(), ", but got ", offsets[0], " and ", offsets[rows],
-                    " (truncated or mismatched buffers?)");
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK_VALUE(offsets[r + 1] >= offsets[r], "prunekit.", op,
-                      ": argument 'row_offsets' must be non-decreasing, but entry ", r + 1, " (",
-                      offsets[r + 1], ") is below entry ", r, " (", offsets[r], ")");
-  }
+  check_row_offsets(op, row_offsets, values.numel());
   return {rows, k};
 }
 
@@ -145,19 +149,25 @@ at::Tensor bias_as_float(const std::optional<at::Tensor>& bias, int64_t rows, co
   return bias->to(at::kFloat).contiguous();
 }
 
-at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
-                         const at::Tensor& row_offsets, int64_t in_features,
-                         const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "sparse_linear";
-  const auto [rows, k] = check_bitmap_weight(op, values, bitmap, row_offsets, in_features);
+// Checks x of a linear op; returns its batch (rows of x) and the output shape.
+std::pair<int64_t, std::vector<int64_t>> check_linear_input(const char* op, const at::Tensor& x, int64_t k,
+                                                            int64_t rows) {
   check_dtype(x, op, "x", {at::kFloat, at::kBFloat16});
   check_min_dim(x, op, "x", 1);
   TORCH_CHECK_VALUE(x.size(-1) == k, "prunekit.", op, ": the last dimension of 'x' must be ",
                     "in_features=", k, ", but got shape ", x.sizes());
   TORCH_CHECK(x.device().is_cpu(), "prunekit.", op, ": argument 'x' must be on the CPU, but got ", x.device());
-  const int64_t batch = x.numel() / k;
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = rows;
+  return {x.numel() / k, out_shape};
+}
+
+at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                         const at::Tensor& row_offsets, int64_t in_features,
+                         const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparse_linear";
+  const auto [rows, k] = check_bitmap_weight(op, values, bitmap, row_offsets, in_features);
+  const auto [batch, out_shape] = check_linear_input(op, x, k, rows);
   const at::Tensor bias32 = bias_as_float(bias, rows, op);
   const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
   at::Tensor out = at::empty({batch, rows}, x.options().dtype(at::kFloat));
@@ -201,6 +211,57 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
   return out.view(out_shape).to(x.scalar_type());
 }
 
+at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, const at::Tensor& col_indices,
+                               const at::Tensor& row_offsets, int64_t in_features,
+                               const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "sparse_linear_csr16";
+  check_dtype(values, op, "values", {at::kFloat, at::kBFloat16});
+  check_dim(values, op, "values", 1);
+  check_contiguous(values, op, "values");
+  check_dtype(col_indices, op, "col_indices", {at::kShort});
+  check_dim(col_indices, op, "col_indices", 1);
+  check_contiguous(col_indices, op, "col_indices");
+  TORCH_CHECK_VALUE(col_indices.numel() == values.numel(), "prunekit.", op,
+                    ": argument 'col_indices' must have one entry per value (", values.numel(), "), but got ",
+                    col_indices.numel());
+  check_dtype(row_offsets, op, "row_offsets", {at::kLong});
+  check_dim(row_offsets, op, "row_offsets", 1);
+  check_contiguous(row_offsets, op, "row_offsets");
+  TORCH_CHECK_VALUE(row_offsets.size(0) >= 2, "prunekit.", op,
+                    ": argument 'row_offsets' must have rows + 1 >= 2 entries, but got ", row_offsets.size(0));
+  const int64_t k = in_features;
+  TORCH_CHECK_VALUE(k >= 1 && k <= cpu::kCsr16MaxColumns, "prunekit.", op, ": argument 'in_features' must be in [1, ",
+                    cpu::kCsr16MaxColumns, "] (16-bit column indices), but got ", k);
+  for (const auto* t : {&values, &col_indices, &row_offsets}) {
+    TORCH_CHECK(t->device().is_cpu(), "prunekit.", op, ": the compressed weight must be on the CPU, but got ", t->device());
+  }
+  check_row_offsets(op, row_offsets, values.numel());
+  const int64_t rows = row_offsets.size(0) - 1;
+  const auto [batch, out_shape] = check_linear_input(op, x, k, rows);
+  const at::Tensor bias32 = bias_as_float(bias, rows, op);
+  const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
+  at::Tensor out = at::empty({batch, rows}, x.options().dtype(at::kFloat));
+  const at::Tensor x32 = x.reshape({batch, k}).to(at::kFloat).contiguous();
+  const auto* indices = reinterpret_cast<const uint16_t*>(col_indices.data_ptr<int16_t>());
+  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
+  const auto type = value_type(values);
+  // Up to kGemvMaxBatch rows of x per pass over the weight: the format is for batch-1 decoding
+  // (SparseLinear runs larger batches on the bitmap SpMM).
+  for (int64_t b0 = 0; b0 < batch; b0 += cpu::kGemvMaxBatch) {
+    const int64_t chunk = std::min(cpu::kGemvMaxBatch, batch - b0);
+    const at::Tensor xs = x32.narrow(0, b0, chunk);
+    at::Tensor ys = at::empty({chunk, rows}, out.options());
+    const Status status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
+      return cpu::csr16_gemv_scalar(values.data_ptr(), type, indices, offsets, rows, k, xs.data_ptr<float>(),
+                                    chunk, bias_ptr, ys.data_ptr<float>(), begin, end);
+    });
+    TORCH_CHECK_VALUE(status.ok(), "prunekit.", op, ": the compressed weight is corrupt: row ", status.row,
+                      " of 'col_indices' names column ", status.col, ", past in_features=", k);
+    out.narrow(0, b0, chunk).copy_(ys);
+  }
+  return out.view(out_shape).to(x.scalar_type());
+}
+
 at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
                           const at::Tensor& row_offsets, const std::optional<at::Tensor>& bias,
                           int64_t activation) {
@@ -241,6 +302,7 @@ TORCH_LIBRARY_IMPL(prunekit, CPU, m) {
   m.impl("compress_bitmap", &compress_bitmap);
   m.impl("decompress_bitmap", &decompress_bitmap);
   m.impl("sparse_linear", &sparse_linear);
+  m.impl("sparse_linear_csr16", &sparse_linear_csr16);
   m.impl("sparse_conv1x1", &sparse_conv1x1);
 }
 

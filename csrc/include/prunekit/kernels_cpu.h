@@ -13,6 +13,7 @@ enum class StatusCode : int {
   kTooManyNonzeros = 1,  // a 2:4 group holds more than two nonzeros
   kCorruptMeta = 2,      // a meta nibble does not name two distinct, ascending columns
   kNonFinite = 3,        // a score is NaN or infinite
+  kBadArgument = 4,      // an argument outside the kernel's contract (the caller checks first)
 };
 
 struct Status {
@@ -94,8 +95,9 @@ enum class Activation : int { kNone = 0, kRelu = 1, kRelu6 = 2 };
 
 // y[b][r] = sum_c W[r][c] x[b][c] + bias[r] for batch <= kGemvMaxBatch, rows [row_begin, row_end).
 // x: (batch, k) fp32 row-major; y: (batch, rows) fp32; bias may be null.
-// Kernels never read values outside [row_offsets[r], row_offsets[r+1]) (the caller checks that
-// the offsets are non-decreasing and within values); a row whose bitmap disagrees with its offsets
+// Kernels never read values outside [0, row_offsets[rows]) (the caller checks that the offsets
+// are non-decreasing and end at the size of values; a row's reads may run past its own span into
+// the next rows' values, never past the buffer); a row whose bitmap disagrees with its offsets
 // or marks columns past k stops with kCorruptMeta.
 constexpr int64_t kGemvMaxBatch = 4;
 #define PRUNEKIT_DECLARE_BITMAP_GEMV(isa)                                                     \
@@ -124,6 +126,18 @@ PRUNEKIT_DECLARE_BITMAP_SPMM(neon)
 Status bitmap_gemv_bf16_avx512bf16(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
                                    int64_t rows, int64_t k, const uint16_t* x, int64_t batch,
                                    const float* bias, float* y, int64_t row_begin, int64_t row_end);
+
+// ---- CSR16: CSR with 16-bit column indices (unstructured; the batch-1 format at high sparsity) ----
+// values (nnz,) packed row by row in column order (as in the bitmap format), col_indices (nnz,)
+// their columns, row_offsets (rows + 1). Bytes per weight: (1 - sparsity) * (element_bytes + 2).
+constexpr int64_t kCsr16MaxColumns = 65536;
+// y[b][r] = sum W[r][c] x[b][c] + bias[r] for batch <= kGemvMaxBatch, rows [row_begin, row_end).
+// x: (batch, k) fp32 row-major. Each row's indices are checked before its products, so a row
+// naming a column >= k stops with kCorruptMeta (status.col = that column) before reading x.
+// Values are read only inside [row_offsets[row_begin], row_offsets[row_end]).
+Status csr16_gemv_scalar(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
+                         int64_t rows, int64_t k, const float* x, int64_t batch, const float* bias, float* y,
+                         int64_t row_begin, int64_t row_end);
 #undef PRUNEKIT_DECLARE_BITMAP_GEMV
 #undef PRUNEKIT_DECLARE_BITMAP_SPMM
 

@@ -5,8 +5,10 @@ What runs where (``forward``):
 =========  ==============  ===============  ==========================================================
 device     format          dtypes           computation
 =========  ==============  ===============  ==========================================================
-CPU        unstructured    fp32, bf16       ``prunekit.ops.sparse_linear`` (bitmap GEMV for <= 4
-                                            rows, bitmap SpMM above; fp32 accumulation)
+CPU        unstructured    fp32, bf16       <= 4 rows: ``prunekit.ops.sparse_linear_csr16`` (CSR16
+                                            GEMV) at sparsity >= 0.7, else the bitmap GEMV of
+                                            ``prunekit.ops.sparse_linear``; more rows: its bitmap
+                                            SpMM; fp32 accumulation
 CPU        2:4             fp32, bf16       the same kernel on the bitmap view of the 2:4 values
 CPU        sparse          other (fp16)     exact expansion + ``F.linear`` (correct, not faster)
 CUDA       2:4             fp16/bf16/fp32   ``decompress_24`` + ``F.linear`` (saves memory, not time)
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from ._sparse import FORMATS, SparseWeightModule, WeightStats, choose_format, compress, dtype_name
 
 _X_DTYPES = (torch.float32, torch.bfloat16)
+_CSR16_MAX_ROWS = 4  # the CSR16 GEMV's batch; more rows run the bitmap SpMM
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -45,6 +48,8 @@ class SparseLinear(SparseWeightModule):
     moves with ``.to(device)`` (derived tensors are rebuilt for the new device), works under
     ``torch.compile(fullgraph=True)`` and reports its bytes with :meth:`memory`.
     """
+
+    _USES_CSR16 = True
 
     def __init__(self, in_features: int, out_features: int, *, format: str, tensors: dict[str, torch.Tensor],
                  bias: torch.Tensor | None = None, dtype: torch.dtype | None = None, source: str = "linear"):
@@ -109,6 +114,10 @@ class SparseLinear(SparseWeightModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel_runs(x, _X_DTYPES):
             values, bitmap, row_offsets = self._kernel_weight()
+            col_indices = self.runtime_col_indices
+            if col_indices is not None and x.numel() <= _CSR16_MAX_ROWS * self.in_features:
+                return torch.ops.prunekit.sparse_linear_csr16(x, values, col_indices, row_offsets, self.in_features,
+                                                              self.bias)
             return torch.ops.prunekit.sparse_linear(x, values, bitmap, row_offsets, self.in_features, self.bias)
         return F.linear(x, self.dense_matrix(), self.bias)
 

@@ -84,6 +84,16 @@ def _sparse_linear_fake(x, values, bitmap, row_offsets, in_features: int, bias=N
     return x.new_empty((*x.shape[:-1], bitmap.shape[0]))
 
 
+@torch.library.register_fake("prunekit::sparse_linear_csr16")
+def _sparse_linear_csr16_fake(x, values, col_indices, row_offsets, in_features: int, bias=None) -> torch.Tensor:
+    torch._check(
+        x.shape[-1] == in_features,
+        lambda: f"prunekit.sparse_linear_csr16: the last dimension of 'x' must be in_features={in_features}, "
+        f"but got shape {list(x.shape)}",
+    )
+    return x.new_empty((*x.shape[:-1], row_offsets.shape[0] - 1))
+
+
 @torch.library.register_fake("prunekit::sparse_conv1x1")
 def _sparse_conv1x1_fake(x, values, bitmap, row_offsets, bias=None, activation: int = 0) -> torch.Tensor:
     return x.new_empty((x.shape[0], bitmap.shape[0], x.shape[2], x.shape[3]))

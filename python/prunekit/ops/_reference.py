@@ -190,6 +190,15 @@ def sparse_linear(x, values, bitmap, row_offsets, in_features: int, bias=None) -
     return out.to(x.dtype)
 
 
+def sparse_linear_csr16(x, values, col_indices, row_offsets, in_features: int, bias=None) -> torch.Tensor:
+    rows = row_offsets.numel() - 1
+    row_of_value = torch.repeat_interleave(torch.arange(rows), torch.diff(row_offsets))
+    weight = torch.zeros(rows, in_features, dtype=torch.float32)
+    weight[row_of_value, col_indices.long() & 0xFFFF] = values.float()
+    out = torch.nn.functional.linear(x.float(), weight, None if bias is None else bias.float())
+    return out.to(x.dtype)
+
+
 def sparse_conv1x1(x, values, bitmap, row_offsets, bias=None, activation: int = 0) -> torch.Tensor:
     weight = decompress_bitmap(values, bitmap, row_offsets, x.shape[1]).float()
     out = torch.nn.functional.conv2d(x, weight[:, :, None, None], None if bias is None else bias.float())

@@ -1,9 +1,11 @@
 // Bitmap sparse linear / 1x1 conv kernels for AVX2 + FMA.
-// GEMV (batch <= 4): AVX2 has no expand, so each byte of the bitmap (8 columns) picks a lane
-// permutation from a 256-entry table; the byte's packed values (a masked load of popcount
-// lanes) are permuted into their columns and multiplied with x, so the weight streams once.
+// GEMV (batch <= 4): AVX2 has no expand, so each byte of the bitmap (8 columns) picks an in-lane
+// permutation and a lane mask from 256-entry tables; the byte's packed values (plain loads; masked
+// loads are slow on Zen) are permuted into their columns and multiplied with x, so the weight
+// streams once.
 // SpMM: the shared vector-extension kernel (bitmap_spmm_impl.h).
 #include <immintrin.h>
+#include <cstdlib>
 
 #define PRUNEKIT_VECTOR_BYTES 32
 #include "bitmap_spmm_impl.h"
@@ -12,20 +14,28 @@ namespace prunekit::cpu {
 namespace {
 
 constexpr int64_t kValuePrefetchBytes = 8192;
+const bool kPf = std::getenv("PK_PF") != nullptr;
 
-// index[bits][lane]: for a marked lane, its rank among the marked lanes (the packed value that
-// lands there); for an unmarked lane, 7: lane 7 of the packed vector is zero whenever fewer
-// than 8 lanes are marked.
-struct PermuteTable {
-  alignas(32) int32_t index[256][8];
-  PermuteTable() {
+// Per byte of the bitmap (8 columns, two 128-bit lanes of 4): lane l of half h takes the packed
+// value of its rank among the half's marked columns (in-lane vpermilps: one fast uop, where the
+// cross-lane vpermps is several on Zen), then unmarked lanes are cleared with `keep`.
+struct ByteTables {
+  alignas(32) int32_t rank[256][8];
+  alignas(32) int32_t keep[256][8];
+  ByteTables() {
     for (int bits = 0; bits < 256; ++bits) {
-      int rank = 0;
-      for (int lane = 0; lane < 8; ++lane) index[bits][lane] = (bits >> lane) & 1 ? rank++ : 7;
+      for (int half = 0; half < 2; ++half) {
+        int rank_in_half = 0;
+        for (int lane = 4 * half; lane < 4 * half + 4; ++lane) {
+          const bool marked = (bits >> lane) & 1;
+          rank[bits][lane] = marked ? rank_in_half++ : 0;
+          keep[bits][lane] = marked ? -1 : 0;
+        }
+      }
     }
   }
 };
-const PermuteTable kPermute;
+const ByteTables kByte;
 // loadu(kFirstLanes + 8 - n): the first n lanes set.
 alignas(32) constexpr int32_t kFirstLanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
@@ -33,33 +43,53 @@ inline __m256i first_lanes(int n) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kFirstLanes + 8 - n));
 }
 
-// The weights of one byte's 8 columns, zero where unmarked. Reads exactly popcount(bits) values.
-inline __m256 expand_byte(const void* values, ValueType type, int64_t offset, uint32_t bits) {
-  const int count = __builtin_popcount(bits);
-  const __m256i lanes = first_lanes(count);
-  __m256 packed;
-  if (type == ValueType::kFloat32) {
-    packed = _mm256_maskload_ps(static_cast<const float*>(values) + offset, lanes);
-  } else {
-    alignas(16) uint16_t halves[8] = {};
-    std::memcpy(halves, static_cast<const uint16_t*>(values) + offset, sizeof(uint16_t) * count);
-    const __m256i widened = _mm256_slli_epi32(
-        _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(halves))), 16);
-    packed = _mm256_castsi256_ps(widened);
+// The byte's packed values (low half at values[0..], high half popcount(bits & 15) later) as
+// [4 low | 4 high] fp32 lanes, 4 values read whole per half: fast plain loads whose extra lanes
+// the caller clears. `v` must have 8 readable elements.
+template <ValueType T>
+inline __m256 load_halves(const void* v, int low_count) {
+  if constexpr (T == ValueType::kFloat32) {
+    const float* f = static_cast<const float*>(v);
+    return _mm256_loadu2_m128(f + low_count, f);
   }
-  const __m256i index = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPermute.index[bits]));
-  return _mm256_permutevar8x32_ps(packed, index);
+  const uint16_t* h = static_cast<const uint16_t*>(v);
+  const __m128i halves = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(h)),
+                                            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(h + low_count)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
 }
 
-template <int B>
-Status gemv_rows(const void* values, ValueType type, const uint16_t* bitmap, const int64_t* row_offsets,
+// Near the end of the values buffer a whole-half read would pass it: copy the byte's values to
+// zeroed scratch first (taken for the last few bytes of the whole weight only).
+template <ValueType T>
+__attribute__((noinline, cold)) __m256 load_halves_at_end(const void* values, int64_t offset, uint32_t bits) {
+  alignas(32) uint32_t scratch[8] = {};
+  constexpr size_t size = T == ValueType::kFloat32 ? 4 : 2;
+  std::memcpy(scratch, static_cast<const char*>(values) + offset * size, size * __builtin_popcount(bits));
+  return load_halves<T>(scratch, __builtin_popcount(bits & 15));
+}
+
+// The weights of one byte's 8 columns, zero where unmarked; `end` is the size of values.
+template <ValueType T>
+inline __m256 expand_byte(const void* values, int64_t offset, int64_t end, uint32_t bits) {
+  constexpr size_t size = T == ValueType::kFloat32 ? 4 : 2;
+  const __m256 packed = __builtin_expect(offset + 8 <= end, 1)
+                            ? load_halves<T>(static_cast<const char*>(values) + offset * size, __builtin_popcount(bits & 15))
+                            : load_halves_at_end<T>(values, offset, bits);
+  const __m256i rank = _mm256_load_si256(reinterpret_cast<const __m256i*>(kByte.rank[bits]));
+  const __m256 keep = _mm256_load_ps(reinterpret_cast<const float*>(kByte.keep[bits]));
+  return _mm256_and_ps(_mm256_permutevar_ps(packed, rank), keep);
+}
+
+template <int B, ValueType T>
+Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets,
                  int64_t rows, int64_t k, const float* x, const float* bias, float* y, int64_t row_begin,
                  int64_t row_end) {
   const int64_t words = bitmap_words(k);
   const int64_t full_words = k / kBitmapWordBits;
   const uint32_t tail_bits = uint32_t(k % kBitmapWordBits);
   const uint32_t tail_mask = (1u << tail_bits) - 1;
-  const int value_shift = type == ValueType::kFloat32 ? 2 : 1;
+  constexpr int value_shift = T == ValueType::kFloat32 ? 2 : 1;
+  const int64_t end = row_offsets[rows];
   for (int64_t r = row_begin; r < row_end; ++r) {
     const uint16_t* bm = bitmap + r * words;
     int64_t offset = row_offsets[r];
@@ -76,9 +106,9 @@ Status gemv_rows(const void* values, ValueType type, const uint16_t* bitmap, con
         corrupt = true;
         return;
       }
-      const __m256 w_low = expand_byte(values, type, offset, word & 0xff);
+      const __m256 w_low = expand_byte<T>(values, offset, end, word & 0xff);
       offset += __builtin_popcount(word & 0xff);
-      const __m256 w_high = expand_byte(values, type, offset, word >> 8);
+      const __m256 w_high = expand_byte<T>(values, offset, end, word >> 8);
       offset += __builtin_popcount(word >> 8);
       const int64_t c = w * kBitmapWordBits;
       if (!tail) {
@@ -98,7 +128,7 @@ Status gemv_rows(const void* values, ValueType type, const uint16_t* bitmap, con
     int64_t w = 0;
     for (; w + 2 <= words && !corrupt; w += 2) {
       // Far ahead of the data-dependent value reads (see bitmap-avx512.cc).
-      if ((w & 3) == 0) __builtin_prefetch(static_cast<const char*>(values) + (offset << value_shift) + kValuePrefetchBytes);
+      if (kPf && (w & 3) == 0) __builtin_prefetch(static_cast<const char*>(values) + (offset << value_shift) + kValuePrefetchBytes);
       word_dot(w, low0, high0);
       if (!corrupt) word_dot(w + 1, low1, high1);
     }
@@ -116,18 +146,25 @@ Status gemv_rows(const void* values, ValueType type, const uint16_t* bitmap, con
   return Status{};
 }
 
+template <ValueType T>
+Status gemv_batch(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
+                  const float* x, int64_t batch, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
+  switch (batch) {
+    case 1: return gemv_rows<1, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+    case 2: return gemv_rows<2, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+    case 3: return gemv_rows<3, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+    default: return gemv_rows<4, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+  }
+}
+
 }  // namespace
 
 Status bitmap_gemv_avx2(const void* values, ValueType type, const uint16_t* bitmap,
                         const int64_t* row_offsets, int64_t rows, int64_t k, const float* x,
                         int64_t batch, const float* bias, float* y, int64_t row_begin,
                         int64_t row_end) {
-  switch (batch) {
-    case 1: return gemv_rows<1>(values, type, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
-    case 2: return gemv_rows<2>(values, type, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
-    case 3: return gemv_rows<3>(values, type, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
-    default: return gemv_rows<4>(values, type, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
-  }
+  if (type == ValueType::kFloat32) return gemv_batch<ValueType::kFloat32>(values, bitmap, row_offsets, rows, k, x, batch, bias, y, row_begin, row_end);
+  return gemv_batch<ValueType::kBFloat16>(values, bitmap, row_offsets, rows, k, x, batch, bias, y, row_begin, row_end);
 }
 
 Status bitmap_spmm_avx2(const void* values, ValueType type, const uint16_t* bitmap,

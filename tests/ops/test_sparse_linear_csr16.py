@@ -1,0 +1,128 @@
+"""CSR16 format and ``sparse_linear_csr16`` against the references: dtypes, odd shapes (remainders
+of the 4-way unrolled row loop), batches 1-4 and above, sparsities 0/0.5/0.9/1, columns past
+32767 (negative int16), opcheck, torch.compile, NaN-poisoned memory and bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunekit import ops
+from prunekit.formats import BitmapWeight, Csr16Weight
+from prunekit.formats.csr16 import column_indices
+from prunekit.ops import _reference as ref
+
+SPARSITIES = [0.0, 0.5, 0.9, 1.0]
+
+
+def sparse_weight(rows, cols, sparsity, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, cols, generator=generator)
+    weight[torch.rand(rows, cols, generator=generator) < sparsity] = 0
+    return weight.to(dtype)
+
+
+def tolerance(dtype, k):
+    return dict(rtol=1e-4, atol=1e-5 * k) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (37, 100), (8, 256), (2, 40000)])
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_format_round_trips_and_shares_the_bitmap_values(dtype, shape, sparsity):
+    dense = sparse_weight(*shape, sparsity, dtype)
+    bitmap = BitmapWeight.from_dense(dense)
+    weight = Csr16Weight.from_bitmap(bitmap)
+    assert weight.values is bitmap.values and weight.shape == shape
+    assert torch.equal(weight.to_dense(), dense)
+    rows_of, cols_of = dense.nonzero(as_tuple=True)
+    assert torch.equal(weight.col_indices.long() & 0xFFFF, cols_of)
+    assert torch.equal(weight.row_offsets[1:], torch.bincount(rows_of, minlength=shape[0]).cumsum(0))
+    assert weight.nbytes() == weight.values.numel() * (dense.element_size() + 2) + (shape[0] + 1) * 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("shape", [(7, 33), (64, 256), (33, 1000), (5, 40000)])
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_matches_reference(dtype, batch, shape, sparsity):
+    rows, cols = shape
+    dense = sparse_weight(rows, cols, sparsity, dtype)
+    weight = Csr16Weight.from_dense(dense)
+    x = torch.randn(batch, cols).to(dtype)
+    bias = torch.randn(rows).to(dtype)
+    for b in (None, bias):
+        out = ops.sparse_linear_csr16(x, weight.values, weight.col_indices, weight.row_offsets, cols, b)
+        assert out.dtype == dtype and out.shape == (batch, rows)
+        expected = F.linear(x.float(), dense.float(), None if b is None else b.float())
+        torch.testing.assert_close(out.float(), expected, **tolerance(dtype, cols))
+        reference = ref.sparse_linear_csr16(x, weight.values, weight.col_indices, weight.row_offsets, cols, b)
+        torch.testing.assert_close(out.float(), reference.float(), **tolerance(dtype, cols))
+
+
+def test_leading_dims_empty_batch_and_fully_written_outputs():
+    dense = sparse_weight(33, 70, 0.9, torch.float32)
+    weight = Csr16Weight.from_dense(dense)
+    args = (weight.values, weight.col_indices, weight.row_offsets, 70)
+    x = torch.randn(2, 3, 70)
+    torch.testing.assert_close(ops.sparse_linear_csr16(x, *args), F.linear(x, dense), rtol=1e-5, atol=1e-4)
+    assert ops.sparse_linear_csr16(torch.randn(0, 70), *args).shape == (0, 33)
+    for batch in (1, 3, 7):
+        x = torch.randn(batch, 70)
+        first = ops.sparse_linear_csr16(x, *args)
+        torch.full((batch * 33 * 4,), float("nan"))  # dirty freed memory
+        assert not bool(first.isnan().any())
+        torch.testing.assert_close(first, F.linear(x, dense), rtol=1e-5, atol=1e-4)
+
+
+def test_opcheck_and_compile():
+    dense = sparse_weight(16, 40, 0.5, torch.float32)
+    weight = Csr16Weight.from_dense(dense)
+    args = (weight.values, weight.col_indices, weight.row_offsets, 40)
+    op = torch.ops.prunekit.sparse_linear_csr16.default
+    torch.library.opcheck(op, (torch.randn(3, 40), *args, torch.randn(16)))
+    torch.library.opcheck(op, (torch.randn(9, 40), *args))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def forward(x):
+        return ops.sparse_linear_csr16(x, *args).relu()
+
+    x = torch.randn(2, 40)
+    torch.testing.assert_close(forward(x), F.linear(x, dense).relu(), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_are_clear_errors():
+    dense = sparse_weight(8, 40, 0.5, torch.float32)
+    weight = Csr16Weight.from_dense(dense)
+    values, indices, offsets = weight.values, weight.col_indices, weight.row_offsets
+    x = torch.randn(2, 40)
+    with pytest.raises(ValueError, match=r"last dimension of 'x' must be in_features=40, but got shape \[2, 39\]"):
+        ops.sparse_linear_csr16(torch.randn(2, 39), values, indices, offsets, 40)
+    with pytest.raises(ValueError, match=r"'col_indices' must have one entry per value \(\d+\), but got \d+"):
+        ops.sparse_linear_csr16(x, values, indices[:-1].contiguous(), offsets, 40)
+    with pytest.raises(ValueError, match=r"'row_offsets' must start at 0 and end at values.numel\(\)=\d+, but got 0 and \d+ \(truncated"):
+        ops.sparse_linear_csr16(x, values[:-1].contiguous(), indices[:-1].contiguous(), offsets, 40)
+    shuffled = offsets.clone()
+    shuffled[3] = shuffled[4] + 1
+    with pytest.raises(ValueError, match=r"must be non-decreasing, but entry 4 \(\d+\) is below entry 3"):
+        ops.sparse_linear_csr16(x, values, indices, shuffled, 40)
+    past_k = indices.clone()
+    past_k[int(offsets[2])] = 40  # row 2 names column 40 of a 40-column weight
+    for batch in (1, 4, 9):
+        with pytest.raises(ValueError, match=r"corrupt: row 2 of 'col_indices' names column 40, past in_features=40"):
+            ops.sparse_linear_csr16(torch.randn(batch, 40), values, past_k, offsets, 40)
+    wrapped = indices.clone()
+    wrapped[0] = -1  # 65535 as an unsigned index
+    with pytest.raises(ValueError, match=r"names column 65535"):
+        ops.sparse_linear_csr16(x, values, wrapped, offsets, 40)
+    with pytest.raises(ValueError, match=r"'in_features' must be in \[1, 65536\] \(16-bit column indices\), but got 70000"):
+        ops.sparse_linear_csr16(torch.randn(1, 70000), values, indices, offsets, 70000)
+    with pytest.raises(ValueError, match=r"'col_indices' must have dtype Short, but got Long"):
+        ops.sparse_linear_csr16(x, values, indices.long(), offsets, 40)
+    with pytest.raises(ValueError, match=r"'values' must have dtype one of Float, BFloat16, but got Half"):
+        ops.sparse_linear_csr16(x, values.half(), indices, offsets, 40)
+    with pytest.raises(ValueError, match=r"'bias' must have shape \[8\], but got \[7\]"):
+        ops.sparse_linear_csr16(x, values, indices, offsets, 40, torch.randn(7))
+    with pytest.raises(ValueError, match=r"'row_offsets' must have rows \+ 1 >= 2 entries, but got 1"):
+        ops.sparse_linear_csr16(x, values[:0], indices[:0], offsets[:1].contiguous(), 40)
+    with pytest.raises(ValueError, match=r"at most 65536 columns, but the weight has 70000"):
+        column_indices(torch.zeros(1, 4375, dtype=torch.int16), 70000)
