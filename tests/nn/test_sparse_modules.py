@@ -285,3 +285,33 @@ def test_modules_move_to_cuda_and_back(device, fmt, pattern):
         assert sparse.memory()["runtime"] == 64 * 64 * 2  # the dense weight held on the GPU
     back = sparse.to("cpu")
     assert torch.equal(back.to_dense().weight, linear.weight.cpu())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sparse_linear_runs_csr16_at_high_sparsity_for_few_rows(dtype, monkeypatch):
+    from prunekit.nn import _sparse
+
+    torch.manual_seed(0)
+    linear = nn.Linear(300, 70).to(dtype)
+    with torch.no_grad():
+        linear.weight[torch.rand(70, 300) < 0.9] = 0
+    module = SparseLinear.from_dense(linear, format="unstructured")
+    nnz = int(module.values.numel())
+    assert module.runtime_col_indices is not None and module.runtime_col_indices.numel() == nnz
+    assert module.memory()["runtime"] == 2 * nnz
+    calls = []
+    real = torch.ops.prunekit.sparse_linear_csr16
+    monkeypatch.setattr(torch.ops.prunekit, "sparse_linear_csr16", lambda *a: calls.append(a[0].shape) or real(*a),
+                        raising=False)
+    for shape in [(1, 300), (4, 300), (2, 2, 300), (5, 300), (3, 7, 300)]:
+        x = torch.randn(shape).to(dtype)
+        expected = F.linear(x.float(), linear.weight.float(), linear.bias.float())
+        torch.testing.assert_close(module(x).float(), expected, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5,
+                                   atol=2e-2 if dtype == torch.bfloat16 else 1e-4)
+    assert calls == [(1, 300), (4, 300), (2, 2, 300)]  # <= 4 rows: CSR16; more: the bitmap kernels
+    with torch.no_grad():
+        linear.weight.copy_(linear.weight * (torch.rand(70, 300) < 0.5))
+        linear.weight[:, : 300 // 2] = 1.0
+    dense_enough = SparseLinear.from_dense(linear, format="unstructured")
+    assert dense_enough.sparsity < _sparse.CSR16_MIN_SPARSITY and dense_enough.runtime_col_indices is None
+    assert dense_enough.memory()["runtime"] == 0

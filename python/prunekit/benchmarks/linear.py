@@ -1,7 +1,8 @@
 """Sparse linear on CPU vs dense F.linear and torch's CSR path, side by side in one process.
 
-For each named shape, batch, dtype and pattern (unstructured 50%/90%, 2:4): time of
-prunekit.ops.sparse_linear, dense F.linear of the same dtype, and torch.sparse.mm on a CSR
+For each named shape, batch, dtype and pattern (unstructured 50%/90%, 2:4): time of the kernel
+SparseLinear runs (``kernel``: prunekit.ops.sparse_linear_csr16 for <= 4 rows at sparsity >= 0.7,
+else prunekit.ops.sparse_linear's bitmap kernels), dense F.linear of the same dtype, and torch.sparse.mm on a CSR
 weight (fp32), the speed-ups, effective (dense-equivalent) and actual GFLOP/s, and at batch 1
 the weight bandwidth in GB/s (bytes of the compressed weight per call).
 """
@@ -20,7 +21,7 @@ from .shapes import LLAMA_7B, SMALL_LINEAR
 QUICK = "one small shape, batches 1 and 16, short timings"
 NAME = "linear_cpu"
 TITLE = "Sparse linear vs dense F.linear and torch CSR (CPU)"
-COLUMNS = ["shape", "dtype", "pattern", "batch", "prunekit_ms", "dense_ms", "csr_ms", "speedup_vs_dense",
+COLUMNS = ["shape", "dtype", "pattern", "batch", "kernel", "prunekit_ms", "dense_ms", "csr_ms", "speedup_vs_dense",
            "speedup_vs_csr", "effective_gflops", "actual_gflops", "weight_GB_s"]
 PATTERNS = ("50%", "90%", "2:4")
 DTYPES = (torch.float32, torch.bfloat16)
@@ -37,6 +38,8 @@ def pattern_sparsity(pattern: str) -> float:
 def make_weight(rows: int, cols: int, pattern: str, dtype: torch.dtype, generator: torch.Generator):
     """(dense, BitmapWeight) of a random weight pruned to ``pattern`` ("50%", "2:4", ...)."""
     from prunekit import ops
+    from prunekit.formats import Csr16Weight
+    from prunekit.nn._sparse import CSR16_MIN_SPARSITY
     from prunekit.formats import BitmapWeight, from_semi24
 
     weight = torch.randn(rows, cols, generator=generator)
@@ -56,6 +59,8 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
     and the baselines alternately in that many rounds and keeps each one's best
     (:func:`~prunekit.benchmarks.common.compare_ms`, for busy machines)."""
     from prunekit import ops
+    from prunekit.formats import Csr16Weight
+    from prunekit.nn._sparse import CSR16_MIN_SPARSITY
 
     shapes = shapes or (SMALL_LINEAR if quick else LLAMA_7B)
     batches = batches or ((1, 16) if quick else (1, 16, 128))
@@ -67,12 +72,18 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         for (name, (out_features, in_features)), dtype, pattern in itertools.product(shapes.items(), dtypes, patterns):
             dense, weight = make_weight(out_features, in_features, pattern, dtype, generator)
+            csr16 = (Csr16Weight.from_bitmap(weight) if pattern != "2:4" and pattern_sparsity(pattern) >= CSR16_MIN_SPARSITY
+                     else None)
             csr_weight = dense.float().to_sparse_csr() if csr and dtype == torch.float32 and pattern != "2:4" else None
             for batch in batches:
                 x = torch.randn(batch, in_features, generator=generator).to(dtype)
-                fns = {"sparse": lambda: ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets,
-                                                           in_features),
-                       "dense": lambda: F.linear(x, dense)}
+                kernel = "csr16" if csr16 is not None and batch <= 4 else "bitmap"
+                if kernel == "csr16":
+                    sparse = lambda: ops.sparse_linear_csr16(x, csr16.values, csr16.col_indices, csr16.row_offsets,
+                                                             in_features)
+                else:
+                    sparse = lambda: ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets, in_features)
+                fns = {"sparse": sparse, "dense": lambda: F.linear(x, dense)}
                 if csr_weight is not None:
                     fns["csr"] = lambda: torch.sparse.mm(csr_weight, x.T)
                 if rounds > 1:
@@ -84,13 +95,13 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
                 nnz = weight.values.numel()
                 row = {
                     "shape": name, "dtype": str(dtype).removeprefix("torch."), "pattern": pattern,
-                    "sparsity": pattern_sparsity(pattern), "batch": batch,
+                    "sparsity": pattern_sparsity(pattern), "batch": batch, "kernel": kernel,
                     "prunekit_ms": sparse_ms, "dense_ms": dense_ms, "csr_ms": csr_ms,
                     "speedup_vs_dense": dense_ms / sparse_ms,
                     "speedup_vs_csr": csr_ms / sparse_ms if csr_ms else None,
                     "effective_gflops": flops / sparse_ms / 1e6,
                     "actual_gflops": 2 * batch * nnz / sparse_ms / 1e6,
-                    "weight_GB_s": weight.nbytes() / sparse_ms / 1e6 if batch == 1 else None,
+                    "weight_GB_s": (csr16 if kernel == "csr16" else weight).nbytes() / sparse_ms / 1e6 if batch == 1 else None,
                 }
                 rows_out.append(row)
                 bar.update()
