@@ -9,6 +9,7 @@ import prunekit
 from prunekit import ops
 from prunekit.formats import BitmapWeight, from_semi24, to_semi24
 from prunekit.ops import _reference as ref
+from sparse_linear_helpers import sparse_weight, tolerance
 
 ISAS = prunekit.build_info()["cpu_isas_runnable"]  # variants this CPU cannot run are not forced
 SPARSITIES = [0.0, 0.5, 0.9, 1.0]
@@ -19,18 +20,6 @@ def isa(request):
     prunekit._C._set_cpu_isa(request.param)
     yield request.param
     prunekit._C._set_cpu_isa("")
-
-
-def sparse_weight(rows, cols, sparsity, dtype, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(rows, cols, generator=generator)
-    weight[torch.rand(rows, cols, generator=generator) < sparsity] = 0
-    return weight.to(dtype)
-
-
-def tolerance(dtype, k):
-    # fp32 accumulation in a different order than the reference GEMM.
-    return dict(rtol=1e-4, atol=1e-5 * k) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -10,19 +10,9 @@ from prunekit import ops
 from prunekit.formats import BitmapWeight, Csr16Weight
 from prunekit.formats.csr16 import column_indices
 from prunekit.ops import _reference as ref
+from sparse_linear_helpers import sparse_weight, tolerance
 
 SPARSITIES = [0.0, 0.5, 0.9, 1.0]
-
-
-def sparse_weight(rows, cols, sparsity, dtype, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(rows, cols, generator=generator)
-    weight[torch.rand(rows, cols, generator=generator) < sparsity] = 0
-    return weight.to(dtype)
-
-
-def tolerance(dtype, k):
-    return dict(rtol=1e-4, atol=1e-5 * k) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
