@@ -5,7 +5,6 @@
 // streams once.
 // SpMM: the shared vector-extension kernel (bitmap_spmm_impl.h).
 #include <immintrin.h>
-#include <cstdlib>
 
 #define PRUNEKIT_VECTOR_BYTES 32
 #include "bitmap_spmm_impl.h"
@@ -14,7 +13,6 @@ namespace prunekit::cpu {
 namespace {
 
 constexpr int64_t kValuePrefetchBytes = 8192;
-const bool kPf = std::getenv("PK_PF") != nullptr;
 
 // Per byte of the bitmap (8 columns, two 128-bit lanes of 4): lane l of half h takes the packed
 // value of its rank among the half's marked columns (in-lane vpermilps: one fast uop, where the
@@ -128,7 +126,7 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
     int64_t w = 0;
     for (; w + 2 <= words && !corrupt; w += 2) {
       // Far ahead of the data-dependent value reads (see bitmap-avx512.cc).
-      if (kPf && (w & 3) == 0) __builtin_prefetch(static_cast<const char*>(values) + (offset << value_shift) + kValuePrefetchBytes);
+      if ((w & 3) == 0) __builtin_prefetch(static_cast<const char*>(values) + (offset << value_shift) + kValuePrefetchBytes);
       word_dot(w, low0, high0);
       if (!corrupt) word_dot(w + 1, low1, high1);
     }
