@@ -70,6 +70,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_bitmap(const at::Tensor&
   return {values, bitmap, row_offsets};
 }
 
+// One tensor of a compressed weight: dtype, rank, contiguity, on the CPU.
+void check_weight_tensor(const char* op, const at::Tensor& t, const char* arg,
+                         std::initializer_list<at::ScalarType> dtypes, int64_t dim) {
+  check_dtype(t, op, arg, dtypes);
+  check_dim(t, op, arg, dim);
+  check_contiguous(t, op, arg);
+  TORCH_CHECK(t.device().is_cpu(), "prunekit.", op, ": the compressed weight must be on the CPU, but got ", t.device());
+}
+
 // O(rows): the offsets bound every kernel read of values.
 void check_row_offsets(const char* op, const at::Tensor& row_offsets, int64_t nnz) {
   const int64_t rows = row_offsets.size(0) - 1;
@@ -88,15 +97,9 @@ void check_row_offsets(const char* op, const at::Tensor& row_offsets, int64_t nn
 std::pair<int64_t, int64_t> check_bitmap_weight(const char* op, const at::Tensor& values,
                                                 const at::Tensor& bitmap,
                                                 const at::Tensor& row_offsets, int64_t k) {
-  check_dtype(values, op, "values", {at::kFloat, at::kBFloat16});
-  check_dim(values, op, "values", 1);
-  check_contiguous(values, op, "values");
-  check_dtype(bitmap, op, "bitmap", {at::kShort});
-  check_dim(bitmap, op, "bitmap", 2);
-  check_contiguous(bitmap, op, "bitmap");
-  check_dtype(row_offsets, op, "row_offsets", {at::kLong});
-  check_dim(row_offsets, op, "row_offsets", 1);
-  check_contiguous(row_offsets, op, "row_offsets");
+  check_weight_tensor(op, values, "values", {at::kFloat, at::kBFloat16}, 1);
+  check_weight_tensor(op, bitmap, "bitmap", {at::kShort}, 2);
+  check_weight_tensor(op, row_offsets, "row_offsets", {at::kLong}, 1);
   TORCH_CHECK_VALUE(k >= 1, "prunekit.", op, ": the number of columns must be >= 1, but got ", k);
   const int64_t rows = bitmap.size(0);
   TORCH_CHECK_VALUE(rows >= 1, "prunekit.", op, ": argument 'bitmap' must have at least one row");
@@ -106,9 +109,6 @@ std::pair<int64_t, int64_t> check_bitmap_weight(const char* op, const at::Tensor
   TORCH_CHECK_VALUE(row_offsets.size(0) == rows + 1, "prunekit.", op,
                     ": argument 'row_offsets' must have ", rows + 1, " entries (rows + 1), but got ",
                     row_offsets.size(0));
-  for (const auto* t : {&values, &bitmap, &row_offsets}) {
-    TORCH_CHECK(t->device().is_cpu(), "prunekit.", op, ": the compressed weight must be on the CPU, but got ", t->device());
-  }
   check_row_offsets(op, row_offsets, values.numel());
   return {rows, k};
 }
@@ -215,26 +215,17 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
                                const at::Tensor& row_offsets, int64_t in_features,
                                const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse_linear_csr16";
-  check_dtype(values, op, "values", {at::kFloat, at::kBFloat16});
-  check_dim(values, op, "values", 1);
-  check_contiguous(values, op, "values");
-  check_dtype(col_indices, op, "col_indices", {at::kShort});
-  check_dim(col_indices, op, "col_indices", 1);
-  check_contiguous(col_indices, op, "col_indices");
+  check_weight_tensor(op, values, "values", {at::kFloat, at::kBFloat16}, 1);
+  check_weight_tensor(op, col_indices, "col_indices", {at::kShort}, 1);
   TORCH_CHECK_VALUE(col_indices.numel() == values.numel(), "prunekit.", op,
                     ": argument 'col_indices' must have one entry per value (", values.numel(), "), but got ",
                     col_indices.numel());
-  check_dtype(row_offsets, op, "row_offsets", {at::kLong});
-  check_dim(row_offsets, op, "row_offsets", 1);
-  check_contiguous(row_offsets, op, "row_offsets");
+  check_weight_tensor(op, row_offsets, "row_offsets", {at::kLong}, 1);
   TORCH_CHECK_VALUE(row_offsets.size(0) >= 2, "prunekit.", op,
                     ": argument 'row_offsets' must have rows + 1 >= 2 entries, but got ", row_offsets.size(0));
   const int64_t k = in_features;
   TORCH_CHECK_VALUE(k >= 1 && k <= cpu::kCsr16MaxColumns, "prunekit.", op, ": argument 'in_features' must be in [1, ",
                     cpu::kCsr16MaxColumns, "] (16-bit column indices), but got ", k);
-  for (const auto* t : {&values, &col_indices, &row_offsets}) {
-    TORCH_CHECK(t->device().is_cpu(), "prunekit.", op, ": the compressed weight must be on the CPU, but got ", t->device());
-  }
   check_row_offsets(op, row_offsets, values.numel());
   const int64_t rows = row_offsets.size(0) - 1;
   const auto [batch, out_shape] = check_linear_input(op, x, k, rows);
@@ -249,15 +240,14 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   // (SparseLinear runs larger batches on the bitmap SpMM).
   for (int64_t b0 = 0; b0 < batch; b0 += cpu::kGemvMaxBatch) {
     const int64_t chunk = std::min(cpu::kGemvMaxBatch, batch - b0);
-    const at::Tensor xs = x32.narrow(0, b0, chunk);
-    at::Tensor ys = at::empty({chunk, rows}, out.options());
+    const float* xs = x32.data_ptr<float>() + b0 * k;
+    float* ys = out.data_ptr<float>() + b0 * rows;  // rows b0.. of out, contiguous
     const Status status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
-      return cpu::csr16_gemv_scalar(values.data_ptr(), type, indices, offsets, rows, k, xs.data_ptr<float>(),
-                                    chunk, bias_ptr, ys.data_ptr<float>(), begin, end);
+      return cpu::csr16_gemv_scalar(values.data_ptr(), type, indices, offsets, rows, k, xs, chunk, bias_ptr, ys,
+                                    begin, end);
     });
     TORCH_CHECK_VALUE(status.ok(), "prunekit.", op, ": the compressed weight is corrupt: row ", status.row,
                       " of 'col_indices' names column ", status.col, ", past in_features=", k);
-    out.narrow(0, b0, chunk).copy_(ys);
   }
   return out.view(out_shape).to(x.scalar_type());
 }

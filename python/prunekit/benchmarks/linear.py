@@ -38,8 +38,6 @@ def pattern_sparsity(pattern: str) -> float:
 def make_weight(rows: int, cols: int, pattern: str, dtype: torch.dtype, generator: torch.Generator):
     """(dense, BitmapWeight) of a random weight pruned to ``pattern`` ("50%", "2:4", ...)."""
     from prunekit import ops
-    from prunekit.formats import Csr16Weight
-    from prunekit.nn._sparse import CSR16_MIN_SPARSITY
     from prunekit.formats import BitmapWeight, from_semi24
 
     weight = torch.randn(rows, cols, generator=generator)

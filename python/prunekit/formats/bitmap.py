@@ -66,7 +66,7 @@ def to_semi24(weight: BitmapWeight) -> tuple[torch.Tensor, torch.Tensor]:
     counts = torch.diff(weight.row_offsets)
     if cols % 4 or not bool((counts == cols // 2).all()):
         raise ValueError("to_semi24: the weight must mark exactly 2 of every 4 columns (a from_semi24 weight)")
-    marked = _marked_columns(weight)
+    marked = bitmap_mask(weight.bitmap, cols)
     if not bool((marked.reshape(rows, -1, 4).sum(-1) == 2).all()):
         raise ValueError("to_semi24: the weight must mark exactly 2 of every 4 columns (a from_semi24 weight)")
     values = weight.values.reshape(rows, cols // 2)
@@ -74,9 +74,11 @@ def to_semi24(weight: BitmapWeight) -> tuple[torch.Tensor, torch.Tensor]:
     return values, meta
 
 
-def _marked_columns(weight: BitmapWeight) -> torch.Tensor:
-    rows, cols = weight.shape
-    bits = (weight.bitmap.long().unsqueeze(-1) >> torch.arange(16)) & 1
+def bitmap_mask(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
+    """(rows, cols) bool mask of the positions an int16 bitmap marks; any device."""
+    rows = bitmap.shape[0]
+    shifts = torch.arange(16, device=bitmap.device, dtype=torch.int32)
+    bits = (bitmap.to(torch.int32).unsqueeze(-1) >> shifts) & 1
     return bits.reshape(rows, -1)[:, :cols].bool()
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .bitmap import BitmapWeight
+from .bitmap import BitmapWeight, bitmap_mask
 
 MAX_COLUMNS = 1 << 16
 
@@ -55,8 +55,5 @@ def column_indices(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
     (the order of the bitmap format's values); columns >= 32768 wrap to negative int16."""
     if cols > MAX_COLUMNS:
         raise ValueError(f"column_indices: CSR16 holds at most {MAX_COLUMNS} columns, but the weight has {cols}")
-    rows = bitmap.shape[0]
-    shifts = torch.arange(16, dtype=torch.int32, device=bitmap.device)
-    marked = ((bitmap.to(torch.int32).unsqueeze(-1) >> shifts) & 1).reshape(rows, -1)[:, :cols].bool()
-    columns = marked.nonzero()[:, 1]
+    columns = bitmap_mask(bitmap, cols).nonzero()[:, 1]
     return columns.to(torch.int32).to(torch.int16)

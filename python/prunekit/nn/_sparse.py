@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..formats.bitmap import from_semi24
+from ..formats.bitmap import bitmap_mask, from_semi24
 from ..formats.csr16 import MAX_COLUMNS as CSR16_MAX_COLUMNS
 from ..formats.csr16 import column_indices
 from ..formats.semi24 import semi24_layout
@@ -121,14 +121,6 @@ def bitmap_row_counts(bitmap: torch.Tensor) -> torch.Tensor:
 def row_offsets_from_bitmap(bitmap: torch.Tensor) -> torch.Tensor:
     counts = bitmap_row_counts(bitmap)
     return torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))
-
-
-def bitmap_mask(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
-    """(rows, cols) bool mask of the marked positions; any device."""
-    rows = bitmap.shape[0]
-    shifts = torch.arange(16, device=bitmap.device, dtype=torch.int32)
-    bits = (bitmap.to(torch.int32).unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(rows, -1)[:, :cols].bool()
 
 
 def bitmap_to_dense(values: torch.Tensor, bitmap: torch.Tensor, cols: int) -> torch.Tensor:

@@ -74,23 +74,23 @@ def _decompress_bitmap_fake(values, bitmap, row_offsets, cols: int) -> torch.Ten
     return values.new_empty((bitmap.shape[0], cols))
 
 
-@torch.library.register_fake("prunekit::sparse_linear")
-def _sparse_linear_fake(x, values, bitmap, row_offsets, in_features: int, bias=None) -> torch.Tensor:
+def _check_linear_input(op: str, x, in_features: int) -> None:
     torch._check(
         x.shape[-1] == in_features,
-        lambda: f"prunekit.sparse_linear: the last dimension of 'x' must be in_features={in_features}, "
+        lambda: f"prunekit.{op}: the last dimension of 'x' must be in_features={in_features}, "
         f"but got shape {list(x.shape)}",
     )
+
+
+@torch.library.register_fake("prunekit::sparse_linear")
+def _sparse_linear_fake(x, values, bitmap, row_offsets, in_features: int, bias=None) -> torch.Tensor:
+    _check_linear_input("sparse_linear", x, in_features)
     return x.new_empty((*x.shape[:-1], bitmap.shape[0]))
 
 
 @torch.library.register_fake("prunekit::sparse_linear_csr16")
 def _sparse_linear_csr16_fake(x, values, col_indices, row_offsets, in_features: int, bias=None) -> torch.Tensor:
-    torch._check(
-        x.shape[-1] == in_features,
-        lambda: f"prunekit.sparse_linear_csr16: the last dimension of 'x' must be in_features={in_features}, "
-        f"but got shape {list(x.shape)}",
-    )
+    _check_linear_input("sparse_linear_csr16", x, in_features)
     return x.new_empty((*x.shape[:-1], row_offsets.shape[0] - 1))
 
 
