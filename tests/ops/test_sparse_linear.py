@@ -91,6 +91,32 @@ def test_semi24_conversion_is_exact_both_ways(isa, dtype):
     torch.testing.assert_close(out.float(), F.linear(x.float(), dense.float()), **tolerance(dtype, 128))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cols", [16, 48, 4096])
+def test_half_dense_rows_with_and_without_the_24_pattern(isa, dtype, cols):
+    """Rows holding exactly cols/2 nonzeros: 2:4 rows (the AVX2 GEMV's fixed-offset path) next to
+    rows that are not 2:4 in one group only, or anywhere, or in the last group (its fallback)."""
+    generator = torch.Generator().manual_seed(1)
+    rows = 9
+    scores = torch.rand(rows, cols // 4, 4, generator=generator)
+    keep = torch.zeros(rows, cols // 4, 4, dtype=torch.bool)
+    keep.scatter_(2, scores.topk(2, dim=2).indices, True)
+    keep = keep.reshape(rows, cols)
+    keep[1, :4] = torch.tensor([True, True, True, False])  # first group 3 of 4 ...
+    keep[1, 4:8] = torch.tensor([True, False, False, False])  # ... the next 1 of 4
+    keep[2] = torch.randperm(cols, generator=generator) < cols // 2  # half dense, unstructured
+    keep[3, -8:] = torch.tensor([True] * 4 + [False] * 4)  # the last two groups 4 and 0
+    assert bool((keep.sum(1) == cols // 2).all())
+    weight = (torch.randn(rows, cols, generator=generator) * keep).to(dtype)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    bias = torch.randn(rows).to(dtype)
+    for batch in (1, 2, 3, 4):
+        x = torch.randn(batch, cols, generator=generator).to(dtype)
+        out = ops.sparse_linear(x, values, bitmap, row_offsets, cols, bias)
+        expected = F.linear(x.float(), weight.float(), bias.float())
+        torch.testing.assert_close(out.float(), expected, **tolerance(dtype, cols))
+
+
 def test_opcheck_and_compile():
     weight = sparse_weight(16, 40, 0.5, torch.float32)
     values, bitmap, row_offsets = ops.compress_bitmap(weight)

@@ -2,9 +2,11 @@
 // GEMV (batch <= 4): AVX2 has no expand, so each byte of the bitmap (8 columns) picks an in-lane
 // permutation and a lane mask from 256-entry tables; the byte's packed values (plain loads; masked
 // loads are slow on Zen) are permuted into their columns and multiplied with x, so the weight
-// streams once.
+// streams once. Rows of a 2:4 weight take a faster fixed-offset path (semi24_row).
 // SpMM: the shared vector-extension kernel (bitmap_spmm_impl.h).
 #include <immintrin.h>
+
+#include <climits>
 
 #define PRUNEKIT_VECTOR_BYTES 32
 #include "bitmap_spmm_impl.h"
@@ -78,6 +80,92 @@ inline __m256 expand_byte(const void* values, int64_t offset, int64_t end, uint3
   return _mm256_and_ps(_mm256_permutevar_ps(packed, rank), keep);
 }
 
+// y[b][r] = sum of `sums[b]`'s lanes + bias[r].
+template <int B>
+inline void store_row_sums(const __m256* sums, const float* bias, float* y, int64_t rows, int64_t r) {
+  for (int b = 0; b < B; ++b) {
+    __m128 half = _mm_add_ps(_mm256_castps256_ps128(sums[b]), _mm256_extractf128_ps(sums[b], 1));
+    half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    half = _mm_add_ss(half, _mm_movehdup_ps(half));
+    y[b * rows + r] = _mm_cvtss_f32(half) + (bias ? bias[r] : 0.0f);
+  }
+}
+
+// Rows with two marked columns in every group of four (2:4 weights) have exactly 8 values per
+// 16-column word, so no popcounts and no offset chain: the word's values are one load, and x is
+// brought to them instead of the reverse. pairs_low[byte] moves the two marked x of group 0 (the
+// byte's low nibble) to lanes 0-1 and of group 1 to lanes 4-5, pairs_high those of groups 2 and 3
+// to lanes 2-3 and 6-7 (in-lane vpermilps, which reads only bits 0-1 of each control lane); one
+// blend gives x as [g0 g0 g2 g2 | g1 g1 g3 g3], the values' order after a 64-bit-pair permute.
+// A byte that is not two-and-two has the sign bit set in every control lane, so OR-ing the
+// controls of a row tells whether it was a 2:4 row (else the general kernel redoes it).
+struct Semi24Tables {
+  alignas(32) int32_t pairs_low[256][8];
+  alignas(32) int32_t pairs_high[256][8];
+  Semi24Tables() {
+    for (int bits = 0; bits < 256; ++bits) {
+      const bool valid = __builtin_popcount(bits & 15) == 2 && __builtin_popcount(bits >> 4) == 2;
+      const int32_t flag = valid ? 0 : INT32_MIN;
+      for (int half = 0; half < 2; ++half) {
+        int marked[2] = {0, 0}, count = 0;
+        for (int lane = 0; lane < 4; ++lane) {
+          if ((bits >> (4 * half + lane)) & 1 && count < 2) marked[count++] = lane;
+        }
+        for (int lane = 0; lane < 4; ++lane) {
+          pairs_low[bits][4 * half + lane] = (lane < 2 ? marked[lane] : 0) | flag;
+          pairs_high[bits][4 * half + lane] = (lane >= 2 ? marked[lane - 2] : 0) | flag;
+        }
+      }
+    }
+  }
+};
+const Semi24Tables kSemi24;
+
+// A 16-column word's 8 values as fp32 in the order [0 1 4 5 | 2 3 6 7].
+template <ValueType T>
+inline __m256 load_semi24_values(const void* values, int64_t offset) {
+  if constexpr (T == ValueType::kFloat32) {
+    const __m256 v = _mm256_loadu_ps(static_cast<const float*>(values) + offset);
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
+  }
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + offset));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_shuffle_epi32(h, 0xD8)), 16));
+}
+
+// Row r as a 2:4 row (k % 16 == 0 and exactly k / 2 values, checked by the caller); false, with
+// nothing written, when some group of four does not mark exactly two columns.
+template <int B, ValueType T>
+bool semi24_row(const void* values, const uint16_t* bm, int64_t offset, int64_t k, const float* x,
+                const float* bias, float* y, int64_t rows, int64_t r) {
+  __m256 even[B], odd[B];
+  for (int b = 0; b < B; ++b) even[b] = odd[b] = _mm256_setzero_ps();
+  __m256i bad = _mm256_setzero_si256();
+  auto word_dot = [&](int64_t w, __m256* sums) {
+    const uint32_t word = bm[w];
+    const __m256i low = _mm256_load_si256(reinterpret_cast<const __m256i*>(kSemi24.pairs_low[word & 0xff]));
+    const __m256i high = _mm256_load_si256(reinterpret_cast<const __m256i*>(kSemi24.pairs_high[word >> 8]));
+    bad = _mm256_or_si256(bad, _mm256_or_si256(low, high));
+    const __m256 v = load_semi24_values<T>(values, offset + 8 * w);
+    for (int b = 0; b < B; ++b) {
+      const float* xw = x + b * k + 16 * w;
+      const __m256 picked = _mm256_blend_ps(_mm256_permutevar_ps(_mm256_loadu_ps(xw), low),
+                                            _mm256_permutevar_ps(_mm256_loadu_ps(xw + 8), high), 0xCC);
+      sums[b] = _mm256_fmadd_ps(v, picked, sums[b]);
+    }
+  };
+  const int64_t words = k / kBitmapWordBits;
+  int64_t w = 0;
+  for (; w + 2 <= words; w += 2) {
+    word_dot(w, even);
+    word_dot(w + 1, odd);
+  }
+  if (w < words) word_dot(w, even);
+  if (_mm256_movemask_ps(_mm256_castsi256_ps(bad))) return false;
+  for (int b = 0; b < B; ++b) even[b] = _mm256_add_ps(even[b], odd[b]);
+  store_row_sums<B>(even, bias, y, rows, r);
+  return true;
+}
+
 template <int B, ValueType T>
 Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets,
                  int64_t rows, int64_t k, const float* x, const float* bias, float* y, int64_t row_begin,
@@ -92,6 +180,10 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
     const uint16_t* bm = bitmap + r * words;
     int64_t offset = row_offsets[r];
     const int64_t limit = row_offsets[r + 1];
+    if (k % kBitmapWordBits == 0 && limit - offset == k / 2 &&
+        semi24_row<B, T>(values, bm, offset, k, x, bias, y, rows, r)) {
+      continue;
+    }
     // Even and odd words accumulate apart: four FMA chains in flight instead of two (a loop
     // unrolled by hand: indexing the accumulators by the word's parity would keep them in memory).
     __m256 low0[B], high0[B], low1[B], high1[B];
@@ -133,13 +225,9 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
     if (w < words && !corrupt) word_dot(w, low0, high0);
     if (corrupt) return Status{StatusCode::kCorruptMeta, r, 0};
     if (offset != limit) return Status{StatusCode::kCorruptMeta, r, 0};
-    for (int b = 0; b < B; ++b) {
-      const __m256 sum = _mm256_add_ps(_mm256_add_ps(low0[b], high0[b]), _mm256_add_ps(low1[b], high1[b]));
-      __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-      half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-      half = _mm_add_ss(half, _mm_movehdup_ps(half));
-      y[b * rows + r] = _mm_cvtss_f32(half) + (bias ? bias[r] : 0.0f);
-    }
+    __m256 sums[B];
+    for (int b = 0; b < B; ++b) sums[b] = _mm256_add_ps(_mm256_add_ps(low0[b], high0[b]), _mm256_add_ps(low1[b], high1[b]));
+    store_row_sums<B>(sums, bias, y, rows, r);
   }
   return Status{};
 }
