@@ -76,4 +76,15 @@ inline BitmapGemvBf16Fn select_bitmap_gemv_bf16() {
   return nullptr;
 }
 
+// Same arguments as the bitmap GEMV, with the column indices in place of the bitmap.
+using Csr16GemvFn = BitmapGemvFn;
+
+inline Csr16GemvFn select_csr16_gemv() {
+#if defined(PRUNEKIT_HAVE_AVX2)
+  const std::string isa = selected_isa();
+  if (isa == "avx2" || isa == "avx512") return &csr16_gemv_avx2;
+#endif
+  return &csr16_gemv_scalar;
+}
+
 }  // namespace prunekit::cpu

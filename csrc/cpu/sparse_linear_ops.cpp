@@ -238,13 +238,13 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   const auto type = value_type(values);
   // Up to kGemvMaxBatch rows of x per pass over the weight: the format is for batch-1 decoding
   // (SparseLinear runs larger batches on the bitmap SpMM).
+  const auto gemv = cpu::select_csr16_gemv();
   for (int64_t b0 = 0; b0 < batch; b0 += cpu::kGemvMaxBatch) {
     const int64_t chunk = std::min(cpu::kGemvMaxBatch, batch - b0);
     const float* xs = x32.data_ptr<float>() + b0 * k;
     float* ys = out.data_ptr<float>() + b0 * rows;  // rows b0.. of out, contiguous
     const Status status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
-      return cpu::csr16_gemv_scalar(values.data_ptr(), type, indices, offsets, rows, k, xs, chunk, bias_ptr, ys,
-                                    begin, end);
+      return gemv(values.data_ptr(), type, indices, offsets, rows, k, xs, chunk, bias_ptr, ys, begin, end);
     });
     TORCH_CHECK_VALUE(status.ok(), "prunekit.", op, ": the compressed weight is corrupt: row ", status.row,
                       " of 'col_indices' names column ", status.col, ", past in_features=", k);

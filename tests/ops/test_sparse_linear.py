@@ -5,21 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import prunekit
 from prunekit import ops
 from prunekit.formats import BitmapWeight, from_semi24, to_semi24
 from prunekit.ops import _reference as ref
 from sparse_linear_helpers import sparse_weight, tolerance
 
-ISAS = prunekit.build_info()["cpu_isas_runnable"]  # variants this CPU cannot run are not forced
 SPARSITIES = [0.0, 0.5, 0.9, 1.0]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    prunekit._C._set_cpu_isa(request.param)
-    yield request.param
-    prunekit._C._set_cpu_isa("")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,6 +1,7 @@
 """CSR16 format and ``sparse_linear_csr16`` against the references: dtypes, odd shapes (remainders
 of the 4-way unrolled row loop), batches 1-4 and above, sparsities 0/0.5/0.9/1, columns past
-32767 (negative int16), opcheck, torch.compile, NaN-poisoned memory and bad input."""
+32767 (negative int16), every ISA variant, opcheck, torch.compile, NaN-poisoned memory and bad
+input."""
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def test_format_round_trips_and_shares_the_bitmap_values(dtype, shape, sparsity)
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9])
 @pytest.mark.parametrize("shape", [(7, 33), (64, 256), (33, 1000), (5, 40000)])
 @pytest.mark.parametrize("sparsity", SPARSITIES)
-def test_matches_reference(dtype, batch, shape, sparsity):
+def test_matches_reference(isa, dtype, batch, shape, sparsity):
     rows, cols = shape
     dense = sparse_weight(rows, cols, sparsity, dtype)
     weight = Csr16Weight.from_dense(dense)
@@ -80,7 +81,7 @@ def test_opcheck_and_compile():
     torch.testing.assert_close(forward(x), F.linear(x, dense).relu(), rtol=1e-5, atol=1e-5)
 
 
-def test_bad_inputs_are_clear_errors():
+def test_bad_inputs_are_clear_errors(isa):
     dense = sparse_weight(8, 40, 0.5, torch.float32)
     weight = Csr16Weight.from_dense(dense)
     values, indices, offsets = weight.values, weight.col_indices, weight.row_offsets

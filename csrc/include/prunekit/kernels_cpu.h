@@ -135,9 +135,13 @@ constexpr int64_t kCsr16MaxColumns = 65536;
 // x: (batch, k) fp32 row-major. Each row's indices are checked before its products, so a row
 // naming a column >= k stops with kCorruptMeta (status.col = that column) before reading x.
 // Values are read only inside [row_offsets[row_begin], row_offsets[row_end]).
-Status csr16_gemv_scalar(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
-                         int64_t rows, int64_t k, const float* x, int64_t batch, const float* bias, float* y,
-                         int64_t row_begin, int64_t row_end);
+#define PRUNEKIT_DECLARE_CSR16_GEMV(isa)                                                                        \
+  Status csr16_gemv_##isa(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets, \
+                          int64_t rows, int64_t k, const float* x, int64_t batch, const float* bias, float* y,      \
+                          int64_t row_begin, int64_t row_end);
+PRUNEKIT_DECLARE_CSR16_GEMV(scalar)
+PRUNEKIT_DECLARE_CSR16_GEMV(avx2)
+#undef PRUNEKIT_DECLARE_CSR16_GEMV
 #undef PRUNEKIT_DECLARE_BITMAP_GEMV
 #undef PRUNEKIT_DECLARE_BITMAP_SPMM
 
