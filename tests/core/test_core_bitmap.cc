@@ -1,4 +1,4 @@
-// Torch-free tests of the bitmap sparse kernels, every compiled ISA variant the CPU runs:
+// Torch-free tests of the bitmap and CSR16 sparse kernels, every compiled ISA variant the CPU runs:
 // outputs poisoned with NaN first (every entry must be written), remainder words / tiles /
 // batches, sparsity 0, 0.5, 0.9 and 1, corrupt offsets reported without reading out of bounds
 // (run under AddressSanitizer: values are allocated exactly, with no slack).
@@ -77,6 +77,43 @@ Sparse make(int64_t rows, int64_t k, double sparsity, std::mt19937& rng) {
   return s;
 }
 
+// A (rows, k) matrix with exactly k / 2 nonzeros per row: two per group of four (2:4) in most
+// rows, but row 1 has groups of three and one, and row 2 (when k >= 16) a dense last group of four.
+Sparse make_half_dense(int64_t rows, int64_t k, std::mt19937& rng) {
+  Sparse s;
+  std::uniform_real_distribution<float> uniform(0.5f, 1.0f);
+  s.dense.assign(rows * k, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < k / 4; ++g) {
+      const int64_t first = rng() % 4, second = (first + 1 + rng() % 3) % 4;
+      s.dense[r * k + 4 * g + first] = uniform(rng);
+      s.dense[r * k + 4 * g + second] = -uniform(rng);
+    }
+  }
+  if (rows > 1 && k >= 8) {
+    for (int64_t c = 0; c < 8; ++c) s.dense[k + c] = c < 3 || c == 4 ? 1.0f + float(c) : 0.0f;
+  }
+  if (rows > 2 && k >= 16) {
+    for (int64_t c = k - 8; c < k; ++c) s.dense[2 * k + c] = c < k - 4 ? 2.0f : 0.0f;
+  }
+  s.bitmap.resize(rows * bitmap_words(k));
+  s.offsets.assign(rows + 1, 0);
+  std::vector<int64_t> nnz(rows);
+  bitmap_scan_rows(s.dense.data(), 4, true, k, s.bitmap.data(), nnz.data(), 0, rows);
+  for (int64_t r = 0; r < rows; ++r) s.offsets[r + 1] = s.offsets[r] + nnz[r];
+  s.values.reset(new float[s.offsets[rows]]);
+  bitmap_pack_rows(s.dense.data(), 4, k, s.bitmap.data(), s.offsets.data(), s.values.get(), 0, rows);
+  return s;
+}
+
+// x (batch, k) times the dense matrix, plus bias.
+float expected_dot(const Sparse& s, const std::vector<float>& x, const std::vector<float>& bias, int64_t k,
+                   int64_t b, int64_t r) {
+  float sum = bias.empty() ? 0.0f : bias[r];
+  for (int64_t c = 0; c < k; ++c) sum += s.dense[r * k + c] * x[b * k + c];
+  return sum;
+}
+
 bool close(float a, float b) { return std::fabs(a - b) <= 1e-4f * (1.0f + std::fabs(b)); }
 
 void check_variant(const Variant& v, std::mt19937& rng) {
@@ -133,6 +170,19 @@ void check_variant(const Variant& v, std::mt19937& rng) {
         EXPECT(close(y[r * cols_x + p], expected));
       }
   }
+  // Half-dense rows, 2:4 or not (AVX2 takes a fixed-offset path for 2:4 rows), values exact-size.
+  for (int64_t k : {8, 16, 48, 256}) {
+    Sparse s = make_half_dense(5, k, rng);
+    std::vector<float> bias(5, 0.5f);
+    for (int64_t batch : {1, 2, 3, 4}) {
+      std::vector<float> x(batch * k), y(batch * 5, NAN);
+      for (auto& e : x) e = float(rng() % 11) - 5.0f;
+      EXPECT(v.gemv(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 5, k, x.data(), batch,
+                    bias.data(), y.data(), 0, 5).ok());
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t r = 0; r < 5; ++r) EXPECT(close(y[b * 5 + r], expected_dot(s, x, bias, k, b, r)));
+    }
+  }
   // Offsets that disagree with the bitmap are reported, never followed past the values.
   Sparse s = make(8, 40, 0.5, rng);
   std::vector<int64_t> skewed = s.offsets;
@@ -144,6 +194,68 @@ void check_variant(const Variant& v, std::mt19937& rng) {
   EXPECT(!v.spmm(s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 40, x.data(), 3, 3,
                  nullptr, Activation::kNone, y.data(), 3, 0, 8).ok());
   std::printf("bitmap kernels (%s) checked\n", v.name);
+}
+
+
+// The CSR16 GEMV variants: column indices derived from the bitmap, values and indices allocated
+// exactly (ASan), outputs poisoned with NaN, row lengths covering the unrolled loops' remainders,
+// and an index past k reported before x is read (x is allocated exactly too).
+void check_csr16(std::mt19937& rng) {
+  std::vector<std::pair<const char*, decltype(&csr16_gemv_scalar)>> kernels{{"scalar", &csr16_gemv_scalar}};
+#if defined(PRUNEKIT_HAVE_AVX2) && (defined(__x86_64__) || defined(_M_X64))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) kernels.push_back({"avx2", &csr16_gemv_avx2});
+#endif
+  for (const auto& [name, gemv] : kernels) {
+    for (int64_t k : {1, 7, 16, 17, 100, 1000, 40000}) {
+      const int64_t rows = k > 1000 ? 3 : 13;
+      for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
+        Sparse s = make(rows, k, sparsity, rng);
+        const int64_t nnz = s.offsets[rows];
+        std::unique_ptr<uint16_t[]> columns(new uint16_t[nnz > 0 ? nnz : 1]);
+        int64_t n = 0;
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < k; ++c)
+            if (s.dense[r * k + c] != 0.0f) columns[n++] = uint16_t(c);
+        EXPECT(n == nnz);
+        std::vector<float> bias(rows);
+        for (auto& b : bias) b = float(rng() % 7) - 3.0f;
+        for (int64_t batch : {1, 2, 3, 4}) {
+          std::unique_ptr<float[]> x(new float[batch * k]);
+          std::vector<float> xs(batch * k);
+          for (int64_t i = 0; i < batch * k; ++i) x[i] = xs[i] = float(rng() % 11) - 5.0f;
+          std::vector<float> y(batch * rows, NAN);
+          EXPECT(gemv(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), rows, k, x.get(), batch,
+                      bias.data(), y.data(), 0, rows).ok());
+          for (int64_t b = 0; b < batch; ++b)
+            for (int64_t r = 0; r < rows; ++r) {
+              // Sums of up to 40000 terms cancel: the fp32 rounding of either order scales with
+              // the sum of the terms' magnitudes, not with the result.
+              float magnitude = 0.0f;
+              for (int64_t c = 0; c < k; ++c) magnitude += std::fabs(s.dense[r * k + c] * xs[b * k + c]);
+              const float expected = expected_dot(s, xs, bias, k, b, r);
+              EXPECT(std::fabs(y[b * rows + r] - expected) <= 1e-4f * (1.0f + std::fabs(expected)) + 1e-6f * magnitude);
+            }
+        }
+      }
+    }
+    Sparse s = make(6, 40, 0.5, rng);
+    std::unique_ptr<uint16_t[]> columns(new uint16_t[s.offsets[6]]);
+    int64_t n = 0;
+    for (int64_t r = 0; r < 6; ++r)
+      for (int64_t c = 0; c < 40; ++c)
+        if (s.dense[r * 40 + c] != 0.0f) columns[n++] = uint16_t(c);
+    columns[s.offsets[3]] = 65535;  // row 3 names a column far past k
+    std::unique_ptr<float[]> x(new float[40]);
+    for (int64_t c = 0; c < 40; ++c) x[c] = 1.0f;
+    std::vector<float> y(6);
+    const Status status = gemv(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40, x.get(), 1,
+                               nullptr, y.data(), 0, 6);
+    EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 3 && status.col == 65535);
+    EXPECT(gemv(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40, x.get(), 5, nullptr,
+                y.data(), 0, 6).code == StatusCode::kBadArgument);
+    std::printf("csr16 GEMV (%s) checked\n", name);
+  }
 }
 
 #if defined(PRUNEKIT_HAVE_AVX512BF16) && (defined(__x86_64__) || defined(_M_X64))
@@ -213,6 +325,7 @@ void check_gemv_bf16(std::mt19937& rng) {
 int main() {
   std::mt19937 rng(0);
   for (const auto& v : variants()) check_variant(v, rng);
+  check_csr16(rng);
 #if defined(PRUNEKIT_HAVE_AVX512BF16) && (defined(__x86_64__) || defined(_M_X64))
   check_gemv_bf16(rng);
 #endif
