@@ -80,9 +80,12 @@ inline BitmapGemvBf16Fn select_bitmap_gemv_bf16() {
 using Csr16GemvFn = BitmapGemvFn;
 
 inline Csr16GemvFn select_csr16_gemv() {
-#if defined(PRUNEKIT_HAVE_AVX2)
   const std::string isa = selected_isa();
-  if (isa == "avx2" || isa == "avx512") return &csr16_gemv_avx2;
+#if defined(PRUNEKIT_HAVE_AVX512)
+  if (isa == "avx512") return &csr16_gemv_avx512;
+#endif
+#if defined(PRUNEKIT_HAVE_AVX2)
+  if (isa == "avx2") return &csr16_gemv_avx2;
 #endif
   return &csr16_gemv_scalar;
 }

@@ -206,6 +206,11 @@ void check_csr16(std::mt19937& rng) {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) kernels.push_back({"avx2", &csr16_gemv_avx2});
 #endif
+#if defined(PRUNEKIT_HAVE_AVX512) && (defined(__x86_64__) || defined(_M_X64))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+    kernels.push_back({"avx512", &csr16_gemv_avx512});
+  }
+#endif
   for (const auto& [name, gemv] : kernels) {
     for (int64_t k : {1, 7, 16, 17, 100, 1000, 40000}) {
       const int64_t rows = k > 1000 ? 3 : 13;

@@ -56,7 +56,7 @@ inline int64_t row_chunks(const uint16_t* values, const uint16_t* bm, int64_t of
     // Software prefetch far ahead of the data-dependent value reads (see bitmap-avx512.cc).
     _mm_prefetch(reinterpret_cast<const char*>(values + offset) + kValuePrefetchBytes, _MM_HINT_T0);
     for (int u = 0; u < U; ++u) {
-      const __mmask32 mask = _load_mask32(reinterpret_cast<__mmask32*>(const_cast<uint16_t*>(bm + 2 * (chunk + u))));
+      const __mmask32 mask = _cvtu32_mask32(chunk_mask(bm, chunk + u));  // rows may start at odd words
       chunk_dot<B, kWholeLoad>(values, offset, mask, counts[u], x, k, (chunk + u) * kChunkColumns,
                                __mmask32(0xffffffffu), acc[u]);
       offset += counts[u];
