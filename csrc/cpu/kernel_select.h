@@ -90,4 +90,17 @@ inline Csr16GemvFn select_csr16_gemv() {
   return &csr16_gemv_scalar;
 }
 
+using TransposeFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t);
+
+inline TransposeFn select_transpose_f32() {
+  const std::string isa = selected_isa();
+#if defined(PRUNEKIT_HAVE_AVX512)
+  if (isa == "avx512") return &transpose_f32_avx512;
+#endif
+#if defined(PRUNEKIT_HAVE_AVX2)
+  if (isa == "avx2") return &transpose_f32_avx2;
+#endif
+  return &transpose_f32_scalar;
+}
+
 }  // namespace prunekit::cpu

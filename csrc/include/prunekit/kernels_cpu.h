@@ -143,6 +143,16 @@ PRUNEKIT_DECLARE_CSR16_GEMV(scalar)
 PRUNEKIT_DECLARE_CSR16_GEMV(avx2)
 PRUNEKIT_DECLARE_CSR16_GEMV(avx512)
 #undef PRUNEKIT_DECLARE_CSR16_GEMV
+
+// ---- fp32 transpose: dst (cols, rows) = src (rows, cols)^T, both contiguous ----
+// Rows [row_begin, row_end) of src become columns [row_begin, row_end) of dst.
+#define PRUNEKIT_DECLARE_TRANSPOSE(isa)                                                                \
+  void transpose_f32_##isa(const float* src, int64_t rows, int64_t cols, float* dst, int64_t row_begin, \
+                           int64_t row_end);
+PRUNEKIT_DECLARE_TRANSPOSE(scalar)
+PRUNEKIT_DECLARE_TRANSPOSE(avx2)
+PRUNEKIT_DECLARE_TRANSPOSE(avx512)
+#undef PRUNEKIT_DECLARE_TRANSPOSE
 #undef PRUNEKIT_DECLARE_BITMAP_GEMV
 #undef PRUNEKIT_DECLARE_BITMAP_SPMM
 
