@@ -76,6 +76,16 @@ inline BitmapGemvBf16Fn select_bitmap_gemv_bf16() {
   return nullptr;
 }
 
+// The AMX bf16 SpMM where the selected variant is avx512 and the CPU and OS run AMX-BF16, else
+// false (callers then widen x and use the fp32 SpMM).
+inline bool select_bitmap_spmm_amx() {
+#if defined(PRUNEKIT_HAVE_AMX)
+  return selected_isa() == "avx512" && amx_bf16_usable();
+#else
+  return false;
+#endif
+}
+
 // Same arguments as the bitmap GEMV, with the column indices in place of the bitmap.
 using Csr16GemvFn = BitmapGemvFn;
 

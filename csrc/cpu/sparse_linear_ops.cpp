@@ -175,6 +175,28 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     check_status(status, op);
     return out.view(out_shape).to(x.scalar_type());
   }
+#if defined(PRUNEKIT_HAVE_AMX)
+  if (batch > cpu::kGemvMaxBatch && type == cpu::ValueType::kBFloat16 && x.scalar_type() == at::kBFloat16 &&
+      cpu::select_bitmap_spmm_amx()) {
+    // bf16 x bf16 on AMX tiles: x packed once into the B-tile layout, weight rows expanded
+    // block by block inside the kernel.
+    const at::Tensor x16 = x.reshape({batch, k}).contiguous();
+    const auto* x_bits = reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>());
+    at::Tensor packed = at::empty({cpu::amx_packed_x_elements(batch, k)}, x.options().dtype(at::kShort));
+    auto* packed_bits = reinterpret_cast<uint16_t*>(packed.data_ptr<int16_t>());
+    const int64_t chunks = (k + 31) / 32;
+    at::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
+      cpu::pack_x_amx(x_bits, batch, k, packed_bits, begin, end);
+    });
+    const auto* value_bits = reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>());
+    status = run_rows(rows, 32, [&](int64_t begin, int64_t end) {
+      return cpu::bitmap_spmm_bf16_amx(value_bits, bits, offsets, rows, k, packed_bits, batch, bias_ptr,
+                                       out.data_ptr<float>(), begin, end);
+    });
+    check_status(status, op);
+    return out.view(out_shape).to(x.scalar_type());
+  }
+#endif
   const at::Tensor x32 = x.reshape({batch, k}).to(at::kFloat).contiguous();
   if (batch <= cpu::kGemvMaxBatch) {
     const auto gemv = cpu::select_bitmap_gemv();

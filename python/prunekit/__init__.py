@@ -23,7 +23,9 @@ def build_info() -> dict:
     ``cuda_built`` and ``cuda_archs``, the CPU ISA variants compiled in (``cpu_isas_compiled``) and
     those of them this CPU can run (``cpu_isas_runnable``), the best one this CPU supports (``cpu_isa_detected``) and the one the kernels use
     (``cpu_isa_selected``), the CPU features seen at run time, the bf16 x bf16 GEMV variant in use
-    (``cpu_bf16_gemv``, None where bf16 inputs are widened to fp32), the compiler and build type.
+    (``cpu_bf16_gemv``, None where bf16 inputs are widened to fp32), the bf16 x bf16 kernel for
+    more than 4 rows (``cpu_bf16_spmm``: "amx" on CPUs with AMX-BF16, else None), the compiler and
+    build type.
     """
     info = dict(_C.build_info())
     info["torch_runtime_version"] = torch.__version__

@@ -263,6 +263,19 @@ void check_csr16(std::mt19937& rng) {
   }
 }
 
+uint16_t to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return uint16_t(bits >> 16);  // truncation: any bf16 number will do
+}
+
+float from_bf16(uint16_t half) {
+  const uint32_t bits = uint32_t(half) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
 #if defined(PRUNEKIT_HAVE_AVX512BF16) && (defined(__x86_64__) || defined(_M_X64))
 // The bf16 x bf16 GEMV against an fp32 reference on the same bf16 numbers (products are exact,
 // only the order of the fp32 sums differs); odd k covers single-word and partial last chunks, and the
@@ -270,17 +283,6 @@ void check_csr16(std::mt19937& rng) {
 void check_gemv_bf16(std::mt19937& rng) {
   __builtin_cpu_init();
   if (!__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512vbmi2")) return;
-  auto to_bf16 = [](float f) {
-    uint32_t bits;
-    std::memcpy(&bits, &f, sizeof(bits));
-    return uint16_t(bits >> 16);  // truncation: any bf16 number will do
-  };
-  auto from_bf16 = [](uint16_t half) {
-    const uint32_t bits = uint32_t(half) << 16;
-    float f;
-    std::memcpy(&f, &bits, sizeof(f));
-    return f;
-  };
   for (int64_t k : {1, 15, 16, 17, 31, 32, 33, 48, 100, 256, 1000}) {
     for (int64_t rows : {1, 5, 33}) {
       for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
@@ -325,6 +327,75 @@ void check_gemv_bf16(std::mt19937& rng) {
 }
 #endif
 
+#if defined(PRUNEKIT_HAVE_AMX)
+// The AMX bf16 SpMM against an fp32 reference on the same bf16 numbers: weight-row blocks cut
+// short by rows and by the row range, k past the last whole 32-column chunk, odd numbers of
+// 16-row batch tiles; values, packed x and y allocated exactly and y poisoned with NaN.
+void check_spmm_amx(std::mt19937& rng) {
+  if (!amx_bf16_usable()) {
+    std::printf("AMX bf16 SpMM skipped: no AMX-BF16 here\n");
+    return;
+  }
+  for (int64_t k : {1, 31, 32, 33, 100, 1000}) {
+    for (int64_t rows : {1, 5, 33, 70}) {
+      for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
+        Sparse s = make(rows, k, sparsity, rng);
+        const int64_t nnz = s.offsets[rows];
+        std::unique_ptr<uint16_t[]> values(new uint16_t[nnz > 0 ? nnz : 1]);
+        for (int64_t i = 0; i < nnz; ++i) values[i] = to_bf16(s.values[i]);
+        for (auto& d : s.dense) d = from_bf16(to_bf16(d));
+        std::vector<float> bias(rows);
+        for (auto& b : bias) b = float(rng() % 7) - 3.0f;
+        for (int64_t batch : {1, 5, 16, 17, 33}) {
+          std::vector<float> x(batch * k);
+          std::unique_ptr<uint16_t[]> x16(new uint16_t[batch * k]);
+          for (int64_t i = 0; i < batch * k; ++i) {
+            x[i] = float(rng() % 11) - 5.0f;
+            x16[i] = to_bf16(x[i]);
+          }
+          const int64_t packed_elements = amx_packed_x_elements(batch, k);
+          std::unique_ptr<uint16_t[]> packed(new uint16_t[packed_elements]);
+          pack_x_amx(x16.get(), batch, k, packed.get(), 0, (k + 31) / 32);
+          std::unique_ptr<float[]> y(new float[batch * rows]);
+          for (int64_t i = 0; i < batch * rows; ++i) y[i] = NAN;
+          // Two row ranges, as two threads would run them; the split is not a multiple of 32.
+          const int64_t split = rows / 3;
+          EXPECT(bitmap_spmm_bf16_amx(values.get(), s.bitmap.data(), s.offsets.data(), rows, k, packed.get(), batch,
+                                      bias.data(), y.get(), 0, split).ok());
+          EXPECT(bitmap_spmm_bf16_amx(values.get(), s.bitmap.data(), s.offsets.data(), rows, k, packed.get(), batch,
+                                      bias.data(), y.get(), split, rows).ok());
+          for (int64_t b = 0; b < batch; ++b)
+            for (int64_t r = 0; r < rows; ++r) {
+              float expected = bias[r];
+              for (int64_t c = 0; c < k; ++c) expected += s.dense[r * k + c] * x[b * k + c];
+              EXPECT(close(y[b * rows + r], expected));
+            }
+        }
+      }
+    }
+  }
+  // Offsets that disagree with the bitmap, and a bit past k, are reported, never read past.
+  Sparse s = make(8, 70, 0.5, rng);
+  std::unique_ptr<uint16_t[]> values(new uint16_t[s.offsets[8]]);
+  for (int64_t i = 0; i < s.offsets[8]; ++i) values[i] = to_bf16(s.values[i]);
+  std::vector<uint16_t> x16(5 * 70, to_bf16(1.0f));
+  std::vector<uint16_t> packed(amx_packed_x_elements(5, 70));
+  pack_x_amx(x16.data(), 5, 70, packed.data(), 0, 3);
+  std::vector<float> y(5 * 8);
+  std::vector<int64_t> skewed = s.offsets;
+  skewed[7] -= 1;
+  const Status short_row = bitmap_spmm_bf16_amx(values.get(), s.bitmap.data(), skewed.data(), 8, 70, packed.data(), 5,
+                                                nullptr, y.data(), 0, 8);
+  EXPECT(short_row.code == StatusCode::kCorruptMeta && short_row.row == 6);
+  std::vector<uint16_t> past_k = s.bitmap;
+  past_k[2 * 5 - 1] |= 1u << 15;  // row 1, column 79 of 70
+  const Status past = bitmap_spmm_bf16_amx(values.get(), past_k.data(), s.offsets.data(), 8, 70, packed.data(), 5,
+                                           nullptr, y.data(), 0, 8);
+  EXPECT(past.code == StatusCode::kCorruptMeta && past.row == 1);
+  std::printf("AMX bf16 SpMM checked\n");
+}
+#endif
+
 }  // namespace
 
 int main() {
@@ -333,6 +404,9 @@ int main() {
   check_csr16(rng);
 #if defined(PRUNEKIT_HAVE_AVX512BF16) && (defined(__x86_64__) || defined(_M_X64))
   check_gemv_bf16(rng);
+#endif
+#if defined(PRUNEKIT_HAVE_AMX)
+  check_spmm_amx(rng);
 #endif
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);

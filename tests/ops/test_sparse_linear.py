@@ -1,10 +1,13 @@
 """Bitmap format and sparse linear / 1x1 conv ops against their references, over dtypes, odd
 shapes (remainder words, tiles and batches), sparsities 0/0.5/0.9/1, every ISA variant."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import prunekit
 from prunekit import ops
 from prunekit.formats import BitmapWeight, from_semi24, to_semi24
 from prunekit.ops import _reference as ref
@@ -152,15 +155,17 @@ def test_bad_inputs_are_clear_errors(isa):
     shuffled[3], shuffled[4] = shuffled[4] + 1, shuffled[3]
     with pytest.raises(ValueError, match=r"non-decreasing|corrupt"):
         ops.sparse_linear(x, values, bitmap, shuffled, 40)
+    past_k = bitmap.clone()
+    past_k[0, -1] |= 1 << 15  # column 47 of a 40-column weight
     skewed = row_offsets.clone()
     skewed[2] += 1  # rows 1 and 2 disagree with their bitmaps; total still right
     with pytest.raises(ValueError, match=r"compressed weight is corrupt: row 1 of 'bitmap'"):
         ops.sparse_linear(x, values, bitmap, skewed, 40)
-    for batch in (1, 9):
+    for batch, dtype in itertools.product((1, 9), (torch.float32, torch.bfloat16)):  # GEMV, SpMM (AMX for bf16)
         with pytest.raises(ValueError, match=r"compressed weight is corrupt"):
-            ops.sparse_linear(torch.randn(batch, 40), values, bitmap, skewed, 40)
-    past_k = bitmap.clone()
-    past_k[0, -1] |= 1 << 15  # column 47 of a 40-column weight
+            ops.sparse_linear(torch.randn(batch, 40).to(dtype), values.to(dtype), bitmap, skewed, 40)
+        with pytest.raises(ValueError, match=r"compressed weight is corrupt"):
+            ops.sparse_linear(torch.randn(batch, 40).to(dtype), values.to(dtype), past_k, row_offsets, 40)
     with pytest.raises(ValueError, match=r"corrupt"):
         ops.decompress_bitmap(values, past_k, row_offsets, 40)
     with pytest.raises(ValueError, match=r"'values' must have dtype one of Float, BFloat16, but got Half"):
@@ -190,3 +195,23 @@ def test_outputs_are_fully_written():
         torch.full((batch * 33 * 4,), float("nan"))  # dirty freed memory
         assert not bool(first.isnan().any())
         torch.testing.assert_close(first, F.linear(x, weight), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(prunekit.build_info()["cpu_bf16_spmm"] != "amx", reason="needs a CPU with AMX-BF16")
+@pytest.mark.parametrize("shape", [(70, 4096), (32, 32), (1, 31), (45, 333)])
+@pytest.mark.parametrize("batch", [5, 16, 33])
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_amx_bf16_path_matches_reference(shape, batch, sparsity):
+    """The AMX tiles path (bf16 x and weight, > 4 rows): partial weight-row blocks, columns past
+    the last whole 32-column chunk, an odd number of 16-row batch tiles. bf16 products are exact
+    and sums fp32, so it is as close to the fp32 result as the widening SpMM."""
+    rows, cols = shape
+    weight = sparse_weight(rows, cols, sparsity, torch.bfloat16)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    x = torch.randn(batch, cols).bfloat16()
+    bias = torch.randn(rows).bfloat16()
+    expected = F.linear(x.float(), weight.float(), bias.float())
+    out = ops.sparse_linear(x, values, bitmap, row_offsets, cols, bias)
+    widened = ops.sparse_linear(x.float(), values.float(), bitmap, row_offsets, cols, bias.float()).bfloat16()
+    err, err_widened = (out.float() - expected).abs().max(), (widened.float() - expected).abs().max()
+    assert err <= 2 * err_widened + 1e-6, (err, err_widened)

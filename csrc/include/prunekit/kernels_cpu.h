@@ -127,6 +127,22 @@ Status bitmap_gemv_bf16_avx512bf16(const uint16_t* values, const uint16_t* bitma
                                    int64_t rows, int64_t k, const uint16_t* x, int64_t batch,
                                    const float* bias, float* y, int64_t row_begin, int64_t row_end);
 
+// ---- AMX (bf16 tiles): bitmap weights x bf16 activations for batches past the GEMV ----
+// Whether this CPU and OS run AMX-BF16 (asks Linux for the tile state once; false elsewhere).
+bool amx_bf16_usable();
+// x (batch, k) bf16 in the B-tile layout: per 32-column chunk, per 16-row batch tile, 16 rows of
+// column pairs (VNNI), zero-padded. Elements of the packed buffer:
+int64_t amx_packed_x_elements(int64_t batch, int64_t k);
+// Packs chunks [chunk_begin, chunk_end) of x (so that callers can split the work).
+void pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_t* packed, int64_t chunk_begin,
+                int64_t chunk_end);
+// y[b][r] = sum W[r][c] x[b][c] + bias[r], y (batch, rows) fp32, rows [row_begin, row_end), x
+// packed by pack_x_amx. Checks the bitmap as the other bitmap kernels do (kCorruptMeta);
+// kBadArgument when AMX is not usable.
+Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
+                            int64_t rows, int64_t k, const uint16_t* packed_x, int64_t batch, const float* bias,
+                            float* y, int64_t row_begin, int64_t row_end);
+
 // ---- CSR16: CSR with 16-bit column indices (unstructured; the batch-1 format at high sparsity) ----
 // values (nnz,) packed row by row in column order (as in the bitmap format), col_indices (nnz,)
 // their columns, row_offsets (rows + 1). Bytes per weight: (1 - sparsity) * (element_bytes + 2).

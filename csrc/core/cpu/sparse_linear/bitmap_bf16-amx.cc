@@ -1,0 +1,207 @@
+// Bitmap sparse linear with bf16 weights and bf16 activations on AMX tiles (Sapphire Rapids and
+// later), for batches past the GEMV: y^T = W x^T with W as the A operand. A block of 32 weight
+// rows is expanded from the bitmap once into a dense bf16 panel (one 16-bit expand per 32
+// columns, rows of 64 bytes: the A tile layout as is), then every pair of 16-row batch tiles of
+// the pre-packed x (VNNI pairs) meets it through four tile multiply-adds per 32 columns.
+// AMX does not skip zeros: this path is about dense AMX speed with the compressed weight's
+// memory, where the vector SpMM runs at a fraction of the dense AMX GEMM. Products of two bf16
+// numbers are exact in fp32 and sums are fp32 (denormal inputs are flushed to zero).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include "prunekit/kernels_cpu.h"
+
+namespace prunekit::cpu {
+namespace {
+
+constexpr int64_t kChunk = 32;        // columns per A tile row (32 bf16 = 64 bytes)
+constexpr int64_t kTileRows = 16;     // rows of every tile
+constexpr int64_t kBlockRows = 32;    // weight rows per panel: two A tiles
+constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
+constexpr int64_t kValuePrefetchBytes = 4096;
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: C (2 weight tiles x 2 batch tiles of 16 x 16 fp32); 4, 5: A (weights); 6, 7: B (x).
+void load_tile_config() {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.bytes_per_row[t] = 64;
+    config.rows[t] = kTileRows;
+  }
+  _tile_loadconfig(&config);
+}
+
+inline uint32_t chunk_mask(const uint16_t* row_bits, int64_t words, int64_t chunk) {
+  const uint32_t low = row_bits[2 * chunk];
+  const uint32_t high = 2 * chunk + 1 < words ? row_bits[2 * chunk + 1] : 0u;
+  return low | (high << 16);
+}
+
+// Elements per panel row: the row's chunks, plus one chunk of padding so that the 16 rows an A
+// tile load reads do not all fall into the same few cache sets.
+inline int64_t panel_stride(int64_t chunks) { return (chunks + 1) * kChunk; }
+
+// Expands rows [n0, n0 + 32) (those < row_end; the rest zero) into the panel, row by row
+// (sequential stores; a chunk-major panel measured 3x slower to fill).
+Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t k,
+                    int64_t n0, int64_t row_end, uint16_t* panel) {
+  const int64_t words = bitmap_words(k), chunks = (k + kChunk - 1) / kChunk;
+  // Bits past k in a row's last chunk must be clear, as in every bitmap kernel.
+  const uint32_t tail = k % kChunk ? uint32_t((1ull << (k % kChunk)) - 1) : 0xffffffffu;
+  for (int64_t i = 0; i < kBlockRows; ++i) {
+    const int64_t n = n0 + i;
+    uint16_t* out = panel + i * panel_stride(chunks);
+    if (n >= row_end) {
+      for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_si512(out + c * kChunk, _mm512_setzero_si512());
+      continue;
+    }
+    const uint16_t* row_bits = bitmap + n * words;
+    int64_t offset = row_offsets[n];
+    const int64_t limit = row_offsets[n + 1];
+    for (int64_t c = 0; c < chunks; ++c) {
+      const uint32_t mask = chunk_mask(row_bits, words, c);
+      const unsigned count = unsigned(__builtin_popcount(mask));
+      if ((c + 1 == chunks && (mask & ~tail)) || offset + count > limit) {
+        return Status{StatusCode::kCorruptMeta, n, c * kChunk};
+      }
+      // The value stream's reads are data dependent: prefetch in software (as the GEMVs do).
+      _mm_prefetch(reinterpret_cast<const char*>(values + offset) + kValuePrefetchBytes, _MM_HINT_T0);
+      const __m512i packed = _mm512_maskz_loadu_epi16(__mmask32(_bzhi_u32(0xffffffffu, count)), values + offset);
+      _mm512_storeu_si512(out + c * kChunk, _mm512_maskz_expand_epi16(__mmask32(mask), packed));
+      offset += count;
+    }
+    if (offset != limit) return Status{StatusCode::kCorruptMeta, n, 0};
+  }
+  return Status{};
+}
+
+// C tiles for weight rows [n0, n0 + 32) and batch tiles bt (and bt + 1 when kPair), over every
+// chunk, then y[b][n] = C + bias for the rows and batch entries that exist.
+template <bool kPair>
+void multiply_panel(const uint16_t* panel, const uint16_t* packed_x, int64_t chunks, int64_t batch_tiles, int64_t bt,
+                    int64_t n0, int64_t row_end, int64_t rows, int64_t batch, const float* bias, float* y) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int64_t a_stride = panel_stride(chunks) * int64_t(sizeof(uint16_t));
+  const char* b = reinterpret_cast<const char*>(packed_x);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const uint16_t* a_chunk = panel + c * kChunk;
+    const char* b_chunk = b + (c * batch_tiles + bt) * kTileBytes;
+    _tile_loadd(4, a_chunk, a_stride);
+    _tile_loadd(5, a_chunk + kTileRows * panel_stride(chunks), a_stride);
+    _tile_loadd(6, b_chunk, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(2, 5, 6);
+    if (kPair) {
+      _tile_loadd(7, b_chunk + kTileBytes, 64);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  alignas(64) float sums[4][kTileRows][kTileRows];
+  _tile_stored(0, sums[0], 64);
+  _tile_stored(2, sums[2], 64);
+  if (kPair) {
+    _tile_stored(1, sums[1], 64);
+    _tile_stored(3, sums[3], 64);
+  }
+  for (int half = 0; half < 2; ++half) {        // weight tile: rows n0 + 16 half ..
+    for (int side = 0; side < (kPair ? 2 : 1); ++side) {  // batch tile bt + side
+      const float(&tile)[kTileRows][kTileRows] = sums[2 * half + side];
+      for (int64_t j = 0; j < kTileRows; ++j) {
+        const int64_t row_of_x = (bt + side) * kTileRows + j;
+        if (row_of_x >= batch) break;
+        for (int64_t i = 0; i < kTileRows; ++i) {
+          const int64_t n = n0 + half * kTileRows + i;
+          if (n >= row_end) break;
+          y[row_of_x * rows + n] = tile[i][j] + (bias ? bias[n] : 0.0f);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool amx_bf16_usable() {
+  static const bool usable = [] {
+#if defined(__linux__)
+    __builtin_cpu_init();
+    unsigned eax, ebx, ecx, edx;
+    __asm__("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(7), "c"(0));
+    const bool has_amx_bf16 = (edx >> 22) & 1, has_amx_tile = (edx >> 24) & 1;
+    if (!has_amx_bf16 || !has_amx_tile || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512vbmi2")) {
+      return false;
+    }
+    // Linux hands out the tile data state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA).
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return usable;
+}
+
+int64_t amx_packed_x_elements(int64_t batch, int64_t k) {
+  return ((k + kChunk - 1) / kChunk) * ((batch + kTileRows - 1) / kTileRows) * kTileRows * kChunk;
+}
+
+void pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_t* packed, int64_t chunk_begin,
+                int64_t chunk_end) {
+  const int64_t batch_tiles = (batch + kTileRows - 1) / kTileRows;
+  for (int64_t c = chunk_begin; c < chunk_end; ++c) {
+    uint16_t* chunk = packed + c * batch_tiles * kTileRows * kChunk;
+    std::memset(chunk, 0, sizeof(uint16_t) * batch_tiles * kTileRows * kChunk);
+    const int64_t columns = std::min(kChunk, k - c * kChunk);
+    for (int64_t b = 0; b < batch; ++b) {
+      // B tile row p holds the pair (2p, 2p + 1) of every batch entry of the tile.
+      uint16_t* out = chunk + (b / kTileRows) * kTileRows * kChunk + 2 * (b % kTileRows);
+      const uint16_t* in = x + b * k + c * kChunk;
+      for (int64_t col = 0; col < columns; ++col) out[(col / 2) * kChunk + col % 2] = in[col];
+    }
+  }
+}
+
+Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
+                            int64_t rows, int64_t k, const uint16_t* packed_x, int64_t batch, const float* bias,
+                            float* y, int64_t row_begin, int64_t row_end) {
+  if (batch < 1 || k < 1 || !amx_bf16_usable()) return Status{StatusCode::kBadArgument, 0, 0};
+  const int64_t chunks = (k + kChunk - 1) / kChunk, batch_tiles = (batch + kTileRows - 1) / kTileRows;
+  std::vector<uint16_t> panel(kBlockRows * panel_stride(chunks));
+  load_tile_config();
+  Status status;
+  for (int64_t n0 = row_begin; n0 < row_end && status.ok(); n0 += kBlockRows) {
+    status = expand_panel(values, bitmap, row_offsets, k, n0, row_end, panel.data());
+    if (!status.ok()) break;
+    int64_t bt = 0;
+    for (; bt + 2 <= batch_tiles; bt += 2) {
+      multiply_panel<true>(panel.data(), packed_x, chunks, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
+    }
+    if (bt < batch_tiles) {
+      multiply_panel<false>(panel.data(), packed_x, chunks, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
+    }
+  }
+  _tile_release();
+  return status;
+}
+
+}  // namespace prunekit::cpu
