@@ -186,18 +186,20 @@ Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, cons
                             float* y, int64_t row_begin, int64_t row_end) {
   if (batch < 1 || k < 1 || !amx_bf16_usable()) return Status{StatusCode::kBadArgument, 0, 0};
   const int64_t chunks = (k + kChunk - 1) / kChunk, batch_tiles = (batch + kTileRows - 1) / kTileRows;
-  std::vector<uint16_t> panel(kBlockRows * panel_stride(chunks));
+  // 64-byte aligned: a tile row that straddles two cache lines costs two accesses.
+  std::vector<uint16_t> panel_storage(kBlockRows * panel_stride(chunks) + 32);
+  uint16_t* panel = panel_storage.data() + ((64 - reinterpret_cast<uintptr_t>(panel_storage.data()) % 64) % 64) / 2;
   load_tile_config();
   Status status;
   for (int64_t n0 = row_begin; n0 < row_end && status.ok(); n0 += kBlockRows) {
-    status = expand_panel(values, bitmap, row_offsets, k, n0, row_end, panel.data());
+    status = expand_panel(values, bitmap, row_offsets, k, n0, row_end, panel);
     if (!status.ok()) break;
     int64_t bt = 0;
     for (; bt + 2 <= batch_tiles; bt += 2) {
-      multiply_panel<true>(panel.data(), packed_x, chunks, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
+      multiply_panel<true>(panel, packed_x, chunks, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
     }
     if (bt < batch_tiles) {
-      multiply_panel<false>(panel.data(), packed_x, chunks, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
+      multiply_panel<false>(panel, packed_x, chunks, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
     }
   }
   _tile_release();
