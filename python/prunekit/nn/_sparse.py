@@ -45,7 +45,10 @@ FORMATS = ("auto", "2:4", "unstructured", "dense")
 # - linear fp32: wins from 0.5 at <= 4 rows (1.2-2x at 0.5, 2-3.7x at 0.9), from ~0.6 at 16 rows,
 #   from ~0.7 at 64 rows (1.8-2.8x at 0.9).
 # - linear bf16: dense bf16 runs on AMX here: sparse wins from 0.5 at <= 4 rows (1.1-3.5x), from
-#   ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9).
+#   ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9). With prunekit's own AMX path for > 4
+#   rows (bf16 x, on CPUs with AMX-BF16; it does not skip zeros) the same shapes measured
+#   0.9-1.7x at 16 rows and 0.6-1.3x at 64 rows for sparsity 0.5-0.9 (an Emerald Rapids VM, too
+#   noisy to move the thresholds): parity in speed, with the compressed weight's memory.
 # - pointwise conv fp32 (one image): wins from 0.5-0.75 depending on the shape (2-2.7x at 0.9).
 # - other convs: im2col + the bitmap SpMM lost 1.5-4x to oneDNN's direct conv even at 0.9, so they
 #   have no sparse kernel: "auto" keeps them dense; explicit sparse formats save memory only.
