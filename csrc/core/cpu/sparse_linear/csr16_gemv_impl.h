@@ -82,34 +82,48 @@ inline float lane_sum(__m128 v) {
 }
 #endif
 
-// Row r's dot products with the batch rows of x into sums (the row's indices already checked).
+// Row r's dot products with the batch rows of x into sums. Returns false, having read nothing
+// out of bounds, when the row names a column >= k. The AVX-512 build checks each index vector as it
+// goes (lanes past k are masked out of the gather); the others check the row first.
 template <int B, ValueType T>
-inline void row_dot(const void* values, const uint16_t* col_indices, int64_t i, int64_t end, int64_t k,
+inline bool row_dot(const void* values, const uint16_t* col_indices, int64_t i, int64_t end, int64_t k,
                     const float* x, float* sums) {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
   __m512 even[B], odd[B];  // two chains of vector multiply-adds
   for (int b = 0; b < B; ++b) even[b] = odd[b] = _mm512_setzero_ps();
   const __mmask16 all = 0xffff;
+  const __m512i limit = _mm512_set1_epi32(int32_t(k));
+  __mmask16 inside = all;
   for (; i + 64 <= end; i += 64) {
+    if (T == ValueType::kFloat32) {
+        }
     const __m512 w0 = sixteen_values<T>(values, i, all), w1 = sixteen_values<T>(values, i + 16, all);
     const __m512 w2 = sixteen_values<T>(values, i + 32, all), w3 = sixteen_values<T>(values, i + 48, all);
     const __m512i c0 = sixteen_columns(col_indices, i, all), c1 = sixteen_columns(col_indices, i + 16, all);
     const __m512i c2 = sixteen_columns(col_indices, i + 32, all), c3 = sixteen_columns(col_indices, i + 48, all);
+    const __mmask16 m0 = _mm512_cmplt_epu32_mask(c0, limit), m1 = _mm512_cmplt_epu32_mask(c1, limit);
+    const __mmask16 m2 = _mm512_cmplt_epu32_mask(c2, limit), m3 = _mm512_cmplt_epu32_mask(c3, limit);
+    inside &= m0 & m1 & m2 & m3;
     for (int b = 0; b < B; ++b) {
-      even[b] = _mm512_fmadd_ps(w0, gather_x(x + b * k, c0, all), even[b]);
-      odd[b] = _mm512_fmadd_ps(w1, gather_x(x + b * k, c1, all), odd[b]);
-      even[b] = _mm512_fmadd_ps(w2, gather_x(x + b * k, c2, all), even[b]);
-      odd[b] = _mm512_fmadd_ps(w3, gather_x(x + b * k, c3, all), odd[b]);
+      even[b] = _mm512_fmadd_ps(w0, gather_x(x + b * k, c0, m0), even[b]);
+      odd[b] = _mm512_fmadd_ps(w1, gather_x(x + b * k, c1, m1), odd[b]);
+      even[b] = _mm512_fmadd_ps(w2, gather_x(x + b * k, c2, m2), even[b]);
+      odd[b] = _mm512_fmadd_ps(w3, gather_x(x + b * k, c3, m3), odd[b]);
     }
   }
   for (; i < end; i += 16) {
     const __mmask16 lanes = end - i >= 16 ? all : __mmask16((1u << (end - i)) - 1);
     const __m512 w = sixteen_values<T>(values, i, lanes);
     const __m512i c = sixteen_columns(col_indices, i, lanes);
-    for (int b = 0; b < B; ++b) even[b] = _mm512_fmadd_ps(w, gather_x(x + b * k, c, lanes), even[b]);
+    const __mmask16 m = _mm512_cmplt_epu32_mask(c, limit);  // lanes past the row hold column 0
+    inside &= m;
+    for (int b = 0; b < B; ++b) even[b] = _mm512_fmadd_ps(w, gather_x(x + b * k, c, m & lanes), even[b]);
   }
   for (int b = 0; b < B; ++b) sums[b] = _mm512_reduce_add_ps(_mm512_add_ps(even[b], odd[b]));
-#elif defined(__AVX2__) && defined(__FMA__)
+  return inside == all;
+#else
+  if (i < end && int64_t(highest_column(col_indices, i, end)) >= k) return false;
+#if defined(__AVX2__) && defined(__FMA__)
   __m128 even[B], odd[B];  // two chains of vector multiply-adds
   for (int b = 0; b < B; ++b) even[b] = odd[b] = _mm_setzero_ps();
   for (; i + 8 <= end; i += 8) {
@@ -137,6 +151,8 @@ inline void row_dot(const void* values, const uint16_t* col_indices, int64_t i, 
     const uint32_t c = col_indices[i];
     for (int b = 0; b < B; ++b) sums[b] += w * x[b * k + c];
   }
+  return true;
+#endif
 }
 
 template <int B, ValueType T>
@@ -144,12 +160,10 @@ Status gemv_rows(const void* values, const uint16_t* col_indices, const int64_t*
                  int64_t k, const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t begin = row_offsets[r], end = row_offsets[r + 1];
-    if (begin < end) {
-      const uint32_t highest = highest_column(col_indices, begin, end);
-      if (int64_t(highest) >= k) return Status{StatusCode::kCorruptMeta, r, int64_t(highest)};
-    }
     float sums[B];
-    row_dot<B, T>(values, col_indices, begin, end, k, x, sums);
+    if (!row_dot<B, T>(values, col_indices, begin, end, k, x, sums)) {
+      return Status{StatusCode::kCorruptMeta, r, int64_t(highest_column(col_indices, begin, end))};
+    }
     for (int b = 0; b < B; ++b) y[b * rows + r] = sums[b] + (bias ? bias[r] : 0.0f);
   }
   return Status{};
