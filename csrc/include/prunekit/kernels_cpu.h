@@ -148,8 +148,9 @@ Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, cons
 // their columns, row_offsets (rows + 1). Bytes per weight: (1 - sparsity) * (element_bytes + 2).
 constexpr int64_t kCsr16MaxColumns = 65536;
 // y[b][r] = sum W[r][c] x[b][c] + bias[r] for batch <= kGemvMaxBatch, rows [row_begin, row_end).
-// x: (batch, k) fp32 row-major. Each row's indices are checked before its products, so a row
-// naming a column >= k stops with kCorruptMeta (status.col = that column) before reading x.
+// x: (batch, k) fp32 row-major. A row naming a column >= k stops with kCorruptMeta (status.col =
+// the row's highest column) without reading x there (checked before the products, or as they go
+// with the out-of-range lanes masked out of the gather).
 // Values are read only inside [row_offsets[row_begin], row_offsets[row_end]).
 #define PRUNEKIT_DECLARE_CSR16_GEMV(isa)                                                                        \
   Status csr16_gemv_##isa(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets, \
