@@ -52,6 +52,26 @@ inline __m512i sixteen_columns(const uint16_t* col_indices, int64_t i, __mmask16
   return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, col_indices + i));
 }
 
+// Nonzeros ahead of the multiply-adds at which the values and indices are prefetched into L1:
+// the weight streams from L3 or DRAM, and the gathers keep too few loads of it in flight to cover
+// the latency (4096^2 at 90%, fp32, 2 threads: 0.198 vs 0.227 ms in an in-process A/B; 2 KB to
+// 6 KB of values ahead all do about as well, 1 KB and 8 KB worse, a prefetch into L2 only worse).
+constexpr int64_t kPrefetchNonzeros = 1024;
+
+// The cache lines of nonzeros [i, i + 64) + kPrefetchNonzeros. Addresses past the weight are
+// harmless (a prefetch never faults) and are formed as integers, never as pointers.
+template <ValueType T>
+inline void prefetch_ahead(const void* values, const uint16_t* col_indices, int64_t i) {
+  constexpr int64_t kValueBytes = T == ValueType::kFloat32 ? 4 : 2;
+  const uintptr_t value_line = reinterpret_cast<uintptr_t>(values) + uintptr_t(i + kPrefetchNonzeros) * kValueBytes;
+  for (int64_t line = 0; line < 64 * kValueBytes; line += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(value_line + line), _MM_HINT_T0);
+  }
+  const uintptr_t index_line = reinterpret_cast<uintptr_t>(col_indices) + uintptr_t(i + kPrefetchNonzeros) * 2;
+  _mm_prefetch(reinterpret_cast<const char*>(index_line), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(index_line + 64), _MM_HINT_T0);
+}
+
 inline __m512 gather_x(const float* x, __m512i columns, __mmask16 lanes) {
   return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, columns, x, 4);
 }
@@ -95,8 +115,7 @@ inline bool row_dot(const void* values, const uint16_t* col_indices, int64_t i, 
   const __m512i limit = _mm512_set1_epi32(int32_t(k));
   __mmask16 inside = all;
   for (; i + 64 <= end; i += 64) {
-    if (T == ValueType::kFloat32) {
-        }
+    prefetch_ahead<T>(values, col_indices, i);
     const __m512 w0 = sixteen_values<T>(values, i, all), w1 = sixteen_values<T>(values, i + 16, all);
     const __m512 w2 = sixteen_values<T>(values, i + 32, all), w3 = sixteen_values<T>(values, i + 48, all);
     const __m512i c0 = sixteen_columns(col_indices, i, all), c1 = sixteen_columns(col_indices, i + 16, all);
