@@ -336,41 +336,51 @@ void check_spmm_amx(std::mt19937& rng) {
     std::printf("AMX bf16 SpMM skipped: no AMX-BF16 here\n");
     return;
   }
+  // (k, rows, batches): the last shape's packed x (18 batch tiles x 63 chunks) exceeds a k-block,
+  // so its columns run in two k-blocks (56 + 7 chunks) with y accumulated over them.
+  struct Case {
+    int64_t k, rows;
+    std::vector<int64_t> batches;
+  };
+  std::vector<Case> cases;
   for (int64_t k : {1, 31, 32, 33, 100, 1000}) {
-    for (int64_t rows : {1, 5, 33, 70}) {
-      for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
-        Sparse s = make(rows, k, sparsity, rng);
-        const int64_t nnz = s.offsets[rows];
-        std::unique_ptr<uint16_t[]> values(new uint16_t[nnz > 0 ? nnz : 1]);
-        for (int64_t i = 0; i < nnz; ++i) values[i] = to_bf16(s.values[i]);
-        for (auto& d : s.dense) d = from_bf16(to_bf16(d));
-        std::vector<float> bias(rows);
-        for (auto& b : bias) b = float(rng() % 7) - 3.0f;
-        for (int64_t batch : {1, 5, 16, 17, 33}) {
-          std::vector<float> x(batch * k);
-          std::unique_ptr<uint16_t[]> x16(new uint16_t[batch * k]);
-          for (int64_t i = 0; i < batch * k; ++i) {
-            x[i] = float(rng() % 11) - 5.0f;
-            x16[i] = to_bf16(x[i]);
-          }
-          const int64_t packed_elements = amx_packed_x_elements(batch, k);
-          std::unique_ptr<uint16_t[]> packed(new uint16_t[packed_elements]);
-          pack_x_amx(x16.get(), batch, k, packed.get(), 0, (k + 31) / 32);
-          std::unique_ptr<float[]> y(new float[batch * rows]);
-          for (int64_t i = 0; i < batch * rows; ++i) y[i] = NAN;
-          // Two row ranges, as two threads would run them; the split is not a multiple of 32.
-          const int64_t split = rows / 3;
-          EXPECT(bitmap_spmm_bf16_amx(values.get(), s.bitmap.data(), s.offsets.data(), rows, k, packed.get(), batch,
-                                      bias.data(), y.get(), 0, split).ok());
-          EXPECT(bitmap_spmm_bf16_amx(values.get(), s.bitmap.data(), s.offsets.data(), rows, k, packed.get(), batch,
-                                      bias.data(), y.get(), split, rows).ok());
-          for (int64_t b = 0; b < batch; ++b)
-            for (int64_t r = 0; r < rows; ++r) {
-              float expected = bias[r];
-              for (int64_t c = 0; c < k; ++c) expected += s.dense[r * k + c] * x[b * k + c];
-              EXPECT(close(y[b * rows + r], expected));
-            }
+    for (int64_t rows : {1, 5, 33, 70}) cases.push_back({k, rows, {1, 5, 16, 17, 33}});
+  }
+  cases.push_back({2000, 37, {280}});
+  for (const Case& shape : cases) {
+    const int64_t k = shape.k, rows = shape.rows;
+    for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
+      Sparse s = make(rows, k, sparsity, rng);
+      const int64_t nnz = s.offsets[rows];
+      std::unique_ptr<uint16_t[]> values(new uint16_t[nnz > 0 ? nnz : 1]);
+      for (int64_t i = 0; i < nnz; ++i) values[i] = to_bf16(s.values[i]);
+      for (auto& d : s.dense) d = from_bf16(to_bf16(d));
+      std::vector<float> bias(rows);
+      for (auto& b : bias) b = float(rng() % 7) - 3.0f;
+      for (int64_t batch : shape.batches) {
+        std::vector<float> x(batch * k);
+        std::unique_ptr<uint16_t[]> x16(new uint16_t[batch * k]);
+        for (int64_t i = 0; i < batch * k; ++i) {
+          x[i] = float(rng() % 11) - 5.0f;
+          x16[i] = to_bf16(x[i]);
         }
+        const int64_t packed_elements = amx_packed_x_elements(batch, k);
+        std::unique_ptr<uint16_t[]> packed(new uint16_t[packed_elements]);
+        pack_x_amx(x16.get(), batch, k, packed.get(), 0, (k + 31) / 32);
+        std::unique_ptr<float[]> y(new float[batch * rows]);
+        for (int64_t i = 0; i < batch * rows; ++i) y[i] = NAN;
+        // Two row ranges, as two threads would run them; the split is not a multiple of 32.
+        const int64_t split = rows / 3;
+        EXPECT(bitmap_spmm_bf16_amx(values.get(), s.bitmap.data(), s.offsets.data(), rows, k, packed.get(), batch,
+                                    bias.data(), y.get(), 0, split).ok());
+        EXPECT(bitmap_spmm_bf16_amx(values.get(), s.bitmap.data(), s.offsets.data(), rows, k, packed.get(), batch,
+                                    bias.data(), y.get(), split, rows).ok());
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t r = 0; r < rows; ++r) {
+            float expected = bias[r];
+            for (int64_t c = 0; c < k; ++c) expected += s.dense[r * k + c] * x[b * k + c];
+            EXPECT(close(y[b * rows + r], expected));
+          }
       }
     }
   }
@@ -392,6 +402,20 @@ void check_spmm_amx(std::mt19937& rng) {
   const Status past = bitmap_spmm_bf16_amx(values.get(), past_k.data(), s.offsets.data(), 8, 70, packed.data(), 5,
                                            nullptr, y.data(), 0, 8);
   EXPECT(past.code == StatusCode::kCorruptMeta && past.row == 1);
+  // In k-blocks (k 2000, 18 batch tiles): a row that claims one value more than its bitmap holds
+  // is found at the end of its last k-block.
+  Sparse wide = make(37, 2000, 0.5, rng);
+  std::unique_ptr<uint16_t[]> wide_values(new uint16_t[wide.offsets[37]]);
+  for (int64_t i = 0; i < wide.offsets[37]; ++i) wide_values[i] = to_bf16(wide.values[i]);
+  std::vector<uint16_t> wide_x16(280 * 2000, to_bf16(1.0f));
+  std::vector<uint16_t> wide_packed(amx_packed_x_elements(280, 2000));
+  pack_x_amx(wide_x16.data(), 280, 2000, wide_packed.data(), 0, 63);
+  std::vector<float> wide_y(280 * 37);
+  std::vector<int64_t> long_row = wide.offsets;
+  long_row[20] += 1;
+  const Status long_status = bitmap_spmm_bf16_amx(wide_values.get(), wide.bitmap.data(), long_row.data(), 37, 2000,
+                                                  wide_packed.data(), 280, nullptr, wide_y.data(), 0, 37);
+  EXPECT(long_status.code == StatusCode::kCorruptMeta && long_status.row == 19);
   std::printf("AMX bf16 SpMM checked\n");
 }
 #endif

@@ -199,11 +199,12 @@ def test_outputs_are_fully_written():
 
 @pytest.mark.skipif(prunekit.build_info()["cpu_bf16_spmm"] != "amx", reason="needs a CPU with AMX-BF16")
 @pytest.mark.parametrize("shape", [(70, 4096), (32, 32), (1, 31), (45, 333)])
-@pytest.mark.parametrize("batch", [5, 16, 33])
+@pytest.mark.parametrize("batch", [5, 16, 33, 300])
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 def test_amx_bf16_path_matches_reference(shape, batch, sparsity):
     """The AMX tiles path (bf16 x and weight, > 4 rows): partial weight-row blocks, columns past
-    the last whole 32-column chunk, an odd number of 16-row batch tiles. bf16 products are exact
+    the last whole 32-column chunk, an odd number of 16-row batch tiles, and at (70, 4096) x 300
+    the columns in three k-blocks (the packed x of 19 batch tiles exceeds one). bf16 products are exact
     and sums fp32, so it is as close to the fp32 result as the widening SpMM."""
     rows, cols = shape
     weight = sparse_weight(rows, cols, sparsity, torch.bfloat16)

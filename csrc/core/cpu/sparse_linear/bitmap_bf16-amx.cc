@@ -2,7 +2,10 @@
 // later), for batches past the GEMV: y^T = W x^T with W as the A operand. A block of 32 weight
 // rows is expanded from the bitmap once into a dense bf16 panel (one 16-bit expand per 32
 // columns, rows of 64 bytes: the A tile layout as is), then every pair of 16-row batch tiles of
-// the pre-packed x (VNNI pairs) meets it through four tile multiply-adds per 32 columns.
+// the pre-packed x (VNNI pairs) meets it through four tile multiply-adds per 32 columns. When the
+// packed x is larger than an L2 share, the columns go in k-blocks whose slice of it stays in L2
+// while every panel of the thread's rows meets it, and y accumulates over the k-blocks (one pass
+// over all of k per panel would stream the whole packed x from L3 once per 32 weight rows).
 // AMX does not skip zeros: this path is about dense AMX speed with the compressed weight's
 // memory, where the vector SpMM runs at a fraction of the dense AMX GEMM. Products of two bf16
 // numbers are exact in fp32 and sums are fp32 (denormal inputs are flushed to zero).
@@ -27,6 +30,9 @@ constexpr int64_t kTileRows = 16;     // rows of every tile
 constexpr int64_t kBlockRows = 32;    // weight rows per panel: two A tiles
 constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
 constexpr int64_t kValuePrefetchBytes = 4096;
+// Bytes of packed x per k-block: half of a 2 MiB L2 (Sapphire Rapids and later), the rest holds
+// the panel and the C tiles' output.
+constexpr int64_t kKBlockPackedXBytes = 1 << 20;
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
@@ -56,24 +62,26 @@ inline uint32_t chunk_mask(const uint16_t* row_bits, int64_t words, int64_t chun
 // tile load reads do not all fall into the same few cache sets.
 inline int64_t panel_stride(int64_t chunks) { return (chunks + 1) * kChunk; }
 
-// Expands rows [n0, n0 + 32) (those < row_end; the rest zero) into the panel, row by row
-// (sequential stores; a chunk-major panel measured 3x slower to fill).
+// Expands chunks [chunk_begin, chunk_end) of rows [n0, n0 + 32) (those < row_end; the rest
+// zero) into the panel, row by row (sequential stores; a chunk-major panel measured 3x slower to
+// fill). cursors[i]: where row n0 + i's values of chunk_begin start, advanced to chunk_end.
 Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t k,
-                    int64_t n0, int64_t row_end, uint16_t* panel) {
-  const int64_t words = bitmap_words(k), chunks = (k + kChunk - 1) / kChunk;
+                    int64_t n0, int64_t row_end, int64_t chunk_begin, int64_t chunk_end, int64_t* cursors,
+                    uint16_t* panel) {
+  const int64_t words = bitmap_words(k), chunks = (k + kChunk - 1) / kChunk, width = chunk_end - chunk_begin;
   // Bits past k in a row's last chunk must be clear, as in every bitmap kernel.
   const uint32_t tail = k % kChunk ? uint32_t((1ull << (k % kChunk)) - 1) : 0xffffffffu;
   for (int64_t i = 0; i < kBlockRows; ++i) {
     const int64_t n = n0 + i;
-    uint16_t* out = panel + i * panel_stride(chunks);
+    uint16_t* out = panel + i * panel_stride(width) - chunk_begin * kChunk;
     if (n >= row_end) {
-      for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_si512(out + c * kChunk, _mm512_setzero_si512());
+      for (int64_t c = chunk_begin; c < chunk_end; ++c) _mm512_storeu_si512(out + c * kChunk, _mm512_setzero_si512());
       continue;
     }
     const uint16_t* row_bits = bitmap + n * words;
-    int64_t offset = row_offsets[n];
+    int64_t offset = cursors[i];
     const int64_t limit = row_offsets[n + 1];
-    for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t c = chunk_begin; c < chunk_end; ++c) {
       const uint32_t mask = chunk_mask(row_bits, words, c);
       const unsigned count = unsigned(__builtin_popcount(mask));
       if ((c + 1 == chunks && (mask & ~tail)) || offset + count > limit) {
@@ -85,27 +93,30 @@ Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_
       _mm512_storeu_si512(out + c * kChunk, _mm512_maskz_expand_epi16(__mmask32(mask), packed));
       offset += count;
     }
-    if (offset != limit) return Status{StatusCode::kCorruptMeta, n, 0};
+    if (chunk_end == chunks && offset != limit) return Status{StatusCode::kCorruptMeta, n, 0};
+    cursors[i] = offset;
   }
   return Status{};
 }
 
-// C tiles for weight rows [n0, n0 + 32) and batch tiles bt (and bt + 1 when kPair), over every
-// chunk, then y[b][n] = C + bias for the rows and batch entries that exist.
+// C tiles for weight rows [n0, n0 + 32) and batch tiles bt (and bt + 1 when kPair) over the
+// panel's chunks [chunk_begin, chunk_begin + width), then for the rows and batch entries that
+// exist y[b][n] = C + bias (the first k-block) or y[b][n] += C (the others).
 template <bool kPair>
-void multiply_panel(const uint16_t* panel, const uint16_t* packed_x, int64_t chunks, int64_t batch_tiles, int64_t bt,
-                    int64_t n0, int64_t row_end, int64_t rows, int64_t batch, const float* bias, float* y) {
+void multiply_panel(const uint16_t* panel, const uint16_t* packed_x, int64_t chunk_begin, int64_t width,
+                    int64_t batch_tiles, int64_t bt, int64_t n0, int64_t row_end, int64_t rows, int64_t batch,
+                    const float* bias, float* y) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
-  const int64_t a_stride = panel_stride(chunks) * int64_t(sizeof(uint16_t));
+  const int64_t a_stride = panel_stride(width) * int64_t(sizeof(uint16_t));
   const char* b = reinterpret_cast<const char*>(packed_x);
-  for (int64_t c = 0; c < chunks; ++c) {
+  for (int64_t c = 0; c < width; ++c) {
     const uint16_t* a_chunk = panel + c * kChunk;
-    const char* b_chunk = b + (c * batch_tiles + bt) * kTileBytes;
+    const char* b_chunk = b + ((chunk_begin + c) * batch_tiles + bt) * kTileBytes;
     _tile_loadd(4, a_chunk, a_stride);
-    _tile_loadd(5, a_chunk + kTileRows * panel_stride(chunks), a_stride);
+    _tile_loadd(5, a_chunk + kTileRows * panel_stride(width), a_stride);
     _tile_loadd(6, b_chunk, 64);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(2, 5, 6);
@@ -131,7 +142,8 @@ void multiply_panel(const uint16_t* panel, const uint16_t* packed_x, int64_t chu
         for (int64_t i = 0; i < kTileRows; ++i) {
           const int64_t n = n0 + half * kTileRows + i;
           if (n >= row_end) break;
-          y[row_of_x * rows + n] = tile[i][j] + (bias ? bias[n] : 0.0f);
+          float& out = y[row_of_x * rows + n];
+          out = chunk_begin > 0 ? out + tile[i][j] : tile[i][j] + (bias ? bias[n] : 0.0f);
         }
       }
     }
@@ -186,20 +198,29 @@ Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, cons
                             float* y, int64_t row_begin, int64_t row_end) {
   if (batch < 1 || k < 1 || !amx_bf16_usable()) return Status{StatusCode::kBadArgument, 0, 0};
   const int64_t chunks = (k + kChunk - 1) / kChunk, batch_tiles = (batch + kTileRows - 1) / kTileRows;
+  const int64_t block_chunks = std::max<int64_t>(8, kKBlockPackedXBytes / (batch_tiles * kTileBytes));
   // 64-byte aligned: a tile row that straddles two cache lines costs two accesses.
-  std::vector<uint16_t> panel_storage(kBlockRows * panel_stride(chunks) + 32);
+  std::vector<uint16_t> panel_storage(kBlockRows * panel_stride(std::min(chunks, block_chunks)) + 32);
   uint16_t* panel = panel_storage.data() + ((64 - reinterpret_cast<uintptr_t>(panel_storage.data()) % 64) % 64) / 2;
+  // Each row's position in the value stream at the current k-block (whole panels, so that a
+  // panel's rows past row_end have a slot too).
+  std::vector<int64_t> cursors((row_end - row_begin + kBlockRows - 1) / kBlockRows * kBlockRows);
+  for (int64_t n = row_begin; n < row_end; ++n) cursors[n - row_begin] = row_offsets[n];
   load_tile_config();
   Status status;
-  for (int64_t n0 = row_begin; n0 < row_end && status.ok(); n0 += kBlockRows) {
-    status = expand_panel(values, bitmap, row_offsets, k, n0, row_end, panel);
-    if (!status.ok()) break;
-    int64_t bt = 0;
-    for (; bt + 2 <= batch_tiles; bt += 2) {
-      multiply_panel<true>(panel, packed_x, chunks, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
-    }
-    if (bt < batch_tiles) {
-      multiply_panel<false>(panel, packed_x, chunks, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
+  for (int64_t c0 = 0; c0 < chunks && status.ok(); c0 += block_chunks) {
+    const int64_t c1 = std::min(chunks, c0 + block_chunks);
+    for (int64_t n0 = row_begin; n0 < row_end; n0 += kBlockRows) {
+      status = expand_panel(values, bitmap, row_offsets, k, n0, row_end, c0, c1, cursors.data() + (n0 - row_begin),
+                            panel);
+      if (!status.ok()) break;
+      int64_t bt = 0;
+      for (; bt + 2 <= batch_tiles; bt += 2) {
+        multiply_panel<true>(panel, packed_x, c0, c1 - c0, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
+      }
+      if (bt < batch_tiles) {
+        multiply_panel<false>(panel, packed_x, c0, c1 - c0, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
+      }
     }
   }
   _tile_release();
