@@ -276,6 +276,46 @@ float from_bf16(uint16_t half) {
   return f;
 }
 
+#if defined(PRUNEKIT_HAVE_AVX512BF16) || defined(PRUNEKIT_HAVE_AMX)
+// A random sparse weight for the bf16 kernels: values rounded to bf16 (the dense copy too, for the
+// fp32 reference) and allocated exactly, and a small integer bias.
+struct Bf16Weight {
+  Sparse s;
+  std::unique_ptr<uint16_t[]> values;
+  std::vector<float> bias;
+};
+
+Bf16Weight make_bf16(int64_t rows, int64_t k, double sparsity, std::mt19937& rng) {
+  Bf16Weight w{make(rows, k, sparsity, rng), nullptr, std::vector<float>(rows)};
+  const int64_t nnz = w.s.offsets[rows];
+  w.values.reset(new uint16_t[nnz > 0 ? nnz : 1]);
+  for (int64_t i = 0; i < nnz; ++i) w.values[i] = to_bf16(w.s.values[i]);
+  for (auto& d : w.s.dense) d = from_bf16(to_bf16(d));
+  for (auto& b : w.bias) b = float(rng() % 7) - 3.0f;
+  return w;
+}
+
+// Small integers as fp32 x and its bf16 copy (exact).
+void fill_x_bf16(std::mt19937& rng, std::vector<float>& x, uint16_t* x16) {
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = float(rng() % 11) - 5.0f;
+    x16[i] = to_bf16(x[i]);
+  }
+}
+
+// y (batch, rows) against bias + W x in fp32 on the same bf16 numbers (products exact, only the
+// order of the sums differs).
+void expect_bf16_result(const Bf16Weight& w, int64_t rows, int64_t k, int64_t batch, const std::vector<float>& x,
+                        const float* y) {
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t r = 0; r < rows; ++r) {
+      float expected = w.bias[r];
+      for (int64_t c = 0; c < k; ++c) expected += w.s.dense[r * k + c] * x[b * k + c];
+      EXPECT(close(y[b * rows + r], expected));
+    }
+}
+#endif
+
 #if defined(PRUNEKIT_HAVE_AVX512BF16) && (defined(__x86_64__) || defined(_M_X64))
 // The bf16 x bf16 GEMV against an fp32 reference on the same bf16 numbers (products are exact,
 // only the order of the fp32 sums differs); odd k covers single-word and partial last chunks, and the
@@ -286,29 +326,15 @@ void check_gemv_bf16(std::mt19937& rng) {
   for (int64_t k : {1, 15, 16, 17, 31, 32, 33, 48, 100, 256, 1000}) {
     for (int64_t rows : {1, 5, 33}) {
       for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
-        Sparse s = make(rows, k, sparsity, rng);
-        const int64_t nnz = s.offsets[rows];
-        std::unique_ptr<uint16_t[]> values(new uint16_t[nnz > 0 ? nnz : 1]);
-        for (int64_t i = 0; i < nnz; ++i) values[i] = to_bf16(s.values[i]);
-        for (auto& d : s.dense) d = from_bf16(to_bf16(d));
-        std::vector<float> bias(rows);
-        for (auto& b : bias) b = float(rng() % 7) - 3.0f;
+        const Bf16Weight w = make_bf16(rows, k, sparsity, rng);
         for (int64_t batch : {1, 2, 3, 4}) {
           std::vector<float> x(batch * k);
           std::vector<uint16_t> x16(batch * k);
-          for (int64_t i = 0; i < batch * k; ++i) {
-            x[i] = float(rng() % 11) - 5.0f;
-            x16[i] = to_bf16(x[i]);
-          }
+          fill_x_bf16(rng, x, x16.data());
           std::vector<float> y(batch * rows, NAN);
-          EXPECT(bitmap_gemv_bf16_avx512bf16(values.get(), s.bitmap.data(), s.offsets.data(), rows, k, x16.data(),
-                                             batch, bias.data(), y.data(), 0, rows).ok());
-          for (int64_t b = 0; b < batch; ++b)
-            for (int64_t r = 0; r < rows; ++r) {
-              float expected = bias[r];
-              for (int64_t c = 0; c < k; ++c) expected += s.dense[r * k + c] * x[b * k + c];
-              EXPECT(close(y[b * rows + r], expected));
-            }
+          EXPECT(bitmap_gemv_bf16_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k,
+                                             x16.data(), batch, w.bias.data(), y.data(), 0, rows).ok());
+          expect_bf16_result(w, rows, k, batch, x, y.data());
         }
       }
     }
@@ -350,20 +376,11 @@ void check_spmm_amx(std::mt19937& rng) {
   for (const Case& shape : cases) {
     const int64_t k = shape.k, rows = shape.rows;
     for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
-      Sparse s = make(rows, k, sparsity, rng);
-      const int64_t nnz = s.offsets[rows];
-      std::unique_ptr<uint16_t[]> values(new uint16_t[nnz > 0 ? nnz : 1]);
-      for (int64_t i = 0; i < nnz; ++i) values[i] = to_bf16(s.values[i]);
-      for (auto& d : s.dense) d = from_bf16(to_bf16(d));
-      std::vector<float> bias(rows);
-      for (auto& b : bias) b = float(rng() % 7) - 3.0f;
+      const Bf16Weight w = make_bf16(rows, k, sparsity, rng);
       for (int64_t batch : shape.batches) {
         std::vector<float> x(batch * k);
         std::unique_ptr<uint16_t[]> x16(new uint16_t[batch * k]);
-        for (int64_t i = 0; i < batch * k; ++i) {
-          x[i] = float(rng() % 11) - 5.0f;
-          x16[i] = to_bf16(x[i]);
-        }
+        fill_x_bf16(rng, x, x16.get());
         const int64_t packed_elements = amx_packed_x_elements(batch, k);
         std::unique_ptr<uint16_t[]> packed(new uint16_t[packed_elements]);
         pack_x_amx(x16.get(), batch, k, packed.get(), 0, (k + 31) / 32);
@@ -371,50 +388,39 @@ void check_spmm_amx(std::mt19937& rng) {
         for (int64_t i = 0; i < batch * rows; ++i) y[i] = NAN;
         // Two row ranges, as two threads would run them; the split is not a multiple of 32.
         const int64_t split = rows / 3;
-        EXPECT(bitmap_spmm_bf16_amx(values.get(), s.bitmap.data(), s.offsets.data(), rows, k, packed.get(), batch,
-                                    bias.data(), y.get(), 0, split).ok());
-        EXPECT(bitmap_spmm_bf16_amx(values.get(), s.bitmap.data(), s.offsets.data(), rows, k, packed.get(), batch,
-                                    bias.data(), y.get(), split, rows).ok());
-        for (int64_t b = 0; b < batch; ++b)
-          for (int64_t r = 0; r < rows; ++r) {
-            float expected = bias[r];
-            for (int64_t c = 0; c < k; ++c) expected += s.dense[r * k + c] * x[b * k + c];
-            EXPECT(close(y[b * rows + r], expected));
-          }
+        EXPECT(bitmap_spmm_bf16_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
+                                    batch, w.bias.data(), y.get(), 0, split).ok());
+        EXPECT(bitmap_spmm_bf16_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
+                                    batch, w.bias.data(), y.get(), split, rows).ok());
+        expect_bf16_result(w, rows, k, batch, x, y.get());
       }
     }
   }
   // Offsets that disagree with the bitmap, and a bit past k, are reported, never read past.
-  Sparse s = make(8, 70, 0.5, rng);
-  std::unique_ptr<uint16_t[]> values(new uint16_t[s.offsets[8]]);
-  for (int64_t i = 0; i < s.offsets[8]; ++i) values[i] = to_bf16(s.values[i]);
-  std::vector<uint16_t> x16(5 * 70, to_bf16(1.0f));
-  std::vector<uint16_t> packed(amx_packed_x_elements(5, 70));
-  pack_x_amx(x16.data(), 5, 70, packed.data(), 0, 3);
-  std::vector<float> y(5 * 8);
-  std::vector<int64_t> skewed = s.offsets;
+  const auto run_on_ones = [](const Bf16Weight& w, const std::vector<uint16_t>& bitmap,
+                              const std::vector<int64_t>& offsets, int64_t rows, int64_t k, int64_t batch) {
+    std::vector<uint16_t> x16(batch * k, to_bf16(1.0f));
+    std::vector<uint16_t> packed(amx_packed_x_elements(batch, k));
+    pack_x_amx(x16.data(), batch, k, packed.data(), 0, (k + 31) / 32);
+    std::vector<float> y(batch * rows);
+    return bitmap_spmm_bf16_amx(w.values.get(), bitmap.data(), offsets.data(), rows, k, packed.data(), batch, nullptr,
+                                y.data(), 0, rows);
+  };
+  const Bf16Weight w = make_bf16(8, 70, 0.5, rng);
+  std::vector<int64_t> skewed = w.s.offsets;
   skewed[7] -= 1;
-  const Status short_row = bitmap_spmm_bf16_amx(values.get(), s.bitmap.data(), skewed.data(), 8, 70, packed.data(), 5,
-                                                nullptr, y.data(), 0, 8);
+  const Status short_row = run_on_ones(w, w.s.bitmap, skewed, 8, 70, 5);
   EXPECT(short_row.code == StatusCode::kCorruptMeta && short_row.row == 6);
-  std::vector<uint16_t> past_k = s.bitmap;
+  std::vector<uint16_t> past_k = w.s.bitmap;
   past_k[2 * 5 - 1] |= 1u << 15;  // row 1, column 79 of 70
-  const Status past = bitmap_spmm_bf16_amx(values.get(), past_k.data(), s.offsets.data(), 8, 70, packed.data(), 5,
-                                           nullptr, y.data(), 0, 8);
+  const Status past = run_on_ones(w, past_k, w.s.offsets, 8, 70, 5);
   EXPECT(past.code == StatusCode::kCorruptMeta && past.row == 1);
   // In k-blocks (k 2000, 18 batch tiles): a row that claims one value more than its bitmap holds
   // is found at the end of its last k-block.
-  Sparse wide = make(37, 2000, 0.5, rng);
-  std::unique_ptr<uint16_t[]> wide_values(new uint16_t[wide.offsets[37]]);
-  for (int64_t i = 0; i < wide.offsets[37]; ++i) wide_values[i] = to_bf16(wide.values[i]);
-  std::vector<uint16_t> wide_x16(280 * 2000, to_bf16(1.0f));
-  std::vector<uint16_t> wide_packed(amx_packed_x_elements(280, 2000));
-  pack_x_amx(wide_x16.data(), 280, 2000, wide_packed.data(), 0, 63);
-  std::vector<float> wide_y(280 * 37);
-  std::vector<int64_t> long_row = wide.offsets;
+  const Bf16Weight wide = make_bf16(37, 2000, 0.5, rng);
+  std::vector<int64_t> long_row = wide.s.offsets;
   long_row[20] += 1;
-  const Status long_status = bitmap_spmm_bf16_amx(wide_values.get(), wide.bitmap.data(), long_row.data(), 37, 2000,
-                                                  wide_packed.data(), 280, nullptr, wide_y.data(), 0, 37);
+  const Status long_status = run_on_ones(wide, wide.s.bitmap, long_row, 37, 2000, 280);
   EXPECT(long_status.code == StatusCode::kCorruptMeta && long_status.row == 19);
   std::printf("AMX bf16 SpMM checked\n");
 }
