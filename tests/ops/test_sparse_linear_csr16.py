@@ -96,6 +96,12 @@ def test_bad_inputs_are_clear_errors(isa):
     shuffled[3] = shuffled[4] + 1
     with pytest.raises(ValueError, match=r"must be non-decreasing, but entry 4 \(\d+\) is below entry 3"):
         ops.sparse_linear_csr16(x, values, indices, shuffled, 40)
+    # Entries far outside [0, nnz] (where a difference of two entries would overflow) are caught too.
+    for entry, value in ((1, -1), (1, -2**63), (2, 2**62), (2, 2**63 - 1)):
+        out_of_range = offsets.clone()
+        out_of_range[entry] = value
+        with pytest.raises(ValueError, match=r"must be non-decreasing, but entry \d \(-?\d+\) is below entry \d"):
+            ops.sparse_linear_csr16(x, values, indices, out_of_range, 40)
     past_k = indices.clone()
     past_k[int(offsets[2])] = 40  # row 2 names column 40 of a 40-column weight
     for batch in (1, 4, 9):
