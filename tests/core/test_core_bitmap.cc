@@ -183,6 +183,20 @@ void check_variant(const Variant& v, std::mt19937& rng) {
         for (int64_t r = 0; r < 5; ++r) EXPECT(close(y[b * 5 + r], expected_dot(s, x, bias, k, b, r)));
     }
   }
+  // A NaN sum stays NaN through the fused ReLU / ReLU6, as in F.relu (column tiles of 16 and a
+  // remainder, NaN in one pixel column of x).
+  for (Activation activation : {Activation::kRelu, Activation::kRelu6}) {
+    Sparse s = make(5, 24, 0.0, rng);
+    const int64_t cols_x = 19;
+    std::vector<float> x(24 * cols_x, 1.0f), y(5 * cols_x, 0.0f);
+    for (int64_t c = 0; c < 24; ++c) x[c * cols_x + 17] = c == 3 ? NAN : 1.0f;
+    EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 24, x.data(), cols_x,
+                  cols_x, nullptr, activation, y.data(), cols_x, 0, 5).ok());
+    for (int64_t r = 0; r < 5; ++r) {
+      EXPECT(std::isnan(y[r * cols_x + 17]));
+      EXPECT(!std::isnan(y[r * cols_x + 16]));
+    }
+  }
   // Offsets that disagree with the bitmap are reported, never followed past the values.
   Sparse s = make(8, 40, 0.5, rng);
   std::vector<int64_t> skewed = s.offsets;

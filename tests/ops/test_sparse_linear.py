@@ -70,6 +70,19 @@ def test_sparse_conv1x1_matches_reference(isa, channels, side, sparsity, activat
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("activation", [1, 2])
+def test_sparse_conv1x1_activation_keeps_nan(isa, activation):
+    # F.relu(nan) and relu6 are NaN: the fused activation must not turn a NaN sum into 0 or 6.
+    weight = torch.ones(8, 16)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    x = torch.randn(1, 16, 5, 5)
+    x[0, 3, 1, 2] = float("nan")  # every output channel is NaN at pixel (1, 2), finite elsewhere
+    out = ops.sparse_conv1x1(x, values, bitmap, row_offsets, None, activation)
+    expected = ref.sparse_conv1x1(x, values, bitmap, row_offsets, None, activation)
+    assert out[0, :, 1, 2].isnan().all()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_semi24_conversion_is_exact_both_ways(isa, dtype):
     dense = sparse_weight(64, 128, 0.0, dtype)

@@ -89,8 +89,9 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
 
 inline __m512 activate(__m512 v, Activation activation) {
   if (activation == Activation::kNone) return v;
-  v = _mm512_max_ps(v, _mm512_setzero_ps());
-  return activation == Activation::kRelu6 ? _mm512_min_ps(v, _mm512_set1_ps(6.0f)) : v;
+  // max/min return their second operand when either is NaN: v second, so NaN passes through.
+  v = _mm512_max_ps(_mm512_setzero_ps(), v);
+  return activation == Activation::kRelu6 ? _mm512_min_ps(_mm512_set1_ps(6.0f), v) : v;
 }
 
 // One output row's partial sums over one k-block: out[0 .. 16 V) (+)= sum_t weight[t] X[column[t]][..]

@@ -65,7 +65,7 @@ inline float load_value(const void* values, ValueType type, int64_t i) {
 
 inline float activate(float v, Activation activation) {
   if (activation == Activation::kNone) return v;
-  v = v > 0.0f ? v : 0.0f;
+  v = v < 0.0f ? 0.0f : v;  // NaN passes through, as in F.relu
   return activation == Activation::kRelu6 && v > 6.0f ? 6.0f : v;
 }
 

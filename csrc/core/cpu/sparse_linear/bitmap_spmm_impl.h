@@ -34,17 +34,18 @@ __attribute__((always_inline)) inline void store_vec(float* p, Vec v) { std::mem
 inline Vec activate_vec(Vec v, Activation activation) {
   if (activation == Activation::kNone) return v;
   const Vec zero{};
-  v = v > zero ? v : zero;
+  // Written so that NaN passes through, as in F.relu / F.relu6 (a NaN compares false).
+  v = v < zero ? zero : v;
   if (activation == Activation::kRelu6) {
     const Vec six = zero + 6.0f;
-    v = v < six ? v : six;
+    v = v > six ? six : v;
   }
   return v;
 }
 
 inline float activate_scalar(float v, Activation activation) {
   if (activation == Activation::kNone) return v;
-  v = v > 0.0f ? v : 0.0f;
+  v = v < 0.0f ? 0.0f : v;  // NaN passes through
   return activation == Activation::kRelu6 && v > 6.0f ? 6.0f : v;
 }
 
