@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import prunekit
 from prunekit import ops
-from prunekit.formats import BitmapWeight, from_semi24, to_semi24
+from prunekit.formats import BitmapWeight, Csr16Weight, from_semi24, to_semi24
 from prunekit.ops import _reference as ref
 from sparse_linear_helpers import sparse_weight, tolerance
 
@@ -195,6 +195,29 @@ def test_bad_inputs_are_clear_errors(isa):
         ops.sparse_conv1x1(torch.randn(1, 40, 2, 2), values, bitmap, row_offsets, None, 3)
     with pytest.raises(ValueError, match=r"'x' must be 4-D"):
         ops.sparse_conv1x1(torch.randn(40, 2, 2), values, bitmap, row_offsets)
+
+
+def test_a_meta_argument_with_cpu_ones_is_a_clear_error():
+    # A meta tensor sends the call to the fake impl; it must not hand back an unwritten CPU tensor.
+    weight = BitmapWeight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
+    csr = Csr16Weight.from_bitmap(weight)
+    x, image = torch.randn(2, 40), torch.randn(1, 40, 3, 3)
+    calls = {
+        "sparse_linear": lambda t: torch.ops.prunekit.sparse_linear(*t(x, weight.values, weight.bitmap, weight.row_offsets), 40),
+        "sparse_linear_csr16": lambda t: torch.ops.prunekit.sparse_linear_csr16(
+            *t(x, csr.values, csr.col_indices, csr.row_offsets), 40),
+        "sparse_conv1x1": lambda t: torch.ops.prunekit.sparse_conv1x1(*t(image, weight.values, weight.bitmap, weight.row_offsets)),
+        "decompress_bitmap": lambda t: torch.ops.prunekit.decompress_bitmap(*t(weight.values, weight.bitmap, weight.row_offsets), 40),
+    }
+    for op, call in calls.items():
+        for which in range(4 if op != "decompress_bitmap" else 3):
+            one_on_meta = lambda *ts: [t.to("meta") if i == which else t for i, t in enumerate(ts)]
+            with pytest.raises(RuntimeError, match=rf"prunekit\.{op}: argument '\w+' must be on the device of '\w+' \((cpu|meta)\), but got (meta|cpu)"):
+                call(one_on_meta)
+        assert call(lambda *ts: [t.to("meta") for t in ts]).device.type == "meta"  # all on meta: shapes only
+    bias = torch.randn(8, device="meta")
+    with pytest.raises(RuntimeError, match=r"argument 'bias' must be on the device of 'x' \(cpu\), but got meta"):
+        torch.ops.prunekit.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets, 40, bias)
 
 
 def test_outputs_are_fully_written():

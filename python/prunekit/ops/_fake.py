@@ -9,6 +9,19 @@ import torch
 from ..formats.semi24 import semi24_layout
 
 
+def _check_same_device(op: str, first: str, **tensors) -> None:
+    """Every tensor argument on the device of `first`. A fake runs whenever one argument is on the
+    meta device, so without this a meta weight with a CPU x would return an unwritten CPU tensor."""
+    device = tensors[first].device
+    for name, tensor in tensors.items():
+        if tensor is not None:
+            torch._check(
+                tensor.device == device,
+                lambda: f"prunekit.{op}: argument '{name}' must be on the device of '{first}' ({device}), "
+                f"but got {tensor.device}",
+            )
+
+
 def _check_multiple(value: int, multiple: int, op: str, what: str) -> None:
     torch._check(
         value % multiple == 0,
@@ -38,6 +51,7 @@ def _compress_24_fake(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.library.register_fake("prunekit::decompress_24")
 def _decompress_24_fake(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    _check_same_device("decompress_24", "values", values=values, meta=meta)
     layout = semi24_layout(values.dtype)
     rows, cols = values.shape[0], 2 * values.shape[1]
     expected = layout.meta_shape(rows, cols)
@@ -51,11 +65,13 @@ def _decompress_24_fake(values: torch.Tensor, meta: torch.Tensor) -> torch.Tenso
 
 @torch.library.register_fake("prunekit::hessian_accumulate_")
 def _hessian_accumulate_fake(hessian: torch.Tensor, x: torch.Tensor, n_seen: int) -> None:
+    _check_same_device("hessian_accumulate_", "hessian", hessian=hessian, x=x)
     return None
 
 
 @torch.library.register_fake("prunekit::sparsegpt_solve_")
 def _sparsegpt_solve_fake(weight, hinv, sparsity: float, n: int, m: int, blocksize: int) -> torch.Tensor:
+    _check_same_device("sparsegpt_solve_", "weight", weight=weight, hinv=hinv)
     return torch.empty_like(weight, dtype=torch.bool)
 
 
@@ -71,6 +87,7 @@ def _compress_bitmap_fake(dense: torch.Tensor):
 
 @torch.library.register_fake("prunekit::decompress_bitmap")
 def _decompress_bitmap_fake(values, bitmap, row_offsets, cols: int) -> torch.Tensor:
+    _check_same_device("decompress_bitmap", "values", values=values, bitmap=bitmap, row_offsets=row_offsets)
     return values.new_empty((bitmap.shape[0], cols))
 
 
@@ -84,16 +101,20 @@ def _check_linear_input(op: str, x, in_features: int) -> None:
 
 @torch.library.register_fake("prunekit::sparse_linear")
 def _sparse_linear_fake(x, values, bitmap, row_offsets, in_features: int, bias=None) -> torch.Tensor:
+    _check_same_device("sparse_linear", "x", x=x, values=values, bitmap=bitmap, row_offsets=row_offsets, bias=bias)
     _check_linear_input("sparse_linear", x, in_features)
     return x.new_empty((*x.shape[:-1], bitmap.shape[0]))
 
 
 @torch.library.register_fake("prunekit::sparse_linear_csr16")
 def _sparse_linear_csr16_fake(x, values, col_indices, row_offsets, in_features: int, bias=None) -> torch.Tensor:
+    _check_same_device("sparse_linear_csr16", "x", x=x, values=values, col_indices=col_indices,
+                       row_offsets=row_offsets, bias=bias)
     _check_linear_input("sparse_linear_csr16", x, in_features)
     return x.new_empty((*x.shape[:-1], row_offsets.shape[0] - 1))
 
 
 @torch.library.register_fake("prunekit::sparse_conv1x1")
 def _sparse_conv1x1_fake(x, values, bitmap, row_offsets, bias=None, activation: int = 0) -> torch.Tensor:
+    _check_same_device("sparse_conv1x1", "x", x=x, values=values, bitmap=bitmap, row_offsets=row_offsets, bias=bias)
     return x.new_empty((x.shape[0], bitmap.shape[0], x.shape[2], x.shape[3]))
