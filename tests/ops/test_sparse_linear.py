@@ -98,6 +98,26 @@ def test_semi24_conversion_is_exact_both_ways(isa, dtype):
     torch.testing.assert_close(out.float(), F.linear(x.float(), dense.float()), **tolerance(dtype, 128))
 
 
+def test_from_semi24_rejects_metadata_it_cannot_convert_exactly():
+    dense = sparse_weight(32, 64, 0.0, torch.float32)
+    values, meta = ops.compress_24(dense * ops.nm_mask(dense.abs(), 2, 4))
+    for wrong in (torch.int32, torch.int64, torch.float32):
+        with pytest.raises(ValueError, match=rf"meta must have dtype torch.int16 \(as compress_24 returns it\), but got {wrong}"):
+            from_semi24(values, meta.to(wrong))
+    with pytest.raises(ValueError, match=r"meta must have shape \[32, 4\] for values of shape \[32, 32\], but got \[64, 4\]"):
+        from_semi24(values, torch.cat([meta, meta]))
+    with pytest.raises(ValueError, match=r"values must be 2-D \(rows, in_features / 2\), but got shape \[1024\]"):
+        from_semi24(values.reshape(-1), meta)
+    with pytest.raises(ValueError, match=r"multiple of 32 rows and of 16 columns .* but got shape \[31, 32\]"):
+        from_semi24(values[:31].contiguous(), meta[:31].contiguous())
+    descending = meta.clone()
+    descending[0, 0] = (int(meta[0, 0]) & ~0xF) | 0x1  # group 0 of row 0 names columns (1, 0)
+    with pytest.raises(ValueError, match=r"two distinct ascending columns per group, but the group at row 0, columns 0..3"):
+        from_semi24(values, descending)
+    with pytest.raises(ValueError, match=r"two distinct ascending columns per group"):
+        ops.decompress_24(values, descending)  # the same rule as the CUDA layout's own decoder
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("cols", [16, 48, 4096])
 def test_half_dense_rows_with_and_without_the_24_pattern(isa, dtype, cols):

@@ -47,9 +47,26 @@ def from_semi24(values: torch.Tensor, meta: torch.Tensor) -> BitmapWeight:
     """
     if values.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"from_semi24: values must be float32 or bfloat16, but got {values.dtype}")
+    if values.dim() != 2:
+        raise ValueError(f"from_semi24: values must be 2-D (rows, in_features / 2), but got shape {list(values.shape)}")
     rows, half = values.shape
     cols = 2 * half
+    layout = semi24_layout(values.dtype)
+    if rows % layout.row_alignment or cols % layout.col_alignment:
+        raise ValueError(f"from_semi24: values must have a multiple of {layout.row_alignment} rows and of "
+                         f"{layout.col_alignment // 2} columns (compress_24's layout), but got shape {list(values.shape)}")
+    if meta.dtype != layout.meta_dtype:
+        raise ValueError(f"from_semi24: meta must have dtype {layout.meta_dtype} (as compress_24 returns it), "
+                         f"but got {meta.dtype}")
+    if tuple(meta.shape) != layout.meta_shape(rows, cols):
+        raise ValueError(f"from_semi24: meta must have shape {list(layout.meta_shape(rows, cols))} for values of "
+                         f"shape {list(values.shape)}, but got {list(meta.shape)}")
     positions = _semi24_positions(meta, rows, cols, values.dtype)  # (rows, cols/4, 2) column indices
+    ascending = positions[..., 0] < positions[..., 1]
+    if not bool(ascending.all()):
+        row, group = (int(i) for i in (~ascending).nonzero()[0])
+        raise ValueError(f"from_semi24: meta must encode two distinct ascending columns per group, but the group at "
+                         f"row {row}, columns {4 * group}..{4 * group + 3} does not (corrupt or foreign metadata)")
     marked = torch.zeros(rows, cols, dtype=torch.bool)
     marked.scatter_(1, positions.reshape(rows, -1), True)
     words = (cols + 15) // 16

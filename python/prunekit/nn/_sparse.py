@@ -311,12 +311,12 @@ class SparseWeightModule(nn.Module):
             return
         device = self.values.device
         if self.format == "2:4" and device.type == "cpu" and self.values.dtype in _KERNEL_VALUE_DTYPES:
-            view = from_semi24(self.values, self.meta)
-            if not bool((bitmap_row_counts(view.bitmap) == self.cols // 2).all()):
+            try:
+                view = from_semi24(self.values, self.meta)
+            except ValueError as error:
                 if not strict:
                     return
-                raise ValueError(f"{type(self).__name__}: the 2:4 metadata is corrupt: it must name two distinct "
-                                 "columns in every group of four, but some group names one column twice")
+                raise ValueError(f"{type(self).__name__}: the 2:4 metadata is corrupt: {error}") from None
             self.runtime_bitmap, self.runtime_row_offsets = view.bitmap, view.row_offsets
         elif self.format == "unstructured" and device.type not in ("cpu", "meta"):
             self.dense_weight = bitmap_to_dense(self.values, self.bitmap, self.cols)
