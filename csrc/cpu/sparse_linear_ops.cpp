@@ -15,6 +15,10 @@ namespace {
 
 using cpu::Status;
 
+// Columns of a compressed weight at most: far above any real layer, low enough that ceil(k / 16)
+// and offsets derived from k never overflow int64.
+constexpr int64_t kMaxColumns = int64_t(1) << 40;
+
 template <typename Kernel>
 Status run_rows(int64_t rows, int64_t grain, Kernel kernel) {
   FirstError<Status> error;
@@ -97,9 +101,12 @@ std::pair<int64_t, int64_t> check_bitmap_weight(const char* op, const at::Tensor
   check_weight_tensor(op, values, "values", {at::kFloat, at::kBFloat16}, 1);
   check_weight_tensor(op, bitmap, "bitmap", {at::kShort}, 2);
   check_weight_tensor(op, row_offsets, "row_offsets", {at::kLong}, 1);
-  TORCH_CHECK_VALUE(k >= 1, "prunekit.", op, ": the number of columns must be >= 1, but got ", k);
+  // The upper bound keeps ceil(k / 16) and every column index in range of int64 arithmetic.
+  TORCH_CHECK_VALUE(k >= 1 && k <= kMaxColumns, "prunekit.", op, ": the number of columns must be in [1, ",
+                    kMaxColumns, "], but got ", k);
   const int64_t rows = bitmap.size(0);
-  TORCH_CHECK_VALUE(rows >= 1, "prunekit.", op, ": argument 'bitmap' must have at least one row");
+  TORCH_CHECK_VALUE(rows >= 1, "prunekit.", op, ": argument 'bitmap' must have at least one row, but got shape ",
+                    bitmap.sizes());
   TORCH_CHECK_VALUE(bitmap.size(1) == cpu::bitmap_words(k), "prunekit.", op,
                     ": argument 'bitmap' must have ", cpu::bitmap_words(k), " columns (ceil(", k,
                     " / 16)), but got ", bitmap.size(1));
@@ -110,10 +117,19 @@ std::pair<int64_t, int64_t> check_bitmap_weight(const char* op, const at::Tensor
   return {rows, k};
 }
 
-void check_status(const Status& status, const char* op) {
-  TORCH_CHECK_VALUE(status.ok(), "prunekit.", op, ": the compressed weight is corrupt: row ",
-                    status.row, " of 'bitmap' does not match its 'row_offsets' span or marks "
-                    "columns past in_features");
+void check_status(const Status& status, const char* op, int64_t k) {
+  TORCH_CHECK_VALUE(status.ok(), "prunekit.", op, ": the compressed weight is corrupt: row ", status.row,
+                    " of 'bitmap' does not match its 'row_offsets' span or marks columns past in_features=", k,
+                    " (or in_features is below the weight's columns)");
+}
+
+// Runs the bitmap check alone: where no kernel runs (an empty batch or image), a corrupt weight
+// is still an error, as it is for every other input.
+void validate_bitmap(const char* op, const uint16_t* bits, const int64_t* offsets, int64_t rows, int64_t k) {
+  check_status(run_rows(rows, 64, [&](int64_t begin, int64_t end) {
+                 return cpu::bitmap_validate_rows(bits, offsets, k, begin, end);
+               }),
+               op, k);
 }
 
 at::Tensor decompress_bitmap(const at::Tensor& values, const at::Tensor& bitmap,
@@ -122,10 +138,7 @@ at::Tensor decompress_bitmap(const at::Tensor& values, const at::Tensor& bitmap,
   const auto [rows, k] = check_bitmap_weight(op, values, bitmap, row_offsets, cols);
   const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
   const int64_t* offsets = row_offsets.data_ptr<int64_t>();
-  check_status(run_rows(rows, 64, [&](int64_t begin, int64_t end) {
-                 return cpu::bitmap_validate_rows(bits, offsets, k, begin, end);
-               }),
-               op);
+  validate_bitmap(op, bits, offsets, rows, k);
   at::Tensor dense = at::empty({rows, k}, values.options());
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     cpu::bitmap_unpack_rows(values.data_ptr(), int(values.element_size()), bits, offsets, k,
@@ -168,9 +181,12 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
   const at::Tensor bias32 = bias_as_float(bias, rows, op);
   const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
   at::Tensor out = at::empty({batch, rows}, x.options().dtype(at::kFloat));
-  if (batch == 0) return out.view(out_shape).to(x.scalar_type());
   const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
   const int64_t* offsets = row_offsets.data_ptr<int64_t>();
+  if (batch == 0) {
+    validate_bitmap(op, bits, offsets, rows, k);
+    return out.view(out_shape).to(x.scalar_type());
+  }
   const auto type = value_type(values);
   Status status;
   const auto gemv_bf16 = cpu::select_bitmap_gemv_bf16();
@@ -183,7 +199,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
       return gemv_bf16(value_bits, bits, offsets, rows, k, x_bits, batch, bias_ptr, out.data_ptr<float>(), begin, end);
     });
-    check_status(status, op);
+    check_status(status, op, k);
     return out.view(out_shape).to(x.scalar_type());
   }
 #if defined(PRUNEKIT_HAVE_AMX)
@@ -204,7 +220,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
       return cpu::bitmap_spmm_bf16_amx(value_bits, bits, offsets, rows, k, packed_bits, batch, bias_ptr,
                                        out.data_ptr<float>(), begin, end);
     });
-    check_status(status, op);
+    check_status(status, op, k);
     return out.view(out_shape).to(x.scalar_type());
   }
 #endif
@@ -226,7 +242,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     });
     transpose_into(yt.data_ptr<float>(), rows, batch, out.data_ptr<float>());
   }
-  check_status(status, op);
+  check_status(status, op, k);
   return out.view(out_shape).to(x.scalar_type());
 }
 
@@ -258,6 +274,16 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   // Up to kGemvMaxBatch rows of x per pass over the weight: the format is for batch-1 decoding
   // (SparseLinear runs larger batches on the bitmap SpMM).
   const auto gemv = cpu::select_csr16_gemv();
+  if (batch == 0) {
+    // No products to compute, but an index past k is an error here as at any other batch.
+    const int64_t nnz = values.numel();
+    const int64_t first_bad = std::find_if(indices, indices + nnz, [&](uint16_t c) { return c >= k; }) - indices;
+    if (first_bad < nnz) {
+      const int64_t row = std::upper_bound(offsets, offsets + rows + 1, first_bad) - offsets - 1;
+      TORCH_CHECK_VALUE(false, "prunekit.", op, ": the compressed weight is corrupt: row ", row,
+                        " of 'col_indices' names column ", indices[first_bad], ", past in_features=", k);
+    }
+  }
   for (int64_t b0 = 0; b0 < batch; b0 += cpu::kGemvMaxBatch) {
     const int64_t chunk = std::min(cpu::kGemvMaxBatch, batch - b0);
     const float* xs = x32.data_ptr<float>() + b0 * k;
@@ -288,10 +314,13 @@ at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const a
   const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
   const int64_t images = x.size(0), pixels = x.size(2) * x.size(3);
   at::Tensor out = at::empty({images, rows, x.size(2), x.size(3)}, x.options());
-  if (out.numel() == 0) return out;
-  const auto spmm = cpu::select_bitmap_spmm();
   const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
   const int64_t* offsets = row_offsets.data_ptr<int64_t>();
+  if (out.numel() == 0) {
+    validate_bitmap(op, bits, offsets, rows, k);
+    return out;
+  }
+  const auto spmm = cpu::select_bitmap_spmm();
   const auto type = value_type(values);
   for (int64_t image = 0; image < images; ++image) {
     const float* in = x.data_ptr<float>() + image * channels * pixels;
@@ -300,7 +329,7 @@ at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const a
                    return spmm(values.data_ptr(), type, bits, offsets, k, in, pixels, pixels, bias_ptr,
                                cpu::Activation(activation), result, pixels, begin, end);
                  }),
-                 op);
+                 op, k);
   }
   return out;
 }

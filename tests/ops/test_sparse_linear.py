@@ -201,6 +201,19 @@ def test_bad_inputs_are_clear_errors(isa):
             ops.sparse_linear(torch.randn(batch, 40).to(dtype), values.to(dtype), past_k, row_offsets, 40)
     with pytest.raises(ValueError, match=r"corrupt"):
         ops.decompress_bitmap(values, past_k, row_offsets, 40)
+    # An empty batch or image runs no kernel, and a corrupt weight is still an error.
+    with pytest.raises(ValueError, match=r"compressed weight is corrupt: row 1 of 'bitmap'"):
+        ops.sparse_linear(torch.randn(0, 40), values, bitmap, skewed, 40)
+    with pytest.raises(ValueError, match=r"compressed weight is corrupt: row 0 of 'bitmap' .* past in_features=40"):
+        ops.sparse_linear(torch.randn(0, 40), values, past_k, row_offsets, 40)
+    for empty in (torch.randn(0, 40, 2, 2), torch.randn(1, 40, 0, 3)):
+        with pytest.raises(ValueError, match=r"compressed weight is corrupt: row 1 of 'bitmap'"):
+            ops.sparse_conv1x1(empty, values, bitmap, skewed)
+    # in_features below the weight's columns (the bitmap's words still fit): named in the message.
+    with pytest.raises(ValueError, match=r"past in_features=33 \(or in_features is below the weight's columns\)"):
+        ops.sparse_linear(torch.randn(2, 33), values, bitmap, row_offsets, 33)
+    with pytest.raises(ValueError, match=r"the number of columns must be in \[1, 1099511627776\], but got 9223372036854775807"):
+        ops.sparse_linear(x, values, bitmap, row_offsets, 2**63 - 1)
     with pytest.raises(ValueError, match=r"'values' must have dtype one of Float, BFloat16, but got Half"):
         ops.sparse_linear(x, values.half(), bitmap, row_offsets, 40)
     with pytest.raises(ValueError, match=r"'x' must have dtype one of"):

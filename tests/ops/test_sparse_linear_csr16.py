@@ -104,7 +104,7 @@ def test_bad_inputs_are_clear_errors(isa):
             ops.sparse_linear_csr16(x, values, indices, out_of_range, 40)
     past_k = indices.clone()
     past_k[int(offsets[2])] = 40  # row 2 names column 40 of a 40-column weight
-    for batch in (1, 4, 9):
+    for batch in (0, 1, 4, 9):
         with pytest.raises(ValueError, match=r"corrupt: row 2 of 'col_indices' names column 40, past in_features=40"):
             ops.sparse_linear_csr16(torch.randn(batch, 40), values, past_k, offsets, 40)
     wrapped = indices.clone()
