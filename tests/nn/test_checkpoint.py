@@ -371,6 +371,31 @@ def test_wrong_version_and_foreign_files(cnn_checkpoint, tmp_path):
         prunekit.load(text, model=skeleton)
 
 
+def _wrong_json_cases():
+    # (key, stored JSON, what the error must say). "model" holds an object whose content is checked
+    # against the skeleton elsewhere; the mappings of specs also check their entries.
+    objects = ["model", "modules", "module_aliases", "aliases"]
+    cases = [(key, value, rf"metadata '{key}' must be a JSON object, but got {kind}")
+             for key in objects for value, kind in (("[1, 2]", "list"), ("3", "int"), ("null", "NoneType"))]
+    cases += [(key, '{"a": 1}', rf"the entries of metadata '{key}' must be JSON {entries}")
+              for key, entries in (("modules", "objects"), ("module_aliases", "strings"), ("aliases", "strings"))]
+    cases += [("nonpersistent", value, rf"metadata 'nonpersistent' must be a JSON array, but got {kind}")
+              for value, kind in (('{"a": 1}', "dict"), ("3", "int"), ("null", "NoneType"))]
+    cases += [("nonpersistent", '["a", 1]', r"the entries of metadata 'nonpersistent' must be JSON strings")]
+    return cases
+
+
+@pytest.mark.parametrize("key, value, message", _wrong_json_cases())
+def test_metadata_of_the_wrong_json_type(cnn_checkpoint, tmp_path, key, value, message):
+    _, path = cnn_checkpoint
+    skeleton = ResNetish().eval()
+    state = _state(skeleton)
+    bad = rewrite(path, tmp_path / f"{key}.safetensors", metadata={key: value})
+    with pytest.raises(CheckpointError, match=message):
+        prunekit.load(bad, model=skeleton)
+    _assert_unchanged(skeleton, state)
+
+
 def test_another_architecture_is_refused(cnn_checkpoint, tmp_path):
     _, path = cnn_checkpoint
     mobilenet = MobileNetish().eval()

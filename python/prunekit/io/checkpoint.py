@@ -53,6 +53,10 @@ FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.prunekit.safetensors"
 CONFIG_NAME = "config.json"
 _JSON_KEYS = ("model", "modules", "module_aliases", "tensors", "aliases", "nonpersistent")
+# The JSON type of each metadata key (and of the entries of the mappings that hold specs).
+_JSON_TYPES = {"model": dict, "modules": dict, "module_aliases": dict, "tensors": dict, "aliases": dict,
+               "nonpersistent": list}
+_JSON_ENTRY_TYPES = {"modules": dict, "module_aliases": str, "tensors": dict, "aliases": str, "nonpersistent": str}
 _VALUE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                  "float64": torch.float64}
 
@@ -226,6 +230,15 @@ def read_info(path) -> dict:
             info[key] = json.loads(metadata[key])
         except (KeyError, json.JSONDecodeError) as error:
             raise CheckpointError(f"load: {weights} is corrupt: metadata '{key}' must be JSON, but {error!r}") from None
+        kind = _JSON_TYPES[key]
+        if not isinstance(info[key], kind):
+            raise CheckpointError(f"load: {weights} is corrupt: metadata '{key}' must be a JSON "
+                                  f"{'object' if kind is dict else 'array'}, but got {type(info[key]).__name__}")
+        entry_kind = _JSON_ENTRY_TYPES.get(key)
+        entries = info[key].values() if kind is dict else info[key]
+        if entry_kind is not None and not all(isinstance(entry, entry_kind) for entry in entries):
+            raise CheckpointError(f"load: {weights} is corrupt: the entries of metadata '{key}' must be JSON "
+                                  f"{'objects' if entry_kind is dict else 'strings'}")
     manifest = info["tensors"]
     if set(manifest) != set(header):
         missing, extra = sorted(set(manifest) - set(header))[:5], sorted(set(header) - set(manifest))[:5]
