@@ -1,5 +1,6 @@
 // THE schema file: every prunekit op is defined here, once. Backends register impls next to their
 // kernels (csrc/cpu, csrc/cuda); fakes live in python/prunekit/ops/_fake.py.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(prunekit, m) {
@@ -24,4 +25,15 @@ TORCH_LIBRARY(prunekit, m) {
   m.def("sparse_conv1x1(Tensor x, Tensor values, Tensor bitmap, Tensor row_offsets, Tensor? bias=None, int activation=0) -> Tensor", tags);
   // SparseGPT blocked OBS solve in place on fp32 weight given the upper Cholesky factor of H^-1; returns the keep-mask.
   m.def("sparsegpt_solve_(Tensor(a!) weight, Tensor hinv, float sparsity, int n, int m, int blocksize) -> Tensor", tags);
+}
+
+// No op has a derivative: where an input requires grad, the output's backward raises "derivative
+// for prunekit::<op> is not implemented" (torch's default for ops without one is a warning and a
+// silent None gradient). The in-place ops (hessian_accumulate_, sparsegpt_solve_) work on
+// calibration statistics and are left to torch's default.
+TORCH_LIBRARY_IMPL(prunekit, Autograd, m) {
+  for (const char* op : {"nm_mask", "compress_24", "decompress_24", "compress_bitmap", "decompress_bitmap",
+                         "sparse_linear", "sparse_linear_csr16", "sparse_conv1x1"}) {
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
+  }
 }

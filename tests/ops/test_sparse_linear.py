@@ -253,6 +253,26 @@ def test_a_meta_argument_with_cpu_ones_is_a_clear_error():
         torch.ops.prunekit.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets, 40, bias)
 
 
+def test_backward_through_an_op_is_an_error_not_a_silent_none():
+    # torch's default for an op without a derivative is a warning and x.grad None: a model trained
+    # through a sparse layer would stop learning below it without notice.
+    weight = BitmapWeight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
+    csr = Csr16Weight.from_bitmap(weight)
+    x, image = torch.randn(2, 40, requires_grad=True), torch.randn(1, 40, 3, 3, requires_grad=True)
+    outputs = {
+        "sparse_linear": ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets, 40),
+        "sparse_linear_csr16": ops.sparse_linear_csr16(x, csr.values, csr.col_indices, csr.row_offsets, 40),
+        "sparse_conv1x1": ops.sparse_conv1x1(image, weight.values, weight.bitmap, weight.row_offsets),
+        "decompress_bitmap": ops.decompress_bitmap(weight.values.requires_grad_(), weight.bitmap, weight.row_offsets, 40),
+    }
+    for op, out in outputs.items():
+        with pytest.raises(RuntimeError, match=rf"derivative for prunekit::{op} is not implemented"):
+            out.sum().backward()
+    with torch.no_grad():  # inference on tensors that require grad is fine
+        out = ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets, 40)
+    torch.testing.assert_close(out, F.linear(x.detach(), weight.to_dense()), rtol=1e-5, atol=1e-5)
+
+
 def test_outputs_are_fully_written():
     """Every output element is computed (no stale memory): results equal on a second call after
     filling the allocator's memory with NaN."""
