@@ -123,3 +123,29 @@ def test_bad_inputs_are_clear_errors(isa):
         ops.sparse_linear_csr16(x, values[:0], indices[:0], offsets[:1].contiguous(), 40)
     with pytest.raises(ValueError, match=r"at most 65536 columns, but the weight has 70000"):
         column_indices(torch.zeros(1, 4375, dtype=torch.int16), 70000)
+
+
+def test_the_format_class_checks_its_tensors():
+    import dataclasses
+
+    weight = Csr16Weight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
+    assert weight.validate() is weight
+    cases = {
+        r"columns of each row must be strictly increasing, but row 0 has (\d+) then \1": lambda c, o: c.__setitem__(1, c[0]),
+        r"row 0 of 'col_indices' names column 45, past cols=40": lambda c, o: c.__setitem__(0, 45),
+        r"row 0 of 'col_indices' names column 65535, past cols=40": lambda c, o: c.__setitem__(0, -1),
+        r"'row_offsets' must be non-decreasing, but entry 4 is below entry 3": lambda c, o: o.__setitem__(3, o[4] + 1),
+        r"'row_offsets' must start at 0 and end at values.numel\(\)=\d+": lambda c, o: o.__setitem__(-1, o[-1] - 1),
+    }
+    for message, corrupt in cases.items():
+        columns, offsets = weight.col_indices.clone(), weight.row_offsets.clone()
+        corrupt(columns, offsets)
+        bad = dataclasses.replace(weight, col_indices=columns, row_offsets=offsets)
+        for check in (bad.validate, bad.to_dense):
+            with pytest.raises(ValueError, match=message):
+                check()
+    bitmap_weight = BitmapWeight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
+    flipped = bitmap_weight.bitmap.clone()
+    flipped[2, 0] ^= 1  # row 2 marks one position more or fewer than its offsets span
+    with pytest.raises(ValueError, match=r"from_bitmap: the bitmap must mark as many positions per row .* but row 2 does not"):
+        Csr16Weight.from_bitmap(dataclasses.replace(bitmap_weight, bitmap=flipped))

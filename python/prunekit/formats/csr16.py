@@ -36,9 +36,48 @@ class Csr16Weight:
     @classmethod
     def from_bitmap(cls, weight: BitmapWeight) -> "Csr16Weight":
         """The same weight with column indices instead of the bitmap (values shared, not copied)."""
-        return cls(weight.values, column_indices(weight.bitmap, weight.cols), weight.row_offsets, weight.cols)
+        mask = _mask(weight.bitmap, weight.cols)
+        marked, spans = mask.sum(1), torch.diff(weight.row_offsets)
+        if marked.shape != spans.shape or not bool((marked == spans).all()) or int(spans.sum()) != weight.values.numel():
+            mismatch = (marked != spans).nonzero() if marked.shape == spans.shape else None
+            where = f"row {int(mismatch[0])}" if mismatch is not None and len(mismatch) else "the weight as a whole"
+            raise ValueError(f"Csr16Weight.from_bitmap: the bitmap must mark as many positions per row as 'row_offsets' "
+                             f"spans and 'values' holds, but {where} does not (corrupt or mismatched tensors)")
+        return cls(weight.values, _columns(mask), weight.row_offsets, weight.cols)
+
+    def validate(self) -> "Csr16Weight":
+        """Checks the tensors against each other and the format's rules: offsets from 0 to nnz, never
+        decreasing; one index per value, below cols; strictly increasing columns within each row (the
+        op itself checks all but the order, and would sum a repeated column). Returns self."""
+        rows, cols = self.shape
+        nnz = self.values.numel()
+        offsets = self.row_offsets
+        if rows < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != nnz:
+            raise ValueError(f"Csr16Weight: 'row_offsets' must start at 0 and end at values.numel()={nnz}, but got "
+                             f"{offsets[:1].tolist()} ... {offsets[-1:].tolist()}")
+        decreasing = (torch.diff(offsets) < 0).nonzero()
+        if len(decreasing):
+            raise ValueError(f"Csr16Weight: 'row_offsets' must be non-decreasing, but entry {int(decreasing[0]) + 1} is "
+                             f"below entry {int(decreasing[0])}")
+        if self.col_indices.numel() != nnz:
+            raise ValueError(f"Csr16Weight: 'col_indices' must have one entry per value ({nnz}), but got "
+                             f"{self.col_indices.numel()}")
+        columns = self.col_indices.long() & 0xFFFF
+        row_of_value = torch.repeat_interleave(torch.arange(rows, device=columns.device), torch.diff(offsets))
+        past = (columns >= cols).nonzero()
+        if len(past):
+            i = int(past[0])
+            raise ValueError(f"Csr16Weight: row {int(row_of_value[i])} of 'col_indices' names column {int(columns[i])}, "
+                             f"past cols={cols}")
+        unordered = ((torch.diff(columns) <= 0) & (torch.diff(row_of_value) == 0)).nonzero()
+        if len(unordered):
+            i = int(unordered[0])
+            raise ValueError(f"Csr16Weight: the columns of each row must be strictly increasing, but row "
+                             f"{int(row_of_value[i])} has {int(columns[i])} then {int(columns[i + 1])}")
+        return self
 
     def to_dense(self) -> torch.Tensor:
+        self.validate()
         rows, cols = self.shape
         row_of_value = torch.repeat_interleave(torch.arange(rows, device=self.values.device),
                                                torch.diff(self.row_offsets))
@@ -53,7 +92,14 @@ class Csr16Weight:
 def column_indices(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
     """(nnz,) int16 columns of the marked positions of an int16 bitmap, row by row in column order
     (the order of the bitmap format's values); columns >= 32768 wrap to negative int16."""
+    return _columns(_mask(bitmap, cols))
+
+
+def _mask(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
     if cols > MAX_COLUMNS:
         raise ValueError(f"column_indices: CSR16 holds at most {MAX_COLUMNS} columns, but the weight has {cols}")
-    columns = bitmap_mask(bitmap, cols).nonzero()[:, 1]
-    return columns.to(torch.int32).to(torch.int16)
+    return bitmap_mask(bitmap, cols)
+
+
+def _columns(mask: torch.Tensor) -> torch.Tensor:
+    return mask.nonzero()[:, 1].to(torch.int32).to(torch.int16)
