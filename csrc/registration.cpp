@@ -27,13 +27,13 @@ TORCH_LIBRARY(prunekit, m) {
   m.def("sparsegpt_solve_(Tensor(a!) weight, Tensor hinv, float sparsity, int n, int m, int blocksize) -> Tensor", tags);
 }
 
-// No op has a derivative: where an input requires grad, the output's backward raises "derivative
-// for prunekit::<op> is not implemented" (torch's default for ops without one is a warning and a
-// silent None gradient). The in-place ops (hessian_accumulate_, sparsegpt_solve_) work on
-// calibration statistics and are left to torch's default.
+// The sparse layers' ops have derivatives for x and bias (autograd.cpp); the format ops have
+// none: where an input requires grad, the output's backward raises "derivative for prunekit::<op>
+// is not implemented" (torch's default for ops without one is a warning and a silent None
+// gradient). The in-place ops (hessian_accumulate_, sparsegpt_solve_) work on calibration
+// statistics and are left to torch's default.
 TORCH_LIBRARY_IMPL(prunekit, Autograd, m) {
-  for (const char* op : {"nm_mask", "compress_24", "decompress_24", "compress_bitmap", "decompress_bitmap",
-                         "sparse_linear", "sparse_linear_csr16", "sparse_conv1x1"}) {
+  for (const char* op : {"nm_mask", "compress_24", "decompress_24", "compress_bitmap", "decompress_bitmap"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

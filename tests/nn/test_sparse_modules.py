@@ -52,6 +52,40 @@ def test_linear_matches_dense(dtype, fmt, pattern):
         torch.testing.assert_close(got.float(), expected, atol=tolerance(dtype), rtol=tolerance(dtype))
 
 
+@pytest.mark.parametrize("fmt,pattern", [("unstructured", 0.5), ("unstructured", 0.95), ("2:4", "2:4")])
+@pytest.mark.parametrize("rows", [1, 9])  # the GEMVs (CSR16 at 0.95) and the SpMM
+def test_layers_around_a_frozen_sparse_layer_train_as_with_the_dense_one(fmt, pattern, rows):
+    torch.manual_seed(0)
+    dense_model = nn.Sequential(nn.Linear(16, 64), pruned_linear(64, 96, pattern), nn.ReLU(), nn.Linear(96, 3))
+    sparse_model = nn.Sequential(dense_model[0], SparseLinear.from_dense(dense_model[1], fmt), nn.ReLU(),
+                                 dense_model[3])
+    dense_model[1].requires_grad_(False)
+    sparse_model[1].bias.requires_grad_(True)  # a fine-tuned bias on the frozen weight
+    dense_model[1].bias.requires_grad_(True)
+    x = torch.randn(rows, 16)
+    grads = []
+    for model in (dense_model, sparse_model):
+        model.zero_grad()
+        model(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in (model[0].weight, model[0].bias, model[1].bias, model[3].weight)])
+    for got, expected in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_layers_before_a_frozen_sparse_pointwise_conv_train():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 1)
+    prune_(conv.weight, 0.7)
+    first = nn.Conv2d(3, 8, 3, padding=1)
+    x = torch.randn(2, 3, 6, 6)
+    grads = []
+    for layer in (conv, SparseConv2d.from_dense(conv, "unstructured")):
+        first.zero_grad()
+        F.relu6(layer(first(x))).sum().backward()
+        grads.append(first.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+
+
 def test_linear_without_bias_and_odd_sizes():
     linear = pruned_linear(37, 5, 0.7, bias=False)
     sparse = SparseLinear.from_dense(linear, "unstructured")

@@ -253,24 +253,64 @@ def test_a_meta_argument_with_cpu_ones_is_a_clear_error():
         torch.ops.prunekit.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets, 40, bias)
 
 
-def test_backward_through_an_op_is_an_error_not_a_silent_none():
-    # torch's default for an op without a derivative is a warning and x.grad None: a model trained
-    # through a sparse layer would stop learning below it without notice.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients_for_x_and_bias_match_dense(dtype):
+    # Frozen sparse layers in a model that trains around them: x and bias get their gradients.
+    dense = sparse_weight(8, 40, 0.7, dtype)
+    weight = BitmapWeight.from_dense(dense)
+    csr = Csr16Weight.from_bitmap(weight)
+    for op, args in (("sparse_linear", (weight.values, weight.bitmap, weight.row_offsets)),
+                     ("sparse_linear_csr16", (csr.values, csr.col_indices, csr.row_offsets))):
+        x = torch.randn(3, 2, 40).to(dtype).requires_grad_()
+        bias = torch.randn(8).requires_grad_()
+        grad_y = torch.randn(3, 2, 8).to(dtype)
+        getattr(ops, op)(x, *args, 40, bias).backward(grad_y)
+        x_ref, bias_ref = x.detach().float().requires_grad_(), bias.detach().requires_grad_()
+        F.linear(x_ref, dense.float(), bias_ref).backward(grad_y.float())
+        torch.testing.assert_close(x.grad.float(), x_ref.grad, **tolerance(dtype, 8))
+        assert x.grad.dtype == dtype
+        torch.testing.assert_close(bias.grad, bias_ref.grad, **tolerance(dtype, 6))
+    for activation in (0, 1, 2):
+        image = (torch.randn(2, 40, 3, 5) * 4).requires_grad_()
+        bias = torch.randn(8).requires_grad_()
+        weight32 = BitmapWeight.from_dense(dense.float())
+        out = ops.sparse_conv1x1(image, weight32.values, weight32.bitmap, weight32.row_offsets, bias, activation)
+        grad_y = torch.randn_like(out)
+        out.backward(grad_y)
+        image_ref, bias_ref = image.detach().requires_grad_(), bias.detach().requires_grad_()
+        ref_out = F.conv2d(image_ref, dense.float()[:, :, None, None], bias_ref)
+        ref_out = {0: ref_out, 1: F.relu(ref_out), 2: F.relu6(ref_out)}[activation]
+        ref_out.backward(grad_y)
+        torch.testing.assert_close(image.grad, image_ref.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(bias.grad, bias_ref.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_no_gradient_for_the_compressed_weight_and_none_for_the_format_ops():
+    weight = BitmapWeight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
+    values = weight.values.clone().requires_grad_()
+    out = ops.sparse_linear(torch.randn(2, 40), values, weight.bitmap, weight.row_offsets, 40)
+    with pytest.raises(RuntimeError, match=r"prunekit.sparse_linear: no gradient for the compressed weight's 'values'"):
+        out.sum().backward()
+    # torch's default for an op without a derivative is a warning and a silent None gradient.
+    dense = ops.decompress_bitmap(values, weight.bitmap, weight.row_offsets, 40)
+    with pytest.raises(RuntimeError, match=r"derivative for prunekit::decompress_bitmap is not implemented"):
+        dense.sum().backward()
+    with torch.no_grad():  # inference on tensors that require grad records nothing
+        assert ops.sparse_linear(torch.randn(2, 40, requires_grad=True), values, weight.bitmap, weight.row_offsets,
+                                 40).grad_fn is None
+
+
+def test_opcheck_with_gradients():
     weight = BitmapWeight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
     csr = Csr16Weight.from_bitmap(weight)
-    x, image = torch.randn(2, 40, requires_grad=True), torch.randn(1, 40, 3, 3, requires_grad=True)
-    outputs = {
-        "sparse_linear": ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets, 40),
-        "sparse_linear_csr16": ops.sparse_linear_csr16(x, csr.values, csr.col_indices, csr.row_offsets, 40),
-        "sparse_conv1x1": ops.sparse_conv1x1(image, weight.values, weight.bitmap, weight.row_offsets),
-        "decompress_bitmap": ops.decompress_bitmap(weight.values.requires_grad_(), weight.bitmap, weight.row_offsets, 40),
-    }
-    for op, out in outputs.items():
-        with pytest.raises(RuntimeError, match=rf"derivative for prunekit::{op} is not implemented"):
-            out.sum().backward()
-    with torch.no_grad():  # inference on tensors that require grad is fine
-        out = ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets, 40)
-    torch.testing.assert_close(out, F.linear(x.detach(), weight.to_dense()), rtol=1e-5, atol=1e-5)
+    x, bias = torch.randn(3, 40, requires_grad=True), torch.randn(8, requires_grad=True)
+    torch.library.opcheck(torch.ops.prunekit.sparse_linear.default,
+                          (x, weight.values, weight.bitmap, weight.row_offsets, 40, bias))
+    torch.library.opcheck(torch.ops.prunekit.sparse_linear_csr16.default,
+                          (x, csr.values, csr.col_indices, csr.row_offsets, 40, bias))
+    image = torch.randn(1, 40, 3, 3, requires_grad=True)
+    torch.library.opcheck(torch.ops.prunekit.sparse_conv1x1.default,
+                          (image, weight.values, weight.bitmap, weight.row_offsets, bias, 1))
 
 
 def test_outputs_are_fully_written():

@@ -1,0 +1,220 @@
+// Autograd for the sparse layers' ops, backend-agnostic (the backward runs torch ops and prunekit's
+// decompress ops on the tensors' device): gradients for x and bias, so that a model with frozen
+// sparse layers still trains the layers around them (adapters, a head, the dense layers below).
+// The compressed weight gets none: its backward raises (prune dense, masked weights to train).
+// The other forward ops raise on backward through torch's not-implemented fallback (registration.cpp).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace prunekit {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+void refuse_weight_gradient(AutogradContext* ctx, const char* op) {
+  TORCH_CHECK(!ctx->needs_input_grad(1), "prunekit.", op,
+              ": no gradient for the compressed weight's 'values' (sparse layers are for inference; ",
+              "prune a dense, masked weight to train it)");
+}
+
+// needs_input_grad counts tensor inputs only (x, values, the two index tensors, then bias when
+// given): bias is input 4 of every op here.
+constexpr size_t kBiasInput = 4;
+
+void save_bias(AutogradContext* ctx, const std::optional<at::Tensor>& bias) {
+  ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+  ctx->saved_data["bias_dtype"] = static_cast<int64_t>(ctx->saved_data["has_bias"].toBool() ? bias->scalar_type()
+                                                                                              : at::kFloat);
+}
+
+// grad of bias: the output gradient summed over `dims` (all but the channel), in bias's dtype.
+at::Tensor bias_gradient(AutogradContext* ctx, const at::Tensor& grad_pre, at::IntArrayRef dims) {
+  if (!ctx->saved_data["has_bias"].toBool() || !ctx->needs_input_grad(kBiasInput)) return {};
+  const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
+  return grad_pre.sum(dims).to(dtype);
+}
+
+using LinearSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                   const std::optional<at::Tensor>&);
+
+// x (..., k) -> y (..., rows) = x W^T + b: grad_x = grad_y W (fp32 products, x's dtype).
+at::Tensor linear_input_gradient(const at::Tensor& grad_y, const at::Tensor& dense_weight, at::ScalarType x_dtype) {
+  return grad_y.to(at::kFloat).matmul(dense_weight.to(at::kFloat)).to(x_dtype);
+}
+
+void save_linear(AutogradContext* ctx, const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t in_features) {
+  ctx->saved_data["in_features"] = in_features;
+  ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+  save_bias(ctx, bias);
+}
+
+std::vector<int64_t> all_but_last(const at::Tensor& t) {
+  std::vector<int64_t> dims(t.dim() - 1);
+  for (int64_t d = 0; d < t.dim() - 1; ++d) dims[d] = d;
+  return dims;
+}
+
+class SparseLinearFunction : public torch::autograd::Function<SparseLinearFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                            const at::Tensor& row_offsets, int64_t in_features, const std::optional<at::Tensor>& bias) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({values, bitmap, row_offsets});
+    save_linear(ctx, x, bias, in_features);
+    static const auto op = find_op<LinearSignature>("prunekit::sparse_linear");
+    return op.call(x, values, bitmap, row_offsets, in_features, bias);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_weight_gradient(ctx, "sparse_linear");
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      static const auto decompress = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+          "prunekit::decompress_bitmap");
+      const at::Tensor dense = decompress.call(saved[0], saved[1], saved[2], ctx->saved_data["in_features"].toInt());
+      grad_x = linear_input_gradient(grads[0], dense,
+                                     static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+    }
+    return {grad_x, {}, {}, {}, {}, bias_gradient(ctx, grads[0], all_but_last(grads[0]))};
+  }
+};
+
+class SparseLinearCsr16Function : public torch::autograd::Function<SparseLinearCsr16Function> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values,
+                            const at::Tensor& col_indices, const at::Tensor& row_offsets, int64_t in_features,
+                            const std::optional<at::Tensor>& bias) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({values, col_indices, row_offsets});
+    save_linear(ctx, x, bias, in_features);
+    static const auto op = find_op<LinearSignature>("prunekit::sparse_linear_csr16");
+    return op.call(x, values, col_indices, row_offsets, in_features, bias);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_weight_gradient(ctx, "sparse_linear_csr16");
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      // The dense weight from CSR16; a repeated column adds up, as in the forward's products.
+      // Sizes as SymInts: under torch.compile with dynamic shapes they are symbols.
+      const at::Tensor& values = saved[0];
+      const c10::SymInt rows = saved[2].sym_size(0) - 1;
+      const int64_t k = ctx->saved_data["in_features"].toInt();
+      const at::Tensor row_of_value = at::repeat_interleave(at::arange(rows, saved[2].options()), saved[2].diff());
+      const at::Tensor column = saved[1].to(at::kLong).bitwise_and(0xFFFF);
+      at::Tensor dense = at::zeros_symint({rows, k}, values.options().dtype(at::kFloat));
+      dense.index_put_({row_of_value, column}, values.to(at::kFloat), /*accumulate=*/true);
+      grad_x = linear_input_gradient(grads[0], dense,
+                                     static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+    }
+    return {grad_x, {}, {}, {}, {}, bias_gradient(ctx, grads[0], all_but_last(grads[0]))};
+  }
+};
+
+using Conv1x1Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const std::optional<at::Tensor>&, int64_t);
+
+class SparseConv1x1Function : public torch::autograd::Function<SparseConv1x1Function> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                            const at::Tensor& row_offsets, const std::optional<at::Tensor>& bias,
+                            int64_t activation) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = find_op<Conv1x1Signature>("prunekit::sparse_conv1x1");
+    at::Tensor y = op.call(x, values, bitmap, row_offsets, bias, activation);
+    // The activation's derivative is read off the output (relu: y > 0; relu6: 0 < y < 6).
+    ctx->save_for_backward({values, bitmap, row_offsets, activation == 0 ? at::Tensor() : y});
+    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["channels"] = x.sym_size(1).guard_int(__FILE__, __LINE__);  // decompress_bitmap's int
+    save_bias(ctx, bias);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_weight_gradient(ctx, "sparse_conv1x1");
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor grad_pre = grads[0];
+    const int64_t activation = ctx->saved_data["activation"].toInt();
+    if (activation == 1) grad_pre = grad_pre.mul(saved[3].gt(0));
+    if (activation == 2) grad_pre = grad_pre.mul(saved[3].gt(0).logical_and(saved[3].lt(6)));
+    at::Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      static const auto decompress = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+          "prunekit::decompress_bitmap");
+      const at::Tensor dense = decompress.call(saved[0], saved[1], saved[2], ctx->saved_data["channels"].toInt());
+      // grad_x[n, c, p] = sum_o W[o, c] grad_pre[n, o, p]
+      const auto shape = grad_pre.sym_sizes();
+      grad_x = dense.to(at::kFloat).t().matmul(grad_pre.reshape_symint({shape[0], shape[1], -1}))
+                   .reshape_symint({shape[0], dense.sym_size(1), shape[2], shape[3]});
+    }
+    // One gradient per forward argument: x, values, bitmap, row_offsets, bias, activation.
+    return {grad_x, {}, {}, {}, bias_gradient(ctx, grad_pre, {0, 2, 3}), {}};
+  }
+};
+
+// Whether the call records a backward: the autograd Function's bookkeeping (a node allocated
+// on every call, ~1.5 us) is skipped when it would not.
+bool records_gradient(std::initializer_list<const at::Tensor*> tensors) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : tensors) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+const at::Tensor& or_undefined(const std::optional<at::Tensor>& t) {
+  static const at::Tensor undefined;
+  return t ? *t : undefined;
+}
+
+at::Tensor sparse_linear_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                                  const at::Tensor& row_offsets, int64_t in_features,
+                                  const std::optional<at::Tensor>& bias) {
+  if (records_gradient({&x, &values, &or_undefined(bias)})) {
+    return SparseLinearFunction::apply(x, values, bitmap, row_offsets, in_features, bias);
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  static const auto op = find_op<LinearSignature>("prunekit::sparse_linear");
+  return op.call(x, values, bitmap, row_offsets, in_features, bias);
+}
+
+at::Tensor sparse_linear_csr16_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& col_indices,
+                                        const at::Tensor& row_offsets, int64_t in_features,
+                                        const std::optional<at::Tensor>& bias) {
+  if (records_gradient({&x, &values, &or_undefined(bias)})) {
+    return SparseLinearCsr16Function::apply(x, values, col_indices, row_offsets, in_features, bias);
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  static const auto op = find_op<LinearSignature>("prunekit::sparse_linear_csr16");
+  return op.call(x, values, col_indices, row_offsets, in_features, bias);
+}
+
+at::Tensor sparse_conv1x1_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                                   const at::Tensor& row_offsets, const std::optional<at::Tensor>& bias,
+                                   int64_t activation) {
+  if (records_gradient({&x, &values, &or_undefined(bias)})) {
+    return SparseConv1x1Function::apply(x, values, bitmap, row_offsets, bias, activation);
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  static const auto op = find_op<Conv1x1Signature>("prunekit::sparse_conv1x1");
+  return op.call(x, values, bitmap, row_offsets, bias, activation);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(prunekit, Autograd, m) {
+  m.impl("sparse_linear", &sparse_linear_autograd);
+  m.impl("sparse_linear_csr16", &sparse_linear_csr16_autograd);
+  m.impl("sparse_conv1x1", &sparse_conv1x1_autograd);
+}
+
+}  // namespace prunekit
