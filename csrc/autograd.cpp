@@ -61,61 +61,55 @@ std::vector<int64_t> all_but_last(const at::Tensor& t) {
   return dims;
 }
 
-class SparseLinearFunction : public torch::autograd::Function<SparseLinearFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
-                            const at::Tensor& row_offsets, int64_t in_features, const std::optional<at::Tensor>& bias) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({values, bitmap, row_offsets});
-    save_linear(ctx, x, bias, in_features);
-    static const auto op = find_op<LinearSignature>("prunekit::sparse_linear");
-    return op.call(x, values, bitmap, row_offsets, in_features, bias);
-  }
+using DecompressSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    refuse_weight_gradient(ctx, "sparse_linear");
-    const auto saved = ctx->get_saved_variables();
-    at::Tensor grad_x;
-    if (ctx->needs_input_grad(0)) {
-      static const auto decompress = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
-          "prunekit::decompress_bitmap");
-      const at::Tensor dense = decompress.call(saved[0], saved[1], saved[2], ctx->saved_data["in_features"].toInt());
-      grad_x = linear_input_gradient(grads[0], dense,
-                                     static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
-    }
-    return {grad_x, {}, {}, {}, {}, bias_gradient(ctx, grads[0], all_but_last(grads[0]))};
+// The two linear formats: the op, and the dense weight from the saved (values, index, row_offsets).
+struct BitmapLinear {
+  static constexpr const char* kOp = "prunekit::sparse_linear";
+  static constexpr const char* kName = "sparse_linear";
+  static at::Tensor dense_weight(const variable_list& saved, int64_t k) {
+    static const auto decompress = find_op<DecompressSignature>("prunekit::decompress_bitmap");
+    return decompress.call(saved[0], saved[1], saved[2], k);
   }
 };
 
-class SparseLinearCsr16Function : public torch::autograd::Function<SparseLinearCsr16Function> {
+struct Csr16Linear {
+  static constexpr const char* kOp = "prunekit::sparse_linear_csr16";
+  static constexpr const char* kName = "sparse_linear_csr16";
+  // A repeated column adds up, as in the forward's products. Sizes as SymInts: under
+  // torch.compile with dynamic shapes they are symbols.
+  static at::Tensor dense_weight(const variable_list& saved, int64_t k) {
+    const at::Tensor &values = saved[0], &col_indices = saved[1], &row_offsets = saved[2];
+    const c10::SymInt rows = row_offsets.sym_size(0) - 1;
+    const at::Tensor row_of_value = at::repeat_interleave(at::arange(rows, row_offsets.options()), row_offsets.diff());
+    at::Tensor dense = at::zeros_symint({rows, k}, values.options().dtype(at::kFloat));
+    dense.index_put_({row_of_value, col_indices.to(at::kLong).bitwise_and(0xFFFF)}, values.to(at::kFloat),
+                     /*accumulate=*/true);
+    return dense;
+  }
+};
+
+template <typename Format>
+class SparseLinearFunction : public torch::autograd::Function<SparseLinearFunction<Format>> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values,
-                            const at::Tensor& col_indices, const at::Tensor& row_offsets, int64_t in_features,
-                            const std::optional<at::Tensor>& bias) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values, const at::Tensor& index,
+                            const at::Tensor& row_offsets, int64_t in_features, const std::optional<at::Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({values, col_indices, row_offsets});
+    ctx->save_for_backward({values, index, row_offsets});
     save_linear(ctx, x, bias, in_features);
-    static const auto op = find_op<LinearSignature>("prunekit::sparse_linear_csr16");
-    return op.call(x, values, col_indices, row_offsets, in_features, bias);
+    static const auto op = find_op<LinearSignature>(Format::kOp);
+    return op.call(x, values, index, row_offsets, in_features, bias);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    refuse_weight_gradient(ctx, "sparse_linear_csr16");
-    const auto saved = ctx->get_saved_variables();
+    refuse_weight_gradient(ctx, Format::kName);
     at::Tensor grad_x;
     if (ctx->needs_input_grad(0)) {
-      // The dense weight from CSR16; a repeated column adds up, as in the forward's products.
-      // Sizes as SymInts: under torch.compile with dynamic shapes they are symbols.
-      const at::Tensor& values = saved[0];
-      const c10::SymInt rows = saved[2].sym_size(0) - 1;
-      const int64_t k = ctx->saved_data["in_features"].toInt();
-      const at::Tensor row_of_value = at::repeat_interleave(at::arange(rows, saved[2].options()), saved[2].diff());
-      const at::Tensor column = saved[1].to(at::kLong).bitwise_and(0xFFFF);
-      at::Tensor dense = at::zeros_symint({rows, k}, values.options().dtype(at::kFloat));
-      dense.index_put_({row_of_value, column}, values.to(at::kFloat), /*accumulate=*/true);
+      const at::Tensor dense = Format::dense_weight(ctx->get_saved_variables(), ctx->saved_data["in_features"].toInt());
       grad_x = linear_input_gradient(grads[0], dense,
                                      static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
     }
+    // One gradient per forward argument: x, values, index, row_offsets, in_features, bias.
     return {grad_x, {}, {}, {}, {}, bias_gradient(ctx, grads[0], all_but_last(grads[0]))};
   }
 };
@@ -148,9 +142,7 @@ class SparseConv1x1Function : public torch::autograd::Function<SparseConv1x1Func
     if (activation == 2) grad_pre = grad_pre.mul(saved[3].gt(0).logical_and(saved[3].lt(6)));
     at::Tensor grad_x;
     if (ctx->needs_input_grad(0)) {
-      static const auto decompress = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
-          "prunekit::decompress_bitmap");
-      const at::Tensor dense = decompress.call(saved[0], saved[1], saved[2], ctx->saved_data["channels"].toInt());
+      const at::Tensor dense = BitmapLinear::dense_weight(saved, ctx->saved_data["channels"].toInt());
       // grad_x[n, c, p] = sum_o W[o, c] grad_pre[n, o, p]
       const auto shape = grad_pre.sym_sizes();
       grad_x = dense.to(at::kFloat).t().matmul(grad_pre.reshape_symint({shape[0], shape[1], -1}))
@@ -176,26 +168,16 @@ const at::Tensor& or_undefined(const std::optional<at::Tensor>& t) {
   return t ? *t : undefined;
 }
 
-at::Tensor sparse_linear_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+template <typename Format>
+at::Tensor sparse_linear_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& index,
                                   const at::Tensor& row_offsets, int64_t in_features,
                                   const std::optional<at::Tensor>& bias) {
   if (records_gradient({&x, &values, &or_undefined(bias)})) {
-    return SparseLinearFunction::apply(x, values, bitmap, row_offsets, in_features, bias);
+    return SparseLinearFunction<Format>::apply(x, values, index, row_offsets, in_features, bias);
   }
   at::AutoDispatchBelowADInplaceOrView guard;
-  static const auto op = find_op<LinearSignature>("prunekit::sparse_linear");
-  return op.call(x, values, bitmap, row_offsets, in_features, bias);
-}
-
-at::Tensor sparse_linear_csr16_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& col_indices,
-                                        const at::Tensor& row_offsets, int64_t in_features,
-                                        const std::optional<at::Tensor>& bias) {
-  if (records_gradient({&x, &values, &or_undefined(bias)})) {
-    return SparseLinearCsr16Function::apply(x, values, col_indices, row_offsets, in_features, bias);
-  }
-  at::AutoDispatchBelowADInplaceOrView guard;
-  static const auto op = find_op<LinearSignature>("prunekit::sparse_linear_csr16");
-  return op.call(x, values, col_indices, row_offsets, in_features, bias);
+  static const auto op = find_op<LinearSignature>(Format::kOp);
+  return op.call(x, values, index, row_offsets, in_features, bias);
 }
 
 at::Tensor sparse_conv1x1_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
@@ -212,8 +194,8 @@ at::Tensor sparse_conv1x1_autograd(const at::Tensor& x, const at::Tensor& values
 }  // namespace
 
 TORCH_LIBRARY_IMPL(prunekit, Autograd, m) {
-  m.impl("sparse_linear", &sparse_linear_autograd);
-  m.impl("sparse_linear_csr16", &sparse_linear_csr16_autograd);
+  m.impl("sparse_linear", &sparse_linear_autograd<BitmapLinear>);
+  m.impl("sparse_linear_csr16", &sparse_linear_autograd<Csr16Linear>);
   m.impl("sparse_conv1x1", &sparse_conv1x1_autograd);
 }
 
