@@ -34,11 +34,13 @@ void save_bias(AutogradContext* ctx, const std::optional<at::Tensor>& bias) {
                                                                                               : at::kFloat);
 }
 
-// grad of bias: the output gradient summed over `dims` (all but the channel), in bias's dtype.
-at::Tensor bias_gradient(AutogradContext* ctx, const at::Tensor& grad_pre, at::IntArrayRef dims) {
+// grad of bias: the output gradient (channels along `channel_dim`) summed over all other dims in
+// fp32 (a bf16 sum loses digits), in bias's dtype.
+at::Tensor bias_gradient(AutogradContext* ctx, const at::Tensor& grad_pre, int64_t channel_dim) {
   if (!ctx->saved_data["has_bias"].toBool() || !ctx->needs_input_grad(kBiasInput)) return {};
   const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
-  return grad_pre.sum(dims).to(dtype);
+  const at::Tensor channels_last = grad_pre.movedim(channel_dim, -1);
+  return channels_last.reshape_symint({-1, channels_last.sym_size(-1)}).sum(0, false, at::kFloat).to(dtype);
 }
 
 using LinearSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
@@ -55,11 +57,6 @@ void save_linear(AutogradContext* ctx, const at::Tensor& x, const std::optional<
   save_bias(ctx, bias);
 }
 
-std::vector<int64_t> all_but_last(const at::Tensor& t) {
-  std::vector<int64_t> dims(t.dim() - 1);
-  for (int64_t d = 0; d < t.dim() - 1; ++d) dims[d] = d;
-  return dims;
-}
 
 using DecompressSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
 
@@ -110,7 +107,7 @@ class SparseLinearFunction : public torch::autograd::Function<SparseLinearFuncti
                                      static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
     }
     // One gradient per forward argument: x, values, index, row_offsets, in_features, bias.
-    return {grad_x, {}, {}, {}, {}, bias_gradient(ctx, grads[0], all_but_last(grads[0]))};
+    return {grad_x, {}, {}, {}, {}, bias_gradient(ctx, grads[0], -1)};
   }
 };
 
@@ -138,23 +135,33 @@ class SparseConv1x1Function : public torch::autograd::Function<SparseConv1x1Func
     const auto saved = ctx->get_saved_variables();
     at::Tensor grad_pre = grads[0];
     const int64_t activation = ctx->saved_data["activation"].toInt();
-    if (activation == 1) grad_pre = grad_pre.mul(saved[3].gt(0));
+    // As torch's: relu passes the gradient where the output is not <= 0 (NaN included), relu6
+    // where it is strictly between 0 and 6.
+    if (activation == 1) grad_pre = grad_pre.mul(saved[3].le(0).logical_not());
     if (activation == 2) grad_pre = grad_pre.mul(saved[3].gt(0).logical_and(saved[3].lt(6)));
     at::Tensor grad_x;
     if (ctx->needs_input_grad(0)) {
       const at::Tensor dense = BitmapLinear::dense_weight(saved, ctx->saved_data["channels"].toInt());
       // grad_x[n, c, p] = sum_o W[o, c] grad_pre[n, o, p]
       const auto shape = grad_pre.sym_sizes();
-      grad_x = dense.to(at::kFloat).t().matmul(grad_pre.reshape_symint({shape[0], shape[1], -1}))
+      grad_x = dense.to(at::kFloat).t().matmul(grad_pre.reshape_symint({shape[0], shape[1], shape[2] * shape[3]}))
                    .reshape_symint({shape[0], dense.sym_size(1), shape[2], shape[3]});
     }
     // One gradient per forward argument: x, values, bitmap, row_offsets, bias, activation.
-    return {grad_x, {}, {}, {}, bias_gradient(ctx, grad_pre, {0, 2, 3}), {}};
+    return {grad_x, {}, {}, {}, bias_gradient(ctx, grad_pre, 1), {}};
   }
 };
 
 // Whether the call records a backward: the autograd Function's bookkeeping (a node allocated
 // on every call, ~1.5 us) is skipped when it would not.
+// Forward-mode AD (torch.func.jvp, forward_ad) has no formula here: an error, not a zero tangent.
+void refuse_forward_ad(const char* op, std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors) {
+    TORCH_CHECK(!t->defined() || !t->_fw_grad(/*level=*/0).defined(), "prunekit.", op,
+                ": forward-mode AD is not supported (reverse mode is, for x and bias)");
+  }
+}
+
 bool records_gradient(std::initializer_list<const at::Tensor*> tensors) {
   if (!at::GradMode::is_enabled()) return false;
   for (const at::Tensor* t : tensors) {
@@ -172,6 +179,7 @@ template <typename Format>
 at::Tensor sparse_linear_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& index,
                                   const at::Tensor& row_offsets, int64_t in_features,
                                   const std::optional<at::Tensor>& bias) {
+  refuse_forward_ad(Format::kName, {&x, &values, &or_undefined(bias)});
   if (records_gradient({&x, &values, &or_undefined(bias)})) {
     return SparseLinearFunction<Format>::apply(x, values, index, row_offsets, in_features, bias);
   }
@@ -183,6 +191,7 @@ at::Tensor sparse_linear_autograd(const at::Tensor& x, const at::Tensor& values,
 at::Tensor sparse_conv1x1_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
                                    const at::Tensor& row_offsets, const std::optional<at::Tensor>& bias,
                                    int64_t activation) {
+  refuse_forward_ad("sparse_conv1x1", {&x, &values, &or_undefined(bias)});
   if (records_gradient({&x, &values, &or_undefined(bias)})) {
     return SparseConv1x1Function::apply(x, values, bitmap, row_offsets, bias, activation);
   }

@@ -285,6 +285,44 @@ def test_gradients_for_x_and_bias_match_dense(dtype):
         torch.testing.assert_close(bias.grad, bias_ref.grad, rtol=1e-4, atol=1e-4)
 
 
+def test_gradients_at_the_edges():
+    weight = BitmapWeight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
+    csr = Csr16Weight.from_bitmap(weight)
+    dense = weight.to_dense()
+    # 1-D x: the bias gradient is the output gradient itself.
+    for op, args in (("sparse_linear", (weight.values, weight.bitmap, weight.row_offsets)),
+                     ("sparse_linear_csr16", (csr.values, csr.col_indices, csr.row_offsets))):
+        x, bias = torch.randn(40, requires_grad=True), torch.randn(8, requires_grad=True)
+        grad_y = torch.randn(8)
+        getattr(ops, op)(x, *args, 40, bias).backward(grad_y)
+        torch.testing.assert_close(bias.grad, grad_y)
+        torch.testing.assert_close(x.grad, grad_y @ dense)
+    # A bf16 x with an fp32 bias: the bias gradient is summed in fp32.
+    xb, bias = torch.randn(512, 40).bfloat16().requires_grad_(), torch.randn(8, requires_grad=True)
+    grad_y = torch.randn(512, 8).bfloat16()
+    ops.sparse_linear(xb, weight.values, weight.bitmap, weight.row_offsets, 40, bias).backward(grad_y)
+    torch.testing.assert_close(bias.grad, grad_y.float().sum(0), rtol=1e-6, atol=1e-5)
+    # An empty batch of images.
+    empty = torch.randn(0, 40, 3, 4, requires_grad=True)
+    ops.sparse_conv1x1(empty, weight.values, weight.bitmap, weight.row_offsets).sum().backward()
+    assert empty.grad.shape == empty.shape
+    # ReLU passes the gradient where the output is NaN, as F.relu does.
+    ones = BitmapWeight.from_dense(torch.ones(8, 40))
+    image = torch.randn(1, 40, 2, 2)
+    image[0, 0, 0, 0] = float("nan")
+    image.requires_grad_()
+    out = ops.sparse_conv1x1(image, ones.values, ones.bitmap, ones.row_offsets, None, 1)
+    grad_y = torch.randn_like(out)
+    out.backward(grad_y)
+    image_ref = image.detach().requires_grad_()
+    F.relu(F.conv2d(image_ref, torch.ones(8, 40, 1, 1))).backward(grad_y)
+    torch.testing.assert_close(image.grad, image_ref.grad, equal_nan=True)
+    # Forward-mode AD has no formula: an error, not a zero tangent.
+    with pytest.raises(RuntimeError, match=r"prunekit.sparse_linear: forward-mode AD is not supported"):
+        torch.func.jvp(lambda t: ops.sparse_linear(t, weight.values, weight.bitmap, weight.row_offsets, 40),
+                       (torch.randn(2, 40),), (torch.randn(2, 40),))
+
+
 def test_no_gradient_for_the_compressed_weight_and_none_for_the_format_ops():
     weight = BitmapWeight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
     values = weight.values.clone().requires_grad_()

@@ -149,3 +149,9 @@ def test_the_format_class_checks_its_tensors():
     flipped[2, 0] ^= 1  # row 2 marks one position more or fewer than its offsets span
     with pytest.raises(ValueError, match=r"from_bitmap: the bitmap must mark as many positions per row .* but row 2 does not"):
         Csr16Weight.from_bitmap(dataclasses.replace(bitmap_weight, bitmap=flipped))
+    with pytest.raises(ValueError, match=r"from_bitmap: the bitmap must mark .* but the weight as a whole does not"):
+        Csr16Weight.from_bitmap(dataclasses.replace(bitmap_weight, row_offsets=bitmap_weight.row_offsets + 3))
+    with pytest.raises(ValueError, match=r"'row_offsets' must have rows \+ 1 >= 2 entries, but got 1"):
+        dataclasses.replace(weight, row_offsets=weight.row_offsets[:1]).validate()
+    with pytest.raises(ValueError, match=r"cols must be in \[1, 65536\] \(16-bit column indices\), but got 70000"):
+        dataclasses.replace(weight, cols=70000).validate()

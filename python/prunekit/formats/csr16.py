@@ -38,7 +38,8 @@ class Csr16Weight:
         """The same weight with column indices instead of the bitmap (values shared, not copied)."""
         mask = _mask(weight.bitmap, weight.cols)
         marked, spans = mask.sum(1), torch.diff(weight.row_offsets)
-        if marked.shape != spans.shape or not bool((marked == spans).all()) or int(spans.sum()) != weight.values.numel():
+        if (marked.shape != spans.shape or not bool((marked == spans).all()) or int(weight.row_offsets[0]) != 0
+                or int(spans.sum()) != weight.values.numel()):
             mismatch = (marked != spans).nonzero() if marked.shape == spans.shape else None
             where = f"row {int(mismatch[0])}" if mismatch is not None and len(mismatch) else "the weight as a whole"
             raise ValueError(f"Csr16Weight.from_bitmap: the bitmap must mark as many positions per row as 'row_offsets' "
@@ -52,7 +53,11 @@ class Csr16Weight:
         rows, cols = self.shape
         nnz = self.values.numel()
         offsets = self.row_offsets
-        if rows < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != nnz:
+        if rows < 1:
+            raise ValueError(f"Csr16Weight: 'row_offsets' must have rows + 1 >= 2 entries, but got {offsets.numel()}")
+        if not 1 <= cols <= MAX_COLUMNS:
+            raise ValueError(f"Csr16Weight: cols must be in [1, {MAX_COLUMNS}] (16-bit column indices), but got {cols}")
+        if int(offsets[0]) != 0 or int(offsets[-1]) != nnz:
             raise ValueError(f"Csr16Weight: 'row_offsets' must start at 0 and end at values.numel()={nnz}, but got "
                              f"{offsets[:1].tolist()} ... {offsets[-1:].tolist()}")
         decreasing = (torch.diff(offsets) < 0).nonzero()
