@@ -1,6 +1,7 @@
 // Bitmap format conversions and the portable (scalar) sparse linear / 1x1 conv kernels.
 #include <cstring>
 
+#include "activation.h"
 #include "prunekit/format24.h"
 #include "prunekit/half.h"
 #include "prunekit/kernels_cpu.h"
@@ -63,11 +64,6 @@ inline float load_value(const void* values, ValueType type, int64_t i) {
                                      : bf16_to_float(static_cast<const uint16_t*>(values)[i]);
 }
 
-inline float activate(float v, Activation activation) {
-  if (activation == Activation::kNone) return v;
-  v = v < 0.0f ? 0.0f : v;  // NaN passes through, as in F.relu
-  return activation == Activation::kRelu6 && v > 6.0f ? 6.0f : v;
-}
 
 }  // namespace
 
@@ -161,7 +157,7 @@ Status bitmap_spmm_scalar(const void* values, ValueType type, const uint16_t* bi
       }
     }
     if (v != row_offsets[r + 1]) return Status{StatusCode::kCorruptMeta, r, 0};
-    for (int64_t p = 0; p < cols_x; ++p) out[p] = activate(out[p], activation);
+    for (int64_t p = 0; p < cols_x; ++p) out[p] = activate_scalar(out[p], activation);
   }
   return Status{};
 }

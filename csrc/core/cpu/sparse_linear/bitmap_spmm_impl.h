@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "prunekit/half.h"
+#include "activation.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace prunekit::cpu {
@@ -41,12 +42,6 @@ inline Vec activate_vec(Vec v, Activation activation) {
     v = v > six ? six : v;
   }
   return v;
-}
-
-inline float activate_scalar(float v, Activation activation) {
-  if (activation == Activation::kNone) return v;
-  v = v < 0.0f ? 0.0f : v;  // NaN passes through
-  return activation == Activation::kRelu6 && v > 6.0f ? 6.0f : v;
 }
 
 // Positions of the set bits of each byte value, in order (padded with zeros): the decode copies
