@@ -45,6 +45,27 @@ at::Tensor bias_gradient(AutogradContext* ctx, const at::Tensor& grad_pre, int64
 
 using LinearSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                                    const std::optional<at::Tensor>&);
+using Conv1x1Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const std::optional<at::Tensor>&, int64_t);
+
+// The op's backend kernel: a redispatch below the Autograd key.
+template <typename Signature, typename... Args>
+at::Tensor call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, const Args&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(args...);
+}
+
+// Each op found once (one static per format).
+template <typename Format>
+const c10::TypedOperatorHandle<LinearSignature>& linear_op() {
+  static const auto handle = find_op<LinearSignature>(Format::kOp);
+  return handle;
+}
+
+const c10::TypedOperatorHandle<Conv1x1Signature>& conv1x1_op() {
+  static const auto handle = find_op<Conv1x1Signature>("prunekit::sparse_conv1x1");
+  return handle;
+}
 
 // x (..., k) -> y (..., rows) = x W^T + b: grad_x = grad_y W (fp32 products, x's dtype).
 at::Tensor linear_input_gradient(const at::Tensor& grad_y, const at::Tensor& dense_weight, at::ScalarType x_dtype) {
@@ -56,7 +77,6 @@ void save_linear(AutogradContext* ctx, const at::Tensor& x, const std::optional<
   ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
   save_bias(ctx, bias);
 }
-
 
 using DecompressSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t);
 
@@ -91,11 +111,9 @@ class SparseLinearFunction : public torch::autograd::Function<SparseLinearFuncti
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values, const at::Tensor& index,
                             const at::Tensor& row_offsets, int64_t in_features, const std::optional<at::Tensor>& bias) {
-    at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({values, index, row_offsets});
     save_linear(ctx, x, bias, in_features);
-    static const auto op = find_op<LinearSignature>(Format::kOp);
-    return op.call(x, values, index, row_offsets, in_features, bias);
+    return call_below_autograd(linear_op<Format>(), x, values, index, row_offsets, in_features, bias);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -111,17 +129,12 @@ class SparseLinearFunction : public torch::autograd::Function<SparseLinearFuncti
   }
 };
 
-using Conv1x1Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                    const std::optional<at::Tensor>&, int64_t);
-
 class SparseConv1x1Function : public torch::autograd::Function<SparseConv1x1Function> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
                             const at::Tensor& row_offsets, const std::optional<at::Tensor>& bias,
                             int64_t activation) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto op = find_op<Conv1x1Signature>("prunekit::sparse_conv1x1");
-    at::Tensor y = op.call(x, values, bitmap, row_offsets, bias, activation);
+    at::Tensor y = call_below_autograd(conv1x1_op(), x, values, bitmap, row_offsets, bias, activation);
     // The activation's derivative is read off the output (relu: y > 0; relu6: 0 < y < 6).
     ctx->save_for_backward({values, bitmap, row_offsets, activation == 0 ? at::Tensor() : y});
     ctx->saved_data["activation"] = activation;
@@ -152,8 +165,6 @@ class SparseConv1x1Function : public torch::autograd::Function<SparseConv1x1Func
   }
 };
 
-// Whether the call records a backward: the autograd Function's bookkeeping (a node allocated
-// on every call, ~1.5 us) is skipped when it would not.
 // Forward-mode AD (torch.func.jvp, forward_ad) has no formula here: an error, not a zero tangent.
 void refuse_forward_ad(const char* op, std::initializer_list<const at::Tensor*> tensors) {
   for (const at::Tensor* t : tensors) {
@@ -162,6 +173,8 @@ void refuse_forward_ad(const char* op, std::initializer_list<const at::Tensor*> 
   }
 }
 
+// Whether the call records a backward: the autograd Function's bookkeeping (a node allocated
+// on every call, ~1.5 us) is skipped when it would not.
 bool records_gradient(std::initializer_list<const at::Tensor*> tensors) {
   if (!at::GradMode::is_enabled()) return false;
   for (const at::Tensor* t : tensors) {
@@ -183,9 +196,7 @@ at::Tensor sparse_linear_autograd(const at::Tensor& x, const at::Tensor& values,
   if (records_gradient({&x, &values, &or_undefined(bias)})) {
     return SparseLinearFunction<Format>::apply(x, values, index, row_offsets, in_features, bias);
   }
-  at::AutoDispatchBelowADInplaceOrView guard;
-  static const auto op = find_op<LinearSignature>(Format::kOp);
-  return op.call(x, values, index, row_offsets, in_features, bias);
+  return call_below_autograd(linear_op<Format>(), x, values, index, row_offsets, in_features, bias);
 }
 
 at::Tensor sparse_conv1x1_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
@@ -195,9 +206,7 @@ at::Tensor sparse_conv1x1_autograd(const at::Tensor& x, const at::Tensor& values
   if (records_gradient({&x, &values, &or_undefined(bias)})) {
     return SparseConv1x1Function::apply(x, values, bitmap, row_offsets, bias, activation);
   }
-  at::AutoDispatchBelowADInplaceOrView guard;
-  static const auto op = find_op<Conv1x1Signature>("prunekit::sparse_conv1x1");
-  return op.call(x, values, bitmap, row_offsets, bias, activation);
+  return call_below_autograd(conv1x1_op(), x, values, bitmap, row_offsets, bias, activation);
 }
 
 }  // namespace
