@@ -368,7 +368,8 @@ def test_outputs_are_fully_written():
 @pytest.mark.parametrize("shape", [(70, 4096), (32, 32), (1, 31), (45, 333)])
 @pytest.mark.parametrize("batch", [5, 16, 33, 300])
 @pytest.mark.parametrize("sparsity", SPARSITIES)
-def test_amx_bf16_path_matches_reference(shape, batch, sparsity):
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_amx_bf16_path_matches_reference(shape, batch, sparsity, with_bias):
     """The AMX tiles path (bf16 x and weight, > 4 rows): partial weight-row blocks, columns past
     the last whole 32-column chunk, an odd number of 16-row batch tiles, and at (70, 4096) x 300
     the columns in three k-blocks (the packed x of 19 batch tiles exceeds one). bf16 products are exact
@@ -377,9 +378,10 @@ def test_amx_bf16_path_matches_reference(shape, batch, sparsity):
     weight = sparse_weight(rows, cols, sparsity, torch.bfloat16)
     values, bitmap, row_offsets = ops.compress_bitmap(weight)
     x = torch.randn(batch, cols).bfloat16()
-    bias = torch.randn(rows).bfloat16()
-    expected = F.linear(x.float(), weight.float(), bias.float())
+    bias = torch.randn(rows).bfloat16() if with_bias else None
+    bias32 = bias.float() if with_bias else None
+    expected = F.linear(x.float(), weight.float(), bias32)
     out = ops.sparse_linear(x, values, bitmap, row_offsets, cols, bias)
-    widened = ops.sparse_linear(x.float(), values.float(), bitmap, row_offsets, cols, bias.float()).bfloat16()
+    widened = ops.sparse_linear(x.float(), values.float(), bitmap, row_offsets, cols, bias32).bfloat16()
     err, err_widened = (out.float() - expected).abs().max(), (widened.float() - expected).abs().max()
     assert err <= 2 * err_widened + 1e-6, (err, err_widened)

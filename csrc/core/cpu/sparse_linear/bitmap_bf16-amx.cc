@@ -4,8 +4,9 @@
 // columns, rows of 64 bytes: the A tile layout as is), then every pair of 16-row batch tiles of
 // the pre-packed x (VNNI pairs) meets it through four tile multiply-adds per 32 columns. When the
 // packed x is larger than an L2 share, the columns go in k-blocks whose slice of it stays in L2
-// while every panel of the thread's rows meets it, and y accumulates over the k-blocks (one pass
-// over all of k per panel would stream the whole packed x from L3 once per 32 weight rows).
+// while every panel of the thread's rows meets it (one pass over all of k per panel would stream
+// the whole packed x from L3 once per 32 weight rows); the C tiles wait between k-blocks in a
+// buffer of partial sums, and the last k-block writes y through register transpositions.
 // AMX does not skip zeros: this path is about dense AMX speed with the compressed weight's
 // memory, where the vector SpMM runs at a fraction of the dense AMX GEMM. Products of two bf16
 // numbers are exact in fp32 and sums are fp32 (denormal inputs are flushed to zero).
@@ -20,6 +21,7 @@
 #include <unistd.h>
 #endif
 
+#include "../layout/transpose_impl.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace prunekit::cpu {
@@ -29,7 +31,6 @@ constexpr int64_t kChunk = 32;        // columns per A tile row (32 bf16 = 64 by
 constexpr int64_t kTileRows = 16;     // rows of every tile
 constexpr int64_t kBlockRows = 32;    // weight rows per panel: two A tiles
 constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
-constexpr int64_t kValuePrefetchBytes = 4096;
 // Bytes of packed x per k-block: half of a 2 MiB L2 (Sapphire Rapids and later), the rest holds
 // the panel and the C tiles' output.
 constexpr int64_t kKBlockPackedXBytes = 1 << 20;
@@ -50,6 +51,12 @@ void load_tile_config() {
     config.rows[t] = kTileRows;
   }
   _tile_loadconfig(&config);
+}
+
+// Elements from p to the first 64-byte boundary.
+template <typename T>
+int64_t aligned_offset(const T* p) {
+  return int64_t((64 - reinterpret_cast<uintptr_t>(p) % 64) % 64 / sizeof(T));
 }
 
 inline uint32_t chunk_mask(const uint16_t* row_bits, int64_t words, int64_t chunk) {
@@ -81,14 +88,30 @@ Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_
     const uint16_t* row_bits = bitmap + n * words;
     int64_t offset = cursors[i];
     const int64_t limit = row_offsets[n + 1];
+    // The next row's slice is prefetched while this one expands: its bitmap words now, its values
+    // line by line at this row's progress into its own slice. Consecutive rows' slices lie a whole
+    // row apart when k is split into k-blocks, where the hardware prefetchers lose the stream at
+    // every row (4096 x 11008 at 2:4, batch 128: the expansion 3.0 -> 2.0 ms).
+    const int64_t next_row_distance = n + 1 < row_end ? cursors[i + 1] - offset : 0;
+    if (n + 1 < row_end) {
+      const auto next_bits = reinterpret_cast<uintptr_t>(row_bits + words + 2 * chunk_begin);
+      for (int64_t byte = 0; byte < 4 * width; byte += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(next_bits + byte), _MM_HINT_T0);
+      }
+    }
+    uintptr_t prefetched_line = 0;
     for (int64_t c = chunk_begin; c < chunk_end; ++c) {
       const uint32_t mask = chunk_mask(row_bits, words, c);
       const unsigned count = unsigned(__builtin_popcount(mask));
       if ((c + 1 == chunks && (mask & ~tail)) || offset + count > limit) {
         return Status{StatusCode::kCorruptMeta, n, c * kChunk};
       }
-      // The value stream's reads are data dependent: prefetch in software (as the GEMVs do).
-      _mm_prefetch(reinterpret_cast<const char*>(values + offset) + kValuePrefetchBytes, _MM_HINT_T0);
+      // Addresses as integers: a prefetch never faults, a pointer past the values would be UB.
+      const uintptr_t line = (reinterpret_cast<uintptr_t>(values) + uintptr_t(offset + next_row_distance) * 2) / 64;
+      if (line != prefetched_line) {
+        _mm_prefetch(reinterpret_cast<const char*>(line * 64), _MM_HINT_T0);
+        prefetched_line = line;
+      }
       const __m512i packed = _mm512_maskz_loadu_epi16(__mmask32(_bzhi_u32(0xffffffffu, count)), values + offset);
       _mm512_storeu_si512(out + c * kChunk, _mm512_maskz_expand_epi16(__mmask32(mask), packed));
       offset += count;
@@ -99,17 +122,56 @@ Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_
   return Status{};
 }
 
+// Where C tiles wait between k-blocks: fp32 sums of the thread's rows x the batch padded to whole
+// tiles, row-major, so that a C tile is stored and loaded as is (parking it in y needs a transposition
+// and a scalar read-modify-write per element: 15% of the time at 4096 x 11008, three k-blocks).
+struct PartialSums {
+  float* data;
+  int64_t first_row;  // the thread's row_begin
+  int64_t stride;     // floats per row: batch_tiles * 16
+  float* at(int64_t n, int64_t bt) const { return data + (n - first_row) * stride + bt * kTileRows; }
+};
+
+// y[b][n0 + i] = tile[i][j] + bias[n0 + i] for batch entry b = b0 + j: a register transposition per
+// whole 16 x 16 tile, element by element at the edges (batch or rows not a multiple of 16).
+void store_tile_transposed(float (&tile)[kTileRows][kTileRows], int64_t b0, int64_t n0, int64_t row_end,
+                           int64_t rows, int64_t batch, const float* bias, float* y) {
+  if (bias) {
+    for (int64_t i = 0; i < kTileRows && n0 + i < row_end; ++i) {
+      _mm512_store_ps(tile[i], _mm512_add_ps(_mm512_load_ps(tile[i]), _mm512_set1_ps(bias[n0 + i])));
+    }
+  }
+  if (b0 + kTileRows <= batch && n0 + kTileRows <= row_end) {
+    transpose_tile(&tile[0][0], rows, kTileRows, y + b0 * rows + n0, 0, 0);
+    return;
+  }
+  for (int64_t j = 0; j < kTileRows && b0 + j < batch; ++j) {
+    for (int64_t i = 0; i < kTileRows && n0 + i < row_end; ++i) y[(b0 + j) * rows + n0 + i] = tile[i][j];
+  }
+}
+
 // C tiles for weight rows [n0, n0 + 32) and batch tiles bt (and bt + 1 when kPair) over the
-// panel's chunks [chunk_begin, chunk_begin + width), then for the rows and batch entries that
-// exist y[b][n] = C + bias (the first k-block) or y[b][n] += C (the others).
+// panel's chunks [chunk_begin, chunk_begin + width). C starts at zero in the first k-block and
+// from the parked partial sums in the others; it is parked again after every k-block but the
+// last, which writes y = C + bias for the rows and batch entries that exist.
 template <bool kPair>
 void multiply_panel(const uint16_t* panel, const uint16_t* packed_x, int64_t chunk_begin, int64_t width,
-                    int64_t batch_tiles, int64_t bt, int64_t n0, int64_t row_end, int64_t rows, int64_t batch,
-                    const float* bias, float* y) {
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
+                    bool first_block, bool last_block, const PartialSums& partial, int64_t batch_tiles, int64_t bt,
+                    int64_t n0, int64_t row_end, int64_t rows, int64_t batch, const float* bias, float* y) {
+  const int64_t partial_stride = partial.stride * int64_t(sizeof(float));
+  if (first_block) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  } else {
+    _tile_loadd(0, partial.at(n0, bt), partial_stride);
+    _tile_loadd(2, partial.at(n0 + kTileRows, bt), partial_stride);
+    if (kPair) {
+      _tile_loadd(1, partial.at(n0, bt + 1), partial_stride);
+      _tile_loadd(3, partial.at(n0 + kTileRows, bt + 1), partial_stride);
+    }
+  }
   const int64_t a_stride = panel_stride(width) * int64_t(sizeof(uint16_t));
   const char* b = reinterpret_cast<const char*>(packed_x);
   for (int64_t c = 0; c < width; ++c) {
@@ -126,6 +188,15 @@ void multiply_panel(const uint16_t* panel, const uint16_t* packed_x, int64_t chu
       _tile_dpbf16ps(3, 5, 7);
     }
   }
+  if (!last_block) {
+    _tile_stored(0, partial.at(n0, bt), partial_stride);
+    _tile_stored(2, partial.at(n0 + kTileRows, bt), partial_stride);
+    if (kPair) {
+      _tile_stored(1, partial.at(n0, bt + 1), partial_stride);
+      _tile_stored(3, partial.at(n0 + kTileRows, bt + 1), partial_stride);
+    }
+    return;
+  }
   alignas(64) float sums[4][kTileRows][kTileRows];
   _tile_stored(0, sums[0], 64);
   _tile_stored(2, sums[2], 64);
@@ -133,19 +204,10 @@ void multiply_panel(const uint16_t* panel, const uint16_t* packed_x, int64_t chu
     _tile_stored(1, sums[1], 64);
     _tile_stored(3, sums[3], 64);
   }
-  for (int half = 0; half < 2; ++half) {        // weight tile: rows n0 + 16 half ..
+  for (int half = 0; half < 2; ++half) {                   // weight tile: rows n0 + 16 half ..
     for (int side = 0; side < (kPair ? 2 : 1); ++side) {  // batch tile bt + side
-      const float(&tile)[kTileRows][kTileRows] = sums[2 * half + side];
-      for (int64_t j = 0; j < kTileRows; ++j) {
-        const int64_t row_of_x = (bt + side) * kTileRows + j;
-        if (row_of_x >= batch) break;
-        for (int64_t i = 0; i < kTileRows; ++i) {
-          const int64_t n = n0 + half * kTileRows + i;
-          if (n >= row_end) break;
-          float& out = y[row_of_x * rows + n];
-          out = chunk_begin > 0 ? out + tile[i][j] : tile[i][j] + (bias ? bias[n] : 0.0f);
-        }
-      }
+      store_tile_transposed(sums[2 * half + side], (bt + side) * kTileRows, n0 + half * kTileRows, row_end, rows,
+                            batch, bias, y);
     }
   }
 }
@@ -201,25 +263,32 @@ Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, cons
   const int64_t block_chunks = std::max<int64_t>(8, kKBlockPackedXBytes / (batch_tiles * kTileBytes));
   // 64-byte aligned: a tile row that straddles two cache lines costs two accesses.
   std::vector<uint16_t> panel_storage(kBlockRows * panel_stride(std::min(chunks, block_chunks)) + 32);
-  uint16_t* panel = panel_storage.data() + ((64 - reinterpret_cast<uintptr_t>(panel_storage.data()) % 64) % 64) / 2;
+  uint16_t* panel = panel_storage.data() + aligned_offset(panel_storage.data());
   // Each row's position in the value stream at the current k-block (whole panels, so that a
   // panel's rows past row_end have a slot too).
   std::vector<int64_t> cursors((row_end - row_begin + kBlockRows - 1) / kBlockRows * kBlockRows);
   for (int64_t n = row_begin; n < row_end; ++n) cursors[n - row_begin] = row_offsets[n];
+  const bool one_block = chunks <= block_chunks;
+  std::vector<float> partial_storage(one_block ? 0 : cursors.size() * batch_tiles * kTileRows + 16);
+  const PartialSums partial{partial_storage.data() + (one_block ? 0 : aligned_offset(partial_storage.data())),
+                            row_begin, batch_tiles * kTileRows};
   load_tile_config();
   Status status;
   for (int64_t c0 = 0; c0 < chunks && status.ok(); c0 += block_chunks) {
     const int64_t c1 = std::min(chunks, c0 + block_chunks);
+    const bool first_block = c0 == 0, last_block = c1 == chunks;
     for (int64_t n0 = row_begin; n0 < row_end; n0 += kBlockRows) {
       status = expand_panel(values, bitmap, row_offsets, k, n0, row_end, c0, c1, cursors.data() + (n0 - row_begin),
                             panel);
       if (!status.ok()) break;
       int64_t bt = 0;
       for (; bt + 2 <= batch_tiles; bt += 2) {
-        multiply_panel<true>(panel, packed_x, c0, c1 - c0, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
+        multiply_panel<true>(panel, packed_x, c0, c1 - c0, first_block, last_block, partial, batch_tiles, bt, n0,
+                             row_end, rows, batch, bias, y);
       }
       if (bt < batch_tiles) {
-        multiply_panel<false>(panel, packed_x, c0, c1 - c0, batch_tiles, bt, n0, row_end, rows, batch, bias, y);
+        multiply_panel<false>(panel, packed_x, c0, c1 - c0, first_block, last_block, partial, batch_tiles, bt, n0,
+                              row_end, rows, batch, bias, y);
       }
     }
   }
