@@ -89,7 +89,7 @@ Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_
     int64_t offset = cursors[i];
     const int64_t limit = row_offsets[n + 1];
     // The next row's slice is prefetched while this one expands: its bitmap words now, its values
-    // line by line at this row's progress into its own slice. Consecutive rows' slices lie a whole
+    // at this row's progress into its own slice. Consecutive rows' slices lie a whole
     // row apart when k is split into k-blocks, where the hardware prefetchers lose the stream at
     // every row (4096 x 11008 at 2:4, batch 128: the expansion 3.0 -> 2.0 ms).
     const int64_t next_row_distance = n + 1 < row_end ? cursors[i + 1] - offset : 0;
@@ -99,19 +99,17 @@ Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_
         _mm_prefetch(reinterpret_cast<const char*>(next_bits + byte), _MM_HINT_T0);
       }
     }
-    uintptr_t prefetched_line = 0;
     for (int64_t c = chunk_begin; c < chunk_end; ++c) {
       const uint32_t mask = chunk_mask(row_bits, words, c);
       const unsigned count = unsigned(__builtin_popcount(mask));
       if ((c + 1 == chunks && (mask & ~tail)) || offset + count > limit) {
         return Status{StatusCode::kCorruptMeta, n, c * kChunk};
       }
-      // Addresses as integers: a prefetch never faults, a pointer past the values would be UB.
-      const uintptr_t line = (reinterpret_cast<uintptr_t>(values) + uintptr_t(offset + next_row_distance) * 2) / 64;
-      if (line != prefetched_line) {
-        _mm_prefetch(reinterpret_cast<const char*>(line * 64), _MM_HINT_T0);
-        prefetched_line = line;
-      }
+      // One prefetch per chunk, unconditionally: skipping repeats of a line by a branch mispredicts
+      // on unstructured patterns (batch 16 at 50% / 90%: 0.80 -> 1.15 ms). The address is formed
+      // as an integer: a prefetch never faults, a pointer past the values would be UB.
+      const uintptr_t ahead = reinterpret_cast<uintptr_t>(values) + uintptr_t(offset + next_row_distance) * 2;
+      _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
       const __m512i packed = _mm512_maskz_loadu_epi16(__mmask32(_bzhi_u32(0xffffffffu, count)), values + offset);
       _mm512_storeu_si512(out + c * kChunk, _mm512_maskz_expand_epi16(__mmask32(mask), packed));
       offset += count;
