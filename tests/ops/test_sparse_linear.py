@@ -385,3 +385,42 @@ def test_amx_bf16_path_matches_reference(shape, batch, sparsity, with_bias):
     widened = ops.sparse_linear(x.float(), values.float(), bitmap, row_offsets, cols, bias32).bfloat16()
     err, err_widened = (out.float() - expected).abs().max(), (widened.float() - expected).abs().max()
     assert err <= 2 * err_widened + 1e-6, (err, err_widened)
+
+
+def test_bitmap_weight_validate_names_each_inconsistency():
+    """BitmapWeight.validate (and every caller of check_bitmap_tensors: Csr16Weight.from_bitmap,
+    SparseLinear / SparseConv2d built from tensors) reports which tensor disagrees with the bitmap."""
+    import dataclasses
+
+    from prunekit.formats.bitmap import row_offsets_from_bitmap
+
+    weight = BitmapWeight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
+    assert weight.validate() is weight
+    flipped = weight.bitmap.clone()
+    flipped[2, 0] ^= 1
+    marked = weight.bitmap.clone()
+    marked[7, -1] |= 1 << 15  # column 47 of a 40-column weight, with offsets and values to match
+    cases = {
+        r"'row_offsets' must have 9 entries \(rows of 'bitmap' \+ 1\), but got shape \(8,\)":
+            dataclasses.replace(weight, row_offsets=weight.row_offsets[:-1]),
+        r"'row_offsets'\[3\] must be \d+ \(marks of 'bitmap' in the rows before it\), but got \d+":
+            dataclasses.replace(weight, bitmap=flipped),
+        r"'row_offsets'\[0\] must be 0 \(marks of 'bitmap' in the rows before it\), but got 3":
+            dataclasses.replace(weight, row_offsets=weight.row_offsets + 3),
+        rf"'values' must hold {weight.values.numel()} entries \(marks of 'bitmap'\), but got {weight.values.numel() - 1}":
+            dataclasses.replace(weight, values=weight.values[:-1]),
+        r"'bitmap' marks columns past cols=40":
+            dataclasses.replace(weight, bitmap=marked, row_offsets=row_offsets_from_bitmap(marked),
+                                values=torch.cat((weight.values, weight.values[:1]))),
+    }
+    for message, bad in cases.items():
+        with pytest.raises(ValueError, match=r"BitmapWeight: the bitmap weight is corrupt: " + message):
+            bad.validate()
+        with pytest.raises(ValueError, match=r"Csr16Weight.from_bitmap: the bitmap weight is corrupt: " + message):
+            Csr16Weight.from_bitmap(bad)
+        # The module checks each tensor's shape against row_offsets first: a wrong count is named there.
+        shape_error = "must have 9" in message or "must hold" in message or "must be 0" in message
+        tensors = {"values": bad.values, "bitmap": bad.bitmap, "row_offsets": bad.row_offsets}
+        with pytest.raises(ValueError, match=r"SparseLinear: tensor '\w+' of a 'unstructured' 8x40" if shape_error
+                           else r"SparseLinear: the bitmap weight is corrupt: " + message):
+            prunekit.nn.SparseLinear(40, 8, format="unstructured", tensors=tensors)

@@ -35,6 +35,11 @@ class BitmapWeight:
     def to_dense(self) -> torch.Tensor:
         return torch.ops.prunekit.decompress_bitmap(self.values, self.bitmap, self.row_offsets, self.cols)
 
+    def validate(self) -> "BitmapWeight":
+        """Checks the tensors against each other (see :func:`check_bitmap_tensors`). Returns self."""
+        check_bitmap_tensors("BitmapWeight", self.bitmap, self.row_offsets, self.values, self.cols)
+        return self
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.values, self.bitmap, self.row_offsets))
 
@@ -115,3 +120,51 @@ def _semi24_positions(meta: torch.Tensor, rows: int, cols: int, dtype: torch.dty
     codes = ((words.reshape(rows, meta_cols, 1) >> shifts) & 0xF).reshape(rows, cols // 4)
     base = 4 * torch.arange(cols // 4)
     return torch.stack((base + (codes & 3), base + (codes >> 2)), dim=-1)
+
+
+_POPCOUNT16 = None
+
+
+def _popcount16(device: torch.device) -> torch.Tensor:
+    """Set bits of every 16-bit value, int64 (built once, on the CPU)."""
+    global _POPCOUNT16
+    if _POPCOUNT16 is None:
+        values = torch.arange(1 << 16, dtype=torch.int32)
+        count = torch.zeros_like(values)
+        for bit in range(16):
+            count += (values >> bit) & 1
+        _POPCOUNT16 = count.to(torch.int64)
+    return _POPCOUNT16.to(device)
+
+
+def bitmap_row_counts(bitmap: torch.Tensor) -> torch.Tensor:
+    """Marked positions per row of an int16 bitmap, int64; any device."""
+    return _popcount16(bitmap.device)[bitmap.to(torch.int32) & 0xFFFF].sum(-1)
+
+
+def row_offsets_from_bitmap(bitmap: torch.Tensor) -> torch.Tensor:
+    """The row offsets a bitmap implies: the running count of its marks, from 0."""
+    counts = bitmap_row_counts(bitmap)
+    return torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))
+
+
+def check_bitmap_tensors(owner: str, bitmap: torch.Tensor, row_offsets: torch.Tensor, values: torch.Tensor,
+                         cols: int) -> None:
+    """Checks a bitmap weight's tensors against each other (ValueError naming ``owner``): one offset
+    per row of the bitmap plus one, each the running count of the bitmap's marks, the last equal to
+    values.numel(), and no mark past ``cols``. Any device (the tensors are compared where they are)."""
+    expected = row_offsets_from_bitmap(bitmap)
+    if row_offsets.shape != expected.shape:
+        raise ValueError(f"{owner}: the bitmap weight is corrupt: 'row_offsets' must have {expected.numel()} entries "
+                         f"(rows of 'bitmap' + 1), but got shape {tuple(row_offsets.shape)}")
+    offsets = row_offsets.to(expected.device, torch.int64)
+    if not torch.equal(expected, offsets):
+        row = int((expected != offsets).nonzero()[0])
+        raise ValueError(f"{owner}: the bitmap weight is corrupt: 'row_offsets'[{row}] must be {int(expected[row])} "
+                         f"(marks of 'bitmap' in the rows before it), but got {int(offsets[row])}")
+    if values.numel() != int(expected[-1]):
+        raise ValueError(f"{owner}: the bitmap weight is corrupt: 'values' must hold {int(expected[-1])} entries "
+                         f"(marks of 'bitmap'), but got {values.numel()}")
+    tail = bitmap.shape[1] * 16 - cols
+    if tail > 0 and bool(((bitmap[:, -1].to(torch.int32) & 0xFFFF) >> (16 - tail)).any()):
+        raise ValueError(f"{owner}: the bitmap weight is corrupt: 'bitmap' marks columns past cols={cols}")

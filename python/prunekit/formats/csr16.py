@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .bitmap import BitmapWeight, bitmap_mask
+from .bitmap import BitmapWeight, bitmap_mask, check_bitmap_tensors
 
 MAX_COLUMNS = 1 << 16
 
@@ -36,14 +36,8 @@ class Csr16Weight:
     @classmethod
     def from_bitmap(cls, weight: BitmapWeight) -> "Csr16Weight":
         """The same weight with column indices instead of the bitmap (values shared, not copied)."""
+        check_bitmap_tensors("Csr16Weight.from_bitmap", weight.bitmap, weight.row_offsets, weight.values, weight.cols)
         mask = _mask(weight.bitmap, weight.cols)
-        marked, spans = mask.sum(1), torch.diff(weight.row_offsets)
-        if (marked.shape != spans.shape or not bool((marked == spans).all()) or int(weight.row_offsets[0]) != 0
-                or int(spans.sum()) != weight.values.numel()):
-            mismatch = (marked != spans).nonzero() if marked.shape == spans.shape else None
-            where = f"row {int(mismatch[0])}" if mismatch is not None and len(mismatch) else "the weight as a whole"
-            raise ValueError(f"Csr16Weight.from_bitmap: the bitmap must mark as many positions per row as 'row_offsets' "
-                             f"spans and 'values' holds, but {where} does not (corrupt or mismatched tensors)")
         return cls(weight.values, _columns(mask), weight.row_offsets, weight.cols)
 
     def validate(self) -> "Csr16Weight":

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from ..nn import SparseConv2d, SparseLinear, SparseWeightModule
-from ..nn._sparse import row_offsets_from_bitmap
+from ..formats.bitmap import row_offsets_from_bitmap
 from ..nn.linear import is_hf_conv1d
 from . import safetensors_file as stf
 from .safetensors_file import CheckpointError

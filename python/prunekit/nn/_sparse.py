@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..formats.bitmap import bitmap_mask, from_semi24
+from ..formats.bitmap import bitmap_mask, check_bitmap_tensors, from_semi24
 from ..formats.csr16 import MAX_COLUMNS as CSR16_MAX_COLUMNS
 from ..formats.csr16 import column_indices
 from ..formats.semi24 import semi24_layout
@@ -95,18 +95,6 @@ def _as_kernel_dtype(tensor: torch.Tensor) -> torch.Tensor:
     """fp16 bits seen as bf16, so the fp32/bf16 bitmap conversion ops handle fp16 exactly: both
     formats encode +-0 as 0x0000/0x8000, so the zero test and the copied bits are the same."""
     return tensor.view(torch.bfloat16) if tensor.dtype == torch.float16 else tensor
-_POPCOUNT16 = None
-
-
-def _popcount16() -> torch.Tensor:
-    global _POPCOUNT16
-    if _POPCOUNT16 is None:
-        values = torch.arange(1 << 16, dtype=torch.int32)
-        count = torch.zeros_like(values)
-        for bit in range(16):
-            count += (values >> bit) & 1
-        _POPCOUNT16 = count.to(torch.int64)
-    return _POPCOUNT16
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -114,17 +102,6 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 # ----------------------------------------------------------------------------- format helpers
-
-def bitmap_row_counts(bitmap: torch.Tensor) -> torch.Tensor:
-    """Marked positions per row of an int16 bitmap (CPU), int64."""
-    table = _popcount16()
-    return table[bitmap.to(torch.int32) & 0xFFFF].sum(-1)
-
-
-def row_offsets_from_bitmap(bitmap: torch.Tensor) -> torch.Tensor:
-    counts = bitmap_row_counts(bitmap)
-    return torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))
-
 
 def bitmap_to_dense(values: torch.Tensor, bitmap: torch.Tensor, cols: int) -> torch.Tensor:
     """Exact bitmap -> dense expansion in plain torch, for any device and dtype (the op
@@ -284,8 +261,8 @@ class SparseWeightModule(nn.Module):
         self.rows, self.cols = rows, cols
         self.weight_shape = tuple(weight_shape)
         check_state(f"{name}", fmt, rows, cols, dtype, state, self.weight_shape)
-        if fmt == "unstructured":
-            _check_bitmap_consistency(name, state["bitmap"], state["row_offsets"], state["values"], cols)
+        if fmt == "unstructured" and state["bitmap"].device.type == "cpu":  # no device syncs at construction
+            check_bitmap_tensors(name, state["bitmap"], state["row_offsets"], state["values"], cols)
         for key in self._STATE[fmt]:
             tensor = state[key]
             if key == "weight":
@@ -421,18 +398,3 @@ def check_state(owner: str, fmt: str, rows: int, cols: int, dtype: torch.dtype, 
             raise ValueError(f"{owner}: tensor '{key}' of a {fmt!r} {rows}x{cols} {dtype_name(dtype)} weight must be "
                              f"{dtype_name(key_dtype)} of shape {tuple(shape)}, but got {dtype_name(tensor.dtype)} of "
                              f"shape {tuple(tensor.shape)}")
-
-
-def _check_bitmap_consistency(owner: str, bitmap: torch.Tensor, row_offsets: torch.Tensor, values: torch.Tensor,
-                              cols: int) -> None:
-    """The bitmap's marks per row must equal the row_offsets spans, and mark no column past cols."""
-    if bitmap.device.type != "cpu":
-        return
-    expected = row_offsets_from_bitmap(bitmap)
-    if not torch.equal(expected, row_offsets.cpu()):
-        row = int((expected != row_offsets.cpu()).nonzero()[0])
-        raise ValueError(f"{owner}: the unstructured weight is corrupt: 'row_offsets'[{row}] must be {int(expected[row])} "
-                         f"(marks of 'bitmap' in the rows before it), but got {int(row_offsets[row])}")
-    tail = bitmap.shape[1] * 16 - cols
-    if tail and bool(((bitmap[:, -1].to(torch.int32) & 0xFFFF) >> (16 - tail)).any()):
-        raise ValueError(f"{owner}: the unstructured weight is corrupt: 'bitmap' marks columns past cols={cols}")
