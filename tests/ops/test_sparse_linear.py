@@ -387,6 +387,42 @@ def test_amx_bf16_path_matches_reference(shape, batch, sparsity, with_bias):
     assert err <= 2 * err_widened + 1e-6, (err, err_widened)
 
 
+@pytest.mark.skipif(prunekit.build_info()["cpu_bf16_spmm"] != "amx", reason="needs a CPU with AMX-BF16")
+@pytest.mark.parametrize("cols", [288, 301])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_amx_bf16_path_k_blocks_with_uneven_threads(cols, with_bias):
+    """Batch 2048 (128 whole batch tiles) makes k-blocks of 8 chunks, so 288 / 301 columns run in two
+    (the C tiles parked between them, an odd k in the last); 3 threads split the 70 rows at 24 and 48,
+    inside 32-row panels."""
+    weight = sparse_weight(70, cols, 0.5, torch.bfloat16)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    x = torch.randn(2048, cols).bfloat16()
+    bias = torch.randn(70).bfloat16() if with_bias else None
+    bias32 = bias.float() if with_bias else None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        out = ops.sparse_linear(x, values, bitmap, row_offsets, cols, bias)
+    finally:
+        torch.set_num_threads(threads)
+    expected = F.linear(x.float(), weight.float(), bias32)
+    widened = ops.sparse_linear(x.float(), values.float(), bitmap, row_offsets, cols, bias32).bfloat16()
+    err, err_widened = (out.float() - expected).abs().max(), (widened.float() - expected).abs().max()
+    assert err <= 2 * err_widened + 1e-6, (err, err_widened)
+
+
+@pytest.mark.skipif(prunekit.build_info()["cpu_bf16_spmm"] != "amx", reason="needs a CPU with AMX-BF16")
+def test_amx_bf16_path_takes_nd_and_non_contiguous_x():
+    """x of any rank and strides gives, bit for bit, the result of its contiguous 2-D rows."""
+    weight = sparse_weight(45, 70, 0.5, torch.bfloat16)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    x = torch.randn(70, 6, 5).bfloat16().permute(2, 1, 0)  # (5, 6, 70), not contiguous
+    out = ops.sparse_linear(x, values, bitmap, row_offsets, 70)
+    rows = ops.sparse_linear(x.reshape(30, 70).contiguous(), values, bitmap, row_offsets, 70)
+    assert out.shape == (5, 6, 45) and out.dtype == torch.bfloat16
+    assert torch.equal(out.reshape(30, 45), rows)
+
+
 def test_bitmap_weight_validate_names_each_inconsistency():
     """BitmapWeight.validate (and every caller of check_bitmap_tensors: Csr16Weight.from_bitmap,
     SparseLinear / SparseConv2d built from tensors) reports which tensor disagrees with the bitmap."""
@@ -400,7 +436,20 @@ def test_bitmap_weight_validate_names_each_inconsistency():
     flipped[2, 0] ^= 1
     marked = weight.bitmap.clone()
     marked[7, -1] |= 1 << 15  # column 47 of a 40-column weight, with offsets and values to match
+    stray = weight.bitmap.clone()
+    stray[7, -1] |= 1 << 15  # offsets and values still count only the marks inside cols
     cases = {
+        r"'bitmap' must be int16 of shape \(rows, 3\) for cols=40, but got int16 of shape \(8, 4\)":
+            dataclasses.replace(weight, bitmap=torch.cat((weight.bitmap, weight.bitmap[:, :1]), 1)),
+        r"'bitmap' must be int16 of shape \(rows, 3\) for cols=40, but got int16 of shape \(24,\)":
+            dataclasses.replace(weight, bitmap=weight.bitmap.reshape(-1)),
+        r"'bitmap' must be int16 of shape \(rows, 3\) for cols=40, but got int32 of shape \(8, 3\)":
+            dataclasses.replace(weight, bitmap=weight.bitmap.int()),
+        r"'row_offsets' must be int64, but got float32":
+            dataclasses.replace(weight, row_offsets=weight.row_offsets.float() + 0.5),
+        r"'values' must be 1-D, but got shape \(1, \d+\)":
+            dataclasses.replace(weight, values=weight.values[None]),
+        r"'bitmap' marks columns past cols=40": dataclasses.replace(weight, bitmap=stray),
         r"'row_offsets' must have 9 entries \(rows of 'bitmap' \+ 1\), but got shape \(8,\)":
             dataclasses.replace(weight, row_offsets=weight.row_offsets[:-1]),
         r"'row_offsets'\[3\] must be \d+ \(marks of 'bitmap' in the rows before it\), but got \d+":
@@ -419,7 +468,7 @@ def test_bitmap_weight_validate_names_each_inconsistency():
         with pytest.raises(ValueError, match=r"Csr16Weight.from_bitmap: the bitmap weight is corrupt: " + message):
             Csr16Weight.from_bitmap(bad)
         # The module checks each tensor's shape against row_offsets first: a wrong count is named there.
-        shape_error = "must have 9" in message or "must hold" in message or "must be 0" in message
+        shape_error = not ("must be \\d+ \\(marks" in message or "marks columns past" in message)
         tensors = {"values": bad.values, "bitmap": bad.bitmap, "row_offsets": bad.row_offsets}
         with pytest.raises(ValueError, match=r"SparseLinear: tensor '\w+' of a 'unstructured' 8x40" if shape_error
                            else r"SparseLinear: the bitmap weight is corrupt: " + message):

@@ -122,19 +122,18 @@ def _semi24_positions(meta: torch.Tensor, rows: int, cols: int, dtype: torch.dty
     return torch.stack((base + (codes & 3), base + (codes >> 2)), dim=-1)
 
 
-_POPCOUNT16 = None
+_POPCOUNT16: dict[torch.device, torch.Tensor] = {}
 
 
 def _popcount16(device: torch.device) -> torch.Tensor:
-    """Set bits of every 16-bit value, int64 (built once, on the CPU)."""
-    global _POPCOUNT16
-    if _POPCOUNT16 is None:
+    """Set bits of every 16-bit value, int64 (built once per device)."""
+    if device not in _POPCOUNT16:
         values = torch.arange(1 << 16, dtype=torch.int32)
         count = torch.zeros_like(values)
         for bit in range(16):
             count += (values >> bit) & 1
-        _POPCOUNT16 = count.to(torch.int64)
-    return _POPCOUNT16.to(device)
+        _POPCOUNT16[device] = count.to(device, torch.int64)
+    return _POPCOUNT16[device]
 
 
 def bitmap_row_counts(bitmap: torch.Tensor) -> torch.Tensor:
@@ -153,11 +152,25 @@ def check_bitmap_tensors(owner: str, bitmap: torch.Tensor, row_offsets: torch.Te
     """Checks a bitmap weight's tensors against each other (ValueError naming ``owner``): one offset
     per row of the bitmap plus one, each the running count of the bitmap's marks, the last equal to
     values.numel(), and no mark past ``cols``. Any device (the tensors are compared where they are)."""
+    words = (cols + 15) // 16
+    if bitmap.dtype != torch.int16 or bitmap.dim() != 2 or bitmap.shape[1] != words:
+        raise ValueError(f"{owner}: the bitmap weight is corrupt: 'bitmap' must be int16 of shape (rows, {words}) "
+                         f"for cols={cols}, but got {str(bitmap.dtype).removeprefix('torch.')} of shape "
+                         f"{tuple(bitmap.shape)}")
+    if row_offsets.dtype != torch.int64:
+        raise ValueError(f"{owner}: the bitmap weight is corrupt: 'row_offsets' must be int64, but got "
+                         f"{str(row_offsets.dtype).removeprefix('torch.')}")
+    if values.dim() != 1:
+        raise ValueError(f"{owner}: the bitmap weight is corrupt: 'values' must be 1-D, but got shape "
+                         f"{tuple(values.shape)}")
+    tail = words * 16 - cols
+    if tail and bool(((bitmap[:, -1].to(torch.int32) & 0xFFFF) >> (16 - tail)).any()):
+        raise ValueError(f"{owner}: the bitmap weight is corrupt: 'bitmap' marks columns past cols={cols}")
     expected = row_offsets_from_bitmap(bitmap)
     if row_offsets.shape != expected.shape:
         raise ValueError(f"{owner}: the bitmap weight is corrupt: 'row_offsets' must have {expected.numel()} entries "
                          f"(rows of 'bitmap' + 1), but got shape {tuple(row_offsets.shape)}")
-    offsets = row_offsets.to(expected.device, torch.int64)
+    offsets = row_offsets.to(expected.device)
     if not torch.equal(expected, offsets):
         row = int((expected != offsets).nonzero()[0])
         raise ValueError(f"{owner}: the bitmap weight is corrupt: 'row_offsets'[{row}] must be {int(expected[row])} "
@@ -165,6 +178,3 @@ def check_bitmap_tensors(owner: str, bitmap: torch.Tensor, row_offsets: torch.Te
     if values.numel() != int(expected[-1]):
         raise ValueError(f"{owner}: the bitmap weight is corrupt: 'values' must hold {int(expected[-1])} entries "
                          f"(marks of 'bitmap'), but got {values.numel()}")
-    tail = bitmap.shape[1] * 16 - cols
-    if tail > 0 and bool(((bitmap[:, -1].to(torch.int32) & 0xFFFF) >> (16 - tail)).any()):
-        raise ValueError(f"{owner}: the bitmap weight is corrupt: 'bitmap' marks columns past cols={cols}")
