@@ -21,6 +21,9 @@ def prune_(weight: torch.Tensor, pattern, generator=None) -> None:
         matrix.mul_(keep.to(matrix.dtype))
 
 
+ON_AMX = prunekit.build_info()["cpu_bf16_spmm"] == "amx"
+
+
 def pruned_linear(in_features, out_features, pattern, dtype=torch.float32, bias=True, seed=0):
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -121,8 +124,13 @@ def test_linear_from_hf_conv1d():
     ("2:4", torch.float32, None, "dense"),  # 50%: below the break-even at 16 rows
     ("2:4", torch.float32, 4, "2:4"),
     (0.9, torch.bfloat16, None, "unstructured"),
-    (0.8, torch.bfloat16, None, "dense"),  # dense bf16 (AMX) is faster at 16 rows below 0.85
-    (0.99, torch.bfloat16, 64, "dense"),  # and at 64 rows at any sparsity
+    # Dense bf16 runs on AMX where the CPU has it; so does prunekit's bf16 path for > 4 rows (then
+    # sparse from 0.5 at 16 rows, from 0.85 at more), else the fp32-widening SpMM (from 0.85 at 16
+    # rows, never at more).
+    (0.8, torch.bfloat16, None, "unstructured" if ON_AMX else "dense"),
+    (0.99, torch.bfloat16, 64, "unstructured" if ON_AMX else "dense"),
+    (0.8, torch.bfloat16, 64, "dense"),
+    ("2:4", torch.bfloat16, None, "2:4" if ON_AMX else "dense"),
     ("2:4", torch.bfloat16, 1, "2:4"),
     (0.9, torch.float16, None, "dense"),  # no fp16 kernel
 ])
@@ -148,7 +156,12 @@ def test_auto_choice_with_a_break_even_override():
     fmt, reason = SparseLinear.auto_format(pruned_linear(1024, 512, 0.3))
     assert fmt == "dense" and "break-even 0.60" in reason
     assert break_even_sparsity("linear", torch.float32) == 0.6 and DEFAULT_ROWS == 16
-    assert break_even_sparsity("linear", torch.bfloat16, rows=64) is None
+    assert break_even_sparsity("linear", torch.bfloat16, rows=64) == (0.85 if ON_AMX else None)
+    assert break_even_sparsity("linear", torch.bfloat16, rows=16) == (0.5 if ON_AMX else 0.85)
+    assert break_even_sparsity("linear", torch.bfloat16, rows=4) == 0.5
+    # "auto" follows: a 70%-sparse bf16 layer at the default 16 rows is sparse only where AMX runs it.
+    expected = "unstructured" if ON_AMX else "dense"
+    assert SparseLinear.from_dense(pruned_linear(64, 64, 0.7, torch.bfloat16), "auto").format == expected
     assert break_even_sparsity("conv", torch.float32) is None
     assert set(BREAK_EVEN_SPARSITY) == {"linear", "conv1x1", "conv"}
     with pytest.raises(ValueError, match=r"argument 'break_even' must be in \[0, 1\], but got 1.5"):

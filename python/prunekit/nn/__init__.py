@@ -3,10 +3,10 @@
 running it through the prunekit ops. Build them with ``from_dense(module, format="auto")``, or
 swap a whole pruned model at once with :func:`prunekit.sparsify_`."""
 
-from ._sparse import (BREAK_EVEN_SPARSITY, DEFAULT_ROWS, FORMATS, SEMI24_MIN_FILL, SparseWeightModule, WeightStats,
+from ._sparse import (BREAK_EVEN_SPARSITY, BREAK_EVEN_SPARSITY_AMX, DEFAULT_ROWS, FORMATS, SEMI24_MIN_FILL, SparseWeightModule, WeightStats,
                       break_even_sparsity, choose_format)
 from .conv import SparseConv2d
 from .linear import SparseLinear, is_hf_conv1d
 
-__all__ = ["BREAK_EVEN_SPARSITY", "DEFAULT_ROWS", "FORMATS", "SEMI24_MIN_FILL", "break_even_sparsity", "SparseConv2d", "SparseLinear", "SparseWeightModule",
+__all__ = ["BREAK_EVEN_SPARSITY", "BREAK_EVEN_SPARSITY_AMX", "DEFAULT_ROWS", "FORMATS", "SEMI24_MIN_FILL", "break_even_sparsity", "SparseConv2d", "SparseLinear", "SparseWeightModule",
            "WeightStats", "choose_format", "is_hf_conv1d"]

@@ -45,10 +45,12 @@ FORMATS = ("auto", "2:4", "unstructured", "dense")
 # - linear fp32: wins from 0.5 at <= 4 rows (1.2-2x at 0.5, 2-3.7x at 0.9), from ~0.6 at 16 rows,
 #   from ~0.7 at 64 rows (1.8-2.8x at 0.9).
 # - linear bf16: dense bf16 runs on AMX here: sparse wins from 0.5 at <= 4 rows (1.1-3.5x), from
-#   ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9). With prunekit's own AMX path for > 4
-#   rows (bf16 x, on CPUs with AMX-BF16; it does not skip zeros) the same shapes measured
-#   0.9-1.7x at 16 rows and 0.6-1.3x at 64 rows for sparsity 0.5-0.9 (an Emerald Rapids VM, too
-#   noisy to move the thresholds): parity in speed, with the compressed weight's memory.
+#   ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9) with the fp32-widening SpMM. Where
+#   prunekit's own AMX path runs (bf16 x with > 4 rows on CPUs with AMX-BF16, build_info()
+#   ["cpu_bf16_spmm"] == "amx"; it does not skip zeros, so its speed is the same at any sparsity)
+#   the same shapes measure 1.36-1.95x at 16 rows for sparsity 0.5-0.9, and at 64 rows 1.33-1.92x
+#   except 1536x384 (0.82-1.27x from run to run: parity): BREAK_EVEN_SPARSITY_AMX replaces the
+#   bf16 linear entry there.
 # - pointwise conv fp32 (one image): wins from 0.5-0.75 depending on the shape (2-2.7x at 0.9).
 # - other convs: im2col + the bitmap SpMM lost 1.5-4x to oneDNN's direct conv even at 0.9, so they
 #   have no sparse kernel: "auto" keeps them dense; explicit sparse formats save memory only.
@@ -61,16 +63,28 @@ BREAK_EVEN_SPARSITY = {
     "conv1x1": {torch.float32: ((None, 0.75),)},
     "conv": {},
 }
+# bf16 linear where the AMX path runs (see above).
+BREAK_EVEN_SPARSITY_AMX = {"linear": {torch.bfloat16: ((4, 0.5), (16, 0.5), (None, 0.85))}}
 DEFAULT_ROWS = 16  # rows per call "auto" assumes: one sentence / a short prompt at batch 1
 _KERNEL_DTYPES = {"linear": (torch.float32, torch.bfloat16), "conv1x1": (torch.float32,), "conv": ()}
+
+
+def _bf16_spmm_on_amx() -> bool:
+    from .. import build_info
+
+    return build_info()["cpu_bf16_spmm"] == "amx"
 
 
 def break_even_sparsity(kernel: str, dtype: torch.dtype, rows: int | None = None) -> float | None:
     """The measured break-even sparsity of the CPU ``kernel`` ("linear", "conv1x1", "conv") for
     ``dtype`` weights at ``rows`` rows per call (default :data:`DEFAULT_ROWS`); None where the
-    sparse kernel does not beat dense torch (or there is no kernel)."""
+    sparse kernel does not beat dense torch (or there is no kernel). bf16 linear uses
+    :data:`BREAK_EVEN_SPARSITY_AMX` where prunekit's AMX path runs."""
     rows = DEFAULT_ROWS if rows is None else int(rows)
-    for max_rows, threshold in BREAK_EVEN_SPARSITY[kernel].get(dtype, ()):
+    table = BREAK_EVEN_SPARSITY[kernel].get(dtype, ())
+    if dtype in BREAK_EVEN_SPARSITY_AMX.get(kernel, {}) and _bf16_spmm_on_amx():
+        table = BREAK_EVEN_SPARSITY_AMX[kernel][dtype]
+    for max_rows, threshold in table:
         if max_rows is None or rows <= max_rows:
             return threshold
     return None
