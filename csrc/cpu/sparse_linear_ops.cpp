@@ -195,12 +195,13 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
   const auto [batch, out_shape] = check_linear_input(op, x, k, rows);
   const at::Tensor bias32 = bias_as_float(bias, rows, op);
   const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
-  at::Tensor out = at::empty(out_shape, x.options().dtype(at::kFloat));
+  // fp32 sums; the AMX path writes x's bf16 itself.
+  const auto float_output = [&] { return at::empty(out_shape, x.options().dtype(at::kFloat)); };
   const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
   const int64_t* offsets = row_offsets.data_ptr<int64_t>();
   if (batch == 0) {
     validate_bitmap(op, bits, offsets, rows, k);
-    return in_dtype_of(x, out);
+    return at::empty(out_shape, x.options());
   }
   const auto type = value_type(values);
   Status status;
@@ -211,6 +212,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     const at::Tensor x16 = contiguous_as(x, at::kBFloat16);
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>());
     const auto* value_bits = reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>());
+    at::Tensor out = float_output();
     status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
       return gemv_bf16(value_bits, bits, offsets, rows, k, x_bits, batch, bias_ptr, out.data_ptr<float>(), begin, end);
     });
@@ -231,15 +233,17 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
       cpu::pack_x_amx(x_bits, batch, k, packed_bits, begin, end);
     });
     const auto* value_bits = reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>());
+    at::Tensor out = at::empty(out_shape, x.options());  // bf16, rounded in the kernel as torch rounds
     status = run_rows(rows, 32, [&](int64_t begin, int64_t end) {
       return cpu::bitmap_spmm_bf16_amx(value_bits, bits, offsets, rows, k, packed_bits, batch, bias_ptr,
-                                       out.data_ptr<float>(), begin, end);
+                                       out.data_ptr(), cpu::ValueType::kBFloat16, begin, end);
     });
     check_status(status, op, k);
-    return in_dtype_of(x, out);
+    return out;
   }
 #endif
   const at::Tensor x32 = contiguous_as(x, at::kFloat);
+  at::Tensor out = float_output();
   if (batch <= cpu::kGemvMaxBatch) {
     const auto gemv = cpu::select_bitmap_gemv();
     status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {

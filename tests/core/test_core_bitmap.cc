@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "prunekit/half.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace {
@@ -403,10 +404,18 @@ void check_spmm_amx(std::mt19937& rng) {
         // Two row ranges, as two threads would run them; the split is not a multiple of 32.
         const int64_t split = rows / 3;
         EXPECT(bitmap_spmm_bf16_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
-                                    batch, w.bias.data(), y.get(), 0, split).ok());
+                                    batch, w.bias.data(), y.get(), ValueType::kFloat32, 0, split).ok());
         EXPECT(bitmap_spmm_bf16_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
-                                    batch, w.bias.data(), y.get(), split, rows).ok());
+                                    batch, w.bias.data(), y.get(), ValueType::kFloat32, split, rows).ok());
         expect_bf16_result(w, rows, k, batch, x, y.get());
+        // bf16 output: the same sums rounded as torch rounds fp32 to bf16, bit for bit.
+        std::unique_ptr<uint16_t[]> y16(new uint16_t[batch * rows]);
+        for (int64_t i = 0; i < batch * rows; ++i) y16[i] = 0xffff;  // a NaN pattern the kernel never writes
+        EXPECT(bitmap_spmm_bf16_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
+                                    batch, w.bias.data(), y16.get(), ValueType::kBFloat16, 0, split).ok());
+        EXPECT(bitmap_spmm_bf16_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
+                                    batch, w.bias.data(), y16.get(), ValueType::kBFloat16, split, rows).ok());
+        for (int64_t i = 0; i < batch * rows; ++i) EXPECT(y16[i] == prunekit::float_to_bf16(y[i]));
       }
     }
   }
@@ -418,7 +427,7 @@ void check_spmm_amx(std::mt19937& rng) {
     pack_x_amx(x16.data(), batch, k, packed.data(), 0, (k + 31) / 32);
     std::vector<float> y(batch * rows);
     return bitmap_spmm_bf16_amx(w.values.get(), bitmap.data(), offsets.data(), rows, k, packed.data(), batch, nullptr,
-                                y.data(), 0, rows);
+                                y.data(), ValueType::kFloat32, 0, rows);
   };
   const Bf16Weight w = make_bf16(8, 70, 0.5, rng);
   std::vector<int64_t> skewed = w.s.offsets;

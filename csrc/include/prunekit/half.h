@@ -1,4 +1,4 @@
-// fp16 / bf16 to fp32 conversions for torch-free kernels (portable, no ISA intrinsics).
+// fp16 / bf16 <-> fp32 conversions for torch-free kernels (portable, no ISA intrinsics).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +13,14 @@ inline float bits_to_float(uint32_t bits) {
 }
 
 inline float bf16_to_float(uint16_t bits) { return bits_to_float(uint32_t(bits) << 16); }
+
+// Round to nearest even, NaN to the quiet NaN 0x7fc0: bit for bit as torch converts fp32 to bf16.
+inline uint16_t float_to_bf16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  return uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
 
 inline float fp16_to_float(uint16_t bits) {
   const uint32_t sign = uint32_t(bits & 0x8000u) << 16;

@@ -22,6 +22,7 @@
 #endif
 
 #include "../layout/transpose_impl.h"
+#include "prunekit/half.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace prunekit::cpu {
@@ -130,21 +131,56 @@ struct PartialSums {
   float* at(int64_t n, int64_t bt) const { return data + (n - first_row) * stride + bt * kTileRows; }
 };
 
+// Where the last k-block writes: y (batch, rows), fp32 or bf16.
+struct Output {
+  void* data;
+  ValueType type;
+  int64_t rows;  // y's row length
+};
+
+// 16 fp32 to bf16, rounded to nearest even, NaN to 0x7fc0 (as torch and float_to_bf16).
+inline __m256i bf16_of(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc0)));
+}
+
 // y[b][n0 + i] = tile[i][j] + bias[n0 + i] for batch entry b = b0 + j: a register transposition per
-// whole 16 x 16 tile, element by element at the edges (batch or rows not a multiple of 16).
+// whole 16 x 16 tile (for bf16 into a buffer, then rounded row by row), element by element at the
+// edges (batch or rows not a multiple of 16). Writing bf16 here spares the caller a pass over y.
 void store_tile_transposed(float (&tile)[kTileRows][kTileRows], int64_t b0, int64_t n0, int64_t row_end,
-                           int64_t rows, int64_t batch, const float* bias, float* y) {
+                           int64_t batch, const float* bias, const Output& y) {
   if (bias) {
     for (int64_t i = 0; i < kTileRows && n0 + i < row_end; ++i) {
       _mm512_store_ps(tile[i], _mm512_add_ps(_mm512_load_ps(tile[i]), _mm512_set1_ps(bias[n0 + i])));
     }
   }
+  float* y32 = static_cast<float*>(y.data);
+  uint16_t* y16 = static_cast<uint16_t*>(y.data);
+  const bool bf16 = y.type == ValueType::kBFloat16;
   if (b0 + kTileRows <= batch && n0 + kTileRows <= row_end) {
-    transpose_tile(&tile[0][0], rows, kTileRows, y + b0 * rows + n0, 0, 0);
+    if (!bf16) {
+      transpose_tile(&tile[0][0], y.rows, kTileRows, y32 + b0 * y.rows + n0, 0, 0);
+      return;
+    }
+    alignas(64) float transposed[kTileRows][kTileRows];
+    transpose_tile(&tile[0][0], kTileRows, kTileRows, &transposed[0][0], 0, 0);
+    for (int64_t j = 0; j < kTileRows; ++j) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y16 + (b0 + j) * y.rows + n0), bf16_of(_mm512_load_ps(transposed[j])));
+    }
     return;
   }
   for (int64_t j = 0; j < kTileRows && b0 + j < batch; ++j) {
-    for (int64_t i = 0; i < kTileRows && n0 + i < row_end; ++i) y[(b0 + j) * rows + n0 + i] = tile[i][j];
+    for (int64_t i = 0; i < kTileRows && n0 + i < row_end; ++i) {
+      const int64_t at = (b0 + j) * y.rows + n0 + i;
+      if (bf16) {
+        y16[at] = float_to_bf16(tile[i][j]);
+      } else {
+        y32[at] = tile[i][j];
+      }
+    }
   }
 }
 
@@ -155,7 +191,7 @@ void store_tile_transposed(float (&tile)[kTileRows][kTileRows], int64_t b0, int6
 template <bool kPair>
 void multiply_panel(const uint16_t* panel, const uint16_t* packed_x, int64_t chunk_begin, int64_t width,
                     bool first_block, bool last_block, const PartialSums& partial, int64_t batch_tiles, int64_t bt,
-                    int64_t n0, int64_t row_end, int64_t rows, int64_t batch, const float* bias, float* y) {
+                    int64_t n0, int64_t row_end, int64_t batch, const float* bias, const Output& y) {
   const int64_t partial_stride = partial.stride * int64_t(sizeof(float));
   if (first_block) {
     _tile_zero(0);
@@ -204,8 +240,8 @@ void multiply_panel(const uint16_t* panel, const uint16_t* packed_x, int64_t chu
   }
   for (int half = 0; half < 2; ++half) {                   // weight tile: rows n0 + 16 half ..
     for (int side = 0; side < (kPair ? 2 : 1); ++side) {  // batch tile bt + side
-      store_tile_transposed(sums[2 * half + side], (bt + side) * kTileRows, n0 + half * kTileRows, row_end, rows,
-                            batch, bias, y);
+      store_tile_transposed(sums[2 * half + side], (bt + side) * kTileRows, n0 + half * kTileRows, row_end, batch,
+                            bias, y);
     }
   }
 }
@@ -265,8 +301,9 @@ void pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_t* packed, i
 
 Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
                             int64_t rows, int64_t k, const uint16_t* packed_x, int64_t batch, const float* bias,
-                            float* y, int64_t row_begin, int64_t row_end) {
+                            void* y, ValueType y_type, int64_t row_begin, int64_t row_end) {
   if (batch < 1 || k < 1 || !amx_bf16_usable()) return Status{StatusCode::kBadArgument, 0, 0};
+  const Output out{y, y_type, rows};
   const int64_t chunks = (k + kChunk - 1) / kChunk, batch_tiles = (batch + kTileRows - 1) / kTileRows;
   const int64_t block_chunks = std::max<int64_t>(8, kKBlockPackedXBytes / (batch_tiles * kTileBytes));
   // 64-byte aligned: a tile row that straddles two cache lines costs two accesses.
@@ -292,11 +329,11 @@ Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, cons
       int64_t bt = 0;
       for (; bt + 2 <= batch_tiles; bt += 2) {
         multiply_panel<true>(panel, packed_x, c0, c1 - c0, first_block, last_block, partial, batch_tiles, bt, n0,
-                             row_end, rows, batch, bias, y);
+                             row_end, batch, bias, out);
       }
       if (bt < batch_tiles) {
         multiply_panel<false>(panel, packed_x, c0, c1 - c0, first_block, last_block, partial, batch_tiles, bt, n0,
-                              row_end, rows, batch, bias, y);
+                              row_end, batch, bias, out);
       }
     }
   }
