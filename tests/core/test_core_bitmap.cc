@@ -451,8 +451,23 @@ void check_spmm_amx(std::mt19937& rng) {
 
 }  // namespace
 
+// fp32 -> bf16 as torch converts a tensor: ties to even, overflow to infinity, NaN to 0xffff.
+void check_float_to_bf16() {
+  const std::pair<uint32_t, uint16_t> cases[] = {
+      {0x3f800000u, 0x3f80}, {0x3f808000u, 0x3f80}, {0x3f818000u, 0x3f82}, {0x3f808001u, 0x3f81},
+      {0x7f7fffffu, 0x7f80}, {0x7f800000u, 0x7f80}, {0xff800000u, 0xff80}, {0x80000000u, 0x8000},
+      {0x00000001u, 0x0000}, {0x00018000u, 0x0002}, {0x7fc00000u, 0xffff}, {0xffc00001u, 0xffff},
+      {0x7f800001u, 0xffff}};
+  for (const auto& [bits, expected] : cases) {
+    float value;
+    std::memcpy(&value, &bits, sizeof(value));
+    EXPECT(prunekit::float_to_bf16(value) == expected);
+  }
+}
+
 int main() {
   std::mt19937 rng(0);
+  check_float_to_bf16();
   for (const auto& v : variants()) check_variant(v, rng);
   check_csr16(rng);
 #if defined(PRUNEKIT_HAVE_AVX512BF16) && (defined(__x86_64__) || defined(_M_X64))

@@ -139,6 +139,23 @@ def test_auto_choice(pattern, dtype, rows, expected):
     assert sparse.format == expected
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_linear_break_even_follows_the_amx_path(monkeypatch, amx):
+    """Both bf16 tables, whatever this CPU has: where prunekit's bf16 path runs on AMX (> 4 rows)
+    sparse wins from 0.5 up to 16 rows and from 0.85 beyond; elsewhere from 0.85 at 5-16 rows and
+    never beyond. fp32 is the same either way."""
+    from prunekit.nn import _sparse
+
+    monkeypatch.setattr(_sparse, "_bf16_spmm_on_amx", lambda: amx)
+    expected = {1: 0.5, 4: 0.5, 5: 0.5 if amx else 0.85, 16: 0.5 if amx else 0.85, 17: 0.85 if amx else None,
+                64: 0.85 if amx else None}
+    for rows, threshold in expected.items():
+        assert break_even_sparsity("linear", torch.bfloat16, rows=rows) == threshold, rows
+    assert break_even_sparsity("linear", torch.float32, rows=17) == 0.7
+    layer = pruned_linear(64, 64, 0.7, torch.bfloat16)
+    assert SparseLinear.from_dense(layer, "auto").format == ("unstructured" if amx else "dense")
+
+
 def test_auto_choice_with_a_break_even_override():
     assert SparseLinear.from_dense(pruned_linear(64, 64, "2:4"), "auto", break_even=0.4).format == "2:4"
     assert SparseLinear.from_dense(pruned_linear(64, 64, "2:4", torch.bfloat16), "auto", break_even=0.4).format == "2:4"

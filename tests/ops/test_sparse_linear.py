@@ -423,6 +423,38 @@ def test_amx_bf16_path_takes_nd_and_non_contiguous_x():
     assert torch.equal(out.reshape(30, 45), rows)
 
 
+@pytest.mark.skipif(prunekit.build_info()["cpu_bf16_spmm"] != "amx", reason="needs a CPU with AMX-BF16")
+def test_amx_bf16_output_is_torchs_rounding_bit_for_bit():
+    """Small integers in x, W and bias keep every fp32 sum exact in any order, so the bf16 output
+    the AMX path rounds itself must equal torch's fp32 -> bf16 conversion of the exact result."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randint(-8, 9, (70, 300), generator=generator).float()
+    weight[torch.rand(70, 300, generator=generator) < 0.5] = 0
+    weight = weight.bfloat16()
+    x = torch.randint(-64, 65, (37, 300), generator=generator).bfloat16()
+    bias = torch.randint(-500, 501, (70,), generator=generator).bfloat16()
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    out = ops.sparse_linear(x, values, bitmap, row_offsets, 300, bias)
+    expected = F.linear(x.double(), weight.double(), bias.double()).float().bfloat16()
+    assert torch.equal(out.view(torch.int16), expected.view(torch.int16))
+
+
+def test_bf16_nan_in_x_gives_torchs_nan_bits_on_every_path():
+    """A NaN in x comes out of every bf16 path (the GEMV at <= 4 rows, AMX or the widening SpMM
+    beyond) as the bits torch's fp32 -> bf16 tensor conversion writes (0xffff), wherever it lands
+    (the paths that multiply expanded zeros spread it over the whole row, see ARCHITECTURE)."""
+    weight = sparse_weight(40, 64, 0.5, torch.bfloat16)
+    weight[:, 5] = 1.0  # every output of x's row 1 meets the NaN through a stored value
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    torch_nan = torch.tensor([float("nan")]).bfloat16().view(torch.int16)
+    for batch in (2, 9, 33):  # AMX: edge tiles at 9, whole 16 x 16 tiles at 33
+        x = torch.randn(batch, 64).bfloat16()
+        x[1, 5] = float("nan")
+        out = ops.sparse_linear(x, values, bitmap, row_offsets, 64)
+        assert bool(out[1].isnan().all()) and not bool(out[0].isnan().any())
+        assert bool((out.view(torch.int16)[out.isnan()] == torch_nan).all())
+
+
 def test_bitmap_weight_validate_names_each_inconsistency():
     """BitmapWeight.validate (and every caller of check_bitmap_tensors: Csr16Weight.from_bitmap,
     SparseLinear / SparseConv2d built from tensors) reports which tensor disagrees with the bitmap."""

@@ -14,11 +14,12 @@ inline float bits_to_float(uint32_t bits) {
 
 inline float bf16_to_float(uint16_t bits) { return bits_to_float(uint32_t(bits) << 16); }
 
-// Round to nearest even, NaN to the quiet NaN 0x7fc0: bit for bit as torch converts fp32 to bf16.
+// Round to nearest even, any NaN to 0xffff: bit for bit as torch converts an fp32 tensor to bf16
+// (its vectorized conversion writes 0xffff for NaN; only the scalar c10::BFloat16 writes 0x7fc0).
 inline uint16_t float_to_bf16(float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, sizeof(bits));
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0xffff;
   return uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 

@@ -136,8 +136,8 @@ int64_t amx_packed_x_elements(int64_t batch, int64_t k);
 // Packs chunks [chunk_begin, chunk_end) of x (so that callers can split the work).
 void pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_t* packed, int64_t chunk_begin,
                 int64_t chunk_end);
-// y[b][r] = sum W[r][c] x[b][c] + bias[r], y (batch, rows) of y_type (fp32, or bf16 rounded from
-// the fp32 sums to nearest even as torch rounds), rows [row_begin, row_end), x packed by
+// y[b][r] = sum W[r][c] x[b][c] + bias[r], y (batch, rows) of y_type (fp32, or bf16 from the fp32
+// sums by float_to_bf16, as torch converts a tensor), rows [row_begin, row_end), x packed by
 // pack_x_amx. Checks the bitmap as the other bitmap kernels do (kCorruptMeta); kBadArgument when
 // AMX is not usable.
 Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,

@@ -138,13 +138,13 @@ struct Output {
   int64_t rows;  // y's row length
 };
 
-// 16 fp32 to bf16, rounded to nearest even, NaN to 0x7fc0 (as torch and float_to_bf16).
+// 16 fp32 to bf16 as float_to_bf16 converts them: rounded to nearest even, NaN to 0xffff (as torch).
 inline __m256i bf16_of(__m512 v) {
   const __m512i bits = _mm512_castps_si512(v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
   const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
   const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc0)));
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0xffff)));
 }
 
 // y[b][n0 + i] = tile[i][j] + bias[n0 + i] for batch entry b = b0 + j: a register transposition per
