@@ -364,6 +364,18 @@ def test_outputs_are_fully_written():
         torch.testing.assert_close(first, F.linear(x, weight), rtol=1e-5, atol=1e-4)
 
 
+def _assert_within_twice_widened_error(out, x, weight, bias):
+    """The bf16 result's error against the fp32 reference is at most twice that of the same op on
+    x, weight and bias widened to fp32, then rounded to bf16 (the design's 2x rule)."""
+    cols = weight.shape[1]
+    bias32 = None if bias is None else bias.float()
+    values, bitmap, row_offsets = ops.compress_bitmap(weight.float())
+    expected = F.linear(x.float(), weight.float(), bias32)
+    widened = ops.sparse_linear(x.float(), values, bitmap, row_offsets, cols, bias32).bfloat16()
+    err, err_widened = (out.float() - expected).abs().max(), (widened.float() - expected).abs().max()
+    assert err <= 2 * err_widened + 1e-6, (err, err_widened)
+
+
 @pytest.mark.skipif(prunekit.build_info()["cpu_bf16_spmm"] != "amx", reason="needs a CPU with AMX-BF16")
 @pytest.mark.parametrize("shape", [(70, 4096), (32, 32), (1, 31), (45, 333)])
 @pytest.mark.parametrize("batch", [5, 16, 33, 300])
@@ -379,12 +391,8 @@ def test_amx_bf16_path_matches_reference(shape, batch, sparsity, with_bias):
     values, bitmap, row_offsets = ops.compress_bitmap(weight)
     x = torch.randn(batch, cols).bfloat16()
     bias = torch.randn(rows).bfloat16() if with_bias else None
-    bias32 = bias.float() if with_bias else None
-    expected = F.linear(x.float(), weight.float(), bias32)
     out = ops.sparse_linear(x, values, bitmap, row_offsets, cols, bias)
-    widened = ops.sparse_linear(x.float(), values.float(), bitmap, row_offsets, cols, bias32).bfloat16()
-    err, err_widened = (out.float() - expected).abs().max(), (widened.float() - expected).abs().max()
-    assert err <= 2 * err_widened + 1e-6, (err, err_widened)
+    _assert_within_twice_widened_error(out, x, weight, bias)
 
 
 @pytest.mark.skipif(prunekit.build_info()["cpu_bf16_spmm"] != "amx", reason="needs a CPU with AMX-BF16")
@@ -398,17 +406,13 @@ def test_amx_bf16_path_k_blocks_with_uneven_threads(cols, with_bias):
     values, bitmap, row_offsets = ops.compress_bitmap(weight)
     x = torch.randn(2048, cols).bfloat16()
     bias = torch.randn(70).bfloat16() if with_bias else None
-    bias32 = bias.float() if with_bias else None
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
         out = ops.sparse_linear(x, values, bitmap, row_offsets, cols, bias)
     finally:
         torch.set_num_threads(threads)
-    expected = F.linear(x.float(), weight.float(), bias32)
-    widened = ops.sparse_linear(x.float(), values.float(), bitmap, row_offsets, cols, bias32).bfloat16()
-    err, err_widened = (out.float() - expected).abs().max(), (widened.float() - expected).abs().max()
-    assert err <= 2 * err_widened + 1e-6, (err, err_widened)
+    _assert_within_twice_widened_error(out, x, weight, bias)
 
 
 @pytest.mark.skipif(prunekit.build_info()["cpu_bf16_spmm"] != "amx", reason="needs a CPU with AMX-BF16")

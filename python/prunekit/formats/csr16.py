@@ -37,8 +37,7 @@ class Csr16Weight:
     def from_bitmap(cls, weight: BitmapWeight) -> "Csr16Weight":
         """The same weight with column indices instead of the bitmap (values shared, not copied)."""
         check_bitmap_tensors("Csr16Weight.from_bitmap", weight.bitmap, weight.row_offsets, weight.values, weight.cols)
-        mask = _mask(weight.bitmap, weight.cols)
-        return cls(weight.values, _columns(mask), weight.row_offsets, weight.cols)
+        return cls(weight.values, column_indices(weight.bitmap, weight.cols), weight.row_offsets, weight.cols)
 
     def validate(self) -> "Csr16Weight":
         """Checks the tensors against each other and the format's rules: offsets from 0 to nnz, never
@@ -91,14 +90,6 @@ class Csr16Weight:
 def column_indices(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
     """(nnz,) int16 columns of the marked positions of an int16 bitmap, row by row in column order
     (the order of the bitmap format's values); columns >= 32768 wrap to negative int16."""
-    return _columns(_mask(bitmap, cols))
-
-
-def _mask(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
     if cols > MAX_COLUMNS:
         raise ValueError(f"column_indices: CSR16 holds at most {MAX_COLUMNS} columns, but the weight has {cols}")
-    return bitmap_mask(bitmap, cols)
-
-
-def _columns(mask: torch.Tensor) -> torch.Tensor:
-    return mask.nonzero()[:, 1].to(torch.int32).to(torch.int16)
+    return bitmap_mask(bitmap, cols).nonzero()[:, 1].to(torch.int32).to(torch.int16)

@@ -52,10 +52,10 @@ FORMAT_NAME = "prunekit.checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.prunekit.safetensors"
 CONFIG_NAME = "config.json"
-_JSON_KEYS = ("model", "modules", "module_aliases", "tensors", "aliases", "nonpersistent")
-# The JSON type of each metadata key (and of the entries of the mappings that hold specs).
+# The JSON metadata keys with the JSON type of each (and of the entries of the mappings that hold specs).
 _JSON_TYPES = {"model": dict, "modules": dict, "module_aliases": dict, "tensors": dict, "aliases": dict,
                "nonpersistent": list}
+_JSON_KEYS = tuple(_JSON_TYPES)
 _JSON_ENTRY_TYPES = {"modules": dict, "module_aliases": str, "tensors": dict, "aliases": str, "nonpersistent": str}
 _VALUE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                  "float64": torch.float64}

@@ -3,8 +3,8 @@
 running it through the prunekit ops. Build them with ``from_dense(module, format="auto")``, or
 swap a whole pruned model at once with :func:`prunekit.sparsify_`."""
 
-from ._sparse import (BREAK_EVEN_SPARSITY, BREAK_EVEN_SPARSITY_AMX, DEFAULT_ROWS, FORMATS, SEMI24_MIN_FILL, SparseWeightModule, WeightStats,
-                      break_even_sparsity, choose_format)
+from ._sparse import (BREAK_EVEN_SPARSITY, BREAK_EVEN_SPARSITY_AMX, DEFAULT_ROWS, FORMATS, SEMI24_MIN_FILL,
+                      SparseWeightModule, WeightStats, break_even_sparsity, choose_format)
 from .conv import SparseConv2d
 from .linear import SparseLinear, is_hf_conv1d
 

@@ -64,7 +64,6 @@ inline float load_value(const void* values, ValueType type, int64_t i) {
                                      : bf16_to_float(static_cast<const uint16_t*>(values)[i]);
 }
 
-
 }  // namespace
 
 void bitmap_scan_rows(const void* dense, int element_bytes, bool is_float, int64_t k,
