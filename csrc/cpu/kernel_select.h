@@ -100,6 +100,20 @@ inline Csr16GemvFn select_csr16_gemv() {
   return &csr16_gemv_scalar;
 }
 
+using Csr16SpmmFn = Status (*)(const void*, ValueType, const uint16_t*, const int64_t*, int64_t, const float*, int64_t,
+                               int64_t, const float*, float*, int64_t, int64_t, int64_t);
+
+inline Csr16SpmmFn select_csr16_spmm() {
+  const std::string isa = selected_isa();
+#if defined(PRUNEKIT_HAVE_AVX512)
+  if (isa == "avx512") return &csr16_spmm_avx512;
+#endif
+#if defined(PRUNEKIT_HAVE_AVX2)
+  if (isa == "avx2") return &csr16_spmm_avx2;
+#endif
+  return &csr16_spmm_scalar;
+}
+
 using TransposeFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t);
 
 inline TransposeFn select_transpose_f32() {

@@ -290,28 +290,36 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   const auto* indices = reinterpret_cast<const uint16_t*>(col_indices.data_ptr<int16_t>());
   const int64_t* offsets = row_offsets.data_ptr<int64_t>();
   const auto type = value_type(values);
-  // Up to kGemvMaxBatch rows of x per pass over the weight: the format is for batch-1 decoding
-  // (SparseLinear runs larger batches on the bitmap SpMM).
-  const auto gemv = cpu::select_csr16_gemv();
+  const auto corrupt = [&](int64_t row) {  // a corrupt row has an index past k, so it is not empty
+    const int64_t highest = *std::max_element(indices + offsets[row], indices + offsets[row + 1]);
+    TORCH_CHECK_VALUE(false, "prunekit.", op, ": the compressed weight is corrupt: row ", row,
+                      " of 'col_indices' names column ", highest, ", past in_features=", k);
+  };
   if (batch == 0) {
     // No products to compute, but an index past k is an error here as at any other batch.
     const int64_t nnz = values.numel();
     const int64_t first_bad = std::find_if(indices, indices + nnz, [&](uint16_t c) { return c >= k; }) - indices;
-    if (first_bad < nnz) {
-      const int64_t row = std::upper_bound(offsets, offsets + rows + 1, first_bad) - offsets - 1;
-      TORCH_CHECK_VALUE(false, "prunekit.", op, ": the compressed weight is corrupt: row ", row,
-                        " of 'col_indices' names column ", indices[first_bad], ", past in_features=", k);
-    }
-  }
-  for (int64_t b0 = 0; b0 < batch; b0 += cpu::kGemvMaxBatch) {
-    const int64_t chunk = std::min(cpu::kGemvMaxBatch, batch - b0);
-    const float* xs = x32.data_ptr<float>() + b0 * k;
-    float* ys = out.data_ptr<float>() + b0 * rows;  // rows b0.. of out, contiguous
+    if (first_bad < nnz) corrupt(std::upper_bound(offsets, offsets + rows + 1, first_bad) - offsets - 1);
+  } else if (batch <= cpu::kGemvMaxBatch) {
+    // One pass over the weight, each nonzero's x gathered for every batch row.
+    const auto gemv = cpu::select_csr16_gemv();
     const Status status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
-      return gemv(values.data_ptr(), type, indices, offsets, rows, k, xs, chunk, bias_ptr, ys, begin, end);
+      return gemv(values.data_ptr(), type, indices, offsets, rows, k, x32.data_ptr<float>(), batch, bias_ptr,
+                  out.data_ptr<float>(), begin, end);
     });
-    TORCH_CHECK_VALUE(status.ok(), "prunekit.", op, ": the compressed weight is corrupt: row ", status.row,
-                      " of 'col_indices' names column ", status.col, ", past in_features=", k);
+    if (!status.ok()) corrupt(status.row);
+  } else {
+    // Larger batches: the SpMM on x^T, each nonzero broadcast against a row of batch entries.
+    const auto spmm = cpu::select_csr16_spmm();
+    at::Tensor xt = at::empty({k, batch}, out.options());
+    transpose_into(x32.data_ptr<float>(), batch, k, xt.data_ptr<float>());
+    at::Tensor yt = at::empty({rows, batch}, out.options());
+    const Status status = run_rows(rows, 8, [&](int64_t begin, int64_t end) {
+      return spmm(values.data_ptr(), type, indices, offsets, k, xt.data_ptr<float>(), batch, batch, bias_ptr,
+                  yt.data_ptr<float>(), batch, begin, end);
+    });
+    if (!status.ok()) corrupt(status.row);
+    transpose_into(yt.data_ptr<float>(), rows, batch, out.data_ptr<float>());
   }
   return in_dtype_of(x, out);
 }

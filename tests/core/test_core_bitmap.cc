@@ -212,34 +212,74 @@ void check_variant(const Variant& v, std::mt19937& rng) {
 }
 
 
-// The CSR16 GEMV variants: column indices derived from the bitmap, values and indices allocated
-// exactly (ASan), outputs poisoned with NaN, row lengths covering the unrolled loops' remainders,
-// and an index past k reported before x is read (x is allocated exactly too).
+// The CSR16 GEMV and SpMM variants: column indices derived from the bitmap, values and indices
+// allocated exactly (ASan), outputs poisoned with NaN, row lengths covering the unrolled loops'
+// remainders, SpMM widths covering partial vectors and tiles, and an index past k reported before
+// x is read (x is allocated exactly too).
+struct Csr16Variant {
+  const char* name;
+  decltype(&csr16_gemv_scalar) gemv;
+  decltype(&csr16_spmm_scalar) spmm;
+};
+
+std::unique_ptr<uint16_t[]> csr16_columns(const Sparse& s, int64_t rows, int64_t k) {
+  std::unique_ptr<uint16_t[]> columns(new uint16_t[s.offsets[rows] > 0 ? s.offsets[rows] : 1]);
+  int64_t n = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < k; ++c)
+      if (s.dense[r * k + c] != 0.0f) columns[n++] = uint16_t(c);
+  EXPECT(n == s.offsets[rows]);
+  return columns;
+}
+
+// Y = W X + bias for X (k, cols_x): every entry against the dense product.
+void check_csr16_spmm(const Csr16Variant& v, const Sparse& s, const uint16_t* columns, int64_t rows, int64_t k,
+                      int64_t cols_x, const std::vector<float>& bias, std::mt19937& rng) {
+  std::unique_ptr<float[]> x(new float[k * cols_x]);
+  for (int64_t i = 0; i < k * cols_x; ++i) x[i] = float(rng() % 11) - 5.0f;
+  const int64_t ldy = cols_x + 3;  // a row stride past the width: the gap must stay untouched
+  std::vector<float> y(rows * ldy, NAN);
+  EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, columns, s.offsets.data(), k, x.get(), cols_x, cols_x,
+                bias.data(), y.data(), ldy, 0, rows).ok());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t p = 0; p < cols_x; ++p) {
+      double expected = bias[r], magnitude = 0.0;
+      for (int64_t c = 0; c < k; ++c) {
+        expected += double(s.dense[r * k + c]) * x[c * cols_x + p];
+        magnitude += std::fabs(double(s.dense[r * k + c]) * x[c * cols_x + p]);
+      }
+      EXPECT(std::fabs(y[r * ldy + p] - expected) <= 1e-4 * (1.0 + std::fabs(expected)) + 1e-6 * magnitude);
+    }
+    for (int64_t p = cols_x; p < ldy; ++p) EXPECT(std::isnan(y[r * ldy + p]));
+  }
+}
+
 void check_csr16(std::mt19937& rng) {
-  std::vector<std::pair<const char*, decltype(&csr16_gemv_scalar)>> kernels{{"scalar", &csr16_gemv_scalar}};
+  std::vector<Csr16Variant> kernels{{"scalar", &csr16_gemv_scalar, &csr16_spmm_scalar}};
 #if defined(PRUNEKIT_HAVE_AVX2) && (defined(__x86_64__) || defined(_M_X64))
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) kernels.push_back({"avx2", &csr16_gemv_avx2});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    kernels.push_back({"avx2", &csr16_gemv_avx2, &csr16_spmm_avx2});
+  }
 #endif
 #if defined(PRUNEKIT_HAVE_AVX512) && (defined(__x86_64__) || defined(_M_X64))
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
-    kernels.push_back({"avx512", &csr16_gemv_avx512});
+    kernels.push_back({"avx512", &csr16_gemv_avx512, &csr16_spmm_avx512});
   }
 #endif
-  for (const auto& [name, gemv] : kernels) {
+  for (const Csr16Variant& variant : kernels) {
+    const auto gemv = variant.gemv;
+    const char* name = variant.name;
     for (int64_t k : {1, 7, 16, 17, 100, 1000, 40000}) {
       const int64_t rows = k > 1000 ? 3 : 13;
       for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
         Sparse s = make(rows, k, sparsity, rng);
-        const int64_t nnz = s.offsets[rows];
-        std::unique_ptr<uint16_t[]> columns(new uint16_t[nnz > 0 ? nnz : 1]);
-        int64_t n = 0;
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t c = 0; c < k; ++c)
-            if (s.dense[r * k + c] != 0.0f) columns[n++] = uint16_t(c);
-        EXPECT(n == nnz);
+        const std::unique_ptr<uint16_t[]> columns = csr16_columns(s, rows, k);
         std::vector<float> bias(rows);
         for (auto& b : bias) b = float(rng() % 7) - 3.0f;
+        for (int64_t cols_x : {1, 5, 16, 17, 33, 130}) {
+          if (k <= 1000 || cols_x == 17) check_csr16_spmm(variant, s, columns.get(), rows, k, cols_x, bias, rng);
+        }
         for (int64_t batch : {1, 2, 3, 4}) {
           std::unique_ptr<float[]> x(new float[batch * k]);
           std::vector<float> xs(batch * k);
@@ -260,21 +300,23 @@ void check_csr16(std::mt19937& rng) {
       }
     }
     Sparse s = make(6, 40, 0.5, rng);
-    std::unique_ptr<uint16_t[]> columns(new uint16_t[s.offsets[6]]);
-    int64_t n = 0;
-    for (int64_t r = 0; r < 6; ++r)
-      for (int64_t c = 0; c < 40; ++c)
-        if (s.dense[r * 40 + c] != 0.0f) columns[n++] = uint16_t(c);
+    const std::unique_ptr<uint16_t[]> columns = csr16_columns(s, 6, 40);
     columns[s.offsets[3]] = 65535;  // row 3 names a column far past k
-    std::unique_ptr<float[]> x(new float[40]);
-    for (int64_t c = 0; c < 40; ++c) x[c] = 1.0f;
-    std::vector<float> y(6);
+    std::unique_ptr<float[]> x(new float[40 * 20]);
+    for (int64_t c = 0; c < 40 * 20; ++c) x[c] = 1.0f;
+    std::vector<float> y(6 * 20);
     const Status status = gemv(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40, x.get(), 1,
                                nullptr, y.data(), 0, 6);
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 3 && status.col == 65535);
+    const Status spmm_status = variant.spmm(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 40,
+                                            x.get(), 20, 20, nullptr, y.data(), 20, 0, 6);
+    EXPECT(spmm_status.code == StatusCode::kCorruptMeta && spmm_status.row == 3);
+    columns[s.offsets[3]] = 40;  // just past k, in the last k-block's range of a 16-bit compare
+    EXPECT(variant.spmm(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 40, x.get(), 20, 20,
+                        nullptr, y.data(), 20, 0, 6).row == 3);
     EXPECT(gemv(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40, x.get(), 5, nullptr,
                 y.data(), 0, 6).code == StatusCode::kBadArgument);
-    std::printf("csr16 GEMV (%s) checked\n", name);
+    std::printf("csr16 GEMV and SpMM (%s) checked\n", name);
   }
 }
 

@@ -1,7 +1,7 @@
 """CSR16 format and ``sparse_linear_csr16`` against the references: dtypes, odd shapes (remainders
-of the 4-way unrolled row loop), batches 1-4 and above, sparsities 0/0.5/0.9/1, columns past
-32767 (negative int16), every ISA variant, opcheck, torch.compile, NaN-poisoned memory and bad
-input."""
+of the 4-way unrolled row loop), batches 1-4 (GEMV) and above (SpMM: partial vectors and tiles,
+more than one tile), sparsities 0/0.5/0.9/1, columns past 32767 (negative int16), rows not in
+column order, every ISA variant, opcheck, torch.compile, NaN-poisoned memory and bad input."""
 
 import pytest
 import torch
@@ -32,7 +32,7 @@ def test_format_round_trips_and_shares_the_bitmap_values(dtype, shape, sparsity)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9, 16, 37, 130])
 @pytest.mark.parametrize("shape", [(7, 33), (64, 256), (33, 1000), (5, 40000)])
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 def test_matches_reference(isa, dtype, batch, shape, sparsity):
@@ -50,6 +50,23 @@ def test_matches_reference(isa, dtype, batch, shape, sparsity):
         torch.testing.assert_close(out.float(), reference.float(), **tolerance(dtype, cols))
 
 
+@pytest.mark.parametrize("batch", [1, 3, 16, 130])
+def test_rows_out_of_column_order_give_each_nonzero_once(isa, batch):
+    # The SpMM takes a row's nonzeros k-block by k-block as runs of ascending columns; a row in
+    # any order must still count each nonzero once (columns far apart span several k-blocks).
+    dense = sparse_weight(9, 3000, 0.9, torch.float32)
+    weight = Csr16Weight.from_dense(dense)
+    values, indices = weight.values.clone(), weight.col_indices.clone()
+    generator = torch.Generator().manual_seed(1)
+    for r in range(9):
+        begin, end = int(weight.row_offsets[r]), int(weight.row_offsets[r + 1])
+        order = begin + torch.randperm(end - begin, generator=generator)
+        values[begin:end], indices[begin:end] = weight.values[order], weight.col_indices[order]
+    x = torch.randn(batch, 3000)
+    out = ops.sparse_linear_csr16(x, values, indices, weight.row_offsets, 3000)
+    torch.testing.assert_close(out, F.linear(x, dense), **tolerance(torch.float32, 3000))
+
+
 def test_leading_dims_empty_batch_and_fully_written_outputs():
     dense = sparse_weight(33, 70, 0.9, torch.float32)
     weight = Csr16Weight.from_dense(dense)
@@ -57,7 +74,7 @@ def test_leading_dims_empty_batch_and_fully_written_outputs():
     x = torch.randn(2, 3, 70)
     torch.testing.assert_close(ops.sparse_linear_csr16(x, *args), F.linear(x, dense), rtol=1e-5, atol=1e-4)
     assert ops.sparse_linear_csr16(torch.randn(0, 70), *args).shape == (0, 33)
-    for batch in (1, 3, 7):
+    for batch in (1, 3, 7, 40):
         x = torch.randn(batch, 70)
         first = ops.sparse_linear_csr16(x, *args)
         torch.full((batch * 33 * 4,), float("nan"))  # dirty freed memory
@@ -104,7 +121,7 @@ def test_bad_inputs_are_clear_errors(isa):
             ops.sparse_linear_csr16(x, values, indices, out_of_range, 40)
     past_k = indices.clone()
     past_k[int(offsets[2])] = 40  # row 2 names column 40 of a 40-column weight
-    for batch in (0, 1, 4, 9):
+    for batch in (0, 1, 4, 9, 130):
         with pytest.raises(ValueError, match=r"corrupt: row 2 of 'col_indices' names column 40, past in_features=40"):
             ops.sparse_linear_csr16(torch.randn(batch, 40), values, past_k, offsets, 40)
     wrapped = indices.clone()

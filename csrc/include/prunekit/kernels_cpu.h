@@ -157,10 +157,22 @@ constexpr int64_t kCsr16MaxColumns = 65536;
   Status csr16_gemv_##isa(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets, \
                           int64_t rows, int64_t k, const float* x, int64_t batch, const float* bias, float* y,      \
                           int64_t row_begin, int64_t row_end);
+// Y[r][p] = sum_c W[r][c] X[c][p] + bias[r] for p < cols_x, rows [row_begin, row_end), for larger
+// batches (X = x^T): as the bitmap SpMM, one pass over the weight per 128 columns of X, each
+// nonzero broadcast against them. A row naming a column >= k stops with kCorruptMeta
+// (status.row) without reading x there.
+#define PRUNEKIT_DECLARE_CSR16_SPMM(isa)                                                                           \
+  Status csr16_spmm_##isa(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets, \
+                          int64_t k, const float* x, int64_t ldx, int64_t cols_x, const float* bias, float* y,        \
+                          int64_t ldy, int64_t row_begin, int64_t row_end);
 PRUNEKIT_DECLARE_CSR16_GEMV(scalar)
 PRUNEKIT_DECLARE_CSR16_GEMV(avx2)
 PRUNEKIT_DECLARE_CSR16_GEMV(avx512)
+PRUNEKIT_DECLARE_CSR16_SPMM(scalar)
+PRUNEKIT_DECLARE_CSR16_SPMM(avx2)
+PRUNEKIT_DECLARE_CSR16_SPMM(avx512)
 #undef PRUNEKIT_DECLARE_CSR16_GEMV
+#undef PRUNEKIT_DECLARE_CSR16_SPMM
 
 // ---- fp32 transpose: dst (cols, rows) = src (rows, cols)^T, both contiguous ----
 // Rows [row_begin, row_end) of src become columns [row_begin, row_end) of dst.

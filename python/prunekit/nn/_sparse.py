@@ -90,11 +90,25 @@ def break_even_sparsity(kernel: str, dtype: torch.dtype, rows: int | None = None
     return None
 
 # An unstructured weight at least this sparse also gets a CSR16 index on CPU (runtime tensor
-# ``runtime_col_indices``, 2 bytes per nonzero) for inputs of <= 4 rows: the CSR16 GEMV costs one
-# load and one multiply-add per nonzero, the bitmap GEMV a shuffle per 8-16 columns. Measured in
-# one process, 4096 x 4096, 2 threads (AMD EPYC Zen 3, AVX2): at 0.7 CSR16 1.69 ms vs bitmap
-# 2.11 ms (fp32) and 2.50 vs 3.14 ms (bf16); at 0.5 bitmap 3.22 vs CSR16 3.51 ms (fp32).
+# ``runtime_col_indices``, 2 bytes per nonzero), which the forward runs where :func:`csr16_runs`
+# says. At batch 1-4 the CSR16 GEMV costs one load and one multiply-add per nonzero, the bitmap
+# GEMV a shuffle per 8-16 columns. Measured in one process, 4096 x 4096, 2 threads (AMD EPYC Zen 3,
+# AVX2): at 0.7 CSR16 1.69 ms vs bitmap 2.11 ms (fp32) and 2.50 vs 3.14 ms (bf16); at 0.5 bitmap
+# 3.22 vs CSR16 3.51 ms (fp32). For more rows the CSR16 SpMM skips the bitmap's decode (Xeon,
+# AVX-512, 2 threads, fp32, CSR16 vs bitmap ms: 4096 x 4096 at 0.9, 16 rows 0.81 vs 1.36, 128 rows
+# 4.21 vs 4.44; at 0.7, 2.17 vs 2.45 and 10.84 vs 10.63; 11008 x 4096 at 0.9, 2.09 vs 3.31 and
+# 10.90 vs 11.83).
 CSR16_MIN_SPARSITY = 0.7
+CSR16_GEMV_MAX_ROWS = 4  # the CSR16 GEMV's batch (the op runs its SpMM above)
+
+
+def csr16_runs(rows: int, x_dtype: torch.dtype) -> bool:
+    """Whether a sparse linear layer whose weight has a CSR16 index runs it (else the bitmap
+    kernels) for inputs of ``rows`` rows and dtype ``x_dtype``: always up to
+    :data:`CSR16_GEMV_MAX_ROWS` rows, and fp32 x at any batch. bf16 x with more rows keeps the
+    bitmap kernels, whose bf16 path runs on AMX where the CPU has it (2-5x faster there than the
+    CSR16 SpMM's fp32 products at 4096 x 4096 and 11008 x 4096, 16 and 128 rows)."""
+    return rows <= CSR16_GEMV_MAX_ROWS or x_dtype == torch.float32
 
 # "auto" keeps a valid 2:4 weight as 2:4 unless it is much sparser than 50% (the 2:4 layout stores
 # two values per group of four, zero padding included): 2:4 while at least this share of the

@@ -5,10 +5,11 @@ What runs where (``forward``):
 =========  ==============  ===============  ==========================================================
 device     format          dtypes           computation
 =========  ==============  ===============  ==========================================================
-CPU        unstructured    fp32, bf16       <= 4 rows: ``prunekit.ops.sparse_linear_csr16`` (CSR16
-                                            GEMV) at sparsity >= 0.7, else the bitmap GEMV of
-                                            ``prunekit.ops.sparse_linear``; more rows: its bitmap
-                                            SpMM; fp32 accumulation
+CPU        unstructured    fp32, bf16       at sparsity >= 0.7 ``prunekit.ops.sparse_linear_csr16``
+                                            (CSR16 GEMV up to 4 rows, SpMM above; bf16 x above 4
+                                            rows: the bitmap kernels, AMX where the CPU has it),
+                                            else ``prunekit.ops.sparse_linear`` (bitmap GEMV up to
+                                            4 rows, SpMM above); fp32 accumulation
 CPU        2:4             fp32, bf16       the same kernel on the bitmap view of the 2:4 values
 CPU        sparse          other (fp16)     exact expansion + ``F.linear`` (correct, not faster)
 CUDA       2:4             fp16/bf16/fp32   ``decompress_24`` + ``F.linear`` (saves memory, not time)
@@ -31,10 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._sparse import FORMATS, SparseWeightModule, WeightStats, choose_format, compress, dtype_name
+from ._sparse import FORMATS, SparseWeightModule, WeightStats, choose_format, compress, csr16_runs, dtype_name
 
 _X_DTYPES = (torch.float32, torch.bfloat16)
-_CSR16_MAX_ROWS = 4  # the CSR16 GEMV's batch; more rows run the bitmap SpMM
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -116,7 +116,7 @@ class SparseLinear(SparseWeightModule):
         if self._kernel_runs(x, _X_DTYPES):
             values, bitmap, row_offsets = self._kernel_weight()
             col_indices = self.runtime_col_indices
-            if col_indices is not None and x.numel() <= _CSR16_MAX_ROWS * self.in_features:
+            if col_indices is not None and csr16_runs(x.numel() // max(self.in_features, 1), x.dtype):
                 return torch.ops.prunekit.sparse_linear_csr16(x, values, col_indices, row_offsets, self.in_features,
                                                               self.bias)
             return torch.ops.prunekit.sparse_linear(x, values, bitmap, row_offsets, self.in_features, self.bias)

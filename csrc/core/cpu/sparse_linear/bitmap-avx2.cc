@@ -3,13 +3,13 @@
 // permutation and a lane mask from 256-entry tables; the byte's packed values (plain loads; masked
 // loads are slow on Zen) are permuted into their columns and multiplied with x, so the weight
 // streams once. Rows of a 2:4 weight take a faster fixed-offset path (semi24_row).
-// SpMM: the shared vector-extension kernel (bitmap_spmm_impl.h).
+// SpMM: the shared vector-extension kernel (spmm_generic_impl.h).
 #include <immintrin.h>
 
 #include <climits>
 
 #define PRUNEKIT_VECTOR_BYTES 32
-#include "bitmap_spmm_impl.h"
+#include "spmm_generic_impl.h"
 
 namespace prunekit::cpu {
 namespace {

@@ -2,11 +2,11 @@
 // GEMV (batch <= 4): each nibble of the bitmap (4 columns) picks a byte shuffle from a 16-entry
 // table; one table lookup (tbl, which yields 0 for out-of-range indices) moves the nibble's
 // packed values into their columns with zeros elsewhere, so the weight streams once.
-// SpMM: the shared vector-extension kernel (bitmap_spmm_impl.h).
+// SpMM: the shared vector-extension kernel (spmm_generic_impl.h).
 #include <arm_neon.h>
 
 #define PRUNEKIT_VECTOR_BYTES 16
-#include "bitmap_spmm_impl.h"
+#include "spmm_generic_impl.h"
 
 namespace prunekit::cpu {
 namespace {

@@ -1,12 +1,62 @@
-// CSR16 GEMV, AVX-512 build (the kernel: csr16_gemv_impl.h).
+// CSR16 GEMV and SpMM, AVX-512 build (the kernels: csr16_gemv_impl.h, spmm_avx512_impl.h).
 #include "csr16_gemv_impl.h"
+#include "spmm_avx512_impl.h"
 
 namespace prunekit::cpu {
+namespace {
+
+// CSR16's side of the AVX-512 SpMM (a RowSource): a row's nonzeros of a k-block are the run of
+// its indices below the block's end, found 32 at a time and read in place. Rows are in column
+// order in prunekit's weights; a row that is not still gets each nonzero once (a block takes the
+// run up to its first later column, the last block the rest), only with x less often in L1.
+class Csr16Rows {
+ public:
+  using Index = uint16_t;
+  explicit Csr16Rows(const uint16_t* col_indices) : col_indices_(col_indices) {}
+
+  void prefetch(int64_t /*r*/, int64_t /*c0*/, int64_t at) const {
+    _mm_prefetch(reinterpret_cast<const char*>(col_indices_ + at), _MM_HINT_T0);
+  }
+
+  bool columns(int64_t /*r*/, int64_t /*c0*/, int64_t c1, bool last, int64_t at, int64_t limit,
+               const uint16_t*& column, int64_t& nnz) const {
+    column = col_indices_ + at;
+    const int64_t available = limit - at;
+    // c1 <= 65536: compare with c1 - 1, which fits 16 bits. Masked loads read nothing past the row.
+    const __m512i highest = _mm512_set1_epi16(int16_t(uint16_t(c1 - 1)));
+    int64_t n = 0;
+    while (n < available) {
+      const int64_t left = available - n;
+      const __mmask32 lanes = left >= 32 ? ~__mmask32(0) : _bzhi_u32(~0u, unsigned(left));
+      const __mmask32 below = _mm512_mask_cmple_epu16_mask(lanes, _mm512_maskz_loadu_epi16(lanes, column + n), highest);
+      if (below != lanes) {
+        n += __builtin_ctz(~below);
+        break;
+      }
+      n += left >= 32 ? 32 : left;
+    }
+    nnz = n;
+    return !last || n == available;  // on the last block c1 = k: a column >= k stops the run
+  }
+
+ private:
+  const uint16_t* col_indices_;
+};
+
+}  // namespace
 
 Status csr16_gemv_avx512(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
                          int64_t rows, int64_t k, const float* x, int64_t batch, const float* bias, float* y,
                          int64_t row_begin, int64_t row_end) {
   return csr16_gemv(values, type, col_indices, row_offsets, rows, k, x, batch, bias, y, row_begin, row_end);
+}
+
+Status csr16_spmm_avx512(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
+                         int64_t k, const float* x, int64_t ldx, int64_t cols_x, const float* bias, float* y,
+                         int64_t ldy, int64_t row_begin, int64_t row_end) {
+  const SpmmArgs args{values, type, row_offsets, k, x, ldx, cols_x, bias, Activation::kNone, y, ldy, row_begin, row_end};
+  Csr16Rows source(col_indices);
+  return spmm_rows(args, source);
 }
 
 }  // namespace prunekit::cpu
