@@ -295,6 +295,12 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
     TORCH_CHECK_VALUE(false, "prunekit.", op, ": the compressed weight is corrupt: row ", row,
                       " of 'col_indices' names column ", highest, ", past in_features=", k);
   };
+  // Kernel statuses: kCorruptMeta names the row; anything else is a broken contract, not bad input.
+  const auto raise_if_failed = [&](const Status& status) {
+    TORCH_CHECK(status.ok() || status.code == cpu::StatusCode::kCorruptMeta, "prunekit.", op,
+                ": internal error: the kernel refused its arguments (status ", int(status.code), ")");
+    if (!status.ok()) corrupt(status.row);
+  };
   if (batch == 0) {
     // No products to compute, but an index past k is an error here as at any other batch.
     const int64_t nnz = values.numel();
@@ -307,7 +313,7 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
       return gemv(values.data_ptr(), type, indices, offsets, rows, k, x32.data_ptr<float>(), batch, bias_ptr,
                   out.data_ptr<float>(), begin, end);
     });
-    if (!status.ok()) corrupt(status.row);
+    raise_if_failed(status);
   } else {
     // Larger batches: the SpMM on x^T, each nonzero broadcast against a row of batch entries.
     const auto spmm = cpu::select_csr16_spmm();
@@ -318,7 +324,7 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
       return spmm(values.data_ptr(), type, indices, offsets, k, xt.data_ptr<float>(), batch, batch, bias_ptr,
                   yt.data_ptr<float>(), batch, begin, end);
     });
-    if (!status.ok()) corrupt(status.row);
+    raise_if_failed(status);
     transpose_into(yt.data_ptr<float>(), rows, batch, out.data_ptr<float>());
   }
   return in_dtype_of(x, out);

@@ -314,6 +314,15 @@ void check_csr16(std::mt19937& rng) {
     columns[s.offsets[3]] = 40;  // just past k, in the last k-block's range of a 16-bit compare
     EXPECT(variant.spmm(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 40, x.get(), 20, 20,
                         nullptr, y.data(), 20, 0, 6).row == 3);
+    // Outside the contract: k past 16-bit indices (or 0) is refused; no columns of X, no outputs.
+    for (int64_t bad_k : {int64_t(0), kCsr16MaxColumns + 1}) {
+      EXPECT(variant.spmm(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), bad_k, x.get(), 20, 20,
+                          nullptr, y.data(), 20, 0, 6).code == StatusCode::kBadArgument);
+    }
+    std::vector<float> untouched(6, NAN);
+    EXPECT(variant.spmm(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 40, x.get(), 20, 0,
+                        nullptr, untouched.data(), 1, 0, 6).ok());
+    for (float v : untouched) EXPECT(std::isnan(v));
     EXPECT(gemv(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40, x.get(), 5, nullptr,
                 y.data(), 0, 6).code == StatusCode::kBadArgument);
     std::printf("csr16 GEMV and SpMM (%s) checked\n", name);

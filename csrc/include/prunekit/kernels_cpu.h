@@ -160,7 +160,7 @@ constexpr int64_t kCsr16MaxColumns = 65536;
 // Y[r][p] = sum_c W[r][c] X[c][p] + bias[r] for p < cols_x, rows [row_begin, row_end), for larger
 // batches (X = x^T): as the bitmap SpMM, one pass over the weight per 128 columns of X, each
 // nonzero broadcast against them. A row naming a column >= k stops with kCorruptMeta
-// (status.row) without reading x there.
+// (status.row) without reading x there; k outside [1, kCsr16MaxColumns] is kBadArgument.
 #define PRUNEKIT_DECLARE_CSR16_SPMM(isa)                                                                           \
   Status csr16_spmm_##isa(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets, \
                           int64_t k, const float* x, int64_t ldx, int64_t cols_x, const float* bias, float* y,        \

@@ -54,6 +54,7 @@ Status csr16_gemv_avx512(const void* values, ValueType type, const uint16_t* col
 Status csr16_spmm_avx512(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
                          int64_t k, const float* x, int64_t ldx, int64_t cols_x, const float* bias, float* y,
                          int64_t ldy, int64_t row_begin, int64_t row_end) {
+  if (k < 1 || k > kCsr16MaxColumns) return Status{StatusCode::kBadArgument, 0, 0};
   const SpmmArgs args{values, type, row_offsets, k, x, ldx, cols_x, bias, Activation::kNone, y, ldy, row_begin, row_end};
   Csr16Rows source(col_indices);
   return spmm_rows(args, source);

@@ -167,6 +167,7 @@ Status spmm_tile_columns(const SpmmArgs& a, RowSource& source, int64_t p, __mmas
 // The whole SpMM for rows [row_begin, row_end): tiles of up to kMaxTileVectors vectors of X.
 template <typename RowSource>
 Status spmm_rows(const SpmmArgs& a, RowSource& source) {
+  if (a.cols_x < 1) return Status{};  // no outputs
   const int64_t needed_vectors = (a.cols_x + 15) / 16;
   const int vectors = int(std::min<int64_t>(needed_vectors, kMaxTileVectors));
   const int64_t tile_bytes = 16 * vectors * int64_t(sizeof(float));

@@ -141,7 +141,8 @@ class BitmapRows {
 
 // Cache blocking as in the AVX-512 SpMM: column tiles of up to kMaxTileColumns, k-blocks whose
 // slice of the tile stays in L1 (widened for sparse weights so a row's block holds about
-// kBlockProducts / (the tile's vectors) nonzeros), row blocks whose running sums stay in L2. Each
+// kBlockProducts / (the tile's 16-float vectors, as there) nonzeros), row blocks whose running
+// sums stay in L2. Each
 // row's k-block is found once per column tile and then swept across the tile kTileVectors vectors
 // at a time.
 constexpr int64_t kMaxTileColumns = 128;
@@ -155,6 +156,7 @@ template <typename RowSource>
 Status spmm_rows(RowSource& source, const void* values, ValueType type, const int64_t* row_offsets, int64_t k,
                  const float* x, int64_t ldx, int64_t cols_x, const float* bias, Activation activation, float* y,
                  int64_t ldy, int64_t row_begin, int64_t row_end) {
+  if (cols_x < 1) return Status{};  // no outputs
   const int64_t tile = cols_x < kMaxTileColumns ? cols_x : kMaxTileColumns;
   const int64_t tile_bytes = tile * int64_t(sizeof(float));
   const int64_t l1_steps = std::max<int64_t>(1, kL1SliceBytes / tile_bytes / kBlockColumnStep);
@@ -163,8 +165,8 @@ Status spmm_rows(RowSource& source, const void* values, ValueType type, const in
   const int64_t nonzeros_per_step =
       std::max<int64_t>(1, nonzeros / std::max<int64_t>(1, (row_end - row_begin) * steps));
   const int64_t block_columns =
-      kBlockColumnStep * std::clamp<int64_t>(kBlockProducts / ((tile + kLanes - 1) / kLanes) / nonzeros_per_step,
-                                             l1_steps, 4 * l1_steps);
+      kBlockColumnStep * std::clamp<int64_t>(kBlockProducts / ((tile + 15) / 16) / nonzeros_per_step, l1_steps,
+                                             4 * l1_steps);
   const int64_t block_rows = std::max<int64_t>(1, kL2SumsBytes / tile_bytes);
   std::vector<float> widened;
   std::vector<int64_t> cursor_storage(row_end - row_begin);
@@ -267,6 +269,7 @@ inline Status bitmap_spmm_impl(const void* values, ValueType type, const uint16_
 inline Status csr16_spmm_impl(const void* values, ValueType type, const uint16_t* col_indices,
                               const int64_t* row_offsets, int64_t k, const float* x, int64_t ldx, int64_t cols_x,
                               const float* bias, float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
+  if (k < 1 || k > kCsr16MaxColumns) return Status{StatusCode::kBadArgument, 0, 0};
   Csr16Rows source(col_indices);
   return spmm_rows(source, values, type, row_offsets, k, x, ldx, cols_x, bias, Activation::kNone, y, ldy, row_begin,
                    row_end);
