@@ -14,8 +14,9 @@ class Csr16Rows {
   using Index = uint16_t;
   explicit Csr16Rows(const uint16_t* col_indices) : col_indices_(col_indices) {}
 
-  void prefetch(int64_t /*r*/, int64_t /*c0*/, int64_t at) const {
-    _mm_prefetch(reinterpret_cast<const char*>(col_indices_ + at), _MM_HINT_T0);
+  void prefetch(int64_t /*r*/, int64_t /*c0*/, int64_t /*c1*/, int64_t at, int64_t nonzeros) const {
+    const uintptr_t ahead = reinterpret_cast<uintptr_t>(col_indices_ + at);
+    for (int64_t line = 0; line < nonzeros * 2; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T0);
   }
 
   bool columns(int64_t /*r*/, int64_t /*c0*/, int64_t c1, bool last, int64_t at, int64_t limit,
