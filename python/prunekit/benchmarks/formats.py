@@ -11,6 +11,7 @@ import itertools
 
 import torch
 
+from .._names import dtype_name
 from .common import progress_bar, summarize_speedups, time_ms
 from .shapes import LLAMA_7B, SMALL_LINEAR
 
@@ -64,7 +65,7 @@ def run(quick: bool = False, *, shapes: dict | None = None, device: str = "cpu",
                 ours_ms = time_ms(ours, min_run_time)
                 torch_ms = time_ms(theirs, min_run_time)
                 rows.append({
-                    "shape": name, "op": op, "dtype": str(dtype).removeprefix("torch."),
+                    "shape": name, "op": op, "dtype": dtype_name(dtype),
                     "prunekit_ms": ours_ms, "torch_ms": torch_ms, "speedup": torch_ms / ours_ms,
                     "prunekit_GB_s": mbytes / ours_ms,
                 })

@@ -15,6 +15,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .._names import dtype_name
 from .common import compare_ms, progress_bar, summarize_speedups, time_ms
 from .shapes import LLAMA_7B, SMALL_LINEAR
 
@@ -93,7 +94,7 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
                 flops = 2 * batch * out_features * in_features
                 nnz = weight.values.numel()
                 row = {
-                    "shape": name, "dtype": str(dtype).removeprefix("torch."), "pattern": pattern,
+                    "shape": name, "dtype": dtype_name(dtype), "pattern": pattern,
                     "sparsity": pattern_sparsity(pattern), "batch": batch, "kernel": kernel,
                     "prunekit_ms": sparse_ms, "dense_ms": dense_ms, "csr_ms": csr_ms,
                     "speedup_vs_dense": dense_ms / sparse_ms,

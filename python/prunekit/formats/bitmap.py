@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._names import dtype_name
 from .semi24 import meta_offsets, semi24_layout
 
 
@@ -155,11 +156,11 @@ def check_bitmap_tensors(owner: str, bitmap: torch.Tensor, row_offsets: torch.Te
     words = (cols + 15) // 16
     if bitmap.dtype != torch.int16 or bitmap.dim() != 2 or bitmap.shape[1] != words:
         raise ValueError(f"{owner}: the bitmap weight is corrupt: 'bitmap' must be int16 of shape (rows, {words}) "
-                         f"for cols={cols}, but got {str(bitmap.dtype).removeprefix('torch.')} of shape "
+                         f"for cols={cols}, but got {dtype_name(bitmap.dtype)} of shape "
                          f"{tuple(bitmap.shape)}")
     if row_offsets.dtype != torch.int64:
         raise ValueError(f"{owner}: the bitmap weight is corrupt: 'row_offsets' must be int64, but got "
-                         f"{str(row_offsets.dtype).removeprefix('torch.')}")
+                         f"{dtype_name(row_offsets.dtype)}")
     if values.dim() != 1:
         raise ValueError(f"{owner}: the bitmap weight is corrupt: 'values' must be 1-D, but got shape "
                          f"{tuple(values.shape)}")

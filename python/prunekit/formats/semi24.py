@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .._names import dtype_name
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.int8, torch.float32)
 
 
@@ -36,7 +38,7 @@ class Semi24Layout:
 def semi24_layout(dtype: torch.dtype) -> Semi24Layout:
     """The layout for values of ``dtype`` (fp16, bf16, int8 or fp32)."""
     if dtype not in SUPPORTED_DTYPES:
-        names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+        names = ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES)
         raise ValueError(f"2:4 layout: dtype must be one of ({names}), but got {dtype}")
     if dtype == torch.int8:
         return Semi24Layout(torch.int32, 8, 16, 64)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .._names import dtype_name
+
 DTYPES = {
     torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32",
     torch.int64: "I64", torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
@@ -59,7 +61,7 @@ def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     for key, tensor in tensors.items():
         if tensor.dtype not in DTYPES:
             raise CheckpointError(f"save: tensor '{key}' has dtype {tensor.dtype}, which safetensors cannot store "
-                                  f"(supported: {sorted(str(d).removeprefix('torch.') for d in DTYPES)})")
+                                  f"(supported: {sorted(dtype_name(d) for d in DTYPES)})")
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
     header: dict = {"__metadata__": metadata}
     offset = 0

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .._names import dtype_name
 from ..formats.bitmap import bitmap_mask, check_bitmap_tensors, from_semi24
 from ..formats.csr16 import MAX_COLUMNS as CSR16_MAX_COLUMNS
 from ..formats.csr16 import column_indices
@@ -123,10 +124,6 @@ def _as_kernel_dtype(tensor: torch.Tensor) -> torch.Tensor:
     """fp16 bits seen as bf16, so the fp32/bf16 bitmap conversion ops handle fp16 exactly: both
     formats encode +-0 as 0x0000/0x8000, so the zero test and the copied bits are the same."""
     return tensor.view(torch.bfloat16) if tensor.dtype == torch.float16 else tensor
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 # ----------------------------------------------------------------------------- format helpers
