@@ -1,5 +1,5 @@
 """CSR16 format and ``sparse_linear_csr16`` against the references: dtypes, odd shapes (remainders
-of the 4-way unrolled row loop), batches 1-4 (GEMV) and above (SpMM: partial vectors and tiles,
+of the 4-way unrolled row loop), batches 1-3 (GEMV) and above (SpMM: partial vectors and tiles,
 more than one tile), sparsities 0/0.5/0.9/1, columns past 32767 (negative int16), rows not in
 column order, every ISA variant, opcheck, torch.compile, NaN-poisoned memory and bad input."""
 

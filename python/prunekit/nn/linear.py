@@ -6,7 +6,7 @@ What runs where (``forward``):
 device     format          dtypes           computation
 =========  ==============  ===============  ==========================================================
 CPU        unstructured    fp32, bf16       at sparsity >= 0.7 ``prunekit.ops.sparse_linear_csr16``
-                                            (CSR16 GEMV up to 4 rows, SpMM above; bf16 x above 4
+                                            (CSR16 GEMV up to 3 rows, SpMM above; bf16 x above 4
                                             rows: the bitmap kernels, AMX where the CPU has it),
                                             else ``prunekit.ops.sparse_linear`` (bitmap GEMV up to
                                             4 rows, SpMM above); fp32 accumulation
