@@ -14,24 +14,13 @@
 #include "prunekit/half.h"
 #include "activation.h"
 #include "prunekit/kernels_cpu.h"
+#include "prunekit/vector_ext.h"
 
 namespace prunekit::cpu {
 namespace {
 
-#ifndef PRUNEKIT_VECTOR_BYTES
-#error "define PRUNEKIT_VECTOR_BYTES (16 or 32) before including spmm_generic_impl.h"
-#endif
-typedef float Vec __attribute__((vector_size(PRUNEKIT_VECTOR_BYTES)));
-constexpr int64_t kLanes = PRUNEKIT_VECTOR_BYTES / sizeof(float);
 // Vectors per sweep: 4 columns' worth of accumulators, twice (two nonzeros in flight).
 constexpr int kTileVectors = 4;
-
-__attribute__((always_inline)) inline Vec load_vec(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-__attribute__((always_inline)) inline void store_vec(float* p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
 
 inline Vec activate_vec(Vec v, Activation activation) {
   if (activation == Activation::kNone) return v;

@@ -8,15 +8,11 @@
 #include <cstring>
 
 #include "prunekit/kernels_cpu.h"
+#include "prunekit/vector_ext.h"
 
 namespace prunekit::cpu {
 namespace {
 
-#ifndef PRUNEKIT_VECTOR_BYTES
-#error "define PRUNEKIT_VECTOR_BYTES (16, 32 or 64) before including obs_block_impl.h"
-#endif
-typedef float Vec __attribute__((vector_size(PRUNEKIT_VECTOR_BYTES)));
-constexpr int64_t kLanes = PRUNEKIT_VECTOR_BYTES / sizeof(float);
 // Rows per tile: one row per lane in the sequential part.
 constexpr int64_t kTileRows = kLanes;
 // Columns updated one by one before their errors reach the rest of the block in a rank update.
@@ -24,13 +20,6 @@ constexpr int64_t kSubBlock = 16;
 constexpr int64_t kMaxSubBlock = 64;  // a sub-block holds whole N:M groups (m <= 64)
 // Rows per accumulator group in the rank update (4 vectors of accumulators: no spills on AVX2).
 constexpr int64_t kUpdateRows = 4;
-
-__attribute__((always_inline)) inline Vec load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-__attribute__((always_inline)) inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof(v)); }
 
 // Keeps, per lane (row), the n largest (w_c / d_c)^2 of the m columns starting at `col`
 // (ties: lower column), as 0/1 flags in keep[c].
@@ -62,19 +51,19 @@ inline void rank_update(float* const* wr, int64_t rows, const float* const* er, 
     int64_t j = j_begin;
     if (group == kUpdateRows) {
       for (; j + kLanes <= j_end; j += kLanes) {
-        Vec acc0 = load(wr[r0] + j), acc1 = load(wr[r0 + 1] + j);
-        Vec acc2 = load(wr[r0 + 2] + j), acc3 = load(wr[r0 + 3] + j);
+        Vec acc0 = load_vec(wr[r0] + j), acc1 = load_vec(wr[r0 + 1] + j);
+        Vec acc2 = load_vec(wr[r0 + 2] + j), acc3 = load_vec(wr[r0 + 3] + j);
         for (int64_t t = 0; t < depth; ++t) {
-          const Vec hv = load(h + t * ldh + j);
+          const Vec hv = load_vec(h + t * ldh + j);
           acc0 -= er[r0][t] * hv;
           acc1 -= er[r0 + 1][t] * hv;
           acc2 -= er[r0 + 2][t] * hv;
           acc3 -= er[r0 + 3][t] * hv;
         }
-        store(wr[r0] + j, acc0);
-        store(wr[r0 + 1] + j, acc1);
-        store(wr[r0 + 2] + j, acc2);
-        store(wr[r0 + 3] + j, acc3);
+        store_vec(wr[r0] + j, acc0);
+        store_vec(wr[r0 + 1] + j, acc1);
+        store_vec(wr[r0 + 2] + j, acc2);
+        store_vec(wr[r0 + 3] + j, acc3);
       }
     }
     for (int64_t r = r0; r < r0 + group; ++r) {
