@@ -266,9 +266,11 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
 }
 
 // The CSR16 GEMV's batches: it gathers x once per nonzero and batch row, the SpMM loads one row
-// of x^T per nonzero (4096^2, 2 threads, GEMV vs SpMM ms: at 90%, 0.40 vs 0.79-0.86 at batch 2,
-// 0.67 vs 0.82-0.89 at 3, 1.02 vs 0.85-0.93 at 4; at 70%, 2.0 vs 2.6 at 3, 2.6 vs 2.5 at 4).
-constexpr int64_t kCsr16GemvMaxBatch = 3;
+// of x^T per nonzero. With AVX-512 the SpMM wins from batch 4 (4096^2, 2 threads, GEMV vs SpMM
+// ms: at 90%, 0.40 vs 0.79-0.86 at batch 2, 0.67 vs 0.82-0.89 at 3, 1.02 vs 0.85-0.93 at 4; at
+// 70%, 2.0 vs 2.6 at 3, 2.6 vs 2.5 at 4); the vector-extension SpMM runs batches narrower than its
+// vectors (4 on AVX2) in scalar code, 3-5x slower than the GEMV, so the others keep batch 4.
+int64_t csr16_gemv_max_batch() { return cpu::selected_isa() == "avx512" ? 3 : cpu::kGemvMaxBatch; }
 
 at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, const at::Tensor& col_indices,
                                const at::Tensor& row_offsets, int64_t in_features,
@@ -311,7 +313,7 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
     const int64_t nnz = values.numel();
     const int64_t first_bad = std::find_if(indices, indices + nnz, [&](uint16_t c) { return c >= k; }) - indices;
     if (first_bad < nnz) corrupt(std::upper_bound(offsets, offsets + rows + 1, first_bad) - offsets - 1);
-  } else if (batch <= kCsr16GemvMaxBatch) {
+  } else if (batch <= csr16_gemv_max_batch()) {
     // One pass over the weight, each nonzero's x gathered for every batch row.
     const auto gemv = cpu::select_csr16_gemv();
     const Status status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {

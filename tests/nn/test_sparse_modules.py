@@ -376,9 +376,44 @@ def test_sparse_linear_runs_csr16_at_high_sparsity(dtype, monkeypatch):
         assert calls == [(1, 300), (4, 300), (2, 2, 300), (5, 300), (3, 7, 300)]  # GEMV, then SpMM
     else:
         assert calls == [(1, 300), (4, 300), (2, 2, 300)]  # <= 4 rows: CSR16; more: the bitmap kernels
+    # Below the thresholds of this CPU's table the bitmap kernels run, with the same results.
+    calls.clear()
+    table = {torch.float32: ((1, 0.95), (4, 0.5), (None, None)), torch.bfloat16: ((2, None), (None, 0.5))}
+    monkeypatch.setattr(module, "_csr16_tables", table)
+    for shape in [(1, 300), (3, 300), (2, 3, 300)]:
+        x = torch.randn(shape).to(dtype)
+        expected = F.linear(x.float(), linear.weight.float(), linear.bias.float())
+        torch.testing.assert_close(module(x).float(), expected, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5,
+                                   atol=2e-2 if dtype == torch.bfloat16 else 1e-4)
+    assert calls == ([(3, 300)] if dtype == torch.float32 else [(3, 300), (2, 3, 300)])
     with torch.no_grad():
         linear.weight.copy_(linear.weight * (torch.rand(70, 300) < 0.5))
         linear.weight[:, : 300 // 2] = 1.0
     dense_enough = SparseLinear.from_dense(linear, format="unstructured")
     assert dense_enough.sparsity < _sparse.CSR16_MIN_SPARSITY and dense_enough.runtime_col_indices is None
     assert dense_enough.memory()["runtime"] == 0
+
+
+def test_csr16_thresholds_by_rows_and_cpu(monkeypatch):
+    from prunekit.nn import _sparse
+
+    table = ((1, 0.7), (4, 0.85), (None, None))
+    assert _sparse.csr16_runs(1, 0.7, table) and not _sparse.csr16_runs(1, 0.69, table)
+    assert _sparse.csr16_runs(4, 0.85, table) and not _sparse.csr16_runs(2, 0.8, table)
+    assert not _sparse.csr16_runs(5, 0.99, table) and not _sparse.csr16_runs(1, 0.99, ())
+    info = {"cpu_isa_selected": "avx512", "cpu_features": ["avx512f", "avx512_bf16"]}
+    monkeypatch.setattr("prunekit.build_info", lambda: info)
+    tables = _sparse.CSR16_MIN_SPARSITY_BY_ROWS
+    assert _sparse.csr16_table(torch.float32) == tables["avx512"][torch.float32]
+    assert _sparse.csr16_table(torch.bfloat16) == tables["avx512"][torch.bfloat16]
+    info["cpu_features"] = ["avx512f"]  # no AVX-512 BF16: bf16 x is widened for the fp32 GEMV
+    assert _sparse.csr16_table(torch.bfloat16) == tuple(
+        entry for entry in tables["avx512"][torch.float32] if entry[0] is not None) + ((None, None),)
+    info["cpu_isa_selected"] = "avx2"
+    assert _sparse.csr16_table(torch.float32) == tables["other"][torch.float32]
+    assert _sparse.csr16_table(torch.float16) == ()
+    # Every table: rows in increasing order, ending with the catch-all.
+    for kind in tables.values():
+        for rows_table in kind.values():
+            limits = [rows for rows, _ in rows_table]
+            assert limits[-1] is None and limits[:-1] == sorted(limits[:-1])

@@ -59,7 +59,7 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
     (:func:`~prunekit.benchmarks.common.compare_ms`, for busy machines)."""
     from prunekit import ops
     from prunekit.formats import Csr16Weight
-    from prunekit.nn._sparse import CSR16_MIN_SPARSITY, csr16_runs
+    from prunekit.nn._sparse import CSR16_MIN_SPARSITY, csr16_runs, csr16_table
 
     shapes = shapes or (SMALL_LINEAR if quick else LLAMA_7B)
     batches = batches or ((1, 16) if quick else (1, 16, 128))
@@ -77,7 +77,8 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
             for batch in batches:
                 x = torch.randn(batch, in_features, generator=generator).to(dtype)
                 # The kernel SparseLinear runs for this weight and input.
-                kernel = "csr16" if csr16 is not None and csr16_runs(batch, dtype) else "bitmap"
+                kernel = ("csr16" if csr16 is not None and csr16_runs(batch, pattern_sparsity(pattern), csr16_table(dtype))
+                          else "bitmap")
                 if kernel == "csr16":
                     sparse = lambda: ops.sparse_linear_csr16(x, csr16.values, csr16.col_indices, csr16.row_offsets,
                                                              in_features)

@@ -91,25 +91,56 @@ def break_even_sparsity(kernel: str, dtype: torch.dtype, rows: int | None = None
     return None
 
 # An unstructured weight at least this sparse also gets a CSR16 index on CPU (runtime tensor
-# ``runtime_col_indices``, 2 bytes per nonzero), which the forward runs where :func:`csr16_runs`
-# says. At batch 1-4 the CSR16 GEMV costs one load and one multiply-add per nonzero, the bitmap
-# GEMV a shuffle per 8-16 columns. Measured in one process, 4096 x 4096, 2 threads (AMD EPYC Zen 3,
-# AVX2): at 0.7 CSR16 1.69 ms vs bitmap 2.11 ms (fp32) and 2.50 vs 3.14 ms (bf16); at 0.5 bitmap
-# 3.22 vs CSR16 3.51 ms (fp32). For more rows the CSR16 SpMM skips the bitmap's decode (Xeon,
-# AVX-512, 2 threads, fp32, CSR16 vs bitmap ms: 4096 x 4096 at 0.9, 16 rows 0.81 vs 1.36, 128 rows
-# 4.21 vs 4.44; at 0.7, 2.17 vs 2.45 and 10.84 vs 10.63; 11008 x 4096 at 0.9, 2.09 vs 3.31 and
-# 10.90 vs 11.83).
+# ``runtime_col_indices``, 2 bytes per nonzero), which the forward runs where it beats the bitmap
+# kernels (:data:`CSR16_MIN_SPARSITY_BY_ROWS`). The CSR16 GEMV (up to 3-4 rows) costs a gather of
+# x per nonzero and row of x, the bitmap GEMV an expansion per 16 columns shared by the rows; the
+# CSR16 SpMM (more rows) skips the bitmap SpMM's decode.
 CSR16_MIN_SPARSITY = 0.7
-CSR16_GEMV_MAX_ROWS = 4  # the CSR16 GEMV's batch (the op runs its SpMM above)
+
+# From which sparsity CSR16 beats the bitmap kernels, per rows per call and x dtype, on the two
+# kinds of CPU kernels: ((max rows, min sparsity), ...), None rows = any more, None sparsity =
+# never. Measured in one process, 4096 x 4096, 2 threads, CSR16 vs bitmap ms:
+# - "avx512" (Xeon; its bitmap GEMV expands with one instruction per 16 columns, bf16 on AVX-512
+#   BF16, bf16 above 4 rows on AMX): fp32 at 0.7 / 0.8 / 0.9, 1 row 0.65 vs 0.66 / 0.45 vs 0.65 /
+#   0.25 vs 0.66; 2 rows 1.11 vs 0.79 / 0.72 vs 0.73 / 0.40 vs 0.72; 3 rows 2.02 vs 1.13 / 1.40 vs
+#   1.01 / 0.66 vs 0.91; 4 rows 2.54 vs 1.46 / 1.85 vs 1.35 / 0.85 vs 1.32; 16 rows 2.61 vs 2.78 /
+#   1.91 vs 2.19 / 0.94 vs 1.33. bf16: 1 row 0.61 vs 0.51 / 0.44 vs 0.51 / 0.26 vs 0.50; 2 rows
+#   0.73 vs 0.69 at 0.8, 0.41 vs 0.67 at 0.9; 4 rows 1.87 vs 1.09 / 0.90 vs 1.06 at 0.8 / 0.9;
+#   16 rows (AMX) 0.95 vs 0.85 at 0.9.
+# - other ("avx2", measured on the same Xeon with the AVX2 kernels; its bitmap GEMV permutes per 8
+#   columns): fp32 at 0.7, 1-4 rows 0.99-2.58 vs 1.70-2.76; 16 rows 3.27 vs 3.05 at 0.7, 2.21 vs
+#   2.46 at 0.8. (AMD Zen 3, AVX2, 1 row at 0.7: fp32 1.69 vs 2.11, bf16 2.50 vs 3.14.)
+# bf16 x above 4 rows keeps the bitmap kernels everywhere: AMX where the CPU has it. Thresholds
+# between two measured sparsities sit between them.
+CSR16_MIN_SPARSITY_BY_ROWS = {
+    "avx512": {torch.float32: ((1, 0.7), (2, 0.8), (4, 0.85), (None, 0.7)),
+               torch.bfloat16: ((1, 0.75), (4, 0.85), (None, None))},
+    "other": {torch.float32: ((4, 0.7), (None, 0.8)),
+              torch.bfloat16: ((4, 0.7), (None, None))},
+}
 
 
-def csr16_runs(rows: int, x_dtype: torch.dtype) -> bool:
-    """Whether a sparse linear layer whose weight has a CSR16 index runs it (else the bitmap
-    kernels) for inputs of ``rows`` rows and dtype ``x_dtype``: always up to
-    :data:`CSR16_GEMV_MAX_ROWS` rows, and fp32 x at any batch. bf16 x with more rows keeps the
-    bitmap kernels, whose bf16 path runs on AMX where the CPU has it (2-5x faster there than the
-    CSR16 SpMM's fp32 products at 4096 x 4096 and 11008 x 4096, 16 and 128 rows)."""
-    return rows <= CSR16_GEMV_MAX_ROWS or x_dtype == torch.float32
+def csr16_table(x_dtype: torch.dtype) -> tuple:
+    """This machine's row of :data:`CSR16_MIN_SPARSITY_BY_ROWS` for ``x_dtype`` (by the selected
+    CPU kernels; bf16 takes the fp32 thresholds up to 4 rows where the CPU lacks AVX-512 BF16)."""
+    from .. import build_info
+
+    info = build_info()
+    kind = "avx512" if info["cpu_isa_selected"] == "avx512" else "other"
+    tables = CSR16_MIN_SPARSITY_BY_ROWS[kind]
+    if kind == "avx512" and x_dtype == torch.bfloat16 and "avx512_bf16" not in info["cpu_features"]:
+        # The bitmap GEMV then widens bf16 x and runs the fp32 GEMV.
+        return tuple(entry for entry in tables[torch.float32] if entry[0] is not None) + ((None, None),)
+    return tables.get(x_dtype, ())
+
+
+def csr16_runs(rows: int, sparsity: float, table: tuple) -> bool:
+    """Whether a layer whose weight (``sparsity``) has a CSR16 index runs it for inputs of ``rows``
+    rows, by a ``table`` from :func:`csr16_table`."""
+    for max_rows, threshold in table:
+        if max_rows is None or rows <= max_rows:
+            return threshold is not None and sparsity >= threshold
+    return False
 
 # "auto" keeps a valid 2:4 weight as 2:4 unless it is much sparser than 50% (the 2:4 layout stores
 # two values per group of four, zero padding included): 2:4 while at least this share of the
@@ -326,6 +357,9 @@ class SparseWeightModule(nn.Module):
               and self.values.dtype in _KERNEL_VALUE_DTYPES and self.cols <= CSR16_MAX_COLUMNS
               and self.sparsity >= CSR16_MIN_SPARSITY):
             self.runtime_col_indices = column_indices(self.bitmap, self.cols)
+            # Where the forward runs it (thresholds for this CPU, resolved once).
+            self._csr16_sparsity = self.sparsity
+            self._csr16_tables = {dtype: csr16_table(dtype) for dtype in _KERNEL_VALUE_DTYPES}
 
     def _apply(self, fn, recurse=True):
         for key in self._RUNTIME:

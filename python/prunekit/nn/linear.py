@@ -5,11 +5,13 @@ What runs where (``forward``):
 =========  ==============  ===============  ==========================================================
 device     format          dtypes           computation
 =========  ==============  ===============  ==========================================================
-CPU        unstructured    fp32, bf16       at sparsity >= 0.7 ``prunekit.ops.sparse_linear_csr16``
-                                            (CSR16 GEMV up to 3 rows, SpMM above; bf16 x above 4
-                                            rows: the bitmap kernels, AMX where the CPU has it),
-                                            else ``prunekit.ops.sparse_linear`` (bitmap GEMV up to
-                                            4 rows, SpMM above); fp32 accumulation
+CPU        unstructured    fp32, bf16       ``prunekit.ops.sparse_linear_csr16`` (CSR16 GEMV up to
+                                            3-4 rows, SpMM above) where it beats the bitmap kernels
+                                            for the rows and sparsity (from 0.7; see
+                                            ``nn._sparse.CSR16_MIN_SPARSITY_BY_ROWS``), else
+                                            ``prunekit.ops.sparse_linear`` (bitmap GEMV up to 4
+                                            rows, SpMM above; bf16 x above 4 rows on AMX where the
+                                            CPU has it); fp32 accumulation
 CPU        2:4             fp32, bf16       the same kernel on the bitmap view of the 2:4 values
 CPU        sparse          other (fp16)     exact expansion + ``F.linear`` (correct, not faster)
 CUDA       2:4             fp16/bf16/fp32   ``decompress_24`` + ``F.linear`` (saves memory, not time)
@@ -116,7 +118,8 @@ class SparseLinear(SparseWeightModule):
         if self._kernel_runs(x, _X_DTYPES):
             values, bitmap, row_offsets = self._kernel_weight()
             col_indices = self.runtime_col_indices
-            if col_indices is not None and csr16_runs(x.numel() // max(self.in_features, 1), x.dtype):
+            if col_indices is not None and csr16_runs(x.numel() // max(self.in_features, 1), self._csr16_sparsity,
+                                                      self._csr16_tables.get(x.dtype, ())):
                 return torch.ops.prunekit.sparse_linear_csr16(x, values, col_indices, row_offsets, self.in_features,
                                                               self.bias)
             return torch.ops.prunekit.sparse_linear(x, values, bitmap, row_offsets, self.in_features, self.bias)
