@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <torch/library.h>
 
 #include "kernel_select.h"
@@ -34,6 +35,40 @@ void transpose_into(const float* src, int64_t rows, int64_t cols, float* dst) {
   at::parallel_for(0, (rows + kRowsPerTask - 1) / kRowsPerTask, 1, [=](int64_t begin, int64_t end) {
     transpose(src, rows, cols, dst, begin * kRowsPerTask, std::min(rows, end * kRowsPerTask));
   });
+}
+
+// out (batch, rows) = the SpMM of x (batch, k) through x^T: `spmm(xt, width, yt)` computes
+// yt (rows, width) from xt (k, width) over a range of rows. Where the selected kernels lack masked
+// vectors (the vector-extension SpMM runs the columns past its last whole vector in scalar code:
+// 4096^2 at 50% on AVX2, batch 5 26 ms and batch 15 37 ms vs batch 8 4.2 ms) the batch is padded
+// with zero rows of x to whole vectors (8 lanes on AVX2, 4 on NEON and the portable build).
+template <typename Spmm>
+Status spmm_through_transpose(const float* x, int64_t batch, int64_t k, int64_t rows, float* out,
+                              const at::TensorOptions& options, Spmm spmm) {
+  const std::string isa = cpu::selected_isa();
+  const int64_t lanes = isa == "avx512" ? 1 : isa == "avx2" ? 8 : 4;
+  const int64_t width = (batch + lanes - 1) / lanes * lanes;
+  at::Tensor xt = at::empty({k, width}, options);
+  if (width == batch) {
+    transpose_into(x, batch, k, xt.data_ptr<float>());
+  } else {
+    at::Tensor padded = at::zeros({width, k}, options);
+    std::memcpy(padded.data_ptr<float>(), x, sizeof(float) * batch * k);
+    transpose_into(padded.data_ptr<float>(), width, k, xt.data_ptr<float>());
+  }
+  at::Tensor yt = at::empty({rows, width}, options);
+  const Status status = run_rows(rows, 8, [&](int64_t begin, int64_t end) {
+    return spmm(xt.data_ptr<float>(), width, yt.data_ptr<float>(), begin, end);
+  });
+  if (!status.ok()) return status;
+  if (width == batch) {
+    transpose_into(yt.data_ptr<float>(), rows, width, out);
+  } else {
+    at::Tensor y = at::empty({width, rows}, options);
+    transpose_into(yt.data_ptr<float>(), rows, width, y.data_ptr<float>());
+    std::memcpy(out, y.data_ptr<float>(), sizeof(float) * batch * rows);
+  }
+  return status;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_bitmap(const at::Tensor& dense) {
@@ -252,14 +287,11 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     });
   } else {
     const auto spmm = cpu::select_bitmap_spmm();
-    at::Tensor xt = at::empty({k, batch}, out.options());
-    transpose_into(x32.data_ptr<float>(), batch, k, xt.data_ptr<float>());
-    at::Tensor yt = at::empty({rows, batch}, out.options());
-    status = run_rows(rows, 8, [&](int64_t begin, int64_t end) {
-      return spmm(values.data_ptr(), type, bits, offsets, k, xt.data_ptr<float>(), batch, batch,
-                  bias_ptr, cpu::Activation::kNone, yt.data_ptr<float>(), batch, begin, end);
-    });
-    transpose_into(yt.data_ptr<float>(), rows, batch, out.data_ptr<float>());
+    status = spmm_through_transpose(x32.data_ptr<float>(), batch, k, rows, out.data_ptr<float>(), out.options(),
+                                    [&](const float* xt, int64_t width, float* yt, int64_t begin, int64_t end) {
+                                      return spmm(values.data_ptr(), type, bits, offsets, k, xt, width, width, bias_ptr,
+                                                  cpu::Activation::kNone, yt, width, begin, end);
+                                    });
   }
   check_status(status, op, k);
   return in_dtype_of(x, out);
@@ -324,15 +356,11 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   } else {
     // Larger batches: the SpMM on x^T, each nonzero broadcast against a row of batch entries.
     const auto spmm = cpu::select_csr16_spmm();
-    at::Tensor xt = at::empty({k, batch}, out.options());
-    transpose_into(x32.data_ptr<float>(), batch, k, xt.data_ptr<float>());
-    at::Tensor yt = at::empty({rows, batch}, out.options());
-    const Status status = run_rows(rows, 8, [&](int64_t begin, int64_t end) {
-      return spmm(values.data_ptr(), type, indices, offsets, k, xt.data_ptr<float>(), batch, batch, bias_ptr,
-                  yt.data_ptr<float>(), batch, begin, end);
-    });
-    raise_if_failed(status);
-    transpose_into(yt.data_ptr<float>(), rows, batch, out.data_ptr<float>());
+    raise_if_failed(spmm_through_transpose(
+        x32.data_ptr<float>(), batch, k, rows, out.data_ptr<float>(), out.options(),
+        [&](const float* xt, int64_t width, float* yt, int64_t begin, int64_t end) {
+          return spmm(values.data_ptr(), type, indices, offsets, k, xt, width, width, bias_ptr, yt, width, begin, end);
+        }));
   }
   return in_dtype_of(x, out);
 }
