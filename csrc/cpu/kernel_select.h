@@ -64,6 +64,13 @@ inline BitmapSpmmFn select_bitmap_spmm() {
   return &bitmap_spmm_scalar;
 }
 
+// The width in columns of X whose multiples the selected bitmap SpMM computes in vectors only (1:
+// masked vectors, or none at all): the vector-extension builds' float lanes.
+inline int64_t bitmap_spmm_lanes() {
+  const std::string isa = selected_isa();
+  return isa == "avx2" ? 8 : isa == "neon" ? 4 : 1;
+}
+
 using BitmapGemvBf16Fn = Status (*)(const uint16_t*, const uint16_t*, const int64_t*, int64_t, int64_t,
                                     const uint16_t*, int64_t, const float*, float*, int64_t, int64_t);
 
@@ -112,6 +119,13 @@ inline Csr16SpmmFn select_csr16_spmm() {
   if (isa == "avx2") return &csr16_spmm_avx2;
 #endif
   return &csr16_spmm_scalar;
+}
+
+// As bitmap_spmm_lanes, for the selected CSR16 SpMM (its portable build, also the one on ARM,
+// has 16-byte vectors).
+inline int64_t csr16_spmm_lanes() {
+  const std::string isa = selected_isa();
+  return isa == "avx512" ? 1 : isa == "avx2" ? 8 : 4;
 }
 
 using TransposeFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t);

@@ -38,15 +38,13 @@ void transpose_into(const float* src, int64_t rows, int64_t cols, float* dst) {
 }
 
 // out (batch, rows) = the SpMM of x (batch, k) through x^T: `spmm(xt, width, yt)` computes
-// yt (rows, width) from xt (k, width) over a range of rows. Where the selected kernels lack masked
-// vectors (the vector-extension SpMM runs the columns past its last whole vector in scalar code:
-// 4096^2 at 50% on AVX2, batch 5 26 ms and batch 15 37 ms vs batch 8 4.2 ms) the batch is padded
-// with zero rows of x to whole vectors (8 lanes on AVX2, 4 on NEON and the portable build).
+// yt (rows, width) from xt (k, width) over a range of rows. For kernels without masked vectors
+// (`lanes` > 1: the vector-extension SpMM runs the columns past its last whole vector in scalar
+// code; 4096^2 at 50% on AVX2, batch 5 26 ms and batch 15 37 ms vs batch 8 4.2 ms) the batch is
+// padded with zero rows of x to whole vectors.
 template <typename Spmm>
 Status spmm_through_transpose(const float* x, int64_t batch, int64_t k, int64_t rows, float* out,
-                              const at::TensorOptions& options, Spmm spmm) {
-  const std::string isa = cpu::selected_isa();
-  const int64_t lanes = isa == "avx512" ? 1 : isa == "avx2" ? 8 : 4;
+                              const at::TensorOptions& options, int64_t lanes, Spmm spmm) {
   const int64_t width = (batch + lanes - 1) / lanes * lanes;
   at::Tensor xt = at::empty({k, width}, options);
   if (width == batch) {
@@ -288,7 +286,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
   } else {
     const auto spmm = cpu::select_bitmap_spmm();
     status = spmm_through_transpose(x32.data_ptr<float>(), batch, k, rows, out.data_ptr<float>(), out.options(),
-                                    [&](const float* xt, int64_t width, float* yt, int64_t begin, int64_t end) {
+                                    cpu::bitmap_spmm_lanes(), [&](const float* xt, int64_t width, float* yt, int64_t begin, int64_t end) {
                                       return spmm(values.data_ptr(), type, bits, offsets, k, xt, width, width, bias_ptr,
                                                   cpu::Activation::kNone, yt, width, begin, end);
                                     });
@@ -300,8 +298,8 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
 // The CSR16 GEMV's batches: it gathers x once per nonzero and batch row, the SpMM loads one row
 // of x^T per nonzero. With AVX-512 the SpMM wins from batch 4 (4096^2, 2 threads, GEMV vs SpMM
 // ms: at 90%, 0.40 vs 0.79-0.86 at batch 2, 0.67 vs 0.82-0.89 at 3, 1.02 vs 0.85-0.93 at 4; at
-// 70%, 2.0 vs 2.6 at 3, 2.6 vs 2.5 at 4); the vector-extension SpMM runs batches narrower than its
-// vectors (4 on AVX2) in scalar code, 3-5x slower than the GEMV, so the others keep batch 4.
+// 70%, 2.0 vs 2.6 at 3, 2.6 vs 2.5 at 4); the vector-extension SpMM computes whole vectors (a
+// batch of 4 padded to 8 on AVX2, no faster than the GEMV there), so the others keep batch 4.
 int64_t csr16_gemv_max_batch() { return cpu::selected_isa() == "avx512" ? 3 : cpu::kGemvMaxBatch; }
 
 at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, const at::Tensor& col_indices,
@@ -357,7 +355,7 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
     // Larger batches: the SpMM on x^T, each nonzero broadcast against a row of batch entries.
     const auto spmm = cpu::select_csr16_spmm();
     raise_if_failed(spmm_through_transpose(
-        x32.data_ptr<float>(), batch, k, rows, out.data_ptr<float>(), out.options(),
+        x32.data_ptr<float>(), batch, k, rows, out.data_ptr<float>(), out.options(), cpu::csr16_spmm_lanes(),
         [&](const float* xt, int64_t width, float* yt, int64_t begin, int64_t end) {
           return spmm(values.data_ptr(), type, indices, offsets, k, xt, width, width, bias_ptr, yt, width, begin, end);
         }));

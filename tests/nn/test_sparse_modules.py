@@ -378,8 +378,8 @@ def test_sparse_linear_runs_csr16_at_high_sparsity(dtype, monkeypatch):
         assert calls == [(1, 300), (4, 300), (2, 2, 300)]  # <= 4 rows: CSR16; more: the bitmap kernels
     # Below the thresholds of this CPU's table the bitmap kernels run, with the same results.
     calls.clear()
-    table = {torch.float32: ((1, 0.95), (4, 0.5), (None, None)), torch.bfloat16: ((2, None), (None, 0.5))}
-    monkeypatch.setattr(module, "_csr16_tables", table)
+    choices = {torch.float32: ((1, False), (4, True), (None, False)), torch.bfloat16: ((2, False), (None, True))}
+    monkeypatch.setattr(module, "_csr16_choices", choices)
     for shape in [(1, 300), (3, 300), (2, 3, 300)]:
         x = torch.randn(shape).to(dtype)
         expected = F.linear(x.float(), linear.weight.float(), linear.bias.float())
@@ -398,9 +398,11 @@ def test_csr16_thresholds_by_rows_and_cpu(monkeypatch):
     from prunekit.nn import _sparse
 
     table = ((1, 0.7), (4, 0.85), (None, None))
-    assert _sparse.csr16_runs(1, 0.7, table) and not _sparse.csr16_runs(1, 0.69, table)
-    assert _sparse.csr16_runs(4, 0.85, table) and not _sparse.csr16_runs(2, 0.8, table)
-    assert not _sparse.csr16_runs(5, 0.99, table) and not _sparse.csr16_runs(1, 0.99, ())
+    assert _sparse.csr16_choices(0.8, table) == ((1, True), (4, False), (None, False))
+    runs = lambda rows, sparsity: _sparse.csr16_runs(rows, _sparse.csr16_choices(sparsity, table))
+    assert runs(1, 0.7) and not runs(1, 0.69)
+    assert runs(4, 0.85) and not runs(2, 0.8)
+    assert not runs(5, 0.99) and not _sparse.csr16_runs(1, ())
     info = {"cpu_isa_selected": "avx512", "cpu_features": ["avx512f", "avx512_bf16"]}
     monkeypatch.setattr("prunekit.build_info", lambda: info)
     tables = _sparse.CSR16_MIN_SPARSITY_BY_ROWS
@@ -417,3 +419,30 @@ def test_csr16_thresholds_by_rows_and_cpu(monkeypatch):
         for rows_table in kind.values():
             limits = [rows for rows, _ in rows_table]
             assert limits[-1] is None and limits[:-1] == sorted(limits[:-1])
+
+
+def test_load_state_dict_derives_the_runtime_tensors_again():
+    # Same shapes and count of nonzeros, different columns: the CSR16 index (and the 2:4 bitmap
+    # view) must follow the loaded weight, not describe the old one.
+    torch.manual_seed(0)
+    first, second = nn.Linear(64, 32), nn.Linear(64, 32)
+    with torch.no_grad():
+        for linear in (first, second):
+            keep = torch.rand(32, 64).argsort(dim=1) < 6  # 6 nonzeros per row
+            linear.weight.mul_(keep)
+    a = SparseLinear.from_dense(first, format="unstructured")
+    b = SparseLinear.from_dense(second, format="unstructured")
+    assert a.runtime_col_indices is not None
+    a.load_state_dict(b.state_dict())
+    assert torch.equal(a.runtime_col_indices, b.runtime_col_indices)
+    for rows in (1, 3, 9):
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(a(x), second(x), rtol=1e-5, atol=1e-5)
+    dense24 = [nn.Linear(64, 32) for _ in range(2)]
+    with torch.no_grad():
+        for linear in dense24:
+            linear.weight.mul_(torch.rand(32, 16, 4).argsort(dim=2).lt(2).reshape(32, 64))
+    c, d = (SparseLinear.from_dense(linear, format="2:4") for linear in dense24)
+    c.load_state_dict(d.state_dict())
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(c(x), dense24[1](x), rtol=1e-5, atol=1e-5)

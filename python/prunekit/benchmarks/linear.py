@@ -1,8 +1,8 @@
 """Sparse linear on CPU vs dense F.linear and torch's CSR path, side by side in one process.
 
 For each named shape, batch, dtype and pattern (unstructured 50%/90%, 2:4): time of the kernel
-SparseLinear runs (``kernel``: prunekit.ops.sparse_linear_csr16 for <= 4 rows at sparsity >= 0.7,
-else prunekit.ops.sparse_linear's bitmap kernels), dense F.linear of the same dtype, and torch.sparse.mm on a CSR
+SparseLinear runs (``kernel``: prunekit.ops.sparse_linear_csr16 where SparseLinear runs it for the
+pattern's sparsity, else prunekit.ops.sparse_linear's bitmap kernels), dense F.linear of the same dtype, and torch.sparse.mm on a CSR
 weight (fp32), the speed-ups, effective (dense-equivalent) and actual GFLOP/s, and at batch 1
 the weight bandwidth in GB/s (bytes of the compressed weight per call).
 """
@@ -59,7 +59,7 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
     (:func:`~prunekit.benchmarks.common.compare_ms`, for busy machines)."""
     from prunekit import ops
     from prunekit.formats import Csr16Weight
-    from prunekit.nn._sparse import CSR16_MIN_SPARSITY, csr16_runs, csr16_table
+    from prunekit.nn._sparse import CSR16_MIN_SPARSITY, csr16_choices, csr16_runs, csr16_table
 
     shapes = shapes or (SMALL_LINEAR if quick else LLAMA_7B)
     batches = batches or ((1, 16) if quick else (1, 16, 128))
@@ -77,8 +77,9 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
             for batch in batches:
                 x = torch.randn(batch, in_features, generator=generator).to(dtype)
                 # The kernel SparseLinear runs for this weight and input.
-                kernel = ("csr16" if csr16 is not None and csr16_runs(batch, pattern_sparsity(pattern), csr16_table(dtype))
-                          else "bitmap")
+                sparsity = 1.0 - weight.values.numel() / (out_features * in_features)
+                runs_csr16 = csr16 is not None and csr16_runs(batch, csr16_choices(sparsity, csr16_table(dtype)))
+                kernel = "csr16" if runs_csr16 else "bitmap"
                 if kernel == "csr16":
                     sparse = lambda: ops.sparse_linear_csr16(x, csr16.values, csr16.col_indices, csr16.row_offsets,
                                                              in_features)

@@ -134,12 +134,17 @@ def csr16_table(x_dtype: torch.dtype) -> tuple:
     return tables.get(x_dtype, ())
 
 
-def csr16_runs(rows: int, sparsity: float, table: tuple) -> bool:
-    """Whether a layer whose weight (``sparsity``) has a CSR16 index runs it for inputs of ``rows``
-    rows, by a ``table`` from :func:`csr16_table`."""
-    for max_rows, threshold in table:
+def csr16_choices(sparsity: float, table: tuple) -> tuple:
+    """For a weight of ``sparsity`` with a CSR16 index: ((max rows, runs CSR16), ...) from a
+    ``table`` of :func:`csr16_table` (what the forward looks up: integers and booleans only)."""
+    return tuple((max_rows, threshold is not None and sparsity >= threshold) for max_rows, threshold in table)
+
+
+def csr16_runs(rows: int, choices: tuple) -> bool:
+    """Whether the CSR16 kernels run inputs of ``rows`` rows, by :func:`csr16_choices`."""
+    for max_rows, runs in choices:
         if max_rows is None or rows <= max_rows:
-            return threshold is not None and sparsity >= threshold
+            return runs
     return False
 
 # "auto" keeps a valid 2:4 weight as 2:4 unless it is much sparser than 50% (the 2:4 layout stores
@@ -301,6 +306,10 @@ def expected_state(fmt: str, rows: int, cols: int, dtype: torch.dtype, state: di
 
 # ----------------------------------------------------------------------------- the base module
 
+def _rebuild_runtime_after_load(module: "SparseWeightModule", incompatible_keys) -> None:
+    module._build_runtime()
+
+
 class SparseWeightModule(nn.Module):
     """Base of SparseLinear and SparseConv2d: holds a (rows, cols) weight in one format."""
 
@@ -334,6 +343,8 @@ class SparseWeightModule(nn.Module):
         for key in self._RUNTIME:
             self.register_buffer(key, None, persistent=False)
         self._build_runtime()
+        # load_state_dict copies into the state tensors in place: derive the runtime ones again.
+        self.register_load_state_dict_post_hook(_rebuild_runtime_after_load)
 
     # --- runtime tensors -------------------------------------------------------------------
     def _build_runtime(self, strict: bool = True) -> None:
@@ -357,9 +368,9 @@ class SparseWeightModule(nn.Module):
               and self.values.dtype in _KERNEL_VALUE_DTYPES and self.cols <= CSR16_MAX_COLUMNS
               and self.sparsity >= CSR16_MIN_SPARSITY):
             self.runtime_col_indices = column_indices(self.bitmap, self.cols)
-            # Where the forward runs it (thresholds for this CPU, resolved once).
-            self._csr16_sparsity = self.sparsity
-            self._csr16_tables = {dtype: csr16_table(dtype) for dtype in _KERNEL_VALUE_DTYPES}
+            # Where the forward runs it, per x dtype (this CPU's thresholds, resolved once).
+            sparsity = self.sparsity
+            self._csr16_choices = {dtype: csr16_choices(sparsity, csr16_table(dtype)) for dtype in _KERNEL_VALUE_DTYPES}
 
     def _apply(self, fn, recurse=True):
         for key in self._RUNTIME:

@@ -118,8 +118,8 @@ class SparseLinear(SparseWeightModule):
         if self._kernel_runs(x, _X_DTYPES):
             values, bitmap, row_offsets = self._kernel_weight()
             col_indices = self.runtime_col_indices
-            if col_indices is not None and csr16_runs(x.numel() // max(self.in_features, 1), self._csr16_sparsity,
-                                                      self._csr16_tables.get(x.dtype, ())):
+            if col_indices is not None and csr16_runs(x.numel() // max(self.in_features, 1),
+                                                      self._csr16_choices.get(x.dtype, ())):
                 return torch.ops.prunekit.sparse_linear_csr16(x, values, col_indices, row_offsets, self.in_features,
                                                               self.bias)
             return torch.ops.prunekit.sparse_linear(x, values, bitmap, row_offsets, self.in_features, self.bias)

@@ -185,7 +185,7 @@ Status spmm_rows(const SpmmArgs& a, RowSource& source) {
       kBlockColumnStep * std::clamp<int64_t>(kBlockProducts / vectors / nonzeros_per_step, l1_steps, 4 * l1_steps);
   const int64_t block_rows = std::max<int64_t>(1, kL2SumsBytes / tile_bytes);
   const int64_t block_nonzeros = std::min<int64_t>(
-      kMaxPrefetchNonzeros, (nonzeros * block_columns + a.k * (a.row_end - a.row_begin) - 1) /
+      kMaxPrefetchNonzeros, (nonzeros * std::min(block_columns, a.k) + a.k * (a.row_end - a.row_begin) - 1) /
                                 std::max<int64_t>(1, a.k * (a.row_end - a.row_begin)));
   SpmmScratch scratch{std::vector<float>(), std::vector<int64_t>(a.row_end - a.row_begin)};
   for (int64_t p = 0; p < a.cols_x; p += 16 * vectors) {
