@@ -372,10 +372,10 @@ def test_sparse_linear_runs_csr16_at_high_sparsity(dtype, monkeypatch):
         expected = F.linear(x.float(), linear.weight.float(), linear.bias.float())
         torch.testing.assert_close(module(x).float(), expected, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5,
                                    atol=2e-2 if dtype == torch.bfloat16 else 1e-4)
-    if dtype == torch.float32:
+    if dtype == torch.float32 or prunekit.build_info()["cpu_bf16_spmm"] != "amx":
         assert calls == [(1, 300), (4, 300), (2, 2, 300), (5, 300), (3, 7, 300)]  # GEMV, then SpMM
     else:
-        assert calls == [(1, 300), (4, 300), (2, 2, 300)]  # <= 4 rows: CSR16; more: the bitmap kernels
+        assert calls == [(1, 300), (4, 300), (2, 2, 300)]  # more than 4 rows of bf16: AMX
     # Below the thresholds of this CPU's table the bitmap kernels run, with the same results.
     calls.clear()
     choices = {torch.float32: ((1, False), (4, True), (None, False)), torch.bfloat16: ((2, False), (None, True))}
@@ -403,16 +403,19 @@ def test_csr16_thresholds_by_rows_and_cpu(monkeypatch):
     assert runs(1, 0.7) and not runs(1, 0.69)
     assert runs(4, 0.85) and not runs(2, 0.8)
     assert not runs(5, 0.99) and not _sparse.csr16_runs(1, ())
-    info = {"cpu_isa_selected": "avx512", "cpu_features": ["avx512f", "avx512_bf16"]}
+    info = {"cpu_isa_selected": "avx512", "cpu_features": ["avx512f", "avx512_bf16"], "cpu_bf16_spmm": "amx"}
     monkeypatch.setattr("prunekit.build_info", lambda: info)
     tables = _sparse.CSR16_MIN_SPARSITY_BY_ROWS
-    assert _sparse.csr16_table(torch.float32) == tables["avx512"][torch.float32]
+    fp32 = tables["avx512"][torch.float32]
+    assert _sparse.csr16_table(torch.float32) == fp32
     assert _sparse.csr16_table(torch.bfloat16) == tables["avx512"][torch.bfloat16]
     info["cpu_features"] = ["avx512f"]  # no AVX-512 BF16: bf16 x is widened for the fp32 GEMV
-    assert _sparse.csr16_table(torch.bfloat16) == tuple(
-        entry for entry in tables["avx512"][torch.float32] if entry[0] is not None) + ((None, None),)
-    info["cpu_isa_selected"] = "avx2"
+    assert _sparse.csr16_table(torch.bfloat16) == fp32[:-1] + ((None, None),)
+    info["cpu_bf16_spmm"] = None  # no AMX path either: the fp32 SpMM above 4 rows too
+    assert _sparse.csr16_table(torch.bfloat16) == fp32
+    info.update(cpu_isa_selected="avx2", cpu_features=["avx2"])
     assert _sparse.csr16_table(torch.float32) == tables["other"][torch.float32]
+    assert _sparse.csr16_table(torch.bfloat16) == tables["other"][torch.bfloat16]
     assert _sparse.csr16_table(torch.float16) == ()
     # Every table: rows in increasing order, ending with the catch-all.
     for kind in tables.values():

@@ -110,28 +110,34 @@ CSR16_MIN_SPARSITY = 0.7
 # - other ("avx2", measured on the same Xeon with the AVX2 kernels; its bitmap GEMV permutes per 8
 #   columns): fp32 at 0.7, 1-4 rows 0.99-2.58 vs 1.70-2.76; 16 rows 3.27 vs 3.05 at 0.7, 2.21 vs
 #   2.46 at 0.8. (AMD Zen 3, AVX2, 1 row at 0.7: fp32 1.69 vs 2.11, bf16 2.50 vs 3.14.)
-# bf16 x above 4 rows keeps the bitmap kernels everywhere: AMX where the CPU has it. Thresholds
-# between two measured sparsities sit between them.
+# bf16 x above 4 rows keeps the bitmap kernels where they run on AMX (else both widen x to fp32:
+# the fp32 thresholds, see csr16_table). Thresholds between two measured sparsities sit between
+# them.
 CSR16_MIN_SPARSITY_BY_ROWS = {
     "avx512": {torch.float32: ((1, 0.7), (2, 0.8), (4, 0.85), (None, 0.7)),
                torch.bfloat16: ((1, 0.75), (4, 0.85), (None, None))},
     "other": {torch.float32: ((4, 0.7), (None, 0.8)),
-              torch.bfloat16: ((4, 0.7), (None, None))},
+              torch.bfloat16: ((4, 0.7), (None, 0.8))},
 }
 
 
 def csr16_table(x_dtype: torch.dtype) -> tuple:
     """This machine's row of :data:`CSR16_MIN_SPARSITY_BY_ROWS` for ``x_dtype`` (by the selected
-    CPU kernels; bf16 takes the fp32 thresholds up to 4 rows where the CPU lacks AVX-512 BF16)."""
+    CPU kernels). Where the bitmap kernels widen bf16 x and run their fp32 code, bf16 takes the
+    fp32 thresholds: up to 4 rows without AVX-512 BF16, above 4 rows without prunekit's AMX path."""
     from .. import build_info
 
     info = build_info()
     kind = "avx512" if info["cpu_isa_selected"] == "avx512" else "other"
     tables = CSR16_MIN_SPARSITY_BY_ROWS[kind]
-    if kind == "avx512" and x_dtype == torch.bfloat16 and "avx512_bf16" not in info["cpu_features"]:
-        # The bitmap GEMV then widens bf16 x and runs the fp32 GEMV.
-        return tuple(entry for entry in tables[torch.float32] if entry[0] is not None) + ((None, None),)
-    return tables.get(x_dtype, ())
+    if x_dtype != torch.bfloat16:
+        return tables.get(x_dtype, ())
+    fp32 = tables[torch.float32]
+    few_rows = [entry for entry in tables[torch.bfloat16] if entry[0] is not None]
+    if kind == "avx512" and "avx512_bf16" not in info["cpu_features"]:
+        few_rows = [entry for entry in fp32 if entry[0] is not None]
+    more_rows = (None, None) if info["cpu_bf16_spmm"] == "amx" else fp32[-1]
+    return tuple(few_rows) + (more_rows,)
 
 
 def csr16_choices(sparsity: float, table: tuple) -> tuple:
