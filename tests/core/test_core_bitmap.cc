@@ -115,6 +115,19 @@ float expected_dot(const Sparse& s, const std::vector<float>& x, const std::vect
   return sum;
 }
 
+uint16_t to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return uint16_t(bits >> 16);  // truncation: any bf16 number will do
+}
+
+float from_bf16(uint16_t half) {
+  const uint32_t bits = uint32_t(half) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
 bool close(float a, float b) { return std::fabs(a - b) <= 1e-4f * (1.0f + std::fabs(b)); }
 
 void check_variant(const Variant& v, std::mt19937& rng) {
@@ -182,6 +195,50 @@ void check_variant(const Variant& v, std::mt19937& rng) {
                     bias.data(), y.data(), 0, 5).ok());
       for (int64_t b = 0; b < batch; ++b)
         for (int64_t r = 0; r < 5; ++r) EXPECT(close(y[b * 5 + r], expected_dot(s, x, bias, k, b, r)));
+    }
+  }
+  // A mark past k (offsets counting it, so only the mark itself is wrong) is reported by every
+  // kernel path: GEMV, the SpMM of narrow X (expanded dense-ish rows on AVX-512) and of wide X.
+  {
+    const int64_t rows = 3, k = 20;
+    Sparse s = make(rows, k, 0.0, rng);
+    const int64_t words = bitmap_words(k);
+    s.bitmap[1 * words + words - 1] |= uint16_t(1u << (k % kBitmapWordBits));  // column 20 of row 1
+    std::vector<int64_t> offsets = s.offsets;
+    offsets[2] += 1;
+    offsets[3] += 1;
+    std::unique_ptr<float[]> values(new float[offsets[rows]]);
+    for (int64_t i = 0; i < offsets[rows]; ++i) values[i] = 1.0f;
+    std::vector<float> x(k * 40, 1.0f), y(rows * 40);
+    EXPECT(v.gemv(values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), rows, k, x.data(), 1, nullptr,
+                  y.data(), 0, rows).code == StatusCode::kCorruptMeta);
+    for (int64_t cols_x : {5, 16, 40}) {
+      const Status status = v.spmm(values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), k, x.data(),
+                                   cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x, 0, rows);
+      EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 1);
+    }
+  }
+  // bf16 values (widened in the kernels), narrow and wide X, dense-ish and sparse rows: the
+  // AVX-512 build expands dense-ish rows of narrow X whole (another path than the nonzero-wise one).
+  for (double sparsity : {0.0, 0.5, 0.9}) {
+    const int64_t rows = 37, k = 83;
+    Sparse s = make(rows, k, sparsity, rng);
+    const int64_t nnz = s.offsets[rows];
+    std::unique_ptr<uint16_t[]> halves(new uint16_t[nnz > 0 ? nnz : 1]);
+    for (int64_t i = 0; i < nnz; ++i) halves[i] = to_bf16(s.values[i]);
+    std::vector<float> rounded(s.dense);  // the weight as the kernels see it
+    for (auto& e : rounded) e = from_bf16(to_bf16(e));
+    for (int64_t cols_x : {3, 16, 40}) {
+      std::vector<float> x(k * cols_x), y(rows * cols_x, NAN);
+      for (auto& e : x) e = float(rng() % 11) - 5.0f;
+      EXPECT(v.spmm(halves.get(), ValueType::kBFloat16, s.bitmap.data(), s.offsets.data(), k, x.data(), cols_x, cols_x,
+                    nullptr, Activation::kNone, y.data(), cols_x, 0, rows).ok());
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t p = 0; p < cols_x; ++p) {
+          float expected = 0.0f;
+          for (int64_t c = 0; c < k; ++c) expected += rounded[r * k + c] * x[c * cols_x + p];
+          EXPECT(close(y[r * cols_x + p], expected));
+        }
     }
   }
   // A NaN sum stays NaN through the fused ReLU / ReLU6, as in F.relu (column tiles of 16 and a
@@ -329,18 +386,6 @@ void check_csr16(std::mt19937& rng) {
   }
 }
 
-uint16_t to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof(bits));
-  return uint16_t(bits >> 16);  // truncation: any bf16 number will do
-}
-
-float from_bf16(uint16_t half) {
-  const uint32_t bits = uint32_t(half) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
 
 #if defined(PRUNEKIT_HAVE_AVX512BF16) || defined(PRUNEKIT_HAVE_AMX)
 // A random sparse weight for the bf16 kernels: values rounded to bf16 (the dense copy too, for the

@@ -130,6 +130,90 @@ class BitmapRows {
   std::vector<int32_t> column_;
 };
 
+// X of at most 16 columns (one vector) and a dense-ish weight: each row's words are expanded
+// (zeros included) and multiplied as a dense 16-column block, R rows at a time sharing each loaded
+// row of X; the expanded weights go through a stack buffer so that each multiply-add takes its
+// broadcast from memory (a load, where a broadcast from a register lane would cost a shuffle on
+// the port the multiply-adds need). 16 multiply-adds per word and row whatever its nonzeros, with
+// no decode and no data-dependent branch. 4096^2, 8-16 columns, 2 threads, expanded vs
+// nonzero-wise ms: 2.96-3.01 vs 3.96-4.33 at 50%, 3.01-3.09 vs 3.31-3.48 at 60%, 2.90-2.99 vs
+// 2.62-2.69 at 70%; with two vectors (17-32 columns) it was no faster at 50% and slower at 60%.
+template <int R, bool kFloat32>
+bool expanded_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t k, const float* x,
+                   int64_t ldx, __mmask16 lanes, const float* bias, Activation activation, float* y, int64_t ldy,
+                   int64_t r0, int64_t& bad_row) {
+  constexpr int kValueBytes = kFloat32 ? 4 : 2;
+  const int64_t words = bitmap_words(k);
+  const int64_t tail = k - (words - 1) * kBitmapWordBits;  // columns of the last word
+  const __mmask16 tail_mask = __mmask16(tail == 16 ? 0xffffu : (1u << tail) - 1);
+  alignas(64) float expanded[R][16];
+  int64_t at[R];
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) {
+    at[r] = row_offsets[r0 + r];
+    acc[r] = _mm512_set1_ps(bias ? bias[r0 + r] : 0.0f);
+  }
+  for (int64_t w = 0; w < words; ++w) {
+    const bool last_word = w + 1 == words;
+    for (int r = 0; r < R; ++r) {
+      const __mmask16 mask = bitmap[(r0 + r) * words + w];
+      // Every read of `values` stays inside the row's span; no mark past k.
+      if ((last_word && (mask & ~tail_mask)) || at[r] + __builtin_popcount(mask) > row_offsets[r0 + r + 1]) {
+        bad_row = r0 + r;
+        return false;
+      }
+      _mm_prefetch(static_cast<const char*>(values) + at[r] * kValueBytes + kValuePrefetchBytes, _MM_HINT_T0);
+      _mm512_store_ps(expanded[r], expand_values<kFloat32>(values, at[r], mask));
+      at[r] += __builtin_popcount(mask);
+    }
+    const float* in = x + w * kBitmapWordBits * ldx;
+    const int64_t columns = last_word ? tail : kBitmapWordBits;  // rows of X that exist
+    // The sums in a block-local array, which the compiler keeps in registers (the function-wide
+    // one it spilled on every step: __m512 may alias the float loads of `expanded`).
+    __m512 sums[R];
+    for (int r = 0; r < R; ++r) sums[r] = acc[r];
+    for (int64_t j = 0; j < columns; ++j) {
+      const __m512 xv = _mm512_maskz_loadu_ps(lanes, in + j * ldx);
+      for (int r = 0; r < R; ++r) sums[r] = _mm512_fmadd_ps(_mm512_set1_ps(expanded[r][j]), xv, sums[r]);
+    }
+    for (int r = 0; r < R; ++r) acc[r] = sums[r];
+  }
+  for (int r = 0; r < R; ++r) {
+    if (at[r] != row_offsets[r0 + r + 1]) {
+      bad_row = r0 + r;
+      return false;
+    }
+    _mm512_mask_storeu_ps(y + (r0 + r) * ldy, lanes, activate(acc[r], activation));
+  }
+  return true;
+}
+
+// Where the expanded path runs: at least this many nonzeros per 16 columns (about 62% sparsity).
+constexpr int64_t kExpandedMinNonzerosPerWord = 6;
+constexpr int kExpandedRows = 16;  // 16 accumulators of the 32 registers
+
+template <bool kFloat32>
+Status expanded_spmm(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t k, const float* x,
+                     int64_t ldx, int64_t cols_x, const float* bias, Activation activation, float* y, int64_t ldy,
+                     int64_t row_begin, int64_t row_end) {
+  const __mmask16 lanes = __mmask16(cols_x >= 16 ? 0xffffu : (1u << cols_x) - 1);
+  int64_t bad_row = 0;
+  int64_t r = row_begin;
+  for (; r + kExpandedRows <= row_end; r += kExpandedRows) {
+    if (!expanded_rows<kExpandedRows, kFloat32>(values, bitmap, row_offsets, k, x, ldx, lanes, bias, activation, y,
+                                                ldy, r, bad_row)) {
+      return Status{StatusCode::kCorruptMeta, bad_row, 0};
+    }
+  }
+  for (; r < row_end; ++r) {
+    if (!expanded_rows<1, kFloat32>(values, bitmap, row_offsets, k, x, ldx, lanes, bias, activation, y, ldy, r,
+                                    bad_row)) {
+      return Status{StatusCode::kCorruptMeta, bad_row, 0};
+    }
+  }
+  return Status{};
+}
+
 }  // namespace
 
 Status bitmap_gemv_avx512(const void* values, ValueType type, const uint16_t* bitmap,
@@ -154,6 +238,15 @@ Status bitmap_spmm_avx512(const void* values, ValueType type, const uint16_t* bi
                         const int64_t* row_offsets, int64_t k, const float* x, int64_t ldx,
                         int64_t cols_x, const float* bias, Activation activation, float* y,
                         int64_t ldy, int64_t row_begin, int64_t row_end) {
+  const int64_t nonzeros = row_offsets[row_end] - row_offsets[row_begin];
+  const int64_t row_words = std::max<int64_t>(1, (row_end - row_begin) * bitmap_words(k));
+  if (cols_x >= 1 && cols_x <= 16 && nonzeros >= kExpandedMinNonzerosPerWord * row_words) {
+    return type == ValueType::kFloat32
+               ? expanded_spmm<true>(values, bitmap, row_offsets, k, x, ldx, cols_x, bias, activation, y, ldy,
+                                     row_begin, row_end)
+               : expanded_spmm<false>(values, bitmap, row_offsets, k, x, ldx, cols_x, bias, activation, y, ldy,
+                                      row_begin, row_end);
+  }
   const SpmmArgs args{values, type, row_offsets, k, x, ldx, cols_x, bias, activation, y, ldy, row_begin, row_end};
   BitmapRows source(bitmap, k);
   return spmm_rows(args, source);
