@@ -199,23 +199,30 @@ void check_variant(const Variant& v, std::mt19937& rng) {
   }
   // A mark past k (offsets counting it, so only the mark itself is wrong) is reported by every
   // kernel path: GEMV, the SpMM of narrow X (expanded dense-ish rows on AVX-512) and of wide X.
-  {
-    const int64_t rows = 3, k = 20;
-    Sparse s = make(rows, k, 0.0, rng);
+  // Also an offset one short (the row's marks need one value more than its span), each in a row
+  // of a full 16-row block (rows 16-31) and in a lone row.
+  for (int64_t rows : {int64_t(3), int64_t(33)}) {
+    const int64_t k = 20, bad = rows > 16 ? 20 : 1;
     const int64_t words = bitmap_words(k);
-    s.bitmap[1 * words + words - 1] |= uint16_t(1u << (k % kBitmapWordBits));  // column 20 of row 1
-    std::vector<int64_t> offsets = s.offsets;
-    offsets[2] += 1;
-    offsets[3] += 1;
-    std::unique_ptr<float[]> values(new float[offsets[rows]]);
-    for (int64_t i = 0; i < offsets[rows]; ++i) values[i] = 1.0f;
-    std::vector<float> x(k * 40, 1.0f), y(rows * 40);
-    EXPECT(v.gemv(values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), rows, k, x.data(), 1, nullptr,
-                  y.data(), 0, rows).code == StatusCode::kCorruptMeta);
-    for (int64_t cols_x : {5, 16, 40}) {
-      const Status status = v.spmm(values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), k, x.data(),
-                                   cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x, 0, rows);
-      EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 1);
+    for (bool mark_past_k : {true, false}) {
+      Sparse s = make(rows, k, 0.0, rng);
+      std::vector<int64_t> offsets = s.offsets;
+      if (mark_past_k) {
+        s.bitmap[bad * words + words - 1] |= uint16_t(1u << (k % kBitmapWordBits));  // column 20
+        for (int64_t r = bad + 1; r <= rows; ++r) offsets[r] += 1;
+      } else {
+        offsets[bad + 1] -= 1;  // row `bad` one short, the next one long
+      }
+      std::unique_ptr<float[]> values(new float[offsets[rows]]);
+      for (int64_t i = 0; i < offsets[rows]; ++i) values[i] = 1.0f;
+      std::vector<float> x(k * 40, 1.0f), y(rows * 40);
+      EXPECT(v.gemv(values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), rows, k, x.data(), 1,
+                    nullptr, y.data(), 0, rows).row == bad);
+      for (int64_t cols_x : {5, 16, 40}) {
+        const Status status = v.spmm(values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), k, x.data(),
+                                     cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x, 0, rows);
+        EXPECT(status.code == StatusCode::kCorruptMeta && status.row == bad);
+      }
     }
   }
   // bf16 values (widened in the kernels), narrow and wide X, dense-ish and sparse rows: the

@@ -141,7 +141,7 @@ class BitmapRows {
 template <int R, bool kFloat32>
 bool expanded_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t k, const float* x,
                    int64_t ldx, __mmask16 lanes, const float* bias, Activation activation, float* y, int64_t ldy,
-                   int64_t r0, int64_t& bad_row) {
+                   int64_t r0, int64_t& bad_row, int64_t& bad_column) {
   constexpr int kValueBytes = kFloat32 ? 4 : 2;
   const int64_t words = bitmap_words(k);
   const int64_t tail = k - (words - 1) * kBitmapWordBits;  // columns of the last word
@@ -160,6 +160,7 @@ bool expanded_rows(const void* values, const uint16_t* bitmap, const int64_t* ro
       // Every read of `values` stays inside the row's span; no mark past k.
       if ((last_word && (mask & ~tail_mask)) || at[r] + __builtin_popcount(mask) > row_offsets[r0 + r + 1]) {
         bad_row = r0 + r;
+        bad_column = w * kBitmapWordBits;
         return false;
       }
       _mm_prefetch(static_cast<const char*>(values) + at[r] * kValueBytes + kValuePrefetchBytes, _MM_HINT_T0);
@@ -181,6 +182,7 @@ bool expanded_rows(const void* values, const uint16_t* bitmap, const int64_t* ro
   for (int r = 0; r < R; ++r) {
     if (at[r] != row_offsets[r0 + r + 1]) {
       bad_row = r0 + r;
+      bad_column = 0;
       return false;
     }
     _mm512_mask_storeu_ps(y + (r0 + r) * ldy, lanes, activate(acc[r], activation));
@@ -197,18 +199,18 @@ Status expanded_spmm(const void* values, const uint16_t* bitmap, const int64_t* 
                      int64_t ldx, int64_t cols_x, const float* bias, Activation activation, float* y, int64_t ldy,
                      int64_t row_begin, int64_t row_end) {
   const __mmask16 lanes = __mmask16(cols_x >= 16 ? 0xffffu : (1u << cols_x) - 1);
-  int64_t bad_row = 0;
+  int64_t bad_row = 0, bad_column = 0;
   int64_t r = row_begin;
   for (; r + kExpandedRows <= row_end; r += kExpandedRows) {
     if (!expanded_rows<kExpandedRows, kFloat32>(values, bitmap, row_offsets, k, x, ldx, lanes, bias, activation, y,
-                                                ldy, r, bad_row)) {
-      return Status{StatusCode::kCorruptMeta, bad_row, 0};
+                                                ldy, r, bad_row, bad_column)) {
+      return Status{StatusCode::kCorruptMeta, bad_row, bad_column};
     }
   }
   for (; r < row_end; ++r) {
     if (!expanded_rows<1, kFloat32>(values, bitmap, row_offsets, k, x, ldx, lanes, bias, activation, y, ldy, r,
-                                    bad_row)) {
-      return Status{StatusCode::kCorruptMeta, bad_row, 0};
+                                    bad_row, bad_column)) {
+      return Status{StatusCode::kCorruptMeta, bad_row, bad_column};
     }
   }
   return Status{};
