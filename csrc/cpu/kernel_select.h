@@ -107,6 +107,14 @@ inline Csr16GemvFn select_csr16_gemv() {
   return &csr16_gemv_scalar;
 }
 
+// The CSR16 GEMV's batches (the op runs its SpMM above): the GEMV gathers x once per nonzero and
+// batch row, the SpMM loads one row of x^T per nonzero. With AVX-512 the SpMM wins from batch 4
+// (4096^2, 2 threads, GEMV vs SpMM ms: at 90%, 0.40 vs 0.79-0.86 at batch 2, 0.67 vs 0.82-0.89 at
+// 3, 1.02 vs 0.85-0.93 at 4; at 70%, 2.0 vs 2.6 at 3, 2.6 vs 2.5 at 4); the vector-extension SpMM
+// computes whole vectors (a batch of 4 padded to 8 on AVX2, no faster than the GEMV there), so the
+// others keep batch 4.
+inline int64_t csr16_gemv_max_batch() { return selected_isa() == "avx512" ? 3 : kGemvMaxBatch; }
+
 using Csr16SpmmFn = Status (*)(const void*, ValueType, const uint16_t*, const int64_t*, int64_t, const float*, int64_t,
                                int64_t, const float*, float*, int64_t, int64_t, int64_t);
 

@@ -285,22 +285,16 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     });
   } else {
     const auto spmm = cpu::select_bitmap_spmm();
-    status = spmm_through_transpose(x32.data_ptr<float>(), batch, k, rows, out.data_ptr<float>(), out.options(),
-                                    cpu::bitmap_spmm_lanes(), [&](const float* xt, int64_t width, float* yt, int64_t begin, int64_t end) {
-                                      return spmm(values.data_ptr(), type, bits, offsets, k, xt, width, width, bias_ptr,
-                                                  cpu::Activation::kNone, yt, width, begin, end);
-                                    });
+    status = spmm_through_transpose(
+        x32.data_ptr<float>(), batch, k, rows, out.data_ptr<float>(), out.options(), cpu::bitmap_spmm_lanes(),
+        [&](const float* xt, int64_t width, float* yt, int64_t begin, int64_t end) {
+          return spmm(values.data_ptr(), type, bits, offsets, k, xt, width, width, bias_ptr, cpu::Activation::kNone, yt,
+                      width, begin, end);
+        });
   }
   check_status(status, op, k);
   return in_dtype_of(x, out);
 }
-
-// The CSR16 GEMV's batches: it gathers x once per nonzero and batch row, the SpMM loads one row
-// of x^T per nonzero. With AVX-512 the SpMM wins from batch 4 (4096^2, 2 threads, GEMV vs SpMM
-// ms: at 90%, 0.40 vs 0.79-0.86 at batch 2, 0.67 vs 0.82-0.89 at 3, 1.02 vs 0.85-0.93 at 4; at
-// 70%, 2.0 vs 2.6 at 3, 2.6 vs 2.5 at 4); the vector-extension SpMM computes whole vectors (a
-// batch of 4 padded to 8 on AVX2, no faster than the GEMV there), so the others keep batch 4.
-int64_t csr16_gemv_max_batch() { return cpu::selected_isa() == "avx512" ? 3 : cpu::kGemvMaxBatch; }
 
 at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, const at::Tensor& col_indices,
                                const at::Tensor& row_offsets, int64_t in_features,
@@ -343,7 +337,7 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
     const int64_t nnz = values.numel();
     const int64_t first_bad = std::find_if(indices, indices + nnz, [&](uint16_t c) { return c >= k; }) - indices;
     if (first_bad < nnz) corrupt(std::upper_bound(offsets, offsets + rows + 1, first_bad) - offsets - 1);
-  } else if (batch <= csr16_gemv_max_batch()) {
+  } else if (batch <= cpu::csr16_gemv_max_batch()) {
     // One pass over the weight, each nonzero's x gathered for every batch row.
     const auto gemv = cpu::select_csr16_gemv();
     const Status status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {

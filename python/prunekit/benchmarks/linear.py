@@ -2,9 +2,10 @@
 
 For each named shape, batch, dtype and pattern (unstructured 50%/90%, 2:4): time of the kernel
 SparseLinear runs (``kernel``: prunekit.ops.sparse_linear_csr16 where SparseLinear runs it for the
-pattern's sparsity, else prunekit.ops.sparse_linear's bitmap kernels), dense F.linear of the same dtype, and torch.sparse.mm on a CSR
-weight (fp32), the speed-ups, effective (dense-equivalent) and actual GFLOP/s, and at batch 1
-the weight bandwidth in GB/s (bytes of the compressed weight per call).
+pattern's sparsity, else prunekit.ops.sparse_linear's bitmap kernels), dense F.linear of the same
+dtype, and torch.sparse.mm on a CSR weight (fp32), the speed-ups, effective (dense-equivalent)
+and actual GFLOP/s, and at batch 1 the weight bandwidth in GB/s (bytes of the compressed weight
+per call).
 """
 
 from __future__ import annotations

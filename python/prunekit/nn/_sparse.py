@@ -85,9 +85,15 @@ def break_even_sparsity(kernel: str, dtype: torch.dtype, rows: int | None = None
     table = BREAK_EVEN_SPARSITY[kernel].get(dtype, ())
     if dtype in BREAK_EVEN_SPARSITY_AMX.get(kernel, {}) and _bf16_spmm_on_amx():
         table = BREAK_EVEN_SPARSITY_AMX[kernel][dtype]
-    for max_rows, threshold in table:
+    return _for_rows(table, rows)
+
+
+def _for_rows(table: tuple, rows: int):
+    """The entry of a ((max rows, entry), ..., (None, entry)) table for ``rows`` rows per call (the
+    first whose max rows holds them; None rows = any more); None if none does."""
+    for max_rows, entry in table:
         if max_rows is None or rows <= max_rows:
-            return threshold
+            return entry
     return None
 
 # An unstructured weight at least this sparse also gets a CSR16 index on CPU (runtime tensor
@@ -148,10 +154,7 @@ def csr16_choices(sparsity: float, table: tuple) -> tuple:
 
 def csr16_runs(rows: int, choices: tuple) -> bool:
     """Whether the CSR16 kernels run inputs of ``rows`` rows, by :func:`csr16_choices`."""
-    for max_rows, runs in choices:
-        if max_rows is None or rows <= max_rows:
-            return runs
-    return False
+    return bool(_for_rows(choices, rows))
 
 # "auto" keeps a valid 2:4 weight as 2:4 unless it is much sparser than 50% (the 2:4 layout stores
 # two values per group of four, zero padding included): 2:4 while at least this share of the
@@ -371,12 +374,13 @@ class SparseWeightModule(nn.Module):
         elif self.format == "unstructured" and device.type not in ("cpu", "meta"):
             self.dense_weight = bitmap_to_dense(self.values, self.bitmap, self.cols)
         elif (self.format == "unstructured" and device.type == "cpu" and self._USES_CSR16
-              and self.values.dtype in _KERNEL_VALUE_DTYPES and self.cols <= CSR16_MAX_COLUMNS
-              and self.sparsity >= CSR16_MIN_SPARSITY):
-            self.runtime_col_indices = column_indices(self.bitmap, self.cols)
-            # Where the forward runs it, per x dtype (this CPU's thresholds, resolved once).
-            sparsity = self.sparsity
-            self._csr16_choices = {dtype: csr16_choices(sparsity, csr16_table(dtype)) for dtype in _KERNEL_VALUE_DTYPES}
+              and self.values.dtype in _KERNEL_VALUE_DTYPES and self.cols <= CSR16_MAX_COLUMNS):
+            sparsity = self.sparsity  # a count of the nonzeros: once
+            if sparsity >= CSR16_MIN_SPARSITY:
+                self.runtime_col_indices = column_indices(self.bitmap, self.cols)
+                # Where the forward runs it, per x dtype (this CPU's thresholds, resolved once).
+                self._csr16_choices = {dtype: csr16_choices(sparsity, csr16_table(dtype))
+                                       for dtype in _KERNEL_VALUE_DTYPES}
 
     def _apply(self, fn, recurse=True):
         for key in self._RUNTIME:

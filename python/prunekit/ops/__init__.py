@@ -88,10 +88,10 @@ def sparse_linear_csr16(x, values, col_indices, row_offsets, in_features: int, b
     (in_features <= 65536), ``row_offsets`` (rows + 1,) int64 (see :class:`prunekit.formats.Csr16Weight`).
 
     The cost is per nonzero (one load of x, one multiply-add), so at high sparsity this beats the
-    bitmap GEMV at batch 1-4. Larger batches (from 4 with AVX-512) run the SpMM on x^T (each nonzero broadcast against
-    up to 128 batch entries), which skips the bitmap SpMM's decode: faster for fp32 x at 0.9 (and
-    at 16 rows at 0.7). bf16 x is widened to fp32 here, so with more than 4 rows
-    :func:`sparse_linear` (AMX where the CPU has it) is the faster kernel for it.
+    bitmap GEMV at batch 1-4. Larger batches (from 4 with AVX-512) run the SpMM on x^T (each
+    nonzero broadcast against up to 128 batch entries), which skips the bitmap SpMM's decode:
+    faster for fp32 x at 0.9 (and at 16 rows at 0.7). bf16 x is widened to fp32 here, so with more
+    than 4 rows :func:`sparse_linear` (AMX where the CPU has it) is the faster kernel for it.
     """
     return torch.ops.prunekit.sparse_linear_csr16(x, values, col_indices, row_offsets, in_features, bias)
 

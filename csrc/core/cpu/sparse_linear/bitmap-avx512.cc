@@ -98,8 +98,7 @@ class BitmapRows {
         k_tail_mask_(k % kBitmapWordBits ? __mmask16((1u << (k % kBitmapWordBits)) - 1) : __mmask16(0xffff)) {}
 
   void prefetch(int64_t r, int64_t c0, int64_t c1, int64_t /*at*/, int64_t /*nonzeros*/) const {
-    const uintptr_t ahead = reinterpret_cast<uintptr_t>(bitmap_ + r * words_ + c0 / kBitmapWordBits);
-    for (int64_t line = 0; line < (c1 - c0) / 8; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T0);
+    prefetch_lines(reinterpret_cast<uintptr_t>(bitmap_ + r * words_ + c0 / kBitmapWordBits), (c1 - c0) / 8);
   }
 
   bool columns(int64_t r, int64_t c0, int64_t c1, bool last, int64_t at, int64_t limit, const int32_t*& column,

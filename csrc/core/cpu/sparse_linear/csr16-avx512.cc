@@ -15,8 +15,7 @@ class Csr16Rows {
   explicit Csr16Rows(const uint16_t* col_indices) : col_indices_(col_indices) {}
 
   void prefetch(int64_t /*r*/, int64_t /*c0*/, int64_t /*c1*/, int64_t at, int64_t nonzeros) const {
-    const uintptr_t ahead = reinterpret_cast<uintptr_t>(col_indices_ + at);
-    for (int64_t line = 0; line < nonzeros * 2; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T0);
+    prefetch_lines(reinterpret_cast<uintptr_t>(col_indices_ + at), nonzeros * 2);
   }
 
   bool columns(int64_t /*r*/, int64_t /*c0*/, int64_t c1, bool last, int64_t at, int64_t limit,
@@ -56,7 +55,8 @@ Status csr16_spmm_avx512(const void* values, ValueType type, const uint16_t* col
                          int64_t k, const float* x, int64_t ldx, int64_t cols_x, const float* bias, float* y,
                          int64_t ldy, int64_t row_begin, int64_t row_end) {
   if (k < 1 || k > kCsr16MaxColumns) return Status{StatusCode::kBadArgument, 0, 0};
-  const SpmmArgs args{values, type, row_offsets, k, x, ldx, cols_x, bias, Activation::kNone, y, ldy, row_begin, row_end};
+  const SpmmArgs args{values, type, row_offsets, k, x, ldx, cols_x, bias, Activation::kNone, y, ldy,
+                      row_begin, row_end};
   Csr16Rows source(col_indices);
   return spmm_rows(args, source);
 }

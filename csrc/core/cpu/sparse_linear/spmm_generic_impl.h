@@ -131,9 +131,8 @@ class BitmapRows {
 // Cache blocking as in the AVX-512 SpMM: column tiles of up to kMaxTileColumns, k-blocks whose
 // slice of the tile stays in L1 (widened for sparse weights so a row's block holds about
 // kBlockProducts / (the tile's 16-float vectors, as there) nonzeros), row blocks whose running
-// sums stay in L2. Each
-// row's k-block is found once per column tile and then swept across the tile kTileVectors vectors
-// at a time.
+// sums stay in L2. Each row's k-block is found once per column tile and then swept across the
+// tile kTileVectors vectors at a time.
 constexpr int64_t kMaxTileColumns = 128;
 constexpr int64_t kL1SliceBytes = 24 * 1024;
 constexpr int64_t kL2SumsBytes = 256 * 1024;
