@@ -1,6 +1,7 @@
 #include "prunekit/isa.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <stdexcept>
 
@@ -77,10 +78,24 @@ std::ptrdiff_t ladder_rank(const std::string& name) {
   return std::find(order.begin(), order.end(), name) - order.begin();
 }
 
-std::string& isa_override() {
-  static std::string value;
-  return value;
+Isa isa_id(const std::string& name) {
+  if (name == "avx2") return Isa::kAvx2;
+  if (name == "avx512") return Isa::kAvx512;
+  if (name == "neon") return Isa::kNeon;
+  return Isa::kScalar;
 }
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+    case Isa::kNeon: return "neon";
+    default: return "scalar";
+  }
+}
+
+// The forced variant's Isa, or -1 for the best runnable one.
+std::atomic<int> override_id{-1};
 }  // namespace
 
 std::vector<std::string> runnable_isas() {
@@ -94,7 +109,7 @@ std::vector<std::string> runnable_isas() {
 
 void set_isa_override(const std::string& isa) {
   if (isa.empty()) {
-    isa_override().clear();
+    override_id = -1;
     return;
   }
   const auto runnable = runnable_isas();
@@ -104,12 +119,15 @@ void set_isa_override(const std::string& isa) {
     for (const auto& name : compiled) names += (names.empty() ? "" : ", ") + name;
     throw std::invalid_argument("prunekit: CPU ISA '" + isa + "' must be one compiled in and supported by this CPU (compiled: " + names + "; this CPU: up to " + detected_isa() + ")");
   }
-  isa_override() = isa;
+  override_id = int(isa_id(isa));
 }
 
-std::string selected_isa() {
-  if (!isa_override().empty()) return isa_override();
-  return runnable_isas().back();  // scalar is always compiled and runnable
+std::string selected_isa() { return isa_name(selected_isa_id()); }
+
+Isa selected_isa_id() {
+  static const Isa best = isa_id(runnable_isas().back());  // scalar is always compiled and runnable
+  const int forced = override_id.load(std::memory_order_relaxed);
+  return forced >= 0 ? Isa(forced) : best;
 }
 
 }  // namespace prunekit::cpu

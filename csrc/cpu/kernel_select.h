@@ -1,8 +1,6 @@
 // Run-time choice among the compiled ISA variants of each CPU kernel family.
 #pragma once
 
-#include <string>
-
 #include "prunekit/isa.h"
 #include "prunekit/kernels_cpu.h"
 
@@ -12,15 +10,15 @@ using ObsBlockFn = void (*)(float*, int64_t, const float*, int64_t, int64_t, flo
                             int64_t, int64_t, int64_t);
 
 inline ObsBlockFn select_obs_block() {
-  const std::string isa = selected_isa();
+  const Isa isa = selected_isa_id();
 #if defined(PRUNEKIT_HAVE_AVX512)
-  if (isa == "avx512") return &obs_block_rows_avx512;
+  if (isa == Isa::kAvx512) return &obs_block_rows_avx512;
 #endif
 #if defined(PRUNEKIT_HAVE_AVX2)
-  if (isa == "avx2" || isa == "avx512") return &obs_block_rows_avx2;
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) return &obs_block_rows_avx2;
 #endif
 #if defined(PRUNEKIT_HAVE_NEON)
-  if (isa == "neon") return &obs_block_rows_neon;
+  if (isa == Isa::kNeon) return &obs_block_rows_neon;
 #endif
   return &obs_block_rows_scalar;
 }
@@ -37,29 +35,29 @@ using BitmapSpmmFn = Status (*)(const void*, ValueType, const uint16_t*, const i
                                 int64_t, int64_t, int64_t);
 
 inline BitmapGemvFn select_bitmap_gemv() {
-  const std::string isa = selected_isa();
+  const Isa isa = selected_isa_id();
 #if defined(PRUNEKIT_HAVE_AVX512)
-  if (isa == "avx512") return &bitmap_gemv_avx512;
+  if (isa == Isa::kAvx512) return &bitmap_gemv_avx512;
 #endif
 #if defined(PRUNEKIT_HAVE_AVX2)
-  if (isa == "avx2") return &bitmap_gemv_avx2;
+  if (isa == Isa::kAvx2) return &bitmap_gemv_avx2;
 #endif
 #if defined(PRUNEKIT_HAVE_NEON)
-  if (isa == "neon") return &bitmap_gemv_neon;
+  if (isa == Isa::kNeon) return &bitmap_gemv_neon;
 #endif
   return &bitmap_gemv_scalar;
 }
 
 inline BitmapSpmmFn select_bitmap_spmm() {
-  const std::string isa = selected_isa();
+  const Isa isa = selected_isa_id();
 #if defined(PRUNEKIT_HAVE_AVX512)
-  if (isa == "avx512") return &bitmap_spmm_avx512;
+  if (isa == Isa::kAvx512) return &bitmap_spmm_avx512;
 #endif
 #if defined(PRUNEKIT_HAVE_AVX2)
-  if (isa == "avx2") return &bitmap_spmm_avx2;
+  if (isa == Isa::kAvx2) return &bitmap_spmm_avx2;
 #endif
 #if defined(PRUNEKIT_HAVE_NEON)
-  if (isa == "neon") return &bitmap_spmm_neon;
+  if (isa == Isa::kNeon) return &bitmap_spmm_neon;
 #endif
   return &bitmap_spmm_scalar;
 }
@@ -67,8 +65,8 @@ inline BitmapSpmmFn select_bitmap_spmm() {
 // The width in columns of X whose multiples the selected bitmap SpMM computes in vectors only (1:
 // masked vectors, or none at all): the vector-extension builds' float lanes.
 inline int64_t bitmap_spmm_lanes() {
-  const std::string isa = selected_isa();
-  return isa == "avx2" ? 8 : isa == "neon" ? 4 : 1;
+  const Isa isa = selected_isa_id();
+  return isa == Isa::kAvx2 ? 8 : isa == Isa::kNeon ? 4 : 1;
 }
 
 using BitmapGemvBf16Fn = Status (*)(const uint16_t*, const uint16_t*, const int64_t*, int64_t, int64_t,
@@ -78,7 +76,7 @@ using BitmapGemvBf16Fn = Status (*)(const uint16_t*, const uint16_t*, const int6
 // null (callers then widen x and use the fp32 GEMV).
 inline BitmapGemvBf16Fn select_bitmap_gemv_bf16() {
 #if defined(PRUNEKIT_HAVE_AVX512BF16)
-  if (selected_isa() == "avx512" && __builtin_cpu_supports("avx512bf16")) return &bitmap_gemv_bf16_avx512bf16;
+  if (selected_isa_id() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16")) return &bitmap_gemv_bf16_avx512bf16;
 #endif
   return nullptr;
 }
@@ -87,7 +85,7 @@ inline BitmapGemvBf16Fn select_bitmap_gemv_bf16() {
 // false (callers then widen x and use the fp32 SpMM).
 inline bool select_bitmap_spmm_amx() {
 #if defined(PRUNEKIT_HAVE_AMX)
-  return selected_isa() == "avx512" && amx_bf16_usable();
+  return selected_isa_id() == Isa::kAvx512 && amx_bf16_usable();
 #else
   return false;
 #endif
@@ -97,12 +95,12 @@ inline bool select_bitmap_spmm_amx() {
 using Csr16GemvFn = BitmapGemvFn;
 
 inline Csr16GemvFn select_csr16_gemv() {
-  const std::string isa = selected_isa();
+  const Isa isa = selected_isa_id();
 #if defined(PRUNEKIT_HAVE_AVX512)
-  if (isa == "avx512") return &csr16_gemv_avx512;
+  if (isa == Isa::kAvx512) return &csr16_gemv_avx512;
 #endif
 #if defined(PRUNEKIT_HAVE_AVX2)
-  if (isa == "avx2") return &csr16_gemv_avx2;
+  if (isa == Isa::kAvx2) return &csr16_gemv_avx2;
 #endif
   return &csr16_gemv_scalar;
 }
@@ -113,18 +111,18 @@ inline Csr16GemvFn select_csr16_gemv() {
 // 3, 1.02 vs 0.85-0.93 at 4; at 70%, 2.0 vs 2.6 at 3, 2.6 vs 2.5 at 4); the vector-extension SpMM
 // computes whole vectors (a batch of 4 padded to 8 on AVX2, no faster than the GEMV there), so the
 // others keep batch 4.
-inline int64_t csr16_gemv_max_batch() { return selected_isa() == "avx512" ? 3 : kGemvMaxBatch; }
+inline int64_t csr16_gemv_max_batch() { return selected_isa_id() == Isa::kAvx512 ? 3 : kGemvMaxBatch; }
 
 using Csr16SpmmFn = Status (*)(const void*, ValueType, const uint16_t*, const int64_t*, int64_t, const float*, int64_t,
                                int64_t, const float*, float*, int64_t, int64_t, int64_t);
 
 inline Csr16SpmmFn select_csr16_spmm() {
-  const std::string isa = selected_isa();
+  const Isa isa = selected_isa_id();
 #if defined(PRUNEKIT_HAVE_AVX512)
-  if (isa == "avx512") return &csr16_spmm_avx512;
+  if (isa == Isa::kAvx512) return &csr16_spmm_avx512;
 #endif
 #if defined(PRUNEKIT_HAVE_AVX2)
-  if (isa == "avx2") return &csr16_spmm_avx2;
+  if (isa == Isa::kAvx2) return &csr16_spmm_avx2;
 #endif
   return &csr16_spmm_scalar;
 }
@@ -132,19 +130,19 @@ inline Csr16SpmmFn select_csr16_spmm() {
 // As bitmap_spmm_lanes, for the selected CSR16 SpMM (its portable build, also the one on ARM,
 // has 16-byte vectors).
 inline int64_t csr16_spmm_lanes() {
-  const std::string isa = selected_isa();
-  return isa == "avx512" ? 1 : isa == "avx2" ? 8 : 4;
+  const Isa isa = selected_isa_id();
+  return isa == Isa::kAvx512 ? 1 : isa == Isa::kAvx2 ? 8 : 4;
 }
 
 using TransposeFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t);
 
 inline TransposeFn select_transpose_f32() {
-  const std::string isa = selected_isa();
+  const Isa isa = selected_isa_id();
 #if defined(PRUNEKIT_HAVE_AVX512)
-  if (isa == "avx512") return &transpose_f32_avx512;
+  if (isa == Isa::kAvx512) return &transpose_f32_avx512;
 #endif
 #if defined(PRUNEKIT_HAVE_AVX2)
-  if (isa == "avx2") return &transpose_f32_avx2;
+  if (isa == Isa::kAvx2) return &transpose_f32_avx2;
 #endif
   return &transpose_f32_scalar;
 }

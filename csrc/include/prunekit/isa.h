@@ -18,6 +18,12 @@ std::vector<std::string> detected_features();
 // The variant the kernel selectors use: the override if one is set, else the best compiled one
 // the CPU supports.
 std::string selected_isa();
+
+// selected_isa() as a number, for the kernel selectors: ops call them several times per call,
+// and after a kernel has streamed its weight through the caches, deriving the name each time
+// (vectors of strings) cost the CSR16 op 3-4 us of a 4096^2 GEMV's ~250.
+enum class Isa : int { kScalar, kAvx2, kAvx512, kNeon };
+Isa selected_isa_id();
 // Forces a variant (tests, benchmarks); "" clears. Throws std::invalid_argument naming the
 // compiled variants when `isa` is not compiled in or not supported by this CPU.
 void set_isa_override(const std::string& isa);
