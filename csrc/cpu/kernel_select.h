@@ -62,8 +62,9 @@ inline BitmapSpmmFn select_bitmap_spmm() {
   return &bitmap_spmm_scalar;
 }
 
-// The width in columns of X whose multiples the selected bitmap SpMM computes in vectors only (1:
-// masked vectors, or none at all): the vector-extension builds' float lanes.
+// The vector width in columns of X of the selected bitmap SpMM where it lacks masked vectors (1
+// where it has them, or none at all): the vector-extension builds run a tile narrower than this
+// in scalar code, so the linear ops pad their batch to a multiple of it.
 inline int64_t bitmap_spmm_lanes() {
   const Isa isa = selected_isa_id();
   return isa == Isa::kAvx2 ? 8 : isa == Isa::kNeon ? 4 : 1;

@@ -39,9 +39,9 @@ void transpose_into(const float* src, int64_t rows, int64_t cols, float* dst) {
 
 // out (batch, rows) = the SpMM of x (batch, k) through x^T: `spmm(xt, width, yt)` computes
 // yt (rows, width) from xt (k, width) over a range of rows. For kernels without masked vectors
-// (`lanes` > 1: the vector-extension SpMM runs the columns past its last whole vector in scalar
-// code; 4096^2 at 50% on AVX2, batch 5 26 ms and batch 15 37 ms vs batch 8 4.2 ms) the batch is
-// padded with zero rows of x to whole vectors.
+// (`lanes` > 1: the vector-extension SpMM runs a tile narrower than one vector in scalar code;
+// 4096^2 at 50% on AVX2, batch 5 26 ms vs batch 8 4.2 ms) the batch is padded with zero rows of x
+// to whole vectors.
 template <typename Spmm>
 Status spmm_through_transpose(const float* x, int64_t batch, int64_t k, int64_t rows, float* out,
                               const at::TensorOptions& options, int64_t lanes, Spmm spmm) {

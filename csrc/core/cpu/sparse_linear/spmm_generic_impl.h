@@ -63,13 +63,23 @@ inline int64_t decode_block(const uint16_t* bm, int64_t w0, int64_t w1, int32_t*
   return nnz;
 }
 
+typedef int32_t LaneIndex __attribute__((vector_size(PRUNEKIT_VECTOR_BYTES)));
+
+inline LaneIndex lane_indices() {
+  LaneIndex lanes;
+  for (int i = 0; i < int(kLanes); ++i) lanes[i] = i;
+  return lanes;
+}
+
 // out[p .. p + V kLanes) (+)= weight[t] X[column[t]][p ..] over the nonzeros, two in flight, each
 // with V accumulators. `first`: start from `initial` instead of the running sums in `out`;
-// `last`: apply the activation.
+// `last`: apply the activation. The first `kept_lanes` lanes of out are stored back as they were
+// (the columns past a tile's last whole vector run as the vector ending at the tile's end, whose
+// first lanes the vector before has done).
 template <int V, typename Index>
 inline void spmm_vectors(const float* weight, const Index* column, int64_t nnz, const float* x,
                          int64_t ldx, int64_t p, bool first, bool last, float initial, Activation activation,
-                         float* out) {
+                         float* out, int64_t kept_lanes = 0) {
   Vec even[V], odd[V];
   for (int v = 0; v < V; ++v) {
     even[v] = first ? Vec{} + initial : load_vec(out + p + v * kLanes);
@@ -92,8 +102,10 @@ inline void spmm_vectors(const float* weight, const Index* column, int64_t nnz, 
     for (int v = 0; v < V; ++v) even[v] += w0 * load_vec(in0 + v * kLanes);
   }
   for (int v = 0; v < V; ++v) {
-    const Vec sum = even[v] + odd[v];
-    store_vec(out + p + v * kLanes, last ? activate_vec(sum, activation) : sum);
+    Vec sum = even[v] + odd[v];
+    if (last) sum = activate_vec(sum, activation);
+    if (kept_lanes > 0) sum = lane_indices() < int32_t(kept_lanes) ? load_vec(out + p + v * kLanes) : sum;
+    store_vec(out + p + v * kLanes, sum);
   }
 }
 
@@ -202,11 +214,18 @@ Status spmm_rows(RowSource& source, const void* values, ValueType type, const in
             case 1: spmm_vectors<1>(weight, column, nnz, x, ldx, q, first, last, initial, activation, out); break;
             default: break;
           }
-          // Columns past the last full vector (fewer than kLanes): scalar.
-          for (q += (p1 - q) / kLanes * kLanes; q < p1; ++q) {
-            float acc = first ? initial : out[q];
-            for (int64_t t = 0; t < nnz; ++t) acc += weight[t] * x[int64_t(column[t]) * ldx + q];
-            out[q] = last ? activate_scalar(acc, activation) : acc;
+          q += (p1 - q) / kLanes * kLanes;
+          if (q < p1 && p1 - p0 >= kLanes) {
+            // Columns past the last whole vector: one vector more, not a scalar pass per column
+            // (AVX2, 1x1 conv at 90%: 14x14 pixels 0.213 -> 0.173 ms, 7x7 0.277 -> 0.249 ms).
+            const int64_t p = p1 - kLanes;
+            spmm_vectors<1>(weight, column, nnz, x, ldx, p, first, last, initial, activation, out, q - p);
+          } else {
+            for (; q < p1; ++q) {  // a tile narrower than a vector
+              float acc = first ? initial : out[q];
+              for (int64_t t = 0; t < nnz; ++t) acc += weight[t] * x[int64_t(column[t]) * ldx + q];
+              out[q] = last ? activate_scalar(acc, activation) : acc;
+            }
           }
         }
       }
