@@ -9,6 +9,7 @@
 #include <climits>
 
 #define PRUNEKIT_VECTOR_BYTES 32
+#include "prunekit/bf16_x86.h"
 #include "spmm_generic_impl.h"
 
 namespace prunekit::cpu {
@@ -55,7 +56,7 @@ inline __m256 load_halves(const void* v, int low_count) {
   const uint16_t* h = static_cast<const uint16_t*>(v);
   const __m128i halves = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(h)),
                                             _mm_loadl_epi64(reinterpret_cast<const __m128i*>(h + low_count)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
+  return widen_bf16x8(halves);
 }
 
 // Near the end of the values buffer a whole-half read would pass it: copy the byte's values to
@@ -129,7 +130,7 @@ inline __m256 load_semi24_values(const void* values, int64_t offset) {
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
   }
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + offset));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_shuffle_epi32(h, 0xD8)), 16));
+  return widen_bf16x8(_mm_shuffle_epi32(h, 0xD8));
 }
 
 // Row r as a 2:4 row (k % 16 == 0 and exactly k / 2 values, checked by the caller); false, with

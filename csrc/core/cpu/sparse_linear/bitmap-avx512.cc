@@ -11,6 +11,7 @@
 
 #include "gemv_row_sums_avx512.h"
 #include "spmm_avx512_impl.h"
+#include "prunekit/bf16_x86.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace prunekit::cpu {
@@ -29,7 +30,7 @@ inline __m512 expand_values(const void* values, int64_t offset, __mmask16 mask) 
   // expand-load is slow on some cores, e.g. Zen 4).
   const __mmask16 run = __mmask16(_bzhi_u32(0xffffu, unsigned(__builtin_popcount(mask))));
   const __m256i halves = _mm256_maskz_loadu_epi16(run, static_cast<const uint16_t*>(values) + offset);
-  const __m512 packed = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+  const __m512 packed = widen_bf16x16(halves);
   return _mm512_maskz_expand_ps(mask, packed);
 }
 

@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #endif
 
+#include "prunekit/bf16_x86.h"
 #include "prunekit/half.h"
 #include "prunekit/kernels_cpu.h"
 
@@ -44,7 +45,7 @@ inline __m512 sixteen_values(const void* values, int64_t i, __mmask16 lanes) {
     return _mm512_maskz_loadu_ps(lanes, static_cast<const float*>(values) + i);
   } else {
     const __m256i bits = _mm256_maskz_loadu_epi16(lanes, static_cast<const uint16_t*>(values) + i);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+    return widen_bf16x16(bits);
   }
 }
 
@@ -85,7 +86,7 @@ inline __m128 four_values(const void* values, int64_t i) {
     return _mm_loadu_ps(static_cast<const float*>(values) + i);
   } else {
     const __m128i bits = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + i));
-    return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(bits), 16));
+    return widen_bf16x4(bits);
   }
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "prunekit/bf16_x86.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace prunekit::cpu {
@@ -161,8 +162,7 @@ Status spmm_tile_columns(const SpmmArgs& a, RowSource& source, int64_t p, __mmas
           for (int64_t t = 0; t < nnz; t += 16) {
             const __mmask16 mask = nnz - t >= 16 ? __mmask16(0xffff) : __mmask16((1u << (nnz - t)) - 1);
             const __m256i halves = _mm256_maskz_loadu_epi16(mask, in + t);
-            _mm512_storeu_ps(scratch.widened.data() + t,
-                             _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16)));
+            _mm512_storeu_ps(scratch.widened.data() + t, widen_bf16x16(halves));
           }
           weight = scratch.widened.data();
         }
