@@ -36,36 +36,42 @@ from ..formats.semi24 import semi24_layout
 
 FORMATS = ("auto", "2:4", "unstructured", "dense")
 
-# What "auto" knows about the CPU kernels: from which sparsity the bitmap kernels beat dense torch,
+# What "auto" knows about the CPU kernels: from which sparsity the sparse modules beat dense torch,
 # per kernel family and weight dtype, as a function of the rows per call (tokens of a sequence;
-# batch 1 is the workload prunekit targets). Measured on the development machine (2-core Sapphire
-# Rapids Xeon, AVX-512 kernels, 1 thread, CPU time so that other load does not distort it) with
-# the weights cold in L2, as in a model's forward where every layer's weight comes from L3/DRAM
-# (with hot weights dense looks ~1.5x better than it is): linear 384x384, 1536x384, 384x1536,
-# 2048x2048 at 1/4/16/64 rows, pointwise convs at 64-576 channels on 14x14-56x56 maps.
-# - linear fp32: wins from 0.5 at <= 4 rows (1.2-2x at 0.5, 2-3.7x at 0.9), from ~0.6 at 16 rows,
-#   from ~0.7 at 64 rows (1.8-2.8x at 0.9).
-# - linear bf16: dense bf16 runs on AMX here: sparse wins from 0.5 at <= 4 rows (1.1-3.5x), from
-#   ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9) with the fp32-widening SpMM. Where
-#   prunekit's own AMX path runs (bf16 x with > 4 rows on CPUs with AMX-BF16, build_info()
-#   ["cpu_bf16_spmm"] == "amx"; it does not skip zeros, so its speed is the same at any sparsity)
-#   the same shapes measure 1.36-1.95x at 16 rows for sparsity 0.5-0.9, and at 64 rows 1.33-1.92x
-#   except 1536x384 (0.82-1.27x from run to run: parity): BREAK_EVEN_SPARSITY_AMX replaces the
-#   bf16 linear entry there.
-# - pointwise conv fp32 (one image): wins from 0.5-0.75 depending on the shape (2-2.7x at 0.9).
+# batch 1 is the workload prunekit targets). Measured by bench/bench_break_even.py
+# (bench/results/break_even_cpu.md; :mod:`prunekit.benchmarks.break_even`) on the development
+# machine (2-core Sapphire Rapids Xeon, AVX-512 kernels): SparseLinear / SparseConv2d against
+# nn.Linear / nn.Conv2d on 1 thread in CPU time (other load on the machine does not count), each
+# call meeting another copy of the weight (16 MiB of copies: weights come from L3/DRAM as in a
+# model's forward; with hot weights dense looks ~1.5x better than it is); linear 384x384,
+# 1536x384, 384x1536, 2048x2048 at 1/4/16/64 rows, MobileNet pointwise convs 128->256 at 56x56,
+# 256->512 at 28x28, 512->512 at 14x14; sparsity 0.5-0.95. An entry is the lowest sparsity from
+# which the sparse module wins or ties (within 3%) on every shape at every sparsity above.
+# - linear fp32: from 0.5 at 1-4 rows (1.1-2.2x at 0.5; at 0.9 1.2-4.8x, the small shapes bound by
+#   the per-call cost), 0.6 at 16 rows (384x384 0.92x at 0.5, 1.00x at 0.6; 2.2-5.6x at 0.9),
+#   0.5 at 64 rows (1.00-1.19x at 0.5, 2.5-4.4x at 0.9). Above 64 rows (not measured there) the
+#   earlier 0.7 stays.
+# - linear bf16: dense bf16 runs on AMX here. Where prunekit's own AMX path runs (bf16 x with > 4
+#   rows on CPUs with AMX-BF16, build_info()["cpu_bf16_spmm"] == "amx"; it does not skip zeros,
+#   so its speed is the same at any sparsity) sparse wins from 0.5 at every measured row count
+#   (1.9-2.0x at 1 row, 1.1-1.6x at 4-64 rows): BREAK_EVEN_SPARSITY_AMX replaces the bf16 linear
+#   entry there. Without it (measured before this script, 1 thread, the same shapes): from 0.5 at
+#   <= 4 rows, ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9) with the fp32-widening SpMM.
+# - pointwise conv fp32 (one image): from 0.6 (512->512 at 14x14 0.85-0.90x at 0.5, 0.99-1.03x at
+#   0.6; 2.5-3.0x at 0.9).
 # - other convs: im2col + the bitmap SpMM lost 1.5-4x to oneDNN's direct conv even at 0.9, so they
 #   have no sparse kernel: "auto" keeps them dense; explicit sparse formats save memory only.
 # Each entry: ((max rows, break-even), ...) in increasing rows, None rows = any more; a None
 # break-even means the kernel never wins there. ``rows=`` and ``break_even=`` (from_dense,
 # sparsify_) pick the row count or override the threshold.
 BREAK_EVEN_SPARSITY = {
-    "linear": {torch.float32: ((4, 0.5), (16, 0.6), (None, 0.7)),
+    "linear": {torch.float32: ((4, 0.5), (16, 0.6), (64, 0.5), (None, 0.7)),
                torch.bfloat16: ((4, 0.5), (16, 0.85), (None, None))},
-    "conv1x1": {torch.float32: ((None, 0.75),)},
+    "conv1x1": {torch.float32: ((None, 0.6),)},
     "conv": {},
 }
-# bf16 linear where the AMX path runs (see above).
-BREAK_EVEN_SPARSITY_AMX = {"linear": {torch.bfloat16: ((4, 0.5), (16, 0.5), (None, 0.85))}}
+# bf16 linear where the AMX path runs (see above); above 64 rows (not measured) the earlier 0.85.
+BREAK_EVEN_SPARSITY_AMX = {"linear": {torch.bfloat16: ((64, 0.5), (None, 0.85))}}
 DEFAULT_ROWS = 16  # rows per call "auto" assumes: one sentence / a short prompt at batch 1
 _KERNEL_DTYPES = {"linear": (torch.float32, torch.bfloat16), "conv1x1": (torch.float32,), "conv": ()}
 

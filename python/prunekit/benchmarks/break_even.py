@@ -1,0 +1,178 @@
+"""Where the CPU sparse kernels break even with dense torch: the measurement behind "auto"
+(:data:`prunekit.nn.BREAK_EVEN_SPARSITY`).
+
+Times the modules a model runs (SparseLinear / SparseConv2d holding an unstructured weight, so the
+kernel each picks for the rows per call, against nn.Linear / nn.Conv2d) across sparsities, rows
+per call and weight dtypes, the way a model's forward sees them: each call meets a different copy
+of the weight (copies adding up to :data:`COLD_BYTES`, so that weights come from L3 or DRAM, not
+L2; with hot weights dense looks ~1.5x better than it is), on 1 thread, in thread CPU time (other
+load on a shared machine does not count). :func:`break_even_table` turns the rows into "auto"'s
+table: per kernel, dtype and rows, the lowest sparsity from which the sparse module wins (or ties,
+within :data:`PARITY`) on every shape at every sparsity measured above it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import torch
+import torch.nn as nn
+
+from .._names import dtype_name
+from .common import progress_bar
+from .shapes import MINILM_L6, MOBILENET_V1_POINTWISE
+
+NAME = "break_even_cpu"
+TITLE = "Sparse vs dense torch modules across sparsity: where the CPU kernels break even (1 thread, CPU time, cold weights)"
+COLUMNS = ["kernel", "dtype", "shape", "rows", "sparsity", "sparse_us", "dense_us", "speedup"]
+QUICK = "one linear and one conv shape, sparsity 0.5 and 0.9, rows 1 and 16, short timings"
+
+LINEAR_SHAPES = {**MINILM_L6, "square2048": (2048, 2048)}
+CONV1X1_SHAPES = {name: MOBILENET_V1_POINTWISE[name] for name in ("mobilenet_v1.pw4", "mobilenet_v1.pw6",
+                                                                  "mobilenet_v1.pw8")}
+ROWS = (1, 4, 16, 64)
+SPARSITIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+# A speed-up this close to 1 counts as break-even: timings of one case vary by a few percent from
+# run to run, and at parity the sparse format still holds less memory.
+PARITY = 0.97
+COLD_BYTES = 16 << 20  # weight copies per case: at least this many bytes, several times an L2
+MAX_COPIES = 256
+
+
+def _weight(rows: int, cols: int, sparsity: float, generator: torch.Generator) -> torch.Tensor:
+    weight = torch.randn(rows, cols, generator=generator)
+    weight[torch.rand(rows, cols, generator=generator) < sparsity] = 0
+    return weight
+
+
+def _module_bytes(module: nn.Module) -> int:
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _copies(make, cold_bytes: int) -> list[nn.Module]:
+    """Modules from ``make()`` until they hold ``cold_bytes`` in all (at least two)."""
+    first = make()
+    count = min(MAX_COPIES, max(2, math.ceil(cold_bytes / max(_module_bytes(first), 1))))
+    return [first] + [make() for _ in range(count - 1)]
+
+
+def _cpu_us(modules: list[nn.Module], x: torch.Tensor, min_time: float) -> float:
+    """Thread CPU time per call in microseconds, calling the modules in turn until ``min_time``
+    seconds and every module twice have passed (after one warm-up pass)."""
+    with torch.inference_mode():
+        for module in modules:
+            module(x)
+        calls, start = 0, time.thread_time_ns()
+        while True:
+            for module in modules:
+                module(x)
+            calls += len(modules)
+            elapsed = time.thread_time_ns() - start
+            if elapsed >= min_time * 1e9 and calls >= 2 * len(modules):
+                return elapsed / calls / 1e3
+
+
+def _cases(quick: bool):
+    """(kernel, dtype, shape name, shape, rows per call to time) in the order they run."""
+    linear_shapes = {"minilm.output": LINEAR_SHAPES["minilm.output"]} if quick else LINEAR_SHAPES
+    conv_shapes = {"mobilenet_v1.pw8": CONV1X1_SHAPES["mobilenet_v1.pw8"]} if quick else CONV1X1_SHAPES
+    for dtype, (name, shape) in itertools.product((torch.float32, torch.bfloat16), linear_shapes.items()):
+        yield "linear", dtype, name, shape, (1, 16) if quick else ROWS
+    for name, shape in conv_shapes.items():
+        yield "conv1x1", torch.float32, name, shape, (1,)
+
+
+def run(quick: bool = False, *, sparsities=None, min_time: float | None = None, rounds: int = 2,
+        cold_bytes: int = COLD_BYTES, progress: bool = False, on_row=None) -> list[dict]:
+    """One row per (kernel, dtype, shape, rows, sparsity): CPU microseconds per call of the sparse
+    module and of the dense one (the fastest of ``rounds`` alternating rounds), on 1 thread."""
+    from prunekit.nn import SparseConv2d, SparseLinear
+
+    sparsities = sparsities or ((0.5, 0.9) if quick else SPARSITIES)
+    min_time = min_time or (0.02 if quick else 0.15)
+    generator = torch.Generator().manual_seed(0)
+    cases = list(_cases(quick))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows_out = []
+    try:
+        with progress_bar(sum(len(case[4]) for case in cases) * len(sparsities), "bench break-even", progress) as bar:
+            for (kernel, dtype, name, shape, rows_list), sparsity in itertools.product(cases, sparsities):
+                if kernel == "linear":
+                    out_features, in_features = shape
+
+                    def make_dense():
+                        layer = nn.Linear(in_features, out_features, dtype=dtype)
+                        with torch.no_grad():
+                            layer.weight.copy_(_weight(out_features, in_features, sparsity, generator))
+                        return layer
+
+                    sparse_from = SparseLinear.from_dense
+                    inputs = {rows: torch.randn(rows, in_features, generator=generator).to(dtype) for rows in rows_list}
+                else:
+                    out_channels, in_channels, side = shape
+
+                    def make_dense():
+                        conv = nn.Conv2d(in_channels, out_channels, 1)
+                        with torch.no_grad():
+                            conv.weight.copy_(_weight(out_channels, in_channels, sparsity, generator)[:, :, None, None])
+                        return conv
+
+                    sparse_from = SparseConv2d.from_dense
+                    inputs = {1: torch.randn(1, in_channels, side, side, generator=generator)}
+                dense = _copies(make_dense, cold_bytes)
+                sparse = _copies(lambda: sparse_from(make_dense(), "unstructured"), cold_bytes)
+                for rows, x in inputs.items():
+                    best = {"sparse": math.inf, "dense": math.inf}
+                    for _ in range(rounds):
+                        best["sparse"] = min(best["sparse"], _cpu_us(sparse, x, min_time))
+                        best["dense"] = min(best["dense"], _cpu_us(dense, x, min_time))
+                    row = {"kernel": kernel, "dtype": dtype_name(dtype), "shape": name, "rows": rows,
+                           "sparsity": sparsity, "sparse_us": best["sparse"], "dense_us": best["dense"],
+                           "speedup": best["dense"] / best["sparse"]}
+                    rows_out.append(row)
+                    bar.update()
+                    if on_row is not None:
+                        on_row(row)
+    finally:
+        torch.set_num_threads(threads)
+    return rows_out
+
+
+def break_even_table(rows: list[dict]) -> list[dict]:
+    """Per (kernel, dtype, rows per call): the measured break-even, the lowest sparsity from which
+    the sparse module is at least as fast as dense (within :data:`PARITY`) on every shape at every
+    sparsity measured from there up (None: it never is), beside the one "auto" uses now."""
+    from prunekit.nn import break_even_sparsity
+
+    groups: dict[tuple, dict[float, list[float]]] = {}
+    for row in rows:
+        key = (row["kernel"], row["dtype"], row["rows"])
+        groups.setdefault(key, {}).setdefault(row["sparsity"], []).append(row["speedup"])
+    table = []
+    for (kernel, dtype, rows_per_call), by_sparsity in groups.items():
+        measured = None
+        for sparsity in sorted(by_sparsity, reverse=True):
+            if min(by_sparsity[sparsity]) < PARITY:
+                break
+            measured = sparsity
+        lowest = min(by_sparsity)
+        table.append({
+            "kernel": kernel, "dtype": dtype, "rows": rows_per_call, "measured_break_even": measured,
+            "table_break_even": break_even_sparsity(kernel, getattr(torch, dtype), rows_per_call),
+            "speedup_at_lowest": min(by_sparsity[lowest]), "lowest_sparsity": lowest,
+            "speedup_at_0.9": min(by_sparsity[0.9]) if 0.9 in by_sparsity else None,
+        })
+    return table
+
+
+TABLE_COLUMNS = ["kernel", "dtype", "rows", "measured_break_even", "table_break_even", "lowest_sparsity",
+                 "speedup_at_lowest", "speedup_at_0.9"]
+
+
+def describe(row: dict) -> str:
+    return (f"{row['kernel']:>8} {row['dtype']:>8} {row['shape']:>20} rows {row['rows']:<3} {row['sparsity']:.2f}: "
+            f"sparse {row['sparse_us']:8.1f} us, dense {row['dense_us']:8.1f} us ({row['speedup']:5.2f}x)")
