@@ -149,13 +149,15 @@ class SparseConv2d(SparseWeightModule):
         return conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.pointwise and self._kernel_runs(x, _X_DTYPES)):
+        tensors = self._kernel_tensors(x, _X_DTYPES) if self.pointwise else None
+        if tensors is None:
             return self._dense_forward(x)
-        values, bitmap, row_offsets = self._kernel_weight()
+        values, bitmap, row_offsets = tensors
+        bias = self._parameters["bias"]
         if x.dim() == 3:  # unbatched (C, H, W)
             return torch.ops.prunekit.sparse_conv1x1(x.unsqueeze(0).contiguous(), values, bitmap, row_offsets,
-                                                     self.bias, 0).squeeze(0)
-        return torch.ops.prunekit.sparse_conv1x1(x.contiguous(), values, bitmap, row_offsets, self.bias, 0)
+                                                     bias, 0).squeeze(0)
+        return torch.ops.prunekit.sparse_conv1x1(x.contiguous(), values, bitmap, row_offsets, bias, 0)
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.dense_weight4d()

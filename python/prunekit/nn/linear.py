@@ -115,15 +115,17 @@ class SparseLinear(SparseWeightModule):
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._kernel_runs(x, _X_DTYPES):
-            values, bitmap, row_offsets = self._kernel_weight()
-            col_indices = self.runtime_col_indices
-            if col_indices is not None and csr16_runs(x.numel() // max(self.in_features, 1),
-                                                      self._csr16_choices.get(x.dtype, ())):
-                return torch.ops.prunekit.sparse_linear_csr16(x, values, col_indices, row_offsets, self.in_features,
-                                                              self.bias)
-            return torch.ops.prunekit.sparse_linear(x, values, bitmap, row_offsets, self.in_features, self.bias)
-        return F.linear(x, self.dense_matrix(), self.bias)
+        tensors = self._kernel_tensors(x, _X_DTYPES)
+        bias = self._parameters["bias"]
+        if tensors is None:
+            return F.linear(x, self.dense_matrix(), bias)
+        values, bitmap, row_offsets = tensors
+        col_indices = self._buffers["runtime_col_indices"]
+        if col_indices is not None and csr16_runs(x.numel() // max(self.in_features, 1),
+                                                  self._csr16_choices.get(x.dtype, ())):
+            return torch.ops.prunekit.sparse_linear_csr16(x, values, col_indices, row_offsets, self.in_features,
+                                                          bias)
+        return torch.ops.prunekit.sparse_linear(x, values, bitmap, row_offsets, self.in_features, bias)
 
     def checkpoint_spec(self) -> dict:
         """What a checkpoint records about this module besides its tensors."""
