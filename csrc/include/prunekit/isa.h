@@ -24,6 +24,7 @@ std::string selected_isa();
 // (vectors of strings) cost the CSR16 op 3-4 us of a 4096^2 GEMV's ~250.
 enum class Isa : int { kScalar, kAvx2, kAvx512, kNeon };
 Isa selected_isa_id();
+
 // Forces a variant (tests, benchmarks); "" clears. Throws std::invalid_argument naming the
 // compiled variants when `isa` is not compiled in or not supported by this CPU.
 void set_isa_override(const std::string& isa);

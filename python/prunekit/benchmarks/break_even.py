@@ -26,7 +26,7 @@ from .shapes import MINILM_L6, MOBILENET_V1_POINTWISE
 
 NAME = "break_even_cpu"
 TITLE = "Sparse vs dense torch modules across sparsity: where the CPU kernels break even (1 thread, CPU time, cold weights)"
-COLUMNS = ["kernel", "dtype", "shape", "rows", "sparsity", "sparse_us", "dense_us", "speedup"]
+COLUMNS = ["kernel", "dtype", "shape", "rows", "sparsity", "repeat", "sparse_us", "dense_us", "speedup"]
 QUICK = "one linear and one conv shape, sparsity 0.5 and 0.9, rows 1 and 16, short timings"
 
 LINEAR_SHAPES = {**MINILM_L6, "square2048": (2048, 2048)}
@@ -38,7 +38,7 @@ SPARSITIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 # run to run, and at parity the sparse format still holds less memory.
 PARITY = 0.97
 COLD_BYTES = 16 << 20  # weight copies per case: at least this many bytes, several times an L2
-MAX_COPIES = 256
+MAX_COPIES = 1024  # 384x384 bf16 at 0.95 needs ~330
 
 
 def _weight(rows: int, cols: int, sparsity: float, generator: torch.Generator) -> torch.Tensor:
@@ -86,9 +86,12 @@ def _cases(quick: bool):
 
 
 def run(quick: bool = False, *, sparsities=None, min_time: float | None = None, rounds: int = 2,
-        cold_bytes: int = COLD_BYTES, progress: bool = False, on_row=None) -> list[dict]:
-    """One row per (kernel, dtype, shape, rows, sparsity): CPU microseconds per call of the sparse
-    module and of the dense one (the fastest of ``rounds`` alternating rounds), on 1 thread."""
+        repeats: int = 1, cold_bytes: int = COLD_BYTES, progress: bool = False, on_row=None) -> list[dict]:
+    """One row per (kernel, dtype, shape, rows, sparsity, repeat): CPU microseconds per call of
+    the sparse module and of the dense one (the fastest of ``rounds`` alternating rounds), on 1
+    thread. ``repeats`` > 1 measures everything again that many times (new weights each time):
+    :func:`break_even_table` keeps each case's worst repeat, as a case can swing by 20% between
+    runs on a shared machine."""
     from prunekit.nn import SparseConv2d, SparseLinear
 
     sparsities = sparsities or ((0.5, 0.9) if quick else SPARSITIES)
@@ -99,8 +102,10 @@ def run(quick: bool = False, *, sparsities=None, min_time: float | None = None, 
     torch.set_num_threads(1)
     rows_out = []
     try:
-        with progress_bar(sum(len(case[4]) for case in cases) * len(sparsities), "bench break-even", progress) as bar:
-            for (kernel, dtype, name, shape, rows_list), sparsity in itertools.product(cases, sparsities):
+        total = sum(len(case[4]) for case in cases) * len(sparsities) * repeats
+        with progress_bar(total, "bench break-even", progress) as bar:
+            for repeat, (kernel, dtype, name, shape, rows_list), sparsity in itertools.product(
+                    range(repeats), cases, sparsities):
                 if kernel == "linear":
                     out_features, in_features = shape
 
@@ -131,7 +136,7 @@ def run(quick: bool = False, *, sparsities=None, min_time: float | None = None, 
                         best["sparse"] = min(best["sparse"], _cpu_us(sparse, x, min_time))
                         best["dense"] = min(best["dense"], _cpu_us(dense, x, min_time))
                     row = {"kernel": kernel, "dtype": dtype_name(dtype), "shape": name, "rows": rows,
-                           "sparsity": sparsity, "sparse_us": best["sparse"], "dense_us": best["dense"],
+                           "sparsity": sparsity, "repeat": repeat, "sparse_us": best["sparse"], "dense_us": best["dense"],
                            "speedup": best["dense"] / best["sparse"]}
                     rows_out.append(row)
                     bar.update()
@@ -144,8 +149,9 @@ def run(quick: bool = False, *, sparsities=None, min_time: float | None = None, 
 
 def break_even_table(rows: list[dict]) -> list[dict]:
     """Per (kernel, dtype, rows per call): the measured break-even, the lowest sparsity from which
-    the sparse module is at least as fast as dense (within :data:`PARITY`) on every shape at every
-    sparsity measured from there up (None: it never is), beside the one "auto" uses now."""
+    the sparse module is at least as fast as dense (within :data:`PARITY`) on every shape, in
+    every repeat, at every sparsity measured from there up (None: it loses at the highest), beside
+    the one "auto" uses now."""
     from prunekit.nn import break_even_sparsity
 
     groups: dict[tuple, dict[float, list[float]]] = {}

@@ -46,32 +46,34 @@ FORMATS = ("auto", "2:4", "unstructured", "dense")
 # model's forward; with hot weights dense looks ~1.5x better than it is); linear 384x384,
 # 1536x384, 384x1536, 2048x2048 at 1/4/16/64 rows, MobileNet pointwise convs 128->256 at 56x56,
 # 256->512 at 28x28, 512->512 at 14x14; sparsity 0.5-0.95. An entry is the lowest sparsity from
-# which the sparse module wins or ties (within 3%) on every shape at every sparsity above.
-# - linear fp32: from 0.5 at 1-4 rows (1.1-2.2x at 0.5; at 0.9 1.2-4.8x, the small shapes bound by
-#   the per-call cost), 0.6 at 16 rows (384x384 0.92x at 0.5, 1.00x at 0.6; 2.2-5.6x at 0.9),
-#   0.5 at 64 rows (1.00-1.19x at 0.5, 2.5-4.4x at 0.9). Above 64 rows (not measured there) the
-#   earlier 0.7 stays.
-# - linear bf16: dense bf16 runs on AMX here. Where prunekit's own AMX path runs (bf16 x with > 4
+# which the sparse module wins or ties (within 3%) on every shape at every sparsity above, in the
+# worst of the recorded run (2 repeats) and the two runs before it (results at f4b70b8, a4f58a3).
+# - linear fp32: from 0.5 at 1-4 rows (0.98-2.3x at 0.5; 1.2-4.8x at 0.9, the small shapes bound
+#   by the per-call cost); 0.6 at 5-64 rows (384x384 at 0.5: 0.92-1.02x at 16 rows, 0.94-1.00x at
+#   64; 2.2-5.6x at 0.9). Above 64 rows (not measured) the earlier 0.7 stays.
+# - linear bf16: dense bf16 runs on AMX here. Where prunekit's own bf16 path runs on AMX (x with > 4
 #   rows on CPUs with AMX-BF16, build_info()["cpu_bf16_spmm"] == "amx"; it does not skip zeros,
-#   so its speed is the same at any sparsity) sparse wins from 0.5 at every measured row count
-#   (1.9-2.0x at 1 row, 1.1-1.6x at 4-64 rows): BREAK_EVEN_SPARSITY_AMX replaces the bf16 linear
-#   entry there. Without it (measured before this script, 1 thread, the same shapes): from 0.5 at
-#   <= 4 rows, ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9) with the fp32-widening SpMM.
-# - pointwise conv fp32 (one image): from 0.6 (512->512 at 14x14 0.85-0.90x at 0.5, 0.99-1.03x at
-#   0.6; 2.5-3.0x at 0.9).
+#   so its speed is the same at any sparsity) sparse wins from 0.5 at 5-16 rows (1.3-1.6x) and
+#   from 0.8 at 17-64 rows (1.1-1.5x; 1536x384 at 64 rows measured 0.87x once at 0.75, and swung
+#   0.82-1.27x between runs before); BREAK_EVEN_SPARSITY_AMX replaces the bf16 linear entry there.
+#   At 1-4 rows the bf16 GEMV wins from 0.5 (1.1-2.4x). Without the AMX path (measured before this
+#   script, 1 thread, the same shapes): from ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9)
+#   with the fp32-widening SpMM.
+# - pointwise conv fp32 (one image): from 0.6 (512->512 at 14x14: 0.86-0.90x at 0.5, 0.99-1.03x
+#   at 0.6; 2.5-3.2x at 0.9).
 # - other convs: im2col + the bitmap SpMM lost 1.5-4x to oneDNN's direct conv even at 0.9, so they
 #   have no sparse kernel: "auto" keeps them dense; explicit sparse formats save memory only.
 # Each entry: ((max rows, break-even), ...) in increasing rows, None rows = any more; a None
 # break-even means the kernel never wins there. ``rows=`` and ``break_even=`` (from_dense,
 # sparsify_) pick the row count or override the threshold.
 BREAK_EVEN_SPARSITY = {
-    "linear": {torch.float32: ((4, 0.5), (16, 0.6), (64, 0.5), (None, 0.7)),
+    "linear": {torch.float32: ((4, 0.5), (64, 0.6), (None, 0.7)),
                torch.bfloat16: ((4, 0.5), (16, 0.85), (None, None))},
     "conv1x1": {torch.float32: ((None, 0.6),)},
     "conv": {},
 }
 # bf16 linear where the AMX path runs (see above); above 64 rows (not measured) the earlier 0.85.
-BREAK_EVEN_SPARSITY_AMX = {"linear": {torch.bfloat16: ((64, 0.5), (None, 0.85))}}
+BREAK_EVEN_SPARSITY_AMX = {"linear": {torch.bfloat16: ((16, 0.5), (64, 0.8), (None, 0.85))}}
 DEFAULT_ROWS = 16  # rows per call "auto" assumes: one sentence / a short prompt at batch 1
 _KERNEL_DTYPES = {"linear": (torch.float32, torch.bfloat16), "conv1x1": (torch.float32,), "conv": ()}
 
@@ -396,21 +398,18 @@ class SparseWeightModule(nn.Module):
         return result
 
     def _kernel_tensors(self, x: torch.Tensor, x_dtypes: tuple[torch.dtype, ...]):
-        """(values, bitmap, row_offsets) for the CPU bitmap kernels when they can run this input,
-        else None (the dense fallback runs). Reads the module's tensor dicts directly: nn.Module's
-        attribute lookup of a buffer or parameter costs ~0.3 us, and the forward of a small layer
-        (384x384 at 90%, one row) spent ~4 of its ~20 us on nine of them."""
+        """(values, bitmap, row_offsets, bias) for the CPU bitmap kernels when they can run this
+        input, else None (the dense fallback runs)."""
         if self.format == "dense" or x.device.type != "cpu" or x.dtype not in x_dtypes:
             return None
-        buffers, bias = self._buffers, self._parameters["bias"]
-        values = buffers["values"]
+        values, bias = _tensor_attribute(self, "values"), _tensor_attribute(self, "bias")
         if (values.device.type != "cpu" or values.dtype not in _KERNEL_VALUE_DTYPES
                 or (bias is not None and bias.dtype not in _KERNEL_VALUE_DTYPES)):
             return None
         if self.format == "2:4":
-            bitmap = buffers["runtime_bitmap"]
-            return None if bitmap is None else (values.view(-1), bitmap, buffers["runtime_row_offsets"])
-        return values, buffers["bitmap"], buffers["row_offsets"]
+            bitmap = self._buffers["runtime_bitmap"]
+            return None if bitmap is None else (values.view(-1), bitmap, self._buffers["runtime_row_offsets"], bias)
+        return values, _tensor_attribute(self, "bitmap"), _tensor_attribute(self, "row_offsets"), bias
 
     def dense_matrix(self) -> torch.Tensor:
         """The (rows, cols) weight matrix, dense, exact, on the module's device."""
@@ -467,6 +466,18 @@ class SparseWeightModule(nn.Module):
 
     def _weight_repr(self) -> str:
         return f"format={self.format!r}, sparsity={self.sparsity:.3f}, dtype={dtype_name(self.weight_dtype)}"
+
+
+def _tensor_attribute(module: nn.Module, name: str):
+    """``module.<name>`` for a parameter or buffer, read from the module's dict of them when it is
+    there: nn.Module's attribute lookup costs ~0.3 us, and a small layer's forward (384x384 at 90%,
+    one row, ~20 us) spent ~4 us on nine of them. torch.nn.utils.prune and parametrizations move
+    a tensor out of those dicts; the attribute lookup finds it then."""
+    if name in module._parameters:
+        return module._parameters[name]
+    if name in module._buffers:
+        return module._buffers[name]
+    return getattr(module, name)
 
 
 def _nbytes(tensor: torch.Tensor | None) -> int:

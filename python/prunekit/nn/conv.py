@@ -152,8 +152,7 @@ class SparseConv2d(SparseWeightModule):
         tensors = self._kernel_tensors(x, _X_DTYPES) if self.pointwise else None
         if tensors is None:
             return self._dense_forward(x)
-        values, bitmap, row_offsets = tensors
-        bias = self._parameters["bias"]
+        values, bitmap, row_offsets, bias = tensors
         if x.dim() == 3:  # unbatched (C, H, W)
             return torch.ops.prunekit.sparse_conv1x1(x.unsqueeze(0).contiguous(), values, bitmap, row_offsets,
                                                      bias, 0).squeeze(0)

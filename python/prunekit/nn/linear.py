@@ -116,10 +116,9 @@ class SparseLinear(SparseWeightModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tensors = self._kernel_tensors(x, _X_DTYPES)
-        bias = self._parameters["bias"]
         if tensors is None:
-            return F.linear(x, self.dense_matrix(), bias)
-        values, bitmap, row_offsets = tensors
+            return F.linear(x, self.dense_matrix(), self.bias)
+        values, bitmap, row_offsets, bias = tensors
         col_indices = self._buffers["runtime_col_indices"]
         if col_indices is not None and csr16_runs(x.numel() // max(self.in_features, 1),
                                                   self._csr16_choices.get(x.dtype, ())):

@@ -73,9 +73,9 @@ inline LaneIndex lane_indices() {
 
 // out[p .. p + V kLanes) (+)= weight[t] X[column[t]][p ..] over the nonzeros, two in flight, each
 // with V accumulators. `first`: start from `initial` instead of the running sums in `out`;
-// `last`: apply the activation. The first `kept_lanes` lanes of out are stored back as they were
-// (the columns past a tile's last whole vector run as the vector ending at the tile's end, whose
-// first lanes the vector before has done).
+// `last`: apply the activation. With V = 1, the first `kept_lanes` lanes of out are stored back as
+// they were (the columns past a tile's last whole vector run as the vector ending at the tile's
+// end, whose first lanes the vector before has done).
 template <int V, typename Index>
 inline void spmm_vectors(const float* weight, const Index* column, int64_t nnz, const float* x,
                          int64_t ldx, int64_t p, bool first, bool last, float initial, Activation activation,
