@@ -453,3 +453,18 @@ def test_load_state_dict_derives_the_runtime_tensors_again():
     c.load_state_dict(d.state_dict())
     x = torch.randn(2, 64)
     torch.testing.assert_close(c(x), dense24[1](x), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_with_a_pruned_bias():
+    """torch.nn.utils.prune moves the bias out of _parameters (bias_orig, bias_mask and a plain
+    attribute); the kernel path still finds it and applies the pruned one."""
+    import torch.nn.utils.prune as torch_prune
+
+    linear = pruned_linear(64, 32, 0.9)
+    sparse = SparseLinear.from_dense(linear, "unstructured")
+    torch_prune.l1_unstructured(sparse, "bias", amount=0.5)
+    assert "bias" not in sparse._parameters
+    x = torch.randn(3, 64)
+    expected = F.linear(x, linear.weight, sparse.bias)
+    torch.testing.assert_close(sparse(x), expected)
+    assert not torch.allclose(sparse(x), linear(x))  # the pruned bias, not the original
