@@ -8,7 +8,7 @@ of the weight (copies adding up to :data:`COLD_BYTES`, so that weights come from
 L2; with hot weights dense looks ~1.5x better than it is), on 1 thread, in thread CPU time (other
 load on a shared machine does not count). :func:`break_even_table` turns the rows into "auto"'s
 table: per kernel, dtype and rows, the lowest sparsity from which the sparse module wins (or ties,
-within :data:`PARITY`) on every shape at every sparsity measured above it.
+within :data:`PARITY`) on every shape, in every repeat, at every sparsity measured above it.
 """
 
 from __future__ import annotations
