@@ -118,18 +118,19 @@ def test_linear_from_hf_conv1d():
 @pytest.mark.parametrize("pattern,dtype,rows,expected", [
     (0.9, torch.float32, None, "unstructured"),
     (0.65, torch.float32, None, "unstructured"),
-    (0.65, torch.float32, 128, "dense"),  # more rows per call: the break-even rises to 0.7
+    (0.65, torch.float32, 128, "unstructured"),
+    (0.65, torch.float32, 256, "dense"),  # more rows per call: the break-even rises to 0.7
     (0.55, torch.float32, None, "dense"),
     (0.55, torch.float32, 1, "unstructured"),  # decoding one token at a time: 0.5
     ("2:4", torch.float32, None, "dense"),  # 50%: below the break-even at 16 rows
     ("2:4", torch.float32, 4, "2:4"),
     (0.9, torch.bfloat16, None, "unstructured"),
     # Dense bf16 runs on AMX where the CPU has it; so does prunekit's bf16 path for > 4 rows (then
-    # sparse from 0.5 up to 16 rows, 0.8 up to 64, 0.85 at more), else the fp32-widening SpMM (from
+    # sparse from 0.5 up to 16 rows, 0.8 up to 128, 0.85 at more), else the fp32-widening SpMM (from
     # 0.85 at 16 rows, never at more).
     (0.8, torch.bfloat16, None, "unstructured" if ON_AMX else "dense"),
-    (0.99, torch.bfloat16, 128, "unstructured" if ON_AMX else "dense"),
-    (0.8, torch.bfloat16, 128, "dense"),
+    (0.99, torch.bfloat16, 256, "unstructured" if ON_AMX else "dense"),
+    (0.8, torch.bfloat16, 256, "dense"),
     (0.85, torch.bfloat16, 64, "unstructured" if ON_AMX else "dense"),
     (0.6, torch.bfloat16, 64, "dense"),
     ("2:4", torch.bfloat16, None, "2:4" if ON_AMX else "dense"),
@@ -144,16 +145,16 @@ def test_auto_choice(pattern, dtype, rows, expected):
 @pytest.mark.parametrize("amx", [True, False])
 def test_bf16_linear_break_even_follows_the_amx_path(monkeypatch, amx):
     """Both bf16 tables, whatever this CPU has: where prunekit's bf16 path runs on AMX (> 4 rows)
-    sparse wins from 0.5 up to 16 rows, from 0.8 up to 64 and from 0.85 beyond; elsewhere from 0.85
+    sparse wins from 0.5 up to 16 rows, from 0.8 up to 128 and from 0.85 beyond; elsewhere from 0.85
     at 5-16 rows and never beyond. fp32 is the same either way."""
     from prunekit.nn import _sparse
 
     monkeypatch.setattr(_sparse, "_bf16_spmm_on_amx", lambda: amx)
     expected = {1: 0.5, 4: 0.5, 5: 0.5 if amx else 0.85, 16: 0.5 if amx else 0.85, 17: 0.8 if amx else None,
-                64: 0.8 if amx else None, 65: 0.85 if amx else None}
+                128: 0.8 if amx else None, 129: 0.85 if amx else None}
     for rows, threshold in expected.items():
         assert break_even_sparsity("linear", torch.bfloat16, rows=rows) == threshold, rows
-    assert [break_even_sparsity("linear", torch.float32, rows=rows) for rows in (4, 5, 16, 17, 64, 65)] == [
+    assert [break_even_sparsity("linear", torch.float32, rows=rows) for rows in (4, 5, 16, 17, 128, 129)] == [
         0.5, 0.6, 0.6, 0.6, 0.6, 0.7]
     layer = pruned_linear(64, 64, 0.7, torch.bfloat16)
     assert SparseLinear.from_dense(layer, "auto").format == ("unstructured" if amx else "dense")
@@ -177,7 +178,8 @@ def test_auto_choice_with_a_break_even_override():
     assert fmt == "dense" and "break-even 0.60" in reason
     assert break_even_sparsity("linear", torch.float32) == 0.6 and DEFAULT_ROWS == 16
     assert break_even_sparsity("linear", torch.bfloat16, rows=64) == (0.8 if ON_AMX else None)
-    assert break_even_sparsity("linear", torch.bfloat16, rows=65) == (0.85 if ON_AMX else None)
+    assert break_even_sparsity("linear", torch.bfloat16, rows=128) == (0.8 if ON_AMX else None)
+    assert break_even_sparsity("linear", torch.bfloat16, rows=129) == (0.85 if ON_AMX else None)
     assert break_even_sparsity("linear", torch.bfloat16, rows=16) == (0.5 if ON_AMX else 0.85)
     assert break_even_sparsity("linear", torch.bfloat16, rows=4) == 0.5
     # "auto" follows: a 70%-sparse bf16 layer at the default 16 rows is sparse only where AMX runs it.

@@ -6,7 +6,7 @@ One module per family (``linear``, ``conv``, ``sparsegpt``, ``formats``, ``cuda`
 and ``NAME``, ``TITLE``, ``COLUMNS`` for its result files. Shapes live in :mod:`.shapes`, timing
 and machine information in :mod:`.common`. Nothing here prints; callers decide what to show.
 :mod:`.break_even` is not a family: it measures the break-even table of "auto"
-(``bench/bench_break_even.py``, 1 thread, about 10 minutes).
+(``bench/bench_break_even.py``, 1 thread, about 17 minutes).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ QUICK = "one linear and one conv shape, sparsity 0.5 and 0.9, rows 1 and 16, sho
 LINEAR_SHAPES = {**MINILM_L6, "square2048": (2048, 2048)}
 CONV1X1_SHAPES = {name: MOBILENET_V1_POINTWISE[name] for name in ("mobilenet_v1.pw4", "mobilenet_v1.pw6",
                                                                   "mobilenet_v1.pw8")}
-ROWS = (1, 4, 16, 64)
+ROWS = (1, 4, 16, 32, 64, 128)
 SPARSITIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 # A speed-up this close to 1 counts as break-even: timings of one case vary by a few percent from
 # run to run, and at parity the sparse format still holds less memory.

@@ -44,22 +44,24 @@ FORMATS = ("auto", "2:4", "unstructured", "dense")
 # nn.Linear / nn.Conv2d on 1 thread in CPU time (other load on the machine does not count), each
 # call meeting another copy of the weight (16 MiB of copies: weights come from L3/DRAM as in a
 # model's forward; with hot weights dense looks ~1.5x better than it is); linear 384x384,
-# 1536x384, 384x1536, 2048x2048 at 1/4/16/64 rows, MobileNet pointwise convs 128->256 at 56x56,
-# 256->512 at 28x28, 512->512 at 14x14; sparsity 0.5-0.95. An entry is the lowest sparsity from
-# which the sparse module wins or ties (within 3%) on every shape at every sparsity above, in the
-# worst of the recorded run (2 repeats) and the two runs before it (results at f4b70b8, a4f58a3).
+# 1536x384, 384x1536, 2048x2048 at 1/4/16/32/64/128 rows, MobileNet pointwise convs 128->256 at
+# 56x56, 256->512 at 28x28, 512->512 at 14x14; sparsity 0.5-0.95. An entry is the lowest sparsity
+# from which the sparse module wins or ties (within 3%) on every shape at every sparsity above, in
+# the worst of the recorded run (2 repeats) and three runs before it (results at f4b70b8, a4f58a3,
+# 37f0213; those measured up to 64 rows).
 # - linear fp32: from 0.5 at 1-4 rows (0.98-2.3x at 0.5; 1.2-4.8x at 0.9, the small shapes bound
-#   by the per-call cost); 0.6 at 5-64 rows (384x384 at 0.5: 0.92-1.02x at 16 rows, 0.94-1.00x at
-#   64; 2.2-5.6x at 0.9). Above 64 rows (not measured) the earlier 0.7 stays.
+#   by the per-call cost); 0.6 at 5-128 rows (384x384 at 0.5: 0.92-1.02x at 16 rows, 0.94-1.05x at
+#   64, 1.02x at 128; 2.2-5.6x at 0.9). Above 128 rows (not measured) the earlier 0.7 stays.
 # - linear bf16: dense bf16 runs on AMX here. Where prunekit's own bf16 path runs on AMX (x with > 4
 #   rows on CPUs with AMX-BF16, build_info()["cpu_bf16_spmm"] == "amx"; it does not skip zeros,
 #   so its speed is the same at any sparsity) sparse wins from 0.5 at 5-16 rows (1.3-1.6x) and
-#   from 0.8 at 17-64 rows (1.1-1.5x; 1536x384 at 64 rows measured 0.87x once at 0.75, and swung
-#   0.82-1.27x between runs before); BREAK_EVEN_SPARSITY_AMX replaces the bf16 linear entry there.
-#   At 1-4 rows the bf16 GEMV wins from 0.5 (1.1-2.4x). Without the AMX path (measured before this
-#   script, 1 thread, the same shapes): from ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9)
-#   with the fp32-widening SpMM.
-# - pointwise conv fp32 (one image): from 0.6 (512->512 at 14x14: 0.86-0.90x at 0.5, 0.99-1.03x
+#   from 0.8 at 17-128 rows (1.1-1.5x up to 64 rows, 1.06-1.3x at 128; 1536x384 at 64 rows
+#   measured 0.87x once at 0.75 and 0.92x once at 0.5, and swung 0.82-1.27x between runs before);
+#   BREAK_EVEN_SPARSITY_AMX replaces the bf16 linear entry there. At 1-4 rows the bf16 GEMV wins
+#   from 0.5 (1.1-2.4x). Without the AMX path (measured before this script, 1 thread, the same
+#   shapes): from ~0.85 at 16 rows, never at 64 rows (0.5-0.75x at 0.9) with the fp32-widening
+#   SpMM.
+# - pointwise conv fp32 (one image): from 0.6 (512->512 at 14x14: 0.86-0.91x at 0.5, 0.99-1.03x
 #   at 0.6; 2.5-3.2x at 0.9).
 # - other convs: im2col + the bitmap SpMM lost 1.5-4x to oneDNN's direct conv even at 0.9, so they
 #   have no sparse kernel: "auto" keeps them dense; explicit sparse formats save memory only.
@@ -67,13 +69,13 @@ FORMATS = ("auto", "2:4", "unstructured", "dense")
 # break-even means the kernel never wins there. ``rows=`` and ``break_even=`` (from_dense,
 # sparsify_) pick the row count or override the threshold.
 BREAK_EVEN_SPARSITY = {
-    "linear": {torch.float32: ((4, 0.5), (64, 0.6), (None, 0.7)),
+    "linear": {torch.float32: ((4, 0.5), (128, 0.6), (None, 0.7)),
                torch.bfloat16: ((4, 0.5), (16, 0.85), (None, None))},
     "conv1x1": {torch.float32: ((None, 0.6),)},
     "conv": {},
 }
-# bf16 linear where the AMX path runs (see above); above 64 rows (not measured) the earlier 0.85.
-BREAK_EVEN_SPARSITY_AMX = {"linear": {torch.bfloat16: ((16, 0.5), (64, 0.8), (None, 0.85))}}
+# bf16 linear where the AMX path runs (see above); above 128 rows (not measured) the earlier 0.85.
+BREAK_EVEN_SPARSITY_AMX = {"linear": {torch.bfloat16: ((16, 0.5), (128, 0.8), (None, 0.85))}}
 DEFAULT_ROWS = 16  # rows per call "auto" assumes: one sentence / a short prompt at batch 1
 _KERNEL_DTYPES = {"linear": (torch.float32, torch.bfloat16), "conv1x1": (torch.float32,), "conv": ()}
 
