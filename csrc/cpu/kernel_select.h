@@ -135,7 +135,7 @@ inline int64_t csr16_spmm_lanes() {
   return isa == Isa::kAvx512 ? 1 : isa == Isa::kAvx2 ? 8 : 4;
 }
 
-using TransposeFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t);
+using TransposeFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t, int64_t);
 
 inline TransposeFn select_transpose_f32() {
   const Isa isa = selected_isa_id();

@@ -174,11 +174,12 @@ PRUNEKIT_DECLARE_CSR16_SPMM(avx512)
 #undef PRUNEKIT_DECLARE_CSR16_GEMV
 #undef PRUNEKIT_DECLARE_CSR16_SPMM
 
-// ---- fp32 transpose: dst (cols, rows) = src (rows, cols)^T, both contiguous ----
-// Rows [row_begin, row_end) of src become columns [row_begin, row_end) of dst.
-#define PRUNEKIT_DECLARE_TRANSPOSE(isa)                                                                \
-  void transpose_f32_##isa(const float* src, int64_t rows, int64_t cols, float* dst, int64_t row_begin, \
-                           int64_t row_end);
+// ---- fp32 transpose: dst (cols, rows) = src (rows, cols)^T ----
+// Rows [row_begin, row_end) of src (`cols` entries each, rows `ld_src` >= cols apart) become
+// columns [row_begin, row_end) of dst (rows `ld_dst` apart, ld_dst >= row_end).
+#define PRUNEKIT_DECLARE_TRANSPOSE(isa)                                                             \
+  void transpose_f32_##isa(const float* src, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst, \
+                           int64_t row_begin, int64_t row_end);
 PRUNEKIT_DECLARE_TRANSPOSE(scalar)
 PRUNEKIT_DECLARE_TRANSPOSE(avx2)
 PRUNEKIT_DECLARE_TRANSPOSE(avx512)

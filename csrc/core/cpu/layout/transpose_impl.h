@@ -1,4 +1,4 @@
-// fp32 transpose, dst (cols x rows) = src (rows x cols)^T, both contiguous: the layout change
+// fp32 transpose, dst (cols x rows) = src (rows x cols)^T, each with its row stride: the layout change
 // around the SpMM (x -> x^T, y^T -> y), which a strided copy does at a few GB/s because the
 // side written with a stride of `rows` floats maps whole blocks onto a few cache sets.
 // Whole register tiles (16 x 16 on AVX-512, 8 x 8 on AVX2, through a small buffer otherwise),
@@ -84,18 +84,20 @@ inline void transpose_tile(const float* src, int64_t rows, int64_t cols, float* 
 }
 #endif
 
-// Rows [row_begin, row_end) of src into columns [row_begin, row_end) of dst.
-inline void transpose_rows(const float* src, int64_t rows, int64_t cols, float* dst, int64_t row_begin,
-                           int64_t row_end) {
+// Rows [row_begin, row_end) of src (`cols` entries each, `ld_src` apart) into columns
+// [row_begin, row_end) of dst (rows `ld_dst` apart). transpose_tile takes the strides as
+// (rows, cols): the dst stride, then the src stride.
+inline void transpose_rows(const float* src, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst,
+                           int64_t row_begin, int64_t row_end) {
   int64_t r0 = row_begin;
   for (; r0 + kTile <= row_end; r0 += kTile) {
     int64_t c0 = 0;
-    for (; c0 + kTile <= cols; c0 += kTile) transpose_tile(src, rows, cols, dst, r0, c0);
+    for (; c0 + kTile <= cols; c0 += kTile) transpose_tile(src, ld_dst, ld_src, dst, r0, c0);
     for (int64_t r = r0; r < r0 + kTile; ++r)
-      for (int64_t c = c0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+      for (int64_t c = c0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
   }
   for (int64_t r = r0; r < row_end; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
 }
 
 }  // namespace
