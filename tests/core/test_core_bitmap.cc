@@ -149,20 +149,26 @@ void check_variant(const Variant& v, std::mt19937& rng) {
               EXPECT(close(y[b * rows + r], expected));
             }
         }
-        for (int64_t cols_x : {1, 7, 16, 49, 64, 70, 131}) {
-          std::vector<float> x(k * cols_x), y(rows * cols_x, NAN);
-          for (auto& e : x) e = float(rng() % 11) - 5.0f;
-          EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), k,
-                        x.data(), cols_x, cols_x, bias.data(), Activation::kRelu6, y.data(), cols_x, 0,
-                        rows).ok());
-          for (int64_t r = 0; r < rows; ++r)
-            for (int64_t p = 0; p < cols_x; ++p) {
-              float expected = bias[r];
-              for (int64_t c = 0; c < k; ++c) expected += s.dense[r * k + c] * x[c * cols_x + p];
-              expected = expected < 0 ? 0 : expected > 6 ? 6 : expected;
-              EXPECT(close(y[r * cols_x + p], expected));
+        // Row strides equal to the width, and past it (as the linear ops' line-aligned x^T and
+        // y^T): the padding of x is NaN and must not be read, that of y must stay untouched.
+        for (int64_t cols_x : {1, 7, 16, 49, 64, 70, 131})
+          for (int64_t pad : {0, 5}) {
+            const int64_t ld = cols_x + pad;
+            std::vector<float> x(k * ld, NAN), y(rows * ld, NAN);
+            for (int64_t c = 0; c < k; ++c)
+              for (int64_t p = 0; p < cols_x; ++p) x[c * ld + p] = float(rng() % 11) - 5.0f;
+            EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), k, x.data(), ld,
+                          cols_x, bias.data(), Activation::kRelu6, y.data(), ld, 0, rows).ok());
+            for (int64_t r = 0; r < rows; ++r) {
+              for (int64_t p = 0; p < cols_x; ++p) {
+                float expected = bias[r];
+                for (int64_t c = 0; c < k; ++c) expected += s.dense[r * k + c] * x[c * ld + p];
+                expected = expected < 0 ? 0 : expected > 6 ? 6 : expected;
+                EXPECT(close(y[r * ld + p], expected));
+              }
+              for (int64_t p = cols_x; p < ld; ++p) EXPECT(std::isnan(y[r * ld + p]));
             }
-        }
+          }
       }
     }
   }
@@ -299,18 +305,20 @@ std::unique_ptr<uint16_t[]> csr16_columns(const Sparse& s, int64_t rows, int64_t
 // Y = W X + bias for X (k, cols_x): every entry against the dense product.
 void check_csr16_spmm(const Csr16Variant& v, const Sparse& s, const uint16_t* columns, int64_t rows, int64_t k,
                       int64_t cols_x, const std::vector<float>& bias, std::mt19937& rng) {
-  std::unique_ptr<float[]> x(new float[k * cols_x]);
-  for (int64_t i = 0; i < k * cols_x; ++i) x[i] = float(rng() % 11) - 5.0f;
-  const int64_t ldy = cols_x + 3;  // a row stride past the width: the gap must stay untouched
+  // Row strides past the width (as the linear ops' line-aligned x^T and y^T): the NaN gap of x
+  // must not be read, that of y must stay untouched.
+  const int64_t ldx = cols_x + 5, ldy = cols_x + 3;
+  std::unique_ptr<float[]> x(new float[k * ldx]);
+  for (int64_t i = 0; i < k * ldx; ++i) x[i] = i % ldx < cols_x ? float(rng() % 11) - 5.0f : NAN;
   std::vector<float> y(rows * ldy, NAN);
-  EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, columns, s.offsets.data(), k, x.get(), cols_x, cols_x,
+  EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, columns, s.offsets.data(), k, x.get(), ldx, cols_x,
                 bias.data(), y.data(), ldy, 0, rows).ok());
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t p = 0; p < cols_x; ++p) {
       double expected = bias[r], magnitude = 0.0;
       for (int64_t c = 0; c < k; ++c) {
-        expected += double(s.dense[r * k + c]) * x[c * cols_x + p];
-        magnitude += std::fabs(double(s.dense[r * k + c]) * x[c * cols_x + p]);
+        expected += double(s.dense[r * k + c]) * x[c * ldx + p];
+        magnitude += std::fabs(double(s.dense[r * k + c]) * x[c * ldx + p]);
       }
       EXPECT(std::fabs(y[r * ldy + p] - expected) <= 1e-4 * (1.0 + std::fabs(expected)) + 1e-6 * magnitude);
     }
