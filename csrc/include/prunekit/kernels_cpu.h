@@ -74,6 +74,17 @@ namespace prunekit::cpu {
 // Bytes per weight: (1 - sparsity) * element_bytes + 1/8.
 constexpr int64_t kBitmapWordBits = 16;
 inline int64_t bitmap_words(int64_t k) { return (k + kBitmapWordBits - 1) / kBitmapWordBits; }
+// The bits of a row's last bitmap word that may be set: those of columns below k.
+inline uint32_t bitmap_last_word_bits(int64_t k) {
+  return k % kBitmapWordBits ? (uint32_t(1) << (k % kBitmapWordBits)) - 1 : 0xffffu;
+}
+// The SpMMs' check of a row's k-block, `nnz` nonzeros from value `at`: the row's offsets bound
+// every read of the values (`limit`: where the next row starts), and its last block must end the
+// row's span exactly and mark no column past k.
+inline bool bitmap_block_in_span(const uint16_t* row_bitmap, int64_t words, uint32_t last_word_bits, bool last,
+                                 int64_t at, int64_t nnz, int64_t limit) {
+  return at + nnz <= limit && !(last && ((row_bitmap[words - 1] & ~last_word_bits) || at + nnz != limit));
+}
 
 // Pass 1 of compression: bitmap and per-row nonzero counts of rows [row_begin, row_end).
 void bitmap_scan_rows(const void* dense, int element_bytes, bool is_float, int64_t k,

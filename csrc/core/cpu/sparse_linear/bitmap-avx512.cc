@@ -96,7 +96,7 @@ class BitmapRows {
   using Index = int32_t;
   BitmapRows(const uint16_t* bitmap, int64_t k)
       : bitmap_(bitmap), words_(bitmap_words(k)),
-        k_tail_mask_(k % kBitmapWordBits ? __mmask16((1u << (k % kBitmapWordBits)) - 1) : __mmask16(0xffff)) {}
+        last_word_bits_(bitmap_last_word_bits(k)) {}
 
   void prefetch(int64_t r, int64_t c0, int64_t c1, int64_t /*at*/, int64_t /*nonzeros*/) const {
     prefetch_lines(reinterpret_cast<uintptr_t>(bitmap_ + r * words_ + c0 / kBitmapWordBits), (c1 - c0) / 8);
@@ -119,14 +119,13 @@ class BitmapRows {
       nnz += __builtin_popcount(bm[w]);
       index = _mm512_add_epi32(index, word_step);
     }
-    // The offsets bound every read of `values`; a row must use exactly its span.
-    return at + nnz <= limit && !(last && ((bm[words_ - 1] & ~k_tail_mask_) || at + nnz != limit));
+    return bitmap_block_in_span(bm, words_, last_word_bits_, last, at, nnz, limit);
   }
 
  private:
   const uint16_t* bitmap_;
   int64_t words_;
-  __mmask16 k_tail_mask_;
+  uint32_t last_word_bits_;
   std::vector<int32_t> column_;
 };
 

@@ -115,7 +115,7 @@ class BitmapRows {
   using Index = int32_t;
   BitmapRows(const uint16_t* bitmap, int64_t k)
       : bitmap_(bitmap), words_(bitmap_words(k)),
-        k_tail_bits_(k % kBitmapWordBits ? (1u << (k % kBitmapWordBits)) - 1 : 0xffffu) {}
+        last_word_bits_(bitmap_last_word_bits(k)) {}
 
   void prefetch(int64_t r, int64_t c0, int64_t /*at*/) const {
     __builtin_prefetch(bitmap_ + r * words_ + c0 / kBitmapWordBits);
@@ -128,15 +128,13 @@ class BitmapRows {
     if (int64_t(column_.size()) < (w1 - w0) * kBitmapWordBits + 8) column_.resize((w1 - w0) * kBitmapWordBits + 8);
     nnz = decode_block(bm, w0, w1, column_.data());
     column = column_.data();
-    // The offsets bound every read of `values`; a row must use exactly its span and mark no
-    // column past k.
-    return at + nnz <= limit && !(last && ((bm[words_ - 1] & ~k_tail_bits_) || at + nnz != limit));
+    return bitmap_block_in_span(bm, words_, last_word_bits_, last, at, nnz, limit);
   }
 
  private:
   const uint16_t* bitmap_;
   int64_t words_;
-  uint32_t k_tail_bits_;
+  uint32_t last_word_bits_;
   std::vector<int32_t> column_;
 };
 
