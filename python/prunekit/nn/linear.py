@@ -21,9 +21,9 @@ any        dense           any              ``F.linear``
 
 ``format="auto"`` picks, for the module's device and weight (see
 :func:`prunekit.nn.choose_format`): on CPU, at or above the measured break-even sparsity for the
-weight dtype and the rows per call (fp32: 0.5 at <= 4 rows, 0.6 at <= 16, 0.7 above; bf16, whose
+weight dtype and the rows per call (fp32: 0.5 at <= 4 rows, 0.6 at <= 128, 0.7 above; bf16, whose
 dense GEMM runs on AMX: 0.5 at <= 4 rows, 0.85 at <= 16, never above; where prunekit's bf16 path
-runs on AMX too, 0.5 at <= 16 rows and 0.85 above), "2:4" for a valid 2:4
+runs on AMX too, 0.5 at <= 16 rows, 0.8 at <= 128 and 0.85 above), "2:4" for a valid 2:4
 pattern the layout holds, else "unstructured"; otherwise "dense", and always "dense" on CUDA
 (no prunekit sparse GEMM there yet). Explicit formats always compress.
 """
