@@ -47,15 +47,12 @@ def _weight(rows: int, cols: int, sparsity: float, generator: torch.Generator) -
     return weight
 
 
-def _module_bytes(module: nn.Module) -> int:
-    tensors = itertools.chain(module.parameters(), module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def _copies(make, cold_bytes: int) -> list[nn.Module]:
     """Modules from ``make()`` until they hold ``cold_bytes`` in all (at least two)."""
+    from prunekit.surgery import model_bytes
+
     first = make()
-    count = min(MAX_COPIES, max(2, math.ceil(cold_bytes / max(_module_bytes(first), 1))))
+    count = min(MAX_COPIES, max(2, math.ceil(cold_bytes / max(model_bytes(first), 1))))
     return [first] + [make() for _ in range(count - 1)]
 
 
