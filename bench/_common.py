@@ -14,10 +14,11 @@ def write_results(name: str, rows: list[dict], columns: list[str], title: str) -
     return common.write_results(RESULTS_DIR, name, rows, columns, title)
 
 
-def main(family: str, doc: str, extra_arguments=None) -> None:
+def main(family: str, doc: str, extra_arguments=None, variant=None) -> None:
     """The command line shared by bench_<family>.py: --quick, --threads, then run, print a line per
-    row, write results/<NAME>[_quick].{json,md}. ``extra_arguments(parser)`` adds options whose
-    values are passed to the family's run() as keyword arguments."""
+    row, write results/<NAME>[<variant>][_quick].{json,md}. ``extra_arguments(parser)`` adds options
+    whose values are passed to the family's run() as keyword arguments; ``variant(args)`` names
+    results that those options make differ from the default ones ("" for the default)."""
     import argparse
 
     import torch
@@ -33,5 +34,6 @@ def main(family: str, doc: str, extra_arguments=None) -> None:
     torch.set_num_threads(args.threads)
     rows = module.run(args.quick, on_row=lambda row: print(module.describe(row), flush=True),
                       **{name: getattr(args, name) for name in extra})
-    paths = write_results(f"{module.NAME}{'_quick' if args.quick else ''}", rows, module.COLUMNS, module.TITLE)
+    name = f"{module.NAME}{variant(args) if variant else ''}{'_quick' if args.quick else ''}"
+    paths = write_results(name, rows, module.COLUMNS, module.TITLE)
     print("wrote", *paths)

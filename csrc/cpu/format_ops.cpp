@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "kernel_memory.h"
 #include "prunekit/check.h"
 #include "prunekit/format24.h"
 #include "prunekit/format24_checks.h"
@@ -44,8 +45,8 @@ at::Tensor nm_mask_cpu(const at::Tensor& scores, int64_t n, int64_t m) {
 
 std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& dense) {
   const auto shapes = check_compress_24_args(dense);
-  at::Tensor values = at::empty(shapes.values, dense.options());
-  at::Tensor meta = at::empty(shapes.meta, dense.options().dtype(shapes.meta_dtype));
+  at::Tensor values = empty_for_kernels(shapes.values, dense.options());
+  at::Tensor meta = empty_for_kernels(shapes.meta, dense.options().dtype(shapes.meta_dtype));
   const int64_t rows = dense.size(0), k = dense.size(1);
   const int element_bytes = int(dense.element_size());
   const bool is_float = dense.is_floating_point();

@@ -4,8 +4,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <torch/library.h>
 
+#include "kernel_memory.h"
 #include "kernel_select.h"
 #include "prunekit/check.h"
 #include "prunekit/kernels_cpu.h"
@@ -24,6 +26,79 @@ Status run_rows(int64_t rows, int64_t grain, Kernel kernel) {
   FirstError<Status> error;
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { error.record(kernel(begin, end)); });
   return error.get();
+}
+
+// A compressed weight's rows as its kernels see them: `offsets` (rows + 1 entries) bound every
+// kernel read of its `nnz` values.
+struct WeightRows {
+  const int64_t* offsets;
+  int64_t rows;
+  int64_t nnz;
+};
+
+WeightRows weight_rows(const at::Tensor& row_offsets, int64_t nnz) {
+  return {row_offsets.data_ptr<int64_t>(), row_offsets.size(0) - 1, nnz};
+}
+
+// The first and last entry, checked up front with the other arguments.
+void check_row_offset_ends(const char* op, const WeightRows& weight) {
+  const int64_t first = weight.offsets[0], last = weight.offsets[weight.rows];
+  TORCH_CHECK_VALUE(first == 0 && last == weight.nnz, "prunekit.", op,
+                    ": argument 'row_offsets' must start at 0 and end at values.numel()=", weight.nnz,
+                    ", but got ", first, " and ", last, " (truncated or mismatched buffers?)");
+}
+
+// Whether entries [begin, end] (those rows [begin, end) read) are in [0, nnz] and non-decreasing.
+// One branch-free pass (a check per entry cost 0.75 ns a row, this pass 0.35 ns): the top bit of
+// `signs` is set if an entry is outside [0, nnz] or below the one before. Unsigned arithmetic wraps
+// where signed would overflow; with both entries in range neither difference wraps, and an entry
+// out of range sets the bit by itself.
+bool row_offsets_in_order(const WeightRows& weight, int64_t begin, int64_t end) {
+  const int64_t* offsets = weight.offsets;
+  const uint64_t nnz = uint64_t(weight.nnz), first = uint64_t(offsets[begin]);
+  uint64_t signs = first | (nnz - first);
+  for (int64_t r = begin; r < end; ++r) {
+    const uint64_t next = uint64_t(offsets[r + 1]), previous = uint64_t(offsets[r]);
+    signs |= next | (nnz - next) | (next - previous);
+  }
+  return (signs >> 63) == 0;
+}
+
+// Names the first entry out of order; only called once a pass has failed (with the ends at 0 and
+// nnz, an entry out of [0, nnz] implies a decrease).
+[[noreturn]] void raise_row_offsets_error(const char* op, const WeightRows& weight) {
+  const int64_t* offsets = weight.offsets;
+  for (int64_t r = 0; r < weight.rows; ++r) {
+    TORCH_CHECK_VALUE(offsets[r + 1] >= offsets[r], "prunekit.", op,
+                      ": argument 'row_offsets' must be non-decreasing, but entry ", r + 1, " (",
+                      offsets[r + 1], ") is below entry ", r, " (", offsets[r], ")");
+  }
+  check_row_offset_ends(op, weight);
+  TORCH_INTERNAL_ASSERT(false, "prunekit.", op, ": row_offsets check found no failing entry");
+}
+
+// Where no kernel runs, the whole check in one pass.
+void check_row_offsets(const char* op, const WeightRows& weight) {
+  check_row_offset_ends(op, weight);
+  if (!row_offsets_in_order(weight, 0, weight.rows)) raise_row_offsets_error(op, weight);
+}
+
+// run_rows over a compressed weight's rows: each range first checks the row_offsets entries it
+// reads, then runs its kernel. Checking in the ranges' own threads rather than in one pass before
+// takes the pass off the call's serial part, and leaves the offsets in the cache of the core that
+// reads them next (4096^2 at 90%, batch 1, 2 threads: 2-3 of ~190 us).
+template <typename Kernel>
+Status run_weight_rows(const char* op, const WeightRows& weight, int64_t grain, Kernel kernel) {
+  std::atomic<bool> out_of_order{false};
+  const Status status = run_rows(weight.rows, grain, [&](int64_t begin, int64_t end) {
+    if (!row_offsets_in_order(weight, begin, end)) {
+      out_of_order = true;
+      return Status{};
+    }
+    return kernel(begin, end);
+  });
+  if (out_of_order) raise_row_offsets_error(op, weight);
+  return status;
 }
 
 // dst (cols x rows) = src (rows x cols)^T, rows of src `ld_src` apart and of dst `ld_dst` apart:
@@ -46,15 +121,16 @@ void transpose_into(const float* src, int64_t rows, int64_t cols, int64_t ld_src
 //   narrower than one vector in scalar code; 4096^2 at 50% on AVX2, batch 5 26 ms vs batch 8
 //   4.2 ms) the width is the batch rounded up to whole vectors, the extra columns of x^T zero.
 template <typename Spmm>
-Status spmm_through_transpose(const float* x, int64_t batch, int64_t k, int64_t rows, float* out,
-                              const at::TensorOptions& options, int64_t lanes, Spmm spmm) {
+Status spmm_through_transpose(const char* op, const WeightRows& weight, const float* x, int64_t batch, int64_t k,
+                              float* out, const at::TensorOptions& options, int64_t lanes, Spmm spmm) {
+  const int64_t rows = weight.rows;
   constexpr int64_t kLineFloats = 16;
   const int64_t width = (batch + lanes - 1) / lanes * lanes;
   const int64_t stride = (width + kLineFloats - 1) / kLineFloats * kLineFloats;
   at::Tensor xt = width > batch ? at::zeros({k, stride}, options) : at::empty({k, stride}, options);
   transpose_into(x, batch, k, k, xt.data_ptr<float>(), stride);
   at::Tensor yt = at::empty({rows, stride}, options);
-  const Status status = run_rows(rows, 8, [&](int64_t begin, int64_t end) {
+  const Status status = run_weight_rows(op, weight, 8, [&](int64_t begin, int64_t end) {
     return spmm(xt.data_ptr<float>(), width, stride, yt.data_ptr<float>(), begin, end);
   });
   if (!status.ok()) return status;
@@ -69,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_bitmap(const at::Tensor&
   check_contiguous(dense, op, "dense");
   check_nonempty(dense, op, "dense");
   const int64_t rows = dense.size(0), k = dense.size(1);
-  at::Tensor bitmap = at::empty({rows, cpu::bitmap_words(k)}, dense.options().dtype(at::kShort));
+  at::Tensor bitmap = empty_for_kernels({rows, cpu::bitmap_words(k)}, dense.options().dtype(at::kShort));
   at::Tensor row_nnz = at::empty({rows}, dense.options().dtype(at::kLong));
   auto* bits = reinterpret_cast<uint16_t*>(bitmap.data_ptr<int16_t>());
   const int element_bytes = int(dense.element_size());
@@ -78,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_bitmap(const at::Tensor&
   });
   at::Tensor row_offsets = at::zeros({rows + 1}, row_nnz.options());
   row_offsets.narrow(0, 1, rows).copy_(row_nnz.cumsum(0));
-  at::Tensor values = at::empty({row_offsets[rows].item<int64_t>()}, dense.options());
+  at::Tensor values = empty_for_kernels({row_offsets[rows].item<int64_t>()}, dense.options());
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     cpu::bitmap_pack_rows(dense.data_ptr(), element_bytes, k, bits, row_offsets.data_ptr<int64_t>(),
                           values.data_ptr(), begin, end);
@@ -95,35 +171,9 @@ void check_weight_tensor(const char* op, const at::Tensor& t, const char* arg,
   TORCH_CHECK(t.device().is_cpu(), "prunekit.", op, ": the compressed weight must be on the CPU, but got ", t.device());
 }
 
-// O(rows): the offsets bound every kernel read of values.
-void check_row_offsets(const char* op, const at::Tensor& row_offsets, int64_t nnz) {
-  const int64_t rows = row_offsets.size(0) - 1;
-  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
-  TORCH_CHECK_VALUE(offsets[0] == 0 && offsets[rows] == nnz, "prunekit.", op,
-                    ": argument 'row_offsets' must start at 0 and end at values.numel()=", nnz,
-                    ", but got ", offsets[0], " and ", offsets[rows], " (truncated or mismatched buffers?)");
-  // One branch-free pass (a check per entry cost 0.75 ns a row: 2.6 of ~200 us for a 4096-row
-  // GEMV at 90%; this pass 0.35 ns): the top bit of `signs` is set if an entry is outside [0, nnz]
-  // or below the one before. Unsigned arithmetic wraps where signed would overflow; with both
-  // entries in range neither difference wraps, and an entry out of range sets the bit by itself.
-  // The failing entry is looked up only on error.
-  uint64_t signs = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint64_t next = uint64_t(offsets[r + 1]), previous = uint64_t(offsets[r]);
-    signs |= next | (uint64_t(nnz) - next) | (next - previous);
-  }
-  if ((signs >> 63) == 0) return;
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK_VALUE(offsets[r + 1] >= offsets[r], "prunekit.", op,
-                      ": argument 'row_offsets' must be non-decreasing, but entry ", r + 1, " (",
-                      offsets[r + 1], ") is below entry ", r, " (", offsets[r], ")");
-  }
-  // Unreachable: with the ends at 0 and nnz, an entry out of [0, nnz] implies a decrease.
-  TORCH_INTERNAL_ASSERT(false, "prunekit.", op, ": row_offsets check found no failing entry");
-}
-
-// Checks the format's tensors against each other; returns (rows, k) of the dense weight.
-std::pair<int64_t, int64_t> check_bitmap_weight(const char* op, const at::Tensor& values,
+// Checks the format's tensors against each other (the row_offsets entries between the ends are
+// checked where the rows run); returns the weight's rows and k, its dense columns.
+std::pair<WeightRows, int64_t> check_bitmap_weight(const char* op, const at::Tensor& values,
                                                 const at::Tensor& bitmap,
                                                 const at::Tensor& row_offsets, int64_t k) {
   check_weight_tensor(op, values, "values", {at::kFloat, at::kBFloat16}, 1);
@@ -141,8 +191,9 @@ std::pair<int64_t, int64_t> check_bitmap_weight(const char* op, const at::Tensor
   TORCH_CHECK_VALUE(row_offsets.size(0) == rows + 1, "prunekit.", op,
                     ": argument 'row_offsets' must have ", rows + 1, " entries (rows + 1), but got ",
                     row_offsets.size(0));
-  check_row_offsets(op, row_offsets, values.numel());
-  return {rows, k};
+  const WeightRows weight = weight_rows(row_offsets, values.numel());
+  check_row_offset_ends(op, weight);
+  return {weight, k};
 }
 
 void check_status(const Status& status, const char* op, int64_t k) {
@@ -153,9 +204,9 @@ void check_status(const Status& status, const char* op, int64_t k) {
 
 // Runs the bitmap check alone: where no kernel runs (an empty batch or image), a corrupt weight
 // is still an error, as it is for every other input.
-void validate_bitmap(const char* op, const uint16_t* bits, const int64_t* offsets, int64_t rows, int64_t k) {
-  check_status(run_rows(rows, 64, [&](int64_t begin, int64_t end) {
-                 return cpu::bitmap_validate_rows(bits, offsets, k, begin, end);
+void validate_bitmap(const char* op, const uint16_t* bits, const WeightRows& weight, int64_t k) {
+  check_status(run_weight_rows(op, weight, 64, [&](int64_t begin, int64_t end) {
+                 return cpu::bitmap_validate_rows(bits, weight.offsets, k, begin, end);
                }),
                op, k);
 }
@@ -163,10 +214,10 @@ void validate_bitmap(const char* op, const uint16_t* bits, const int64_t* offset
 at::Tensor decompress_bitmap(const at::Tensor& values, const at::Tensor& bitmap,
                              const at::Tensor& row_offsets, int64_t cols) {
   constexpr const char* op = "decompress_bitmap";
-  const auto [rows, k] = check_bitmap_weight(op, values, bitmap, row_offsets, cols);
+  const auto [weight, k] = check_bitmap_weight(op, values, bitmap, row_offsets, cols);
   const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
-  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
-  validate_bitmap(op, bits, offsets, rows, k);
+  const int64_t rows = weight.rows, *offsets = weight.offsets;
+  validate_bitmap(op, bits, weight, k);  // checks the offsets too
   at::Tensor dense = at::empty({rows, k}, values.options());
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     cpu::bitmap_unpack_rows(values.data_ptr(), int(values.element_size()), bits, offsets, k,
@@ -217,16 +268,16 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
                          const at::Tensor& row_offsets, int64_t in_features,
                          const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse_linear";
-  const auto [rows, k] = check_bitmap_weight(op, values, bitmap, row_offsets, in_features);
+  const auto [weight, k] = check_bitmap_weight(op, values, bitmap, row_offsets, in_features);
+  const int64_t rows = weight.rows, *offsets = weight.offsets;
   const auto [batch, out_shape] = check_linear_input(op, x, k, rows);
   const at::Tensor bias32 = bias_as_float(bias, rows, op);
   const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
   // fp32 sums; the AMX path writes x's bf16 itself.
   const auto float_output = [&] { return at::empty(out_shape, x.options().dtype(at::kFloat)); };
   const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
-  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
   if (batch == 0) {
-    validate_bitmap(op, bits, offsets, rows, k);
+    validate_bitmap(op, bits, weight, k);
     return at::empty(out_shape, x.options());
   }
   const auto type = value_type(values);
@@ -239,7 +290,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>());
     const auto* value_bits = reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>());
     at::Tensor out = float_output();
-    status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
+    status = run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) {
       return gemv_bf16(value_bits, bits, offsets, rows, k, x_bits, batch, bias_ptr, out.data_ptr<float>(), begin, end);
     });
     check_status(status, op, k);
@@ -260,7 +311,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     });
     const auto* value_bits = reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>());
     at::Tensor out = at::empty(out_shape, x.options());  // bf16, rounded in the kernel as torch rounds
-    status = run_rows(rows, 32, [&](int64_t begin, int64_t end) {
+    status = run_weight_rows(op, weight, 32, [&](int64_t begin, int64_t end) {
       return cpu::bitmap_spmm_bf16_amx(value_bits, bits, offsets, rows, k, packed_bits, batch, bias_ptr,
                                        out.data_ptr(), cpu::ValueType::kBFloat16, begin, end);
     });
@@ -272,14 +323,14 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
   at::Tensor out = float_output();
   if (batch <= cpu::kGemvMaxBatch) {
     const auto gemv = cpu::select_bitmap_gemv();
-    status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
+    status = run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) {
       return gemv(values.data_ptr(), type, bits, offsets, rows, k, x32.data_ptr<float>(), batch,
                   bias_ptr, out.data_ptr<float>(), begin, end);
     });
   } else {
     const auto spmm = cpu::select_bitmap_spmm();
     status = spmm_through_transpose(
-        x32.data_ptr<float>(), batch, k, rows, out.data_ptr<float>(), out.options(), cpu::bitmap_spmm_lanes(),
+        op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), cpu::bitmap_spmm_lanes(),
         [&](const float* xt, int64_t width, int64_t stride, float* yt, int64_t begin, int64_t end) {
           return spmm(values.data_ptr(), type, bits, offsets, k, xt, stride, width, bias_ptr, cpu::Activation::kNone,
                       yt, stride, begin, end);
@@ -304,15 +355,15 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   const int64_t k = in_features;
   TORCH_CHECK_VALUE(k >= 1 && k <= cpu::kCsr16MaxColumns, "prunekit.", op, ": argument 'in_features' must be in [1, ",
                     cpu::kCsr16MaxColumns, "] (16-bit column indices), but got ", k);
-  check_row_offsets(op, row_offsets, values.numel());
-  const int64_t rows = row_offsets.size(0) - 1;
+  const WeightRows weight = weight_rows(row_offsets, values.numel());
+  check_row_offset_ends(op, weight);
+  const int64_t rows = weight.rows, *offsets = weight.offsets;
   const auto [batch, out_shape] = check_linear_input(op, x, k, rows);
   const at::Tensor bias32 = bias_as_float(bias, rows, op);
   const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
   at::Tensor out = at::empty(out_shape, x.options().dtype(at::kFloat));
   const at::Tensor x32 = contiguous_as(x, at::kFloat);
   const auto* indices = reinterpret_cast<const uint16_t*>(col_indices.data_ptr<int16_t>());
-  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
   const auto type = value_type(values);
   const auto corrupt = [&](int64_t row) {  // a corrupt row has an index past k, so it is not empty
     const int64_t highest = *std::max_element(indices + offsets[row], indices + offsets[row + 1]);
@@ -326,14 +377,15 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
     if (!status.ok()) corrupt(status.row);
   };
   if (batch == 0) {
-    // No products to compute, but an index past k is an error here as at any other batch.
-    const int64_t nnz = values.numel();
+    // No products to compute, but a corrupt weight is an error here as at any other batch.
+    check_row_offsets(op, weight);
+    const int64_t nnz = weight.nnz;
     const int64_t first_bad = std::find_if(indices, indices + nnz, [&](uint16_t c) { return c >= k; }) - indices;
     if (first_bad < nnz) corrupt(std::upper_bound(offsets, offsets + rows + 1, first_bad) - offsets - 1);
   } else if (batch <= cpu::csr16_gemv_max_batch()) {
     // One pass over the weight, each nonzero's x gathered for every batch row.
     const auto gemv = cpu::select_csr16_gemv();
-    const Status status = run_rows(rows, 16, [&](int64_t begin, int64_t end) {
+    const Status status = run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) {
       return gemv(values.data_ptr(), type, indices, offsets, rows, k, x32.data_ptr<float>(), batch, bias_ptr,
                   out.data_ptr<float>(), begin, end);
     });
@@ -342,7 +394,7 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
     // Larger batches: the SpMM on x^T, each nonzero broadcast against a row of batch entries.
     const auto spmm = cpu::select_csr16_spmm();
     raise_if_failed(spmm_through_transpose(
-        x32.data_ptr<float>(), batch, k, rows, out.data_ptr<float>(), out.options(), cpu::csr16_spmm_lanes(),
+        op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), cpu::csr16_spmm_lanes(),
         [&](const float* xt, int64_t width, int64_t stride, float* yt, int64_t begin, int64_t end) {
           return spmm(values.data_ptr(), type, indices, offsets, k, xt, stride, width, bias_ptr, yt, stride, begin, end);
         }));
@@ -359,7 +411,8 @@ at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const a
   check_contiguous(x, op, "x");
   TORCH_CHECK(x.device().is_cpu(), "prunekit.", op, ": argument 'x' must be on the CPU, but got ", x.device());
   const int64_t channels = x.size(1);
-  const auto [rows, k] = check_bitmap_weight(op, values, bitmap, row_offsets, channels);
+  const auto [weight, k] = check_bitmap_weight(op, values, bitmap, row_offsets, channels);
+  const int64_t rows = weight.rows, *offsets = weight.offsets;
   TORCH_CHECK_VALUE(activation >= 0 && activation <= 2, "prunekit.", op,
                     ": argument 'activation' must be 0 (none), 1 (relu) or 2 (relu6), but got ",
                     activation);
@@ -368,9 +421,8 @@ at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const a
   const int64_t images = x.size(0), pixels = x.size(2) * x.size(3);
   at::Tensor out = at::empty({images, rows, x.size(2), x.size(3)}, x.options());
   const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
-  const int64_t* offsets = row_offsets.data_ptr<int64_t>();
   if (out.numel() == 0) {
-    validate_bitmap(op, bits, offsets, rows, k);
+    validate_bitmap(op, bits, weight, k);
     return out;
   }
   const auto spmm = cpu::select_bitmap_spmm();
@@ -378,7 +430,7 @@ at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const a
   for (int64_t image = 0; image < images; ++image) {
     const float* in = x.data_ptr<float>() + image * channels * pixels;
     float* result = out.data_ptr<float>() + image * rows * pixels;
-    check_status(run_rows(rows, 4, [&](int64_t begin, int64_t end) {
+    check_status(run_weight_rows(op, weight, 4, [&](int64_t begin, int64_t end) {
                    return spmm(values.data_ptr(), type, bits, offsets, k, in, pixels, pixels, bias_ptr,
                                cpu::Activation(activation), result, pixels, begin, end);
                  }),

@@ -230,6 +230,37 @@ def test_bad_inputs_are_clear_errors(isa):
         ops.sparse_conv1x1(torch.randn(40, 2, 2), values, bitmap, row_offsets)
 
 
+@pytest.mark.parametrize("bad_row", [5, 150, 299])  # in the first, a middle and the last row range
+def test_row_offsets_out_of_order_are_named_on_every_path(isa, bad_row):
+    # Each thread checks the offsets of its own rows before its kernel reads values through them:
+    # a decrease anywhere, in any thread's rows, is the same clear error on every path.
+    weight = sparse_weight(300, 48, 0.5, torch.float32)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    shuffled = row_offsets.clone()
+    shuffled[bad_row] = shuffled[bad_row + 1] + 1
+    message = rf"'row_offsets' must be non-decreasing, but entry {bad_row + 1} \(\d+\) is below entry {bad_row} "
+    threads = torch.get_num_threads()
+    try:
+        for num_threads in sorted({1, 2, threads}):
+            torch.set_num_threads(num_threads)
+            for batch, dtype in itertools.product((0, 1, 4, 9, 130), (torch.float32, torch.bfloat16)):
+                with pytest.raises(ValueError, match=message):
+                    ops.sparse_linear(torch.randn(batch, 48).to(dtype), values.to(dtype), bitmap, shuffled, 48)
+            for images in (0, 1, 3):
+                with pytest.raises(ValueError, match=message):
+                    ops.sparse_conv1x1(torch.randn(images, 48, 3, 3), values, bitmap, shuffled)
+            with pytest.raises(ValueError, match=message):
+                ops.decompress_bitmap(values, bitmap, shuffled, 48)
+            csr16 = Csr16Weight.from_dense(weight)
+            shuffled16 = csr16.row_offsets.clone()
+            shuffled16[bad_row] = shuffled16[bad_row + 1] + 1
+            for batch in (0, 1, 4, 9, 130):
+                with pytest.raises(ValueError, match=message):
+                    ops.sparse_linear_csr16(torch.randn(batch, 48), csr16.values, csr16.col_indices, shuffled16, 48)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_meta_argument_with_cpu_ones_is_a_clear_error():
     # A meta tensor sends the call to the fake impl; it must not hand back an unwritten CPU tensor.
     weight = BitmapWeight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))

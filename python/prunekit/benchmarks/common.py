@@ -4,6 +4,7 @@ speed-up summaries and result files (JSON with the machine + a Markdown table)."
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import math
 import os
@@ -22,6 +23,40 @@ def time_ms(fn: Callable[[], object], min_run_time: float = 0.5) -> float:
 
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+DEFAULT_CACHE_BYTES = 64 << 20  # where the machine does not report its caches
+
+
+def largest_cache_bytes() -> int:
+    """The size of the largest CPU cache the machine reports (Linux sysfs: the last-level cache,
+    480 MiB on this project's shared VMs); :data:`DEFAULT_CACHE_BYTES` where it reports none."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text[:-1].isdigit() and text[-1] in units:
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=DEFAULT_CACHE_BYTES)
+
+
+def cold_copies(make: Callable[[], object], nbytes: int, cache_bytes: int | None = None,
+                max_copies: int = 1024) -> Callable[[], object]:
+    """XNNPACK's cold-cache rotation: copies from ``make()`` (each ``nbytes``) until together they
+    exceed the largest cache (``cache_bytes``, default :func:`largest_cache_bytes`), at least two
+    and at most ``max_copies`` (weights under ~0.5 MiB then stay partly cached); returns a function
+    that hands them out in turn. A timed function that takes its weight from it
+    reads the weight from memory on every call, as a model's forward does (a model's weights do not
+    fit in any cache, and a weight reused call after call stays partly in a shared last-level cache
+    as far as the machine's other load leaves it room, so that results vary from day to day)."""
+    cache_bytes = largest_cache_bytes() if cache_bytes is None else cache_bytes
+    count = min(max_copies, max(2, cache_bytes // max(nbytes, 1) + 1))
+    return itertools.cycle([make() for _ in range(count)]).__next__
 
 
 def cpu_name() -> str:

@@ -6,6 +6,15 @@ pattern's sparsity, else prunekit.ops.sparse_linear's bitmap kernels), dense F.l
 dtype, and torch.sparse.mm on a CSR weight (fp32), the speed-ups, effective (dense-equivalent)
 and actual GFLOP/s, and at batch 1 the weight bandwidth in GB/s (bytes of the compressed weight
 per call).
+
+Weights are cold by default (``weights="cold"``): each call of every contestant reads another copy
+of its weight, the copies together larger than the last-level cache
+(:func:`~prunekit.benchmarks.common.cold_copies`), so batch 1 streams its weight from memory as
+decoding does. prunekit's compressed weights are placed as SparseLinear's own are (2 MiB aligned,
+on huge pages as far as the OS allows: :mod:`prunekit._huge_pages`); torch's dense and CSR
+weights as torch allocates them. ``weights="warm"`` reuses one copy, which then stays partly in the cache: on this
+project's shared VMs (480 MiB of last-level cache) 4096^2 fp32 dense F.linear then takes ~1.2 ms
+instead of ~1.95, and how much of the weight stays depends on the machine's other load.
 """
 
 from __future__ import annotations
@@ -16,17 +25,19 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .._huge_pages import aligned_copy
 from .._names import dtype_name
-from .common import compare_ms, progress_bar, summarize_speedups, time_ms
+from .common import cold_copies, compare_ms, progress_bar, summarize_speedups, time_ms
 from .shapes import LLAMA_7B, SMALL_LINEAR
 
 QUICK = "one small shape, batches 1 and 16, short timings"
 NAME = "linear_cpu"
 TITLE = "Sparse linear vs dense F.linear and torch CSR (CPU)"
-COLUMNS = ["shape", "dtype", "pattern", "batch", "kernel", "prunekit_ms", "dense_ms", "csr_ms", "speedup_vs_dense",
+COLUMNS = ["shape", "dtype", "pattern", "batch", "weights", "kernel", "prunekit_ms", "dense_ms", "csr_ms", "speedup_vs_dense",
            "speedup_vs_csr", "effective_gflops", "actual_gflops", "weight_GB_s"]
 PATTERNS = ("50%", "90%", "2:4")
 DTYPES = (torch.float32, torch.bfloat16)
+WEIGHTS = ("cold", "warm")
 
 
 def pattern_sparsity(pattern: str) -> float:
@@ -51,16 +62,36 @@ def make_weight(rows: int, cols: int, pattern: str, dtype: torch.dtype, generato
     return dense, BitmapWeight.from_dense(dense)
 
 
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def kernel_copy(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """A copy of a compressed weight's tensors placed as SparseLinear's own are (2 MiB aligned, on
+    huge pages as far as the OS allows: :mod:`prunekit._huge_pages`)."""
+    return tuple(aligned_copy(t) for t in tensors)
+
+
 def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patterns=PATTERNS, dtypes=DTYPES,
-        min_run_time: float | None = None, csr: bool = True, rounds: int = 1, progress: bool = False,
-        on_row=None) -> list[dict]:
+        min_run_time: float | None = None, csr: bool = True, rounds: int = 1, weights: str = "cold",
+        progress: bool = False, on_row=None) -> list[dict]:
     """One row per (shape, dtype, pattern, batch). ``quick``: one small shape, batches 1 and 16,
     short timings. ``csr=False`` leaves out torch's CSR baseline. ``rounds`` > 1 times prunekit
     and the baselines alternately in that many rounds and keeps each one's best
-    (:func:`~prunekit.benchmarks.common.compare_ms`, for busy machines)."""
+    (:func:`~prunekit.benchmarks.common.compare_ms`, for busy machines). ``weights``: "cold"
+    (every call reads another copy of its weight, from memory) or "warm" (one copy, reused)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"bench linear: weights must be one of {', '.join(WEIGHTS)}, but got {weights!r}")
     from prunekit import ops
     from prunekit.formats import Csr16Weight
     from prunekit.nn._sparse import CSR16_MIN_SPARSITY, csr16_choices, csr16_runs, csr16_table
+
+    def weight_source(original, clone, nbytes: int):
+        """What each call reads its weight from: one copy (warm) or the next of its cold copies."""
+        if weights == "warm":
+            one = clone(original)
+            return lambda: one
+        return cold_copies(lambda: clone(original), nbytes)
 
     shapes = shapes or (SMALL_LINEAR if quick else LLAMA_7B)
     batches = batches or ((1, 16) if quick else (1, 16, 128))
@@ -75,20 +106,32 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
             csr16 = (Csr16Weight.from_bitmap(weight) if pattern != "2:4" and pattern_sparsity(pattern) >= CSR16_MIN_SPARSITY
                      else None)
             csr_weight = dense.float().to_sparse_csr() if csr and dtype == torch.float32 and pattern != "2:4" else None
+            # The kernel SparseLinear runs for this weight at each batch.
+            sparsity = 1.0 - weight.values.numel() / (out_features * in_features)
+            choices = csr16_choices(sparsity, csr16_table(dtype))
+            kernels = {batch: "csr16" if csr16 is not None and csr16_runs(batch, choices) else "bitmap"
+                       for batch in batches}
+            sources = {}  # the last case's copies go first
+            sources["dense"] = weight_source(dense, torch.Tensor.clone, tensor_bytes(dense))
+            if "csr16" in kernels.values():
+                sources["csr16"] = weight_source((csr16.values, csr16.col_indices, csr16.row_offsets), kernel_copy,
+                                                 csr16.nbytes())
+            if "bitmap" in kernels.values():
+                sources["bitmap"] = weight_source((weight.values, weight.bitmap, weight.row_offsets), kernel_copy,
+                                                  weight.nbytes())
+            if csr_weight is not None:
+                sources["csr"] = weight_source(csr_weight, torch.Tensor.clone, tensor_bytes(
+                    csr_weight.values(), csr_weight.col_indices(), csr_weight.crow_indices()))
             for batch in batches:
                 x = torch.randn(batch, in_features, generator=generator).to(dtype)
-                # The kernel SparseLinear runs for this weight and input.
-                sparsity = 1.0 - weight.values.numel() / (out_features * in_features)
-                runs_csr16 = csr16 is not None and csr16_runs(batch, csr16_choices(sparsity, csr16_table(dtype)))
-                kernel = "csr16" if runs_csr16 else "bitmap"
+                kernel = kernels[batch]
                 if kernel == "csr16":
-                    sparse = lambda: ops.sparse_linear_csr16(x, csr16.values, csr16.col_indices, csr16.row_offsets,
-                                                             in_features)
+                    sparse = lambda: ops.sparse_linear_csr16(x, *sources["csr16"](), in_features)
                 else:
-                    sparse = lambda: ops.sparse_linear(x, weight.values, weight.bitmap, weight.row_offsets, in_features)
-                fns = {"sparse": sparse, "dense": lambda: F.linear(x, dense)}
+                    sparse = lambda: ops.sparse_linear(x, *sources["bitmap"](), in_features)
+                fns = {"sparse": sparse, "dense": lambda: F.linear(x, sources["dense"]())}
                 if csr_weight is not None:
-                    fns["csr"] = lambda: torch.sparse.mm(csr_weight, x.T)
+                    fns["csr"] = lambda: torch.sparse.mm(sources["csr"](), x.T)
                 if rounds > 1:
                     times = compare_ms(fns, min_run_time, rounds)
                 else:
@@ -98,7 +141,7 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
                 nnz = weight.values.numel()
                 row = {
                     "shape": name, "dtype": dtype_name(dtype), "pattern": pattern,
-                    "sparsity": pattern_sparsity(pattern), "batch": batch, "kernel": kernel,
+                    "sparsity": pattern_sparsity(pattern), "batch": batch, "weights": weights, "kernel": kernel,
                     "prunekit_ms": sparse_ms, "dense_ms": dense_ms, "csr_ms": csr_ms,
                     "speedup_vs_dense": dense_ms / sparse_ms,
                     "speedup_vs_csr": csr_ms / sparse_ms if csr_ms else None,

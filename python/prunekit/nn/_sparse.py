@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .._huge_pages import aligned_copy, use_huge_pages
 from .._names import dtype_name
 from ..formats.bitmap import bitmap_mask, check_bitmap_tensors, from_semi24
 from ..formats.csr16 import MAX_COLUMNS as CSR16_MAX_COLUMNS
@@ -387,10 +388,12 @@ class SparseWeightModule(nn.Module):
               and self.values.dtype in _KERNEL_VALUE_DTYPES and self.cols <= CSR16_MAX_COLUMNS):
             sparsity = self.sparsity  # a count of the nonzeros: once
             if sparsity >= CSR16_MIN_SPARSITY:
-                self.runtime_col_indices = column_indices(self.bitmap, self.cols)
+                self.runtime_col_indices = aligned_copy(column_indices(self.bitmap, self.cols))
                 # Where the forward runs it, per x dtype (this CPU's thresholds, resolved once).
                 self._csr16_choices = {dtype: csr16_choices(sparsity, csr16_table(dtype))
                                        for dtype in _KERNEL_VALUE_DTYPES}
+        if device.type == "cpu":  # the state the CPU kernels stream, wherever it was allocated
+            use_huge_pages(self.values, *(self._buffers.get(key) for key in ("bitmap", "runtime_bitmap")))
 
     def _apply(self, fn, recurse=True):
         for key in self._RUNTIME:
