@@ -6,14 +6,14 @@ weight (fp32), the speed-ups, effective (dense-equivalent) and actual GFLOP/s, a
 the weight bandwidth in GB/s (bytes of the compressed weight per call). The logic lives in
 prunekit.benchmarks.linear (also run by `prunekit bench`).
 
-    python bench/bench_linear.py [--quick] [--threads N] [--rounds R] [--weights cold|warm]
-    # writes bench/results/linear_cpu[_warm][_quick].{json,md}
+    python bench/bench_linear.py [--quick] [--threads N] [--rounds R] [--weights warm|cold]
+    # writes bench/results/linear_cpu[_cold][_quick].{json,md}
 
 --rounds R times prunekit and the baselines alternately R times and keeps each one's best (on a
-shared, noisy machine the recorded tables use R = 2). --weights: cold (default) gives every call
-another copy of its weight, the copies together larger than the last-level cache, so that batch 1
-reads its weight from memory as decoding does; warm reuses one copy, which stays in the cache as
-far as the machine's other load leaves it room.
+shared, noisy machine the recorded tables use R = 2). --weights: warm (default) reuses one copy of
+each weight, which stays in the caches as far as the machine's other load leaves it room; cold
+gives every call another copy, the copies together larger than the last-level cache, so that
+batch 1 reads its weight from memory, as decoding a model larger than the caches does.
 """
 
 from _common import main
@@ -22,10 +22,10 @@ from _common import main
 
 def arguments(parser) -> list[str]:
     parser.add_argument("--rounds", type=int, default=1, help="alternating timing rounds, best kept")
-    parser.add_argument("--weights", choices=("cold", "warm"), default="cold",
-                        help="a copy of the weight per call, from memory (cold), or one copy reused (warm)")
+    parser.add_argument("--weights", choices=("warm", "cold"), default="warm",
+                        help="one copy of each weight, reused (warm), or another copy per call, from memory (cold)")
     return ["rounds", "weights"]
 
 
 if __name__ == "__main__":
-    main("linear", __doc__, arguments, variant=lambda args: "_warm" if args.weights == "warm" else "")
+    main("linear", __doc__, arguments, variant=lambda args: "_cold" if args.weights == "cold" else "")

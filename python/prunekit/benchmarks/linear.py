@@ -7,14 +7,17 @@ dtype, and torch.sparse.mm on a CSR weight (fp32), the speed-ups, effective (den
 and actual GFLOP/s, and at batch 1 the weight bandwidth in GB/s (bytes of the compressed weight
 per call).
 
-Weights are cold by default (``weights="cold"``): each call of every contestant reads another copy
-of its weight, the copies together larger than the last-level cache
-(:func:`~prunekit.benchmarks.common.cold_copies`), so batch 1 streams its weight from memory as
-decoding does. prunekit's compressed weights are placed as SparseLinear's own are (2 MiB aligned,
-on huge pages as far as the OS allows: :mod:`prunekit._huge_pages`); torch's dense and CSR
-weights as torch allocates them. ``weights="warm"`` reuses one copy, which then stays partly in the cache: on this
-project's shared VMs (480 MiB of last-level cache) 4096^2 fp32 dense F.linear then takes ~1.2 ms
-instead of ~1.95, and how much of the weight stays depends on the machine's other load.
+``weights="warm"`` (the default) gives every call of a contestant the same copy of its weight,
+which stays in the caches as far as they and the machine's other load leave it room;
+``weights="cold"`` gives every call another copy, the copies together larger than the last-level
+cache (:func:`~prunekit.benchmarks.common.cold_copies`), so that batch 1 streams its weight from
+memory, as decoding a model larger than the caches does. On this project's shared VMs (480 MiB of
+last-level cache) 4096^2 fp32 dense F.linear takes ~1.2 ms warm and ~2.1 ms cold, and how much of
+a warm weight stays cached depends on the other load on the machine.
+
+prunekit's compressed weights are placed as SparseLinear's own are (2 MiB aligned, on huge pages
+as far as the OS allows: :mod:`prunekit._huge_pages`); torch's dense and CSR weights as torch
+allocates them.
 """
 
 from __future__ import annotations
@@ -73,13 +76,13 @@ def kernel_copy(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 
 
 def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patterns=PATTERNS, dtypes=DTYPES,
-        min_run_time: float | None = None, csr: bool = True, rounds: int = 1, weights: str = "cold",
+        min_run_time: float | None = None, csr: bool = True, rounds: int = 1, weights: str = "warm",
         progress: bool = False, on_row=None) -> list[dict]:
     """One row per (shape, dtype, pattern, batch). ``quick``: one small shape, batches 1 and 16,
     short timings. ``csr=False`` leaves out torch's CSR baseline. ``rounds`` > 1 times prunekit
     and the baselines alternately in that many rounds and keeps each one's best
-    (:func:`~prunekit.benchmarks.common.compare_ms`, for busy machines). ``weights``: "cold"
-    (every call reads another copy of its weight, from memory) or "warm" (one copy, reused)."""
+    (:func:`~prunekit.benchmarks.common.compare_ms`, for busy machines). ``weights``: "warm"
+    (one copy of each weight, reused) or "cold" (every call reads another copy, from memory)."""
     if weights not in WEIGHTS:
         raise ValueError(f"bench linear: weights must be one of {', '.join(WEIGHTS)}, but got {weights!r}")
     from prunekit import ops
