@@ -19,9 +19,11 @@ namespace {
 
 // The value stream's next reads are data dependent (each word advances by its popcount), and the
 // hardware prefetchers run too short a distance ahead of them: prefetch this far ahead in
-// software (measured best at 6-8 KiB on a 2-core Xeon VM; shorter distances leave the 50% and 2:4
-// GEMV waiting on memory).
-constexpr int64_t kValuePrefetchBytes = 8192;
+// software. 4096^2 at 50% and 2:4, fp32, batch 1, 2 threads, on a 2-core Xeon VM: with the weight
+// in the (shared, 480 MiB) last-level cache 4 to 8 KiB do equally well (2 KiB and less leave the
+// GEMV waiting); with the weight coming from memory 4 KiB takes ~1.45-1.5 ms, 8 KiB ~1.6, 16 and
+// 32 KiB ~1.65 (the line fill buffers, not the distance, bound how much is in flight).
+constexpr int64_t kValuePrefetchBytes = 4096;
 
 template <bool kFloat32>
 inline __m512 expand_values(const void* values, int64_t offset, __mmask16 mask) {
