@@ -103,6 +103,66 @@ inline float lane_sum(__m128 v) {
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// A row's walk on AVX-512: its sums in two chains of vector multiply-adds per batch row, and
+// whether every index so far was below k (lanes past k are masked out of the gather, so nothing
+// out of bounds is read). Free functions on the caller's named locals: GCC keeps those of two rows
+// in registers.
+template <int B>
+struct Csr16Sums {
+  __m512 even[B], odd[B];
+  __mmask16 inside;
+};
+
+template <int B>
+[[gnu::always_inline]] inline void start_sums(Csr16Sums<B>& s) {
+  for (int b = 0; b < B; ++b) s.even[b] = s.odd[b] = _mm512_setzero_ps();
+  s.inside = 0xffff;
+}
+
+// Nonzeros [i, i + 64).
+template <int B, ValueType T>
+[[gnu::always_inline]] inline void sixty_four_nonzeros(Csr16Sums<B>& s, const void* values, const uint16_t* col_indices,
+                                                       int64_t i, int64_t k, const float* x) {
+  const __mmask16 all = 0xffff;
+  const __m512i limit = _mm512_set1_epi32(int32_t(k));
+  prefetch_ahead<T>(values, col_indices, i);
+  const __m512 w0 = sixteen_values<T>(values, i, all), w1 = sixteen_values<T>(values, i + 16, all);
+  const __m512 w2 = sixteen_values<T>(values, i + 32, all), w3 = sixteen_values<T>(values, i + 48, all);
+  const __m512i c0 = sixteen_columns(col_indices, i, all), c1 = sixteen_columns(col_indices, i + 16, all);
+  const __m512i c2 = sixteen_columns(col_indices, i + 32, all), c3 = sixteen_columns(col_indices, i + 48, all);
+  const __mmask16 m0 = _mm512_cmplt_epu32_mask(c0, limit), m1 = _mm512_cmplt_epu32_mask(c1, limit);
+  const __mmask16 m2 = _mm512_cmplt_epu32_mask(c2, limit), m3 = _mm512_cmplt_epu32_mask(c3, limit);
+  s.inside &= m0 & m1 & m2 & m3;
+  for (int b = 0; b < B; ++b) {
+    s.even[b] = _mm512_fmadd_ps(w0, gather_x(x + b * k, c0, m0), s.even[b]);
+    s.odd[b] = _mm512_fmadd_ps(w1, gather_x(x + b * k, c1, m1), s.odd[b]);
+    s.even[b] = _mm512_fmadd_ps(w2, gather_x(x + b * k, c2, m2), s.even[b]);
+    s.odd[b] = _mm512_fmadd_ps(w3, gather_x(x + b * k, c3, m3), s.odd[b]);
+  }
+}
+
+// Nonzeros [i, end): whole blocks of 64, then up to 16 at a time; the sums into `sums`. Returns
+// whether every index of the row was below k.
+template <int B, ValueType T>
+[[gnu::always_inline]] inline bool finish_row(Csr16Sums<B>& s, const void* values, const uint16_t* col_indices,
+                                              int64_t i, int64_t end, int64_t k, const float* x, float* sums) {
+  const __mmask16 all = 0xffff;
+  const __m512i limit = _mm512_set1_epi32(int32_t(k));
+  for (; i + 64 <= end; i += 64) sixty_four_nonzeros<B, T>(s, values, col_indices, i, k, x);
+  for (; i < end; i += 16) {
+    const __mmask16 lanes = end - i >= 16 ? all : __mmask16((1u << (end - i)) - 1);
+    const __m512 w = sixteen_values<T>(values, i, lanes);
+    const __m512i c = sixteen_columns(col_indices, i, lanes);
+    const __mmask16 m = _mm512_cmplt_epu32_mask(c, limit);  // lanes past the row hold column 0
+    s.inside &= m;
+    for (int b = 0; b < B; ++b) s.even[b] = _mm512_fmadd_ps(w, gather_x(x + b * k, c, m & lanes), s.even[b]);
+  }
+  for (int b = 0; b < B; ++b) sums[b] = _mm512_reduce_add_ps(_mm512_add_ps(s.even[b], s.odd[b]));
+  return s.inside == all;
+}
+#endif
+
 // Row r's dot products with the batch rows of x into sums. Returns false, having read nothing
 // out of bounds, when the row names a column >= k. The AVX-512 build checks each index vector as it
 // goes (lanes past k are masked out of the gather); the others check the row first.
@@ -110,37 +170,9 @@ template <int B, ValueType T>
 inline bool row_dot(const void* values, const uint16_t* col_indices, int64_t i, int64_t end, int64_t k,
                     const float* x, float* sums) {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-  __m512 even[B], odd[B];  // two chains of vector multiply-adds
-  for (int b = 0; b < B; ++b) even[b] = odd[b] = _mm512_setzero_ps();
-  const __mmask16 all = 0xffff;
-  const __m512i limit = _mm512_set1_epi32(int32_t(k));
-  __mmask16 inside = all;
-  for (; i + 64 <= end; i += 64) {
-    prefetch_ahead<T>(values, col_indices, i);
-    const __m512 w0 = sixteen_values<T>(values, i, all), w1 = sixteen_values<T>(values, i + 16, all);
-    const __m512 w2 = sixteen_values<T>(values, i + 32, all), w3 = sixteen_values<T>(values, i + 48, all);
-    const __m512i c0 = sixteen_columns(col_indices, i, all), c1 = sixteen_columns(col_indices, i + 16, all);
-    const __m512i c2 = sixteen_columns(col_indices, i + 32, all), c3 = sixteen_columns(col_indices, i + 48, all);
-    const __mmask16 m0 = _mm512_cmplt_epu32_mask(c0, limit), m1 = _mm512_cmplt_epu32_mask(c1, limit);
-    const __mmask16 m2 = _mm512_cmplt_epu32_mask(c2, limit), m3 = _mm512_cmplt_epu32_mask(c3, limit);
-    inside &= m0 & m1 & m2 & m3;
-    for (int b = 0; b < B; ++b) {
-      even[b] = _mm512_fmadd_ps(w0, gather_x(x + b * k, c0, m0), even[b]);
-      odd[b] = _mm512_fmadd_ps(w1, gather_x(x + b * k, c1, m1), odd[b]);
-      even[b] = _mm512_fmadd_ps(w2, gather_x(x + b * k, c2, m2), even[b]);
-      odd[b] = _mm512_fmadd_ps(w3, gather_x(x + b * k, c3, m3), odd[b]);
-    }
-  }
-  for (; i < end; i += 16) {
-    const __mmask16 lanes = end - i >= 16 ? all : __mmask16((1u << (end - i)) - 1);
-    const __m512 w = sixteen_values<T>(values, i, lanes);
-    const __m512i c = sixteen_columns(col_indices, i, lanes);
-    const __mmask16 m = _mm512_cmplt_epu32_mask(c, limit);  // lanes past the row hold column 0
-    inside &= m;
-    for (int b = 0; b < B; ++b) even[b] = _mm512_fmadd_ps(w, gather_x(x + b * k, c, m & lanes), even[b]);
-  }
-  for (int b = 0; b < B; ++b) sums[b] = _mm512_reduce_add_ps(_mm512_add_ps(even[b], odd[b]));
-  return inside == all;
+  Csr16Sums<B> s;
+  start_sums(s);
+  return finish_row<B, T>(s, values, col_indices, i, end, k, x, sums);
 #else
   if (i < end && int64_t(highest_column(col_indices, i, end)) >= k) return false;
 #if defined(__AVX2__) && defined(__FMA__)
@@ -189,12 +221,48 @@ Status gemv_rows(const void* values, const uint16_t* col_indices, const int64_t*
   return Status{};
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// Batch 1 on AVX-512: rows from the two halves of [row_begin, row_end) in lockstep, 64 nonzeros of
+// each at a time. Two weight streams far apart keep more of the weight in flight from memory than
+// one (the hardware prefetchers follow each; see the bitmap GEMV). A row naming a column >= k is
+// found again by the row-by-row walk, which names the first such row.
+template <ValueType T>
+Status gemv_row_pairs(const void* values, const uint16_t* col_indices, const int64_t* row_offsets, int64_t rows,
+                      int64_t k, const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
+  const int64_t half = (row_end - row_begin) / 2;
+  for (int64_t a = row_begin; a < row_begin + half; ++a) {
+    const int64_t b = a + half;
+    int64_t i_a = row_offsets[a], i_b = row_offsets[b];
+    const int64_t end_a = row_offsets[a + 1], end_b = row_offsets[b + 1];
+    Csr16Sums<1> s_a, s_b;
+    start_sums(s_a);
+    start_sums(s_b);
+    for (; i_a + 64 <= end_a && i_b + 64 <= end_b; i_a += 64, i_b += 64) {
+      sixty_four_nonzeros<1, T>(s_a, values, col_indices, i_a, k, x);
+      sixty_four_nonzeros<1, T>(s_b, values, col_indices, i_b, k, x);
+    }
+    float sum_a, sum_b;
+    const bool ok_a = finish_row<1, T>(s_a, values, col_indices, i_a, end_a, k, x, &sum_a);
+    const bool ok_b = finish_row<1, T>(s_b, values, col_indices, i_b, end_b, k, x, &sum_b);
+    if (!(ok_a && ok_b)) return gemv_rows<1, T>(values, col_indices, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+    y[a] = sum_a + (bias ? bias[a] : 0.0f);
+    y[b] = sum_b + (bias ? bias[b] : 0.0f);
+  }
+  // The odd row out.
+  return gemv_rows<1, T>(values, col_indices, row_offsets, rows, k, x, bias, y, row_begin + 2 * half, row_end);
+}
+#endif
+
 template <ValueType T>
 Status gemv_batch(const void* values, const uint16_t* col_indices, const int64_t* row_offsets, int64_t rows,
                   int64_t k, const float* x, int64_t batch, const float* bias, float* y, int64_t row_begin,
                   int64_t row_end) {
   switch (batch) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    case 1: return gemv_row_pairs<T>(values, col_indices, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+#else
     case 1: return gemv_rows<1, T>(values, col_indices, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+#endif
     case 2: return gemv_rows<2, T>(values, col_indices, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     case 3: return gemv_rows<3, T>(values, col_indices, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     default: return gemv_rows<4, T>(values, col_indices, row_offsets, rows, k, x, bias, y, row_begin, row_end);
