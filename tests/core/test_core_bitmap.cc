@@ -268,6 +268,29 @@ void check_variant(const Variant& v, std::mt19937& rng) {
       EXPECT(!std::isnan(y[r * cols_x + 16]));
     }
   }
+  // Batch 1 over the row ranges threads get (odd and even lengths, not from row 0; the AVX-512
+  // GEMV walks the two halves of a range in lockstep): the range's rows right, the others untouched.
+  {
+    Sparse s = make(37, 100, 0.5, rng);
+    std::vector<float> x(100), no_bias;
+    for (auto& e : x) e = float(rng() % 11) - 5.0f;
+    for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{3, 4}, {3, 10}, {5, 37}, {0, 36}, {0, 37}}) {
+      std::vector<float> y(37, NAN);
+      EXPECT(v.gemv(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 37, 100, x.data(), 1,
+                    nullptr, y.data(), begin, end).ok());
+      for (int64_t r = 0; r < 37; ++r) {
+        EXPECT(r >= begin && r < end ? close(y[r], expected_dot(s, x, no_bias, 100, 0, r)) : std::isnan(y[r]));
+      }
+    }
+    // Corrupt rows 10-11 and 20-21 (offsets 11 and 21 one short): row 20, in the second half of
+    // [0, 36), is reached first in lockstep; the first corrupt row, 10, is the one named.
+    std::vector<int64_t> skewed = s.offsets;
+    skewed[11] -= 1;
+    skewed[21] -= 1;
+    std::vector<float> y(37);
+    EXPECT(v.gemv(s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 37, 100, x.data(), 1, nullptr,
+                  y.data(), 0, 36).row == 10);
+  }
   // Offsets that disagree with the bitmap are reported, never followed past the values.
   Sparse s = make(8, 40, 0.5, rng);
   std::vector<int64_t> skewed = s.offsets;
@@ -380,6 +403,28 @@ void check_csr16(std::mt19937& rng) {
     const Status status = gemv(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40, x.get(), 1,
                                nullptr, y.data(), 0, 6);
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 3 && status.col == 65535);
+    {
+      // Batch 1 over the row ranges threads get (the AVX-512 GEMV walks the two halves of a range in
+      // lockstep): the range's rows right, the others untouched; of two rows naming columns past k,
+      // the first is named even where the second half reaches its own first.
+      Sparse wide = make(37, 300, 0.5, rng);
+      const std::unique_ptr<uint16_t[]> wide_columns = csr16_columns(wide, 37, 300);
+      std::vector<float> x1(300), no_bias;
+      for (auto& e : x1) e = float(rng() % 11) - 5.0f;
+      for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{3, 4}, {3, 10}, {5, 37}, {0, 36}, {0, 37}}) {
+        std::vector<float> y1(37, NAN);
+        EXPECT(gemv(wide.values.get(), ValueType::kFloat32, wide_columns.get(), wide.offsets.data(), 37, 300,
+                    x1.data(), 1, nullptr, y1.data(), begin, end).ok());
+        for (int64_t r = 0; r < 37; ++r) {
+          EXPECT(r >= begin && r < end ? close(y1[r], expected_dot(wide, x1, no_bias, 300, 0, r)) : std::isnan(y1[r]));
+        }
+      }
+      wide_columns[wide.offsets[10] + 100] = 300;  // past the first 64-nonzero block of each row
+      wide_columns[wide.offsets[20]] = 301;
+      std::vector<float> y1(37);
+      EXPECT(gemv(wide.values.get(), ValueType::kFloat32, wide_columns.get(), wide.offsets.data(), 37, 300, x1.data(),
+                  1, nullptr, y1.data(), 0, 36).row == 10);
+    }
     const Status spmm_status = variant.spmm(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 40,
                                             x.get(), 20, 20, nullptr, y.data(), 20, 0, 6);
     EXPECT(spmm_status.code == StatusCode::kCorruptMeta && spmm_status.row == 3);
