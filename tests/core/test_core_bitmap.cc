@@ -510,6 +510,31 @@ void check_gemv_bf16(std::mt19937& rng) {
       }
     }
   }
+  {
+    // Batch 1 over the row ranges threads get (the GEMV walks the two halves of a range in
+    // lockstep, the last rows of the values alone): the range's rows right, the others untouched;
+    // of corrupt rows in both halves, the first is named.
+    const Bf16Weight w = make_bf16(37, 300, 0.5, rng);
+    std::vector<float> x(300);
+    std::vector<uint16_t> x16(300);
+    fill_x_bf16(rng, x, x16.data());
+    std::vector<float> full(37);
+    EXPECT(bitmap_gemv_bf16_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), 37, 300, x16.data(), 1,
+                                       w.bias.data(), full.data(), 0, 37).ok());
+    expect_bf16_result(w, 37, 300, 1, x, full.data());
+    for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{3, 4}, {3, 10}, {5, 37}, {0, 36}}) {
+      std::vector<float> y(37, NAN);
+      EXPECT(bitmap_gemv_bf16_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), 37, 300, x16.data(),
+                                         1, w.bias.data(), y.data(), begin, end).ok());
+      for (int64_t r = 0; r < 37; ++r) EXPECT(r >= begin && r < end ? close(y[r], full[r]) : std::isnan(y[r]));
+    }
+    std::vector<int64_t> skewed = w.s.offsets;
+    skewed[11] -= 1;  // rows 10 and 11
+    skewed[21] -= 1;  // rows 20 and 21, reached first in lockstep over [0, 36)
+    std::vector<float> y(37);
+    EXPECT(bitmap_gemv_bf16_avx512bf16(w.values.get(), w.s.bitmap.data(), skewed.data(), 37, 300, x16.data(), 1,
+                                       nullptr, y.data(), 0, 36).row == 10);
+  }
   // A row whose offsets disagree with its bitmap is reported, never read past.
   Sparse s = make(8, 70, 0.5, rng);
   std::vector<int64_t> skewed = s.offsets;
