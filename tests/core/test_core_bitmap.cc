@@ -291,6 +291,23 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     EXPECT(v.gemv(s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 37, 100, x.data(), 1, nullptr,
                   y.data(), 0, 36).row == 10);
   }
+  {
+    // A corrupt row that claims values up to the very end of the buffer, walked in a pair (values
+    // allocated exactly, for ASan): rows 0 and 3 hold 64 values each, rows 1 and 2 none, but row
+    // 2's bitmap marks 63 columns and then one more.
+    const int64_t k = 128, rows = 4, words = bitmap_words(k);
+    std::vector<uint16_t> bitmap(rows * words, 0);
+    for (int64_t w = 0; w < words; ++w) bitmap[w] = bitmap[3 * words + w] = 0x5555;
+    const uint16_t corrupt[8] = {0xffff, 0xffff, 0xffff, 0x7fff, 0x0001, 0, 0, 0};
+    std::memcpy(&bitmap[2 * words], corrupt, sizeof(corrupt));
+    const std::vector<int64_t> offsets = {0, 64, 64, 64, 128};
+    std::unique_ptr<float[]> values(new float[128]);
+    for (int64_t i = 0; i < 128; ++i) values[i] = 1.0f;
+    std::vector<float> x(k, 1.0f), y(rows);
+    const Status status = v.gemv(values.get(), ValueType::kFloat32, bitmap.data(), offsets.data(), rows, k, x.data(), 1,
+                                 nullptr, y.data(), 0, rows);
+    EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 2);
+  }
   // Offsets that disagree with the bitmap are reported, never followed past the values.
   Sparse s = make(8, 40, 0.5, rng);
   std::vector<int64_t> skewed = s.offsets;
@@ -534,6 +551,25 @@ void check_gemv_bf16(std::mt19937& rng) {
     std::vector<float> y(37);
     EXPECT(bitmap_gemv_bf16_avx512bf16(w.values.get(), w.s.bitmap.data(), skewed.data(), 37, 300, x16.data(), 1,
                                        nullptr, y.data(), 0, 36).row == 10);
+  }
+  {
+    // A corrupt row that claims values up to the very end of the buffer, walked in a pair with a
+    // row that may use whole-vector loads: no load may run past the end (values allocated exactly,
+    // for ASan). k = 128; rows 0 and 3 hold 64 values each, rows 1 and 2 none, but row 2's bitmap
+    // marks 32, 31, 1 and 0 columns in its four chunks.
+    const int64_t k = 128, rows = 4, words = bitmap_words(k);
+    std::vector<uint16_t> bitmap(rows * words, 0);
+    for (int64_t w = 0; w < words; ++w) bitmap[w] = bitmap[3 * words + w] = 0x5555;
+    const uint16_t corrupt[8] = {0xffff, 0xffff, 0xffff, 0x7fff, 0x0001, 0, 0, 0};
+    std::memcpy(&bitmap[2 * words], corrupt, sizeof(corrupt));
+    const std::vector<int64_t> offsets = {0, 64, 64, 64, 128};
+    std::unique_ptr<uint16_t[]> values(new uint16_t[128]);
+    for (int64_t i = 0; i < 128; ++i) values[i] = to_bf16(1.0f);
+    std::vector<uint16_t> x16(k, to_bf16(1.0f));
+    std::vector<float> y(rows);
+    const Status status = bitmap_gemv_bf16_avx512bf16(values.get(), bitmap.data(), offsets.data(), rows, k,
+                                                      x16.data(), 1, nullptr, y.data(), 0, rows);
+    EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 2);
   }
   // A row whose offsets disagree with its bitmap is reported, never read past.
   Sparse s = make(8, 70, 0.5, rng);

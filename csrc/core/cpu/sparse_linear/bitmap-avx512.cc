@@ -74,10 +74,11 @@ template <int B, bool kFloat32>
   return true;
 }
 
-// A row's words from w on, one at a time (the last may be partial); then whether the row ended at
-// `limit`, the end of its span; then its sums into y.
+// A row's words from w on, one at a time (the last may be partial), then its sums into y; -1, or
+// where the row is corrupt the column to report (a bad word's first column, 0 where the row does
+// not end at `limit`, the end of its span).
 template <int B, bool kFloat32>
-[[gnu::always_inline]] inline bool gemv_finish(__m512 (&acc)[kStepWords][B], const uint16_t* bm, int64_t offset,
+[[gnu::always_inline]] inline int64_t gemv_finish(__m512 (&acc)[kStepWords][B], const uint16_t* bm, int64_t offset,
                                                const void* values, const float* x, int64_t k, int64_t w,
                                                int64_t limit, const float* bias, int64_t r, int64_t rows, float* y) {
   const int64_t words = bitmap_words(k), full_words = k / kBitmapWordBits;
@@ -85,7 +86,7 @@ template <int B, bool kFloat32>
   for (; w < words; ++w) {
     const __mmask16 mask = bm[w];
     const bool past_k = w >= full_words && (mask & ~tail_mask);
-    if (past_k || offset + __builtin_popcount(mask) > limit) return false;
+    if (past_k || offset + __builtin_popcount(mask) > limit) return w * kBitmapWordBits;
     const __m512 weights = expand_values<kFloat32>(values, offset, mask);
     offset += __builtin_popcount(mask);
     const __mmask16 x_mask = w < full_words ? __mmask16(0xffff) : tail_mask;
@@ -93,9 +94,9 @@ template <int B, bool kFloat32>
       acc[0][b] = _mm512_fmadd_ps(weights, _mm512_maskz_loadu_ps(x_mask, x + b * k + w * kBitmapWordBits), acc[0][b]);
     }
   }
-  if (offset != limit) return false;
+  if (offset != limit) return 0;
   store_row_sums<B, kStepWords>(acc, bias, r, rows, y);
-  return true;
+  return -1;
 }
 
 template <int B>
@@ -119,9 +120,9 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
         return Status{StatusCode::kCorruptMeta, r, w * kBitmapWordBits};
       }
     }
-    if (!gemv_finish<B, kFloat32>(acc, bm, offset, values, x, k, w, row_offsets[r + 1], bias, r, rows, y)) {
-      return Status{StatusCode::kCorruptMeta, r, 0};
-    }
+    const int64_t bad_column = gemv_finish<B, kFloat32>(acc, bm, offset, values, x, k, w, row_offsets[r + 1], bias, r,
+                                                        rows, y);
+    if (bad_column >= 0) return Status{StatusCode::kCorruptMeta, r, bad_column};
   }
   return Status{};
 }
@@ -150,8 +151,8 @@ Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t*
       const bool ok_b = gemv_step<1, kFloat32>(acc_b, bm_b, offset_b, values, x, k, w, end);
       if (!(ok_a && ok_b)) return gemv_rows<1, kFloat32>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     }
-    if (!gemv_finish<1, kFloat32>(acc_a, bm_a, offset_a, values, x, k, w, row_offsets[a + 1], bias, a, rows, y) ||
-        !gemv_finish<1, kFloat32>(acc_b, bm_b, offset_b, values, x, k, w, row_offsets[b + 1], bias, b, rows, y)) {
+    if (gemv_finish<1, kFloat32>(acc_a, bm_a, offset_a, values, x, k, w, row_offsets[a + 1], bias, a, rows, y) >= 0 ||
+        gemv_finish<1, kFloat32>(acc_b, bm_b, offset_b, values, x, k, w, row_offsets[b + 1], bias, b, rows, y) >= 0) {
       return gemv_rows<1, kFloat32>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     }
   }

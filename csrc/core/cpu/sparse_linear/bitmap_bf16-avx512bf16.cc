@@ -42,7 +42,7 @@ inline void chunk_dot(const uint16_t* values, int64_t offset, __mmask32 mask, un
 
 // U whole chunks of a row from `chunk` on, the row's next value at `offset`; false, having read
 // nothing, when the bitmap claims more values than end - offset (`end`: the row's end, or in the
-// two-row walk the end of all the values). The masks go straight from the bitmap into mask
+// two-row walk the last offset from which a whole vector stays inside the values). The masks go straight from the bitmap into mask
 // registers (a load, not a move through the shuffle port).
 template <int B, int U, bool kWholeLoad>
 [[gnu::always_inline]] inline bool chunk_step(const uint16_t* values, const uint16_t* bm, int64_t& offset, int64_t end,
@@ -69,10 +69,10 @@ template <int B, int U, bool kWholeLoad>
   return true;
 }
 
-// A row's chunks from `chunk` on (the last may be partial) and whether it ended at `limit`; then its
-// sums into y.
+// A row's chunks from `chunk` on (the last may be partial), then its sums into y; -1, or where the
+// row is corrupt the column to report (the tail chunk's first column, else 0).
 template <int B, int U, bool kWholeLoad>
-[[gnu::always_inline]] inline bool finish_row(const uint16_t* values, const uint16_t* bm, int64_t offset,
+[[gnu::always_inline]] inline int64_t finish_row(const uint16_t* values, const uint16_t* bm, int64_t offset,
                                               int64_t limit, int64_t chunk, const uint16_t* x, int64_t k,
                                               __m512 (&acc)[U][B], const float* bias, int64_t r, int64_t rows,
                                               float* y) {
@@ -83,7 +83,7 @@ template <int B, int U, bool kWholeLoad>
   for (; chunk < full_chunks; ++chunk) {
     const uint32_t mask = chunk_mask(bm, chunk);
     const unsigned count = unsigned(__builtin_popcount(mask));
-    if (offset + count > limit) return false;
+    if (offset + count > limit) return 0;
     chunk_dot<B, kWholeLoad>(values, offset, __mmask32(mask), count, x, k, chunk * kChunkColumns,
                              __mmask32(0xffffffffu), acc[0]);
     offset += count;
@@ -92,14 +92,14 @@ template <int B, int U, bool kWholeLoad>
     // The last chunk may have a single word: never read a word past the row.
     const uint32_t mask = 2 * full_chunks + 1 < words ? chunk_mask(bm, full_chunks) : bm[2 * full_chunks];
     const unsigned count = unsigned(__builtin_popcount(mask));
-    if ((mask & ~tail_bits) || offset + count > limit) return false;
+    if ((mask & ~tail_bits) || offset + count > limit) return full_chunks * kChunkColumns;
     chunk_dot<B, false>(values, offset, __mmask32(mask), count, x, k, full_chunks * kChunkColumns,
                         __mmask32(tail_bits), acc[0]);
     offset += count;
   }
-  if (offset != limit) return false;
+  if (offset != limit) return 0;
   store_row_sums<B, U>(acc, bias, r, rows, y);
-  return true;
+  return -1;
 }
 
 template <int B, int U>
@@ -108,9 +108,9 @@ inline void zero(__m512 (&acc)[U][B]) {
     for (int b = 0; b < B; ++b) acc[u][b] = _mm512_setzero_ps();
 }
 
-// One row; false where the bitmap disagrees with the row's offsets.
+// One row; -1, or where the bitmap disagrees with the row's offsets the column to report.
 template <int B, int U, bool kWholeLoad>
-inline bool gemv_row(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows,
+inline int64_t gemv_row(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows,
                      int64_t k, const uint16_t* x, const float* bias, float* y, int64_t r) {
   const uint16_t* bm = bitmap + r * bitmap_words(k);
   const int64_t full_chunks = k / kChunkColumns, limit = row_offsets[r + 1];
@@ -118,7 +118,7 @@ inline bool gemv_row(const uint16_t* values, const uint16_t* bitmap, const int64
   zero(acc);
   int64_t offset = row_offsets[r], chunk = 0;
   for (; chunk + U <= full_chunks; chunk += U) {
-    if (!chunk_step<B, U, kWholeLoad>(values, bm, offset, limit, chunk, x, k, acc)) return false;
+    if (!chunk_step<B, U, kWholeLoad>(values, bm, offset, limit, chunk, x, k, acc)) return 0;
   }
   return finish_row<B, U, kWholeLoad>(values, bm, offset, limit, chunk, x, k, acc, bias, r, rows, y);
 }
@@ -132,10 +132,10 @@ Status gemv_rows(const uint16_t* values, const uint16_t* bitmap, const int64_t* 
   const int64_t value_count = row_offsets[rows];
   for (int64_t r = row_begin; r < row_end; ++r) {
     // Whole-vector value loads read up to 31 values past the row: fine unless the row ends the buffer.
-    const bool ok = row_offsets[r + 1] + kChunkColumns <= value_count
-                        ? gemv_row<B, U, true>(values, bitmap, row_offsets, rows, k, x, bias, y, r)
-                        : gemv_row<B, U, false>(values, bitmap, row_offsets, rows, k, x, bias, y, r);
-    if (!ok) return Status{StatusCode::kCorruptMeta, r, 0};
+    const int64_t bad_column = row_offsets[r + 1] + kChunkColumns <= value_count
+                                   ? gemv_row<B, U, true>(values, bitmap, row_offsets, rows, k, x, bias, y, r)
+                                   : gemv_row<B, U, false>(values, bitmap, row_offsets, rows, k, x, bias, y, r);
+    if (bad_column >= 0) return Status{StatusCode::kCorruptMeta, r, bad_column};
   }
   return Status{};
 }
@@ -150,7 +150,7 @@ Status gemv_row_pairs(const uint16_t* values, const uint16_t* bitmap, const int6
                       int64_t row_end) {
   constexpr int U = 2;
   const int64_t words = bitmap_words(k), full_chunks = k / kChunkColumns;
-  const int64_t value_count = row_offsets[rows];
+  const int64_t value_count = row_offsets[rows], whole_load_end = value_count - kChunkColumns;
   const int64_t half = (row_end - row_begin) / 2;
   int64_t a = row_begin;
   for (; a < row_begin + half; ++a) {
@@ -163,12 +163,14 @@ Status gemv_row_pairs(const uint16_t* values, const uint16_t* bitmap, const int6
     zero(acc_b);
     int64_t offset_a = row_offsets[a], offset_b = row_offsets[b], chunk = 0;
     for (; chunk + U <= full_chunks; chunk += U) {
-      const bool ok_a = chunk_step<1, U, true>(values, bm_a, offset_a, value_count, chunk, x, k, acc_a);
-      const bool ok_b = chunk_step<1, U, true>(values, bm_b, offset_b, value_count, chunk, x, k, acc_b);
+      // Whole-vector loads read 32 values from each offset: a step may not start one past
+      // value_count - 32 (valid rows of a pair never do; a corrupt row is caught here).
+      const bool ok_a = chunk_step<1, U, true>(values, bm_a, offset_a, whole_load_end, chunk, x, k, acc_a);
+      const bool ok_b = chunk_step<1, U, true>(values, bm_b, offset_b, whole_load_end, chunk, x, k, acc_b);
       if (!(ok_a && ok_b)) return gemv_rows<1, U>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     }
-    if (!finish_row<1, U, true>(values, bm_a, offset_a, row_offsets[a + 1], chunk, x, k, acc_a, bias, a, rows, y) ||
-        !finish_row<1, U, true>(values, bm_b, offset_b, row_offsets[b + 1], chunk, x, k, acc_b, bias, b, rows, y)) {
+    if (finish_row<1, U, true>(values, bm_a, offset_a, row_offsets[a + 1], chunk, x, k, acc_a, bias, a, rows, y) >= 0 ||
+        finish_row<1, U, true>(values, bm_b, offset_b, row_offsets[b + 1], chunk, x, k, acc_b, bias, b, rows, y) >= 0) {
       return gemv_rows<1, U>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     }
   }
