@@ -395,6 +395,18 @@ class SparseWeightModule(nn.Module):
         if device.type == "cpu":  # the state the CPU kernels stream, wherever it was allocated
             use_huge_pages(self.values, *(self._buffers.get(key) for key in ("bitmap", "runtime_bitmap")))
 
+    def __getstate__(self):
+        """Pickled (``torch.save`` of the module, ``copy.deepcopy``) without the runtime tensors:
+        they derive from the state, are built again on load, and the CSR16 index is a view into a
+        larger buffer whose unwritten part would be pickled with it (``_huge_pages.aligned_copy``)."""
+        state = self.__dict__.copy()
+        state["_buffers"] = {key: None if key in self._RUNTIME else value for key, value in self._buffers.items()}
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._build_runtime(strict=False)
+
     def _apply(self, fn, recurse=True):
         for key in self._RUNTIME:
             self._buffers[key] = None
