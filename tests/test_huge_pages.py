@@ -112,12 +112,16 @@ def test_compress_outputs_are_on_huge_pages():
     assert huge_page_state(values)[1]
 
 
-def test_sparse_linear_keeps_its_csr16_index_aligned_and_its_outputs():
-    dense = big_sparse(rows=4096, sparsity=0.9)
+def sparse_and_dense_layers():
+    """A 4096x4096 nn.Linear at 90% and the SparseLinear of it (which runs CSR16 at batch 1)."""
     layer = torch.nn.Linear(4096, 4096, bias=False)
     with torch.no_grad():
-        layer.weight.copy_(dense)
-    sparse = SparseLinear.from_dense(layer)
+        layer.weight.copy_(big_sparse(rows=4096, sparsity=0.9))
+    return SparseLinear.from_dense(layer), layer
+
+
+def test_sparse_linear_keeps_its_csr16_index_aligned_and_its_outputs():
+    sparse, layer = sparse_and_dense_layers()
     col_indices = sparse._buffers["runtime_col_indices"]
     assert col_indices is not None and col_indices.data_ptr() % HUGE_PAGE_BYTES == 0
     x = torch.randn(1, 4096)
@@ -135,11 +139,7 @@ def test_sparse_linear_keeps_its_csr16_index_aligned_and_its_outputs():
 def test_pickling_leaves_out_the_runtime_index_and_builds_it_again():
     import copy
 
-    dense = big_sparse(rows=4096, sparsity=0.9)
-    layer = torch.nn.Linear(4096, 4096, bias=False)
-    with torch.no_grad():
-        layer.weight.copy_(dense)
-    sparse = SparseLinear.from_dense(layer)
+    sparse, _ = sparse_and_dense_layers()
     x = torch.randn(2, 4096)
     expected = sparse(x)
     buffer = io.BytesIO()

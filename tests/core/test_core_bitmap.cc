@@ -128,6 +128,21 @@ float from_bf16(uint16_t half) {
   return f;
 }
 
+// A (4, 128) bitmap weight whose row 2 is corrupt up to the very end of the values: rows 0 and 3
+// hold 64 values each, rows 1 and 2 none, but row 2's bitmap marks 63 columns and then one more.
+// Walked in a pair with row 0, its reads must stop at the values' end (allocate them exactly).
+struct CorruptToTheEnd {
+  static constexpr int64_t kRows = 4, kColumns = 128;
+  std::vector<uint16_t> bitmap;
+  std::vector<int64_t> offsets{0, 64, 64, 64, 128};
+  CorruptToTheEnd() : bitmap(kRows * bitmap_words(kColumns), 0) {
+    const int64_t words = bitmap_words(kColumns);
+    for (int64_t w = 0; w < words; ++w) bitmap[w] = bitmap[3 * words + w] = 0x5555;
+    const uint16_t corrupt[8] = {0xffff, 0xffff, 0xffff, 0x7fff, 0x0001, 0, 0, 0};
+    std::memcpy(&bitmap[2 * words], corrupt, sizeof(corrupt));
+  }
+};
+
 bool close(float a, float b) { return std::fabs(a - b) <= 1e-4f * (1.0f + std::fabs(b)); }
 
 void check_variant(const Variant& v, std::mt19937& rng) {
@@ -292,20 +307,12 @@ void check_variant(const Variant& v, std::mt19937& rng) {
                   y.data(), 0, 36).row == 10);
   }
   {
-    // A corrupt row that claims values up to the very end of the buffer, walked in a pair (values
-    // allocated exactly, for ASan): rows 0 and 3 hold 64 values each, rows 1 and 2 none, but row
-    // 2's bitmap marks 63 columns and then one more.
-    const int64_t k = 128, rows = 4, words = bitmap_words(k);
-    std::vector<uint16_t> bitmap(rows * words, 0);
-    for (int64_t w = 0; w < words; ++w) bitmap[w] = bitmap[3 * words + w] = 0x5555;
-    const uint16_t corrupt[8] = {0xffff, 0xffff, 0xffff, 0x7fff, 0x0001, 0, 0, 0};
-    std::memcpy(&bitmap[2 * words], corrupt, sizeof(corrupt));
-    const std::vector<int64_t> offsets = {0, 64, 64, 64, 128};
-    std::unique_ptr<float[]> values(new float[128]);
+    const CorruptToTheEnd w;
+    std::unique_ptr<float[]> values(new float[128]);  // exactly: ASan catches a read past the end
     for (int64_t i = 0; i < 128; ++i) values[i] = 1.0f;
-    std::vector<float> x(k, 1.0f), y(rows);
-    const Status status = v.gemv(values.get(), ValueType::kFloat32, bitmap.data(), offsets.data(), rows, k, x.data(), 1,
-                                 nullptr, y.data(), 0, rows);
+    std::vector<float> x(w.kColumns, 1.0f), y(w.kRows);
+    const Status status = v.gemv(values.get(), ValueType::kFloat32, w.bitmap.data(), w.offsets.data(), w.kRows,
+                                 w.kColumns, x.data(), 1, nullptr, y.data(), 0, w.kRows);
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 2);
   }
   // Offsets that disagree with the bitmap are reported, never followed past the values.
@@ -553,22 +560,15 @@ void check_gemv_bf16(std::mt19937& rng) {
                                        nullptr, y.data(), 0, 36).row == 10);
   }
   {
-    // A corrupt row that claims values up to the very end of the buffer, walked in a pair with a
-    // row that may use whole-vector loads: no load may run past the end (values allocated exactly,
-    // for ASan). k = 128; rows 0 and 3 hold 64 values each, rows 1 and 2 none, but row 2's bitmap
-    // marks 32, 31, 1 and 0 columns in its four chunks.
-    const int64_t k = 128, rows = 4, words = bitmap_words(k);
-    std::vector<uint16_t> bitmap(rows * words, 0);
-    for (int64_t w = 0; w < words; ++w) bitmap[w] = bitmap[3 * words + w] = 0x5555;
-    const uint16_t corrupt[8] = {0xffff, 0xffff, 0xffff, 0x7fff, 0x0001, 0, 0, 0};
-    std::memcpy(&bitmap[2 * words], corrupt, sizeof(corrupt));
-    const std::vector<int64_t> offsets = {0, 64, 64, 64, 128};
-    std::unique_ptr<uint16_t[]> values(new uint16_t[128]);
+    // Row 2 marks 32, 31, 1 and 0 columns in its four 32-column chunks; its pair partner, row 0, may
+    // use whole-vector loads: none may run past the values' end.
+    const CorruptToTheEnd w;
+    std::unique_ptr<uint16_t[]> values(new uint16_t[128]);  // exactly: ASan catches a read past the end
     for (int64_t i = 0; i < 128; ++i) values[i] = to_bf16(1.0f);
-    std::vector<uint16_t> x16(k, to_bf16(1.0f));
-    std::vector<float> y(rows);
-    const Status status = bitmap_gemv_bf16_avx512bf16(values.get(), bitmap.data(), offsets.data(), rows, k,
-                                                      x16.data(), 1, nullptr, y.data(), 0, rows);
+    std::vector<uint16_t> x16(w.kColumns, to_bf16(1.0f));
+    std::vector<float> y(w.kRows);
+    const Status status = bitmap_gemv_bf16_avx512bf16(values.get(), w.bitmap.data(), w.offsets.data(), w.kRows,
+                                                      w.kColumns, x16.data(), 1, nullptr, y.data(), 0, w.kRows);
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 2);
   }
   // A row whose offsets disagree with its bitmap is reported, never read past.
