@@ -2,7 +2,6 @@
 
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
-#include <c10/core/CPUAllocator.h>
 
 #include <cstdlib>
 #include <cstring>

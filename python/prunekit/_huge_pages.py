@@ -42,7 +42,7 @@ def _libc_madvise():
 def huge_page_span(tensor: torch.Tensor) -> tuple[int, int]:
     """(address, bytes) of the whole 2 MiB blocks inside ``tensor``'s memory; bytes 0 if none."""
     start = tensor.data_ptr()
-    end = start + tensor.numel() * tensor.element_size()
+    end = start + tensor.nbytes
     first = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
     last = end // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
     return first, max(0, last - first)
@@ -72,9 +72,9 @@ def aligned_copy(tensor: torch.Tensor) -> torch.Tensor:
     huge pages as far as the OS allows: for tensors a module derives for its kernels and keeps to
     itself. The copy is a view into a buffer up to 2 MiB larger, whose extra part is never touched
     (and so never backed by memory)."""
-    nbytes = tensor.numel() * tensor.element_size()
+    nbytes = tensor.nbytes
     if tensor.device.type != "cpu" or nbytes < HUGE_PAGE_BYTES:
-        return tensor.contiguous().clone()
+        return tensor.clone(memory_format=torch.contiguous_format)
     buffer = torch.empty(nbytes + HUGE_PAGE_BYTES, dtype=torch.uint8)
     skip = -buffer.data_ptr() % HUGE_PAGE_BYTES
     copy = buffer[skip:skip + nbytes].view(tensor.dtype).view(tensor.shape)

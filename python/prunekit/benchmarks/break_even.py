@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .._names import dtype_name
-from .common import progress_bar
+from .common import copies_totalling, progress_bar
 from .shapes import MINILM_L6, MOBILENET_V1_POINTWISE
 
 NAME = "break_even_cpu"
@@ -51,9 +51,7 @@ def _copies(make, cold_bytes: int) -> list[nn.Module]:
     """Modules from ``make()`` until they hold ``cold_bytes`` in all (at least two)."""
     from prunekit.surgery import model_bytes
 
-    first = make()
-    count = min(MAX_COPIES, max(2, math.ceil(cold_bytes / max(model_bytes(first), 1))))
-    return [first] + [make() for _ in range(count - 1)]
+    return copies_totalling(make, cold_bytes, model_bytes, MAX_COPIES)
 
 
 def _cpu_us(modules: list[nn.Module], x: torch.Tensor, min_time: float) -> float:

@@ -45,6 +45,15 @@ def largest_cache_bytes() -> int:
     return max(sizes, default=DEFAULT_CACHE_BYTES)
 
 
+def copies_totalling(make: Callable[[], object], total_bytes: int, nbytes_of: Callable[[object], int],
+                     max_copies: int = 1024) -> list:
+    """Copies from ``make()`` until they hold ``total_bytes`` together (each ``nbytes_of(copy)``,
+    measured on the first), at least two and at most ``max_copies``."""
+    first = make()
+    count = min(max_copies, max(2, math.ceil(total_bytes / max(nbytes_of(first), 1))))
+    return [first] + [make() for _ in range(count - 1)]
+
+
 def cold_copies(make: Callable[[], object], nbytes: int, cache_bytes: int | None = None,
                 max_copies: int = 1024) -> Callable[[], object]:
     """XNNPACK's cold-cache rotation: copies from ``make()`` (each ``nbytes``) until together they
@@ -55,8 +64,7 @@ def cold_copies(make: Callable[[], object], nbytes: int, cache_bytes: int | None
     fit in any cache, and a weight reused call after call stays partly in a shared last-level cache
     as far as the machine's other load leaves it room, so that results vary from day to day)."""
     cache_bytes = largest_cache_bytes() if cache_bytes is None else cache_bytes
-    count = min(max_copies, max(2, cache_bytes // max(nbytes, 1) + 1))
-    return itertools.cycle([make() for _ in range(count)]).__next__
+    return itertools.cycle(copies_totalling(make, cache_bytes + 1, lambda _: nbytes, max_copies)).__next__
 
 
 def cpu_name() -> str:

@@ -65,10 +65,6 @@ def make_weight(rows: int, cols: int, pattern: str, dtype: torch.dtype, generato
     return dense, BitmapWeight.from_dense(dense)
 
 
-def tensor_bytes(*tensors: torch.Tensor) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def kernel_copy(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """A copy of a compressed weight's tensors placed as SparseLinear's own are (2 MiB aligned, on
     huge pages as far as the OS allows: :mod:`prunekit._huge_pages`)."""
@@ -115,7 +111,7 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
             kernels = {batch: "csr16" if csr16 is not None and csr16_runs(batch, choices) else "bitmap"
                        for batch in batches}
             sources = {}  # the last case's copies go first
-            sources["dense"] = weight_source(dense, torch.Tensor.clone, tensor_bytes(dense))
+            sources["dense"] = weight_source(dense, torch.Tensor.clone, dense.nbytes)
             if "csr16" in kernels.values():
                 sources["csr16"] = weight_source((csr16.values, csr16.col_indices, csr16.row_offsets), kernel_copy,
                                                  csr16.nbytes())
@@ -123,8 +119,8 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
                 sources["bitmap"] = weight_source((weight.values, weight.bitmap, weight.row_offsets), kernel_copy,
                                                   weight.nbytes())
             if csr_weight is not None:
-                sources["csr"] = weight_source(csr_weight, torch.Tensor.clone, tensor_bytes(
-                    csr_weight.values(), csr_weight.col_indices(), csr_weight.crow_indices()))
+                sources["csr"] = weight_source(csr_weight, torch.Tensor.clone, sum(
+                    t.nbytes for t in (csr_weight.values(), csr_weight.col_indices(), csr_weight.crow_indices())))
             for batch in batches:
                 x = torch.randn(batch, in_features, generator=generator).to(dtype)
                 kernel = kernels[batch]

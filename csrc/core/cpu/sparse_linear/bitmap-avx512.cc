@@ -99,12 +99,6 @@ template <int B, bool kFloat32>
   return -1;
 }
 
-template <int B>
-inline void zero(__m512 (&acc)[kStepWords][B]) {
-  for (int u = 0; u < kStepWords; ++u)
-    for (int b = 0; b < B; ++b) acc[u][b] = _mm512_setzero_ps();
-}
-
 // Rows one at a time; the status names the first corrupt row.
 template <int B, bool kFloat32>
 Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
@@ -112,7 +106,7 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
   const int64_t words = bitmap_words(k), full_words = k / kBitmapWordBits;
   for (int64_t r = row_begin; r < row_end; ++r) {
     __m512 acc[kStepWords][B];
-    zero(acc);
+    zero_row_sums(acc);
     const uint16_t* bm = bitmap + r * words;
     int64_t offset = row_offsets[r], w = 0;
     for (; w + kStepWords <= full_words; w += kStepWords) {
@@ -141,8 +135,8 @@ Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t*
   for (int64_t a = row_begin; a < row_begin + half; ++a) {
     const int64_t b = a + half;
     __m512 acc_a[kStepWords][1], acc_b[kStepWords][1];
-    zero(acc_a);
-    zero(acc_b);
+    zero_row_sums(acc_a);
+    zero_row_sums(acc_b);
     const uint16_t* bm_a = bitmap + a * words;
     const uint16_t* bm_b = bitmap + b * words;
     int64_t offset_a = row_offsets[a], offset_b = row_offsets[b], w = 0;

@@ -102,12 +102,6 @@ template <int B, int U, bool kWholeLoad>
   return -1;
 }
 
-template <int B, int U>
-inline void zero(__m512 (&acc)[U][B]) {
-  for (int u = 0; u < U; ++u)
-    for (int b = 0; b < B; ++b) acc[u][b] = _mm512_setzero_ps();
-}
-
 // One row; -1, or where the bitmap disagrees with the row's offsets the column to report.
 template <int B, int U, bool kWholeLoad>
 inline int64_t gemv_row(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows,
@@ -115,7 +109,7 @@ inline int64_t gemv_row(const uint16_t* values, const uint16_t* bitmap, const in
   const uint16_t* bm = bitmap + r * bitmap_words(k);
   const int64_t full_chunks = k / kChunkColumns, limit = row_offsets[r + 1];
   __m512 acc[U][B];
-  zero(acc);
+  zero_row_sums(acc);
   int64_t offset = row_offsets[r], chunk = 0;
   for (; chunk + U <= full_chunks; chunk += U) {
     if (!chunk_step<B, U, kWholeLoad>(values, bm, offset, limit, chunk, x, k, acc)) return 0;
@@ -159,8 +153,8 @@ Status gemv_row_pairs(const uint16_t* values, const uint16_t* bitmap, const int6
     const uint16_t* bm_a = bitmap + a * words;
     const uint16_t* bm_b = bitmap + b * words;
     __m512 acc_a[U][1], acc_b[U][1];
-    zero(acc_a);
-    zero(acc_b);
+    zero_row_sums(acc_a);
+    zero_row_sums(acc_b);
     int64_t offset_a = row_offsets[a], offset_b = row_offsets[b], chunk = 0;
     for (; chunk + U <= full_chunks; chunk += U) {
       // Whole-vector loads read 32 values from each offset: a step may not start one past
@@ -174,11 +168,12 @@ Status gemv_row_pairs(const uint16_t* values, const uint16_t* bitmap, const int6
       return gemv_rows<1, U>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     }
   }
-  // Rows not walked in pairs: [a, row_begin + half) and [a + half, row_end).
-  const Status first = gemv_rows<1, U>(values, bitmap, row_offsets, rows, k, x, bias, y, a, row_begin + half);
-  if (!first.ok()) return gemv_rows<1, U>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
-  const Status second = gemv_rows<1, U>(values, bitmap, row_offsets, rows, k, x, bias, y, a + half, row_end);
-  if (!second.ok()) return gemv_rows<1, U>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+  // Rows not walked in pairs: [a, row_begin + half) and [a + half, row_end); a corrupt one is
+  // named after a walk over the whole range, so that an earlier corrupt row comes first.
+  if (!gemv_rows<1, U>(values, bitmap, row_offsets, rows, k, x, bias, y, a, row_begin + half).ok() ||
+      !gemv_rows<1, U>(values, bitmap, row_offsets, rows, k, x, bias, y, a + half, row_end).ok()) {
+    return gemv_rows<1, U>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+  }
   return Status{};
 }
 
