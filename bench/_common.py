@@ -1,10 +1,10 @@
-"""Benchmark plumbing for the bench/ scripts: the logic lives in prunekit.benchmarks.common (so
+"""Benchmark plumbing for the bench/ scripts: the logic lives in prunekit.app.benchmarks.common (so
 that ``prunekit bench`` works from an installed wheel); results go to bench/results."""
 
 from pathlib import Path
 
-from prunekit.benchmarks import common
-from prunekit.benchmarks.common import machine_info, time_ms  # noqa: F401  (re-exported for the scripts)
+from prunekit.app.benchmarks import common
+from prunekit.app.benchmarks.common import machine_info, time_ms  # noqa: F401  (re-exported for the scripts)
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -23,7 +23,7 @@ def main(family: str, doc: str, extra_arguments=None, variant=None) -> None:
 
     import torch
 
-    from prunekit import benchmarks
+    from prunekit.app import benchmarks
 
     module = benchmarks.family(family)
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])

@@ -1,7 +1,7 @@
 """Where the CPU sparse kernels break even with dense torch, the data behind "auto"
 (prunekit.nn.BREAK_EVEN_SPARSITY): SparseLinear / SparseConv2d vs nn.Linear / nn.Conv2d across
 sparsity, rows per call and dtype, on 1 thread in CPU time with the weights cold in L2. The
-logic lives in prunekit.benchmarks.break_even.
+logic lives in prunekit.app.benchmarks.break_even.
 
     python bench/bench_break_even.py [--quick] [--repeats N]   # writes bench/results/break_even_cpu[_quick].{json,md}
     python bench/bench_break_even.py --from-json results/break_even_cpu.json   # the table again, no timing
@@ -12,8 +12,8 @@ import json
 
 from _common import RESULTS_DIR
 
-from prunekit.benchmarks import break_even
-from prunekit.benchmarks.common import machine_info, markdown_table, write_results
+from prunekit.app.benchmarks import break_even
+from prunekit.app.benchmarks.common import machine_info, markdown_table, write_results
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

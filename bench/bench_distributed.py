@@ -54,8 +54,8 @@ def worker(args) -> None:
     import prunekit
     from prunekit import distributed
     from prunekit.calibrate import find_prunable_layers, walk_blocks
-    from prunekit.demo import load_minilm
-    from prunekit.evaluation import random_token_batches
+    from prunekit.app.demo import load_minilm
+    from prunekit.app.evaluation import random_token_batches
 
     on = distributed.init_from_env()
     rank = distributed.get_rank()

@@ -25,8 +25,9 @@ import torch
 from _common import time_ms, write_results
 
 import prunekit
-from prunekit import PruneConfig, evaluation
-from prunekit.demo import load_minilm
+from prunekit import PruneConfig
+from prunekit.app import evaluation
+from prunekit.app.demo import load_minilm
 
 # (pattern label, prune sparsity, sparsify_ format): the headline is 90% with format="auto" (the
 # MLP layers sparse; the 384x384 attention projections stay dense: too small to gain); the forced

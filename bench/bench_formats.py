@@ -3,7 +3,7 @@
 Baselines: torch.sparse._semi_structured_conversions (the CUTLASS-layout converters that
 to_sparse_semi_structured uses on CPU) and a topk-based N:M mask in plain torch. Reports the
 speed-up ratio and the effective bandwidth (bytes of the dense matrix per second). The logic
-lives in prunekit.benchmarks.formats (also run by `prunekit bench`).
+lives in prunekit.app.benchmarks.formats (also run by `prunekit bench`).
 
     python bench/bench_formats.py [--quick] [--threads N]   # writes bench/results/formats_cpu[_quick].{json,md}
 """

@@ -4,7 +4,7 @@ For each named shape, batch, dtype and pattern (unstructured 50%/90%, 2:4): time
 prunekit.ops.sparse_linear, dense F.linear of the same dtype, and torch.sparse.mm on a CSR
 weight (fp32), the speed-ups, effective (dense-equivalent) and actual GFLOP/s, and at batch 1
 the weight bandwidth in GB/s (bytes of the compressed weight per call). The logic lives in
-prunekit.benchmarks.linear (also run by `prunekit bench`).
+prunekit.app.benchmarks.linear (also run by `prunekit bench`).
 
     python bench/bench_linear.py [--quick] [--threads N] [--rounds R] [--weights warm|cold]
     # writes bench/results/linear_cpu[_cold][_quick].{json,md}

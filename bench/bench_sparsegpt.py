@@ -4,7 +4,7 @@ For each layer shape and pattern: the whole solve (factorisation included) with 
 with prunekit.ops._reference.sparsegpt (the public reference algorithm's per-column loop), the
 ratio, the relative reconstruction error of both, where prunekit's time goes (factorisation vs
 column updates), and the update phase's FLOP rate against this machine's dense fp32 GEMM rate.
-The logic lives in prunekit.benchmarks.sparsegpt (also run by `prunekit bench`).
+The logic lives in prunekit.app.benchmarks.sparsegpt (also run by `prunekit bench`).
 
     python bench/bench_sparsegpt.py [--quick] [--shapes 1024 4096] [--tokens 2048] [--repeats 2]
 """

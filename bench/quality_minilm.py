@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from prunekit.demo import default_configs, minilm_quality, quality_markdown  # noqa: E402
+from prunekit.app.demo import default_configs, minilm_quality, quality_markdown  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     text = ["# all-MiniLM-L6-v2: sentence-embedding fidelity after pruning", "",
             "Mean cosine between pruned and dense embeddings of held-out sentences; calibration on other "
-            "sentences (see prunekit/demo.py). Layer rel. error: sum over layers of ||X dW^T||^2 over "
+            "sentences (see prunekit/app/demo.py). Layer rel. error: sum over layers of ||X dW^T||^2 over "
             "sum of ||X W^T||^2 on the calibration inputs.", "",
             "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "", quality_markdown(rows), ""]
     (RESULTS_DIR / f"{name}.md").write_text("\n".join(text))

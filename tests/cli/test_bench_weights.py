@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prunekit.benchmarks import common, linear
+from prunekit.app.benchmarks import common, linear
 
 
 def test_largest_cache_is_a_positive_size():

@@ -40,7 +40,7 @@ def test_info_and_bench_json():
 def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from prunekit import report as reports
+    from prunekit.app import report as reports
 
     out = tmp_path / "pruned"
     result = run("prune", tiny_llama_dir, "--method", "wanda", "--sparsity", "2:4", "--nsamples", "8", "--seqlen", "16",
@@ -74,8 +74,8 @@ def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tm
 @pytest.mark.skipif(not hasattr(prunekit, "sparsify_"), reason="prune --sparsify needs prunekit.sparsify_")
 def test_prune_sparsify_into_a_used_directory_then_eval_in_process(tiny_llama_dir, tmp_path, capsys):
     """--sparsify writes a prunekit checkpoint that eval loads (prunekit.load); --overwrite replaces
-    only prunekit's files (through prunekit.cli.main, no subprocess)."""
-    from prunekit.cli import main
+    only prunekit's files (through prunekit.app.cli.main, no subprocess)."""
+    from prunekit.app.cli import main
 
     out = tmp_path / "sparse"
     (out / "model").mkdir(parents=True)
@@ -97,11 +97,11 @@ def test_prune_sparsify_into_a_used_directory_then_eval_in_process(tiny_llama_di
 
 def test_encoder_prune_and_eval_against_the_reference_in_process(tmp_path, capsys):
     """An encoder (tiny BERT, no tokenizer): calibration on random token ids, embedding fidelity
-    before and after, and eval against the dense model (through prunekit.cli.main, no subprocess)."""
+    before and after, and eval against the dense model (through prunekit.app.cli.main, no subprocess)."""
     pytest.importorskip("transformers")
     from tiny_models import tiny_model
 
-    from prunekit.cli import main
+    from prunekit.app.cli import main
 
     dense = tmp_path / "bert"
     tiny_model("bert").save_pretrained(dense)

@@ -11,8 +11,8 @@ pytest.importorskip("transformers")
 
 
 def test_quick_demo_writes_the_report_it_prints(tmp_path):
-    from prunekit import demo
-    from prunekit import report as reports
+    from prunekit.app import demo
+    from prunekit.app import report as reports
 
     out = tmp_path / "demo"
     result = run("demo", "--quick", "--methods", "sparsegpt", "--sparsities", "2:4", "--out", out, "--quiet")

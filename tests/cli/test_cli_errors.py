@@ -1,5 +1,5 @@
 """Bad input to the prunekit command: a one-line error naming the problem, exit code 2, no
-traceback (unless --debug). Every case runs through ``prunekit.cli.main`` in this process (no
+traceback (unless --debug). Every case runs through ``prunekit.app.cli.main`` in this process (no
 torch import per case); a few of them also as real subprocesses."""
 
 import pytest
@@ -9,7 +9,7 @@ SUBPROCESS_CASES = ("invalid choice", "but got '3:2'", "cannot write")
 
 
 def main_in_process(args, capsys) -> tuple[int, str, str]:
-    from prunekit.cli import main
+    from prunekit.app.cli import main
 
     try:
         code = main([str(a) for a in args])
@@ -65,7 +65,7 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(tiny_llama_dir, tmp_path
 
 
 def test_debug_raises_instead(tmp_path):
-    from prunekit.cli import UsageError, main
+    from prunekit.app.cli import UsageError, main
 
     with pytest.raises(UsageError, match="no such directory"):
         main(["prune", str(tmp_path / "missing"), "--method", "wanda", "--sparsity", "0.5", "--out",
@@ -74,14 +74,14 @@ def test_debug_raises_instead(tmp_path):
 
 @pytest.mark.parametrize("text, expected", [("0.5", 0.5), ("0", 0.0), ("2:4", "2:4"), (" 1:8 ", "1:8")])
 def test_parse_sparsity(text, expected):
-    from prunekit.cli import parse_sparsity
+    from prunekit.app.cli import parse_sparsity
 
     assert parse_sparsity(text) == expected
 
 
 @pytest.mark.parametrize("text", ["3:2", "1.5", "1", "-0.1", "half", "2:4:8", "0:4", "nan", "2:"])
 def test_parse_sparsity_rejects(text):
-    from prunekit.cli import UsageError, parse_sparsity
+    from prunekit.app.cli import UsageError, parse_sparsity
 
     with pytest.raises(UsageError, match="--sparsity: expected a fraction"):
         parse_sparsity(text)

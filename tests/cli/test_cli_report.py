@@ -6,9 +6,9 @@ import logging
 import pytest
 import torch
 
-from prunekit import evaluation
-from prunekit import report as reports
-from prunekit.benchmarks.common import geomean, summarize_speedups
+from prunekit.app import evaluation
+from prunekit.app import report as reports
+from prunekit.app.benchmarks.common import geomean, summarize_speedups
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +63,7 @@ def test_plots_are_pngs(tmp_path):
 
 def test_without_matplotlib_the_plots_are_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(reports, "have_matplotlib", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="prunekit.report"):
+    with caplog.at_level(logging.WARNING, logger="prunekit.app.report"):
         assert reports.draw_plots(tmp_path, {"x.png": lambda p: pytest.fail("drew a plot")}) == []
     assert "matplotlib is not installed" in caplog.text
 
@@ -132,7 +132,7 @@ def test_speedup_summary():
 
 
 def test_break_even_table():
-    from prunekit.benchmarks.break_even import break_even_table
+    from prunekit.app.benchmarks.break_even import break_even_table
     from prunekit.nn import break_even_sparsity
 
     def row(kernel, rows, sparsity, shape, speedup):
@@ -158,7 +158,7 @@ def test_break_even_table():
 
 
 def test_break_even_run_times_the_modules():
-    from prunekit.benchmarks import break_even
+    from prunekit.app.benchmarks import break_even
 
     threads = torch.get_num_threads()
     rows = break_even.run(True, sparsities=(0.9,), min_time=0.001, rounds=1, cold_bytes=1 << 16)

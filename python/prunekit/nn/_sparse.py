@@ -40,7 +40,7 @@ FORMATS = ("auto", "2:4", "unstructured", "dense")
 # What "auto" knows about the CPU kernels: from which sparsity the sparse modules beat dense torch,
 # per kernel family and weight dtype, as a function of the rows per call (tokens of a sequence;
 # batch 1 is the workload prunekit targets). Measured by bench/bench_break_even.py
-# (bench/results/break_even_cpu.md; :mod:`prunekit.benchmarks.break_even`) on the development
+# (bench/results/break_even_cpu.md; :mod:`prunekit.app.benchmarks.break_even`) on the development
 # machine (2-core Sapphire Rapids Xeon, AVX-512 kernels): SparseLinear / SparseConv2d against
 # nn.Linear / nn.Conv2d on 1 thread in CPU time (other load on the machine does not count), each
 # call meeting another copy of the weight (16 MiB of copies: weights come from L3/DRAM as in a

@@ -10,7 +10,7 @@ per call).
 ``weights="warm"`` (the default) gives every call of a contestant the same copy of its weight,
 which stays in the caches as far as they and the machine's other load leave it room;
 ``weights="cold"`` gives every call another copy, the copies together larger than the last-level
-cache (:func:`~prunekit.benchmarks.common.cold_copies`), so that batch 1 streams its weight from
+cache (:func:`~prunekit.app.benchmarks.common.cold_copies`), so that batch 1 streams its weight from
 memory, as decoding a model larger than the caches does. On this project's shared VMs (480 MiB of
 last-level cache) 4096^2 fp32 dense F.linear takes ~1.2 ms warm and ~2.1 ms cold, and how much of
 a warm weight stays cached depends on the other load on the machine.
@@ -28,8 +28,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .._huge_pages import aligned_copy
-from .._names import dtype_name
+from prunekit._huge_pages import aligned_copy
+from prunekit._names import dtype_name
 from .common import cold_copies, compare_ms, progress_bar, summarize_speedups, time_ms
 from .shapes import LLAMA_7B, SMALL_LINEAR
 
@@ -77,7 +77,7 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
     """One row per (shape, dtype, pattern, batch). ``quick``: one small shape, batches 1 and 16,
     short timings. ``csr=False`` leaves out torch's CSR baseline. ``rounds`` > 1 times prunekit
     and the baselines alternately in that many rounds and keeps each one's best
-    (:func:`~prunekit.benchmarks.common.compare_ms`, for busy machines). ``weights``: "warm"
+    (:func:`~prunekit.app.benchmarks.common.compare_ms`, for busy machines). ``weights``: "warm"
     (one copy of each weight, reused) or "cold" (every call reads another copy, from memory)."""
     if weights not in WEIGHTS:
         raise ValueError(f"bench linear: weights must be one of {', '.join(WEIGHTS)}, but got {weights!r}")

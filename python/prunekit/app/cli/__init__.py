@@ -18,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from .prune import ALLOCATIONS, METHODS
+from prunekit.prune import ALLOCATIONS, METHODS
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
-logger = logging.getLogger("prunekit.cli")
+logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 PRUNE_FILES = ("model", "report.json", "report.md", "layers.png", "quality_vs_sparsity.png")
@@ -229,7 +229,7 @@ def _vocab_size(model) -> int:
 
 def calibration_batches(args, model, tokenizer, causal: bool) -> tuple[list[dict], dict]:
     """Calibration batches for ``model`` and a description of them (for the report)."""
-    from . import evaluation
+    from .. import evaluation
 
     info = {"nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed, "batch_size": args.batch_size}
     if args.calib is not None:
@@ -261,7 +261,7 @@ def calibration_batches(args, model, tokenizer, causal: bool) -> tuple[list[dict
 def evaluation_batches(data: str | None, model, tokenizer, causal: bool, samples: int, seqlen: int, seed: int,
                        batch_size: int) -> tuple[list[dict], str]:
     """Held-out batches: ``data`` (a text file) or the standard-library evaluation docstrings."""
-    from . import evaluation
+    from .. import evaluation
 
     paragraphs = evaluation.read_text_file(data, "--data") if data is not None else None
     source = os.fspath(data) if data is not None else \
@@ -285,7 +285,7 @@ def _info(args: argparse.Namespace) -> int:
     import torch
 
     import prunekit
-    from prunekit.benchmarks.common import cpu_name
+    from ..benchmarks.common import cpu_name
 
     info = prunekit.build_info()
     info["cpu"] = cpu_name()
@@ -299,8 +299,8 @@ def _info(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- demo
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import demo
-    from . import report as reports
+    from .. import demo
+    from .. import report as reports
 
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     for method in methods or ():
@@ -329,7 +329,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _distributed():
     """prunekit.distributed when this prunekit has it, else None."""
     try:
-        from . import distributed
+        from prunekit import distributed
     except ImportError:
         return None
     return distributed if callable(getattr(distributed, "init_from_env", None)) else None
@@ -338,8 +338,8 @@ def _distributed():
 def _prune(args: argparse.Namespace) -> int:
     import prunekit
 
-    from . import evaluation
-    from . import report as reports
+    from .. import evaluation
+    from .. import report as reports
 
     sparsity = parse_sparsity(args.sparsity)
     config_kwargs = dict(method=args.method, sparsity=sparsity, allocation=args.allocation, refine=args.refine,
@@ -374,9 +374,9 @@ def _prune(args: argparse.Namespace) -> int:
 def _prune_run(args, sparsity, config_kwargs, out: Path, distributed) -> int:
     import prunekit
 
-    from . import evaluation
-    from . import report as reports
-    from .benchmarks.common import machine_info
+    from .. import evaluation
+    from .. import report as reports
+    from ..benchmarks.common import machine_info
 
     started = time.perf_counter()
     is_main = distributed is None or distributed.is_main_process()
@@ -453,7 +453,7 @@ def _save_checkpoint(model, tokenizer, path: Path, sparsified: bool, distributed
 
 
 def _write_prune_report(out: Path, result: dict) -> list[str]:
-    from . import report as reports
+    from .. import report as reports
 
     prune_report = result["prune"]
     quality = result["quality"]
@@ -509,7 +509,7 @@ def _print_prune_summary(result: dict, report, out: Path) -> None:
 # ----------------------------------------------------------------------------- eval
 
 def _eval(args: argparse.Namespace) -> int:
-    from . import evaluation
+    from .. import evaluation
 
     if args.data is not None:
         evaluation.read_text_file(args.data, "--data")  # fail early on a bad file
@@ -555,8 +555,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from . import benchmarks
-    from . import report as reports
+    from .. import benchmarks
+    from .. import report as reports
 
     names = []
     for item in args.only or list(benchmarks.FAMILIES):

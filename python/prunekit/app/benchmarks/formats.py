@@ -11,7 +11,7 @@ import itertools
 
 import torch
 
-from .._names import dtype_name
+from prunekit._names import dtype_name
 from .common import progress_bar, summarize_speedups, time_ms
 from .shapes import LLAMA_7B, SMALL_LINEAR
 

@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn as nn
 
-from .._names import dtype_name
+from prunekit._names import dtype_name
 from .common import copies_totalling, progress_bar
 from .shapes import MINILM_L6, MOBILENET_V1_POINTWISE
 

@@ -19,7 +19,7 @@ import torch
 
 from . import evaluation
 from . import report as reports
-from .prune import PruneConfig, prune
+from prunekit.prune import PruneConfig, prune
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
     files) and returns everything that was reported (the dict written to report.json, with
     "files" listing what was written). ``quick``: fewer sentences, 50% and 2:4 only, short
     timings; ``methods`` / ``sparsities`` replace the default runs."""
-    from . import build_info
+    from prunekit import build_info
     from .benchmarks import linear
     from .benchmarks.common import machine_info
     from .benchmarks.shapes import MINILM_L6
