@@ -12,15 +12,15 @@ using ObsBlockFn = void (*)(float*, int64_t, const float*, int64_t, int64_t, flo
 inline ObsBlockFn select_obs_block() {
   const Isa isa = selected_isa_id();
 #if defined(PRUNEKIT_HAVE_AVX512)
-  if (isa == Isa::kAvx512) return &obs_block_rows_avx512;
+  if (isa == Isa::kAvx512) return &obs_block_update_avx512;
 #endif
 #if defined(PRUNEKIT_HAVE_AVX2)
-  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) return &obs_block_rows_avx2;
+  if (isa == Isa::kAvx2 || isa == Isa::kAvx512) return &obs_block_update_avx2;
 #endif
 #if defined(PRUNEKIT_HAVE_NEON)
-  if (isa == Isa::kNeon) return &obs_block_rows_neon;
+  if (isa == Isa::kNeon) return &obs_block_update_neon;
 #endif
-  return &obs_block_rows_scalar;
+  return &obs_block_update_scalar;
 }
 
 }  // namespace prunekit::cpu
@@ -77,7 +77,7 @@ using BitmapGemvBf16Fn = Status (*)(const uint16_t*, const uint16_t*, const int6
 // null (callers then widen x and use the fp32 GEMV).
 inline BitmapGemvBf16Fn select_bitmap_gemv_bf16() {
 #if defined(PRUNEKIT_HAVE_AVX512BF16)
-  if (selected_isa_id() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16")) return &bitmap_gemv_bf16_avx512bf16;
+  if (selected_isa_id() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16")) return &bitmap_bf16_gemv_avx512bf16;
 #endif
   return nullptr;
 }

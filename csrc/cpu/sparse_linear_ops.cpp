@@ -150,13 +150,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_bitmap(const at::Tensor&
   auto* bits = reinterpret_cast<uint16_t*>(bitmap.data_ptr<int16_t>());
   const int element_bytes = int(dense.element_size());
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    cpu::bitmap_scan_rows(dense.data_ptr(), element_bytes, true, k, bits, row_nnz.data_ptr<int64_t>(), begin, end);
+    cpu::bitmap_scan_scalar(dense.data_ptr(), element_bytes, true, k, bits, row_nnz.data_ptr<int64_t>(), begin, end);
   });
   at::Tensor row_offsets = at::zeros({rows + 1}, row_nnz.options());
   row_offsets.narrow(0, 1, rows).copy_(row_nnz.cumsum(0));
   at::Tensor values = empty_for_kernels({row_offsets[rows].item<int64_t>()}, dense.options());
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    cpu::bitmap_pack_rows(dense.data_ptr(), element_bytes, k, bits, row_offsets.data_ptr<int64_t>(),
+    cpu::bitmap_pack_scalar(dense.data_ptr(), element_bytes, k, bits, row_offsets.data_ptr<int64_t>(),
                           values.data_ptr(), begin, end);
   });
   return {values, bitmap, row_offsets};
@@ -206,7 +206,7 @@ void check_status(const Status& status, const char* op, int64_t k) {
 // is still an error, as it is for every other input.
 void validate_bitmap(const char* op, const uint16_t* bits, const WeightRows& weight, int64_t k) {
   check_status(run_weight_rows(op, weight, 64, [&](int64_t begin, int64_t end) {
-                 return cpu::bitmap_validate_rows(bits, weight.offsets, k, begin, end);
+                 return cpu::bitmap_validate_scalar(bits, weight.offsets, k, begin, end);
                }),
                op, k);
 }
@@ -220,7 +220,7 @@ at::Tensor decompress_bitmap(const at::Tensor& values, const at::Tensor& bitmap,
   validate_bitmap(op, bits, weight, k);  // checks the offsets too
   at::Tensor dense = at::empty({rows, k}, values.options());
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    cpu::bitmap_unpack_rows(values.data_ptr(), int(values.element_size()), bits, offsets, k,
+    cpu::bitmap_unpack_scalar(values.data_ptr(), int(values.element_size()), bits, offsets, k,
                             dense.data_ptr(), begin, end);
   });
   return dense;
@@ -303,16 +303,16 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     // block by block inside the kernel.
     const at::Tensor x16 = contiguous_as(x, at::kBFloat16);
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>());
-    at::Tensor packed = at::empty({cpu::amx_packed_x_elements(batch, k)}, x.options().dtype(at::kShort));
+    at::Tensor packed = at::empty({cpu::bitmap_bf16_packed_x_elements_amx(batch, k)}, x.options().dtype(at::kShort));
     auto* packed_bits = reinterpret_cast<uint16_t*>(packed.data_ptr<int16_t>());
     const int64_t chunks = (k + 31) / 32;
     at::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
-      cpu::pack_x_amx(x_bits, batch, k, packed_bits, begin, end);
+      cpu::bitmap_bf16_pack_x_amx(x_bits, batch, k, packed_bits, begin, end);
     });
     const auto* value_bits = reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>());
     at::Tensor out = at::empty(out_shape, x.options());  // bf16, rounded in the kernel as torch rounds
     status = run_weight_rows(op, weight, 32, [&](int64_t begin, int64_t end) {
-      return cpu::bitmap_spmm_bf16_amx(value_bits, bits, offsets, rows, k, packed_bits, batch, bias_ptr,
+      return cpu::bitmap_bf16_spmm_amx(value_bits, bits, offsets, rows, k, packed_bits, batch, bias_ptr,
                                        out.data_ptr(), cpu::ValueType::kBFloat16, begin, end);
     });
     check_status(status, op, k);

@@ -85,7 +85,7 @@ at::Tensor sparsegpt_solve_(at::Tensor& weight, const at::Tensor& hinv, double s
       const int64_t target = int64_t(std::nearbyint(sparsity * double(rows) * double(end)));
       const at::Tensor scores =
           (weight.narrow(1, begin, count) / hinv_diag.narrow(0, begin, count)).square().contiguous();
-      cpu::prune_smallest_scalar(scores.data_ptr<float>(), rows * count, target - pruned_so_far,
+      cpu::prune_mask_smallest_scalar(scores.data_ptr<float>(), rows * count, target - pruned_so_far,
                                  block_keep.data_ptr<bool>());
       pruned_so_far = target;
     }

@@ -39,7 +39,7 @@ at::Tensor nm_mask_cuda(const at::Tensor& scores, int64_t n, int64_t m) {
   const int64_t k = scores.size(-1), rows = scores.numel() / k;
   at::Tensor keep = at::empty(scores.sizes(), scores.options().dtype(at::kBool));
   at::Tensor error_index = new_error_index(scores);
-  check_launch(cuda::nm_mask(scores.data_ptr(), score_type(scores.scalar_type()),
+  check_launch(cuda::nm_mask_select(scores.data_ptr(), score_type(scores.scalar_type()),
                              keep.data_ptr<bool>(), rows, k, n, m, error_ptr(error_index),
                              c10::cuda::getCurrentCUDAStream()),
                "nm_mask");
@@ -58,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cuda(const at::Tensor& dense) {
   at::Tensor meta = at::empty(shapes.meta, dense.options().dtype(shapes.meta_dtype));
   at::Tensor error_index = new_error_index(dense);
   const int64_t rows = dense.size(0), k = dense.size(1);
-  check_launch(cuda::compress24(dense.data_ptr(), values.data_ptr(), meta.data_ptr(), rows, k,
+  check_launch(cuda::format24_compress(dense.data_ptr(), values.data_ptr(), meta.data_ptr(), rows, k,
                                 int(dense.element_size()), dense.is_floating_point(),
                                 error_ptr(error_index), c10::cuda::getCurrentCUDAStream()),
                "compress_24");
@@ -74,7 +74,7 @@ at::Tensor decompress_24_cuda(const at::Tensor& values, const at::Tensor& meta) 
   at::Tensor dense = at::empty(dense_shape, values.options());
   at::Tensor error_index = new_error_index(values);
   const int64_t rows = dense_shape[0], k = dense_shape[1];
-  check_launch(cuda::decompress24(values.data_ptr(), meta.data_ptr(), dense.data_ptr(), rows, k,
+  check_launch(cuda::format24_decompress(values.data_ptr(), meta.data_ptr(), dense.data_ptr(), rows, k,
                                   int(values.element_size()), error_ptr(error_index),
                                   c10::cuda::getCurrentCUDAStream()),
                "decompress_24");

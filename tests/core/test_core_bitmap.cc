@@ -71,10 +71,10 @@ Sparse make(int64_t rows, int64_t k, double sparsity, std::mt19937& rng) {
   s.bitmap.resize(rows * bitmap_words(k));
   s.offsets.assign(rows + 1, 0);
   std::vector<int64_t> nnz(rows);
-  bitmap_scan_rows(s.dense.data(), 4, true, k, s.bitmap.data(), nnz.data(), 0, rows);
+  bitmap_scan_scalar(s.dense.data(), 4, true, k, s.bitmap.data(), nnz.data(), 0, rows);
   for (int64_t r = 0; r < rows; ++r) s.offsets[r + 1] = s.offsets[r] + nnz[r];
   s.values.reset(new float[s.offsets[rows] > 0 ? s.offsets[rows] : 1]);
-  bitmap_pack_rows(s.dense.data(), 4, k, s.bitmap.data(), s.offsets.data(), s.values.get(), 0, rows);
+  bitmap_pack_scalar(s.dense.data(), 4, k, s.bitmap.data(), s.offsets.data(), s.values.get(), 0, rows);
   return s;
 }
 
@@ -100,10 +100,10 @@ Sparse make_half_dense(int64_t rows, int64_t k, std::mt19937& rng) {
   s.bitmap.resize(rows * bitmap_words(k));
   s.offsets.assign(rows + 1, 0);
   std::vector<int64_t> nnz(rows);
-  bitmap_scan_rows(s.dense.data(), 4, true, k, s.bitmap.data(), nnz.data(), 0, rows);
+  bitmap_scan_scalar(s.dense.data(), 4, true, k, s.bitmap.data(), nnz.data(), 0, rows);
   for (int64_t r = 0; r < rows; ++r) s.offsets[r + 1] = s.offsets[r] + nnz[r];
   s.values.reset(new float[s.offsets[rows]]);
-  bitmap_pack_rows(s.dense.data(), 4, k, s.bitmap.data(), s.offsets.data(), s.values.get(), 0, rows);
+  bitmap_pack_scalar(s.dense.data(), 4, k, s.bitmap.data(), s.offsets.data(), s.values.get(), 0, rows);
   return s;
 }
 
@@ -527,7 +527,7 @@ void check_gemv_bf16(std::mt19937& rng) {
           std::vector<uint16_t> x16(batch * k);
           fill_x_bf16(rng, x, x16.data());
           std::vector<float> y(batch * rows, NAN);
-          EXPECT(bitmap_gemv_bf16_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k,
+          EXPECT(bitmap_bf16_gemv_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k,
                                              x16.data(), batch, w.bias.data(), y.data(), 0, rows).ok());
           expect_bf16_result(w, rows, k, batch, x, y.data());
         }
@@ -543,12 +543,12 @@ void check_gemv_bf16(std::mt19937& rng) {
     std::vector<uint16_t> x16(300);
     fill_x_bf16(rng, x, x16.data());
     std::vector<float> full(37);
-    EXPECT(bitmap_gemv_bf16_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), 37, 300, x16.data(), 1,
+    EXPECT(bitmap_bf16_gemv_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), 37, 300, x16.data(), 1,
                                        w.bias.data(), full.data(), 0, 37).ok());
     expect_bf16_result(w, 37, 300, 1, x, full.data());
     for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{3, 4}, {3, 10}, {5, 37}, {0, 36}}) {
       std::vector<float> y(37, NAN);
-      EXPECT(bitmap_gemv_bf16_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), 37, 300, x16.data(),
+      EXPECT(bitmap_bf16_gemv_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), 37, 300, x16.data(),
                                          1, w.bias.data(), y.data(), begin, end).ok());
       for (int64_t r = 0; r < 37; ++r) EXPECT(r >= begin && r < end ? close(y[r], full[r]) : std::isnan(y[r]));
     }
@@ -556,7 +556,7 @@ void check_gemv_bf16(std::mt19937& rng) {
     skewed[11] -= 1;  // rows 10 and 11
     skewed[21] -= 1;  // rows 20 and 21, reached first in lockstep over [0, 36)
     std::vector<float> y(37);
-    EXPECT(bitmap_gemv_bf16_avx512bf16(w.values.get(), w.s.bitmap.data(), skewed.data(), 37, 300, x16.data(), 1,
+    EXPECT(bitmap_bf16_gemv_avx512bf16(w.values.get(), w.s.bitmap.data(), skewed.data(), 37, 300, x16.data(), 1,
                                        nullptr, y.data(), 0, 36).row == 10);
   }
   {
@@ -567,7 +567,7 @@ void check_gemv_bf16(std::mt19937& rng) {
     for (int64_t i = 0; i < 128; ++i) values[i] = to_bf16(1.0f);
     std::vector<uint16_t> x16(w.kColumns, to_bf16(1.0f));
     std::vector<float> y(w.kRows);
-    const Status status = bitmap_gemv_bf16_avx512bf16(values.get(), w.bitmap.data(), w.offsets.data(), w.kRows,
+    const Status status = bitmap_bf16_gemv_avx512bf16(values.get(), w.bitmap.data(), w.offsets.data(), w.kRows,
                                                       w.kColumns, x16.data(), 1, nullptr, y.data(), 0, w.kRows);
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 2);
   }
@@ -579,7 +579,7 @@ void check_gemv_bf16(std::mt19937& rng) {
   for (int64_t i = 0; i < s.offsets[8]; ++i) values[i] = to_bf16(s.values[i]);
   std::vector<uint16_t> x16(70, to_bf16(1.0f));
   std::vector<float> y(8);
-  EXPECT(!bitmap_gemv_bf16_avx512bf16(values.get(), s.bitmap.data(), skewed.data(), 8, 70, x16.data(), 1, nullptr,
+  EXPECT(!bitmap_bf16_gemv_avx512bf16(values.get(), s.bitmap.data(), skewed.data(), 8, 70, x16.data(), 1, nullptr,
                                       y.data(), 0, 8).ok());
   std::printf("bitmap kernels (avx512bf16 bf16 GEMV) checked\n");
 }
@@ -613,24 +613,24 @@ void check_spmm_amx(std::mt19937& rng) {
         std::vector<float> x(batch * k);
         std::unique_ptr<uint16_t[]> x16(new uint16_t[batch * k]);
         fill_x_bf16(rng, x, x16.get());
-        const int64_t packed_elements = amx_packed_x_elements(batch, k);
+        const int64_t packed_elements = bitmap_bf16_packed_x_elements_amx(batch, k);
         std::unique_ptr<uint16_t[]> packed(new uint16_t[packed_elements]);
-        pack_x_amx(x16.get(), batch, k, packed.get(), 0, (k + 31) / 32);
+        bitmap_bf16_pack_x_amx(x16.get(), batch, k, packed.get(), 0, (k + 31) / 32);
         std::unique_ptr<float[]> y(new float[batch * rows]);
         for (int64_t i = 0; i < batch * rows; ++i) y[i] = NAN;
         // Two row ranges, as two threads would run them; the split is not a multiple of 32.
         const int64_t split = rows / 3;
-        EXPECT(bitmap_spmm_bf16_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
+        EXPECT(bitmap_bf16_spmm_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
                                     batch, w.bias.data(), y.get(), ValueType::kFloat32, 0, split).ok());
-        EXPECT(bitmap_spmm_bf16_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
+        EXPECT(bitmap_bf16_spmm_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
                                     batch, w.bias.data(), y.get(), ValueType::kFloat32, split, rows).ok());
         expect_bf16_result(w, rows, k, batch, x, y.get());
         // bf16 output: the same sums rounded as torch rounds fp32 to bf16, bit for bit.
         std::unique_ptr<uint16_t[]> y16(new uint16_t[batch * rows]);
         for (int64_t i = 0; i < batch * rows; ++i) y16[i] = 0xffff;  // a NaN pattern the kernel never writes
-        EXPECT(bitmap_spmm_bf16_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
+        EXPECT(bitmap_bf16_spmm_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
                                     batch, w.bias.data(), y16.get(), ValueType::kBFloat16, 0, split).ok());
-        EXPECT(bitmap_spmm_bf16_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
+        EXPECT(bitmap_bf16_spmm_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
                                     batch, w.bias.data(), y16.get(), ValueType::kBFloat16, split, rows).ok());
         for (int64_t i = 0; i < batch * rows; ++i) EXPECT(y16[i] == prunekit::float_to_bf16(y[i]));
       }
@@ -640,10 +640,10 @@ void check_spmm_amx(std::mt19937& rng) {
   const auto run_on_ones = [](const Bf16Weight& w, const std::vector<uint16_t>& bitmap,
                               const std::vector<int64_t>& offsets, int64_t rows, int64_t k, int64_t batch) {
     std::vector<uint16_t> x16(batch * k, to_bf16(1.0f));
-    std::vector<uint16_t> packed(amx_packed_x_elements(batch, k));
-    pack_x_amx(x16.data(), batch, k, packed.data(), 0, (k + 31) / 32);
+    std::vector<uint16_t> packed(bitmap_bf16_packed_x_elements_amx(batch, k));
+    bitmap_bf16_pack_x_amx(x16.data(), batch, k, packed.data(), 0, (k + 31) / 32);
     std::vector<float> y(batch * rows);
-    return bitmap_spmm_bf16_amx(w.values.get(), bitmap.data(), offsets.data(), rows, k, packed.data(), batch, nullptr,
+    return bitmap_bf16_spmm_amx(w.values.get(), bitmap.data(), offsets.data(), rows, k, packed.data(), batch, nullptr,
                                 y.data(), ValueType::kFloat32, 0, rows);
   };
   const Bf16Weight w = make_bf16(8, 70, 0.5, rng);

@@ -13,7 +13,7 @@
 namespace {
 
 using namespace prunekit::cpu;
-using ObsFn = decltype(&obs_block_rows_scalar);
+using ObsFn = decltype(&obs_block_update_scalar);
 
 int failures = 0;
 #define EXPECT(condition)                                                           \
@@ -25,17 +25,17 @@ int failures = 0;
   } while (0)
 
 std::vector<std::pair<const char*, ObsFn>> variants() {
-  std::vector<std::pair<const char*, ObsFn>> out{{"scalar", &obs_block_rows_scalar}};
+  std::vector<std::pair<const char*, ObsFn>> out{{"scalar", &obs_block_update_scalar}};
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
 #if defined(PRUNEKIT_HAVE_AVX2)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back({"avx2", &obs_block_rows_avx2});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back({"avx2", &obs_block_update_avx2});
 #endif
 #if defined(PRUNEKIT_HAVE_AVX512)
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) out.push_back({"avx512", &obs_block_rows_avx512});
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) out.push_back({"avx512", &obs_block_update_avx512});
 #endif
 #elif defined(__aarch64__) && defined(PRUNEKIT_HAVE_NEON)
-  out.push_back({"neon", &obs_block_rows_neon});
+  out.push_back({"neon", &obs_block_update_neon});
 #endif
   return out;
 }

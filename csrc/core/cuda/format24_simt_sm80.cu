@@ -1,8 +1,5 @@
-// 2:4 compression / decompression and the N:M mask on CUDA cores: one thread per meta element
-// (compression) or per group (mask). Bandwidth-bound, built for sm_80 and sm_90a.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+// 2:4 compression / decompression on CUDA cores: one thread per meta element. Bandwidth-bound,
+// built for sm_80 and sm_90a.
 #include "prunekit/format24.h"
 #include "prunekit/kernels_cuda.h"
 
@@ -69,39 +66,6 @@ __global__ void decompress24_kernel(const Bits* __restrict__ values, const Meta*
   }
 }
 
-__device__ double load_score(const void* scores, ScoreType type, int64_t i) {
-  switch (type) {
-    case ScoreType::kFloat32: return double(static_cast<const float*>(scores)[i]);
-    case ScoreType::kFloat64: return static_cast<const double*>(scores)[i];
-    case ScoreType::kFloat16: return double(__half2float(static_cast<const __half*>(scores)[i]));
-    default: return double(__bfloat162float(static_cast<const __nv_bfloat16*>(scores)[i]));
-  }
-}
-
-__global__ void nm_mask_kernel(const void* __restrict__ scores, ScoreType type,
-                               bool* __restrict__ keep, int64_t groups, int64_t n, int64_t m,
-                               unsigned long long* error_index) {
-  const int64_t group = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (group >= groups) return;
-  const int64_t base = group * m;
-  for (int64_t i = 0; i < m; ++i) {
-    const double s = load_score(scores, type, base + i);
-    if (!isfinite(s)) {
-      atomicMin(error_index, static_cast<unsigned long long>(base + i));
-      return;
-    }
-  }
-  for (int64_t i = 0; i < m; ++i) {
-    const double s = load_score(scores, type, base + i);
-    int64_t rank = 0;
-    for (int64_t j = 0; j < m && rank < n; ++j) {
-      const double t = load_score(scores, type, base + j);
-      rank += t > s || (t == s && j < i);
-    }
-    keep[base + i] = rank < n;
-  }
-}
-
 template <typename Bits, typename Meta>
 cudaError_t launch_compress(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
                             bool is_float, unsigned long long* error_index, cudaStream_t stream) {
@@ -126,7 +90,7 @@ cudaError_t launch_decompress(const void* values, const void* meta, void* dense,
 
 }  // namespace
 
-cudaError_t compress24(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
+cudaError_t format24_compress(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
                        int element_bytes, bool is_float, unsigned long long* error_index,
                        cudaStream_t stream) {
   switch (element_bytes) {
@@ -142,7 +106,7 @@ cudaError_t compress24(const void* dense, void* values, void* meta, int64_t rows
   }
 }
 
-cudaError_t decompress24(const void* values, const void* meta, void* dense, int64_t rows,
+cudaError_t format24_decompress(const void* values, const void* meta, void* dense, int64_t rows,
                          int64_t k, int element_bytes, unsigned long long* error_index,
                          cudaStream_t stream) {
   switch (element_bytes) {
@@ -156,14 +120,6 @@ cudaError_t decompress24(const void* values, const void* meta, void* dense, int6
       return launch_decompress<uint32_t, uint16_t>(values, meta, dense, rows, k, error_index,
                                                    stream);
   }
-}
-
-cudaError_t nm_mask(const void* scores, ScoreType type, bool* keep, int64_t rows, int64_t k,
-                    int64_t n, int64_t m, unsigned long long* error_index, cudaStream_t stream) {
-  const int64_t groups = rows * (k / m);
-  nm_mask_kernel<<<blocks_for(groups), kThreads, 0, stream>>>(scores, type, keep, groups, n, m,
-                                                               error_index);
-  return cudaGetLastError();
 }
 
 }  // namespace prunekit::cuda

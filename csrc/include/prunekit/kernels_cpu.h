@@ -27,16 +27,16 @@ struct Status {
 // element_bytes wide (1, 2 or 4); is_float selects whether -0.0 counts as zero. Writes values
 // (rows, k/2) and reordered meta (see prunekit/format24.h). rows and k must satisfy the layout's
 // alignment; the caller checks that.
-Status compress24_rows_scalar(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
+Status format24_compress_scalar(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
                               int element_bytes, bool is_float, int64_t row_begin, int64_t row_end);
 
 // Inverse of compress24: fills rows [row_begin, row_end) of dense (rows, k) including zeros.
-Status decompress24_rows_scalar(const void* values, const void* meta, void* dense, int64_t rows,
+Status format24_decompress_scalar(const void* values, const void* meta, void* dense, int64_t rows,
                                 int64_t k, int element_bytes, int64_t row_begin, int64_t row_end);
 
 // N:M keep-mask: in every group of m consecutive entries of a row (rows, k), keep the n largest
 // scores; equal scores keep the lower index. k must be a multiple of m, 0 <= n <= m.
-Status nm_mask_rows_scalar(const void* scores, ScoreType type, bool* keep, int64_t k, int64_t n,
+Status nm_mask_select_scalar(const void* scores, ScoreType type, bool* keep, int64_t k, int64_t n,
                            int64_t m, int64_t row_begin, int64_t row_end);
 
 }  // namespace prunekit::cpu
@@ -51,7 +51,7 @@ namespace prunekit::cpu {
 // read when m == 0 (chosen beforehand), written when m > 0 (n kept of every m, on updated weights).
 // One symbol per ISA variant; kernel_select.h picks one at run time.
 #define PRUNEKIT_DECLARE_OBS_BLOCK(isa)                                                          \
-  void obs_block_rows_##isa(float* w, int64_t ldw, const float* hinv, int64_t ldh, int64_t cols, \
+  void obs_block_update_##isa(float* w, int64_t ldw, const float* hinv, int64_t ldh, int64_t cols, \
                             float* err, bool* keep, int64_t n, int64_t m, int64_t row_begin,     \
                             int64_t row_end);
 PRUNEKIT_DECLARE_OBS_BLOCK(scalar)
@@ -61,7 +61,7 @@ PRUNEKIT_DECLARE_OBS_BLOCK(neon)
 #undef PRUNEKIT_DECLARE_OBS_BLOCK
 
 // keep[i] = false for exactly the k smallest scores (ties: lower index first), true otherwise.
-void prune_smallest_scalar(const float* scores, int64_t count, int64_t k, bool* keep);
+void prune_mask_smallest_scalar(const float* scores, int64_t count, int64_t k, bool* keep);
 
 }  // namespace prunekit::cpu
 
@@ -87,18 +87,18 @@ inline bool bitmap_block_in_span(const uint16_t* row_bitmap, int64_t words, uint
 }
 
 // Pass 1 of compression: bitmap and per-row nonzero counts of rows [row_begin, row_end).
-void bitmap_scan_rows(const void* dense, int element_bytes, bool is_float, int64_t k,
+void bitmap_scan_scalar(const void* dense, int element_bytes, bool is_float, int64_t k,
                       uint16_t* bitmap, int64_t* row_nnz, int64_t row_begin, int64_t row_end);
 // Pass 2: packs the nonzeros given the bitmap and row offsets.
-void bitmap_pack_rows(const void* dense, int element_bytes, int64_t k, const uint16_t* bitmap,
+void bitmap_pack_scalar(const void* dense, int element_bytes, int64_t k, const uint16_t* bitmap,
                       const int64_t* row_offsets, void* values, int64_t row_begin, int64_t row_end);
 // Expands rows back to dense (zeros elsewhere).
-void bitmap_unpack_rows(const void* values, int element_bytes, const uint16_t* bitmap,
+void bitmap_unpack_scalar(const void* values, int element_bytes, const uint16_t* bitmap,
                         const int64_t* row_offsets, int64_t k, void* dense, int64_t row_begin,
                         int64_t row_end);
 // Checks that each row's offsets match its bitmap's popcount and that no bit lies past column k
 // (so kernels never read outside values or x). Returns the first bad row in status.row.
-Status bitmap_validate_rows(const uint16_t* bitmap, const int64_t* row_offsets, int64_t k,
+Status bitmap_validate_scalar(const uint16_t* bitmap, const int64_t* row_offsets, int64_t k,
                             int64_t row_begin, int64_t row_end);
 
 enum class ValueType : int { kFloat32, kBFloat16 };
@@ -134,7 +134,7 @@ PRUNEKIT_DECLARE_BITMAP_SPMM(avx512)
 PRUNEKIT_DECLARE_BITMAP_SPMM(neon)
 // bf16 weights times bf16 x (batch <= kGemvMaxBatch) with fp32 sums, on CPUs with AVX-512 BF16:
 // x (batch, k) bf16 row-major, otherwise as bitmap_gemv_*.
-Status bitmap_gemv_bf16_avx512bf16(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
+Status bitmap_bf16_gemv_avx512bf16(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
                                    int64_t rows, int64_t k, const uint16_t* x, int64_t batch,
                                    const float* bias, float* y, int64_t row_begin, int64_t row_end);
 
@@ -143,15 +143,15 @@ Status bitmap_gemv_bf16_avx512bf16(const uint16_t* values, const uint16_t* bitma
 bool amx_bf16_usable();
 // x (batch, k) bf16 in the B-tile layout: per 32-column chunk, per 16-row batch tile, 16 rows of
 // column pairs (VNNI), zero-padded. Elements of the packed buffer:
-int64_t amx_packed_x_elements(int64_t batch, int64_t k);
+int64_t bitmap_bf16_packed_x_elements_amx(int64_t batch, int64_t k);
 // Packs chunks [chunk_begin, chunk_end) of x (so that callers can split the work).
-void pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_t* packed, int64_t chunk_begin,
+void bitmap_bf16_pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_t* packed, int64_t chunk_begin,
                 int64_t chunk_end);
 // y[b][r] = sum W[r][c] x[b][c] + bias[r], y (batch, rows) of y_type (fp32, or bf16 from the fp32
 // sums by float_to_bf16, as torch converts a tensor), rows [row_begin, row_end), x packed by
-// pack_x_amx. Checks the bitmap as the other bitmap kernels do (kCorruptMeta); kBadArgument when
+// bitmap_bf16_pack_x_amx. Checks the bitmap as the other bitmap kernels do (kCorruptMeta); kBadArgument when
 // AMX is not usable.
-Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
+Status bitmap_bf16_spmm_amx(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
                             int64_t rows, int64_t k, const uint16_t* packed_x, int64_t batch, const float* bias,
                             void* y, ValueType y_type, int64_t row_begin, int64_t row_end);
 

@@ -97,7 +97,7 @@ Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t
 
 }  // namespace
 
-Status nm_mask_rows_scalar(const void* scores, ScoreType type, bool* keep, int64_t k, int64_t n,
+Status nm_mask_select_scalar(const void* scores, ScoreType type, bool* keep, int64_t k, int64_t n,
                            int64_t m, int64_t row_begin, int64_t row_end) {
   switch (type) {
     case ScoreType::kFloat32: {

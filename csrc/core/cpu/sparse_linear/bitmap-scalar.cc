@@ -66,7 +66,7 @@ inline float load_value(const void* values, ValueType type, int64_t i) {
 
 }  // namespace
 
-void bitmap_scan_rows(const void* dense, int element_bytes, bool is_float, int64_t k,
+void bitmap_scan_scalar(const void* dense, int element_bytes, bool is_float, int64_t k,
                       uint16_t* bitmap, int64_t* row_nnz, int64_t row_begin, int64_t row_end) {
   if (element_bytes == 2) {
     scan_rows(static_cast<const uint16_t*>(dense), is_float, k, bitmap, row_nnz, row_begin, row_end);
@@ -75,7 +75,7 @@ void bitmap_scan_rows(const void* dense, int element_bytes, bool is_float, int64
   }
 }
 
-void bitmap_pack_rows(const void* dense, int element_bytes, int64_t k, const uint16_t* bitmap,
+void bitmap_pack_scalar(const void* dense, int element_bytes, int64_t k, const uint16_t* bitmap,
                       const int64_t* row_offsets, void* values, int64_t row_begin, int64_t row_end) {
   if (element_bytes == 2) {
     pack_rows(static_cast<const uint16_t*>(dense), k, bitmap, row_offsets,
@@ -86,7 +86,7 @@ void bitmap_pack_rows(const void* dense, int element_bytes, int64_t k, const uin
   }
 }
 
-void bitmap_unpack_rows(const void* values, int element_bytes, const uint16_t* bitmap,
+void bitmap_unpack_scalar(const void* values, int element_bytes, const uint16_t* bitmap,
                         const int64_t* row_offsets, int64_t k, void* dense, int64_t row_begin,
                         int64_t row_end) {
   if (element_bytes == 2) {
@@ -98,7 +98,7 @@ void bitmap_unpack_rows(const void* values, int element_bytes, const uint16_t* b
   }
 }
 
-Status bitmap_validate_rows(const uint16_t* bitmap, const int64_t* row_offsets, int64_t k,
+Status bitmap_validate_scalar(const uint16_t* bitmap, const int64_t* row_offsets, int64_t k,
                             int64_t row_begin, int64_t row_end) {
   const int64_t words = bitmap_words(k);
   const uint32_t tail_bits = uint32_t(k - (words - 1) * kBitmapWordBits);

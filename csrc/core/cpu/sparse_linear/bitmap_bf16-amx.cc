@@ -21,7 +21,7 @@
 #include <unistd.h>
 #endif
 
-#include "../layout/transpose_impl.h"
+#include "../transpose/transpose_impl.h"
 #include "prunekit/half.h"
 #include "prunekit/kernels_cpu.h"
 
@@ -269,11 +269,11 @@ bool amx_bf16_usable() {
   return usable;
 }
 
-int64_t amx_packed_x_elements(int64_t batch, int64_t k) {
+int64_t bitmap_bf16_packed_x_elements_amx(int64_t batch, int64_t k) {
   return ((k + kChunk - 1) / kChunk) * ((batch + kTileRows - 1) / kTileRows) * kTileRows * kChunk;
 }
 
-void pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_t* packed, int64_t chunk_begin,
+void bitmap_bf16_pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_t* packed, int64_t chunk_begin,
                 int64_t chunk_end) {
   const int64_t batch_tiles = (batch + kTileRows - 1) / kTileRows;
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
@@ -299,7 +299,7 @@ void pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_t* packed, i
   }
 }
 
-Status bitmap_spmm_bf16_amx(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
+Status bitmap_bf16_spmm_amx(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
                             int64_t rows, int64_t k, const uint16_t* packed_x, int64_t batch, const float* bias,
                             void* y, ValueType y_type, int64_t row_begin, int64_t row_end) {
   if (batch < 1 || k < 1 || !amx_bf16_usable()) return Status{StatusCode::kBadArgument, 0, 0};

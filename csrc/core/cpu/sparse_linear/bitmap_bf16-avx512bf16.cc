@@ -179,7 +179,7 @@ Status gemv_row_pairs(const uint16_t* values, const uint16_t* bitmap, const int6
 
 }  // namespace
 
-Status bitmap_gemv_bf16_avx512bf16(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
+Status bitmap_bf16_gemv_avx512bf16(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
                                    int64_t rows, int64_t k, const uint16_t* x, int64_t batch,
                                    const float* bias, float* y, int64_t row_begin, int64_t row_end) {
   switch (batch) {

@@ -271,7 +271,7 @@ Status gemv_batch(const void* values, const uint16_t* col_indices, const int64_t
 
 // The variant entry points: argument checks, then the value type and the batch as template
 // parameters.
-inline Status csr16_gemv(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
+inline Status csr16_gemv_impl(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
                          int64_t rows, int64_t k, const float* x, int64_t batch, const float* bias, float* y,
                          int64_t row_begin, int64_t row_end) {
   if (batch < 1 || batch > kGemvMaxBatch || k < 1 || k > kCsr16MaxColumns) {

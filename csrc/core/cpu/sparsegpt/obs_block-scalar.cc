@@ -4,10 +4,10 @@
 
 namespace prunekit::cpu {
 
-void obs_block_rows_scalar(float* w, int64_t ldw, const float* hinv, int64_t ldh, int64_t cols,
+void obs_block_update_scalar(float* w, int64_t ldw, const float* hinv, int64_t ldh, int64_t cols,
                          float* err, bool* keep, int64_t n, int64_t m, int64_t row_begin,
                          int64_t row_end) {
-  obs_block_rows_impl(w, ldw, hinv, ldh, cols, err, keep, n, m, row_begin, row_end);
+  obs_block_update_impl(w, ldw, hinv, ldh, cols, err, keep, n, m, row_begin, row_end);
 }
 
 }  // namespace prunekit::cpu

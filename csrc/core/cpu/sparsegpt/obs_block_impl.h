@@ -76,7 +76,7 @@ inline void rank_update(float* const* wr, int64_t rows, const float* const* er, 
   }
 }
 
-inline void obs_block_rows_impl(float* w, int64_t ldw, const float* hinv, int64_t ldh, int64_t cols,
+inline void obs_block_update_impl(float* w, int64_t ldw, const float* hinv, int64_t ldh, int64_t cols,
                                 float* err, bool* keep, int64_t n, int64_t m, int64_t row_begin,
                                 int64_t row_end) {
   const int64_t sub = m > 0 ? m * (m < kSubBlock ? kSubBlock / m : 1) : kSubBlock;

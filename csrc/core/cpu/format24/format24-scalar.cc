@@ -67,7 +67,7 @@ Status decompress_rows(const Bits* values, const Meta* meta, Bits* dense, int64_
 
 }  // namespace
 
-Status compress24_rows_scalar(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
+Status format24_compress_scalar(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
                               int element_bytes, bool is_float, int64_t row_begin,
                               int64_t row_end) {
   switch (element_bytes) {
@@ -83,7 +83,7 @@ Status compress24_rows_scalar(const void* dense, void* values, void* meta, int64
   }
 }
 
-Status decompress24_rows_scalar(const void* values, const void* meta, void* dense, int64_t rows,
+Status format24_decompress_scalar(const void* values, const void* meta, void* dense, int64_t rows,
                                 int64_t k, int element_bytes, int64_t row_begin, int64_t row_end) {
   switch (element_bytes) {
     case 1:

@@ -6,7 +6,7 @@
 
 namespace prunekit::cpu {
 
-void prune_smallest_scalar(const float* scores, int64_t count, int64_t k, bool* keep) {
+void prune_mask_smallest_scalar(const float* scores, int64_t count, int64_t k, bool* keep) {
   if (k <= 0) {
     std::fill(keep, keep + count, true);
     return;
