@@ -65,23 +65,23 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(tiny_llama_dir, tmp_path
 
 
 def test_debug_raises_instead(tmp_path):
-    from prunekit.app.cli import UsageError, main
+    from prunekit.app.cli import main
 
-    with pytest.raises(UsageError, match="no such directory"):
+    with pytest.raises(ValueError, match="MODEL: no such directory"):
         main(["prune", str(tmp_path / "missing"), "--method", "wanda", "--sparsity", "0.5", "--out",
               str(tmp_path / "out"), "--debug"])
 
 
 @pytest.mark.parametrize("text, expected", [("0.5", 0.5), ("0", 0.0), ("2:4", "2:4"), (" 1:8 ", "1:8")])
 def test_parse_sparsity(text, expected):
-    from prunekit.app.cli import parse_sparsity
+    from prunekit.app.cli.common import parse_sparsity
 
     assert parse_sparsity(text) == expected
 
 
 @pytest.mark.parametrize("text", ["3:2", "1.5", "1", "-0.1", "half", "2:4:8", "0:4", "nan", "2:"])
 def test_parse_sparsity_rejects(text):
-    from prunekit.app.cli import UsageError, parse_sparsity
+    from prunekit.app.cli.common import UsageError, parse_sparsity
 
     with pytest.raises(UsageError, match="--sparsity: expected a fraction"):
         parse_sparsity(text)

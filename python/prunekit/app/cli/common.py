@@ -1,0 +1,102 @@
+"""What every command of ``prunekit`` shares: the argument parser with one-line errors, the
+error type and exit codes, logging to stderr, and parsers of option values."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import sys
+
+EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+class UsageError(ValueError):
+    """Bad input found by the command line itself."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``prunekit prune: error: ... (see prunekit prune --help)``."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _TqdmHandler(logging.Handler):
+    """Writes log records through tqdm, so that they do not break a progress bar on the terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def logging_configured(args: argparse.Namespace):
+    """Log records of prunekit (and Python warnings) to stderr at the level the options ask for,
+    for the duration of a command; the previous logging set-up is restored afterwards."""
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else getattr(logging, args.log_level.upper())
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("prunekit: %(levelname)s: %(message)s" if args.debug else
+                                           "prunekit: %(message)s"))
+    loggers = {"prunekit": level, "py.warnings": logging.WARNING}
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+                    logging.getLogger(name).propagate) for name in loggers}
+    for name, logger_level in loggers.items():
+        configured = logging.getLogger(name)
+        configured.handlers[:] = [handler]
+        configured.setLevel(logger_level)
+        configured.propagate = False
+    logging.captureWarnings(True)
+    # transformers and huggingface_hub read these when they are imported (later, and only if needed):
+    # their own progress bars off (prunekit shows its own), their log messages at error level.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "debug" if args.debug else "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for name, (handlers, logger_level, propagate) in saved.items():
+            restored = logging.getLogger(name)
+            restored.handlers[:] = handlers
+            restored.setLevel(logger_level)
+            restored.propagate = propagate
+
+
+def parse_sparsity(text: str, what: str = "--sparsity") -> float | str:
+    """"0.5" -> 0.5; "2:4" -> "2:4"; anything else (e.g. "3:2", "1.5", "half") raises UsageError."""
+    text = text.strip()
+    error = UsageError(f"{what}: expected a fraction in [0, 1) or 'n:m' with 0 < n < m (e.g. 0.5 or 2:4), "
+                       f"but got {text!r}")
+    if ":" in text:
+        match = re.fullmatch(r"(\d+):(\d+)", text)
+        if not match or not 0 < int(match[1]) < int(match[2]):
+            raise error
+        return f"{int(match[1])}:{int(match[2])}"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 1:
+        raise error
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts (threads, samples, tokens): an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}")
+    return value

