@@ -35,7 +35,7 @@ at::Tensor nm_mask_cpu(const at::Tensor& scores, int64_t n, int64_t m) {
   bool* out = keep.data_ptr<bool>();
   const ScoreType type = score_type(scores.scalar_type());
   const Status status = run_rows(rows, k, [&](int64_t begin, int64_t end) {
-    return cpu::nm_mask_select_scalar(in, type, out, k, n, m, begin, end);
+    return cpu::nm_mask_select_scalar(in, type, out, k, n, m, {begin, end});
   });
   TORCH_CHECK_VALUE(status.ok(), "prunekit.nm_mask: argument 'scores' must be finite, but entry ",
                     status.col, " of row ", status.row, " (rows flattened over leading dims) is ",
@@ -54,8 +54,7 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cpu(const at::Tensor& dense) {
   void* values_out = values.data_ptr();
   void* meta_out = meta.data_ptr();
   const Status status = run_rows(rows, k, [&](int64_t begin, int64_t end) {
-    return cpu::format24_compress_scalar(in, values_out, meta_out, rows, k, element_bytes, is_float,
-                                       begin, end);
+    return cpu::format24_compress_scalar(in, values_out, meta_out, rows, k, element_bytes, is_float, {begin, end});
   });
   TORCH_CHECK_VALUE(status.ok(), too_many_nonzeros_message(status.row, status.col));
   return {values, meta};
@@ -70,8 +69,7 @@ at::Tensor decompress_24_cpu(const at::Tensor& values, const at::Tensor& meta) {
   const void* meta_in = meta.data_ptr();
   void* out = dense.data_ptr();
   const Status status = run_rows(rows, k, [&](int64_t begin, int64_t end) {
-    return cpu::format24_decompress_scalar(values_in, meta_in, out, rows, k, element_bytes, begin,
-                                         end);
+    return cpu::format24_decompress_scalar(values_in, meta_in, out, rows, k, element_bytes, {begin, end});
   });
   TORCH_CHECK_VALUE(status.ok(), corrupt_meta_message(status.row, status.col));
   return dense;

@@ -6,8 +6,7 @@
 
 namespace prunekit::cpu {
 
-using ObsBlockFn = void (*)(float*, int64_t, const float*, int64_t, int64_t, float*, bool*, int64_t,
-                            int64_t, int64_t, int64_t);
+using ObsBlockFn = void (*)(const ObsBlockArgs&, RowRange);
 
 inline ObsBlockFn select_obs_block() {
   const Isa isa = selected_isa_id();
@@ -27,12 +26,8 @@ inline ObsBlockFn select_obs_block() {
 
 namespace prunekit::cpu {
 
-using BitmapGemvFn = Status (*)(const void*, ValueType, const uint16_t*, const int64_t*, int64_t,
-                                int64_t, const float*, int64_t, const float*, float*, int64_t,
-                                int64_t);
-using BitmapSpmmFn = Status (*)(const void*, ValueType, const uint16_t*, const int64_t*, int64_t,
-                                const float*, int64_t, int64_t, const float*, Activation, float*,
-                                int64_t, int64_t, int64_t);
+using BitmapGemvFn = Status (*)(const BitmapWeightView&, const GemvArgs&, RowRange);
+using BitmapSpmmFn = Status (*)(const BitmapWeightView&, const SpmmArgs&, RowRange);
 
 inline BitmapGemvFn select_bitmap_gemv() {
   const Isa isa = selected_isa_id();
@@ -70,8 +65,7 @@ inline int64_t bitmap_spmm_lanes() {
   return isa == Isa::kAvx2 ? 8 : isa == Isa::kNeon ? 4 : 1;
 }
 
-using BitmapGemvBf16Fn = Status (*)(const uint16_t*, const uint16_t*, const int64_t*, int64_t, int64_t,
-                                    const uint16_t*, int64_t, const float*, float*, int64_t, int64_t);
+using BitmapGemvBf16Fn = Status (*)(const BitmapWeightView&, const GemvBf16Args&, RowRange);
 
 // The bf16 x bf16 GEMV where the selected variant is avx512 and the CPU has AVX-512 BF16, else
 // null (callers then widen x and use the fp32 GEMV).
@@ -92,8 +86,7 @@ inline bool select_bitmap_spmm_amx() {
 #endif
 }
 
-// Same arguments as the bitmap GEMV, with the column indices in place of the bitmap.
-using Csr16GemvFn = BitmapGemvFn;
+using Csr16GemvFn = Status (*)(const Csr16WeightView&, const GemvArgs&, RowRange);
 
 inline Csr16GemvFn select_csr16_gemv() {
   const Isa isa = selected_isa_id();
@@ -114,8 +107,7 @@ inline Csr16GemvFn select_csr16_gemv() {
 // others keep batch 4.
 inline int64_t csr16_gemv_max_batch() { return selected_isa_id() == Isa::kAvx512 ? 3 : kGemvMaxBatch; }
 
-using Csr16SpmmFn = Status (*)(const void*, ValueType, const uint16_t*, const int64_t*, int64_t, const float*, int64_t,
-                               int64_t, const float*, float*, int64_t, int64_t, int64_t);
+using Csr16SpmmFn = Status (*)(const Csr16WeightView&, const SpmmArgs&, RowRange);
 
 inline Csr16SpmmFn select_csr16_spmm() {
   const Isa isa = selected_isa_id();
@@ -135,7 +127,7 @@ inline int64_t csr16_spmm_lanes() {
   return isa == Isa::kAvx512 ? 1 : isa == Isa::kAvx2 ? 8 : 4;
 }
 
-using TransposeFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, int64_t, int64_t);
+using TransposeFn = void (*)(const float*, int64_t, int64_t, float*, int64_t, RowRange);
 
 inline TransposeFn select_transpose_f32() {
   const Isa isa = selected_isa_id();

@@ -108,7 +108,7 @@ void transpose_into(const float* src, int64_t rows, int64_t cols, int64_t ld_src
   constexpr int64_t kRowsPerTask = 64;
   const auto transpose = cpu::select_transpose_f32();
   at::parallel_for(0, (rows + kRowsPerTask - 1) / kRowsPerTask, 1, [=](int64_t begin, int64_t end) {
-    transpose(src, cols, ld_src, dst, ld_dst, begin * kRowsPerTask, std::min(rows, end * kRowsPerTask));
+    transpose(src, cols, ld_src, dst, ld_dst, {begin * kRowsPerTask, std::min(rows, end * kRowsPerTask)});
   });
 }
 
@@ -150,14 +150,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_bitmap(const at::Tensor&
   auto* bits = reinterpret_cast<uint16_t*>(bitmap.data_ptr<int16_t>());
   const int element_bytes = int(dense.element_size());
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    cpu::bitmap_scan_scalar(dense.data_ptr(), element_bytes, true, k, bits, row_nnz.data_ptr<int64_t>(), begin, end);
+    cpu::bitmap_scan_scalar(dense.data_ptr(), element_bytes, true, k, bits, row_nnz.data_ptr<int64_t>(), {begin, end});
   });
   at::Tensor row_offsets = at::zeros({rows + 1}, row_nnz.options());
   row_offsets.narrow(0, 1, rows).copy_(row_nnz.cumsum(0));
   at::Tensor values = empty_for_kernels({row_offsets[rows].item<int64_t>()}, dense.options());
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     cpu::bitmap_pack_scalar(dense.data_ptr(), element_bytes, k, bits, row_offsets.data_ptr<int64_t>(),
-                          values.data_ptr(), begin, end);
+                            values.data_ptr(), {begin, end});
   });
   return {values, bitmap, row_offsets};
 }
@@ -202,32 +202,37 @@ void check_status(const Status& status, const char* op, int64_t k) {
                     " (or in_features is below the weight's columns)");
 }
 
+cpu::ValueType value_type(const at::Tensor& values) {
+  return values.scalar_type() == at::kFloat ? cpu::ValueType::kFloat32 : cpu::ValueType::kBFloat16;
+}
+
+// The checked bitmap weight as its kernels read it.
+cpu::BitmapWeightView bitmap_view(const at::Tensor& values, const at::Tensor& bitmap, const WeightRows& weight,
+                                  int64_t k) {
+  return {values.data_ptr(), value_type(values), reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>()),
+          weight.offsets, weight.rows, k};
+}
+
 // Runs the bitmap check alone: where no kernel runs (an empty batch or image), a corrupt weight
 // is still an error, as it is for every other input.
-void validate_bitmap(const char* op, const uint16_t* bits, const WeightRows& weight, int64_t k) {
-  check_status(run_weight_rows(op, weight, 64, [&](int64_t begin, int64_t end) {
-                 return cpu::bitmap_validate_scalar(bits, weight.offsets, k, begin, end);
-               }),
-               op, k);
+void validate_bitmap(const char* op, const cpu::BitmapWeightView& view, const WeightRows& weight) {
+  check_status(run_weight_rows(op, weight, 64,
+                               [&](int64_t begin, int64_t end) {
+                                 return cpu::bitmap_validate_scalar(view, {begin, end});
+                               }),
+               op, view.cols);
 }
 
 at::Tensor decompress_bitmap(const at::Tensor& values, const at::Tensor& bitmap,
                              const at::Tensor& row_offsets, int64_t cols) {
   constexpr const char* op = "decompress_bitmap";
   const auto [weight, k] = check_bitmap_weight(op, values, bitmap, row_offsets, cols);
-  const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
-  const int64_t rows = weight.rows, *offsets = weight.offsets;
-  validate_bitmap(op, bits, weight, k);  // checks the offsets too
-  at::Tensor dense = at::empty({rows, k}, values.options());
-  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    cpu::bitmap_unpack_scalar(values.data_ptr(), int(values.element_size()), bits, offsets, k,
-                            dense.data_ptr(), begin, end);
-  });
+  const cpu::BitmapWeightView view = bitmap_view(values, bitmap, weight, k);
+  validate_bitmap(op, view, weight);  // checks the offsets too
+  at::Tensor dense = at::empty({weight.rows, k}, values.options());
+  at::parallel_for(0, weight.rows, 64,
+                   [&](int64_t begin, int64_t end) { cpu::bitmap_unpack_scalar(view, dense.data_ptr(), {begin, end}); });
   return dense;
-}
-
-cpu::ValueType value_type(const at::Tensor& values) {
-  return values.scalar_type() == at::kFloat ? cpu::ValueType::kFloat32 : cpu::ValueType::kBFloat16;
 }
 
 at::Tensor bias_as_float(const std::optional<at::Tensor>& bias, int64_t rows, const char* op) {
@@ -269,18 +274,18 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
                          const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse_linear";
   const auto [weight, k] = check_bitmap_weight(op, values, bitmap, row_offsets, in_features);
-  const int64_t rows = weight.rows, *offsets = weight.offsets;
+  const int64_t rows = weight.rows;
   const auto [batch, out_shape] = check_linear_input(op, x, k, rows);
   const at::Tensor bias32 = bias_as_float(bias, rows, op);
   const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
   // fp32 sums; the AMX path writes x's bf16 itself.
   const auto float_output = [&] { return at::empty(out_shape, x.options().dtype(at::kFloat)); };
-  const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
+  const cpu::BitmapWeightView view = bitmap_view(values, bitmap, weight, k);
   if (batch == 0) {
-    validate_bitmap(op, bits, weight, k);
+    validate_bitmap(op, view, weight);
     return at::empty(out_shape, x.options());
   }
-  const auto type = value_type(values);
+  const auto type = view.value_type;
   Status status;
   const auto gemv_bf16 = cpu::select_bitmap_gemv_bf16();
   if (batch <= cpu::kGemvMaxBatch && gemv_bf16 && type == cpu::ValueType::kBFloat16 &&
@@ -288,11 +293,10 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     // bf16 x bf16 products are exact in fp32: no need to widen x.
     const at::Tensor x16 = contiguous_as(x, at::kBFloat16);
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>());
-    const auto* value_bits = reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>());
     at::Tensor out = float_output();
-    status = run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) {
-      return gemv_bf16(value_bits, bits, offsets, rows, k, x_bits, batch, bias_ptr, out.data_ptr<float>(), begin, end);
-    });
+    const cpu::GemvBf16Args args{x_bits, batch, bias_ptr, out.data_ptr<float>()};
+    status = run_weight_rows(op, weight, 16,
+                             [&](int64_t begin, int64_t end) { return gemv_bf16(view, args, {begin, end}); });
     check_status(status, op, k);
     return in_dtype_of(x, out);
   }
@@ -309,11 +313,10 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     at::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
       cpu::bitmap_bf16_pack_x_amx(x_bits, batch, k, packed_bits, begin, end);
     });
-    const auto* value_bits = reinterpret_cast<const uint16_t*>(values.data_ptr<at::BFloat16>());
     at::Tensor out = at::empty(out_shape, x.options());  // bf16, rounded in the kernel as torch rounds
+    const cpu::AmxSpmmArgs args{packed_bits, batch, bias_ptr, out.data_ptr(), cpu::ValueType::kBFloat16};
     status = run_weight_rows(op, weight, 32, [&](int64_t begin, int64_t end) {
-      return cpu::bitmap_bf16_spmm_amx(value_bits, bits, offsets, rows, k, packed_bits, batch, bias_ptr,
-                                       out.data_ptr(), cpu::ValueType::kBFloat16, begin, end);
+      return cpu::bitmap_bf16_spmm_amx(view, args, {begin, end});
     });
     check_status(status, op, k);
     return out;
@@ -323,17 +326,14 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
   at::Tensor out = float_output();
   if (batch <= cpu::kGemvMaxBatch) {
     const auto gemv = cpu::select_bitmap_gemv();
-    status = run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) {
-      return gemv(values.data_ptr(), type, bits, offsets, rows, k, x32.data_ptr<float>(), batch,
-                  bias_ptr, out.data_ptr<float>(), begin, end);
-    });
+    const cpu::GemvArgs args{x32.data_ptr<float>(), batch, bias_ptr, out.data_ptr<float>()};
+    status = run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) { return gemv(view, args, {begin, end}); });
   } else {
     const auto spmm = cpu::select_bitmap_spmm();
     status = spmm_through_transpose(
         op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), cpu::bitmap_spmm_lanes(),
         [&](const float* xt, int64_t width, int64_t stride, float* yt, int64_t begin, int64_t end) {
-          return spmm(values.data_ptr(), type, bits, offsets, k, xt, stride, width, bias_ptr, cpu::Activation::kNone,
-                      yt, stride, begin, end);
+          return spmm(view, {xt, stride, width, bias_ptr, cpu::Activation::kNone, yt, stride}, {begin, end});
         });
   }
   check_status(status, op, k);
@@ -364,7 +364,7 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   at::Tensor out = at::empty(out_shape, x.options().dtype(at::kFloat));
   const at::Tensor x32 = contiguous_as(x, at::kFloat);
   const auto* indices = reinterpret_cast<const uint16_t*>(col_indices.data_ptr<int16_t>());
-  const auto type = value_type(values);
+  const cpu::Csr16WeightView view{values.data_ptr(), value_type(values), indices, offsets, rows, k};
   const auto corrupt = [&](int64_t row) {  // a corrupt row has an index past k, so it is not empty
     const int64_t highest = *std::max_element(indices + offsets[row], indices + offsets[row + 1]);
     TORCH_CHECK_VALUE(false, "prunekit.", op, ": the compressed weight is corrupt: row ", row,
@@ -385,10 +385,9 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   } else if (batch <= cpu::csr16_gemv_max_batch()) {
     // One pass over the weight, each nonzero's x gathered for every batch row.
     const auto gemv = cpu::select_csr16_gemv();
-    const Status status = run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) {
-      return gemv(values.data_ptr(), type, indices, offsets, rows, k, x32.data_ptr<float>(), batch, bias_ptr,
-                  out.data_ptr<float>(), begin, end);
-    });
+    const cpu::GemvArgs args{x32.data_ptr<float>(), batch, bias_ptr, out.data_ptr<float>()};
+    const Status status =
+        run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) { return gemv(view, args, {begin, end}); });
     raise_if_failed(status);
   } else {
     // Larger batches: the SpMM on x^T, each nonzero broadcast against a row of batch entries.
@@ -396,7 +395,7 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
     raise_if_failed(spmm_through_transpose(
         op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), cpu::csr16_spmm_lanes(),
         [&](const float* xt, int64_t width, int64_t stride, float* yt, int64_t begin, int64_t end) {
-          return spmm(values.data_ptr(), type, indices, offsets, k, xt, stride, width, bias_ptr, yt, stride, begin, end);
+          return spmm(view, {xt, stride, width, bias_ptr, cpu::Activation::kNone, yt, stride}, {begin, end});
         }));
   }
   return in_dtype_of(x, out);
@@ -412,7 +411,7 @@ at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const a
   TORCH_CHECK(x.device().is_cpu(), "prunekit.", op, ": argument 'x' must be on the CPU, but got ", x.device());
   const int64_t channels = x.size(1);
   const auto [weight, k] = check_bitmap_weight(op, values, bitmap, row_offsets, channels);
-  const int64_t rows = weight.rows, *offsets = weight.offsets;
+  const int64_t rows = weight.rows;
   TORCH_CHECK_VALUE(activation >= 0 && activation <= 2, "prunekit.", op,
                     ": argument 'activation' must be 0 (none), 1 (relu) or 2 (relu6), but got ",
                     activation);
@@ -420,20 +419,17 @@ at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const a
   const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
   const int64_t images = x.size(0), pixels = x.size(2) * x.size(3);
   at::Tensor out = at::empty({images, rows, x.size(2), x.size(3)}, x.options());
-  const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
+  const cpu::BitmapWeightView view = bitmap_view(values, bitmap, weight, k);
   if (out.numel() == 0) {
-    validate_bitmap(op, bits, weight, k);
+    validate_bitmap(op, view, weight);
     return out;
   }
   const auto spmm = cpu::select_bitmap_spmm();
-  const auto type = value_type(values);
   for (int64_t image = 0; image < images; ++image) {
     const float* in = x.data_ptr<float>() + image * channels * pixels;
     float* result = out.data_ptr<float>() + image * rows * pixels;
-    check_status(run_weight_rows(op, weight, 4, [&](int64_t begin, int64_t end) {
-                   return spmm(values.data_ptr(), type, bits, offsets, k, in, pixels, pixels, bias_ptr,
-                               cpu::Activation(activation), result, pixels, begin, end);
-                 }),
+    const cpu::SpmmArgs args{in, pixels, pixels, bias_ptr, cpu::Activation(activation), result, pixels};
+    check_status(run_weight_rows(op, weight, 4, [&](int64_t begin, int64_t end) { return spmm(view, args, {begin, end}); }),
                  op, k);
   }
   return out;

@@ -86,15 +86,13 @@ at::Tensor sparsegpt_solve_(at::Tensor& weight, const at::Tensor& hinv, double s
       const at::Tensor scores =
           (weight.narrow(1, begin, count) / hinv_diag.narrow(0, begin, count)).square().contiguous();
       cpu::prune_mask_smallest_scalar(scores.data_ptr<float>(), rows * count, target - pruned_so_far,
-                                 block_keep.data_ptr<bool>());
+                                      block_keep.data_ptr<bool>());
       pruned_so_far = target;
     }
     float* err_ptr = err.data_ptr<float>();
     bool* keep_ptr = block_keep.data_ptr<bool>();
-    at::parallel_for(0, rows, 16, [&](int64_t row_begin, int64_t row_end) {
-      obs_block(w + begin, cols, h + begin * cols + begin, cols, count, err_ptr, keep_ptr, n, m,
-                row_begin, row_end);
-    });
+    const cpu::ObsBlockArgs args{w + begin, cols, h + begin * cols + begin, cols, count, err_ptr, keep_ptr, n, m};
+    at::parallel_for(0, rows, 16, [&](int64_t row_begin, int64_t row_end) { obs_block(args, {row_begin, row_end}); });
     keep.narrow(1, begin, count).copy_(block_keep);
     if (end < cols) {
       at::Tensor rest = weight.narrow(1, end, cols - end);

@@ -71,10 +71,10 @@ Sparse make(int64_t rows, int64_t k, double sparsity, std::mt19937& rng) {
   s.bitmap.resize(rows * bitmap_words(k));
   s.offsets.assign(rows + 1, 0);
   std::vector<int64_t> nnz(rows);
-  bitmap_scan_scalar(s.dense.data(), 4, true, k, s.bitmap.data(), nnz.data(), 0, rows);
+  bitmap_scan_scalar(s.dense.data(), 4, true, k, s.bitmap.data(), nnz.data(), {0, rows});
   for (int64_t r = 0; r < rows; ++r) s.offsets[r + 1] = s.offsets[r] + nnz[r];
   s.values.reset(new float[s.offsets[rows] > 0 ? s.offsets[rows] : 1]);
-  bitmap_pack_scalar(s.dense.data(), 4, k, s.bitmap.data(), s.offsets.data(), s.values.get(), 0, rows);
+  bitmap_pack_scalar(s.dense.data(), 4, k, s.bitmap.data(), s.offsets.data(), s.values.get(), {0, rows});
   return s;
 }
 
@@ -100,10 +100,10 @@ Sparse make_half_dense(int64_t rows, int64_t k, std::mt19937& rng) {
   s.bitmap.resize(rows * bitmap_words(k));
   s.offsets.assign(rows + 1, 0);
   std::vector<int64_t> nnz(rows);
-  bitmap_scan_scalar(s.dense.data(), 4, true, k, s.bitmap.data(), nnz.data(), 0, rows);
+  bitmap_scan_scalar(s.dense.data(), 4, true, k, s.bitmap.data(), nnz.data(), {0, rows});
   for (int64_t r = 0; r < rows; ++r) s.offsets[r + 1] = s.offsets[r] + nnz[r];
   s.values.reset(new float[s.offsets[rows]]);
-  bitmap_pack_scalar(s.dense.data(), 4, k, s.bitmap.data(), s.offsets.data(), s.values.get(), 0, rows);
+  bitmap_pack_scalar(s.dense.data(), 4, k, s.bitmap.data(), s.offsets.data(), s.values.get(), {0, rows});
   return s;
 }
 
@@ -155,8 +155,7 @@ void check_variant(const Variant& v, std::mt19937& rng) {
         for (int64_t batch : {1, 2, 3, 4}) {
           std::vector<float> x(batch * k), y(batch * rows, NAN);
           for (auto& e : x) e = float(rng() % 11) - 5.0f;
-          EXPECT(v.gemv(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), rows, k,
-                        x.data(), batch, bias.data(), y.data(), 0, rows).ok());
+          EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), rows, k}, {x.data(), batch, bias.data(), y.data()}, {0, rows}).ok());
           for (int64_t b = 0; b < batch; ++b)
             for (int64_t r = 0; r < rows; ++r) {
               float expected = bias[r];
@@ -172,8 +171,7 @@ void check_variant(const Variant& v, std::mt19937& rng) {
             std::vector<float> x(k * ld, NAN), y(rows * ld, NAN);
             for (int64_t c = 0; c < k; ++c)
               for (int64_t p = 0; p < cols_x; ++p) x[c * ld + p] = float(rng() % 11) - 5.0f;
-            EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), k, x.data(), ld,
-                          cols_x, bias.data(), Activation::kRelu6, y.data(), ld, 0, rows).ok());
+            EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), rows, k}, {x.data(), ld, cols_x, bias.data(), Activation::kRelu6, y.data(), ld}, {0, rows}).ok());
             for (int64_t r = 0; r < rows; ++r) {
               for (int64_t p = 0; p < cols_x; ++p) {
                 float expected = bias[r];
@@ -195,8 +193,7 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     std::vector<float> x(k * cols_x), y(rows * cols_x, NAN);
     for (auto& e : x) e = float(rng() % 11) - 5.0f;
     for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 1003}, {1003, rows}}) {
-      EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), k, x.data(),
-                    cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x, begin, end).ok());
+      EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), rows, k}, {x.data(), cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x}, {begin, end}).ok());
     }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t p = 0; p < cols_x; ++p) {
@@ -212,8 +209,7 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     for (int64_t batch : {1, 2, 3, 4}) {
       std::vector<float> x(batch * k), y(batch * 5, NAN);
       for (auto& e : x) e = float(rng() % 11) - 5.0f;
-      EXPECT(v.gemv(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 5, k, x.data(), batch,
-                    bias.data(), y.data(), 0, 5).ok());
+      EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 5, k}, {x.data(), batch, bias.data(), y.data()}, {0, 5}).ok());
       for (int64_t b = 0; b < batch; ++b)
         for (int64_t r = 0; r < 5; ++r) EXPECT(close(y[b * 5 + r], expected_dot(s, x, bias, k, b, r)));
     }
@@ -237,11 +233,9 @@ void check_variant(const Variant& v, std::mt19937& rng) {
       std::unique_ptr<float[]> values(new float[offsets[rows]]);
       for (int64_t i = 0; i < offsets[rows]; ++i) values[i] = 1.0f;
       std::vector<float> x(k * 40, 1.0f), y(rows * 40);
-      EXPECT(v.gemv(values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), rows, k, x.data(), 1,
-                    nullptr, y.data(), 0, rows).row == bad);
+      EXPECT(v.gemv({values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), rows, k}, {x.data(), 1, nullptr, y.data()}, {0, rows}).row == bad);
       for (int64_t cols_x : {5, 16, 40}) {
-        const Status status = v.spmm(values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), k, x.data(),
-                                     cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x, 0, rows);
+        const Status status = v.spmm({values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), rows, k}, {x.data(), cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x}, {0, rows});
         EXPECT(status.code == StatusCode::kCorruptMeta && status.row == bad);
       }
     }
@@ -259,8 +253,7 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     for (int64_t cols_x : {3, 16, 40}) {
       std::vector<float> x(k * cols_x), y(rows * cols_x, NAN);
       for (auto& e : x) e = float(rng() % 11) - 5.0f;
-      EXPECT(v.spmm(halves.get(), ValueType::kBFloat16, s.bitmap.data(), s.offsets.data(), k, x.data(), cols_x, cols_x,
-                    nullptr, Activation::kNone, y.data(), cols_x, 0, rows).ok());
+      EXPECT(v.spmm({halves.get(), ValueType::kBFloat16, s.bitmap.data(), s.offsets.data(), rows, k}, {x.data(), cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x}, {0, rows}).ok());
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t p = 0; p < cols_x; ++p) {
           float expected = 0.0f;
@@ -276,8 +269,7 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     const int64_t cols_x = 19;
     std::vector<float> x(24 * cols_x, 1.0f), y(5 * cols_x, 0.0f);
     for (int64_t c = 0; c < 24; ++c) x[c * cols_x + 17] = c == 3 ? NAN : 1.0f;
-    EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 24, x.data(), cols_x,
-                  cols_x, nullptr, activation, y.data(), cols_x, 0, 5).ok());
+    EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 5, 24}, {x.data(), cols_x, cols_x, nullptr, activation, y.data(), cols_x}, {0, 5}).ok());
     for (int64_t r = 0; r < 5; ++r) {
       EXPECT(std::isnan(y[r * cols_x + 17]));
       EXPECT(!std::isnan(y[r * cols_x + 16]));
@@ -291,8 +283,7 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     for (auto& e : x) e = float(rng() % 11) - 5.0f;
     for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{3, 4}, {3, 10}, {5, 37}, {0, 36}, {0, 37}}) {
       std::vector<float> y(37, NAN);
-      EXPECT(v.gemv(s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 37, 100, x.data(), 1,
-                    nullptr, y.data(), begin, end).ok());
+      EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 37, 100}, {x.data(), 1, nullptr, y.data()}, {begin, end}).ok());
       for (int64_t r = 0; r < 37; ++r) {
         EXPECT(r >= begin && r < end ? close(y[r], expected_dot(s, x, no_bias, 100, 0, r)) : std::isnan(y[r]));
       }
@@ -303,16 +294,14 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     skewed[11] -= 1;
     skewed[21] -= 1;
     std::vector<float> y(37);
-    EXPECT(v.gemv(s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 37, 100, x.data(), 1, nullptr,
-                  y.data(), 0, 36).row == 10);
+    EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 37, 100}, {x.data(), 1, nullptr, y.data()}, {0, 36}).row == 10);
   }
   {
     const CorruptToTheEnd w;
     std::unique_ptr<float[]> values(new float[128]);  // exactly: ASan catches a read past the end
     for (int64_t i = 0; i < 128; ++i) values[i] = 1.0f;
     std::vector<float> x(w.kColumns, 1.0f), y(w.kRows);
-    const Status status = v.gemv(values.get(), ValueType::kFloat32, w.bitmap.data(), w.offsets.data(), w.kRows,
-                                 w.kColumns, x.data(), 1, nullptr, y.data(), 0, w.kRows);
+    const Status status = v.gemv({values.get(), ValueType::kFloat32, w.bitmap.data(), w.offsets.data(), w.kRows, w.kColumns}, {x.data(), 1, nullptr, y.data()}, {0, w.kRows});
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 2);
   }
   // Offsets that disagree with the bitmap are reported, never followed past the values.
@@ -321,10 +310,8 @@ void check_variant(const Variant& v, std::mt19937& rng) {
   skewed[8] += 0;
   skewed[7] -= 1;  // row 6 one short, row 7 one long
   std::vector<float> x(40 * 3, 1.0f), y(8 * 3);
-  EXPECT(!v.gemv(s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 8, 40, x.data(), 1,
-                 nullptr, y.data(), 0, 8).ok());
-  EXPECT(!v.spmm(s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 40, x.data(), 3, 3,
-                 nullptr, Activation::kNone, y.data(), 3, 0, 8).ok());
+  EXPECT(!v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 8, 40}, {x.data(), 1, nullptr, y.data()}, {0, 8}).ok());
+  EXPECT(!v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 8, 40}, {x.data(), 3, 3, nullptr, Activation::kNone, y.data(), 3}, {0, 8}).ok());
   std::printf("bitmap kernels (%s) checked\n", v.name);
 }
 
@@ -358,8 +345,8 @@ void check_csr16_spmm(const Csr16Variant& v, const Sparse& s, const uint16_t* co
   std::unique_ptr<float[]> x(new float[k * ldx]);
   for (int64_t i = 0; i < k * ldx; ++i) x[i] = i % ldx < cols_x ? float(rng() % 11) - 5.0f : NAN;
   std::vector<float> y(rows * ldy, NAN);
-  EXPECT(v.spmm(s.values.get(), ValueType::kFloat32, columns, s.offsets.data(), k, x.get(), ldx, cols_x,
-                bias.data(), y.data(), ldy, 0, rows).ok());
+  EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, columns, s.offsets.data(), rows, k},
+                {x.get(), ldx, cols_x, bias.data(), Activation::kNone, y.data(), ldy}, {0, rows}).ok());
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t p = 0; p < cols_x; ++p) {
       double expected = bias[r], magnitude = 0.0;
@@ -404,8 +391,7 @@ void check_csr16(std::mt19937& rng) {
           std::vector<float> xs(batch * k);
           for (int64_t i = 0; i < batch * k; ++i) x[i] = xs[i] = float(rng() % 11) - 5.0f;
           std::vector<float> y(batch * rows, NAN);
-          EXPECT(gemv(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), rows, k, x.get(), batch,
-                      bias.data(), y.data(), 0, rows).ok());
+          EXPECT(gemv({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), rows, k}, {x.get(), batch, bias.data(), y.data()}, {0, rows}).ok());
           for (int64_t b = 0; b < batch; ++b)
             for (int64_t r = 0; r < rows; ++r) {
               // Sums of up to 40000 terms cancel: the fp32 rounding of either order scales with
@@ -424,8 +410,7 @@ void check_csr16(std::mt19937& rng) {
     std::unique_ptr<float[]> x(new float[40 * 20]);
     for (int64_t c = 0; c < 40 * 20; ++c) x[c] = 1.0f;
     std::vector<float> y(6 * 20);
-    const Status status = gemv(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40, x.get(), 1,
-                               nullptr, y.data(), 0, 6);
+    const Status status = gemv({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40}, {x.get(), 1, nullptr, y.data()}, {0, 6});
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 3 && status.col == 65535);
     {
       // Batch 1 over the row ranges threads get (the AVX-512 GEMV walks the two halves of a range in
@@ -437,8 +422,7 @@ void check_csr16(std::mt19937& rng) {
       for (auto& e : x1) e = float(rng() % 11) - 5.0f;
       for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{3, 4}, {3, 10}, {5, 37}, {0, 36}, {0, 37}}) {
         std::vector<float> y1(37, NAN);
-        EXPECT(gemv(wide.values.get(), ValueType::kFloat32, wide_columns.get(), wide.offsets.data(), 37, 300,
-                    x1.data(), 1, nullptr, y1.data(), begin, end).ok());
+        EXPECT(gemv({wide.values.get(), ValueType::kFloat32, wide_columns.get(), wide.offsets.data(), 37, 300}, {x1.data(), 1, nullptr, y1.data()}, {begin, end}).ok());
         for (int64_t r = 0; r < 37; ++r) {
           EXPECT(r >= begin && r < end ? close(y1[r], expected_dot(wide, x1, no_bias, 300, 0, r)) : std::isnan(y1[r]));
         }
@@ -446,26 +430,20 @@ void check_csr16(std::mt19937& rng) {
       wide_columns[wide.offsets[10] + 100] = 300;  // past the first 64-nonzero block of each row
       wide_columns[wide.offsets[20]] = 301;
       std::vector<float> y1(37);
-      EXPECT(gemv(wide.values.get(), ValueType::kFloat32, wide_columns.get(), wide.offsets.data(), 37, 300, x1.data(),
-                  1, nullptr, y1.data(), 0, 36).row == 10);
+      EXPECT(gemv({wide.values.get(), ValueType::kFloat32, wide_columns.get(), wide.offsets.data(), 37, 300}, {x1.data(), 1, nullptr, y1.data()}, {0, 36}).row == 10);
     }
-    const Status spmm_status = variant.spmm(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 40,
-                                            x.get(), 20, 20, nullptr, y.data(), 20, 0, 6);
+    const Status spmm_status = variant.spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40}, {x.get(), 20, 20, nullptr, Activation::kNone, y.data(), 20}, {0, 6});
     EXPECT(spmm_status.code == StatusCode::kCorruptMeta && spmm_status.row == 3);
     columns[s.offsets[3]] = 40;  // just past k, in the last k-block's range of a 16-bit compare
-    EXPECT(variant.spmm(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 40, x.get(), 20, 20,
-                        nullptr, y.data(), 20, 0, 6).row == 3);
+    EXPECT(variant.spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40}, {x.get(), 20, 20, nullptr, Activation::kNone, y.data(), 20}, {0, 6}).row == 3);
     // Outside the contract: k past 16-bit indices (or 0) is refused; no columns of X, no outputs.
     for (int64_t bad_k : {int64_t(0), kCsr16MaxColumns + 1}) {
-      EXPECT(variant.spmm(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), bad_k, x.get(), 20, 20,
-                          nullptr, y.data(), 20, 0, 6).code == StatusCode::kBadArgument);
+      EXPECT(variant.spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, bad_k}, {x.get(), 20, 20, nullptr, Activation::kNone, y.data(), 20}, {0, 6}).code == StatusCode::kBadArgument);
     }
     std::vector<float> untouched(6, NAN);
-    EXPECT(variant.spmm(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 40, x.get(), 20, 0,
-                        nullptr, untouched.data(), 1, 0, 6).ok());
+    EXPECT(variant.spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40}, {x.get(), 20, 0, nullptr, Activation::kNone, untouched.data(), 1}, {0, 6}).ok());
     for (float v : untouched) EXPECT(std::isnan(v));
-    EXPECT(gemv(s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40, x.get(), 5, nullptr,
-                y.data(), 0, 6).code == StatusCode::kBadArgument);
+    EXPECT(gemv({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40}, {x.get(), 5, nullptr, y.data()}, {0, 6}).code == StatusCode::kBadArgument);
     std::printf("csr16 GEMV and SpMM (%s) checked\n", name);
   }
 }
@@ -527,8 +505,7 @@ void check_gemv_bf16(std::mt19937& rng) {
           std::vector<uint16_t> x16(batch * k);
           fill_x_bf16(rng, x, x16.data());
           std::vector<float> y(batch * rows, NAN);
-          EXPECT(bitmap_bf16_gemv_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k,
-                                             x16.data(), batch, w.bias.data(), y.data(), 0, rows).ok());
+          EXPECT(bitmap_bf16_gemv_avx512bf16({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k}, {x16.data(), batch, w.bias.data(), y.data()}, {0, rows}).ok());
           expect_bf16_result(w, rows, k, batch, x, y.data());
         }
       }
@@ -543,21 +520,18 @@ void check_gemv_bf16(std::mt19937& rng) {
     std::vector<uint16_t> x16(300);
     fill_x_bf16(rng, x, x16.data());
     std::vector<float> full(37);
-    EXPECT(bitmap_bf16_gemv_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), 37, 300, x16.data(), 1,
-                                       w.bias.data(), full.data(), 0, 37).ok());
+    EXPECT(bitmap_bf16_gemv_avx512bf16({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), 37, 300}, {x16.data(), 1, w.bias.data(), full.data()}, {0, 37}).ok());
     expect_bf16_result(w, 37, 300, 1, x, full.data());
     for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{3, 4}, {3, 10}, {5, 37}, {0, 36}}) {
       std::vector<float> y(37, NAN);
-      EXPECT(bitmap_bf16_gemv_avx512bf16(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), 37, 300, x16.data(),
-                                         1, w.bias.data(), y.data(), begin, end).ok());
+      EXPECT(bitmap_bf16_gemv_avx512bf16({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), 37, 300}, {x16.data(), 1, w.bias.data(), y.data()}, {begin, end}).ok());
       for (int64_t r = 0; r < 37; ++r) EXPECT(r >= begin && r < end ? close(y[r], full[r]) : std::isnan(y[r]));
     }
     std::vector<int64_t> skewed = w.s.offsets;
     skewed[11] -= 1;  // rows 10 and 11
     skewed[21] -= 1;  // rows 20 and 21, reached first in lockstep over [0, 36)
     std::vector<float> y(37);
-    EXPECT(bitmap_bf16_gemv_avx512bf16(w.values.get(), w.s.bitmap.data(), skewed.data(), 37, 300, x16.data(), 1,
-                                       nullptr, y.data(), 0, 36).row == 10);
+    EXPECT(bitmap_bf16_gemv_avx512bf16({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), skewed.data(), 37, 300}, {x16.data(), 1, nullptr, y.data()}, {0, 36}).row == 10);
   }
   {
     // Row 2 marks 32, 31, 1 and 0 columns in its four 32-column chunks; its pair partner, row 0, may
@@ -567,8 +541,7 @@ void check_gemv_bf16(std::mt19937& rng) {
     for (int64_t i = 0; i < 128; ++i) values[i] = to_bf16(1.0f);
     std::vector<uint16_t> x16(w.kColumns, to_bf16(1.0f));
     std::vector<float> y(w.kRows);
-    const Status status = bitmap_bf16_gemv_avx512bf16(values.get(), w.bitmap.data(), w.offsets.data(), w.kRows,
-                                                      w.kColumns, x16.data(), 1, nullptr, y.data(), 0, w.kRows);
+    const Status status = bitmap_bf16_gemv_avx512bf16({values.get(), ValueType::kBFloat16, w.bitmap.data(), w.offsets.data(), w.kRows, w.kColumns}, {x16.data(), 1, nullptr, y.data()}, {0, w.kRows});
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 2);
   }
   // A row whose offsets disagree with its bitmap is reported, never read past.
@@ -579,8 +552,7 @@ void check_gemv_bf16(std::mt19937& rng) {
   for (int64_t i = 0; i < s.offsets[8]; ++i) values[i] = to_bf16(s.values[i]);
   std::vector<uint16_t> x16(70, to_bf16(1.0f));
   std::vector<float> y(8);
-  EXPECT(!bitmap_bf16_gemv_avx512bf16(values.get(), s.bitmap.data(), skewed.data(), 8, 70, x16.data(), 1, nullptr,
-                                      y.data(), 0, 8).ok());
+  EXPECT(!bitmap_bf16_gemv_avx512bf16({values.get(), ValueType::kBFloat16, s.bitmap.data(), skewed.data(), 8, 70}, {x16.data(), 1, nullptr, y.data()}, {0, 8}).ok());
   std::printf("bitmap kernels (avx512bf16 bf16 GEMV) checked\n");
 }
 #endif
@@ -620,18 +592,14 @@ void check_spmm_amx(std::mt19937& rng) {
         for (int64_t i = 0; i < batch * rows; ++i) y[i] = NAN;
         // Two row ranges, as two threads would run them; the split is not a multiple of 32.
         const int64_t split = rows / 3;
-        EXPECT(bitmap_bf16_spmm_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
-                                    batch, w.bias.data(), y.get(), ValueType::kFloat32, 0, split).ok());
-        EXPECT(bitmap_bf16_spmm_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
-                                    batch, w.bias.data(), y.get(), ValueType::kFloat32, split, rows).ok());
+        EXPECT(bitmap_bf16_spmm_amx({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k}, {packed.get(), batch, w.bias.data(), y.get(), ValueType::kFloat32}, {0, split}).ok());
+        EXPECT(bitmap_bf16_spmm_amx({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k}, {packed.get(), batch, w.bias.data(), y.get(), ValueType::kFloat32}, {split, rows}).ok());
         expect_bf16_result(w, rows, k, batch, x, y.get());
         // bf16 output: the same sums rounded as torch rounds fp32 to bf16, bit for bit.
         std::unique_ptr<uint16_t[]> y16(new uint16_t[batch * rows]);
         for (int64_t i = 0; i < batch * rows; ++i) y16[i] = 0xffff;  // a NaN pattern the kernel never writes
-        EXPECT(bitmap_bf16_spmm_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
-                                    batch, w.bias.data(), y16.get(), ValueType::kBFloat16, 0, split).ok());
-        EXPECT(bitmap_bf16_spmm_amx(w.values.get(), w.s.bitmap.data(), w.s.offsets.data(), rows, k, packed.get(),
-                                    batch, w.bias.data(), y16.get(), ValueType::kBFloat16, split, rows).ok());
+        EXPECT(bitmap_bf16_spmm_amx({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k}, {packed.get(), batch, w.bias.data(), y16.get(), ValueType::kBFloat16}, {0, split}).ok());
+        EXPECT(bitmap_bf16_spmm_amx({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k}, {packed.get(), batch, w.bias.data(), y16.get(), ValueType::kBFloat16}, {split, rows}).ok());
         for (int64_t i = 0; i < batch * rows; ++i) EXPECT(y16[i] == prunekit::float_to_bf16(y[i]));
       }
     }
@@ -643,8 +611,7 @@ void check_spmm_amx(std::mt19937& rng) {
     std::vector<uint16_t> packed(bitmap_bf16_packed_x_elements_amx(batch, k));
     bitmap_bf16_pack_x_amx(x16.data(), batch, k, packed.data(), 0, (k + 31) / 32);
     std::vector<float> y(batch * rows);
-    return bitmap_bf16_spmm_amx(w.values.get(), bitmap.data(), offsets.data(), rows, k, packed.data(), batch, nullptr,
-                                y.data(), ValueType::kFloat32, 0, rows);
+    return bitmap_bf16_spmm_amx({w.values.get(), ValueType::kBFloat16, bitmap.data(), offsets.data(), rows, k}, {packed.data(), batch, nullptr, y.data(), ValueType::kFloat32}, {0, rows});
   };
   const Bf16Weight w = make_bf16(8, 70, 0.5, rng);
   std::vector<int64_t> skewed = w.s.offsets;

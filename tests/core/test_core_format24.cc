@@ -43,27 +43,22 @@ void round_trip(int64_t rows, int64_t k, bool is_float, std::mt19937& rng) {
   std::vector<uint8_t> meta(meta_elems * layout.meta_bytes, 0xff);
   // Two row ranges with an odd split, as parallel_for would hand out.
   const int64_t split = rows / 3;
-  auto status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k,
-                                                      sizeof(Bits), is_float, 0, split);
+  auto status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, sizeof(Bits), is_float, {0, split});
   EXPECT(status.ok());
-  status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k,
-                                                 sizeof(Bits), is_float, split, rows);
+  status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, sizeof(Bits), is_float, {split, rows});
   EXPECT(status.ok());
   std::vector<Bits> restored(rows * k, Bits(0x77));
-  status = prunekit::cpu::format24_decompress_scalar(values.data(), meta.data(), restored.data(), rows,
-                                                   k, sizeof(Bits), 0, rows);
+  status = prunekit::cpu::format24_decompress_scalar(values.data(), meta.data(), restored.data(), rows, k, sizeof(Bits), {0, rows});
   EXPECT(status.ok());
   EXPECT(std::memcmp(restored.data(), dense.data(), dense.size() * sizeof(Bits)) == 0);
 
   // A third nonzero in one group is reported with its position.
   dense[5 * k + 8] = dense[5 * k + 9] = dense[5 * k + 10] = Bits(1);
-  status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k,
-                                                 sizeof(Bits), is_float, 0, rows);
+  status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, sizeof(Bits), is_float, {0, rows});
   EXPECT(status.code == StatusCode::kTooManyNonzeros && status.row == 5 && status.col == 8);
   // Corrupt metadata (both indices equal) is reported, not written out of place.
   std::memset(meta.data(), 0, layout.meta_bytes);
-  status = prunekit::cpu::format24_decompress_scalar(values.data(), meta.data(), restored.data(), rows,
-                                                   k, sizeof(Bits), 0, rows);
+  status = prunekit::cpu::format24_decompress_scalar(values.data(), meta.data(), restored.data(), rows, k, sizeof(Bits), {0, rows});
   EXPECT(status.code == StatusCode::kCorruptMeta);
 }
 
@@ -71,13 +66,12 @@ void nm_mask_cases() {
   const float scores[8] = {1, 4, 3, 2, 5, 5, 5, 5};
   bool keep[8];
   std::memset(keep, 0x55, sizeof(keep));
-  auto status = prunekit::cpu::nm_mask_select_scalar(scores, prunekit::ScoreType::kFloat32, keep, 8, 2,
-                                                   4, 0, 1);
+  auto status = prunekit::cpu::nm_mask_select_scalar(scores, prunekit::ScoreType::kFloat32, keep, 8, 2, 4, {0, 1});
   EXPECT(status.ok());
   const bool expected[8] = {false, true, true, false, true, true, false, false};
   for (int i = 0; i < 8; ++i) EXPECT(keep[i] == expected[i]);
   const float bad[4] = {1, NAN, 3, 2};
-  status = prunekit::cpu::nm_mask_select_scalar(bad, prunekit::ScoreType::kFloat32, keep, 4, 2, 4, 0, 1);
+  status = prunekit::cpu::nm_mask_select_scalar(bad, prunekit::ScoreType::kFloat32, keep, 4, 2, 4, {0, 1});
   EXPECT(status.code == StatusCode::kNonFinite && status.col == 1);
 }
 

@@ -80,7 +80,7 @@ void check(const char* name, ObsFn fn, std::mt19937& rng) {
         std::unique_ptr<bool[]> keep(new bool[rows * cols]);
         for (int64_t i = 0; i < rows * cols; ++i) keep[i] = keep_naive[i];
         naive(wd, hd, rows, cols, keep_naive, n, m);
-        fn(w.data(), cols, h.data(), cols, cols, err.data(), keep.get(), n, m, 0, rows);
+        fn({w.data(), cols, h.data(), cols, cols, err.data(), keep.get(), n, m}, {0, rows});
         for (int64_t i = 0; i < rows * cols; ++i) {
           EXPECT(keep[i] == bool(keep_naive[i]));
           EXPECT(std::fabs(w[i] - wd[i]) <= 1e-4 * (1 + std::fabs(wd[i])));

@@ -49,7 +49,7 @@ void check(const char* name, TransposeFn transpose, int64_t rows, int64_t cols, 
   std::unique_ptr<float[]> src(new float[rows * ld_src]), dst(new float[cols * ld_dst]);
   for (int64_t i = 0; i < rows * ld_src; ++i) src[i] = float(i) * 0.5f - 7.0f;
   for (int64_t i = 0; i < cols * ld_dst; ++i) dst[i] = NAN;
-  transpose(src.get(), cols, ld_src, dst.get(), ld_dst, row_begin, row_end);
+  transpose(src.get(), cols, ld_src, dst.get(), ld_dst, {row_begin, row_end});
   int64_t wrong = 0;
   for (int64_t c = 0; c < cols; ++c)
     for (int64_t r = 0; r < ld_dst; ++r) {

@@ -68,8 +68,8 @@ Status decompress_rows(const Bits* values, const Meta* meta, Bits* dense, int64_
 }  // namespace
 
 Status format24_compress_scalar(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
-                              int element_bytes, bool is_float, int64_t row_begin,
-                              int64_t row_end) {
+                                int element_bytes, bool is_float, RowRange range) {
+  const int64_t row_begin = range.begin, row_end = range.end;
   switch (element_bytes) {
     case 1:
       return compress_rows(static_cast<const uint8_t*>(dense), static_cast<uint8_t*>(values),
@@ -83,8 +83,9 @@ Status format24_compress_scalar(const void* dense, void* values, void* meta, int
   }
 }
 
-Status format24_decompress_scalar(const void* values, const void* meta, void* dense, int64_t rows,
-                                int64_t k, int element_bytes, int64_t row_begin, int64_t row_end) {
+Status format24_decompress_scalar(const void* values, const void* meta, void* dense, int64_t rows, int64_t k,
+                                  int element_bytes, RowRange range) {
+  const int64_t row_begin = range.begin, row_end = range.end;
   switch (element_bytes) {
     case 1:
       return decompress_rows(static_cast<const uint8_t*>(values),

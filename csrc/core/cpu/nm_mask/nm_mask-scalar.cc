@@ -97,8 +97,9 @@ Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t
 
 }  // namespace
 
-Status nm_mask_select_scalar(const void* scores, ScoreType type, bool* keep, int64_t k, int64_t n,
-                           int64_t m, int64_t row_begin, int64_t row_end) {
+Status nm_mask_select_scalar(const void* scores, ScoreType type, bool* keep, int64_t k, int64_t n, int64_t m,
+                             RowRange range) {
+  const int64_t row_begin = range.begin, row_end = range.end;
   switch (type) {
     case ScoreType::kFloat32: {
       const float* p = static_cast<const float*>(scores);

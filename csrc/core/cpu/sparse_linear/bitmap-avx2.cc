@@ -246,20 +246,17 @@ Status gemv_batch(const void* values, const uint16_t* bitmap, const int64_t* row
 
 }  // namespace
 
-Status bitmap_gemv_avx2(const void* values, ValueType type, const uint16_t* bitmap,
-                        const int64_t* row_offsets, int64_t rows, int64_t k, const float* x,
-                        int64_t batch, const float* bias, float* y, int64_t row_begin,
-                        int64_t row_end) {
-  if (type == ValueType::kFloat32) return gemv_batch<ValueType::kFloat32>(values, bitmap, row_offsets, rows, k, x, batch, bias, y, row_begin, row_end);
-  return gemv_batch<ValueType::kBFloat16>(values, bitmap, row_offsets, rows, k, x, batch, bias, y, row_begin, row_end);
+Status bitmap_gemv_avx2(const BitmapWeightView& w, const GemvArgs& a, RowRange range) {
+  if (w.value_type == ValueType::kFloat32) {
+    return gemv_batch<ValueType::kFloat32>(w.values, w.bitmap, w.row_offsets, w.rows, w.cols, a.x, a.batch, a.bias,
+                                           a.y, range.begin, range.end);
+  }
+  return gemv_batch<ValueType::kBFloat16>(w.values, w.bitmap, w.row_offsets, w.rows, w.cols, a.x, a.batch, a.bias, a.y,
+                                          range.begin, range.end);
 }
 
-Status bitmap_spmm_avx2(const void* values, ValueType type, const uint16_t* bitmap,
-                        const int64_t* row_offsets, int64_t k, const float* x, int64_t ldx,
-                        int64_t cols_x, const float* bias, Activation activation, float* y,
-                        int64_t ldy, int64_t row_begin, int64_t row_end) {
-  return bitmap_spmm_impl(values, type, bitmap, row_offsets, k, x, ldx, cols_x, bias, activation, y, ldy,
-                          row_begin, row_end);
+Status bitmap_spmm_avx2(const BitmapWeightView& w, const SpmmArgs& a, RowRange range) {
+  return bitmap_spmm_impl(w, a, range);
 }
 
 }  // namespace prunekit::cpu

@@ -282,12 +282,15 @@ Status expanded_spmm(const void* values, const uint16_t* bitmap, const int64_t* 
 
 }  // namespace
 
-Status bitmap_gemv_avx512(const void* values, ValueType type, const uint16_t* bitmap,
-                        const int64_t* row_offsets, int64_t rows, int64_t k, const float* x,
-                        int64_t batch, const float* bias, float* y, int64_t row_begin,
-                        int64_t row_end) {
-  const bool f32 = type == ValueType::kFloat32;
-  switch (batch) {
+Status bitmap_gemv_avx512(const BitmapWeightView& w, const GemvArgs& a, RowRange range) {
+  const void* values = w.values;
+  const uint16_t* bitmap = w.bitmap;
+  const int64_t* row_offsets = w.row_offsets;
+  const int64_t rows = w.rows, k = w.cols, row_begin = range.begin, row_end = range.end;
+  const float *x = a.x, *bias = a.bias;
+  float* y = a.y;
+  const bool f32 = w.value_type == ValueType::kFloat32;
+  switch (a.batch) {
 #define PRUNEKIT_GEMV_CASE(B)                                                                              \
   case B:                                                                                                  \
     return f32 ? gemv_rows<B, true>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end)  \
@@ -302,22 +305,24 @@ Status bitmap_gemv_avx512(const void* values, ValueType type, const uint16_t* bi
   }
 }
 
-Status bitmap_spmm_avx512(const void* values, ValueType type, const uint16_t* bitmap,
-                        const int64_t* row_offsets, int64_t k, const float* x, int64_t ldx,
-                        int64_t cols_x, const float* bias, Activation activation, float* y,
-                        int64_t ldy, int64_t row_begin, int64_t row_end) {
+Status bitmap_spmm_avx512(const BitmapWeightView& w, const SpmmArgs& a, RowRange range) {
+  const void* values = w.values;
+  const uint16_t* bitmap = w.bitmap;
+  const int64_t* row_offsets = w.row_offsets;
+  const int64_t k = w.cols, row_begin = range.begin, row_end = range.end;
   const int64_t nonzeros = row_offsets[row_end] - row_offsets[row_begin];
   const int64_t row_words = std::max<int64_t>(1, (row_end - row_begin) * bitmap_words(k));
-  if (cols_x >= 1 && cols_x <= 16 && nonzeros >= kExpandedMinNonzerosPerWord * row_words) {
-    return type == ValueType::kFloat32
-               ? expanded_spmm<true>(values, bitmap, row_offsets, k, x, ldx, cols_x, bias, activation, y, ldy,
-                                     row_begin, row_end)
-               : expanded_spmm<false>(values, bitmap, row_offsets, k, x, ldx, cols_x, bias, activation, y, ldy,
-                                      row_begin, row_end);
+  if (a.cols_x >= 1 && a.cols_x <= 16 && nonzeros >= kExpandedMinNonzerosPerWord * row_words) {
+    return w.value_type == ValueType::kFloat32
+               ? expanded_spmm<true>(values, bitmap, row_offsets, k, a.x, a.ldx, a.cols_x, a.bias, a.activation, a.y,
+                                     a.ldy, row_begin, row_end)
+               : expanded_spmm<false>(values, bitmap, row_offsets, k, a.x, a.ldx, a.cols_x, a.bias, a.activation, a.y,
+                                      a.ldy, row_begin, row_end);
   }
-  const SpmmArgs args{values, type, row_offsets, k, x, ldx, cols_x, bias, activation, y, ldy, row_begin, row_end};
+  const SpmmCall call{values, w.value_type, row_offsets, k, a.x, a.ldx, a.cols_x, a.bias, a.activation, a.y, a.ldy,
+                      row_begin, row_end};
   BitmapRows source(bitmap, k);
-  return spmm_rows(args, source);
+  return spmm_rows(call, source);
 }
 
 }  // namespace prunekit::cpu

@@ -90,11 +90,15 @@ Status gemv_rows(const void* values, ValueType type, const uint16_t* bitmap, con
 
 }  // namespace
 
-Status bitmap_gemv_neon(const void* values, ValueType type, const uint16_t* bitmap,
-                        const int64_t* row_offsets, int64_t rows, int64_t k, const float* x,
-                        int64_t batch, const float* bias, float* y, int64_t row_begin,
-                        int64_t row_end) {
-  switch (batch) {
+Status bitmap_gemv_neon(const BitmapWeightView& w, const GemvArgs& a, RowRange range) {
+  const void* values = w.values;
+  const ValueType type = w.value_type;
+  const uint16_t* bitmap = w.bitmap;
+  const int64_t* row_offsets = w.row_offsets;
+  const int64_t rows = w.rows, k = w.cols, row_begin = range.begin, row_end = range.end;
+  const float *x = a.x, *bias = a.bias;
+  float* y = a.y;
+  switch (a.batch) {
     case 1: return gemv_rows<1>(values, type, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     case 2: return gemv_rows<2>(values, type, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     case 3: return gemv_rows<3>(values, type, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
@@ -102,12 +106,8 @@ Status bitmap_gemv_neon(const void* values, ValueType type, const uint16_t* bitm
   }
 }
 
-Status bitmap_spmm_neon(const void* values, ValueType type, const uint16_t* bitmap,
-                        const int64_t* row_offsets, int64_t k, const float* x, int64_t ldx,
-                        int64_t cols_x, const float* bias, Activation activation, float* y,
-                        int64_t ldy, int64_t row_begin, int64_t row_end) {
-  return bitmap_spmm_impl(values, type, bitmap, row_offsets, k, x, ldx, cols_x, bias, activation, y, ldy,
-                          row_begin, row_end);
+Status bitmap_spmm_neon(const BitmapWeightView& w, const SpmmArgs& a, RowRange range) {
+  return bitmap_spmm_impl(w, a, range);
 }
 
 }  // namespace prunekit::cpu

@@ -66,40 +66,40 @@ inline float load_value(const void* values, ValueType type, int64_t i) {
 
 }  // namespace
 
-void bitmap_scan_scalar(const void* dense, int element_bytes, bool is_float, int64_t k,
-                      uint16_t* bitmap, int64_t* row_nnz, int64_t row_begin, int64_t row_end) {
+void bitmap_scan_scalar(const void* dense, int element_bytes, bool is_float, int64_t k, uint16_t* bitmap,
+                        int64_t* row_nnz, RowRange range) {
   if (element_bytes == 2) {
-    scan_rows(static_cast<const uint16_t*>(dense), is_float, k, bitmap, row_nnz, row_begin, row_end);
+    scan_rows(static_cast<const uint16_t*>(dense), is_float, k, bitmap, row_nnz, range.begin, range.end);
   } else {
-    scan_rows(static_cast<const uint32_t*>(dense), is_float, k, bitmap, row_nnz, row_begin, row_end);
+    scan_rows(static_cast<const uint32_t*>(dense), is_float, k, bitmap, row_nnz, range.begin, range.end);
   }
 }
 
 void bitmap_pack_scalar(const void* dense, int element_bytes, int64_t k, const uint16_t* bitmap,
-                      const int64_t* row_offsets, void* values, int64_t row_begin, int64_t row_end) {
+                        const int64_t* row_offsets, void* values, RowRange range) {
   if (element_bytes == 2) {
-    pack_rows(static_cast<const uint16_t*>(dense), k, bitmap, row_offsets,
-              static_cast<uint16_t*>(values), row_begin, row_end);
+    pack_rows(static_cast<const uint16_t*>(dense), k, bitmap, row_offsets, static_cast<uint16_t*>(values),
+              range.begin, range.end);
   } else {
-    pack_rows(static_cast<const uint32_t*>(dense), k, bitmap, row_offsets,
-              static_cast<uint32_t*>(values), row_begin, row_end);
+    pack_rows(static_cast<const uint32_t*>(dense), k, bitmap, row_offsets, static_cast<uint32_t*>(values),
+              range.begin, range.end);
   }
 }
 
-void bitmap_unpack_scalar(const void* values, int element_bytes, const uint16_t* bitmap,
-                        const int64_t* row_offsets, int64_t k, void* dense, int64_t row_begin,
-                        int64_t row_end) {
-  if (element_bytes == 2) {
-    unpack_rows(static_cast<const uint16_t*>(values), bitmap, row_offsets, k,
-                static_cast<uint16_t*>(dense), row_begin, row_end);
+void bitmap_unpack_scalar(const BitmapWeightView& weight, void* dense, RowRange range) {
+  if (weight.value_type == ValueType::kBFloat16) {
+    unpack_rows(static_cast<const uint16_t*>(weight.values), weight.bitmap, weight.row_offsets, weight.cols,
+                static_cast<uint16_t*>(dense), range.begin, range.end);
   } else {
-    unpack_rows(static_cast<const uint32_t*>(values), bitmap, row_offsets, k,
-                static_cast<uint32_t*>(dense), row_begin, row_end);
+    unpack_rows(static_cast<const uint32_t*>(weight.values), weight.bitmap, weight.row_offsets, weight.cols,
+                static_cast<uint32_t*>(dense), range.begin, range.end);
   }
 }
 
-Status bitmap_validate_scalar(const uint16_t* bitmap, const int64_t* row_offsets, int64_t k,
-                            int64_t row_begin, int64_t row_end) {
+Status bitmap_validate_scalar(const BitmapWeightView& weight, RowRange range) {
+  const uint16_t* bitmap = weight.bitmap;
+  const int64_t* row_offsets = weight.row_offsets;
+  const int64_t k = weight.cols, row_begin = range.begin, row_end = range.end;
   const int64_t words = bitmap_words(k);
   const uint32_t tail_bits = uint32_t(k - (words - 1) * kBitmapWordBits);
   const uint32_t tail_mask = tail_bits == 16 ? 0xffffu : (1u << tail_bits) - 1;
@@ -114,12 +114,16 @@ Status bitmap_validate_scalar(const uint16_t* bitmap, const int64_t* row_offsets
   return Status{};
 }
 
-Status bitmap_gemv_scalar(const void* values, ValueType type, const uint16_t* bitmap,
-                        const int64_t* row_offsets, int64_t rows, int64_t k, const float* x,
-                        int64_t batch, const float* bias, float* y, int64_t row_begin,
-                        int64_t row_end) {
+Status bitmap_gemv_scalar(const BitmapWeightView& weight, const GemvArgs& args, RowRange range) {
+  const void* values = weight.values;
+  const ValueType type = weight.value_type;
+  const uint16_t* bitmap = weight.bitmap;
+  const int64_t* row_offsets = weight.row_offsets;
+  const int64_t rows = weight.rows, k = weight.cols, batch = args.batch;
+  const float *x = args.x, *bias = args.bias;
+  float* y = args.y;
   const int64_t words = bitmap_words(k);
-  for (int64_t r = row_begin; r < row_end; ++r) {
+  for (int64_t r = range.begin; r < range.end; ++r) {
     float acc[kGemvMaxBatch] = {};
     int64_t v = row_offsets[r];
     for (int64_t w = 0; w < words; ++w) {
@@ -136,12 +140,17 @@ Status bitmap_gemv_scalar(const void* values, ValueType type, const uint16_t* bi
   return Status{};
 }
 
-Status bitmap_spmm_scalar(const void* values, ValueType type, const uint16_t* bitmap,
-                        const int64_t* row_offsets, int64_t k, const float* x, int64_t ldx,
-                        int64_t cols_x, const float* bias, Activation activation, float* y,
-                        int64_t ldy, int64_t row_begin, int64_t row_end) {
+Status bitmap_spmm_scalar(const BitmapWeightView& weight, const SpmmArgs& args, RowRange range) {
+  const void* values = weight.values;
+  const ValueType type = weight.value_type;
+  const uint16_t* bitmap = weight.bitmap;
+  const int64_t* row_offsets = weight.row_offsets;
+  const int64_t k = weight.cols, ldx = args.ldx, cols_x = args.cols_x, ldy = args.ldy;
+  const float *x = args.x, *bias = args.bias;
+  const Activation activation = args.activation;
+  float* y = args.y;
   const int64_t words = bitmap_words(k);
-  for (int64_t r = row_begin; r < row_end; ++r) {
+  for (int64_t r = range.begin; r < range.end; ++r) {
     float* out = y + r * ldy;
     const float initial = bias ? bias[r] : 0.0f;
     for (int64_t p = 0; p < cols_x; ++p) out[p] = initial;

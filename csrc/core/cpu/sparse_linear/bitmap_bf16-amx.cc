@@ -299,11 +299,16 @@ void bitmap_bf16_pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_
   }
 }
 
-Status bitmap_bf16_spmm_amx(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
-                            int64_t rows, int64_t k, const uint16_t* packed_x, int64_t batch, const float* bias,
-                            void* y, ValueType y_type, int64_t row_begin, int64_t row_end) {
+Status bitmap_bf16_spmm_amx(const BitmapWeightView& weight, const AmxSpmmArgs& args, RowRange range) {
+  if (weight.value_type != ValueType::kBFloat16) return Status{StatusCode::kBadArgument, 0, 0};
+  const auto* values = static_cast<const uint16_t*>(weight.values);
+  const uint16_t* bitmap = weight.bitmap;
+  const int64_t* row_offsets = weight.row_offsets;
+  const int64_t rows = weight.rows, k = weight.cols, batch = args.batch, row_begin = range.begin, row_end = range.end;
+  const uint16_t* packed_x = args.packed_x;
+  const float* bias = args.bias;
   if (batch < 1 || k < 1 || !amx_bf16_usable()) return Status{StatusCode::kBadArgument, 0, 0};
-  const Output out{y, y_type, rows};
+  const Output out{args.y, args.y_type, rows};
   const int64_t chunks = (k + kChunk - 1) / kChunk, batch_tiles = (batch + kTileRows - 1) / kTileRows;
   const int64_t block_chunks = std::max<int64_t>(8, kKBlockPackedXBytes / (batch_tiles * kTileBytes));
   // 64-byte aligned: a tile row that straddles two cache lines costs two accesses.

@@ -179,10 +179,16 @@ Status gemv_row_pairs(const uint16_t* values, const uint16_t* bitmap, const int6
 
 }  // namespace
 
-Status bitmap_bf16_gemv_avx512bf16(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets,
-                                   int64_t rows, int64_t k, const uint16_t* x, int64_t batch,
-                                   const float* bias, float* y, int64_t row_begin, int64_t row_end) {
-  switch (batch) {
+Status bitmap_bf16_gemv_avx512bf16(const BitmapWeightView& w, const GemvBf16Args& a, RowRange range) {
+  if (w.value_type != ValueType::kBFloat16) return Status{StatusCode::kBadArgument, 0, 0};
+  const auto* values = static_cast<const uint16_t*>(w.values);
+  const uint16_t* bitmap = w.bitmap;
+  const int64_t* row_offsets = w.row_offsets;
+  const int64_t rows = w.rows, k = w.cols, row_begin = range.begin, row_end = range.end;
+  const uint16_t* x = a.x;
+  const float* bias = a.bias;
+  float* y = a.y;
+  switch (a.batch) {
     case 1: return gemv_row_pairs(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     case 2: return gemv_rows<2, 2>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     case 3: return gemv_rows<3, 1>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);

@@ -5,16 +5,12 @@
 
 namespace prunekit::cpu {
 
-Status csr16_gemv_avx2(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
-                       int64_t rows, int64_t k, const float* x, int64_t batch, const float* bias, float* y,
-                       int64_t row_begin, int64_t row_end) {
-  return csr16_gemv_impl(values, type, col_indices, row_offsets, rows, k, x, batch, bias, y, row_begin, row_end);
+Status csr16_gemv_avx2(const Csr16WeightView& w, const GemvArgs& a, RowRange range) {
+  return csr16_gemv_impl(w, a, range);
 }
 
-Status csr16_spmm_avx2(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
-                       int64_t k, const float* x, int64_t ldx, int64_t cols_x, const float* bias, float* y,
-                       int64_t ldy, int64_t row_begin, int64_t row_end) {
-  return csr16_spmm_impl(values, type, col_indices, row_offsets, k, x, ldx, cols_x, bias, y, ldy, row_begin, row_end);
+Status csr16_spmm_avx2(const Csr16WeightView& w, const SpmmArgs& a, RowRange range) {
+  return csr16_spmm_impl(w, a, range);
 }
 
 }  // namespace prunekit::cpu

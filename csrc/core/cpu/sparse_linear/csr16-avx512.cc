@@ -45,20 +45,16 @@ class Csr16Rows {
 
 }  // namespace
 
-Status csr16_gemv_avx512(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
-                         int64_t rows, int64_t k, const float* x, int64_t batch, const float* bias, float* y,
-                         int64_t row_begin, int64_t row_end) {
-  return csr16_gemv_impl(values, type, col_indices, row_offsets, rows, k, x, batch, bias, y, row_begin, row_end);
+Status csr16_gemv_avx512(const Csr16WeightView& w, const GemvArgs& a, RowRange range) {
+  return csr16_gemv_impl(w, a, range);
 }
 
-Status csr16_spmm_avx512(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
-                         int64_t k, const float* x, int64_t ldx, int64_t cols_x, const float* bias, float* y,
-                         int64_t ldy, int64_t row_begin, int64_t row_end) {
-  if (k < 1 || k > kCsr16MaxColumns) return Status{StatusCode::kBadArgument, 0, 0};
-  const SpmmArgs args{values, type, row_offsets, k, x, ldx, cols_x, bias, Activation::kNone, y, ldy,
-                      row_begin, row_end};
-  Csr16Rows source(col_indices);
-  return spmm_rows(args, source);
+Status csr16_spmm_avx512(const Csr16WeightView& w, const SpmmArgs& a, RowRange range) {
+  if (w.cols < 1 || w.cols > kCsr16MaxColumns) return Status{StatusCode::kBadArgument, 0, 0};
+  const SpmmCall call{w.values, w.value_type, w.row_offsets, w.cols, a.x, a.ldx, a.cols_x, a.bias, a.activation, a.y,
+                      a.ldy, range.begin, range.end};
+  Csr16Rows source(w.col_indices);
+  return spmm_rows(call, source);
 }
 
 }  // namespace prunekit::cpu

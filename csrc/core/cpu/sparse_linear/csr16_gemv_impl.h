@@ -271,18 +271,17 @@ Status gemv_batch(const void* values, const uint16_t* col_indices, const int64_t
 
 // The variant entry points: argument checks, then the value type and the batch as template
 // parameters.
-inline Status csr16_gemv_impl(const void* values, ValueType type, const uint16_t* col_indices, const int64_t* row_offsets,
-                         int64_t rows, int64_t k, const float* x, int64_t batch, const float* bias, float* y,
-                         int64_t row_begin, int64_t row_end) {
-  if (batch < 1 || batch > kGemvMaxBatch || k < 1 || k > kCsr16MaxColumns) {
+inline Status csr16_gemv_impl(const Csr16WeightView& w, const GemvArgs& a, RowRange range) {
+  const int64_t k = w.cols;
+  if (a.batch < 1 || a.batch > kGemvMaxBatch || k < 1 || k > kCsr16MaxColumns) {
     return Status{StatusCode::kBadArgument, 0, 0};
   }
-  if (type == ValueType::kFloat32) {
-    return gemv_batch<ValueType::kFloat32>(values, col_indices, row_offsets, rows, k, x, batch, bias, y,
-                                           row_begin, row_end);
+  if (w.value_type == ValueType::kFloat32) {
+    return gemv_batch<ValueType::kFloat32>(w.values, w.col_indices, w.row_offsets, w.rows, k, a.x, a.batch, a.bias,
+                                           a.y, range.begin, range.end);
   }
-  return gemv_batch<ValueType::kBFloat16>(values, col_indices, row_offsets, rows, k, x, batch, bias, y,
-                                          row_begin, row_end);
+  return gemv_batch<ValueType::kBFloat16>(w.values, w.col_indices, w.row_offsets, w.rows, k, a.x, a.batch, a.bias, a.y,
+                                          range.begin, range.end);
 }
 
 }  // namespace

@@ -99,7 +99,8 @@ inline void prefetch_lines(uintptr_t address, int64_t bytes) {
 // k-blocks are whole multiples of this many columns (the bitmap's word).
 constexpr int64_t kBlockColumnStep = 16;
 
-struct SpmmArgs {
+// One SpMM call of a variant: the weight's values and rows, the operands, the thread's rows.
+struct SpmmCall {
   const void* values;
   ValueType type;
   const int64_t* row_offsets;
@@ -130,7 +131,7 @@ struct SpmmScratch {
 
 // Y[:, p .. p + 16 V) for this thread's rows; only the last vector may be partial (last_mask).
 template <int V, typename RowSource>
-Status spmm_tile_columns(const SpmmArgs& a, RowSource& source, int64_t p, __mmask16 last_mask,
+Status spmm_tile_columns(const SpmmCall& a, RowSource& source, int64_t p, __mmask16 last_mask,
                          int64_t block_columns, int64_t block_nonzeros, int64_t block_rows, SpmmScratch& scratch) {
   const int64_t value_bytes = a.type == ValueType::kFloat32 ? 4 : 2;
   int64_t* cursor = scratch.cursor.data() - a.row_begin;
@@ -176,7 +177,7 @@ Status spmm_tile_columns(const SpmmArgs& a, RowSource& source, int64_t p, __mmas
 
 // The whole SpMM for rows [row_begin, row_end): tiles of up to kMaxTileVectors vectors of X.
 template <typename RowSource>
-Status spmm_rows(const SpmmArgs& a, RowSource& source) {
+Status spmm_rows(const SpmmCall& a, RowSource& source) {
   if (a.cols_x < 1) return Status{};  // no outputs
   const int64_t needed_vectors = (a.cols_x + 15) / 16;
   const int vectors = int(std::min<int64_t>(needed_vectors, kMaxTileVectors));

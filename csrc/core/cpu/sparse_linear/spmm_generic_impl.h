@@ -262,22 +262,18 @@ class Csr16Rows {
   const uint16_t* col_indices_;
 };
 
-inline Status bitmap_spmm_impl(const void* values, ValueType type, const uint16_t* bitmap,
-                               const int64_t* row_offsets, int64_t k, const float* x, int64_t ldx,
-                               int64_t cols_x, const float* bias, Activation activation, float* y,
-                               int64_t ldy, int64_t row_begin, int64_t row_end) {
-  BitmapRows source(bitmap, k);
-  return spmm_rows(source, values, type, row_offsets, k, x, ldx, cols_x, bias, activation, y, ldy, row_begin,
-                   row_end);
+// The variants' entry points (bitmap-<isa>.cc, csr16-<isa>.cc).
+inline Status bitmap_spmm_impl(const BitmapWeightView& w, const SpmmArgs& a, RowRange range) {
+  BitmapRows source(w.bitmap, w.cols);
+  return spmm_rows(source, w.values, w.value_type, w.row_offsets, w.cols, a.x, a.ldx, a.cols_x, a.bias, a.activation,
+                   a.y, a.ldy, range.begin, range.end);
 }
 
-inline Status csr16_spmm_impl(const void* values, ValueType type, const uint16_t* col_indices,
-                              const int64_t* row_offsets, int64_t k, const float* x, int64_t ldx, int64_t cols_x,
-                              const float* bias, float* y, int64_t ldy, int64_t row_begin, int64_t row_end) {
-  if (k < 1 || k > kCsr16MaxColumns) return Status{StatusCode::kBadArgument, 0, 0};
-  Csr16Rows source(col_indices);
-  return spmm_rows(source, values, type, row_offsets, k, x, ldx, cols_x, bias, Activation::kNone, y, ldy, row_begin,
-                   row_end);
+inline Status csr16_spmm_impl(const Csr16WeightView& w, const SpmmArgs& a, RowRange range) {
+  if (w.cols < 1 || w.cols > kCsr16MaxColumns) return Status{StatusCode::kBadArgument, 0, 0};
+  Csr16Rows source(w.col_indices);
+  return spmm_rows(source, w.values, w.value_type, w.row_offsets, w.cols, a.x, a.ldx, a.cols_x, a.bias, a.activation,
+                   a.y, a.ldy, range.begin, range.end);
 }
 
 }  // namespace

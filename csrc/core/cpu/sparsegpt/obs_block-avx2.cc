@@ -4,10 +4,8 @@
 
 namespace prunekit::cpu {
 
-void obs_block_update_avx2(float* w, int64_t ldw, const float* hinv, int64_t ldh, int64_t cols,
-                         float* err, bool* keep, int64_t n, int64_t m, int64_t row_begin,
-                         int64_t row_end) {
-  obs_block_update_impl(w, ldw, hinv, ldh, cols, err, keep, n, m, row_begin, row_end);
+void obs_block_update_avx2(const ObsBlockArgs& a, RowRange range) {
+  obs_block_update_impl(a.w, a.ldw, a.hinv, a.ldh, a.cols, a.err, a.keep, a.n, a.m, range.begin, range.end);
 }
 
 }  // namespace prunekit::cpu

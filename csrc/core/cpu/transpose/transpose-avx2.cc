@@ -4,8 +4,8 @@
 namespace prunekit::cpu {
 
 void transpose_f32_avx2(const float* src, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst,
-                        int64_t row_begin, int64_t row_end) {
-  transpose_rows(src, cols, ld_src, dst, ld_dst, row_begin, row_end);
+                        RowRange range) {
+  transpose_rows(src, cols, ld_src, dst, ld_dst, range.begin, range.end);
 }
 
 }  // namespace prunekit::cpu
