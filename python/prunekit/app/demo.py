@@ -145,15 +145,6 @@ def quality_markdown(rows: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------- sparsify and time
 
-def sparsify_available() -> tuple[bool, str]:
-    """Whether this prunekit has model surgery (``prunekit.sparsify_``), and why not."""
-    import prunekit
-
-    if not callable(getattr(prunekit, "sparsify_", None)):
-        return False, "prunekit.sparsify_ (model surgery: SparseLinear) is not in this build of prunekit"
-    return True, ""
-
-
 def sparsify_and_time(config: dict, model: torch.nn.Module, batches: list[dict], min_run_time: float) -> dict:
     """Sparsifies a copy of the pruned (masked dense) ``model`` with ``prunekit.sparsify_`` (format
     "2:4" for an N:M pattern, else "unstructured") and times
@@ -209,9 +200,6 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
     loaded = load_minilm()
     logger.info("all-MiniLM-L6-v2 loaded (%.1f M parameters); %d pruning runs", 
                 sum(p.numel() for p in loaded[0].parameters()) / 1e6, len(configs))
-    can_sparsify, why_not = sparsify_available()
-    if not can_sparsify:
-        logger.warning("the sparsify-and-time step is skipped: %s", why_not)
     sparsify_method = SPARSIFY_METHOD if any(c["method"] == SPARSIFY_METHOD for c in configs) else configs[-1]["method"]
     prune_reports: dict[str, dict] = {}
     timing_rows: list[dict] = []
@@ -219,7 +207,7 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
 
     def on_pruned(config, model, report, held_out):
         prune_reports[config_label(config)] = report.to_dict()
-        if can_sparsify and config["method"] == sparsify_method:
+        if config["method"] == sparsify_method:
             result = sparsify_and_time(config, model, held_out, 0.06 if quick else 0.6)
             timing_rows.extend(result["timing"])
             size_rows.append(result["size"])
@@ -248,8 +236,7 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
         "machine": machine_info(),
         "build": {k: v for k, v in build_info().items() if k in ("version", "cpu_isa_selected", "cuda_built")},
         "quality": quality_rows,
-        "sparsify": {"skipped": why_not} if not can_sparsify else {"method": sparsify_method, "timing": timing_rows,
-                                                                   "size": size_rows},
+        "sparsify": {"method": sparsify_method, "timing": timing_rows, "size": size_rows},
         "kernels": kernel_rows,
         "prune_reports": prune_reports,
     }
@@ -263,10 +250,9 @@ def demo_tables(result: dict) -> list[tuple[str, str, list[dict], list]]:
     tables = [("quality", "Embedding fidelity of the pruned models (held-out sentences)", result["quality"],
                QUALITY_COLUMNS)]
     sparsify = result["sparsify"]
-    if "timing" in sparsify:
-        tables.append(("timing", f"Sparsified {sparsify['method']} models against dense torch (whole-model forward)",
-                       sparsify["timing"], TIMING_COLUMNS))
-        tables.append(("size", "Weight memory", sparsify["size"], SIZE_COLUMNS))
+    tables.append(("timing", f"Sparsified {sparsify['method']} models against dense torch (whole-model forward)",
+                   sparsify["timing"], TIMING_COLUMNS))
+    tables.append(("size", "Weight memory", sparsify["size"], SIZE_COLUMNS))
     tables.append(("kernels", "prunekit.ops.sparse_linear on the MiniLM layer shapes (fp32) against F.linear",
                    result["kernels"], KERNEL_COLUMNS))
     return tables
@@ -291,8 +277,6 @@ def write_demo_report(out: Path, result: dict) -> list[str]:
     sections = [("", intro)]
     for _, heading, rows, columns in demo_tables(result):
         sections.append((heading, reports.markdown_table(rows, columns)))
-    if "skipped" in result["sparsify"]:
-        sections.append(("Sparsified models", f"Skipped: {result['sparsify']['skipped']}."))
     plots = {
         reports.LAYERS_PNG: lambda path: reports.plot_layers(
             path, {label: r for label, r in result["prune_reports"].items() if not label.endswith(" 0.7")}),
@@ -323,7 +307,7 @@ def _plot_demo_speedup(path: Path, result: dict, geomean) -> Path:
         label = f"sparse_linear, {batch} row{'s' if batch > 1 else ''}"
         target = markers.setdefault(f"{label}, 2:4", []) if ":" in pattern else series.setdefault(label, [])
         target.append((sparsity, geomean(values)))
-    for row in result["sparsify"].get("timing", []):
+    for row in result["sparsify"]["timing"]:
         markers.setdefault(f"whole model, {row['sentences']} sentence{'s' if row['sentences'] > 1 else ''}, "
                            f"{row['pattern']}", []).append((row["sparsity"], row["speedup"]))
     return reports.plot_speedup(path, series, markers,

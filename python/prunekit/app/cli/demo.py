@@ -46,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
                            sparsities=sparsities)
     for _, heading, rows, columns in demo.demo_tables(result):
         print(f"\n{heading}\n{reports.text_table(rows, columns)}")
-    if "skipped" in result["sparsify"]:
-        print(f"\nsparsify-and-time step skipped: {result['sparsify']['skipped']}")
     print(f"\ndemo finished in {result['seconds']:.0f} s")
     if out is not None:
         print(f"wrote {', '.join(os.fspath(out / f) for f in result['files'])}")

@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 import prunekit
+from prunekit import distributed
 from prunekit.hf import load_model, resolve_model
 from prunekit.prune import ALLOCATIONS, METHODS
 
 from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
-from .common import DTYPES, UsageError, parse_sparsity, positive_int
+from .common import DTYPES, parse_sparsity, positive_int
 from .data import calibration_batches, evaluation_batches
 
 logger = logging.getLogger(__name__)
@@ -65,32 +66,19 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
-def _distributed():
-    """prunekit.distributed when this prunekit has it, else None."""
-    try:
-        from prunekit import distributed
-    except ImportError:
-        return None
-    return distributed if callable(getattr(distributed, "init_from_env", None)) else None
-
-
 def run(args: argparse.Namespace) -> int:
     sparsity = parse_sparsity(args.sparsity)
     config_kwargs = dict(method=args.method, sparsity=sparsity, allocation=args.allocation, refine=args.refine,
                          seed=args.seed, progress=not args.quiet, device=args.device)
     prunekit.PruneConfig(**config_kwargs)  # validates the combination before anything is loaded
-    if args.sparsify and not callable(getattr(prunekit, "sparsify_", None)):
-        raise UsageError("--sparsify needs prunekit.sparsify_ (model surgery), which this build of prunekit "
-                         "does not have yet; prune without --sparsify to write the masked dense model")
     resolve_model(args.model)
     if args.calib is not None:
         evaluation.read_text_file(args.calib, "--calib")
     if args.eval_data is not None and not args.no_eval:
         evaluation.read_text_file(args.eval_data, "--eval-data")
-    distributed = _distributed()
-    if distributed is None or not distributed.init_from_env():  # a single process (no torchrun)
+    if not distributed.init_from_env():  # a single process (no torchrun)
         out = reports.prepare_output_dir(args.out, args.overwrite, PRUNE_FILES)
-        return _prune_run(args, sparsity, config_kwargs, out, None)
+        return _prune_run(args, sparsity, config_kwargs, out, torchrun=False)
     # Under torchrun: rank 0 prepares --out; every rank learns whether that failed, and stops if so.
     try:
         error = None
@@ -100,14 +88,14 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as caught:
                 error = caught
         distributed.check(error, "preparing --out")
-        return _prune_run(args, sparsity, config_kwargs, Path(args.out), distributed)
+        return _prune_run(args, sparsity, config_kwargs, Path(args.out), torchrun=True)
     finally:
         distributed.shutdown()
 
 
-def _prune_run(args, sparsity, config_kwargs, out: Path, distributed) -> int:
+def _prune_run(args, sparsity, config_kwargs, out: Path, torchrun: bool) -> int:
     started = time.perf_counter()
-    is_main = distributed is None or distributed.is_main_process()
+    is_main = not torchrun or distributed.is_main_process()
     model, tokenizer, causal = load_model(args.model, args.dtype)
     calib, calib_info = calibration_batches(args, model, tokenizer, causal)
     ignore = list(args.ignore) if args.ignore is not None else _default_ignore(model)
@@ -138,7 +126,7 @@ def _prune_run(args, sparsity, config_kwargs, out: Path, distributed) -> int:
         checkpoint["sparsify"] = summary.to_dict() if hasattr(summary, "to_dict") else str(summary)
     else:
         checkpoint["format"] = "Hugging Face, masked dense weights (from_pretrained)"
-    _save_checkpoint(model, tokenizer, out / "model", args.sparsify, distributed)  # every rank takes part
+    _save_checkpoint(model, tokenizer, out / "model", args.sparsify, torchrun)  # every rank takes part
     if is_main:
         result = {
             "command": "prune", "model": args.model, "model_class": type(model).__name__, "causal_lm": causal,
@@ -158,20 +146,16 @@ def _default_ignore(model) -> list[str]:
     return [name for name in ("lm_head", "pooler") if name in names]
 
 
-def _save_checkpoint(model, tokenizer, path: Path, sparsified: bool, distributed) -> None:
+def _save_checkpoint(model, tokenizer, path: Path, sparsified: bool, torchrun: bool) -> None:
     def write(target: str) -> None:
         if sparsified:
-            save = getattr(prunekit, "save", None)
-            if not callable(save):
-                raise RuntimeError("saving a sparsified model needs prunekit.save, which this build of prunekit "
-                                   "does not have")
-            save(model, target)
+            prunekit.save(model, target)
         else:
             model.save_pretrained(target)
         if tokenizer is not None:
             tokenizer.save_pretrained(target)
 
-    if distributed is not None:
+    if torchrun:
         distributed.save_checkpoint(path, write)  # rank 0 writes, atomically, once every rank got there
     else:
         write(os.fspath(path))
