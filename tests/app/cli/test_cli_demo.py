@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 def test_quick_demo_writes_the_report_it_prints(tmp_path):
     from prunekit.app import demo
     from prunekit.app import report as reports
+    from prunekit.app.benchmarks.shapes import MINILM_L6
 
     out = tmp_path / "demo"
     result = run("demo", "--quick", "--methods", "sparsegpt", "--sparsities", "2:4", "--out", out, "--quiet")
@@ -24,12 +25,16 @@ def test_quick_demo_writes_the_report_it_prints(tmp_path):
     assert row["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3) and 0.5 < row["mean_cosine"] < 1
     assert set(report["prune_reports"]) == {"sparsegpt 2:4"}
     assert len(report["prune_reports"]["sparsegpt 2:4"]["layers"]) == 36
-    assert report["kernels"] and all(k["speedup_vs_dense"] > 0 for k in report["kernels"])
-    if "skipped" not in report["sparsify"]:
-        timing = report["sparsify"]["timing"]
-        assert [t["sentences"] for t in timing] == [1, 16]
-        assert all(t["max_cosine_error"] < 1e-4 for t in timing)  # the sparse model computes the same
-        assert report["sparsify"]["size"][0]["sparse_mb"] < report["sparsify"]["size"][0]["dense_mb"]
+    # --quick times every MiniLM layer shape at 50% and 2:4 with 1 and 64 rows, in fp32
+    kernels = report["kernels"]
+    assert sorted((k["shape"], k["pattern"], k["batch"], k["dtype"]) for k in kernels) == sorted(
+        (shape, pattern, batch, "float32") for shape in MINILM_L6 for pattern in ("50%", "2:4") for batch in (1, 64))
+    assert all(k["speedup_vs_dense"] == k["dense_ms"] / k["prunekit_ms"] for k in kernels)
+    timing = report["sparsify"]["timing"]
+    assert [t["sentences"] for t in timing] == [1, 16]
+    assert all(t["max_cosine_error"] < 1e-4 for t in timing)  # the sparse model computes the same
+    assert all(t["speedup"] == t["dense_ms"] / t["sparse_ms"] for t in timing)
+    assert report["sparsify"]["size"][0]["sparse_mb"] < report["sparsify"]["size"][0]["dense_mb"]
     # the numbers printed are report.json's: the printed tables are rebuilt from it exactly
     for _, heading, rows, columns in demo.demo_tables(report):
         assert f"{heading}\n{reports.text_table(rows, columns)}" in result.stdout

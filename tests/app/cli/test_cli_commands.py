@@ -2,11 +2,11 @@
 a tiny Llama saved with save_pretrained."""
 
 import json
+import math
 
 import pytest
 import torch
 
-import prunekit
 from _cli import json_stdout, run, run_many
 
 SUBCOMMANDS = ("info", "demo", "prune", "eval", "bench")
@@ -31,8 +31,13 @@ def test_info_and_bench_json():
     rows = document["results"]["sparsegpt"]["rows"]
     assert {row["pattern"] for row in rows} == {"50%", "2:4"}
     assert all(row["err_ratio"] == pytest.approx(1, abs=1e-3) for row in rows)
+    # the summary is the geometric mean of the rows' speed-ups per pattern
     summary = {row["case"]: row for row in document["summary"]}
-    assert summary.keys() == {"50%", "2:4"} and all(row["speedup"] > 0 for row in summary.values())
+    assert summary.keys() == {"50%", "2:4"}
+    for pattern, row in summary.items():
+        speedups = [r["speedup"] for r in rows if r["pattern"] == pattern]
+        assert row["n"] == len(speedups) and (row["min"], row["max"]) == (min(speedups), max(speedups))
+        assert row["speedup"] == pytest.approx(math.prod(speedups) ** (1 / len(speedups)))
     cuda = document["results"]["cuda"]
     assert "skipped" in cuda or cuda["rows"]
 
@@ -71,7 +76,6 @@ def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tm
     assert evaluated["metric"] == "perplexity" and evaluated["perplexity"] > 1 and evaluated["tokens"] == 4 * 16
 
 
-@pytest.mark.skipif(not hasattr(prunekit, "sparsify_"), reason="prune --sparsify needs prunekit.sparsify_")
 def test_prune_sparsify_into_a_used_directory_then_eval_in_process(tiny_llama_dir, tmp_path, capsys):
     """--sparsify writes a prunekit checkpoint that eval loads (prunekit.load); --overwrite replaces
     only prunekit's files (through prunekit.app.cli.main, no subprocess)."""
