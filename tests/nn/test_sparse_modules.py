@@ -147,9 +147,9 @@ def test_bf16_linear_break_even_follows_the_amx_path(monkeypatch, amx):
     """Both bf16 tables, whatever this CPU has: where prunekit's bf16 path runs on AMX (> 4 rows)
     sparse wins from 0.5 up to 16 rows, from 0.8 up to 128 and from 0.85 beyond; elsewhere from 0.85
     at 5-16 rows and never beyond. fp32 is the same either way."""
-    from prunekit.nn import _sparse
+    from prunekit.nn import auto
 
-    monkeypatch.setattr(_sparse, "_bf16_spmm_on_amx", lambda: amx)
+    monkeypatch.setattr(auto, "_bf16_spmm_on_amx", lambda: amx)
     expected = {1: 0.5, 4: 0.5, 5: 0.5 if amx else 0.85, 16: 0.5 if amx else 0.85, 17: 0.8 if amx else None,
                 128: 0.8 if amx else None, 129: 0.85 if amx else None}
     for rows, threshold in expected.items():
@@ -359,7 +359,7 @@ def test_modules_move_to_cuda_and_back(device, fmt, pattern):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sparse_linear_runs_csr16_at_high_sparsity(dtype, monkeypatch):
-    from prunekit.nn import _sparse
+    from prunekit.nn import auto
 
     torch.manual_seed(0)
     linear = nn.Linear(300, 70).to(dtype)
@@ -396,33 +396,33 @@ def test_sparse_linear_runs_csr16_at_high_sparsity(dtype, monkeypatch):
         linear.weight.copy_(linear.weight * (torch.rand(70, 300) < 0.5))
         linear.weight[:, : 300 // 2] = 1.0
     dense_enough = SparseLinear.from_dense(linear, format="unstructured")
-    assert dense_enough.sparsity < _sparse.CSR16_MIN_SPARSITY and dense_enough.runtime_col_indices is None
+    assert dense_enough.sparsity < auto.CSR16_MIN_SPARSITY and dense_enough.runtime_col_indices is None
     assert dense_enough.memory()["runtime"] == 0
 
 
 def test_csr16_thresholds_by_rows_and_cpu(monkeypatch):
-    from prunekit.nn import _sparse
+    from prunekit.nn import auto
 
     table = ((1, 0.7), (4, 0.85), (None, None))
-    assert _sparse.csr16_choices(0.8, table) == ((1, True), (4, False), (None, False))
-    runs = lambda rows, sparsity: _sparse.csr16_runs(rows, _sparse.csr16_choices(sparsity, table))
+    assert auto.csr16_choices(0.8, table) == ((1, True), (4, False), (None, False))
+    runs = lambda rows, sparsity: auto.csr16_runs(rows, auto.csr16_choices(sparsity, table))
     assert runs(1, 0.7) and not runs(1, 0.69)
     assert runs(4, 0.85) and not runs(2, 0.8)
-    assert not runs(5, 0.99) and not _sparse.csr16_runs(1, ())
+    assert not runs(5, 0.99) and not auto.csr16_runs(1, ())
     info = {"cpu_isa_selected": "avx512", "cpu_features": ["avx512f", "avx512_bf16"], "cpu_bf16_spmm": "amx"}
     monkeypatch.setattr("prunekit.build_info", lambda: info)
-    tables = _sparse.CSR16_MIN_SPARSITY_BY_ROWS
+    tables = auto.CSR16_MIN_SPARSITY_BY_ROWS
     fp32 = tables["avx512"][torch.float32]
-    assert _sparse.csr16_table(torch.float32) == fp32
-    assert _sparse.csr16_table(torch.bfloat16) == tables["avx512"][torch.bfloat16]
+    assert auto.csr16_table(torch.float32) == fp32
+    assert auto.csr16_table(torch.bfloat16) == tables["avx512"][torch.bfloat16]
     info["cpu_features"] = ["avx512f"]  # no AVX-512 BF16: bf16 x is widened for the fp32 GEMV
-    assert _sparse.csr16_table(torch.bfloat16) == fp32[:-1] + ((None, None),)
+    assert auto.csr16_table(torch.bfloat16) == fp32[:-1] + ((None, None),)
     info["cpu_bf16_spmm"] = None  # no AMX path either: the fp32 SpMM above 4 rows too
-    assert _sparse.csr16_table(torch.bfloat16) == fp32
+    assert auto.csr16_table(torch.bfloat16) == fp32
     info.update(cpu_isa_selected="avx2", cpu_features=["avx2"])
-    assert _sparse.csr16_table(torch.float32) == tables["other"][torch.float32]
-    assert _sparse.csr16_table(torch.bfloat16) == tables["other"][torch.bfloat16]
-    assert _sparse.csr16_table(torch.float16) == ()
+    assert auto.csr16_table(torch.float32) == tables["other"][torch.float32]
+    assert auto.csr16_table(torch.bfloat16) == tables["other"][torch.bfloat16]
+    assert auto.csr16_table(torch.float16) == ()
     # Every table: rows in increasing order, ending with the catch-all.
     for kind in tables.values():
         for rows_table in kind.values():

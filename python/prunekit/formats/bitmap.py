@@ -1,10 +1,15 @@
-"""The CPU sparse weight format: a bitmap of nonzero positions plus the packed nonzeros.
+"""The CPU sparse weight format: a bitmap of nonzero positions plus the packed nonzeros
+("unstructured" in modules and checkpoints).
 
 Bytes per weight: (1 - sparsity) * element_bytes + 1/8 (the bitmap), plus 8 bytes per row of
 offsets. This beats CSR at every sparsity for batch-1 inference, which streams the weight once
 (CSR with 32-bit indices costs (1 - s) * (b + 4)). A 2:4 weight is stored the same way with
-exactly two marked positions per group of four (see :func:`from_semi24`), which the kernels
-expand in registers; :func:`to_semi24` converts back to torch's CUTLASS layout exactly.
+exactly two marked positions per group of four (:func:`prunekit.formats.from_semi24`), which the
+kernels expand in registers.
+
+Module state: ``values`` (nnz,) packed nonzeros row by row, ``bitmap`` (rows, ceil(cols / 16))
+int16, ``row_offsets`` (rows + 1,) int64. A checkpoint stores ``values`` and ``bitmap``: the
+offsets are the running count of the bitmap's marks, recomputed on load.
 """
 
 from dataclasses import dataclass
@@ -12,14 +17,23 @@ from dataclasses import dataclass
 import torch
 
 from .._names import dtype_name
-from .semi24 import meta_offsets, semi24_layout
+from .base import State, WeightFormat, register
+
+# The conversion ops take fp32 and bf16; fp16 goes through them as bf16 bits (see _as_kernel_dtype).
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _as_kernel_dtype(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16 bits seen as bf16, so the fp32/bf16 bitmap conversion ops handle fp16 exactly: both
+    formats encode +-0 as 0x0000/0x8000, so the zero test and the copied bits are the same."""
+    return tensor.view(torch.bfloat16) if tensor.dtype == torch.float16 else tensor
 
 
 @dataclass(frozen=True)
 class BitmapWeight:
     """A (rows, cols) weight in the bitmap format (tensors as the prunekit ops take them)."""
 
-    values: torch.Tensor  # (nnz,) fp32 or bf16
+    values: torch.Tensor  # (nnz,) fp32, bf16 (the kernels) or fp16
     bitmap: torch.Tensor  # (rows, ceil(cols / 16)) int16
     row_offsets: torch.Tensor  # (rows + 1,) int64
     cols: int
@@ -30,11 +44,21 @@ class BitmapWeight:
 
     @classmethod
     def from_dense(cls, dense: torch.Tensor) -> "BitmapWeight":
-        values, bitmap, row_offsets = torch.ops.prunekit.compress_bitmap(dense.contiguous())
-        return cls(values, bitmap, row_offsets, dense.shape[1])
+        """The bitmap weight of a 2-D fp32, bf16 or fp16 matrix (on the CPU, where the op runs)."""
+        if dense.dtype not in DTYPES or dense.dim() != 2:
+            raise ValueError(f"BitmapWeight.from_dense: argument 'dense' must be a 2-D float32, bfloat16 or float16 "
+                             f"matrix, but got {dtype_name(dense.dtype)} of shape {tuple(dense.shape)}")
+        values, bitmap, row_offsets = torch.ops.prunekit.compress_bitmap(_as_kernel_dtype(dense.cpu().contiguous()))
+        return cls(values.view(dense.dtype), bitmap, row_offsets, dense.shape[1])
 
     def to_dense(self) -> torch.Tensor:
-        return torch.ops.prunekit.decompress_bitmap(self.values, self.bitmap, self.row_offsets, self.cols)
+        """The (rows, cols) matrix, exactly, on the tensors' device: the ``decompress_bitmap`` op
+        on the CPU (which checks the tensors), plain torch elsewhere and for other dtypes."""
+        if self.values.device.type == "cpu" and self.values.dtype in DTYPES:
+            dense = torch.ops.prunekit.decompress_bitmap(_as_kernel_dtype(self.values), self.bitmap, self.row_offsets,
+                                                         self.cols)
+            return dense.view(self.values.dtype)
+        return bitmap_to_dense(self.values, self.bitmap, self.cols)
 
     def validate(self) -> "BitmapWeight":
         """Checks the tensors against each other (see :func:`check_bitmap_tensors`). Returns self."""
@@ -45,82 +69,12 @@ class BitmapWeight:
         return sum(t.numel() * t.element_size() for t in (self.values, self.bitmap, self.row_offsets))
 
 
-def from_semi24(values: torch.Tensor, meta: torch.Tensor) -> BitmapWeight:
-    """Exact conversion of torch's CUTLASS 2:4 layout (from ``compress_24``) to the CPU format.
-
-    The CUTLASS values (two per group, zero padding included) are kept as they are, in the same
-    order; the bitmap marks the two positions each group's metadata names. fp32 and bf16 only.
-    """
-    if values.dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"from_semi24: values must be float32 or bfloat16, but got {values.dtype}")
-    if values.dim() != 2:
-        raise ValueError(f"from_semi24: values must be 2-D (rows, in_features / 2), but got shape {list(values.shape)}")
-    rows, half = values.shape
-    cols = 2 * half
-    layout = semi24_layout(values.dtype)
-    if rows % layout.row_alignment or cols % layout.col_alignment:
-        raise ValueError(f"from_semi24: values must have a multiple of {layout.row_alignment} rows and of "
-                         f"{layout.col_alignment // 2} columns (compress_24's layout), but got shape {list(values.shape)}")
-    if meta.dtype != layout.meta_dtype:
-        raise ValueError(f"from_semi24: meta must have dtype {layout.meta_dtype} (as compress_24 returns it), "
-                         f"but got {meta.dtype}")
-    if tuple(meta.shape) != layout.meta_shape(rows, cols):
-        raise ValueError(f"from_semi24: meta must have shape {list(layout.meta_shape(rows, cols))} for values of "
-                         f"shape {list(values.shape)}, but got {list(meta.shape)}")
-    positions = _semi24_positions(meta, rows, cols, values.dtype)  # (rows, cols/4, 2) column indices
-    ascending = positions[..., 0] < positions[..., 1]
-    if not bool(ascending.all()):
-        row, group = (int(i) for i in (~ascending).nonzero()[0])
-        raise ValueError(f"from_semi24: meta must encode two distinct ascending columns per group, but the group at "
-                         f"row {row}, columns {4 * group}..{4 * group + 3} does not (corrupt or foreign metadata)")
-    marked = torch.zeros(rows, cols, dtype=torch.bool)
-    marked.scatter_(1, positions.reshape(rows, -1), True)
-    words = (cols + 15) // 16
-    bits = (marked.reshape(rows, words, 16).long() << torch.arange(16)).sum(-1)
-    bitmap = torch.where(bits >= 2**15, bits - 2**16, bits).to(torch.int16)
-    row_offsets = torch.arange(rows + 1, dtype=torch.int64) * half
-    return BitmapWeight(values.contiguous().reshape(-1), bitmap, row_offsets, cols)
-
-
-def to_semi24(weight: BitmapWeight) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact conversion back to torch's CUTLASS 2:4 layout; a weight with other than two marked
-    positions per group of four is not a 2:4 weight and raises."""
-    rows, cols = weight.shape
-    counts = torch.diff(weight.row_offsets)
-    if cols % 4 or not bool((counts == cols // 2).all()):
-        raise ValueError("to_semi24: the weight must mark exactly 2 of every 4 columns (a from_semi24 weight)")
-    marked = bitmap_mask(weight.bitmap, cols)
-    if not bool((marked.reshape(rows, -1, 4).sum(-1) == 2).all()):
-        raise ValueError("to_semi24: the weight must mark exactly 2 of every 4 columns (a from_semi24 weight)")
-    values = weight.values.reshape(rows, cols // 2)
-    _, meta = torch.ops.prunekit.compress_24(_placeholder_pattern(marked, weight.values.dtype))
-    return values, meta
-
-
 def bitmap_mask(bitmap: torch.Tensor, cols: int) -> torch.Tensor:
     """(rows, cols) bool mask of the positions an int16 bitmap marks; any device."""
     rows = bitmap.shape[0]
     shifts = torch.arange(16, device=bitmap.device, dtype=torch.int32)
     bits = (bitmap.to(torch.int32).unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(rows, -1)[:, :cols].bool()
-
-
-def _placeholder_pattern(marked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A matrix whose nonzeros are exactly the marked positions, so compress_24 reproduces the
-    metadata of those positions (metadata depends only on which positions are nonzero)."""
-    return marked.to(dtype)
-
-
-def _semi24_positions(meta: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
-    layout = semi24_layout(dtype)
-    meta_cols = meta.shape[1]
-    meta_bytes = meta.element_size()
-    words = meta.reshape(-1)[meta_offsets(rows, meta_cols, meta_bytes).reshape(-1)].long()
-    words = words & (2 ** (8 * meta_bytes) - 1)
-    shifts = 4 * torch.arange(layout.groups_per_meta)
-    codes = ((words.reshape(rows, meta_cols, 1) >> shifts) & 0xF).reshape(rows, cols // 4)
-    base = 4 * torch.arange(cols // 4)
-    return torch.stack((base + (codes & 3), base + (codes >> 2)), dim=-1)
+    return bits.reshape(rows, bitmap.shape[1] * 16)[:, :cols].bool()
 
 
 _POPCOUNT16: dict[torch.device, torch.Tensor] = {}
@@ -179,3 +133,69 @@ def check_bitmap_tensors(owner: str, bitmap: torch.Tensor, row_offsets: torch.Te
     if values.numel() != int(expected[-1]):
         raise ValueError(f"{owner}: the bitmap weight is corrupt: 'values' must hold {int(expected[-1])} entries "
                          f"(marks of 'bitmap'), but got {values.numel()}")
+
+
+def bitmap_to_dense(values: torch.Tensor, bitmap: torch.Tensor, cols: int) -> torch.Tensor:
+    """Exact bitmap -> dense expansion in plain torch, for any device and dtype (the op
+    ``decompress_bitmap`` is CPU only)."""
+    mask = bitmap_mask(bitmap, cols)
+    marked = int(mask.sum())
+    if values.dim() != 1 or values.numel() != marked:
+        raise ValueError(f"bitmap_to_dense: the bitmap weight is corrupt: 'values' must be 1-D with {marked} entries "
+                         f"(marks of 'bitmap'), but got shape {tuple(values.shape)}")
+    dense = values.new_zeros((bitmap.shape[0], cols))
+    dense[mask] = values
+    return dense
+
+
+class BitmapFormat(WeightFormat):
+    """The "unstructured" format (see the module docstring)."""
+
+    name = "unstructured"
+    state_names = ("values", "bitmap", "row_offsets")
+    checkpoint_names = ("values", "bitmap")  # row_offsets: the running count of the bitmap's marks
+    view_is_state = True
+
+    def compress(self, matrix: torch.Tensor, owner: str, weight_shape=None) -> State:
+        if matrix.dtype not in DTYPES:
+            raise ValueError(f"{owner}: format='unstructured' holds float32, bfloat16 or float16 weights, but the weight "
+                             f"is {dtype_name(matrix.dtype)}; convert the module first or use format='dense'")
+        weight = BitmapWeight.from_dense(matrix.detach())
+        device = matrix.device
+        return {"values": weight.values.to(device), "bitmap": weight.bitmap.to(device),
+                "row_offsets": weight.row_offsets.to(device)}
+
+    def to_dense(self, state: State, rows: int, cols: int) -> torch.Tensor:
+        return self.kernel_view(state, cols).to_dense()
+
+    def expected_state(self, rows, cols, dtype, state, weight_shape=None):
+        words = (cols + 15) // 16
+        shapes = {"bitmap": ((rows, words), torch.int16), "row_offsets": ((rows + 1,), torch.int64)}
+        offsets = state.get("row_offsets")
+        # values' length is the last offset; readable only from offsets of the right kind
+        if (isinstance(offsets, torch.Tensor) and offsets.dtype == torch.int64 and tuple(offsets.shape) == (rows + 1,)
+                and offsets.device.type != "meta"):
+            shapes["values"] = ((int(offsets[-1]),), dtype)
+        return shapes
+
+    def check_consistency(self, owner: str, state: State, rows: int, cols: int) -> None:
+        if state["bitmap"].device.type == "cpu":  # elsewhere the comparison would cost device syncs
+            check_bitmap_tensors(owner, state["bitmap"], state["row_offsets"], state["values"], cols)
+
+    def from_checkpoint(self, stored: State, owner: str) -> State:
+        state = super().from_checkpoint(stored, owner)
+        bitmap = state["bitmap"]
+        if bitmap.dtype != torch.int16 or bitmap.dim() != 2:
+            raise ValueError(f"{owner}: tensor 'bitmap' must be a 2-D int16 tensor, but got {bitmap.dtype} of shape "
+                             f"{tuple(bitmap.shape)}")
+        state["row_offsets"] = row_offsets_from_bitmap(bitmap)
+        return state
+
+    def kernel_view(self, state: State, cols: int) -> BitmapWeight:
+        return BitmapWeight(state["values"], state["bitmap"], state["row_offsets"], cols)
+
+    def expands_on(self, device_type: str) -> bool:
+        return device_type in ("cpu", "meta")  # the decompress_bitmap op is CPU only; meta holds no data
+
+
+BITMAP = register(BitmapFormat())

@@ -1,7 +1,9 @@
 """The 2:4 (semi-structured) layout: values (rows, k/2) plus metadata in torch's CUTLASS order.
 
 The bit-level description is in ``csrc/include/prunekit/format24.h``; this module holds the
-shape rules that the Python side (fake impls, references, tests) needs.
+shape rules that the Python side (fake impls, references, tests) needs, the exact conversions to
+and from the bitmap format (which the CPU kernels run a 2:4 weight in), and the "2:4" storage of
+modules and checkpoints: state and checkpoint entry ``values`` (rows, cols / 2) and ``meta``.
 
 For fp16, bf16 and int8 the values and metadata are bit for bit those of
 ``torch.sparse._semi_structured_conversions.sparse_semi_structured_from_dense_cutlass``, so a
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from .._names import dtype_name
+from .base import State, WeightFormat, register
+from .bitmap import BitmapWeight, bitmap_mask
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.int8, torch.float32)
 
@@ -58,3 +62,138 @@ def meta_offsets(rows: int, meta_cols: int, meta_bytes: int) -> torch.Tensor:
     dst_row = dst_row + shift
     dst_col = col - shift
     return (dst_col // 2) * rows * 2 + dst_row * 2 + dst_col % 2
+
+
+def group_columns(meta: torch.Tensor, rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, cols / 4, 2) the two columns each group's metadata names, for values of ``dtype``
+    (the metadata's shape and dtype already checked)."""
+    layout = semi24_layout(dtype)
+    meta_cols = meta.shape[1]
+    meta_bytes = meta.element_size()
+    words = meta.reshape(-1)[meta_offsets(rows, meta_cols, meta_bytes).reshape(-1)].long()
+    words = words & (2 ** (8 * meta_bytes) - 1)
+    shifts = 4 * torch.arange(layout.groups_per_meta)
+    codes = ((words.reshape(rows, meta_cols, 1) >> shifts) & 0xF).reshape(rows, cols // 4)
+    base = 4 * torch.arange(cols // 4)
+    return torch.stack((base + (codes & 3), base + (codes >> 2)), dim=-1)
+
+
+def layout_problem(rows: int, cols: int, dtype: torch.dtype) -> str | None:
+    """None if a (rows, cols) ``dtype`` weight fits the 2:4 layout a module holds, else why not."""
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"the 2:4 format holds float16, bfloat16 or float32 weights, but the weight is {dtype_name(dtype)}"
+    layout = semi24_layout(dtype)
+    if rows % layout.row_alignment or cols % layout.col_alignment:
+        return (f"the 2:4 layout needs rows % {layout.row_alignment} == 0 and columns % {layout.col_alignment} == 0, "
+                f"but the weight matrix is {rows} x {cols}")
+    return None
+
+
+def first_dense_group(matrix: torch.Tensor) -> tuple[int, int, int] | None:
+    """(row, group, nonzeros) of the first group of four with more than two nonzeros, or None;
+    (0, 0, -1) when the columns do not divide into groups of four."""
+    rows, cols = matrix.shape
+    if cols % 4:
+        return (0, 0, -1)
+    counts = (matrix.reshape(rows, cols // 4, 4) != 0).sum(-1)
+    bad = (counts > 2).nonzero()
+    if bad.numel() == 0:
+        return None
+    row, group = (int(v) for v in bad[0])
+    return row, group, int(counts[row, group])
+
+
+def from_semi24(values: torch.Tensor, meta: torch.Tensor) -> BitmapWeight:
+    """Exact conversion of torch's CUTLASS 2:4 layout (from ``compress_24``) to the CPU format.
+
+    The CUTLASS values (two per group, zero padding included) are kept as they are, in the same
+    order; the bitmap marks the two positions each group's metadata names. fp32 and bf16 only.
+    """
+    if values.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"from_semi24: values must be float32 or bfloat16, but got {values.dtype}")
+    if values.dim() != 2:
+        raise ValueError(f"from_semi24: values must be 2-D (rows, in_features / 2), but got shape {list(values.shape)}")
+    rows, half = values.shape
+    cols = 2 * half
+    layout = semi24_layout(values.dtype)
+    if rows % layout.row_alignment or cols % layout.col_alignment:
+        raise ValueError(f"from_semi24: values must have a multiple of {layout.row_alignment} rows and of "
+                         f"{layout.col_alignment // 2} columns (compress_24's layout), but got shape {list(values.shape)}")
+    if meta.dtype != layout.meta_dtype:
+        raise ValueError(f"from_semi24: meta must have dtype {layout.meta_dtype} (as compress_24 returns it), "
+                         f"but got {meta.dtype}")
+    if tuple(meta.shape) != layout.meta_shape(rows, cols):
+        raise ValueError(f"from_semi24: meta must have shape {list(layout.meta_shape(rows, cols))} for values of "
+                         f"shape {list(values.shape)}, but got {list(meta.shape)}")
+    positions = group_columns(meta, rows, cols, values.dtype)
+    ascending = positions[..., 0] < positions[..., 1]
+    if not bool(ascending.all()):
+        row, group = (int(i) for i in (~ascending).nonzero()[0])
+        raise ValueError(f"from_semi24: meta must encode two distinct ascending columns per group, but the group at "
+                         f"row {row}, columns {4 * group}..{4 * group + 3} does not (corrupt or foreign metadata)")
+    marked = torch.zeros(rows, cols, dtype=torch.bool)
+    marked.scatter_(1, positions.reshape(rows, -1), True)
+    words = (cols + 15) // 16
+    bits = (marked.reshape(rows, words, 16).long() << torch.arange(16)).sum(-1)
+    bitmap = torch.where(bits >= 2**15, bits - 2**16, bits).to(torch.int16)
+    row_offsets = torch.arange(rows + 1, dtype=torch.int64) * half
+    return BitmapWeight(values.contiguous().reshape(-1), bitmap, row_offsets, cols)
+
+
+def to_semi24(weight: BitmapWeight) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact conversion back to torch's CUTLASS 2:4 layout; a weight with other than two marked
+    positions per group of four is not a 2:4 weight and raises."""
+    rows, cols = weight.shape
+    counts = torch.diff(weight.row_offsets)
+    if (cols % 4 or weight.values.numel() != rows * cols // 2 or tuple(counts.shape) != (rows,)
+            or not bool((counts == cols // 2).all())):
+        raise ValueError("to_semi24: the weight must mark exactly 2 of every 4 columns (a from_semi24 weight)")
+    marked = bitmap_mask(weight.bitmap, cols)
+    if not bool((marked.reshape(rows, -1, 4).sum(-1) == 2).all()):
+        raise ValueError("to_semi24: the weight must mark exactly 2 of every 4 columns (a from_semi24 weight)")
+    values = weight.values.reshape(rows, cols // 2)
+    # The metadata depends only on which positions are nonzero: compress a matrix of ones there.
+    _, meta = torch.ops.prunekit.compress_24(marked.to(weight.values.dtype))
+    return values, meta
+
+
+class Semi24Format(WeightFormat):
+    """The "2:4" format of modules and checkpoints (see the module docstring)."""
+
+    name = "2:4"
+    state_names = ("values", "meta")
+    checkpoint_names = ("values", "meta")
+
+    def compress(self, matrix: torch.Tensor, owner: str, weight_shape=None) -> State:
+        rows, cols = matrix.shape
+        problem = layout_problem(rows, cols, matrix.dtype)
+        if problem is not None:
+            raise ValueError(f"{owner}: format='2:4' cannot hold this weight: {problem}")
+        bad = first_dense_group(matrix)
+        if bad is not None:
+            row, group, count = bad
+            raise ValueError(f"{owner}: format='2:4' needs at most 2 nonzeros in every group of 4 consecutive input "
+                             f"columns, but row {row}, columns {4 * group}..{4 * group + 3} hold {count}; prune it "
+                             "with sparsity='2:4' first or use format='unstructured'")
+        values, meta = torch.ops.prunekit.compress_24(matrix.detach().contiguous())
+        return {"values": values, "meta": meta}
+
+    def to_dense(self, state: State, rows: int, cols: int) -> torch.Tensor:
+        return torch.ops.prunekit.decompress_24(state["values"], state["meta"])
+
+    def expected_state(self, rows, cols, dtype, state, weight_shape=None):
+        layout = semi24_layout(dtype)
+        return {"values": (layout.values_shape(rows, cols), dtype),
+                "meta": (layout.meta_shape(rows, cols), layout.meta_dtype)}
+
+    def check_consistency(self, owner: str, state: State, rows: int, cols: int) -> None:
+        problem = layout_problem(rows, cols, state["values"].dtype)
+        if problem is not None:
+            raise ValueError(f"{owner}: a '2:4' weight's tensors must fit the layout: {problem}")
+
+    def kernel_view(self, state: State, cols: int) -> BitmapWeight:
+        """The bitmap view (exactly two marks per group); corrupt metadata raises ValueError."""
+        return from_semi24(state["values"], state["meta"])
+
+
+SEMI24 = register(Semi24Format())

@@ -14,10 +14,11 @@ JSON strings:
 - ``nonpersistent``: floating-point buffers outside state_dict (e.g. rotary ``inv_freq``) that
   are stored because a dtype change of the model changes them.
 
-Tensors: each sparse module's compressed tensors under ``<module>.<name>`` (unstructured:
-``values``, ``bitmap``; its ``row_offsets`` are recomputed from the bitmap on load; 2:4:
-``values`` and ``meta`` in torch's CUTLASS layout; dense: ``weight``; and ``bias``), every other
-state_dict entry under its key, bit for bit.
+Tensors: each sparse module's compressed tensors under ``<module>.<name>``, as its format
+writes them (:meth:`prunekit.formats.WeightFormat.to_checkpoint`; unstructured: ``values``,
+``bitmap``, its ``row_offsets`` recomputed from the bitmap on load; 2:4: ``values`` and ``meta``
+in torch's CUTLASS layout; dense: ``weight``), and ``bias``; every other state_dict entry under
+its key, bit for bit.
 
 A Hugging Face model saved to a path that does not end in ".safetensors" becomes a directory
 holding ``config.json`` (for tools) and ``model.prunekit.safetensors`` (self-contained; the
@@ -40,9 +41,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..nn import SparseConv2d, SparseLinear, SparseWeightModule
-from ..formats.bitmap import row_offsets_from_bitmap
-from ..nn.linear import is_hf_conv1d
+from .. import formats
+from ..nn import SparseWeightModule
 from . import safetensors_file as stf
 from .safetensors_file import CheckpointError
 
@@ -136,9 +136,10 @@ def _collect(model: nn.Module, hf: bool) -> tuple[dict[str, torch.Tensor], dict[
     modules = {}
     for name, module in sparse.items():
         modules[name] = module.checkpoint_spec()
-        for key, tensor in module._state_tensors().items():
-            if module.format == "unstructured" and key == "row_offsets":
-                continue  # recomputed from the bitmap on load
+        entry = module.weight_format.to_checkpoint(module.weight_state())
+        if module.bias is not None:
+            entry["bias"] = module.bias
+        for key, tensor in entry.items():
             named[_join(name, key)] = tensor
     for key, tensor in model.state_dict(keep_vars=True).items():
         if _owner(key) not in sparse_names:
@@ -366,6 +367,8 @@ def _module_tensors(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, to
 
 
 def _build_sparse(weights: Path, name: str, spec: dict, tensors: dict[str, torch.Tensor]) -> SparseWeightModule:
+    """The sparse module a spec and its stored tensors describe: the module class and the format
+    each read their part (geometry; the weight's tensors) and check it."""
     owner = f"load: sparse module '{name}' in {weights}"
     try:
         kind, fmt = spec["class"], spec["format"]
@@ -379,53 +382,26 @@ def _build_sparse(weights: Path, name: str, spec: dict, tensors: dict[str, torch
     if has_bias != (bias is not None):
         raise CheckpointError(f"{owner}: expected {'a' if has_bias else 'no'} 'bias' tensor, but "
                               f"{'none' if bias is None else 'one'} is stored")
-    if fmt == "unstructured" and "bitmap" in own:
-        bitmap = own["bitmap"]
-        if bitmap.dtype != torch.int16 or bitmap.dim() != 2:
-            raise CheckpointError(f"{owner}: tensor 'bitmap' must be a 2-D int16 tensor, but got {bitmap.dtype} of shape "
-                                  f"{tuple(bitmap.shape)}")
-        own["row_offsets"] = row_offsets_from_bitmap(bitmap)
     try:
-        if kind == "SparseLinear":
-            return SparseLinear(int(spec["in_features"]), int(spec["out_features"]), format=fmt, tensors=own, bias=bias,
-                                dtype=dtype, source=spec.get("source", "linear"))
-        if kind == "SparseConv2d":
-            padding = spec["padding"]
-            return SparseConv2d(int(spec["in_channels"]), int(spec["out_channels"]), tuple(spec["kernel_size"]),
-                                stride=tuple(spec["stride"]), padding=padding if isinstance(padding, str) else tuple(padding),
-                                dilation=tuple(spec["dilation"]), padding_mode=spec["padding_mode"], format=fmt,
-                                tensors=own, bias=bias, dtype=dtype)
+        cls = SparseWeightModule.checkpoint_class(kind)
+        state = formats.get(fmt).from_checkpoint(own, owner)
+        return cls.from_checkpoint_spec(spec, state, bias, dtype)
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"{owner}: its spec is incomplete: {error!r}") from None
     except ValueError as error:
-        raise CheckpointError(f"{owner}: {error}") from None
-    raise CheckpointError(f"{owner}: class must be 'SparseLinear' or 'SparseConv2d', but got {kind!r}")
+        message = str(error)
+        raise CheckpointError(message if message.startswith(owner) else f"{owner}: {message}") from None
 
 
 def _check_fits(weights: Path, name: str, target: nn.Module, built: SparseWeightModule) -> None:
     """The skeleton's module at ``name`` must have the sparse module's geometry."""
     where = f"load: module '{name}' of argument 'model'"
-    if isinstance(built, SparseLinear):
-        if isinstance(target, SparseLinear):
-            shape = (target.out_features, target.in_features)
-        elif is_hf_conv1d(target):
-            shape = tuple(target.weight.shape[::-1])
-        elif isinstance(target, nn.Linear):
-            shape = (target.out_features, target.in_features)
-        else:
-            raise CheckpointError(f"{where} must be an nn.Linear, Conv1D or SparseLinear (as in {weights}), but got "
-                                  f"{type(target).__name__}")
-        expected = (built.out_features, built.in_features)
-    else:
-        if isinstance(target, (nn.Conv2d, SparseConv2d)):
-            shape = (target.out_channels, target.in_channels, *target.kernel_size, *target.stride)
-        else:
-            raise CheckpointError(f"{where} must be an nn.Conv2d or SparseConv2d (as in {weights}), but got "
-                                  f"{type(target).__name__}")
-        expected = (built.out_channels, built.in_channels, *built.kernel_size, *built.stride)
+    shape = type(built).geometry_of(target)
+    if shape is None:
+        raise CheckpointError(f"{where} must be {built.REPLACES} (as in {weights}), but got {type(target).__name__}")
+    expected = built.geometry()
     if tuple(shape) != tuple(expected):
-        raise CheckpointError(f"{where} must have (out, in{', kernel, stride' if len(expected) > 2 else ''}) = {expected} "
-                              f"as in {weights}, but got {tuple(shape)}")
+        raise CheckpointError(f"{where} must have {built.GEOMETRY} = {expected} as in {weights}, but got {tuple(shape)}")
     if (getattr(target, "bias", None) is not None) != (built.bias is not None):
         raise CheckpointError(f"{where} must {'have' if built.bias is not None else 'have no'} bias as in {weights}, "
                               f"but it {'has none' if built.bias is not None else 'has one'}")

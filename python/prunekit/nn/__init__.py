@@ -1,12 +1,15 @@
 """Drop-in sparse modules: SparseLinear (for nn.Linear and transformers Conv1D) and SparseConv2d
 (for nn.Conv2d, groups=1), holding a compressed weight ("2:4", "unstructured" or "dense") and
 running it through the prunekit ops. Build them with ``from_dense(module, format="auto")``, or
-swap a whole pruned model at once with :func:`prunekit.sparsify_`."""
+swap a whole pruned model at once with :func:`prunekit.sparsify_`. The "auto" choice lives in
+:mod:`prunekit.nn.auto`, what the modules share in :mod:`prunekit.nn.base`."""
 
-from ._sparse import (BREAK_EVEN_SPARSITY, BREAK_EVEN_SPARSITY_AMX, DEFAULT_ROWS, FORMATS, SEMI24_MIN_FILL,
-                      SparseWeightModule, WeightStats, break_even_sparsity, choose_format)
+from .auto import (BREAK_EVEN_SPARSITY, BREAK_EVEN_SPARSITY_AMX, DEFAULT_ROWS, SEMI24_MIN_FILL, WeightStats,
+                   break_even_sparsity, choose_format)
+from .base import FORMATS, SparseWeightModule
 from .conv import SparseConv2d
 from .linear import SparseLinear, is_hf_conv1d
 
-__all__ = ["BREAK_EVEN_SPARSITY", "BREAK_EVEN_SPARSITY_AMX", "DEFAULT_ROWS", "FORMATS", "SEMI24_MIN_FILL", "break_even_sparsity", "SparseConv2d", "SparseLinear", "SparseWeightModule",
-           "WeightStats", "choose_format", "is_hf_conv1d"]
+__all__ = ["BREAK_EVEN_SPARSITY", "BREAK_EVEN_SPARSITY_AMX", "DEFAULT_ROWS", "FORMATS", "SEMI24_MIN_FILL",
+           "SparseConv2d", "SparseLinear", "SparseWeightModule", "WeightStats", "break_even_sparsity", "choose_format",
+           "is_hf_conv1d"]

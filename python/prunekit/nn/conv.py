@@ -18,7 +18,7 @@ any        dense           any       ``F.conv2d``
 =========  ==============  ========  ==================================================================
 
 ``format="auto"`` on CPU picks a sparse format only for fp32 pointwise convs at or above the
-measured break-even sparsity (``BREAK_EVEN_SPARSITY["conv1x1"]``): "2:4" for a valid 2:4
+measured break-even sparsity (``nn.auto.BREAK_EVEN_SPARSITY["conv1x1"]``): "2:4" for a valid 2:4
 pattern (groups of four along the flattened input dimension) the layout holds, else
 "unstructured"; every other conv stays dense (no sparse kernel beats oneDNN there), and so does
 every conv on CUDA. Grouped and depthwise convolutions are not supported (they are not pruned
@@ -31,7 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._sparse import FORMATS, SparseWeightModule, WeightStats, choose_format, compress, dtype_name
+from .. import formats
+from .._names import dtype_name
+from .auto import WeightStats, choose_format
+from .base import FORMATS, SparseWeightModule
+from .linear import _weight_dtype
 
 _X_DTYPES = (torch.float32,)
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -49,6 +53,9 @@ def _pair(value, name: str) -> tuple[int, int]:
 class SparseConv2d(SparseWeightModule):
     """A 2-D convolution (groups=1) with a compressed weight. Build with :meth:`from_dense`;
     :meth:`to_dense` gives back an equal ``nn.Conv2d``."""
+
+    REPLACES = "an nn.Conv2d or SparseConv2d"
+    GEOMETRY = "(out, in, kernel, stride)"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1,
                  padding_mode: str = "zeros", format: str, tensors: dict[str, torch.Tensor],
@@ -78,10 +85,8 @@ class SparseConv2d(SparseWeightModule):
         self.pointwise = (self.kernel_size == (1, 1) and self.stride == (1, 1)
                           and not any(self._reversed_padding_repeated_twice))
         kh, kw = self.kernel_size
-        if dtype is None:
-            dtype = (tensors.get("weight") if format == "dense" else tensors.get("values", torch.empty(0))).dtype
-        self._init_weight(format, self.out_channels, self.in_channels * kh * kw, dtype, tensors, bias,
-                          (self.out_channels, self.in_channels, kh, kw))
+        self._init_weight(format, self.out_channels, self.in_channels * kh * kw, _weight_dtype(format, tensors, dtype),
+                          tensors, bias, (self.out_channels, self.in_channels, kh, kw))
 
     def _reversed_padding(self) -> list[int]:
         """F.pad amounts (left, right, top, bottom), as nn.Conv2d computes them."""
@@ -108,9 +113,7 @@ class SparseConv2d(SparseWeightModule):
                         padding_mode=module.padding_mode)
         if format == "auto":
             format, _ = choose_format(WeightStats.of(matrix), kernel, break_even=break_even, rows=rows)
-        tensors = compress(matrix, format, "SparseConv2d.from_dense")
-        if format == "dense":
-            tensors = {"weight": tensors["weight"].reshape(module.weight.shape)}
+        tensors = formats.get(format).compress(matrix, "SparseConv2d.from_dense", tuple(module.weight.shape))
         bias = module.bias.detach().clone() if module.bias is not None else None
         return cls(module.in_channels, module.out_channels, module.kernel_size, **geometry, format=format,
                    tensors=tensors, bias=bias, dtype=matrix.dtype)
@@ -166,11 +169,29 @@ class SparseConv2d(SparseWeightModule):
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
 
     def checkpoint_spec(self) -> dict:
+        """What a checkpoint records about this module besides its tensors."""
         return {"class": "SparseConv2d", "format": self.format, "in_channels": self.in_channels,
                 "out_channels": self.out_channels, "kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
                 "dilation": list(self.dilation), "padding_mode": self.padding_mode, "bias": self.bias is not None,
                 "dtype": dtype_name(self.weight_dtype)}
+
+    @classmethod
+    def from_checkpoint_spec(cls, spec, state, bias, dtype) -> "SparseConv2d":
+        padding = spec["padding"]
+        return cls(int(spec["in_channels"]), int(spec["out_channels"]), tuple(spec["kernel_size"]),
+                   stride=tuple(spec["stride"]), padding=padding if isinstance(padding, str) else tuple(padding),
+                   dilation=tuple(spec["dilation"]), padding_mode=spec["padding_mode"], format=spec["format"],
+                   tensors=state, bias=bias, dtype=dtype)
+
+    def geometry(self) -> tuple[int, ...]:
+        return (self.out_channels, self.in_channels, *self.kernel_size, *self.stride)
+
+    @classmethod
+    def geometry_of(cls, module: nn.Module) -> tuple[int, ...] | None:
+        if isinstance(module, (SparseConv2d, nn.Conv2d)):
+            return (module.out_channels, module.in_channels, *module.kernel_size, *module.stride)
+        return None
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

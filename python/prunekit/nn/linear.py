@@ -8,7 +8,7 @@ device     format          dtypes           computation
 CPU        unstructured    fp32, bf16       ``prunekit.ops.sparse_linear_csr16`` (CSR16 GEMV up to
                                             3-4 rows, SpMM above) where it beats the bitmap kernels
                                             for the rows and sparsity (from 0.7; see
-                                            ``nn._sparse.CSR16_MIN_SPARSITY_BY_ROWS``), else
+                                            ``nn.auto.CSR16_MIN_SPARSITY_BY_ROWS``), else
                                             ``prunekit.ops.sparse_linear`` (bitmap GEMV up to 4
                                             rows, SpMM above; bf16 x above 4 rows on AMX where the
                                             CPU has it); fp32 accumulation
@@ -34,7 +34,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._sparse import FORMATS, SparseWeightModule, WeightStats, choose_format, compress, csr16_runs, dtype_name
+from .. import formats
+from .._names import dtype_name
+from .auto import WeightStats, choose_format, csr16_runs
+from .base import FORMATS, SparseWeightModule
 
 _X_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -53,21 +56,21 @@ class SparseLinear(SparseWeightModule):
     """
 
     _USES_CSR16 = True
+    REPLACES = "an nn.Linear, Conv1D or SparseLinear"
+    GEOMETRY = "(out, in)"
 
     def __init__(self, in_features: int, out_features: int, *, format: str, tensors: dict[str, torch.Tensor],
                  bias: torch.Tensor | None = None, dtype: torch.dtype | None = None, source: str = "linear"):
         """Wraps already compressed ``tensors`` (the state tensors of ``format``, see
-        :mod:`prunekit.nn._sparse`); ``dtype`` is the weight dtype (default: that of the values or
+        :mod:`prunekit.formats`); ``dtype`` is the weight dtype (default: that of the values or
         weight). Most code wants :meth:`from_dense` instead."""
         super().__init__()
         if source not in ("linear", "conv1d"):
             raise ValueError(f"SparseLinear: argument 'source' must be 'linear' or 'conv1d', but got {source!r}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.source = source
-        if dtype is None:
-            dtype = (tensors.get("weight") if format == "dense" else tensors.get("values", torch.empty(0))).dtype
-        self._init_weight(format, self.out_features, self.in_features, dtype, tensors, bias,
-                          (self.out_features, self.in_features))
+        self._init_weight(format, self.out_features, self.in_features, _weight_dtype(format, tensors, dtype), tensors,
+                          bias, (self.out_features, self.in_features))
 
     @classmethod
     def from_dense(cls, module: nn.Module, format: str = "auto", *, break_even: float | None = None,
@@ -82,7 +85,7 @@ class SparseLinear(SparseWeightModule):
             raise ValueError(f"SparseLinear.from_dense: argument 'format' must be one of {FORMATS}, but got {format!r}")
         if format == "auto":
             format, _ = choose_format(WeightStats.of(matrix), "linear", break_even=break_even, rows=rows)
-        tensors = compress(matrix, format, "SparseLinear.from_dense")
+        tensors = formats.get(format).compress(matrix, "SparseLinear.from_dense")
         bias = module.bias.detach().clone() if getattr(module, "bias", None) is not None else None
         return cls(matrix.shape[1], matrix.shape[0], format=format, tensors=tensors, bias=bias, dtype=matrix.dtype,
                    source=source)
@@ -132,7 +135,31 @@ class SparseLinear(SparseWeightModule):
                 "out_features": self.out_features, "bias": self.bias is not None,
                 "dtype": dtype_name(self.weight_dtype), "source": self.source}
 
+    @classmethod
+    def from_checkpoint_spec(cls, spec, state, bias, dtype) -> "SparseLinear":
+        return cls(int(spec["in_features"]), int(spec["out_features"]), format=spec["format"], tensors=state, bias=bias,
+                   dtype=dtype, source=spec.get("source", "linear"))
+
+    def geometry(self) -> tuple[int, ...]:
+        return self.out_features, self.in_features
+
+    @classmethod
+    def geometry_of(cls, module: nn.Module) -> tuple[int, ...] | None:
+        if isinstance(module, (SparseLinear, nn.Linear)):
+            return module.out_features, module.in_features
+        if is_hf_conv1d(module):
+            return tuple(module.weight.shape[::-1])
+        return None
+
     def extra_repr(self) -> str:
         source = ", source='conv1d'" if self.source == "conv1d" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"{self._weight_repr()}{source}")
+
+
+def _weight_dtype(fmt: str, tensors: dict, dtype: torch.dtype | None) -> torch.dtype:
+    """``dtype``, else that of the tensor holding the values (of a known format)."""
+    if dtype is not None:
+        return dtype
+    name = formats.get(fmt).values_name if fmt in formats.names() else "values"
+    return tensors.get(name, torch.empty(0)).dtype

@@ -208,7 +208,7 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | No
 def _semi24_layout_problem(module: nn.Module, cls) -> str | None:
     """Why the 2:4 layout cannot hold the module's weight for size or dtype reasons, if it has a
     valid 2:4 pattern; None otherwise (a weight that is not 2:4 at all fails in from_dense)."""
-    from ..nn._sparse import first_dense_group, semi24_aligned
+    from ..formats.semi24 import first_dense_group, layout_problem as semi24_aligned
 
     matrix = cls._matrix(module, "sparsify_")[0]
     if matrix.shape[1] % 4 or first_dense_group(matrix) is not None:

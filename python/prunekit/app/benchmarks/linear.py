@@ -83,7 +83,7 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
         raise ValueError(f"bench linear: weights must be one of {', '.join(WEIGHTS)}, but got {weights!r}")
     from prunekit import ops
     from prunekit.formats import Csr16Weight
-    from prunekit.nn._sparse import CSR16_MIN_SPARSITY, csr16_choices, csr16_runs, csr16_table
+    from prunekit.nn.auto import CSR16_MIN_SPARSITY, csr16_choices, csr16_runs, csr16_table
 
     def weight_source(original, clone, nbytes: int):
         """What each call reads its weight from: one copy (warm) or the next of its cold copies."""

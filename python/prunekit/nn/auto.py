@@ -1,0 +1,168 @@
+"""``format="auto"``: which format a weight is held in, and which CPU kernel runs it.
+
+Batch 1 is the workload prunekit targets; the rows per call (tokens of a sequence) move every
+threshold here. The tables are measured by bench/bench_break_even.py and the CSR16-vs-bitmap runs
+(figures in docs/performance.md); each is ((max rows, entry), ...) in increasing rows, None rows
+= any more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._names import dtype_name
+from ..formats.semi24 import first_dense_group, layout_problem
+
+# From which sparsity the sparse module beats dense torch, per CPU kernel family and weight dtype,
+# with the weight coming from memory as in a model's forward; None: the kernel never wins there.
+# "conv" (any non-pointwise conv) has no entry: im2col + the bitmap SpMM loses to oneDNN's conv.
+BREAK_EVEN_SPARSITY = {
+    "linear": {torch.float32: ((4, 0.5), (128, 0.6), (None, 0.7)),
+               torch.bfloat16: ((4, 0.5), (16, 0.85), (None, None))},
+    "conv1x1": {torch.float32: ((None, 0.6),)},
+    "conv": {},
+}
+# bf16 linear where prunekit's bf16 path runs on AMX (> 4 rows, build_info()["cpu_bf16_spmm"]):
+# it does not skip zeros but matches dense AMX, so sparse wins lower; above 128 rows unmeasured.
+BREAK_EVEN_SPARSITY_AMX = {"linear": {torch.bfloat16: ((16, 0.5), (128, 0.8), (None, 0.85))}}
+DEFAULT_ROWS = 16  # rows per call "auto" assumes: one sentence / a short prompt at batch 1
+_KERNEL_DTYPES = {"linear": (torch.float32, torch.bfloat16), "conv1x1": (torch.float32,), "conv": ()}
+
+
+def _bf16_spmm_on_amx() -> bool:
+    from .. import build_info
+
+    return build_info()["cpu_bf16_spmm"] == "amx"
+
+
+def break_even_sparsity(kernel: str, dtype: torch.dtype, rows: int | None = None) -> float | None:
+    """The measured break-even sparsity of the CPU ``kernel`` ("linear", "conv1x1", "conv") for
+    ``dtype`` weights at ``rows`` rows per call (default :data:`DEFAULT_ROWS`); None where the
+    sparse kernel does not beat dense torch (or there is no kernel). bf16 linear uses
+    :data:`BREAK_EVEN_SPARSITY_AMX` where prunekit's AMX path runs."""
+    rows = DEFAULT_ROWS if rows is None else int(rows)
+    table = BREAK_EVEN_SPARSITY[kernel].get(dtype, ())
+    if dtype in BREAK_EVEN_SPARSITY_AMX.get(kernel, {}) and _bf16_spmm_on_amx():
+        table = BREAK_EVEN_SPARSITY_AMX[kernel][dtype]
+    return _for_rows(table, rows)
+
+
+def _for_rows(table: tuple, rows: int):
+    """The entry of a ((max rows, entry), ..., (None, entry)) table for ``rows`` rows per call (the
+    first whose max rows holds them; None rows = any more); None if none does."""
+    for max_rows, entry in table:
+        if max_rows is None or rows <= max_rows:
+            return entry
+    return None
+
+
+# An unstructured weight at least this sparse also gets a CSR16 index on CPU (2 bytes per
+# nonzero), which SparseLinear runs where it beats the bitmap kernels: the CSR16 GEMV gathers x
+# per nonzero where the bitmap GEMV expands every 16 columns; the CSR16 SpMM skips the decode.
+CSR16_MIN_SPARSITY = 0.7
+
+# From which sparsity CSR16 beats the bitmap kernels, per x dtype, on CPUs whose bitmap kernels
+# are the AVX-512 ones (one expansion instruction per 16 columns, bf16 on AVX-512 BF16 and AMX)
+# and on the others (AVX2: a permute per 8 columns, so CSR16 pays earlier). None: never.
+CSR16_MIN_SPARSITY_BY_ROWS = {
+    "avx512": {torch.float32: ((1, 0.7), (2, 0.8), (4, 0.85), (None, 0.7)),
+               torch.bfloat16: ((1, 0.75), (4, 0.85), (None, None))},
+    "other": {torch.float32: ((4, 0.7), (None, 0.8)),
+              torch.bfloat16: ((4, 0.7), (None, 0.8))},
+}
+
+
+def csr16_table(x_dtype: torch.dtype) -> tuple:
+    """This machine's row of :data:`CSR16_MIN_SPARSITY_BY_ROWS` for ``x_dtype`` (by the selected
+    CPU kernels). Where the bitmap kernels widen bf16 x and run their fp32 code, bf16 takes the
+    fp32 thresholds: up to 4 rows without AVX-512 BF16, above 4 rows without prunekit's AMX path."""
+    from .. import build_info
+
+    info = build_info()
+    kind = "avx512" if info["cpu_isa_selected"] == "avx512" else "other"
+    tables = CSR16_MIN_SPARSITY_BY_ROWS[kind]
+    if x_dtype != torch.bfloat16:
+        return tables.get(x_dtype, ())
+    fp32 = tables[torch.float32]
+    few_rows = [entry for entry in tables[torch.bfloat16] if entry[0] is not None]
+    if kind == "avx512" and "avx512_bf16" not in info["cpu_features"]:
+        few_rows = [entry for entry in fp32 if entry[0] is not None]
+    more_rows = (None, None) if info["cpu_bf16_spmm"] == "amx" else fp32[-1]
+    return tuple(few_rows) + (more_rows,)
+
+
+def csr16_choices(sparsity: float, table: tuple) -> tuple:
+    """For a weight of ``sparsity`` with a CSR16 index: ((max rows, runs CSR16), ...) from a
+    ``table`` of :func:`csr16_table` (what the forward looks up: integers and booleans only)."""
+    return tuple((max_rows, threshold is not None and sparsity >= threshold) for max_rows, threshold in table)
+
+
+def csr16_runs(rows: int, choices: tuple) -> bool:
+    """Whether the CSR16 kernels run inputs of ``rows`` rows, by :func:`csr16_choices`."""
+    return bool(_for_rows(choices, rows))
+
+
+# "auto" keeps a valid 2:4 weight as 2:4 unless it is much sparser than 50% (the 2:4 layout stores
+# two values per group of four, zero padding included): 2:4 while at least this share of the
+# stored values is nonzero, the (smaller, faster) unstructured bitmap below it.
+SEMI24_MIN_FILL = 0.9
+
+
+@dataclass(frozen=True)
+class WeightStats:
+    """What the format choice looks at."""
+
+    rows: int
+    cols: int
+    dtype: torch.dtype
+    device: torch.device
+    nonzeros: int
+    is_24: bool  # at most two nonzeros in every group of four along the columns
+    semi24_problem: str | None  # why the 2:4 layout cannot hold it (alignment, dtype), or None
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzeros / (self.rows * self.cols)
+
+    @classmethod
+    def of(cls, matrix: torch.Tensor) -> "WeightStats":
+        rows, cols = matrix.shape
+        nonzeros = int(torch.count_nonzero(matrix))
+        is_24 = cols % 4 == 0 and first_dense_group(matrix) is None
+        return cls(rows, cols, matrix.dtype, matrix.device, nonzeros, is_24, layout_problem(rows, cols, matrix.dtype))
+
+
+def choose_format(stats: WeightStats, kernel: str, *, break_even: float | None = None,
+                  rows: int | None = None) -> tuple[str, str]:
+    """The format "auto" picks for a weight, and why (a short sentence).
+
+    ``kernel`` is the CPU kernel family that would run it: "linear", "conv1x1" (pointwise conv)
+    or "conv" (any other conv: no sparse kernel). On CPU, when the sparsity reaches the measured
+    break-even (:func:`break_even_sparsity` of the kernel, the dtype and ``rows``, the rows per
+    call, default :data:`DEFAULT_ROWS`; or ``break_even`` when given): "2:4" for a valid 2:4
+    pattern the layout holds (and not much sparser than 2:4), else "unstructured"; otherwise
+    "dense". Always "dense" off the CPU (no prunekit sparse GEMM there yet).
+    """
+    if stats.device.type != "cpu":
+        return "dense", f"no prunekit sparse kernel on {stats.device.type} yet; dense is fastest"
+    dtype = dtype_name(stats.dtype)
+    if stats.dtype not in _KERNEL_DTYPES[kernel]:
+        return "dense", f"no CPU {kernel} kernel runs {dtype} weights"
+    if break_even is not None:
+        threshold = float(break_even)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"choose_format: argument 'break_even' must be in [0, 1], but got {break_even}")
+    else:
+        if rows is not None and int(rows) < 1:
+            raise ValueError(f"choose_format: argument 'rows' must be >= 1, but got {rows}")
+        threshold = break_even_sparsity(kernel, stats.dtype, rows)
+        if threshold is None:
+            return "dense", (f"the CPU {kernel} kernel does not beat dense torch on {dtype} weights at "
+                             f"{DEFAULT_ROWS if rows is None else rows} rows per call")
+    if stats.sparsity < threshold:
+        return "dense", f"sparsity {stats.sparsity:.3f} < break-even {threshold:.2f} of the CPU {kernel} kernel ({dtype})"
+    if stats.is_24 and stats.semi24_problem is None and stats.nonzeros >= SEMI24_MIN_FILL * stats.rows * stats.cols / 2:
+        return "2:4", "valid 2:4 pattern (bitmap kernel on CPU, CUTLASS layout on disk and on CUDA)"
+    return "unstructured", f"sparsity {stats.sparsity:.3f} >= break-even {threshold:.2f} of the CPU {kernel} kernel ({dtype})"
