@@ -63,3 +63,27 @@ def hf_output(model, batch) -> torch.Tensor:
     with torch.no_grad():
         output = model(**batch)
     return output.logits if hasattr(output, "logits") and output.logits is not None else output.last_hidden_state
+
+
+def masked_reference(dense: torch.nn.Module, report) -> torch.nn.Module:
+    """``dense`` with the input columns of every removed unit zeroed in each group's consumers
+    (down_proj, fc2, c_proj, o_proj, ...): removing a unit (an MLP channel, a key/value head with its
+    query heads) takes away exactly this contribution, so a model pruned without bias compensation
+    computes the same as the returned one. Modifies and returns ``dense``."""
+    with torch.no_grad():
+        for group in report.groups:
+            removed = [u for u in range(group["units_before"]) if u not in group["kept_units"]]
+            for member in group["members"]:
+                name, role = member.rsplit(":", 1)
+                if role != "in":
+                    continue
+                module = dense.get_submodule(name)
+                conv1d = type(module).__name__ == "Conv1D"  # GPT-2: weight (in, out)
+                width = module.weight.shape[0 if conv1d else 1] // group["units_before"]
+                for unit in removed:
+                    columns = slice(unit * width, (unit + 1) * width)
+                    if conv1d:
+                        module.weight[columns] = 0
+                    else:
+                        module.weight[:, columns] = 0
+    return dense

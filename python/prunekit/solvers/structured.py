@@ -22,19 +22,25 @@ plus the statistics a criterion needs:
   the squared norm of the weight column), summed over the unit's columns. Removing a column
   whose input barely fluctuates loses little once its mean is compensated:
   :func:`bias_compensation` gives W[:, removed] @ mean(X[removed]), added to the consumer's bias.
+
+Importances are objects in a registry, as in Torch-Pruning: an importance is a callable
+``importance(members, units) -> scores`` (a (units,) tensor, higher keeps) that declares in
+``needs`` what the pruner must collect for it ("statistics": the members' input statistics over the
+calibration data; "gradients": dL/dW summed over it; nothing: data-free) and in
+``compensates_bias`` whether FLAP's bias compensation is its default. The four above are
+registered under their names; :func:`register_importance` adds one from outside, and
+``StructuredConfig(method=...)`` takes a registered name or an importance object.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-IMPORTANCES = ("magnitude", "taylor", "wanda", "flap")
-DATA_FREE_IMPORTANCES = ("magnitude",)
-GRADIENT_IMPORTANCES = ("taylor",)
-STATISTICS_IMPORTANCES = ("wanda", "flap")
+NEEDS = ("statistics", "gradients")
 
 
 @dataclass
@@ -94,13 +100,6 @@ def _check_units(members: list[MemberWeights], units: int) -> None:
                              f"expected {units}")
 
 
-def _finite(scores: torch.Tensor, importance: str) -> torch.Tensor:
-    if not bool(torch.isfinite(scores).all()):
-        raise ValueError(f"importance={importance!r}: the scores hold NaN or Inf (non-finite weights, "
-                         "gradients or activations)")
-    return scores
-
-
 def magnitude_unit_scores(members: list[MemberWeights], units: int) -> torch.Tensor:
     """L2 norm of each unit's weights over the whole group."""
     _check_units(members, units)
@@ -108,7 +107,7 @@ def magnitude_unit_scores(members: list[MemberWeights], units: int) -> torch.Ten
     for member in members:
         squares = member.matrix.detach().to(torch.float64).square()
         total += member.gather(squares).cpu()
-    return _finite(total.sqrt().to(torch.float32), "magnitude")
+    return total.sqrt().to(torch.float32)
 
 
 def taylor_unit_scores(members: list[MemberWeights], units: int) -> torch.Tensor:
@@ -127,7 +126,7 @@ def taylor_unit_scores(members: list[MemberWeights], units: int) -> torch.Tensor
         used += 1
     if used == 0:
         raise ValueError("taylor: no member of the group has a gradient (did the loss depend on these layers?)")
-    return _finite(total.to(torch.float32), "taylor")
+    return total.to(torch.float32)
 
 
 def wanda_unit_scores(members: list[MemberWeights], units: int) -> torch.Tensor:
@@ -147,7 +146,7 @@ def wanda_unit_scores(members: list[MemberWeights], units: int) -> torch.Tensor:
         used += 1
     if used == 0:
         raise ValueError("wanda: no member of the group has input statistics")
-    return _finite(total.to(torch.float32), "wanda")
+    return total.to(torch.float32)
 
 
 def flap_unit_scores(members: list[MemberWeights], units: int) -> torch.Tensor:
@@ -169,21 +168,149 @@ def flap_unit_scores(members: list[MemberWeights], units: int) -> torch.Tensor:
     if used == 0:
         raise ValueError("flap: the group has no consumer layer with input statistics (FLAP scores the input "
                          "columns of the layers that read the pruned channels)")
-    return _finite(total.to(torch.float32), "flap")
+    return total.to(torch.float32)
 
 
-def unit_scores(members: list[MemberWeights], units: int, importance: str) -> torch.Tensor:
-    """Scores (units,) of one channel group by ``importance`` (see the module docstring); higher
-    is more important."""
-    if importance == "magnitude":
+# ----------------------------------------------------------------------------- the registry
+
+class Importance:
+    """Base of the structured importances (Torch-Pruning's style): subclass it and define
+    ``__call__(members, units) -> scores`` ((units,) tensor, higher keeps), or register any
+    callable with the same signature (``needs`` and ``compensates_bias`` read from it when set).
+
+    - ``needs``: what the pruner collects before scoring, some of ``NEEDS``: "statistics" fills
+      :attr:`MemberWeights.input_norms` / :attr:`MemberWeights.input_var` from the calibration
+      data, "gradients" fills :attr:`MemberWeights.gradient` (dL/dW of ``StructuredConfig.loss_fn``
+      summed over the calibration batches). Empty: data-free, no calibration needed.
+    - ``compensates_bias``: the default of ``StructuredConfig.bias_compensation`` with this importance.
+    """
+
+    needs: tuple[str, ...] = ()
+    compensates_bias: bool = False
+
+    def __call__(self, members: list[MemberWeights], units: int) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__}: an importance must define __call__(members, units)")
+
+
+class MagnitudeImportance(Importance):
+    """L2 norm of each unit's weights over the group (:func:`magnitude_unit_scores`); no data."""
+
+    def __call__(self, members, units):
         return magnitude_unit_scores(members, units)
-    if importance == "taylor":
+
+
+class TaylorImportance(Importance):
+    """Sum of |w * dL/dw| over each unit's weights (:func:`taylor_unit_scores`)."""
+
+    needs = ("gradients",)
+
+    def __call__(self, members, units):
         return taylor_unit_scores(members, units)
-    if importance == "wanda":
+
+
+class WandaImportance(Importance):
+    """Sum of |W_ij| * ||X_j|| over each unit's weights (:func:`wanda_unit_scores`)."""
+
+    needs = ("statistics",)
+
+    def __call__(self, members, units):
         return wanda_unit_scores(members, units)
-    if importance == "flap":
+
+
+class FlapImportance(Importance):
+    """FLAP's fluctuation of the consumers' input columns (:func:`flap_unit_scores`), with bias
+    compensation by default."""
+
+    needs = ("statistics",)
+    compensates_bias = True
+
+    def __call__(self, members, units):
         return flap_unit_scores(members, units)
-    raise ValueError(f"importance: expected one of {IMPORTANCES}, but got {importance!r}")
+
+
+_REGISTRY: dict[str, Callable] = {}
+
+
+def _checked_needs(importance, what: str) -> tuple[str, ...]:
+    needs = getattr(importance, "needs", ())
+    if isinstance(needs, str):
+        needs = (needs,)
+    try:
+        needs = tuple(needs)
+    except TypeError:
+        raise ValueError(f"{what}.needs: expected a tuple of {NEEDS}, but got {needs!r}") from None
+    unknown = [n for n in needs if n not in NEEDS]
+    if unknown:
+        raise ValueError(f"{what}.needs: expected some of {NEEDS}, but got {unknown[0]!r}")
+    return needs
+
+
+def register_importance(name: str, importance: Callable) -> None:
+    """Registers ``importance`` (an :class:`Importance` or any callable(members, units) -> scores,
+    see :class:`Importance`) under ``name``, so that ``StructuredConfig(method=name)`` uses it.
+    A name is registered once: registering a taken name raises ValueError."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_importance: name: expected a non-empty str, but got {name!r}")
+    if isinstance(importance, type):
+        raise ValueError(f"register_importance: importance: expected an importance object (an instance), but got "
+                         f"the class {importance.__name__}; register {importance.__name__}() instead")
+    if not callable(importance):
+        raise ValueError(f"register_importance: importance: expected a callable(members, units) -> scores, but got "
+                         f"{type(importance).__name__}")
+    _checked_needs(importance, f"register_importance: importance {name!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"register_importance: name: expected a name not registered yet, but {name!r} is already "
+                         f"registered ({type(_REGISTRY[name]).__name__})")
+    _REGISTRY[name] = importance
+
+
+def importance_names() -> tuple[str, ...]:
+    """The registered importance names, in registration order (the built-ins first)."""
+    return tuple(_REGISTRY)
+
+
+def resolve_importance(method, what: str = "method") -> tuple[str, Callable]:
+    """(name, importance) for a registered name or an importance object; ValueError naming ``what``
+    otherwise. An unregistered object is named by its ``name`` attribute, else its function or
+    class name."""
+    if isinstance(method, str):
+        if method not in _REGISTRY:
+            raise ValueError(f"{what}: expected a registered importance name (one of {importance_names()}) or an "
+                             f"importance object, but got {method!r}")
+        return method, _REGISTRY[method]
+    if isinstance(method, type) or not callable(method):
+        raise ValueError(f"{what}: expected a registered importance name (one of {importance_names()}) or an "
+                         f"importance object (callable(members, units) -> scores), but got {method!r}")
+    _checked_needs(method, what)
+    registered = next((n for n, imp in _REGISTRY.items() if imp is method), None)
+    name = registered or getattr(method, "name", None) or getattr(method, "__name__", None) or type(method).__name__
+    return str(name), method
+
+
+def importance_needs(importance: Callable) -> tuple[str, ...]:
+    """What ``importance`` declares it needs (some of ``NEEDS``)."""
+    return _checked_needs(importance, "importance")
+
+
+def unit_scores(members: list[MemberWeights], units: int, importance) -> torch.Tensor:
+    """Scores (units,) of one channel group by ``importance`` (a registered name or an importance
+    object); higher is more important. Every importance's scores are checked here: one finite
+    score per unit."""
+    name, importance = resolve_importance(importance, "importance")
+    scores = importance(members, units)
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (units,):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"importance {name!r}: expected a tensor of shape ({units},) (one score per unit), but "
+                         f"got {got}")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"importance {name!r}: the scores hold NaN or Inf (non-finite weights, gradients or "
+                         "activations)")
+    return scores.detach().cpu()
+
+
+for _name, _importance in (("magnitude", MagnitudeImportance()), ("taylor", TaylorImportance()),
+                           ("wanda", WandaImportance()), ("flap", FlapImportance())):
+    register_importance(_name, _importance)
 
 
 def select_units(scores: torch.Tensor, keep: int) -> torch.Tensor:
