@@ -158,8 +158,8 @@ class BitmapFormat(WeightFormat):
 
     def compress(self, matrix: torch.Tensor, owner: str, weight_shape=None) -> State:
         if matrix.dtype not in DTYPES:
-            raise ValueError(f"{owner}: format='unstructured' holds float32, bfloat16 or float16 weights, but the weight "
-                             f"is {dtype_name(matrix.dtype)}; convert the module first or use format='dense'")
+            raise ValueError(f"{owner}: format='unstructured' holds float32, bfloat16 or float16 weights, but the "
+                             f"weight is {dtype_name(matrix.dtype)}; convert the module first or use format='dense'")
         weight = BitmapWeight.from_dense(matrix.detach())
         device = matrix.device
         return {"values": weight.values.to(device), "bitmap": weight.bitmap.to(device),

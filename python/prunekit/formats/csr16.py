@@ -54,8 +54,8 @@ class Csr16Weight:
         for key, tensor, dtype in (("row_offsets", self.row_offsets, torch.int64),
                                    ("col_indices", self.col_indices, torch.int16)):
             if tensor.dtype != dtype or tensor.dim() != 1:
-                raise ValueError(f"{owner}: '{key}' must be 1-D {dtype_name(dtype)}, but got {dtype_name(tensor.dtype)} "
-                                 f"of shape {tuple(tensor.shape)}")
+                raise ValueError(f"{owner}: '{key}' must be 1-D {dtype_name(dtype)}, but got "
+                                 f"{dtype_name(tensor.dtype)} of shape {tuple(tensor.shape)}")
         if self.values.dim() != 1:
             raise ValueError(f"{owner}: 'values' must be 1-D, but got shape {tuple(self.values.shape)}")
         nnz = self.values.numel()

@@ -118,7 +118,8 @@ def from_semi24(values: torch.Tensor, meta: torch.Tensor) -> BitmapWeight:
     layout = semi24_layout(values.dtype)
     if rows % layout.row_alignment or cols % layout.col_alignment:
         raise ValueError(f"from_semi24: values must have a multiple of {layout.row_alignment} rows and of "
-                         f"{layout.col_alignment // 2} columns (compress_24's layout), but got shape {list(values.shape)}")
+                         f"{layout.col_alignment // 2} columns (compress_24's layout), but got shape "
+                         f"{list(values.shape)}")
     if meta.dtype != layout.meta_dtype:
         raise ValueError(f"from_semi24: meta must have dtype {layout.meta_dtype} (as compress_24 returns it), "
                          f"but got {meta.dtype}")

@@ -4,4 +4,5 @@
 from .checkpoint import CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_NAME, load, read_info, save
 from .safetensors_file import CheckpointError
 
-__all__ = ["CONFIG_NAME", "CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load", "read_info", "save"]
+__all__ = ["CONFIG_NAME", "CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load", "read_info",
+           "save"]

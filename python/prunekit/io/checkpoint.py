@@ -88,11 +88,12 @@ def save(model: nn.Module, path, *, overwrite: bool = False) -> Path:
     as_directory = hf and path.suffix != ".safetensors"
     if as_directory:
         if path.exists() and not path.is_dir():
-            raise CheckpointError(f"save: argument 'path' must be a directory for a Hugging Face model (or a name ending "
-                                  f"in .safetensors), but {path} is a file")
+            raise CheckpointError(f"save: argument 'path' must be a directory for a Hugging Face model (or a name "
+                                  f"ending in .safetensors), but {path} is a file")
         if path.is_dir() and any(path.iterdir()) and not overwrite:
+            held = sorted(p.name for p in path.iterdir())[:5]
             raise CheckpointError(f"save: argument 'path' must not exist or be an empty directory (pass overwrite=True "
-                                  f"to replace the checkpoint in it), but {path} holds {sorted(p.name for p in path.iterdir())[:5]}")
+                                  f"to replace the checkpoint in it), but {path} holds {held}")
         weights = path / WEIGHTS_NAME
     else:
         if path.is_dir():
@@ -115,7 +116,8 @@ def save(model: nn.Module, path, *, overwrite: bool = False) -> Path:
 def _cpu(key: str, tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.detach()
     if tensor.device.type == "meta":
-        raise CheckpointError(f"save: tensor '{key}' is on the meta device (no data); load or materialise the model first")
+        raise CheckpointError(f"save: tensor '{key}' is on the meta device (no data); load or materialise the model "
+                              "first")
     return tensor.cpu().contiguous()
 
 
@@ -161,8 +163,8 @@ def _collect(model: nn.Module, hf: bool) -> tuple[dict[str, torch.Tensor], dict[
     for key, tensor in named.items():
         identity = None
         if tensor.device.type != "meta" and tensor.numel():
-            identity = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
-                        tuple(tensor.stride()), tensor.dtype)
+            identity = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                        tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
         if identity is not None and identity in stored_by_identity:
             aliases[key] = stored_by_identity[identity]
             continue
@@ -216,8 +218,8 @@ def read_info(path) -> dict:
     weights = _weights_path(Path(path))
     header, metadata = stf.read_header(weights)
     if metadata.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"load: {weights} is not a prunekit checkpoint: expected metadata format={FORMAT_NAME!r}, "
-                              f"but got {metadata.get('format')!r}")
+        raise CheckpointError(f"load: {weights} is not a prunekit checkpoint: expected metadata "
+                              f"format={FORMAT_NAME!r}, but got {metadata.get('format')!r}")
     version = metadata.get("format_version")
     if version != str(FORMAT_VERSION):
         newer = version is not None and version.isdigit() and int(version) > FORMAT_VERSION
@@ -247,9 +249,9 @@ def read_info(path) -> dict:
                               f"{missing} are missing and {extra} are not listed")
     for key, entry in header.items():
         if manifest[key].get("dtype") != entry["dtype"] or list(manifest[key].get("shape", [])) != list(entry["shape"]):
-            raise CheckpointError(f"load: {weights} is corrupt: tensor '{key}' must be {manifest[key].get('dtype')} of "
-                                  f"shape {manifest[key].get('shape')} (metadata), but the header says {entry['dtype']} "
-                                  f"of shape {entry['shape']}")
+            raise CheckpointError(f"load: {weights} is corrupt: tensor '{key}' must be {manifest[key].get('dtype')} "
+                                  f"of shape {manifest[key].get('shape')} (metadata), but the header says "
+                                  f"{entry['dtype']} of shape {entry['shape']}")
     return info
 
 
@@ -327,8 +329,8 @@ def _check_architecture(weights: Path, model_info: dict, model: nn.Module) -> No
 def _rebuild_hf(weights: Path, model_info: dict) -> nn.Module:
     hf = model_info.get("hf")
     if hf is None:
-        raise CheckpointError(f"load: {weights} holds a {model_info.get('class')} (not a Hugging Face model), so argument "
-                              "'model' must be a skeleton of it to load into, but got None")
+        raise CheckpointError(f"load: {weights} holds a {model_info.get('class')} (not a Hugging Face model), so "
+                              "argument 'model' must be a skeleton of it to load into, but got None")
     try:
         import transformers
     except ImportError as error:
@@ -337,11 +339,13 @@ def _rebuild_hf(weights: Path, model_info: dict) -> nn.Module:
     cls = getattr(transformers, str(hf.get("class")), None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise CheckpointError(f"load: {weights} names model class {hf.get('class')!r}, which must be a transformers "
-                              f"PreTrainedModel class, but transformers {transformers.__version__} has none by that name")
+                              f"PreTrainedModel class, but transformers {transformers.__version__} has none by that "
+                              "name")
     try:
         config = cls.config_class.from_dict(dict(hf["config"]))
     except Exception as error:  # transformers raises many kinds for a bad config
-        raise CheckpointError(f"load: the config stored in {weights} does not build a {cls.__name__} config: {error}") from error
+        raise CheckpointError(f"load: the config stored in {weights} does not build a {cls.__name__} config: "
+                              f"{error}") from error
     if hf.get("attn_implementation"):
         config._attn_implementation = hf["attn_implementation"]
     no_init = _no_init_weights()
@@ -363,7 +367,8 @@ def _no_init_weights():
 
 def _module_tensors(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     prefix = f"{name}." if name else ""
-    return {key[len(prefix):]: t for key, t in tensors.items() if key.startswith(prefix) and "." not in key[len(prefix):]}
+    return {key[len(prefix):]: t for key, t in tensors.items()
+            if key.startswith(prefix) and "." not in key[len(prefix):]}
 
 
 def _build_sparse(weights: Path, name: str, spec: dict, tensors: dict[str, torch.Tensor]) -> SparseWeightModule:
@@ -401,7 +406,8 @@ def _check_fits(weights: Path, name: str, target: nn.Module, built: SparseWeight
         raise CheckpointError(f"{where} must be {built.REPLACES} (as in {weights}), but got {type(target).__name__}")
     expected = built.geometry()
     if tuple(shape) != tuple(expected):
-        raise CheckpointError(f"{where} must have {built.GEOMETRY} = {expected} as in {weights}, but got {tuple(shape)}")
+        raise CheckpointError(f"{where} must have {built.GEOMETRY} = {expected} as in {weights}, but got "
+                              f"{tuple(shape)}")
     if (getattr(target, "bias", None) is not None) != (built.bias is not None):
         raise CheckpointError(f"{where} must {'have' if built.bias is not None else 'have no'} bias as in {weights}, "
                               f"but it {'has none' if built.bias is not None else 'has one'}")
@@ -439,8 +445,8 @@ def _load_into(weights: Path, info: dict, tensors: dict[str, torch.Tensor], mode
                               f"{missing[:5]} and {len(unexpected)} stored keys are not in it {unexpected[:5]}")
     for key, tensor in stored.items():
         if tuple(expected[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"load: tensor '{key}' of argument 'model' must have shape {tuple(tensor.shape)} as in "
-                                  f"{weights}, but has {tuple(expected[key].shape)}")
+            raise CheckpointError(f"load: tensor '{key}' of argument 'model' must have shape {tuple(tensor.shape)} as "
+                                  f"in {weights}, but has {tuple(expected[key].shape)}")
     buffers = {}
     for key in nonpersistent:
         owner, _, buffer_name = key.rpartition(".")
@@ -450,7 +456,8 @@ def _load_into(weights: Path, info: dict, tensors: dict[str, torch.Tensor], mode
             module = None
         current = None if module is None else module._buffers.get(buffer_name)
         if current is None or tuple(current.shape) != tuple(tensors[key].shape):
-            logger.warning("load: non-persistent buffer %s of %s does not fit argument 'model'; kept its own", key, weights)
+            logger.warning("load: non-persistent buffer %s of %s does not fit argument 'model'; kept its own", key,
+                           weights)
             continue
         buffers[key] = (module, buffer_name)
     # 3. change the model

@@ -68,7 +68,8 @@ def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     for key in order:
         tensor = tensors[key]
         size = tensor.numel() * tensor.element_size()
-        header[key] = {"dtype": DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[key] = {"dtype": DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + size]}
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
@@ -149,8 +150,8 @@ def read_header(path: Path) -> tuple[dict, dict[str, str]]:
                                   f"file has {size}")
         (length,) = struct.unpack("<Q", prefix)
         if length > MAX_HEADER_BYTES:
-            raise CheckpointError(f"load: {path} is not a safetensors file or is corrupt: header length must be at most "
-                                  f"{MAX_HEADER_BYTES} bytes, but got {length}")
+            raise CheckpointError(f"load: {path} is not a safetensors file or is corrupt: header length must be at "
+                                  f"most {MAX_HEADER_BYTES} bytes, but got {length}")
         if 8 + length > size:
             raise CheckpointError(f"load: {path} is truncated: expected a {length}-byte header after 8 bytes, but the "
                                   f"file has {size} bytes")
@@ -160,7 +161,8 @@ def read_header(path: Path) -> tuple[dict, dict[str, str]]:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"load: {path} is corrupt: its header is not valid JSON ({error})") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"load: {path} is corrupt: its header must be a JSON object, but got {type(header).__name__}")
+        raise CheckpointError(f"load: {path} is corrupt: its header must be a JSON object, but got "
+                              f"{type(header).__name__}")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"load: {path} is corrupt: '__metadata__' must map strings to strings")
@@ -176,12 +178,13 @@ def read_header(path: Path) -> tuple[dict, dict[str, str]]:
         numel = 1
         for d in shape:
             if d < 0:
-                raise CheckpointError(f"load: {path} is corrupt: tensor '{key}' has a negative dimension in shape {shape}")
+                raise CheckpointError(f"load: {path} is corrupt: tensor '{key}' has a negative dimension in shape "
+                                      f"{shape}")
             numel *= d
         expected = numel * dtype.itemsize
         if end - begin != expected:
-            raise CheckpointError(f"load: {path} is corrupt: tensor '{key}' ({entry['dtype']}, shape {shape}) must span "
-                                  f"{expected} bytes, but its data_offsets span {end - begin}")
+            raise CheckpointError(f"load: {path} is corrupt: tensor '{key}' ({entry['dtype']}, shape {shape}) must "
+                                  f"span {expected} bytes, but its data_offsets span {end - begin}")
         spans.append((begin, end, key))
     spans.sort()
     position = 0

@@ -161,8 +161,9 @@ def choose_format(stats: WeightStats, kernel: str, *, break_even: float | None =
         if threshold is None:
             return "dense", (f"the CPU {kernel} kernel does not beat dense torch on {dtype} weights at "
                              f"{DEFAULT_ROWS if rows is None else rows} rows per call")
+    versus = f"break-even {threshold:.2f} of the CPU {kernel} kernel ({dtype})"
     if stats.sparsity < threshold:
-        return "dense", f"sparsity {stats.sparsity:.3f} < break-even {threshold:.2f} of the CPU {kernel} kernel ({dtype})"
+        return "dense", f"sparsity {stats.sparsity:.3f} < {versus}"
     if stats.is_24 and stats.semi24_problem is None and stats.nonzeros >= SEMI24_MIN_FILL * stats.rows * stats.cols / 2:
         return "2:4", "valid 2:4 pattern (bitmap kernel on CPU, CUTLASS layout on disk and on CUDA)"
-    return "unstructured", f"sparsity {stats.sparsity:.3f} >= break-even {threshold:.2f} of the CPU {kernel} kernel ({dtype})"
+    return "unstructured", f"sparsity {stats.sparsity:.3f} >= {versus}"

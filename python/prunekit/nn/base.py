@@ -121,7 +121,8 @@ class SparseWeightModule(nn.Module):
             except ValueError as error:
                 if not strict:
                     return
-                raise ValueError(f"{type(self).__name__}: the {weight_format.name} metadata is corrupt: {error}") from None
+                raise ValueError(f"{type(self).__name__}: the {weight_format.name} metadata is corrupt: "
+                                 f"{error}") from None
             self.runtime_bitmap, self.runtime_row_offsets = view.bitmap, view.row_offsets
         elif not weight_format.expands_on(device.type):
             self.dense_weight = weight_format.to_dense(state, self.rows, self.cols)

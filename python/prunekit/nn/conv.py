@@ -131,7 +131,8 @@ class SparseConv2d(SparseWeightModule):
         return module.weight.detach().reshape(module.out_channels, -1), "conv1x1" if pointwise else "conv"
 
     @classmethod
-    def auto_format(cls, module: nn.Module, *, break_even: float | None = None, rows: int | None = None) -> tuple[str, str]:
+    def auto_format(cls, module: nn.Module, *, break_even: float | None = None,
+                    rows: int | None = None) -> tuple[str, str]:
         """The format ``from_dense(module, "auto")`` picks, and why."""
         matrix, kernel = cls._matrix(module, "SparseConv2d.auto_format")
         return choose_format(WeightStats.of(matrix), kernel, break_even=break_even, rows=rows)

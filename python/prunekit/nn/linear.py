@@ -44,7 +44,8 @@ _X_DTYPES = (torch.float32, torch.bfloat16)
 
 def is_hf_conv1d(module: nn.Module) -> bool:
     """transformers' Conv1D (GPT-2): a Linear whose weight is stored transposed, (in, out)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(getattr(module, "weight", None), torch.Tensor)
+    return (type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+            and isinstance(getattr(module, "weight", None), torch.Tensor))
 
 
 class SparseLinear(SparseWeightModule):
@@ -100,7 +101,8 @@ class SparseLinear(SparseWeightModule):
                          f"but got {type(module).__name__}")
 
     @classmethod
-    def auto_format(cls, module: nn.Module, *, break_even: float | None = None, rows: int | None = None) -> tuple[str, str]:
+    def auto_format(cls, module: nn.Module, *, break_even: float | None = None,
+                    rows: int | None = None) -> tuple[str, str]:
         """The format ``from_dense(module, "auto")`` picks, and why."""
         matrix, _ = cls._matrix(module, "SparseLinear.auto_format")
         return choose_format(WeightStats.of(matrix), "linear", break_even=break_even, rows=rows)
