@@ -1,8 +1,7 @@
 """tests/nn: sparse modules, sparsify_ and checkpoints. The tiny Hugging Face model builders live
-in tests/pruning/tiny_models.py; the CNNs in cnn_models.py here."""
+in tests/tiny_models.py; the CNNs in cnn_models.py here."""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pruning"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,9 +1,17 @@
 """``prunekit.sparsify_``: swap the pruned Linear / Conv2d / Conv1D modules of a model for
-SparseLinear / SparseConv2d in place, after :func:`prunekit.prune`."""
+SparseLinear / SparseConv2d in place, after :func:`prunekit.prune`.
+
+The call follows torchao's ``sparsify_(model, config, filter_fn)``: options in a
+:class:`SparsifyConfig`, ``filter_fn(module, fqn) -> bool``. The call before it,
+``sparsify_(model, filter_fn(name, module), format=..., break_even=..., rows=...)``, still works
+for one release with a DeprecationWarning (see :func:`sparsify_` for how the two are told apart).
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -11,13 +19,45 @@ import torch
 import torch.nn as nn
 
 from ..calibrate.pipeline import is_prunable
+from ..formats.semi24 import first_dense_group, layout_problem
 from ..nn import FORMATS, SparseConv2d, SparseLinear
 from ..nn.linear import is_hf_conv1d
 
 
+@dataclass(frozen=True)
+class SparsifyConfig:
+    """What :func:`sparsify_` does.
+
+    - ``format``: "auto" (per module: the fastest format on its device, see
+      :func:`prunekit.nn.choose_format`; modules it would keep dense are left untouched and
+      listed in the report's ``kept_dense``), "2:4", "unstructured" or "dense" (every selected
+      module swapped; with "2:4", a valid 2:4 weight whose shape the CUTLASS layout cannot hold,
+      e.g. rows not a multiple of 32, is stored exactly as "unstructured" and listed in ``notes``).
+    - ``rows``: the rows (tokens) per call the model will run, which moves the measured "auto"
+      break-even (default ``prunekit.nn.DEFAULT_ROWS``: one sentence or short prompt at batch 1;
+      ``rows=1`` for token-by-token decoding).
+    - ``break_even``: a sparsity in [0, 1] that replaces the measured "auto" threshold.
+    """
+
+    format: str = "auto"
+    rows: int | None = None
+    break_even: float | None = None
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"SparsifyConfig: argument 'format' must be one of {FORMATS}, but got {self.format!r}")
+        if self.rows is not None and (isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1):
+            raise ValueError(f"SparsifyConfig: argument 'rows' must be an int >= 1 or None, but got {self.rows!r}")
+        if self.break_even is not None and (isinstance(self.break_even, bool)
+                                            or not isinstance(self.break_even, (int, float))
+                                            or not 0.0 <= self.break_even <= 1.0):
+            raise ValueError(f"SparsifyConfig: argument 'break_even' must be a number in [0, 1] or None, but got "
+                             f"{self.break_even!r}")
+
+
 @dataclass
-class SparsifySummary:
-    """What :func:`sparsify_` did.
+class SparsifyReport:
+    """What :func:`sparsify_` did. JSON-serialisable (``to_json``); ``summary()`` is a table.
 
     ``swapped``: module name -> format of the SparseLinear/SparseConv2d now in its place;
     ``kept_dense``: name -> why "auto" left it dense (below break-even, no kernel for its
@@ -46,8 +86,18 @@ class SparsifySummary:
     def to_dict(self) -> dict:
         return {**asdict(self), "ratio": self.ratio}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+    def to_json(self, **kwargs) -> str:
+        kwargs.setdefault("indent", 2)
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def summary(self) -> str:
+        """A plain-text table: one line per module considered, then the totals."""
+        lines = [f"{'module':<48} {'result':<14} note"]
+        rows = [(name, fmt, self.notes.get(name, "")) for name, fmt in self.swapped.items()]
+        rows += [(name, "kept dense", reason) for name, reason in self.kept_dense.items()]
+        rows += [(name, "skipped", reason) for name, reason in self.skipped.items()]
+        lines += [f"{name:<48} {result:<14} {note}".rstrip() for name, result, note in rows]
+        return "\n".join(lines + [str(self)])
 
     def __str__(self) -> str:
         formats: dict[str, int] = {}
@@ -59,6 +109,14 @@ class SparsifySummary:
                  f"model bytes {self.bytes_before:,} -> {self.bytes_after:,} ({self.ratio:.3f}x); swapped modules "
                  f"{self.swapped_bytes_before:,} -> {self.swapped_bytes_after:,}"]
         return "\n".join(lines)
+
+
+def __getattr__(name: str):
+    if name == "SparsifySummary":  # the name before SparsifyReport; one release
+        warnings.warn("prunekit.surgery.SparsifySummary is deprecated: use prunekit.SparsifyReport", DeprecationWarning,
+                      stacklevel=2)
+        return SparsifyReport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -79,9 +137,8 @@ def _module_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
-def _is_pruned(name: str, module: nn.Module) -> bool:
-    weight = module.weight.detach()
-    return bool((weight == 0).any())
+def _is_pruned(module: nn.Module) -> bool:
+    return bool((module.weight.detach() == 0).any())
 
 
 def _shared_weights(model: nn.Module) -> dict[str, str]:
@@ -118,39 +175,40 @@ def _plain_forward(module: nn.Module) -> bool:
     if is_hf_conv1d(module):
         return True
     base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
-    return type(module).forward is base.forward and (base is nn.Linear or type(module)._conv_forward is nn.Conv2d._conv_forward)
+    return type(module).forward is base.forward and (base is nn.Linear
+                                                      or type(module)._conv_forward is nn.Conv2d._conv_forward)
 
 
-@torch.no_grad()
-def sparsify_(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | None = None, format: str = "auto", *,
-              break_even: float | None = None, rows: int | None = None) -> SparsifySummary:
+_UNSET = object()  # tells a deprecated keyword left out from one passed (even as its old default)
+
+
+def sparsify_(model: nn.Module, config: SparsifyConfig | None = None,
+              filter_fn: Callable[[nn.Module, str], bool] | None = None, *, format=_UNSET, break_even=_UNSET,
+              rows=_UNSET) -> SparsifyReport:
     """Swap the pruned prunable modules of ``model`` (``nn.Linear``, ``nn.Conv2d`` with
     groups=1, transformers ``Conv1D``) for :class:`~prunekit.nn.SparseLinear` /
-    :class:`~prunekit.nn.SparseConv2d` holding their weights in ``format``, in place.
+    :class:`~prunekit.nn.SparseConv2d` holding their weights as ``config`` says
+    (:class:`SparsifyConfig`; default: ``format="auto"``), in place.
 
-    - ``filter_fn(name, module) -> bool`` chooses among the prunable modules (default: those
-      whose weight has at least one exact zero, i.e. pruned ones).
-    - ``format``: "auto" (per module: the fastest format on its device, see
-      :func:`prunekit.nn.choose_format`; modules it would keep dense are left untouched and
-      listed in ``kept_dense``), "2:4", "unstructured" or "dense" (every selected module swapped;
-      with "2:4", a valid 2:4 weight whose shape the CUTLASS layout cannot hold, e.g. rows not a
-      multiple of 32, is stored exactly as "unstructured" and listed in ``notes``).
-    - ``rows``: the rows (tokens) per call the model will run, which moves the measured "auto"
-      break-even (default ``prunekit.nn.DEFAULT_ROWS``: one sentence or short prompt at batch 1;
-      ``rows=1`` for token-by-token decoding); ``break_even`` overrides the threshold.
+    ``filter_fn(module, fqn) -> bool`` chooses among the prunable modules (``fqn``: the module's
+    name in ``model``); without it, those whose weight has at least one exact zero (pruned ones).
 
     Modules whose weight is shared with another module (tied embeddings) and Linear layers whose
     parent reads their weight directly (``nn.MultiheadAttention.out_proj``) are skipped. Every
     module is converted before any is swapped, so an error (a module that does not fit the
-    requested format) leaves the model unchanged. Returns a :class:`SparsifySummary`.
+    requested format) leaves the model unchanged. Returns a :class:`SparsifyReport`.
+
+    Deprecated (one release, with a DeprecationWarning): the call before this one,
+    ``sparsify_(model, filter_fn, format=..., break_even=..., rows=...)`` with
+    ``filter_fn(name, module)``. A call is taken as the old one when its second argument is a
+    callable instead of a SparsifyConfig, when it passes ``format``, ``break_even`` or ``rows``
+    as keywords (or ``format`` as the third positional argument), or when it passes only
+    ``filter_fn=f`` (no config) with ``f``'s first two parameters named ``name`` and ``module``;
+    in the old call the filter is called ``f(name, module)``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"sparsify_: argument 'model' must be a torch.nn.Module, but got {type(model).__name__}")
-    if format not in FORMATS:
-        raise ValueError(f"sparsify_: argument 'format' must be one of {FORMATS}, but got {format!r}")
-    if filter_fn is not None and not callable(filter_fn):
-        raise TypeError(f"sparsify_: argument 'filter_fn' must be callable(name, module) -> bool, but got "
-                        f"{type(filter_fn).__name__}")
+    config, selects = _resolve_call(config, filter_fn, {"format": format, "break_even": break_even, "rows": rows})
     if is_prunable(model):
         raise ValueError(f"sparsify_: argument 'model' is itself a {type(model).__name__}; sparsify_ swaps submodules "
                          "in place, so wrap it in a container or use SparseLinear/SparseConv2d.from_dense")
@@ -159,7 +217,58 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | No
         kinds = sorted({type(m).__name__ for m in model.modules()})
         raise ValueError("sparsify_: argument 'model' has no prunable modules (nn.Linear, nn.Conv2d with groups=1, "
                          f"transformers Conv1D), but got module types {kinds}")
-    summary = SparsifySummary(bytes_before=model_bytes(model))
+    with torch.no_grad():
+        return _sparsify(model, candidates, config, selects)
+
+
+def _resolve_call(config, filter_fn, keywords: dict) -> tuple[SparsifyConfig, Callable[[nn.Module, str], bool] | None]:
+    """The config and a filter in torchao's order (module, fqn), from a new or a deprecated call
+    (see :func:`sparsify_`); a deprecated call warns once."""
+    old_filter = None
+    if config is not None and not isinstance(config, SparsifyConfig):
+        if not callable(config):
+            raise TypeError(f"sparsify_: argument 'config' must be a SparsifyConfig or None, but got "
+                            f"{type(config).__name__}")
+        old_filter, config = config, None
+    if isinstance(filter_fn, str):  # the old third positional argument: format
+        if keywords["format"] is not _UNSET:
+            raise TypeError("sparsify_: got the format twice (as the third argument and as format=)")
+        keywords["format"], filter_fn = filter_fn, None
+    given = {key: value for key, value in keywords.items() if value is not _UNSET}
+    if given and config is not None:
+        raise TypeError(f"sparsify_: pass the options either as config=SparsifyConfig(...) or as the deprecated "
+                        f"keywords {sorted(given)}, not both")
+    if old_filter is not None and filter_fn is not None:
+        raise TypeError("sparsify_: got two filters (a callable second argument and filter_fn=)")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"sparsify_: argument 'filter_fn' must be callable(module, fqn) -> bool, but got "
+                        f"{type(filter_fn).__name__}")
+    if old_filter is None and filter_fn is not None and (given or (config is None and _named_name_module(filter_fn))):
+        old_filter, filter_fn = filter_fn, None
+    deprecated = bool(given) or old_filter is not None
+    config = config if config is not None else SparsifyConfig(**given)
+    if deprecated:
+        options = ", ".join(f"{key}={value!r}" for key, value in given.items())
+        warnings.warn(f"sparsify_(model, filter_fn(name, module), format=..., break_even=..., rows=...) is deprecated "
+                      f"and goes in the next release: call sparsify_(model, SparsifyConfig({options}), "
+                      "filter_fn=f) with f(module, fqn) -> bool (torchao's order)", DeprecationWarning, stacklevel=3)
+    if old_filter is not None:
+        return config, lambda module, fqn: old_filter(fqn, module)
+    return config, filter_fn
+
+
+def _named_name_module(fn: Callable) -> bool:
+    """Whether ``fn``'s first two parameters are named ``name`` and ``module`` (the old order)."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return False
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return positional[:2] == ["name", "module"]
+
+
+def _sparsify(model: nn.Module, candidates: list, config: SparsifyConfig, selects) -> SparsifyReport:
+    report = SparsifyReport(bytes_before=model_bytes(model))
     shared = _shared_weights(model)
     readers = _direct_weight_readers(model)
     replacements: dict[int, nn.Module] = {}
@@ -167,53 +276,52 @@ def sparsify_(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool] | No
         if id(module) in replacements:
             continue
         if name in shared:
-            summary.skipped[name] = f"weight shared with {shared[name]}"
+            report.skipped[name] = f"weight shared with {shared[name]}"
             continue
         if name in readers:
-            summary.skipped[name] = "its parent reads the weight directly (nn.MultiheadAttention.out_proj)"
+            report.skipped[name] = "its parent reads the weight directly (nn.MultiheadAttention.out_proj)"
             continue
         if not _plain_forward(module):
-            summary.skipped[name] = f"{type(module).__name__} overrides forward"
+            report.skipped[name] = f"{type(module).__name__} overrides forward"
             continue
-        selected = filter_fn(name, module) if filter_fn is not None else _is_pruned(name, module)
+        selected = selects(module, name) if selects is not None else _is_pruned(module)
         if not selected:
-            summary.skipped[name] = "filtered out by filter_fn" if filter_fn is not None else "not pruned (no zero weights)"
+            report.skipped[name] = ("filtered out by filter_fn" if selects is not None
+                                    else "not pruned (no zero weights)")
             continue
         cls = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
         try:
-            chosen = format
-            if format == "auto":
-                chosen, reason = cls.auto_format(module, break_even=break_even, rows=rows)
+            chosen = config.format
+            if chosen == "auto":
+                chosen, reason = cls.auto_format(module, break_even=config.break_even, rows=config.rows)
                 if chosen == "dense":
-                    summary.kept_dense[name] = reason
+                    report.kept_dense[name] = reason
                     continue
             if chosen == "2:4":
                 problem = _semi24_layout_problem(module, cls)
                 if problem is not None:  # a valid pattern the CUTLASS layout cannot hold: the bitmap holds it exactly
                     chosen = "unstructured"
-                    summary.notes[name] = f"stored as 'unstructured' instead of '2:4': {problem}"
+                    report.notes[name] = f"stored as 'unstructured' instead of '2:4': {problem}"
             sparse = cls.from_dense(module, chosen)
         except ValueError as error:
             raise ValueError(f"sparsify_: module '{name}' ({type(module).__name__}): {error}") from error
         sparse.train(module.training)
         replacements[id(module)] = sparse
-        summary.swapped[name] = sparse.format
-        summary.swapped_bytes_before += _module_bytes(module)
-        summary.swapped_bytes_after += _module_bytes(sparse)
+        report.swapped[name] = sparse.format
+        report.swapped_bytes_before += _module_bytes(module)
+        report.swapped_bytes_after += _module_bytes(sparse)
     _swap_all(model, replacements)
-    summary.bytes_after = model_bytes(model)
-    return summary
+    report.bytes_after = model_bytes(model)
+    return report
 
 
 def _semi24_layout_problem(module: nn.Module, cls) -> str | None:
     """Why the 2:4 layout cannot hold the module's weight for size or dtype reasons, if it has a
     valid 2:4 pattern; None otherwise (a weight that is not 2:4 at all fails in from_dense)."""
-    from ..formats.semi24 import first_dense_group, layout_problem as semi24_aligned
-
     matrix = cls._matrix(module, "sparsify_")[0]
     if matrix.shape[1] % 4 or first_dense_group(matrix) is not None:
         return None
-    return semi24_aligned(matrix.shape[0], matrix.shape[1], matrix.dtype)
+    return layout_problem(matrix.shape[0], matrix.shape[1], matrix.dtype)
 
 
 def _swap_all(model: nn.Module, replacements: dict[int, nn.Module]) -> None:
