@@ -3,8 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "cpu/kernel_select.h"
 #include "prunekit/isa.h"
+#include "prunekit/kernel_config.h"
 
 #ifndef PRUNEKIT_VERSION
 #error "PRUNEKIT_VERSION must be defined by the build"
@@ -34,9 +34,10 @@ py::dict build_info() {
   info["cpu_isa_selected"] = prunekit::cpu::selected_isa();
   info["cpu_features"] = prunekit::cpu::detected_features();
   // The bf16 x bf16 batch <= 4 sparse linear kernel in use, or None (x is then widened to fp32).
-  info["cpu_bf16_gemv"] = prunekit::cpu::select_bitmap_gemv_bf16() ? py::object(py::str("avx512bf16")) : py::none();
+  const auto& kernels = prunekit::cpu::cpu_kernel_config();
+  info["cpu_bf16_gemv"] = kernels.bitmap_bf16_gemv ? py::object(py::str("avx512bf16")) : py::none();
   // The bf16 x bf16 sparse linear kernel for batch > 4 in use ("amx"), or None (x widened to fp32).
-  info["cpu_bf16_spmm"] = prunekit::cpu::select_bitmap_spmm_amx() ? py::object(py::str("amx")) : py::none();
+  info["cpu_bf16_spmm"] = kernels.bitmap_bf16_amx.spmm ? py::object(py::str("amx")) : py::none();
   info["compiler"] = PRUNEKIT_COMPILER;
   info["build_type"] = PRUNEKIT_BUILD_TYPE;
   return info;

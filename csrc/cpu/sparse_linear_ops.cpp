@@ -8,8 +8,8 @@
 #include <torch/library.h>
 
 #include "kernel_memory.h"
-#include "kernel_select.h"
 #include "prunekit/check.h"
+#include "prunekit/kernel_config.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace prunekit {
@@ -104,9 +104,9 @@ Status run_weight_rows(const char* op, const WeightRows& weight, int64_t grain, 
 // dst (cols x rows) = src (rows x cols)^T, rows of src `ld_src` apart and of dst `ld_dst` apart:
 // the selected variant's register-tile transpose over blocks of 64 rows in parallel (a strided
 // at::Tensor copy runs at a few GB/s).
-void transpose_into(const float* src, int64_t rows, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst) {
+void transpose_into(cpu::TransposeFn transpose, const float* src, int64_t rows, int64_t cols, int64_t ld_src,
+                    float* dst, int64_t ld_dst) {
   constexpr int64_t kRowsPerTask = 64;
-  const auto transpose = cpu::select_transpose_f32();
   at::parallel_for(0, (rows + kRowsPerTask - 1) / kRowsPerTask, 1, [=](int64_t begin, int64_t end) {
     transpose(src, cols, ld_src, dst, ld_dst, {begin * kRowsPerTask, std::min(rows, end * kRowsPerTask)});
   });
@@ -122,19 +122,20 @@ void transpose_into(const float* src, int64_t rows, int64_t cols, int64_t ld_src
 //   4.2 ms) the width is the batch rounded up to whole vectors, the extra columns of x^T zero.
 template <typename Spmm>
 Status spmm_through_transpose(const char* op, const WeightRows& weight, const float* x, int64_t batch, int64_t k,
-                              float* out, const at::TensorOptions& options, int64_t lanes, Spmm spmm) {
+                              float* out, const at::TensorOptions& options, cpu::TransposeFn transpose,
+                              int64_t lanes, Spmm spmm) {
   const int64_t rows = weight.rows;
   constexpr int64_t kLineFloats = 16;
   const int64_t width = (batch + lanes - 1) / lanes * lanes;
   const int64_t stride = (width + kLineFloats - 1) / kLineFloats * kLineFloats;
   at::Tensor xt = width > batch ? at::zeros({k, stride}, options) : at::empty({k, stride}, options);
-  transpose_into(x, batch, k, k, xt.data_ptr<float>(), stride);
+  transpose_into(transpose, x, batch, k, k, xt.data_ptr<float>(), stride);
   at::Tensor yt = at::empty({rows, stride}, options);
   const Status status = run_weight_rows(op, weight, 8, [&](int64_t begin, int64_t end) {
     return spmm(xt.data_ptr<float>(), width, stride, yt.data_ptr<float>(), begin, end);
   });
   if (!status.ok()) return status;
-  transpose_into(yt.data_ptr<float>(), rows, batch, stride, out, rows);
+  transpose_into(transpose, yt.data_ptr<float>(), rows, batch, stride, out, rows);
   return status;
 }
 
@@ -286,8 +287,9 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     return at::empty(out_shape, x.options());
   }
   const auto type = view.value_type;
+  const cpu::CpuKernelConfig& kernels = cpu::cpu_kernel_config();
   Status status;
-  const auto gemv_bf16 = cpu::select_bitmap_gemv_bf16();
+  const auto gemv_bf16 = kernels.bitmap_bf16_gemv;
   if (batch <= cpu::kGemvMaxBatch && gemv_bf16 && type == cpu::ValueType::kBFloat16 &&
       x.scalar_type() == at::kBFloat16) {
     // bf16 x bf16 products are exact in fp32: no need to widen x.
@@ -300,38 +302,38 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     check_status(status, op, k);
     return in_dtype_of(x, out);
   }
-#if defined(PRUNEKIT_HAVE_AMX)
+  const cpu::AmxBf16Kernels& amx = kernels.bitmap_bf16_amx;
   if (batch > cpu::kGemvMaxBatch && type == cpu::ValueType::kBFloat16 && x.scalar_type() == at::kBFloat16 &&
-      cpu::select_bitmap_spmm_amx()) {
+      amx.spmm) {
     // bf16 x bf16 on AMX tiles: x packed once into the B-tile layout, weight rows expanded
     // block by block inside the kernel.
     const at::Tensor x16 = contiguous_as(x, at::kBFloat16);
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>());
-    at::Tensor packed = at::empty({cpu::bitmap_bf16_packed_x_elements_amx(batch, k)}, x.options().dtype(at::kShort));
+    at::Tensor packed = at::empty({amx.packed_x_elements(batch, k)}, x.options().dtype(at::kShort));
     auto* packed_bits = reinterpret_cast<uint16_t*>(packed.data_ptr<int16_t>());
     const int64_t chunks = (k + 31) / 32;
     at::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
-      cpu::bitmap_bf16_pack_x_amx(x_bits, batch, k, packed_bits, begin, end);
+      amx.pack_x(x_bits, batch, k, packed_bits, begin, end);
     });
     at::Tensor out = at::empty(out_shape, x.options());  // bf16, rounded in the kernel as torch rounds
     const cpu::AmxSpmmArgs args{packed_bits, batch, bias_ptr, out.data_ptr(), cpu::ValueType::kBFloat16};
     status = run_weight_rows(op, weight, 32, [&](int64_t begin, int64_t end) {
-      return cpu::bitmap_bf16_spmm_amx(view, args, {begin, end});
+      return amx.spmm(view, args, {begin, end});
     });
     check_status(status, op, k);
     return out;
   }
-#endif
   const at::Tensor x32 = contiguous_as(x, at::kFloat);
   at::Tensor out = float_output();
   if (batch <= cpu::kGemvMaxBatch) {
-    const auto gemv = cpu::select_bitmap_gemv();
+    const auto gemv = kernels.bitmap_gemv;
     const cpu::GemvArgs args{x32.data_ptr<float>(), batch, bias_ptr, out.data_ptr<float>()};
     status = run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) { return gemv(view, args, {begin, end}); });
   } else {
-    const auto spmm = cpu::select_bitmap_spmm();
+    const auto spmm = kernels.bitmap_spmm;
     status = spmm_through_transpose(
-        op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), cpu::bitmap_spmm_lanes(),
+        op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), kernels.transpose_f32,
+        kernels.bitmap_spmm_lanes,
         [&](const float* xt, int64_t width, int64_t stride, float* yt, int64_t begin, int64_t end) {
           return spmm(view, {xt, stride, width, bias_ptr, cpu::Activation::kNone, yt, stride}, {begin, end});
         });
@@ -365,6 +367,7 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   const at::Tensor x32 = contiguous_as(x, at::kFloat);
   const auto* indices = reinterpret_cast<const uint16_t*>(col_indices.data_ptr<int16_t>());
   const cpu::Csr16WeightView view{values.data_ptr(), value_type(values), indices, offsets, rows, k};
+  const cpu::CpuKernelConfig& kernels = cpu::cpu_kernel_config();
   const auto corrupt = [&](int64_t row) {  // a corrupt row has an index past k, so it is not empty
     const int64_t highest = *std::max_element(indices + offsets[row], indices + offsets[row + 1]);
     TORCH_CHECK_VALUE(false, "prunekit.", op, ": the compressed weight is corrupt: row ", row,
@@ -382,18 +385,19 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
     const int64_t nnz = weight.nnz;
     const int64_t first_bad = std::find_if(indices, indices + nnz, [&](uint16_t c) { return c >= k; }) - indices;
     if (first_bad < nnz) corrupt(std::upper_bound(offsets, offsets + rows + 1, first_bad) - offsets - 1);
-  } else if (batch <= cpu::csr16_gemv_max_batch()) {
+  } else if (batch <= kernels.csr16_gemv_max_batch) {
     // One pass over the weight, each nonzero's x gathered for every batch row.
-    const auto gemv = cpu::select_csr16_gemv();
+    const auto gemv = kernels.csr16_gemv;
     const cpu::GemvArgs args{x32.data_ptr<float>(), batch, bias_ptr, out.data_ptr<float>()};
     const Status status =
         run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) { return gemv(view, args, {begin, end}); });
     raise_if_failed(status);
   } else {
     // Larger batches: the SpMM on x^T, each nonzero broadcast against a row of batch entries.
-    const auto spmm = cpu::select_csr16_spmm();
+    const auto spmm = kernels.csr16_spmm;
     raise_if_failed(spmm_through_transpose(
-        op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), cpu::csr16_spmm_lanes(),
+        op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), kernels.transpose_f32,
+        kernels.csr16_spmm_lanes,
         [&](const float* xt, int64_t width, int64_t stride, float* yt, int64_t begin, int64_t end) {
           return spmm(view, {xt, stride, width, bias_ptr, cpu::Activation::kNone, yt, stride}, {begin, end});
         }));
@@ -424,7 +428,7 @@ at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const a
     validate_bitmap(op, view, weight);
     return out;
   }
-  const auto spmm = cpu::select_bitmap_spmm();
+  const auto spmm = cpu::cpu_kernel_config().bitmap_spmm;
   for (int64_t image = 0; image < images; ++image) {
     const float* in = x.data_ptr<float>() + image * channels * pixels;
     float* result = out.data_ptr<float>() + image * rows * pixels;

@@ -6,8 +6,8 @@
 
 #include <cmath>
 
-#include "kernel_select.h"
 #include "prunekit/check.h"
+#include "prunekit/kernel_config.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace prunekit {
@@ -67,7 +67,7 @@ at::Tensor sparsegpt_solve_(at::Tensor& weight, const at::Tensor& hinv, double s
     TORCH_CHECK_VALUE(n == 0, "prunekit.", op, ": argument 'n' must be 0 when m = 0, but got ", n);
   }
 
-  const auto obs_block = cpu::select_obs_block();
+  const auto obs_block = cpu::cpu_kernel_config().obs_block_update;
   at::Tensor keep = at::empty({rows, cols}, weight.options().dtype(at::kBool));
   const int64_t width = std::min(blocksize, cols);
   at::Tensor err_buffer = at::empty({rows * width}, weight.options());

@@ -1,3 +1,4 @@
+// CPU variant detection and the override; which variants were compiled in is kernel_config.cc's.
 #include "prunekit/isa.h"
 
 #include <algorithm>
@@ -21,21 +22,6 @@ const std::vector<std::string>& ladder() {
 }
 
 }  // namespace
-
-std::vector<std::string> compiled_isas() {
-  // Grows as kernel variants are added (PRUNEKIT_HAVE_<ISA> comes from CMake per variant built).
-  std::vector<std::string> isas{"scalar"};
-#if defined(PRUNEKIT_HAVE_AVX2)
-  isas.push_back("avx2");
-#endif
-#if defined(PRUNEKIT_HAVE_AVX512)
-  isas.push_back("avx512");
-#endif
-#if defined(PRUNEKIT_HAVE_NEON)
-  isas.push_back("neon");
-#endif
-  return isas;
-}
 
 std::string detected_isa() {
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
@@ -78,6 +64,10 @@ std::ptrdiff_t ladder_rank(const std::string& name) {
   return std::find(order.begin(), order.end(), name) - order.begin();
 }
 
+// The forced variant's Isa, or -1 for the best runnable one.
+std::atomic<int> override_id{-1};
+}  // namespace
+
 Isa isa_id(const std::string& name) {
   if (name == "avx2") return Isa::kAvx2;
   if (name == "avx512") return Isa::kAvx512;
@@ -93,10 +83,6 @@ const char* isa_name(Isa isa) {
     default: return "scalar";
   }
 }
-
-// The forced variant's Isa, or -1 for the best runnable one.
-std::atomic<int> override_id{-1};
-}  // namespace
 
 std::vector<std::string> runnable_isas() {
   std::vector<std::string> isas;
