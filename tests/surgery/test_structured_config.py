@@ -28,11 +28,11 @@ def test_normalised_fields():
     config = StructuredConfig(method="magnitude", sparsity={"mlp": 1 / 4}, targets="mlp", ignore="lm_head",
                               modules=["a", "b"])
     assert config.targets == ("mlp",) and config.ignore == ("lm_head",) and config.modules == ("a", "b")
-    assert config.sparsity == {"mlp": 0.25} and config.method_name == "magnitude" and config.needs == ()
+    assert config.sparsity == {"mlp": 0.25} and config.method_name == "magnitude" and config.needs == set()
     assert not config.needs_calibration
     assert StructuredConfig(method="flap").compensate_bias and StructuredConfig(method="flap").needs_calibration
     assert not StructuredConfig(method="flap", bias_compensation=False).compensate_bias
-    assert StructuredConfig(method="taylor").needs == ("gradients",)
+    assert StructuredConfig(method="taylor").needs == {"gradients"}
 
 
 BAD = [

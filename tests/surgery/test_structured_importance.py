@@ -187,7 +187,7 @@ calls: list = []
 
 
 def test_registered_importance_prunes(registry):
-    register_importance("l1", _l1)
+    assert register_importance("l1", _l1) is _l1  # returned, so it can decorate
     calls.clear()
     model = _plant_weak_mlp_channels(hf_model("llama"))
     report = prune_structured(model, _config("l1", {"mlp": 0.25}, targets="mlp"))  # data-free: no calib needed

@@ -185,7 +185,7 @@ class Importance:
     - ``compensates_bias``: the default of ``StructuredConfig.bias_compensation`` with this importance.
     """
 
-    needs: tuple[str, ...] = ()
+    needs: frozenset[str] = frozenset()
     compensates_bias: bool = False
 
     def __call__(self, members: list[MemberWeights], units: int) -> torch.Tensor:
@@ -202,7 +202,7 @@ class MagnitudeImportance(Importance):
 class TaylorImportance(Importance):
     """Sum of |w * dL/dw| over each unit's weights (:func:`taylor_unit_scores`)."""
 
-    needs = ("gradients",)
+    needs = frozenset({"gradients"})
 
     def __call__(self, members, units):
         return taylor_unit_scores(members, units)
@@ -211,7 +211,7 @@ class TaylorImportance(Importance):
 class WandaImportance(Importance):
     """Sum of |W_ij| * ||X_j|| over each unit's weights (:func:`wanda_unit_scores`)."""
 
-    needs = ("statistics",)
+    needs = frozenset({"statistics"})
 
     def __call__(self, members, units):
         return wanda_unit_scores(members, units)
@@ -221,7 +221,7 @@ class FlapImportance(Importance):
     """FLAP's fluctuation of the consumers' input columns (:func:`flap_unit_scores`), with bias
     compensation by default."""
 
-    needs = ("statistics",)
+    needs = frozenset({"statistics"})
     compensates_bias = True
 
     def __call__(self, members, units):
@@ -231,24 +231,20 @@ class FlapImportance(Importance):
 _REGISTRY: dict[str, Callable] = {}
 
 
-def _checked_needs(importance, what: str) -> tuple[str, ...]:
-    needs = getattr(importance, "needs", ())
-    if isinstance(needs, str):
-        needs = (needs,)
-    try:
-        needs = tuple(needs)
-    except TypeError:
-        raise ValueError(f"{what}.needs: expected a tuple of {NEEDS}, but got {needs!r}") from None
+def _checked_needs(importance, what: str) -> frozenset[str]:
+    needs = getattr(importance, "needs", frozenset())
+    if not isinstance(needs, (set, frozenset, tuple, list)):
+        raise ValueError(f"{what}.needs: expected a set of names among {NEEDS}, but got {needs!r}")
     unknown = [n for n in needs if n not in NEEDS]
     if unknown:
         raise ValueError(f"{what}.needs: expected some of {NEEDS}, but got {unknown[0]!r}")
-    return needs
+    return frozenset(needs)
 
 
-def register_importance(name: str, importance: Callable) -> None:
+def register_importance(name: str, importance: Callable) -> Callable:
     """Registers ``importance`` (an :class:`Importance` or any callable(members, units) -> scores,
-    see :class:`Importance`) under ``name``, so that ``StructuredConfig(method=name)`` uses it.
-    A name is registered once: registering a taken name raises ValueError."""
+    see :class:`Importance`) under ``name``, so that ``StructuredConfig(method=name)`` uses it;
+    returns it. A name is registered once: registering a taken name raises ValueError."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_importance: name: expected a non-empty str, but got {name!r}")
     if isinstance(importance, type):
@@ -262,6 +258,7 @@ def register_importance(name: str, importance: Callable) -> None:
         raise ValueError(f"register_importance: name: expected a name not registered yet, but {name!r} is already "
                          f"registered ({type(_REGISTRY[name]).__name__})")
     _REGISTRY[name] = importance
+    return importance
 
 
 def importance_names() -> tuple[str, ...]:
@@ -287,7 +284,7 @@ def resolve_importance(method, what: str = "method") -> tuple[str, Callable]:
     return str(name), method
 
 
-def importance_needs(importance: Callable) -> tuple[str, ...]:
+def importance_needs(importance: Callable) -> frozenset[str]:
     """What ``importance`` declares it needs (some of ``NEEDS``)."""
     return _checked_needs(importance, "importance")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -77,11 +77,9 @@ class StructuredConfig:
     device: str | torch.device | None = None
     blocks: str | None = None
     progress: bool = True
-    _importance: Callable = field(init=False, repr=False, compare=False)
-    _method_name: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        self._method_name, self._importance = resolve_importance(self.method, "StructuredConfig.method")
+        resolve_importance(self.method, "StructuredConfig.method")
         if self.targets is not None:
             self.targets = _names(self.targets, "StructuredConfig.targets", f"None or some of {TARGETS}")
             if not self.targets:
@@ -92,12 +90,12 @@ class StructuredConfig:
                     raise ValueError(f"StructuredConfig.targets: expected some of {TARGETS}, but got {target!r}")
         if isinstance(self.sparsity, Mapping):
             allowed = self.targets or TARGETS
-            for key, value in self.sparsity.items():
-                if key not in allowed:
-                    raise ValueError(f"StructuredConfig.sparsity: expected keys among the targets {allowed}, but got "
-                                     f"{key!r}")
-                check_sparsity(value, f"StructuredConfig.sparsity[{key!r}]")
-            self.sparsity = {key: float(value) for key, value in self.sparsity.items()}
+            unknown = [key for key in self.sparsity if key not in allowed]
+            if unknown:
+                raise ValueError(f"StructuredConfig.sparsity: expected keys among the targets {allowed}, but got "
+                                 f"{unknown[0]!r}")
+            self.sparsity = {key: check_sparsity(value, f"StructuredConfig.sparsity[{key!r}]")
+                             for key, value in self.sparsity.items()}
         else:
             self.sparsity = check_sparsity(self.sparsity, "StructuredConfig.sparsity")
         self.ignore = _names(self.ignore, "StructuredConfig.ignore", "a str or a sequence of str (fnmatch patterns)")
@@ -131,24 +129,24 @@ class StructuredConfig:
     @property
     def importance(self) -> Callable:
         """The importance object ``method`` names."""
-        return self._importance
+        return resolve_importance(self.method, "StructuredConfig.method")[1]
 
     @property
     def method_name(self) -> str:
         """``method``'s registered name (or the object's name), as the report gives it."""
-        return self._method_name
+        return resolve_importance(self.method, "StructuredConfig.method")[0]
 
     @property
-    def needs(self) -> tuple[str, ...]:
+    def needs(self) -> frozenset[str]:
         """What the importance needs collected ("statistics", "gradients")."""
-        return importance_needs(self._importance)
+        return importance_needs(self.importance)
 
     @property
     def compensate_bias(self) -> bool:
         """Whether consumers' biases are compensated: ``bias_compensation``, else the importance's default."""
         if self.bias_compensation is not None:
             return self.bias_compensation
-        return bool(getattr(self._importance, "compensates_bias", False))
+        return bool(getattr(self.importance, "compensates_bias", False))
 
     @property
     def needs_calibration(self) -> bool:
