@@ -48,9 +48,10 @@ from .prune import PruneConfig, PruneReport, prune  # noqa: E402
 from . import nn  # noqa: E402  (SparseLinear, SparseConv2d)
 from .io import load, save  # noqa: E402  (compressed checkpoints)
 from .surgery import sparsify_  # noqa: E402
-from .surgery.structured import StructuredReport, prune_structured  # noqa: E402  (structured pruning)
+from .surgery.structured import (StructuredConfig, StructuredReport, prune_structured,  # noqa: E402  (structured)
+                                 register_importance)
 
 __version__ = _C.build_info()["version"]
 __all__ = ["build_info", "formats", "ops", "__version__", "prune", "PruneConfig", "PruneReport"]
 __all__ += ["sparsify_", "save", "load"]  # prunekit.nn stays out: a star import would shadow torch.nn
-__all__ += ["prune_structured", "StructuredReport"]
+__all__ += ["prune_structured", "StructuredConfig", "StructuredReport", "register_importance"]
