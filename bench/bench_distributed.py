@@ -5,13 +5,15 @@ with Wanda and SparseGPT on random token sequences, each configuration in fresh 
 1 process x 2 threads, 1 process x 1 thread, and 2 gloo processes x 1 thread (on 127.0.0.1,
 started the way torchrun starts them). On a 2-core machine, 2 processes x 1 thread against
 1 process x 2 threads is the fair comparison (the same cores). Reports per configuration
-(best of --repeats runs in each of --rounds interleaved launches, slowest rank): the calibration time alone (the block walk: capture,
-statistics passes with their all_reduce, block outputs; nothing pruned) and its throughput in
-calibration tokens/s; the whole prune() time (calibration, solves, weight broadcasts) and its
-tokens/s; the 1-minute load average around the run (the machine may be shared); the peak resident memory of each process (ru_maxrss) and
-its growth over the loaded model; the CPU seconds of each rank (time.process_time: what a rank
-costs, whatever else runs on the machine); and how far the pruned weights are from the 1-process
-runs with 1 and with 2 threads (the fraction of weights kept/pruned differently, max |dW|). Writes results/distributed_cpu[_quick].{json,md}.
+(best of --repeats runs in each of --rounds interleaved launches, slowest rank): the calibration
+time alone (the block walk: capture, statistics passes with their all_reduce, block outputs;
+nothing pruned) and its throughput in calibration tokens/s; the whole prune() time (calibration,
+solves, weight broadcasts) and its tokens/s; the 1-minute load average around the run (the
+machine may be shared); the peak resident memory of each process (ru_maxrss) and its growth over
+the loaded model; the CPU seconds of each rank (time.process_time: what a rank costs, whatever
+else runs on the machine); and how far the pruned weights are from the 1-process runs with 1 and
+with 2 threads (the fraction of weights kept/pruned differently, max |dW|). Writes
+results/distributed_cpu[_quick].{json,md}.
 
     python bench/bench_distributed.py [--quick] [--nsamples 32] [--seqlen 128] [--repeats 2]
 """

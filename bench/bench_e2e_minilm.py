@@ -82,24 +82,27 @@ def main() -> None:
                         sparse_times.append(sparse_ms)
                         ratios.append(dense_ms / sparse_ms)
                     row = {
-                        "pattern": label, "format": fmt, "threads": threads, "batch": 1, "tokens": int(batch["input_ids"].shape[1]),
+                        "pattern": label, "format": fmt, "threads": threads, "batch": 1,
+                        "tokens": int(batch["input_ids"].shape[1]),
                         "dense_ms": statistics.median(dense_times), "sparse_ms": statistics.median(sparse_times),
                         "speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
-                        "max_abs_error": error, "load_avg_1min": os.getloadavg()[0], "formats": ", ".join(f"{n} {f}" for f, n in sorted(formats.items())),
+                        "max_abs_error": error, "load_avg_1min": os.getloadavg()[0],
+                        "formats": ", ".join(f"{n} {f}" for f, n in sorted(formats.items())),
                         "dense_MB": summary.bytes_before / 1e6, "sparse_MB": summary.bytes_after / 1e6,
                         "linear_MB_before": summary.swapped_bytes_before / 1e6,
                         "linear_MB_after": summary.swapped_bytes_after / 1e6,
                     }
                     rows.append(row)
-                    print(f"{label:>4} {fmt:>12} threads {threads} tokens {row['tokens']:>3}: dense {row['dense_ms']:7.2f} ms, "
-                          f"sparse {row['sparse_ms']:7.2f} ms, speed-up {row['speedup']:.2f}x "
+                    print(f"{label:>4} {fmt:>12} threads {threads} tokens {row['tokens']:>3}: "
+                          f"dense {row['dense_ms']:7.2f} ms, sparse {row['sparse_ms']:7.2f} ms, "
+                          f"speed-up {row['speedup']:.2f}x "
                           f"[{row['speedup_min']:.2f}, {row['speedup_max']:.2f}], max |error| {error:.1e} "
                           f"({row['formats']})", flush=True)
         torch.set_num_threads(default_threads)
     paths = write_results(
         "e2e_minilm" + ("_quick" if args.quick else ""), rows,
-        ["pattern", "format", "threads", "batch", "tokens", "dense_ms", "sparse_ms", "speedup", "speedup_min", "speedup_max",
-         "max_abs_error", "formats", "dense_MB", "sparse_MB", "load_avg_1min"],
+        ["pattern", "format", "threads", "batch", "tokens", "dense_ms", "sparse_ms", "speedup", "speedup_min",
+         "speedup_max", "max_abs_error", "formats", "dense_MB", "sparse_MB", "load_avg_1min"],
         "all-MiniLM-L6-v2 end to end, batch 1: sparsify_ vs the masked dense model (CPU)",
     )
     print("wrote", *paths)

@@ -68,7 +68,8 @@ def default_configs(quick: bool = False) -> list[dict]:
     rows.append(dict(method="random", sparsity=0.5))
     rows += [dict(method="magnitude", sparsity=0.7), dict(method="wanda", sparsity=0.7),
              dict(method="wanda", sparsity=0.7, allocation="owl"), dict(method="wanda", sparsity=0.7, refine="dsnot"),
-             dict(method="wanda", sparsity=0.7, allocation="owl", refine="dsnot"), dict(method="sparsegpt", sparsity=0.7)]
+             dict(method="wanda", sparsity=0.7, allocation="owl", refine="dsnot"),
+             dict(method="sparsegpt", sparsity=0.7)]
     if not quick:
         rows += [dict(method="global_magnitude", sparsity=0.5), dict(method="wanda", sparsity="2:4", refine="dsnot"),
                  dict(method="sparsegpt", sparsity=0.7, allocation="owl")]
@@ -174,7 +175,8 @@ def sparsify_and_time(config: dict, model: torch.nn.Module, batches: list[dict],
                            "pattern": str(config["sparsity"]),
                            "max_cosine_error": float((1 - cosine).abs().max())})
     formats = sorted(set(summary.swapped.values()))
-    size = {"config": config_label(config), "dense_mb": summary.bytes_before / 1e6, "sparse_mb": summary.bytes_after / 1e6,
+    size = {"config": config_label(config), "dense_mb": summary.bytes_before / 1e6,
+            "sparse_mb": summary.bytes_after / 1e6,
             "layers_sparsified": len(summary.swapped), "kept_dense": len(summary.kept_dense),
             "formats": ", ".join(formats) or "-"}
     return {"timing": timing, "size": size}
@@ -198,7 +200,7 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
     calibration_sentences, evaluation_sentences = (16, 32) if quick else (128, 256)
     configs = demo_configs(quick, methods, sparsities)
     loaded = load_minilm()
-    logger.info("all-MiniLM-L6-v2 loaded (%.1f M parameters); %d pruning runs", 
+    logger.info("all-MiniLM-L6-v2 loaded (%.1f M parameters); %d pruning runs",
                 sum(p.numel() for p in loaded[0].parameters()) / 1e6, len(configs))
     sparsify_method = SPARSIFY_METHOD if any(c["method"] == SPARSIFY_METHOD for c in configs) else configs[-1]["method"]
     prune_reports: dict[str, dict] = {}
@@ -269,7 +271,8 @@ def write_demo_report(out: Path, result: dict) -> list[str]:
              f"{', '.join(methods)} at {', '.join(sparsities)}"
              f" (uniform allocation, sequential calibration, pooler not pruned). Calibration: "
              f"{result['data']['calibration_sentences']} sentences from the docstrings of "
-             f"{', '.join(result['data']['calibration_modules'])}; evaluation: {result['data']['evaluation_sentences']} "
+             f"{', '.join(result['data']['calibration_modules'])}; "
+             f"evaluation: {result['data']['evaluation_sentences']} "
              f"sentences from {', '.join(result['data']['evaluation_modules'])}. Quality: "
              f"{result['data']['quality']}.\n\nMachine: {machine['cpu']}, {machine['threads']} threads, "
              f"ISA {machine['cpu_isa_selected']}, torch {machine['torch']}, prunekit {machine['prunekit']}"

@@ -173,7 +173,8 @@ def plot_layers(path: str | os.PathLike, reports: dict[str, dict]) -> Path:
     # Colour by the first word of the label (the method), line style by the rest (the sparsity).
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
-    colour_of = {key: colours[i % len(colours)] for i, key in enumerate(dict.fromkeys(l.split(" ")[0] for l in reports))}
+    colour_of = {key: colours[i % len(colours)]
+                 for i, key in enumerate(dict.fromkeys(l.split(" ")[0] for l in reports))}
     style_of = {key: styles[i % len(styles)]
                 for i, key in enumerate(dict.fromkeys(" ".join(l.split(" ")[1:]) for l in reports))}
     for label, report in reports.items():

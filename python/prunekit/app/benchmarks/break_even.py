@@ -5,7 +5,7 @@ Times the modules a model runs (SparseLinear / SparseConv2d holding an unstructu
 kernel each picks for the rows per call, against nn.Linear / nn.Conv2d) across sparsities, rows
 per call and weight dtypes, the way a model's forward sees them: each call meets a different copy
 of the weight (copies adding up to :data:`COLD_BYTES`, so that weights come from L3 or DRAM, not
-L2; with hot weights dense looks ~1.5x better than it is), on 1 thread, in thread CPU time (other
+L2; with hot weights dense looks better than it is), on 1 thread, in thread CPU time (other
 load on a shared machine does not count). :func:`break_even_table` turns the rows into "auto"'s
 table: per kernel, dtype and rows, the lowest sparsity from which the sparse module wins (or ties,
 within :data:`PARITY`) on every shape, in every repeat, at every sparsity measured above it.
@@ -25,7 +25,8 @@ from .common import copies_totalling, progress_bar
 from .shapes import MINILM_L6, MOBILENET_V1_POINTWISE
 
 NAME = "break_even_cpu"
-TITLE = "Sparse vs dense torch modules across sparsity: where the CPU kernels break even (1 thread, CPU time, cold weights)"
+TITLE = ("Sparse vs dense torch modules across sparsity: where the CPU kernels break even (1 thread, CPU time, "
+         "cold weights)")
 COLUMNS = ["kernel", "dtype", "shape", "rows", "sparsity", "repeat", "sparse_us", "dense_us", "speedup"]
 QUICK = "one linear and one conv shape, sparsity 0.5 and 0.9, rows 1 and 16, short timings"
 
@@ -85,7 +86,7 @@ def run(quick: bool = False, *, sparsities=None, min_time: float | None = None, 
     """One row per (kernel, dtype, shape, rows, sparsity, repeat): CPU microseconds per call of
     the sparse module and of the dense one (the fastest of ``rounds`` alternating rounds), on 1
     thread. ``repeats`` > 1 measures everything again that many times (new weights each time):
-    :func:`break_even_table` keeps each case's worst repeat, as a case can swing by 20% between
+    :func:`break_even_table` keeps each case's worst repeat, as a case can swing widely between
     runs on a shared machine."""
     from prunekit.nn import SparseConv2d, SparseLinear
 
@@ -131,8 +132,8 @@ def run(quick: bool = False, *, sparsities=None, min_time: float | None = None, 
                         best["sparse"] = min(best["sparse"], _cpu_us(sparse, x, min_time))
                         best["dense"] = min(best["dense"], _cpu_us(dense, x, min_time))
                     row = {"kernel": kernel, "dtype": dtype_name(dtype), "shape": name, "rows": rows,
-                           "sparsity": sparsity, "repeat": repeat, "sparse_us": best["sparse"], "dense_us": best["dense"],
-                           "speedup": best["dense"] / best["sparse"]}
+                           "sparsity": sparsity, "repeat": repeat, "sparse_us": best["sparse"],
+                           "dense_us": best["dense"], "speedup": best["dense"] / best["sparse"]}
                     rows_out.append(row)
                     bar.update()
                     if on_row is not None:

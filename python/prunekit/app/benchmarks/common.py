@@ -29,8 +29,8 @@ DEFAULT_CACHE_BYTES = 64 << 20  # where the machine does not report its caches
 
 
 def largest_cache_bytes() -> int:
-    """The size of the largest CPU cache the machine reports (Linux sysfs: the last-level cache,
-    480 MiB on this project's shared VMs); :data:`DEFAULT_CACHE_BYTES` where it reports none."""
+    """The size of the largest CPU cache the machine reports (Linux sysfs: the last-level cache);
+    :data:`DEFAULT_CACHE_BYTES` where it reports none."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     sizes = []
     for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):

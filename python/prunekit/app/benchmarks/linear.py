@@ -11,9 +11,8 @@ per call).
 which stays in the caches as far as they and the machine's other load leave it room;
 ``weights="cold"`` gives every call another copy, the copies together larger than the last-level
 cache (:func:`~prunekit.app.benchmarks.common.cold_copies`), so that batch 1 streams its weight from
-memory, as decoding a model larger than the caches does. On this project's shared VMs (480 MiB of
-last-level cache) 4096^2 fp32 dense F.linear takes ~1.2 ms warm and ~2.1 ms cold, and how much of
-a warm weight stays cached depends on the other load on the machine.
+memory, as decoding a model larger than the caches does. How much of a warm weight stays cached
+depends on the other load on the machine.
 
 prunekit's compressed weights are placed as SparseLinear's own are (2 MiB aligned, on huge pages
 as far as the OS allows: :mod:`prunekit._huge_pages`); torch's dense and CSR weights as torch
@@ -36,8 +35,8 @@ from .shapes import LLAMA_7B, SMALL_LINEAR
 QUICK = "one small shape, batches 1 and 16, short timings"
 NAME = "linear_cpu"
 TITLE = "Sparse linear vs dense F.linear and torch CSR (CPU)"
-COLUMNS = ["shape", "dtype", "pattern", "batch", "weights", "kernel", "prunekit_ms", "dense_ms", "csr_ms", "speedup_vs_dense",
-           "speedup_vs_csr", "effective_gflops", "actual_gflops", "weight_GB_s"]
+COLUMNS = ["shape", "dtype", "pattern", "batch", "weights", "kernel", "prunekit_ms", "dense_ms", "csr_ms",
+           "speedup_vs_dense", "speedup_vs_csr", "effective_gflops", "actual_gflops", "weight_GB_s"]
 PATTERNS = ("50%", "90%", "2:4")
 DTYPES = (torch.float32, torch.bfloat16)
 WEIGHTS = ("cold", "warm")
@@ -102,8 +101,8 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         for (name, (out_features, in_features)), dtype, pattern in itertools.product(shapes.items(), dtypes, patterns):
             dense, weight = make_weight(out_features, in_features, pattern, dtype, generator)
-            csr16 = (Csr16Weight.from_bitmap(weight) if pattern != "2:4" and pattern_sparsity(pattern) >= CSR16_MIN_SPARSITY
-                     else None)
+            csr16 = (Csr16Weight.from_bitmap(weight)
+                     if pattern != "2:4" and pattern_sparsity(pattern) >= CSR16_MIN_SPARSITY else None)
             csr_weight = dense.float().to_sparse_csr() if csr and dtype == torch.float32 and pattern != "2:4" else None
             # The kernel SparseLinear runs for this weight at each batch.
             sparsity = 1.0 - weight.values.numel() / (out_features * in_features)
@@ -146,7 +145,8 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
                     "speedup_vs_csr": csr_ms / sparse_ms if csr_ms else None,
                     "effective_gflops": flops / sparse_ms / 1e6,
                     "actual_gflops": 2 * batch * nnz / sparse_ms / 1e6,
-                    "weight_GB_s": (csr16 if kernel == "csr16" else weight).nbytes() / sparse_ms / 1e6 if batch == 1 else None,
+                    "weight_GB_s": ((csr16 if kernel == "csr16" else weight).nbytes() / sparse_ms / 1e6
+                                    if batch == 1 else None),
                 }
                 rows_out.append(row)
                 bar.update()
