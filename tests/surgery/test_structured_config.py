@@ -10,6 +10,7 @@ import torch
 from structured_cnn_models import cnn_calibration, tiny_cnn
 from structured_hf_models import hf_calibration, hf_model
 
+import prunekit
 from prunekit import PruneConfig
 from prunekit.solvers.structured import MagnitudeImportance
 from prunekit.surgery.structured import StructuredConfig, prune_structured
@@ -22,6 +23,14 @@ def test_shared_fields_take_prune_configs_defaults():
     assert {"method", "sparsity", "ignore", "device", "blocks", "progress"} <= shared
     assert {name: ours[name] for name in shared} == {name: theirs[name] for name in shared}
     assert "loss_fn" in ours and not {"ratio", "importance"} & set(ours)
+
+
+def test_top_level_names():
+    from prunekit.solvers.structured import register_importance
+
+    assert prunekit.StructuredConfig is StructuredConfig and prunekit.prune_structured is prune_structured
+    assert prunekit.register_importance is register_importance
+    assert {"StructuredConfig", "StructuredReport", "prune_structured", "register_importance"} <= set(prunekit.__all__)
 
 
 def test_normalised_fields():
