@@ -1,105 +1,20 @@
-// CPU impls of the bitmap format and the sparse linear / 1x1 convolution ops. Batch <= 4 runs
-// the bandwidth-bound GEMV kernels; larger batches and convolutions run the SpMM kernels on the
-// (channels, columns) layout: x^T for linear, one image's (C, H*W) for NCHW convolution.
+// CPU impls of the sparse linear ops, the weight in the bitmap format (sparse_linear) or in CSR16
+// (sparse_linear_csr16). Batch <= 4 runs the bandwidth-bound GEMV kernels; larger batches run the
+// SpMM kernels on x^T (the (channels, columns) layout they share with the 1x1 convolution).
 #include <ATen/Parallel.h>
-
-#include <algorithm>
-#include <atomic>
 #include <torch/library.h>
 
-#include "kernel_memory.h"
+#include <algorithm>
+
 #include "prunekit/check.h"
 #include "prunekit/kernel_config.h"
 #include "prunekit/kernels_cpu.h"
+#include "weight_rows.h"
 
 namespace prunekit {
 namespace {
 
 using cpu::Status;
-
-// Columns of a compressed weight at most: far above any real layer, low enough that ceil(k / 16)
-// and offsets derived from k never overflow int64.
-constexpr int64_t kMaxColumns = int64_t(1) << 40;
-
-template <typename Kernel>
-Status run_rows(int64_t rows, int64_t grain, Kernel kernel) {
-  FirstError<Status> error;
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { error.record(kernel(begin, end)); });
-  return error.get();
-}
-
-// A compressed weight's rows as its kernels see them: `offsets` (rows + 1 entries) bound every
-// kernel read of its `nnz` values.
-struct WeightRows {
-  const int64_t* offsets;
-  int64_t rows;
-  int64_t nnz;
-};
-
-WeightRows weight_rows(const at::Tensor& row_offsets, int64_t nnz) {
-  return {row_offsets.data_ptr<int64_t>(), row_offsets.size(0) - 1, nnz};
-}
-
-// The first and last entry, checked up front with the other arguments.
-void check_row_offset_ends(const char* op, const WeightRows& weight) {
-  const int64_t first = weight.offsets[0], last = weight.offsets[weight.rows];
-  TORCH_CHECK_VALUE(first == 0 && last == weight.nnz, "prunekit.", op,
-                    ": argument 'row_offsets' must start at 0 and end at values.numel()=", weight.nnz,
-                    ", but got ", first, " and ", last, " (truncated or mismatched buffers?)");
-}
-
-// Whether entries [begin, end] (those rows [begin, end) read) are in [0, nnz] and non-decreasing.
-// One branch-free pass (a check per entry cost 0.75 ns a row, this pass 0.35 ns): the top bit of
-// `signs` is set if an entry is outside [0, nnz] or below the one before. Unsigned arithmetic wraps
-// where signed would overflow; with both entries in range neither difference wraps, and an entry
-// out of range sets the bit by itself.
-bool row_offsets_in_order(const WeightRows& weight, int64_t begin, int64_t end) {
-  const int64_t* offsets = weight.offsets;
-  const uint64_t nnz = uint64_t(weight.nnz), first = uint64_t(offsets[begin]);
-  uint64_t signs = first | (nnz - first);
-  for (int64_t r = begin; r < end; ++r) {
-    const uint64_t next = uint64_t(offsets[r + 1]), previous = uint64_t(offsets[r]);
-    signs |= next | (nnz - next) | (next - previous);
-  }
-  return (signs >> 63) == 0;
-}
-
-// Names the first entry out of order; only called once a pass has failed (with the ends at 0 and
-// nnz, an entry out of [0, nnz] implies a decrease).
-[[noreturn]] void raise_row_offsets_error(const char* op, const WeightRows& weight) {
-  const int64_t* offsets = weight.offsets;
-  for (int64_t r = 0; r < weight.rows; ++r) {
-    TORCH_CHECK_VALUE(offsets[r + 1] >= offsets[r], "prunekit.", op,
-                      ": argument 'row_offsets' must be non-decreasing, but entry ", r + 1, " (",
-                      offsets[r + 1], ") is below entry ", r, " (", offsets[r], ")");
-  }
-  check_row_offset_ends(op, weight);
-  TORCH_INTERNAL_ASSERT(false, "prunekit.", op, ": row_offsets check found no failing entry");
-}
-
-// Where no kernel runs, the whole check in one pass.
-void check_row_offsets(const char* op, const WeightRows& weight) {
-  check_row_offset_ends(op, weight);
-  if (!row_offsets_in_order(weight, 0, weight.rows)) raise_row_offsets_error(op, weight);
-}
-
-// run_rows over a compressed weight's rows: each range first checks the row_offsets entries it
-// reads, then runs its kernel. Checking in the ranges' own threads rather than in one pass before
-// takes the pass off the call's serial part, and leaves the offsets in the cache of the core that
-// reads them next (4096^2 at 90%, batch 1, 2 threads: 2-3 of ~190 us).
-template <typename Kernel>
-Status run_weight_rows(const char* op, const WeightRows& weight, int64_t grain, Kernel kernel) {
-  std::atomic<bool> out_of_order{false};
-  const Status status = run_rows(weight.rows, grain, [&](int64_t begin, int64_t end) {
-    if (!row_offsets_in_order(weight, begin, end)) {
-      out_of_order = true;
-      return Status{};
-    }
-    return kernel(begin, end);
-  });
-  if (out_of_order) raise_row_offsets_error(op, weight);
-  return status;
-}
 
 // dst (cols x rows) = src (rows x cols)^T, rows of src `ld_src` apart and of dst `ld_dst` apart:
 // the selected variant's register-tile transpose over blocks of 64 rows in parallel (a strided
@@ -137,111 +52,6 @@ Status spmm_through_transpose(const char* op, const WeightRows& weight, const fl
   if (!status.ok()) return status;
   transpose_into(transpose, yt.data_ptr<float>(), rows, batch, stride, out, rows);
   return status;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_bitmap(const at::Tensor& dense) {
-  constexpr const char* op = "compress_bitmap";
-  check_dtype(dense, op, "dense", {at::kFloat, at::kBFloat16});
-  check_dim(dense, op, "dense", 2);
-  check_contiguous(dense, op, "dense");
-  check_nonempty(dense, op, "dense");
-  const int64_t rows = dense.size(0), k = dense.size(1);
-  at::Tensor bitmap = empty_for_kernels({rows, cpu::bitmap_words(k)}, dense.options().dtype(at::kShort));
-  at::Tensor row_nnz = at::empty({rows}, dense.options().dtype(at::kLong));
-  auto* bits = reinterpret_cast<uint16_t*>(bitmap.data_ptr<int16_t>());
-  const int element_bytes = int(dense.element_size());
-  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    cpu::bitmap_scan_scalar(dense.data_ptr(), element_bytes, true, k, bits, row_nnz.data_ptr<int64_t>(), {begin, end});
-  });
-  at::Tensor row_offsets = at::zeros({rows + 1}, row_nnz.options());
-  row_offsets.narrow(0, 1, rows).copy_(row_nnz.cumsum(0));
-  at::Tensor values = empty_for_kernels({row_offsets[rows].item<int64_t>()}, dense.options());
-  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    cpu::bitmap_pack_scalar(dense.data_ptr(), element_bytes, k, bits, row_offsets.data_ptr<int64_t>(),
-                            values.data_ptr(), {begin, end});
-  });
-  return {values, bitmap, row_offsets};
-}
-
-// One tensor of a compressed weight: dtype, rank, contiguity, on the CPU.
-void check_weight_tensor(const char* op, const at::Tensor& t, const char* arg,
-                         std::initializer_list<at::ScalarType> dtypes, int64_t dim) {
-  check_dtype(t, op, arg, dtypes);
-  check_dim(t, op, arg, dim);
-  check_contiguous(t, op, arg);
-  TORCH_CHECK(t.device().is_cpu(), "prunekit.", op, ": the compressed weight must be on the CPU, but got ", t.device());
-}
-
-// Checks the format's tensors against each other (the row_offsets entries between the ends are
-// checked where the rows run); returns the weight's rows and k, its dense columns.
-std::pair<WeightRows, int64_t> check_bitmap_weight(const char* op, const at::Tensor& values,
-                                                const at::Tensor& bitmap,
-                                                const at::Tensor& row_offsets, int64_t k) {
-  check_weight_tensor(op, values, "values", {at::kFloat, at::kBFloat16}, 1);
-  check_weight_tensor(op, bitmap, "bitmap", {at::kShort}, 2);
-  check_weight_tensor(op, row_offsets, "row_offsets", {at::kLong}, 1);
-  // The upper bound keeps ceil(k / 16) and every column index in range of int64 arithmetic.
-  TORCH_CHECK_VALUE(k >= 1 && k <= kMaxColumns, "prunekit.", op, ": the number of columns must be in [1, ",
-                    kMaxColumns, "], but got ", k);
-  const int64_t rows = bitmap.size(0);
-  TORCH_CHECK_VALUE(rows >= 1, "prunekit.", op, ": argument 'bitmap' must have at least one row, but got shape ",
-                    bitmap.sizes());
-  TORCH_CHECK_VALUE(bitmap.size(1) == cpu::bitmap_words(k), "prunekit.", op,
-                    ": argument 'bitmap' must have ", cpu::bitmap_words(k), " columns (ceil(", k,
-                    " / 16)), but got ", bitmap.size(1));
-  TORCH_CHECK_VALUE(row_offsets.size(0) == rows + 1, "prunekit.", op,
-                    ": argument 'row_offsets' must have ", rows + 1, " entries (rows + 1), but got ",
-                    row_offsets.size(0));
-  const WeightRows weight = weight_rows(row_offsets, values.numel());
-  check_row_offset_ends(op, weight);
-  return {weight, k};
-}
-
-void check_status(const Status& status, const char* op, int64_t k) {
-  TORCH_CHECK_VALUE(status.ok(), "prunekit.", op, ": the compressed weight is corrupt: row ", status.row,
-                    " of 'bitmap' does not match its 'row_offsets' span or marks columns past in_features=", k,
-                    " (or in_features is below the weight's columns)");
-}
-
-cpu::ValueType value_type(const at::Tensor& values) {
-  return values.scalar_type() == at::kFloat ? cpu::ValueType::kFloat32 : cpu::ValueType::kBFloat16;
-}
-
-// The checked bitmap weight as its kernels read it.
-cpu::BitmapWeightView bitmap_view(const at::Tensor& values, const at::Tensor& bitmap, const WeightRows& weight,
-                                  int64_t k) {
-  return {values.data_ptr(), value_type(values), reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>()),
-          weight.offsets, weight.rows, k};
-}
-
-// Runs the bitmap check alone: where no kernel runs (an empty batch or image), a corrupt weight
-// is still an error, as it is for every other input.
-void validate_bitmap(const char* op, const cpu::BitmapWeightView& view, const WeightRows& weight) {
-  check_status(run_weight_rows(op, weight, 64,
-                               [&](int64_t begin, int64_t end) {
-                                 return cpu::bitmap_validate_scalar(view, {begin, end});
-                               }),
-               op, view.cols);
-}
-
-at::Tensor decompress_bitmap(const at::Tensor& values, const at::Tensor& bitmap,
-                             const at::Tensor& row_offsets, int64_t cols) {
-  constexpr const char* op = "decompress_bitmap";
-  const auto [weight, k] = check_bitmap_weight(op, values, bitmap, row_offsets, cols);
-  const cpu::BitmapWeightView view = bitmap_view(values, bitmap, weight, k);
-  validate_bitmap(op, view, weight);  // checks the offsets too
-  at::Tensor dense = at::empty({weight.rows, k}, values.options());
-  at::parallel_for(0, weight.rows, 64,
-                   [&](int64_t begin, int64_t end) { cpu::bitmap_unpack_scalar(view, dense.data_ptr(), {begin, end}); });
-  return dense;
-}
-
-at::Tensor bias_as_float(const std::optional<at::Tensor>& bias, int64_t rows, const char* op) {
-  if (!bias.has_value()) return at::Tensor();
-  check_dtype(*bias, op, "bias", {at::kFloat, at::kBFloat16});
-  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == rows, "prunekit.", op,
-                    ": argument 'bias' must have shape [", rows, "], but got ", bias->sizes());
-  return bias->to(at::kFloat).contiguous();
 }
 
 // Checks x of a linear op; returns its batch (rows of x) and the output shape.
@@ -299,7 +109,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     const cpu::GemvBf16Args args{x_bits, batch, bias_ptr, out.data_ptr<float>()};
     status = run_weight_rows(op, weight, 16,
                              [&](int64_t begin, int64_t end) { return gemv_bf16(view, args, {begin, end}); });
-    check_status(status, op, k);
+    check_bitmap_status(status, op, k);
     return in_dtype_of(x, out);
   }
   const cpu::AmxBf16Kernels& amx = kernels.bitmap_bf16_amx;
@@ -320,7 +130,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     status = run_weight_rows(op, weight, 32, [&](int64_t begin, int64_t end) {
       return amx.spmm(view, args, {begin, end});
     });
-    check_status(status, op, k);
+    check_bitmap_status(status, op, k);
     return out;
   }
   const at::Tensor x32 = contiguous_as(x, at::kFloat);
@@ -338,7 +148,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
           return spmm(view, {xt, stride, width, bias_ptr, cpu::Activation::kNone, yt, stride}, {begin, end});
         });
   }
-  check_status(status, op, k);
+  check_bitmap_status(status, op, k);
   return in_dtype_of(x, out);
 }
 
@@ -405,48 +215,11 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   return in_dtype_of(x, out);
 }
 
-at::Tensor sparse_conv1x1(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
-                          const at::Tensor& row_offsets, const std::optional<at::Tensor>& bias,
-                          int64_t activation) {
-  constexpr const char* op = "sparse_conv1x1";
-  check_dtype(x, op, "x", {at::kFloat});
-  check_dim(x, op, "x", 4);
-  check_contiguous(x, op, "x");
-  TORCH_CHECK(x.device().is_cpu(), "prunekit.", op, ": argument 'x' must be on the CPU, but got ", x.device());
-  const int64_t channels = x.size(1);
-  const auto [weight, k] = check_bitmap_weight(op, values, bitmap, row_offsets, channels);
-  const int64_t rows = weight.rows;
-  TORCH_CHECK_VALUE(activation >= 0 && activation <= 2, "prunekit.", op,
-                    ": argument 'activation' must be 0 (none), 1 (relu) or 2 (relu6), but got ",
-                    activation);
-  const at::Tensor bias32 = bias_as_float(bias, rows, op);
-  const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
-  const int64_t images = x.size(0), pixels = x.size(2) * x.size(3);
-  at::Tensor out = at::empty({images, rows, x.size(2), x.size(3)}, x.options());
-  const cpu::BitmapWeightView view = bitmap_view(values, bitmap, weight, k);
-  if (out.numel() == 0) {
-    validate_bitmap(op, view, weight);
-    return out;
-  }
-  const auto spmm = cpu::cpu_kernel_config().bitmap_spmm;
-  for (int64_t image = 0; image < images; ++image) {
-    const float* in = x.data_ptr<float>() + image * channels * pixels;
-    float* result = out.data_ptr<float>() + image * rows * pixels;
-    const cpu::SpmmArgs args{in, pixels, pixels, bias_ptr, cpu::Activation(activation), result, pixels};
-    check_status(run_weight_rows(op, weight, 4, [&](int64_t begin, int64_t end) { return spmm(view, args, {begin, end}); }),
-                 op, k);
-  }
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(prunekit, CPU, m) {
-  m.impl("compress_bitmap", &compress_bitmap);
-  m.impl("decompress_bitmap", &decompress_bitmap);
   m.impl("sparse_linear", &sparse_linear);
   m.impl("sparse_linear_csr16", &sparse_linear_csr16);
-  m.impl("sparse_conv1x1", &sparse_conv1x1);
 }
 
 }  // namespace prunekit

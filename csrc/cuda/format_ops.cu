@@ -7,6 +7,7 @@
 
 #include "prunekit/cuda_entry.h"
 #include "prunekit/format24_checks.h"
+#include "prunekit/nm_mask_checks.h"
 #include "prunekit/kernels_cuda.h"
 
 namespace prunekit {
