@@ -28,6 +28,7 @@ import prunekit
 from prunekit import PruneConfig
 from prunekit.app import evaluation
 from prunekit.app.demo import load_minilm
+from prunekit.surgery import SparsifyConfig
 
 # (pattern label, prune sparsity, sparsify_ format): the headline is 90% with format="auto" (the
 # MLP layers sparse; the 384x384 attention projections stay dense: too small to gain); the forced
@@ -64,7 +65,7 @@ def main() -> None:
         model.load_state_dict(dense_state)
         prunekit.prune(model, PruneConfig(method="magnitude", sparsity=sparsity, ignore=["pooler"], progress=False))
         sparse = copy.deepcopy(model)
-        summary = prunekit.sparsify_(sparse, format=fmt)
+        summary = prunekit.sparsify_(sparse, SparsifyConfig(format=fmt))
         formats = {}
         for held in list(summary.swapped.values()) + ["dense"] * len(summary.kept_dense):
             formats[held] = formats.get(held, 0) + 1

@@ -17,9 +17,15 @@ from pathlib import Path
 
 import torch
 
+from prunekit import build_info
+from prunekit.prune import PruneConfig, prune
+from prunekit.surgery import SparsifyConfig, sparsify_
+
 from . import evaluation
 from . import report as reports
-from prunekit.prune import PruneConfig, prune
+from .benchmarks import linear
+from .benchmarks.common import compare_ms, geomean, machine_info
+from .benchmarks.shapes import MINILM_L6
 
 logger = logging.getLogger(__name__)
 
@@ -151,15 +157,11 @@ def sparsify_and_time(config: dict, model: torch.nn.Module, batches: list[dict],
     "2:4" for an N:M pattern, else "unstructured") and times
     a forward of one sentence and of one batch of sentences through both; checks the sparsified
     model's embeddings against the masked dense model's. Returns {"timing": rows, "size": row}."""
-    import prunekit
-
-    from .benchmarks.common import compare_ms
-
     sparse = copy.deepcopy(model)
     # An explicit format: the demo times the sparse kernels even where format="auto" would keep a
     # layer dense because they do not beat dense torch there (e.g. 50% at 16+ tokens per call).
     fmt = "2:4" if ":" in str(config["sparsity"]) else "unstructured"
-    summary = prunekit.sparsify_(sparse, format=fmt)
+    summary = sparsify_(sparse, SparsifyConfig(format=fmt))
     timing = []
     with torch.no_grad():
         single = {k: v[:1, : int(batches[0]["attention_mask"][0].sum())] for k, v in batches[0].items()}
@@ -190,11 +192,6 @@ def run_demo(out: str | Path | None, quick: bool = False, progress: bool = False
     files) and returns everything that was reported (the dict written to report.json, with
     "files" listing what was written). ``quick``: fewer sentences, 50% and 2:4 only, short
     timings; ``methods`` / ``sparsities`` replace the default runs."""
-    from prunekit import build_info
-    from .benchmarks import linear
-    from .benchmarks.common import machine_info
-    from .benchmarks.shapes import MINILM_L6
-
     started = time.perf_counter()
     torch.manual_seed(seed)
     calibration_sentences, evaluation_sentences = (16, 32) if quick else (128, 256)
@@ -262,8 +259,6 @@ def demo_tables(result: dict) -> list[tuple[str, str, list[dict], list]]:
 
 def write_demo_report(out: Path, result: dict) -> list[str]:
     """report.json, report.md and the plots of a demo result into ``out``; returns the file names."""
-    from .benchmarks.common import geomean
-
     machine = result["machine"]
     methods = list(dict.fromkeys(row["method"] for row in result["quality"]))
     sparsities = list(dict.fromkeys(row["sparsity"] for row in result["quality"]))
@@ -286,7 +281,7 @@ def write_demo_report(out: Path, result: dict) -> list[str]:
         reports.QUALITY_PNG: lambda path: reports.plot_quality(
             path, result["quality"], "mean_cosine", "mean cosine to dense embeddings", dense_value=1.0,
             title="all-MiniLM-L6-v2: embedding fidelity against sparsity"),
-        reports.SPEEDUP_PNG: lambda path: _plot_demo_speedup(path, result, geomean),
+        reports.SPEEDUP_PNG: lambda path: _plot_demo_speedup(path, result),
     }
     images = [("per-layer sparsity and reconstruction error", reports.LAYERS_PNG),
               ("quality against sparsity", reports.QUALITY_PNG), ("speed-up against sparsity", reports.SPEEDUP_PNG)]
@@ -298,7 +293,7 @@ def write_demo_report(out: Path, result: dict) -> list[str]:
     return files
 
 
-def _plot_demo_speedup(path: Path, result: dict, geomean) -> Path:
+def _plot_demo_speedup(path: Path, result: dict) -> Path:
     """Kernel speed-ups (geometric mean over the three MiniLM layer shapes) per number of input
     rows against sparsity, 2:4 as markers, and the sparsified whole model as stars."""
     groups: dict[tuple, list[float]] = {}

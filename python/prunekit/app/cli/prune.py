@@ -13,6 +13,7 @@ import prunekit
 from prunekit import distributed
 from prunekit.hf import load_model, resolve_model
 from prunekit.prune import ALLOCATIONS, METHODS
+from prunekit.surgery import SparsifyConfig
 
 from .. import evaluation
 from .. import report as reports
@@ -120,10 +121,10 @@ def _prune_run(args, sparsity, config_kwargs, out: Path, torchrun: bool) -> int:
             quality.update(pruned=fidelity["mean_cosine"], min_cosine=fidelity["min_cosine"])
     checkpoint = {"path": "model"}
     if args.sparsify:
-        summary = prunekit.sparsify_(model, format=args.format)
+        summary = prunekit.sparsify_(model, SparsifyConfig(format=args.format))
         logger.info("%s", summary)
         checkpoint["format"] = "prunekit compressed (prunekit.load)"
-        checkpoint["sparsify"] = summary.to_dict() if hasattr(summary, "to_dict") else str(summary)
+        checkpoint["sparsify"] = summary.to_dict()
     else:
         checkpoint["format"] = "Hugging Face, masked dense weights (from_pretrained)"
     _save_checkpoint(model, tokenizer, out / "model", args.sparsify, torchrun)  # every rank takes part
