@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[2] / "pruning"))  # tiny_models
+sys.path.insert(0, str(Path(__file__).parents[2]))  # tests/tiny_models.py
 
 
 @pytest.fixture(scope="module")
