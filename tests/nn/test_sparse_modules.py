@@ -231,10 +231,13 @@ def test_dtype_moves_keep_the_module_exact():
         torch.testing.assert_close(half(xh), F.linear(xh, linear.weight.half(), linear.bias.half()))
     meta = SparseLinear.from_dense(linear, "2:4").to("meta")  # no data: moves without runtime tensors
     assert meta.values.device.type == "meta" and meta.runtime_bitmap is None
-    empty = meta.to_empty(device="cpu")  # garbage metadata: no runtime view; the forward expands and checks
-    if empty.runtime_bitmap is None:
-        with pytest.raises(ValueError, match="decompress_24"):
-            empty(torch.randn(2, 64))
+    empty = meta.to_empty(device="cpu")  # uninitialised metadata: a runtime view only if it happens to be valid
+    with torch.no_grad():
+        empty.meta.zero_()  # every group names column 0 twice: corrupt
+    empty = empty.to("cpu")  # a move rebuilds the runtime tensors: no view of corrupt metadata, no error yet
+    assert empty.runtime_bitmap is None
+    with pytest.raises(ValueError, match="decompress_24"):  # the forward expands the weight and checks it
+        empty(torch.randn(2, 64))
 
 
 def test_state_dict_round_trip_into_a_sparse_module():
@@ -248,7 +251,8 @@ def test_state_dict_round_trip_into_a_sparse_module():
 
 
 def test_linear_errors():
-    with pytest.raises(ValueError, match=r"argument 'module' must be an nn.Linear or a transformers Conv1D, but got Embedding"):
+    with pytest.raises(ValueError, match=r"argument 'module' must be an nn.Linear or a transformers Conv1D, but "
+                                         r"got Embedding"):
         SparseLinear.from_dense(nn.Embedding(4, 4))
     with pytest.raises(ValueError, match=r"argument 'format' must be one of .* but got 'csr'"):
         SparseLinear.from_dense(pruned_linear(64, 64, 0.5), "csr")
@@ -256,7 +260,8 @@ def test_linear_errors():
         SparseLinear.from_dense(pruned_linear(64, 64, 0.0), "2:4")
     with pytest.raises(ValueError, match=r"rows % 32 == 0 .* but the weight matrix is 48 x 64"):
         SparseLinear.from_dense(pruned_linear(64, 48, "2:4"), "2:4")
-    with pytest.raises(ValueError, match=r"format='unstructured' holds float32, bfloat16 or float16 weights, but the weight is float64"):
+    with pytest.raises(ValueError, match=r"format='unstructured' holds float32, bfloat16 or float16 weights, but "
+                                         r"the weight is float64"):
         SparseLinear.from_dense(pruned_linear(64, 64, 0.5, torch.float64), "unstructured")
     sparse = SparseLinear.from_dense(pruned_linear(64, 64, 0.5), "unstructured")
     with pytest.raises(ValueError, match="in_features=64"):

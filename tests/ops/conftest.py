@@ -1,8 +1,13 @@
-"""Fixtures of the op tests."""
+"""Fixtures of the op tests; their weights come from tests/formats/format_cases.py."""
+
+import sys
+from pathlib import Path
 
 import pytest
 
 import prunekit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "formats"))
 
 ISAS = prunekit.build_info()["cpu_isas_runnable"]  # variants this CPU cannot run are not forced
 

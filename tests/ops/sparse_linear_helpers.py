@@ -1,13 +1,9 @@
-"""Weights and tolerances shared by the sparse linear op tests."""
+"""Weights and tolerances shared by the sparse linear op tests (the weights are those of the
+format tests, tests/formats/format_cases.py)."""
 
 import torch
 
-
-def sparse_weight(rows, cols, sparsity, dtype, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(rows, cols, generator=generator)
-    weight[torch.rand(rows, cols, generator=generator) < sparsity] = 0
-    return weight.to(dtype)
+from format_cases import sparse_weight  # noqa: F401  (re-exported for the op tests)
 
 
 def tolerance(dtype, k):

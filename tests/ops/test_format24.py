@@ -10,19 +10,10 @@ from torch.sparse._semi_structured_conversions import sparse_semi_structured_fro
 from prunekit import ops
 from prunekit.formats import semi24_layout
 from prunekit.ops import _reference as ref
+from format_cases import random_24
 
 DTYPES = [torch.float16, torch.bfloat16, torch.int8, torch.float32]
 TORCH_LAYOUT_DTYPES = [torch.float16, torch.bfloat16, torch.int8]  # torch's fp32 layout is 1:2
-
-
-def random_24(rows, cols, dtype, generator, zero_fraction=0.0):
-    """A random 2:4 sparse matrix: 2 of every 4 kept, plus extra zeros (groups with 0 or 1 nonzero)."""
-    dense = torch.randn(rows, cols, generator=generator) * 20
-    dense = dense * ref.nm_mask(torch.rand(rows, cols, generator=generator), 2, 4)
-    dense[torch.rand(rows, cols, generator=generator) < zero_fraction] = 0
-    if dtype == torch.int8:
-        return dense.clamp(-127, 127).round().to(torch.int8)
-    return dense.to(dtype)
 
 
 def shape_for(dtype, row_blocks, col_blocks):

@@ -1,34 +1,20 @@
-"""CSR16 format and ``sparse_linear_csr16`` against the references: dtypes, odd shapes (remainders
-of the 4-way unrolled row loop), batches 1-3 (GEMV) and above (SpMM: partial vectors and tiles,
-more than one tile), sparsities 0/0.5/0.9/1, columns past 32767 (negative int16), rows not in
-column order, every ISA variant, opcheck, torch.compile, NaN-poisoned memory and bad input."""
+"""``sparse_linear_csr16`` against the references (the CSR16 format itself: tests/formats): dtypes,
+odd shapes (remainders of the 4-way unrolled row loop), batches 1-3 (GEMV) and above (SpMM:
+partial vectors and tiles, more than one tile), sparsities 0/0.5/0.9/1, columns past 32767
+(negative int16), rows not in column order, every ISA variant, opcheck, torch.compile,
+NaN-poisoned memory and bad input."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from prunekit import ops
-from prunekit.formats import BitmapWeight, Csr16Weight
+from prunekit.formats import Csr16Weight
 from prunekit.formats.csr16 import column_indices
 from prunekit.ops import _reference as ref
 from sparse_linear_helpers import sparse_weight, tolerance
 
 SPARSITIES = [0.0, 0.5, 0.9, 1.0]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (37, 100), (8, 256), (2, 40000)])
-@pytest.mark.parametrize("sparsity", SPARSITIES)
-def test_format_round_trips_and_shares_the_bitmap_values(dtype, shape, sparsity):
-    dense = sparse_weight(*shape, sparsity, dtype)
-    bitmap = BitmapWeight.from_dense(dense)
-    weight = Csr16Weight.from_bitmap(bitmap)
-    assert weight.values is bitmap.values and weight.shape == shape
-    assert torch.equal(weight.to_dense(), dense)
-    rows_of, cols_of = dense.nonzero(as_tuple=True)
-    assert torch.equal(weight.col_indices.long() & 0xFFFF, cols_of)
-    assert torch.equal(weight.row_offsets[1:], torch.bincount(rows_of, minlength=shape[0]).cumsum(0))
-    assert weight.nbytes() == weight.values.numel() * (dense.element_size() + 2) + (shape[0] + 1) * 8
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -107,7 +93,8 @@ def test_bad_inputs_are_clear_errors(isa):
         ops.sparse_linear_csr16(torch.randn(2, 39), values, indices, offsets, 40)
     with pytest.raises(ValueError, match=r"'col_indices' must have one entry per value \(\d+\), but got \d+"):
         ops.sparse_linear_csr16(x, values, indices[:-1].contiguous(), offsets, 40)
-    with pytest.raises(ValueError, match=r"'row_offsets' must start at 0 and end at values.numel\(\)=\d+, but got 0 and \d+ \(truncated"):
+    with pytest.raises(ValueError, match=r"'row_offsets' must start at 0 and end at values.numel\(\)=\d+, but got "
+                                         r"0 and \d+ \(truncated"):
         ops.sparse_linear_csr16(x, values[:-1].contiguous(), indices[:-1].contiguous(), offsets, 40)
     shuffled = offsets.clone()
     shuffled[3] = shuffled[4] + 1
@@ -128,7 +115,8 @@ def test_bad_inputs_are_clear_errors(isa):
     wrapped[0] = -1  # 65535 as an unsigned index
     with pytest.raises(ValueError, match=r"names column 65535"):
         ops.sparse_linear_csr16(x, values, wrapped, offsets, 40)
-    with pytest.raises(ValueError, match=r"'in_features' must be in \[1, 65536\] \(16-bit column indices\), but got 70000"):
+    with pytest.raises(ValueError, match=r"'in_features' must be in \[1, 65536\] \(16-bit column indices\), but "
+                                         r"got 70000"):
         ops.sparse_linear_csr16(torch.randn(1, 70000), values, indices, offsets, 70000)
     with pytest.raises(ValueError, match=r"'col_indices' must have dtype Short, but got Long"):
         ops.sparse_linear_csr16(x, values, indices.long(), offsets, 40)
@@ -140,35 +128,3 @@ def test_bad_inputs_are_clear_errors(isa):
         ops.sparse_linear_csr16(x, values[:0], indices[:0], offsets[:1].contiguous(), 40)
     with pytest.raises(ValueError, match=r"at most 65536 columns, but the weight has 70000"):
         column_indices(torch.zeros(1, 4375, dtype=torch.int16), 70000)
-
-
-def test_the_format_class_checks_its_tensors():
-    import dataclasses
-
-    weight = Csr16Weight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
-    assert weight.validate() is weight
-    cases = {
-        r"columns of each row must be strictly increasing, but row 0 has (\d+) then \1": lambda c, o: c.__setitem__(1, c[0]),
-        r"row 0 of 'col_indices' names column 45, past cols=40": lambda c, o: c.__setitem__(0, 45),
-        r"row 0 of 'col_indices' names column 65535, past cols=40": lambda c, o: c.__setitem__(0, -1),
-        r"'row_offsets' must be non-decreasing, but entry 4 is below entry 3": lambda c, o: o.__setitem__(3, o[4] + 1),
-        r"'row_offsets' must start at 0 and end at values.numel\(\)=\d+": lambda c, o: o.__setitem__(-1, o[-1] - 1),
-    }
-    for message, corrupt in cases.items():
-        columns, offsets = weight.col_indices.clone(), weight.row_offsets.clone()
-        corrupt(columns, offsets)
-        bad = dataclasses.replace(weight, col_indices=columns, row_offsets=offsets)
-        for check in (bad.validate, bad.to_dense):
-            with pytest.raises(ValueError, match=message):
-                check()
-    bitmap_weight = BitmapWeight.from_dense(sparse_weight(8, 40, 0.5, torch.float32))
-    flipped = bitmap_weight.bitmap.clone()
-    flipped[2, 0] ^= 1  # row 2 marks one position more or fewer than its offsets span
-    with pytest.raises(ValueError, match=r"from_bitmap: the bitmap weight is corrupt: 'row_offsets'\[3\] must be"):
-        Csr16Weight.from_bitmap(dataclasses.replace(bitmap_weight, bitmap=flipped))
-    with pytest.raises(ValueError, match=r"from_bitmap: the bitmap weight is corrupt: 'row_offsets'\[0\] must be 0 "):
-        Csr16Weight.from_bitmap(dataclasses.replace(bitmap_weight, row_offsets=bitmap_weight.row_offsets + 3))
-    with pytest.raises(ValueError, match=r"'row_offsets' must have rows \+ 1 >= 2 entries, but got 1"):
-        dataclasses.replace(weight, row_offsets=weight.row_offsets[:1]).validate()
-    with pytest.raises(ValueError, match=r"cols must be in \[1, 65536\] \(16-bit column indices\), but got 70000"):
-        dataclasses.replace(weight, cols=70000).validate()
