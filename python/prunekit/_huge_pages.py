@@ -1,10 +1,9 @@
 """Backing the tensors the CPU kernels stream (compressed weights) with 2 MiB transparent huge pages.
 
 A batch-1 sparse GEMV reads its whole compressed weight on every call. With 4 KiB pages every
-4 KiB of it is a TLB miss and a page walk (two-level in a VM), on top of the read itself: on this
-project's VMs, 4096^2 fp32 at 90% (10 MiB in CSR16) with the weight coming from memory took
-~375 us per call on 4 KiB pages and ~345 us on huge pages; torch's dense F.linear gains ~3% the
-same way (torch's allocator uses huge pages only with THP_MEM_ALLOC_ENABLE=1).
+4 KiB of it is a TLB miss and a page walk (two-level in a VM), on top of the read itself, which
+huge pages save (figures in docs/performance.md; torch's allocator uses huge pages only with
+THP_MEM_ALLOC_ENABLE=1).
 
 The memory stays the tensor's own (no copy, no new storage, nothing changes for autograd,
 state_dict, share_memory or in-place updates): Linux is asked to collapse the whole 2 MiB blocks
