@@ -177,11 +177,13 @@ def test_errors_leave_the_model_unchanged():
         prunekit.sparsify_(nn.Sequential(nn.Linear(4, 4)), SparsifyConfig(format="csr"))
     with pytest.raises(ValueError, match="argument 'model' is itself a Linear"):
         prunekit.sparsify_(nn.Linear(4, 4))
-    with pytest.raises(ValueError, match=r"has no prunable modules .* but got module types \['Embedding', 'ReLU', 'Sequential'\]"):
+    with pytest.raises(ValueError, match=r"has no prunable modules .* but got module types \['Embedding', 'ReLU', "
+                                         r"'Sequential'\]"):
         prunekit.sparsify_(nn.Sequential(nn.Embedding(4, 4), nn.ReLU()))
     model = pruned_hf("llama", 0.5)  # unstructured: not a 2:4 pattern
     state = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match=r"sparsify_: module 'model.layers.0.self_attn.q_proj' \(Linear\): .*format='2:4' needs at most 2 nonzeros"):
+    with pytest.raises(ValueError, match=r"sparsify_: module 'model.layers.0.self_attn.q_proj' \(Linear\): "
+                                         r".*format='2:4' needs at most 2 nonzeros"):
         prunekit.sparsify_(model, SparsifyConfig(format="2:4"))
     assert not any(isinstance(m, SparseLinear) for m in model.modules())
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
@@ -218,7 +220,8 @@ def test_filter_fn_in_torchaos_order_swaps_exactly_the_mlp_linears():
         assert torch.equal(model.get_submodule(name).to_dense().weight, state[f"{name}.weight"])
     # The same with the lambda of the issue.
     again = tiny_model("llama")
-    report_again = prunekit.sparsify_(again, SparsifyConfig(format="unstructured"), filter_fn=lambda m, fqn: "mlp" in fqn)
+    report_again = prunekit.sparsify_(again, SparsifyConfig(format="unstructured"),
+                                      filter_fn=lambda m, fqn: "mlp" in fqn)
     assert set(report_again.swapped) == expected
 
 
@@ -284,7 +287,8 @@ def test_bad_calls_and_configs_are_clear_errors():
     model = nn.Sequential(nn.Linear(4, 4))
     with pytest.raises(TypeError, match="argument 'config' must be a SparsifyConfig or None, but got str"):
         prunekit.sparsify_(model, "unstructured")
-    with pytest.raises(TypeError, match=r"either as config=SparsifyConfig\(...\) or as the deprecated keywords \['format'\]"):
+    with pytest.raises(TypeError, match=r"either as config=SparsifyConfig\(...\) or as the deprecated keywords "
+                                        r"\['format'\]"):
         prunekit.sparsify_(model, SparsifyConfig(), format="dense")
     with pytest.raises(TypeError, match="argument 'filter_fn' must be callable"):
         prunekit.sparsify_(model, SparsifyConfig(), filter_fn=3)
@@ -293,7 +297,8 @@ def test_bad_calls_and_configs_are_clear_errors():
     with pytest.raises(TypeError, match="got the format twice"):
         prunekit.sparsify_(model, None, "dense", format="dense")
     for kwargs, message in [
-        (dict(format="csr"), r"argument 'format' must be one of \('auto', '2:4', 'unstructured', 'dense'\), but got 'csr'"),
+        (dict(format="csr"), r"argument 'format' must be one of \('auto', '2:4', 'unstructured', 'dense'\), but "
+                             r"got 'csr'"),
         (dict(rows=0), r"argument 'rows' must be an int >= 1 or None, but got 0"),
         (dict(rows=2.5), r"argument 'rows' must be an int >= 1 or None, but got 2.5"),
         (dict(rows=True), r"argument 'rows' must be an int >= 1 or None, but got True"),
