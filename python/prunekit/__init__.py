@@ -47,11 +47,12 @@ from . import formats, ops  # noqa: E402  (registers the fake impls once _C has 
 from .prune import PruneConfig, PruneReport, prune  # noqa: E402
 from . import nn  # noqa: E402  (SparseLinear, SparseConv2d)
 from .io import load, save  # noqa: E402  (compressed checkpoints)
-from .surgery import sparsify_  # noqa: E402
+from .surgery import SparsifyConfig, SparsifyReport, sparsify_  # noqa: E402
 from .surgery.structured import (StructuredConfig, StructuredReport, prune_structured,  # noqa: E402  (structured)
                                  register_importance)
 
 __version__ = _C.build_info()["version"]
 __all__ = ["build_info", "formats", "ops", "__version__", "prune", "PruneConfig", "PruneReport"]
-__all__ += ["sparsify_", "save", "load"]  # prunekit.nn stays out: a star import would shadow torch.nn
+# prunekit.nn stays out of __all__: a star import would shadow torch.nn
+__all__ += ["sparsify_", "SparsifyConfig", "SparsifyReport", "save", "load"]
 __all__ += ["prune_structured", "StructuredConfig", "StructuredReport", "register_importance"]

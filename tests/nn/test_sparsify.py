@@ -325,6 +325,8 @@ def test_report_and_the_deprecated_summary_name():
     with pytest.deprecated_call(match="SparsifySummary is deprecated: use prunekit.SparsifyReport"):
         from prunekit.surgery import SparsifySummary
     assert SparsifySummary is SparsifyReport
+    assert prunekit.SparsifyReport is SparsifyReport and prunekit.SparsifyConfig is SparsifyConfig
+    assert {"SparsifyConfig", "SparsifyReport", "sparsify_"} <= set(prunekit.__all__)
     with pytest.deprecated_call(match="SparsifySummary is deprecated"):
         assert prunekit.surgery.sparsify.SparsifySummary is SparsifyReport
     with pytest.raises(AttributeError, match="has no attribute 'Nothing'"):
