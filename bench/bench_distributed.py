@@ -65,7 +65,7 @@ def worker(args) -> None:
     calib = random_token_batches(dense.config.vocab_size, args.nsamples, args.seqlen, seed=0, batch_size=args.batch)
     tokens = sum(int(item["attention_mask"].sum()) if "attention_mask" in item else item["input_ids"].numel()
                  for item in calib)
-    context = distributed.Context() if on else None
+    strategy = distributed.strategy_for(on)
     layers = find_prunable_layers(dense)
     rss_loaded = _rss_mib()
     times, calibration_times, prune_cpu, calibration_cpu = [], [], [], []
@@ -76,7 +76,7 @@ def worker(args) -> None:
         if on:
             distributed.check(None, "the start of a timed run")  # start together
         started, cpu = time.perf_counter(), time.process_time()
-        for _step in walk_blocks(dense, calib, layers, sequential=False, progress=False, context=context):
+        for _step in walk_blocks(dense, calib, layers, sequential=False, progress=False, strategy=strategy):
             pass
         calibration_times.append(time.perf_counter() - started)
         calibration_cpu.append(time.process_time() - cpu)

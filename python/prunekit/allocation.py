@@ -6,18 +6,22 @@
   ``min_keep`` of its weights (the guard against layer collapse).
 - ``owl_allocation``: OWL (Yin et al., 2024): groups (transformer blocks) with a larger share of
   outlier scores (|W| * ||X|| above ``outlier_threshold`` times the group's mean) keep more weights;
-  the group sparsities span target +- ``lam`` and their parameter-weighted mean is the target.
+  the group sparsities span target +- ``lam`` and their parameter-weighted mean is the target;
+  ``owl_layer_sparsities`` gathers those scores from a calibration walk.
 """
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
 from .solvers.masks import check_sparsity, prune_count
+from .solvers.wanda import wanda_scores
 
 logger = logging.getLogger(__name__)
+
+ALLOCATIONS = ("uniform", "global", "owl")
 
 
 def uniform_allocation(layer_sizes: Mapping[str, int], sparsity: float) -> dict[str, float]:
@@ -127,3 +131,23 @@ def owl_allocation(group_scores: Mapping[str, list[torch.Tensor]], sparsity: flo
     logger.info("OWL outlier ratios %s -> sparsities %s", [round(float(r), 4) for r in ratios],
                 [round(float(s), 4) for s in sparsities])
     return {g: float(s) for g, s in zip(names, sparsities)}
+
+
+def owl_layer_sparsities(steps: Iterable, sparsity: float, *, outlier_threshold: float = 5.0,
+                         lam: float = 0.08) -> dict[str, float]:
+    """OWL per block over a dense calibration walk (the steps of
+    :func:`prunekit.calibrate.walk_blocks`): each block's |W| * ||X|| scores give its sparsity,
+    which every layer of the block takes; without a block list every layer is its own group."""
+    group_scores: dict[str, list[torch.Tensor]] = {}
+    group_sizes: dict[str, int] = {}
+    group_of: dict[str, str] = {}
+    for step in steps:
+        for name, layer in step.layers.items():
+            group = step.name if step.index >= 0 else name
+            score = wanda_scores(layer.matrix(), step.stats[name].input_norms).cpu()
+            group_scores.setdefault(group, []).append(score)
+            group_sizes[group] = group_sizes.get(group, 0) + layer.weight.numel()
+            group_of[name] = group
+    group_sparsity = owl_allocation(group_scores, sparsity, outlier_threshold=outlier_threshold, lam=lam,
+                                    group_sizes=group_sizes)
+    return {name: group_sparsity[group] for name, group in group_of.items()}

@@ -1,4 +1,5 @@
-"""Weight gradients of a loss over calibration items (GBLM's gradient term, Taylor importance)."""
+"""Weight gradients of a loss over calibration items (criteria that need gradients, such as GBLM;
+Taylor importance)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from .pipeline import CalibrationBatch, CalibrationError, model_device
+from ..distributed import SingleProcessStrategy
+from .pipeline import CalibrationBatch, CalibrationError, PrunableLayer, model_device
 
 
 def language_model_loss(model: nn.Module, batch: CalibrationBatch, *, no_loss_message: str) -> torch.Tensor:
@@ -75,3 +77,24 @@ def accumulate_weight_gradients(model: nn.Module, weights: Mapping[str, torch.Te
         for name, w in weights.items():
             w.grad = saved_grads[name]
         model.train(was_training)
+
+
+def gradient_norms(model: nn.Module, layers: Mapping[str, PrunableLayer], items: list, loss_fn: Callable, *,
+                   strategy: SingleProcessStrategy | None = None,
+                   loss_name: str = "loss_fn") -> dict[str, torch.Tensor]:
+    """||G|| over the calibration ``items`` of every layer's weight gradient of ``loss_fn(model,
+    batch)``, as (out, in) fp32 matrices. With a distributed ``strategy`` each rank takes its share
+    of the items and the squared gradients are summed over the ranks."""
+    strategy = strategy if strategy is not None else SingleProcessStrategy()
+    squares = {name: torch.zeros(layer.matrix().shape, dtype=torch.float32, device=layer.weight.device)
+               for name, layer in layers.items()}
+
+    def accumulate(name: str, grad: torch.Tensor) -> None:
+        layer = layers[name]
+        squares[name] += (grad.t() if layer.kind == "conv1d" else grad.reshape(grad.shape[0], -1)).square()
+
+    with strategy.guard("the gradient pass"):
+        accumulate_weight_gradients(model, {name: layer.weight for name, layer in layers.items()},
+                                    strategy.shard(enumerate(items)), loss_fn, accumulate, loss_name=loss_name)
+    strategy.reduce_sums_(squares, what="the gradient reduction")
+    return {name: s.sqrt() for name, s in squares.items()}

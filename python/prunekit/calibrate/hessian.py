@@ -1,5 +1,7 @@
 """Running layer Hessians H = 2/n * sum_i x_i x_i^T for Linear and Conv2d inputs."""
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -66,19 +68,17 @@ class HessianAccumulator:
             self.n_samples += chunk.shape[0]
 
     @torch.no_grad()
-    def all_reduce(self, group=None, what: str = "the Hessian reduction") -> None:
-        """Combines the accumulators of all ranks of ``group`` (torch.distributed) in place: every
-        rank ends with H = 2/N * sum of x x^T over all ranks' rows and n_samples = N, the result of
-        one accumulator fed every rank's rows (up to the order of additions). Sums are reduced,
-        not means: H * n and n."""
-        from ..distributed import all_reduce_sum_
-
+    def combine(self, sum_: Callable[[torch.Tensor, str], torch.Tensor], what: str = "the Hessian reduction") -> None:
+        """Combines the accumulators of several processes in place, given ``sum_(tensor, what)``
+        that sums a tensor over them in place (a distributed all_reduce): every process ends with
+        H = 2/N * sum of x x^T over all their rows and n_samples = N, the result of one accumulator
+        fed every row (up to the order of additions). Sums are combined, not means: H * n and n."""
         count = torch.tensor([self.n_samples], dtype=torch.int64)
-        all_reduce_sum_(count, group, what=f"{what} (sample counts)")
+        sum_(count, f"{what} (sample counts)")
         total = int(count[0])
         if self.n_samples:
             self.hessian.mul_(self.n_samples)
-        all_reduce_sum_(self.hessian, group, what=what)
+        sum_(self.hessian, what)
         if total:
             self.hessian.div_(total)
         self.n_samples = total

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..distributed import Context, guard
+from ..distributed import SingleProcessStrategy
 from .hessian import HessianAccumulator
 
 logger = logging.getLogger(__name__)
@@ -136,16 +136,14 @@ class LayerInputStats:
         self.feature_sum += rows.sum(dim=0, dtype=torch.float64)
 
     @torch.no_grad()
-    def all_reduce(self, group=None) -> None:
-        """Combines the statistics of all ranks of ``group`` (torch.distributed) in place, as sums
-        with their token counts: afterwards every rank holds the statistics of the union of all
-        ranks' inputs, as one process calibrating on all of them would (up to the order of
-        additions)."""
-        from ..distributed import all_reduce_sum_
-
+    def combine(self, sum_: Callable[[torch.Tensor, str], torch.Tensor]) -> None:
+        """Combines the statistics of several processes in place, as sums with their token counts,
+        given ``sum_(tensor, what)`` that sums a tensor over them (see
+        :meth:`HessianAccumulator.combine`): afterwards every process holds the statistics of the
+        union of all their inputs."""
         what = f"the statistics reduction of layer {self.layer.name}"
-        self.accumulator.all_reduce(group, what=what)
-        all_reduce_sum_(self.feature_sum, group, what=what)
+        self.accumulator.combine(sum_, what)
+        sum_(self.feature_sum, what)
 
     @property
     def n_samples(self) -> int:
@@ -382,7 +380,7 @@ class CalibrationStep:
 def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLayer], *,
                 sequential: bool = True, device=None, blocks_path: str | None = None,
                 progress: bool = True, description: str = "prunekit",
-                context: Context | None = None) -> Iterator[CalibrationStep]:
+                strategy: SingleProcessStrategy | None = None) -> Iterator[CalibrationStep]:
     """Yields one :class:`CalibrationStep` per block that holds some of ``layers`` (then one for
     the layers outside the blocks, if any), with statistics gathered; the caller prunes the step's
     layers before asking for the next step, and the next block sees the pruned outputs
@@ -392,25 +390,21 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
     positional arguments). ``device`` is where blocks run (default: where the model is); the
     blocks stay where they are between their turns.
 
-    ``context`` (a :class:`prunekit.distributed.Context`) spreads the walk over the ranks of a
-    process group: every rank passes the same ``calib`` and runs the blocks over its share
-    (items rank, rank + world, ...), keeping only its own items' activations; the statistics are
-    reduced over the ranks before each step is yielded, so every rank's step holds the statistics
-    of all items. The caller must leave the step's layers identical on every rank (see
-    :func:`prunekit.prune`). A rank failing raises DistributedError on every rank.
+    ``strategy`` (default: this process alone) spreads the walk: with a
+    :class:`prunekit.distributed.ProcessGroupStrategy` every rank passes the same ``calib`` and
+    runs the blocks over its share (items rank, rank + world, ...), keeping only its own items'
+    activations; the statistics are reduced over the ranks before each step is yielded, so every
+    rank's step holds the statistics of all items. The caller must leave the step's layers
+    identical on every rank (see :func:`prunekit.prune`). A rank failing raises DistributedError
+    on every rank.
     """
+    strategy = strategy if strategy is not None else SingleProcessStrategy()
     batches = [CalibrationBatch.from_item(item, i) for i, item in enumerate(calib)]
     if not batches:
         raise ValueError("calib: expected at least one calibration input, but got none")
-    indices = list(range(len(batches)))
-    if context is not None:
-        if len(batches) < context.world:
-            raise ValueError(f"calib: distributed calibration over {context.world} ranks needs at least one item "
-                             f"per rank, but got {len(batches)} items")
-        indices = context.shard(range(len(batches)))
-        batches = context.shard(batches)
-        if context.rank != 0:
-            progress = False
+    indices = strategy.shard(range(len(batches)))
+    batches = [batches[index] for index in indices]
+    progress = progress and strategy.is_main
     home = model_device(model)
     device = torch.device(device) if device is not None else home
     found = find_blocks(model, blocks_path)
@@ -428,7 +422,7 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
         if last >= 0:
             logger.info("calibrating %d blocks of %s block by block (%s)", last + 1, blocks_name,
                         "sequential" if sequential else "one-shot")
-            with guard(context, f"capturing the inputs of {blocks_name}[0]"):
+            with strategy.guard(f"capturing the inputs of {blocks_name}[0]"):
                 inputs = capture_block_inputs(model, blocks_name, blocks, batches, device, indices)
             bar = tqdm(range(last + 1), desc=f"{description}: blocks", disable=None if progress else True)
             for index in bar:
@@ -437,41 +431,35 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
                 block.to(device)
                 try:
                     yield from _walk_one_block(f"{blocks_name}.{index}", index, block, block_layers[index],
-                                               inputs, sequential, is_last=index == last, context=context)
+                                               inputs, sequential, is_last=index == last, strategy=strategy)
                 finally:
                     block.to(block_home)
             bar.close()
             del inputs
     if remaining:
-        yield from _walk_whole_model(model, batches, remaining, home, context, indices)
-
-
-def _reduce(step: "CalibrationStep", context: Context | None) -> None:
-    if context is not None:
-        for stats in step.stats.values():
-            stats.all_reduce(context.group)
+        yield from _walk_whole_model(model, batches, remaining, home, strategy, indices)
 
 
 def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, PrunableLayer],
                     inputs: list[BlockInput], sequential: bool, is_last: bool,
-                    context: Context | None = None) -> Iterator[CalibrationStep]:
+                    strategy: SingleProcessStrategy) -> Iterator[CalibrationStep]:
     step = CalibrationStep(name, index, layers, {n: LayerInputStats(layer) for n, layer in layers.items()})
     token_mask: list = [None]
     need_outputs = not is_last
     dense_outputs: list[torch.Tensor] | None = [] if (need_outputs and not sequential) else None
-    with guard(context, f"the statistics pass of {name}"), torch.no_grad(), \
+    with strategy.guard(f"the statistics pass of {name}"), torch.no_grad(), \
             _collect_inputs(layers.values(), step.stats, token_mask):
         for item in inputs:
             token_mask[0] = item.token_mask
             output = _block_output(block(item.hidden, *item.args, **item.kwargs))
             if dense_outputs is not None:
                 dense_outputs.append(output.detach())
-    _reduce(step, context)
+    strategy.reduce_statistics(step.stats.values())
     yield step
     if not need_outputs:
         return
     step.stats.clear()  # the Hessians are not needed past pruning
-    with guard(context, f"the output pass of {name}"), torch.no_grad():
+    with strategy.guard(f"the output pass of {name}"), torch.no_grad():
         for i, item in enumerate(inputs):
             if dense_outputs is not None:
                 item.hidden = dense_outputs[i]
@@ -481,15 +469,14 @@ def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, P
 
 
 def _walk_whole_model(model: nn.Module, batches: list[CalibrationBatch], layers: dict[str, PrunableLayer],
-                      device: torch.device, context: Context | None = None,
-                      indices: list[int] | None = None) -> Iterator[CalibrationStep]:
+                      device: torch.device, strategy: SingleProcessStrategy,
+                      indices: list[int]) -> Iterator[CalibrationStep]:
     logger.info("calibrating %d layers outside any block list with whole-model forwards", len(layers))
     step = CalibrationStep("model", -1, layers, {n: LayerInputStats(layer) for n, layer in layers.items()})
     token_mask: list = [None]
-    with guard(context, "the whole-model statistics pass"), torch.no_grad(), _no_cache(model), \
+    with strategy.guard("the whole-model statistics pass"), torch.no_grad(), _no_cache(model), \
             _collect_inputs(layers.values(), step.stats, token_mask):
-        for position, batch in enumerate(batches):
-            index = position if indices is None else indices[position]
+        for index, batch in zip(indices, batches):
             batch = batch.to(device)
             token_mask[0] = batch.token_mask
             try:
@@ -499,5 +486,5 @@ def _walk_whole_model(model: nn.Module, batches: list[CalibrationBatch], layers:
             except Exception as error:
                 raise ValueError(f"calib: item {index} does not fit {type(model).__name__}.forward: "
                                  f"{type(error).__name__}: {error}") from error
-    _reduce(step, context)
+    strategy.reduce_statistics(step.stats.values())
     yield step

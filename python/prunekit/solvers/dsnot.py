@@ -9,9 +9,8 @@ vary little, whose effect is mostly their mean, are preferred), then prunes a ke
 lowest Wanda score whose removal does not push ``delta`` away from zero. A row stops when
 ``delta`` changes sign, falls below ``threshold``, after ``max_cycles`` swaps, or when the next
 swap would leave ``|delta|`` larger than before (a guard the paper does not have: every row's
-expected error only decreases). The number of
-pruned weights per row never changes, and under N:M the revived and the pruned weight lie in the
-same group of m, so the mask stays a valid N:M mask.
+expected error only decreases). The number of pruned weights per row never changes, and under N:M
+the revived and the pruned weight lie in the same group of m, so the mask stays a valid N:M mask.
 """
 
 import torch
@@ -87,7 +86,8 @@ def dsnot(weight: torch.Tensor, keep: torch.Tensor, input_mean: torch.Tensor, in
         if hessian is not None:
             w_grow, w_prune = w[row_index, grow_at], w[row_index, prune_at]
             change = (-2 * w_grow * error_gradient[row_index, grow_at] + w_grow.square() * hessian[grow_at, grow_at]
-                      + 2 * w_prune * error_gradient[row_index, prune_at] + w_prune.square() * hessian[prune_at, prune_at]
+                      + 2 * w_prune * error_gradient[row_index, prune_at]
+                      + w_prune.square() * hessian[prune_at, prune_at]
                       - 2 * w_grow * w_prune * hessian[grow_at, prune_at])
             swap &= change < 0
         if not bool(swap.any()):

@@ -1,0 +1,158 @@
+"""``PruneConfig``: what :func:`prunekit.prune` does, checked when it is built."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import InitVar, dataclass, fields
+
+import torch
+
+from . import criteria
+from .allocation import ALLOCATIONS
+from .solvers.masks import check_sparsity
+from .solvers.patterns import parse_pattern
+
+REFINEMENTS = (None, "dsnot")
+
+
+@dataclass
+class PruneConfig:
+    """What :func:`prune` does.
+
+    - ``method``: a registered name or a criterion object (see :mod:`prunekit.criteria` and
+      :func:`prunekit.register_criterion`). Built in: "magnitude" (|W| per layer),
+      "global_magnitude" (|W| with one threshold across layers; the same as method="magnitude",
+      allocation="global"), "wanda" (|W| * ||X|| per output row), "sparsegpt" (OBS solver with
+      weight updates), "gblm" (Wanda plus a gradient term; needs a loss, see ``loss_fn``),
+      "random".
+    - ``sparsity``: a fraction in [0, 1) (unstructured) or "n:m" / (n, m): n kept of every m
+      consecutive inputs (e.g. "2:4").
+    - ``allocation``: "uniform" (every layer at ``sparsity``), "global" (one |W| threshold across
+      all layers, each keeping at least ``min_keep``), "owl" (outlier-weighted sparsity per
+      block, within ``sparsity`` +- ``owl_lambda``, outliers above ``owl_threshold`` times the
+      mean of |W| * ||X||). "global" and "owl" are unstructured only.
+    - ``refine``: None or "dsnot" (prune-and-grow on the masks of criteria; not for solvers).
+    - ``ignore``: fnmatch patterns of layer names not to prune; a pattern naming a module also
+      covers the layers inside it ("model.layers.0", "*.q_proj", "lm_head").
+    - ``sequential``: later blocks calibrate on the pruned outputs of earlier ones (True) or on
+      the dense outputs (False, one-shot).
+    - ``nsamples``: use at most this many calibration items (None: all).
+    - ``seed``: seeds the generator of criteria that draw random numbers ("random").
+    - ``blocksize``, ``percdamp``: SparseGPT's column block size and Hessian damping.
+    - ``loss_fn``: callable(model, batch) -> scalar loss for the gradients of criteria that need
+      them (gblm); by default the model's own loss with labels = input_ids (causal LMs).
+      ``gblm_loss`` is its deprecated name (one release, with a DeprecationWarning).
+    - ``device``: where blocks run (default: where the model is); ``blocks``: the name of the
+      model's block list when it is not found automatically; ``progress``: show a progress bar.
+    - ``distributed``: spread the run over the ranks of a torch.distributed process group
+      (``process_group``, default: the default group). None: when one with more than one rank is
+      initialised; True: insist; False: never. Every rank calls :func:`prune` with the same model,
+      config and ``calib``; the calibration items are sharded over the ranks, the statistics
+      reduced, each block's layer solves spread over the ranks and the pruned weights broadcast,
+      so every rank ends with the model a single process would produce. See
+      :mod:`prunekit.distributed`.
+    """
+
+    method: str | Callable = "wanda"
+    sparsity: float | str | tuple = 0.5
+    allocation: str = "uniform"
+    refine: str | None = None
+    ignore: Sequence[str] = ()
+    sequential: bool = True
+    nsamples: int | None = None
+    seed: int = 0
+    blocksize: int = 128
+    percdamp: float = 0.01
+    min_keep: float = 0.01
+    owl_threshold: float = 5.0
+    owl_lambda: float = 0.08
+    gblm_gradient_scale: float = 100.0
+    loss_fn: Callable | None = None
+    dsnot_max_cycles: int = 50
+    dsnot_threshold: float = 0.0
+    device: str | torch.device | None = None
+    blocks: str | None = None
+    progress: bool = True
+    distributed: bool | None = None
+    process_group: object | None = None
+    gblm_loss: InitVar[Callable | None] = None
+
+    def __post_init__(self, gblm_loss):
+        if gblm_loss is not None:
+            warnings.warn("PruneConfig(gblm_loss=...) is deprecated; pass the same callable as loss_fn=...",
+                          DeprecationWarning, stacklevel=3)
+            if self.loss_fn is not None and self.loss_fn is not gblm_loss:
+                raise ValueError("PruneConfig.gblm_loss: expected it only without loss_fn (it is loss_fn's "
+                                 "deprecated name), but got both")
+            self.loss_fn = gblm_loss
+        criterion = self.criterion  # checks the method
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"PruneConfig.allocation: expected one of {', '.join(ALLOCATIONS)}, "
+                             f"but got {self.allocation!r}")
+        if self.refine not in REFINEMENTS:
+            raise ValueError(f"PruneConfig.refine: expected None or 'dsnot', but got {self.refine!r}")
+        if isinstance(self.ignore, str):
+            self.ignore = (self.ignore,)
+        self.ignore = tuple(self.ignore)
+        if self.pattern is None:
+            self.sparsity = check_sparsity(self.sparsity, "PruneConfig.sparsity")
+        elif self.effective_allocation != "uniform":
+            raise ValueError(f"PruneConfig.allocation: {self.effective_allocation!r} allocation needs an "
+                             f"unstructured sparsity, but got the N:M pattern {self.sparsity!r}")
+        if self.refine == "dsnot" and not criterion.refinable:
+            refinable = [name for name in criteria.names() if criteria.resolve(name).refinable]
+            raise ValueError(f"PruneConfig.refine: 'dsnot' refines the masks of criteria ({', '.join(refinable)}, "
+                             f"or any registered criterion); {criterion.name} updates weights, so it cannot be "
+                             "combined with dsnot")
+        missing = [option for option in criterion.options if option not in {f.name for f in fields(self)}]
+        if missing:
+            raise ValueError(f"PruneConfig.method: {criterion.name!r} declares options {missing} that are not "
+                             "PruneConfig fields")
+        if self.loss_fn is not None and not callable(self.loss_fn):
+            raise ValueError(f"PruneConfig.loss_fn: expected None or a callable(model, batch) -> scalar loss, but "
+                             f"got {type(self.loss_fn).__name__}")
+        if self.nsamples is not None and self.nsamples < 1:
+            raise ValueError(f"PruneConfig.nsamples: expected None or >= 1, but got {self.nsamples}")
+        if self.blocksize < 1:
+            raise ValueError(f"PruneConfig.blocksize: expected >= 1, but got {self.blocksize}")
+        if self.percdamp < 0:
+            raise ValueError(f"PruneConfig.percdamp: expected >= 0, but got {self.percdamp}")
+        if self.distributed not in (None, True, False):
+            raise ValueError(f"PruneConfig.distributed: expected None, True or False, but got {self.distributed!r}")
+
+    @property
+    def criterion(self) -> criteria.Criterion | criteria.Solver:
+        """The method, looked up (a name) or checked (an object), with its declared facts."""
+        return criteria.resolve(self.method, "PruneConfig.method")
+
+    @property
+    def method_name(self) -> str:
+        """The method's name in reports: a registered name, or the object's name or class name."""
+        return self.criterion.name
+
+    @property
+    def pattern(self) -> tuple[int, int] | None:
+        """(n, m) when ``sparsity`` is an N:M pattern, else None."""
+        if isinstance(self.sparsity, (str, tuple, list)):
+            try:
+                return parse_pattern(self.sparsity)
+            except ValueError as error:
+                raise ValueError(f"PruneConfig.sparsity: expected a fraction in [0, 1) or 'n:m', but got "
+                                 f"{self.sparsity!r} ({error})") from None
+        return None
+
+    @property
+    def target_sparsity(self) -> float:
+        nm = self.pattern
+        return 1 - nm[0] / nm[1] if nm is not None else float(self.sparsity)
+
+    @property
+    def effective_allocation(self) -> str:
+        """``allocation``, unless the method implies one (global_magnitude: "global")."""
+        return self.criterion.allocation or self.allocation
+
+    @property
+    def needs_calibration(self) -> bool:
+        return (bool(self.criterion.needs & criteria.CALIBRATION_STATISTICS) or self.effective_allocation == "owl"
+                or self.refine is not None)
