@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "pruning"))
+sys.path.insert(0, str(HERE.parent))  # tiny_models
 
-import prunekit  # noqa: E402
 from prunekit import distributed  # noqa: E402
 
 from distributed_scenarios import FAIL_BLOCK, RUNS, run_scenario  # noqa: E402
@@ -31,7 +30,8 @@ def main() -> int:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
     assert distributed.init_from_env(), "expected WORLD_SIZE > 1"
-    rank, world = distributed.get_rank(), distributed.get_world_size()
+    rank = distributed.get_rank()
+    assert distributed.get_world_size() == 2
     assert distributed.local_device() == torch.device("cpu")
 
     # 1. Runs that must match a single process: masks identical, weights within 1e-5.

@@ -22,7 +22,7 @@ import prunekit
 from prunekit import distributed
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "pruning"))
+sys.path.insert(0, str(HERE.parent))  # tiny_models
 
 from distributed_scenarios import RUNS, run_scenario, weights  # noqa: E402
 from distributed_cnn import prune_small_cnn  # noqa: E402

@@ -51,7 +51,7 @@ def test_global_unreachable_sparsity_is_an_error():
 
 
 def test_outlier_ratio():
-    scores = [torch.tensor([1.0] * 9 + [100.0])]  # mean 10.9; one score above 5 * mean? no (54.5 < 100: yes)
+    scores = [torch.tensor([1.0] * 9 + [100.0])]  # mean 10.9: 100 is above 5 * mean (54.5), not 10 * mean
     assert outlier_ratio(scores, 5.0) == pytest.approx(0.1)
     assert outlier_ratio(scores, 10.0) == 0.0
 

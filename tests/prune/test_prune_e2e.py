@@ -37,10 +37,9 @@ def test_every_layer_reaches_the_sparsity_and_the_model_runs(arch, method, spars
             continue
         assert name in reported, name
         if sparsity == "2:4":
-            matrix = weight.t() if type(weight).__name__ and weight.shape != before[name].t().shape and False else weight
             groups = (weight.detach().t() if arch == "gpt2" else weight.detach()).reshape(-1, 4)
             assert ((groups != 0).sum(-1) <= 2).all(), name
-            assert reported[name].sparsity >= 0.5
+            assert reported[name].sparsity >= 0.5  # SparseGPT also zeroes never-active inputs
         else:
             assert int((weight == 0).sum()) == round(sparsity * weight.numel()), name
         assert reported[name].sparsity == pytest.approx(float((weight == 0).float().mean()))
@@ -136,21 +135,21 @@ def test_random_and_data_free_magnitude():
 
 
 def test_generic_cnn_without_a_block_list():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
-    calib = [torch.randn(4, 3, 16, 16) for _ in range(3)]
+    def cnn():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
+
+    generator = torch.Generator().manual_seed(0)
+    calib = [torch.randn(4, 3, 16, 16, generator=generator) for _ in range(3)]
     errors = {}
     for method in ("magnitude", "wanda", "sparsegpt"):
-        net = nn.Sequential(*[m for m in model])
-        torch.manual_seed(0)
-        fresh = type(model)(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(),
-                            nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
-        report = prunekit.prune(fresh, PruneConfig(method=method, sparsity=0.5, progress=False), calib)
-        for layer in (fresh[0], fresh[2], fresh[5]):
+        model = cnn()
+        report = prunekit.prune(model, PruneConfig(method=method, sparsity=0.5, progress=False), calib)
+        for layer in (model[0], model[2], model[5]):
             assert int((layer.weight == 0).sum()) == round(0.5 * layer.weight.numel())
         errors[method] = report.total_reconstruction_error
-        assert fresh(calib[0]).shape == (4, 10)
+        assert model(calib[0]).shape == (4, 10)
     assert errors["sparsegpt"] < errors["magnitude"]
 
 

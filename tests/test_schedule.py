@@ -43,7 +43,7 @@ def train_steps(model, optimizer, steps):
 def test_gradual_pruner_follows_the_schedule_and_masks_survive_optimizer_steps():
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
-    pruner = GradualPruner(model, optimizer, final_sparsity=0.9, total_steps=10)
+    GradualPruner(model, optimizer, final_sparsity=0.9, total_steps=10)  # attached to the optimizer
     for step in range(1, 13):
         train_steps(model, optimizer, 1)
         expected = cubic_sparsity(step, final_sparsity=0.9, total_steps=10)

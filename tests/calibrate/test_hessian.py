@@ -1,0 +1,74 @@
+"""The running layer Hessian (calibrate/hessian.py) and its op: batch formula, Conv2d patches,
+chunking, bad inputs."""
+
+import pytest
+import torch
+
+from prunekit.calibrate import HessianAccumulator
+
+
+class TestHessianAccumulator:
+    def test_linear_running_mean_equals_batch_formula(self):
+        linear = torch.nn.Linear(24, 8)
+        acc = HessianAccumulator(linear)
+        handle = acc.attach()
+        batches = [torch.randn(3, 7, 24) for _ in range(4)]
+        for batch in batches:
+            linear(batch)
+        handle.remove()
+        x = torch.cat([b.reshape(-1, 24) for b in batches])
+        assert acc.n_samples == x.shape[0]
+        torch.testing.assert_close(acc.hessian, 2 / x.shape[0] * x.T @ x, rtol=1e-5, atol=1e-5)
+
+    def test_conv2d_uses_unfolded_patches(self):
+        conv = torch.nn.Conv2d(3, 4, 3, padding=1, stride=2)
+        acc = HessianAccumulator(conv, dtype=torch.float64)
+        x = torch.randn(2, 3, 9, 9)
+        acc.add(x)
+        patches = torch.nn.functional.unfold(x, 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 27).double()
+        torch.testing.assert_close(acc.hessian, 2 / patches.shape[0] * patches.T @ patches)
+
+    def test_chunked_steps_match(self):
+        x = torch.randn(1000, 16)
+        whole, chunked = HessianAccumulator(16), HessianAccumulator(16, max_rows_per_step=64)
+        whole.add(x)
+        chunked.add(x)
+        torch.testing.assert_close(whole.hessian, chunked.hessian, rtol=1e-5, atol=1e-6)
+
+    def test_bad_inputs(self):
+        acc = HessianAccumulator(16)
+        with pytest.raises(ValueError, match=r"input must have 16 features in its last dim, but got shape \(4, 8\)"):
+            acc.add(torch.randn(4, 8))
+        with pytest.raises(ValueError, match=r"'x' must be finite, but it holds NaN or Inf \(NaN activations\?\)"):
+            acc.add(torch.full((4, 16), float("nan")))
+        with pytest.raises(ValueError, match=r"expected nn.Linear, nn.Conv2d or a feature count"):
+            HessianAccumulator(torch.nn.ReLU())
+        with pytest.raises(ValueError, match=r"dtype must be float32 or float64"):
+            HessianAccumulator(16, dtype=torch.float16)
+
+    def test_op_opcheck(self):
+        torch.library.opcheck(torch.ops.prunekit.hessian_accumulate_.default, (torch.zeros(8, 8), torch.randn(5, 8), 3))
+
+
+def test_combine_sums_with_the_counts():
+    """Two processes' accumulators combined through a sum over processes equal one accumulator
+    fed both processes' rows (the distributed reduction, without a process group)."""
+    generator = torch.Generator().manual_seed(0)
+    rows_a, rows_b = torch.randn(7, 12, generator=generator), torch.randn(30, 12, generator=generator)
+    a, b, both = HessianAccumulator(12), HessianAccumulator(12), HessianAccumulator(12)
+    a.add(rows_a)
+    b.add(rows_b)
+    both.add(torch.cat([rows_a, rows_b]))
+    # what the other process contributes to each sum, in the order combine asks for them
+    partner = [torch.tensor([b.n_samples]), b.hessian * b.n_samples]
+    asked = []
+
+    def sum_over_processes(tensor, what):
+        asked.append(what)
+        tensor += partner[len(asked) - 1]
+        return tensor
+
+    a.combine(sum_over_processes, "the test reduction")
+    assert asked == ["the test reduction (sample counts)", "the test reduction"]
+    assert a.n_samples == 37
+    torch.testing.assert_close(a.hessian, both.hessian, rtol=1e-5, atol=1e-6)

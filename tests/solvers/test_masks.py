@@ -1,0 +1,59 @@
+"""Keep-masks from scores (solvers/masks.py): exact counts, N:M validity, errors."""
+
+import pytest
+import torch
+
+from prunekit import ops
+from prunekit.solvers import magnitude, parse_pattern, select_mask, wanda, wanda_scores
+
+
+@pytest.mark.parametrize("shape", [(7, 13), (16, 64), (3, 5), (33, 96)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.77, 0.95])
+def test_exact_counts_per_layer(shape, sparsity, generator):
+    weight = torch.randn(shape, generator=generator)
+    expected = round(sparsity * weight.numel())
+    for per_row in (False, True):
+        keep = select_mask(weight.abs(), sparsity=sparsity, per_row=per_row)
+        assert int((~keep).sum()) == expected
+    _, keep = wanda(weight, torch.rand(shape[1], generator=generator) + 0.1, sparsity=sparsity)
+    assert int((~keep).sum()) == expected
+
+
+def test_per_row_extra_prunes_go_to_rows_with_smallest_next_score():
+    scores = torch.tensor([[1.0, 5.0, 9.0], [2.0, 3.0, 9.0]])
+    keep = select_mask(scores, sparsity=0.5, per_row=True)  # 3 prunes: one per row, one extra
+    # row 1's next candidate (3) is below row 0's (5)
+    assert keep.tolist() == [[False, True, True], [False, False, True]]
+
+
+@pytest.mark.parametrize("pattern", ["2:4", (1, 4), "4:8", "1:2"])
+def test_nm_masks_are_valid_and_match_the_op(pattern, generator):
+    weight = torch.randn(16, 64, generator=generator)
+    n, m = parse_pattern(pattern)
+    norms = torch.rand(64, generator=generator)
+    for pruned, keep, scores in (
+        (*magnitude(weight, pattern=pattern), weight.abs()),
+        (*wanda(weight, norms, pattern=pattern), wanda_scores(weight, norms)),
+    ):
+        assert (keep.reshape(16, -1, m).sum(-1) == n).all()
+        assert torch.equal(keep, ops.nm_mask(scores.contiguous(), n, m))
+        assert torch.equal(pruned, weight * keep)
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, float("nan"), "half", None.__class__])
+def test_bad_sparsity_is_a_value_error(sparsity):
+    with pytest.raises(ValueError, match="sparsity"):
+        magnitude(torch.randn(4, 4), sparsity=sparsity)
+
+
+def test_nm_needs_divisible_inputs_and_consistent_sparsity():
+    with pytest.raises(ValueError, match="multiple of m=4"):
+        magnitude(torch.randn(4, 6), pattern="2:4")
+    with pytest.raises(ValueError, match="contradicts"):
+        magnitude(torch.randn(4, 8), pattern="2:4", sparsity=0.7)
+
+
+def test_non_finite_scores_are_rejected():
+    weight = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="NaN"):
+        wanda(weight, torch.tensor([float("nan")] + [1.0] * 7), sparsity=0.5)
