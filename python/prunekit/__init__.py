@@ -45,6 +45,7 @@ _check_torch_matches_build()
 
 from . import formats, ops  # noqa: E402  (registers the fake impls once _C has defined the ops)
 from .prune import PruneConfig, PruneReport, prune  # noqa: E402
+from .criteria import register_criterion  # noqa: E402  (PruneConfig(method=...) by name)
 from . import nn  # noqa: E402  (SparseLinear, SparseConv2d)
 from .io import load, save  # noqa: E402  (compressed checkpoints)
 from .surgery import SparsifyConfig, SparsifyReport, sparsify_  # noqa: E402
@@ -56,3 +57,4 @@ __all__ = ["build_info", "formats", "ops", "__version__", "prune", "PruneConfig"
 # prunekit.nn stays out of __all__: a star import would shadow torch.nn
 __all__ += ["sparsify_", "SparsifyConfig", "SparsifyReport", "save", "load"]
 __all__ += ["prune_structured", "StructuredConfig", "StructuredReport", "register_importance"]
+__all__ += ["register_criterion"]
