@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from prunekit.prune import METHODS
+from prunekit import criteria
 
 from .. import demo
 from .. import report as reports
@@ -35,9 +35,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    known = criteria.names()
     for method in methods or ():
-        if method not in METHODS:
-            raise UsageError(f"--methods: expected methods among {', '.join(METHODS)}, but got {method!r}")
+        if method not in known:
+            raise UsageError(f"--methods: expected methods among {', '.join(known)}, but got {method!r}")
     sparsities = [parse_sparsity(s, "--sparsities") for s in args.sparsities.split(",")] if args.sparsities else None
     out = reports.prepare_output_dir(args.out, overwrite=True, produced=demo.DEMO_FILES) if args.out else None
     if args.threads is not None:

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import prunekit
-from prunekit import distributed
+from prunekit import criteria, distributed
+from prunekit.allocation import ALLOCATIONS
 from prunekit.hf import load_model, resolve_model
-from prunekit.prune import ALLOCATIONS, METHODS
 from prunekit.surgery import SparsifyConfig
 
 from .. import evaluation
@@ -36,7 +36,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                     "a tokenizer calibrates on seeded random token ids. Launch under torchrun for several "
                     "processes: torchrun --nproc-per-node 2 -m prunekit prune ...")
     parser.add_argument("model", metavar="MODEL", help="local model directory or hub id")
-    parser.add_argument("--method", required=True, choices=METHODS, help="pruning criterion")
+    parser.add_argument("--method", required=True, choices=criteria.names(), help="pruning criterion")
     parser.add_argument("--sparsity", required=True, help="fraction in [0, 1) (e.g. 0.5) or n:m (e.g. 2:4)")
     parser.add_argument("--allocation", default="uniform", choices=ALLOCATIONS,
                         help="per-layer sparsity allocation (unstructured only; default uniform)")
