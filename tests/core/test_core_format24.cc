@@ -1,4 +1,4 @@
-// Torch-free tests of the CPU core kernels: round trips over every group pattern, outputs
+// Torch-free tests of the 2:4 format kernels: round trips over every group pattern, outputs
 // poisoned before each call (every entry must be written), remainder row ranges, error statuses.
 #include <cmath>
 #include <cstdint>
@@ -7,22 +7,14 @@
 #include <random>
 #include <vector>
 
+#include "harness.h"
 #include "prunekit/format24.h"
 #include "prunekit/half.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace {
 
-int failures = 0;
-
-#define EXPECT(condition)                                                  \
-  do {                                                                     \
-    if (!(condition)) {                                                    \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #condition); \
-      ++failures;                                                          \
-    }                                                                      \
-  } while (0)
-
+using namespace prunekit::test;
 using prunekit::cpu::StatusCode;
 
 template <typename Bits>
@@ -62,30 +54,6 @@ void round_trip(int64_t rows, int64_t k, bool is_float, std::mt19937& rng) {
   EXPECT(status.code == StatusCode::kCorruptMeta);
 }
 
-void nm_mask_cases() {
-  const float scores[8] = {1, 4, 3, 2, 5, 5, 5, 5};
-  bool keep[8];
-  std::memset(keep, 0x55, sizeof(keep));
-  auto status = prunekit::cpu::nm_mask_select_scalar(scores, prunekit::ScoreType::kFloat32, keep, 8, 2, 4, {0, 1});
-  EXPECT(status.ok());
-  const bool expected[8] = {false, true, true, false, true, true, false, false};
-  for (int i = 0; i < 8; ++i) EXPECT(keep[i] == expected[i]);
-  const float bad[4] = {1, NAN, 3, 2};
-  status = prunekit::cpu::nm_mask_select_scalar(bad, prunekit::ScoreType::kFloat32, keep, 4, 2, 4, {0, 1});
-  EXPECT(status.code == StatusCode::kNonFinite && status.col == 1);
-}
-
-void half_conversions() {
-  EXPECT(prunekit::fp16_to_float(0x3c00) == 1.0f);
-  EXPECT(prunekit::fp16_to_float(0xc000) == -2.0f);
-  EXPECT(prunekit::fp16_to_float(0x0001) == std::ldexp(1.0f, -24));  // smallest subnormal
-  EXPECT(prunekit::fp16_to_float(0x03ff) == std::ldexp(1023.0f, -24));
-  EXPECT(std::isinf(prunekit::fp16_to_float(0x7c00)));
-  EXPECT(std::isnan(prunekit::fp16_to_float(0x7e00)));
-  EXPECT(std::signbit(prunekit::fp16_to_float(0x8000)));
-  EXPECT(prunekit::bf16_to_float(0x3f80) == 1.0f);
-}
-
 }  // namespace
 
 int main() {
@@ -97,12 +65,6 @@ int main() {
       round_trip<uint8_t>(rows, k, false, rng);
     }
   }
-  nm_mask_cases();
-  half_conversions();
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  std::printf("core kernel tests passed\n");
-  return 0;
+  if (!failures) std::printf("format24 kernels checked\n");
+  return finish();
 }

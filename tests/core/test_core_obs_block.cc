@@ -1,5 +1,5 @@
-// Torch-free tests of SparseGPT's in-block OBS kernel: every compiled variant the CPU runs
-// against a naive column-by-column loop, for unstructured (given mask) and N:M (chosen in the
+// Torch-free tests of SparseGPT's in-block OBS kernel: every kernel of the tables of the ISAs this
+// CPU runs, against a naive column-by-column loop, for unstructured (given mask) and N:M (chosen in the
 // kernel) patterns, odd row counts and block widths.
 #include <cmath>
 #include <cstdint>
@@ -8,37 +8,13 @@
 #include <random>
 #include <vector>
 
+#include "harness.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace {
 
 using namespace prunekit::cpu;
-using ObsFn = decltype(&obs_block_update_scalar);
-
-int failures = 0;
-#define EXPECT(condition)                                                           \
-  do {                                                                              \
-    if (!(condition)) {                                                             \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #condition); \
-      ++failures;                                                                   \
-    }                                                                               \
-  } while (0)
-
-std::vector<std::pair<const char*, ObsFn>> variants() {
-  std::vector<std::pair<const char*, ObsFn>> out{{"scalar", &obs_block_update_scalar}};
-#if defined(__x86_64__) || defined(_M_X64)
-  __builtin_cpu_init();
-#if defined(PRUNEKIT_HAVE_AVX2)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back({"avx2", &obs_block_update_avx2});
-#endif
-#if defined(PRUNEKIT_HAVE_AVX512)
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) out.push_back({"avx512", &obs_block_update_avx512});
-#endif
-#elif defined(__aarch64__) && defined(PRUNEKIT_HAVE_NEON)
-  out.push_back({"neon", &obs_block_update_neon});
-#endif
-  return out;
-}
+using namespace prunekit::test;
 
 // The column loop as SparseGPT's reference writes it, in double precision.
 void naive(std::vector<double>& w, const std::vector<double>& h, int64_t rows, int64_t cols,
@@ -64,7 +40,7 @@ void naive(std::vector<double>& w, const std::vector<double>& h, int64_t rows, i
   }
 }
 
-void check(const char* name, ObsFn fn, std::mt19937& rng) {
+void check(const char* name, ObsBlockUpdateFn fn, std::mt19937& rng) {
   std::normal_distribution<float> normal;
   for (int64_t cols : {8, 24, 40}) {
     for (int64_t rows : {1, 3, 17}) {
@@ -96,10 +72,8 @@ void check(const char* name, ObsFn fn, std::mt19937& rng) {
 
 int main() {
   std::mt19937 rng(0);
-  for (const auto& [name, fn] : variants()) check(name, fn, rng);
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
+  for (const auto* table : tables_with_own(&CpuKernelConfig::obs_block_update)) {
+    check(isa_name(table->isa), table->obs_block_update, rng);
   }
-  return 0;
+  return finish();
 }

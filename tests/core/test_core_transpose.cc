@@ -1,4 +1,4 @@
-// Torch-free tests of the fp32 transpose: every compiled variant the CPU runs, shapes with
+// Torch-free tests of the fp32 transpose: every kernel of the tables of the ISAs this CPU runs, shapes with
 // whole tiles, ragged edges and fewer rows or columns than one tile, row ranges that start and
 // end inside tiles, padded row strides on either side, exact-size buffers (ASan) and a
 // NaN-poisoned output: every element must be written exactly (bitwise) once, and nothing outside
@@ -11,44 +11,20 @@
 #include <utility>
 #include <vector>
 
+#include "harness.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace {
 
 using namespace prunekit::cpu;
-using TransposeFn = decltype(&transpose_f32_scalar);
-
-int failures = 0;
-#define EXPECT(condition)                                                           \
-  do {                                                                              \
-    if (!(condition)) {                                                             \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #condition); \
-      ++failures;                                                                   \
-    }                                                                               \
-  } while (0)
-
-std::vector<std::pair<const char*, TransposeFn>> variants() {
-  std::vector<std::pair<const char*, TransposeFn>> out{{"scalar", &transpose_f32_scalar}};
-#if defined(__x86_64__) || defined(_M_X64)
-  __builtin_cpu_init();
-#if defined(PRUNEKIT_HAVE_AVX2)
-  if (__builtin_cpu_supports("avx2")) out.push_back({"avx2", &transpose_f32_avx2});
-#endif
-#if defined(PRUNEKIT_HAVE_AVX512)
-  if (__builtin_cpu_supports("avx512f")) out.push_back({"avx512", &transpose_f32_avx512});
-#endif
-#endif
-  return out;
-}
-
-bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
+using namespace prunekit::test;
 
 // src rows `ld_src` >= cols apart, dst rows `ld_dst` >= rows apart (the gaps must stay untouched).
 void check(const char* name, TransposeFn transpose, int64_t rows, int64_t cols, int64_t row_begin, int64_t row_end,
            int64_t ld_src, int64_t ld_dst) {
   std::unique_ptr<float[]> src(new float[rows * ld_src]), dst(new float[cols * ld_dst]);
   for (int64_t i = 0; i < rows * ld_src; ++i) src[i] = float(i) * 0.5f - 7.0f;
-  for (int64_t i = 0; i < cols * ld_dst; ++i) dst[i] = NAN;
+  for (int64_t i = 0; i < cols * ld_dst; ++i) dst[i] = NAN;  // poisoned
   transpose(src.get(), cols, ld_src, dst.get(), ld_dst, {row_begin, row_end});
   int64_t wrong = 0;
   for (int64_t c = 0; c < cols; ++c)
@@ -65,7 +41,9 @@ void check(const char* name, TransposeFn transpose, int64_t rows, int64_t cols, 
 }  // namespace
 
 int main() {
-  for (const auto& [name, transpose] : variants()) {
+  for (const auto* table : tables_with_own(&CpuKernelConfig::transpose_f32)) {
+    const char* name = isa_name(table->isa);
+    const TransposeFn transpose = table->transpose_f32;
     for (int64_t rows : {1, 7, 8, 16, 17, 33, 128})
       for (int64_t cols : {1, 5, 8, 16, 31, 48, 130}) {
         check(name, transpose, rows, cols, 0, rows, cols, rows);
@@ -76,6 +54,5 @@ int main() {
       }
     std::printf("transpose (%s) checked\n", name);
   }
-  if (failures) std::fprintf(stderr, "%d failures\n", failures);
-  return failures ? 1 : 0;
+  return finish();
 }
