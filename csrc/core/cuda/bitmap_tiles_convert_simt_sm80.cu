@@ -102,18 +102,25 @@ __global__ void unpack_kernel(const Bits* tile_values, const uint16_t* tile_bitm
   for (int i = 0; i < marks; ++i) to[i] = from[i];
 }
 
+// Also the sparse GEMM op's expansion, which does not check the tiles first (that would cost a
+// device synchronisation): a segment whose values would lie outside the buffer is written as NaN
+// (all bits set), never read, and marks past the columns are skipped.
 template <typename Bits>
-__global__ void dense_kernel(const Bits* tile_values, const uint16_t* tile_bitmap, const int64_t* tile_offsets,
-                             const int64_t* tile_prefix, tiles::Grid grid, Bits* dense) {
+__global__ void dense_kernel(const Bits* tile_values, int64_t size, const uint16_t* tile_bitmap,
+                             const int64_t* tile_offsets, const int64_t* tile_prefix, tiles::Grid grid, Bits* dense) {
   const int64_t index = thread_index();
   if (index >= grid.rows * grid.chunks) return;
   const int64_t row = index / grid.chunks, chunk = index % grid.chunks;
   const int64_t tile = row / tiles::kTileRows * grid.chunks + chunk;
-  const Bits* from = tile_values + tile_offsets[tile] + tile_prefix[index];
+  const int r = int(row % tiles::kTileRows);
+  const int64_t begin = tile_offsets[tile] + tile_prefix[index];
+  const bool inside = tile_offsets[tile] >= 0 && begin + tiles::tile_row_marks(tile_bitmap, tile, r) <= size;
+  const Bits* from = tile_values + (inside ? begin : 0);
   for (int w = 0; w < tiles::kTileWords; ++w) {
-    for (uint32_t word = tile_bitmap[tiles::tile_word_index(tile, int(row % tiles::kTileRows), w)]; word;
-         word &= word - 1) {
-      dense[row * grid.cols + chunk * tiles::kTileCols + 16 * w + __ffs(word) - 1] = *from++;
+    for (uint32_t word = tile_bitmap[tiles::tile_word_index(tile, r, w)]; word; word &= word - 1) {
+      const int64_t col = chunk * tiles::kTileCols + 16 * w + __ffs(word) - 1;
+      const Bits value = inside ? *from++ : Bits(~Bits(0));
+      if (col < grid.cols) dense[row * grid.cols + col] = value;
     }
   }
 }
@@ -185,17 +192,17 @@ cudaError_t bitmap_tiles_unpack(const void* tile_values, int element_bytes, cons
   return cudaGetLastError();
 }
 
-cudaError_t bitmap_tiles_dense(const void* tile_values, int element_bytes, const uint16_t* tile_bitmap,
+cudaError_t bitmap_tiles_dense(const void* tile_values, int element_bytes, int64_t size, const uint16_t* tile_bitmap,
                                const int64_t* tile_offsets, const int64_t* tile_prefix, tiles::Grid grid,
                                void* dense, cudaStream_t stream) {
   const int64_t work = grid.rows * grid.chunks;
   if (work == 0) return cudaSuccess;
   if (element_bytes == 2) {
-    dense_kernel<<<blocks_for(work), kThreads, 0, stream>>>(static_cast<const uint16_t*>(tile_values), tile_bitmap,
+    dense_kernel<<<blocks_for(work), kThreads, 0, stream>>>(static_cast<const uint16_t*>(tile_values), size, tile_bitmap,
                                                             tile_offsets, tile_prefix, grid,
                                                             static_cast<uint16_t*>(dense));
   } else {
-    dense_kernel<<<blocks_for(work), kThreads, 0, stream>>>(static_cast<const uint32_t*>(tile_values), tile_bitmap,
+    dense_kernel<<<blocks_for(work), kThreads, 0, stream>>>(static_cast<const uint32_t*>(tile_values), size, tile_bitmap,
                                                             tile_offsets, tile_prefix, grid,
                                                             static_cast<uint32_t*>(dense));
   }
