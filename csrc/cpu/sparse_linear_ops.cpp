@@ -30,11 +30,10 @@ void transpose_into(cpu::TransposeFn transpose, const float* src, int64_t rows, 
 // out (batch, rows) = the SpMM of x (batch, k) through x^T: `spmm(xt, width, stride, yt)` computes
 // yt (rows, width) from xt (k, width), both with rows `stride` apart, over a range of rows.
 // - The stride is a whole number of 64-byte lines: with rows of x^T at an odd distance most of
-//   the SpMM's vector loads straddle two lines (384x1536 at 70%, 67 rows, 1 thread: 0.61 ms vs
-//   0.42 at 80 rows).
+//   the SpMM's vector loads straddle two lines.
 // - For kernels without masked vectors (`lanes` > 1: the vector-extension SpMM runs a tile
-//   narrower than one vector in scalar code; 4096^2 at 50% on AVX2, batch 5 26 ms vs batch 8
-//   4.2 ms) the width is the batch rounded up to whole vectors, the extra columns of x^T zero.
+//   narrower than one vector in scalar code, several times slower) the width is the batch rounded
+//   up to whole vectors, the extra columns of x^T zero.
 template <typename Spmm>
 Status spmm_through_transpose(const char* op, const WeightRows& weight, const float* x, int64_t batch, int64_t k,
                               float* out, const at::TensorOptions& options, cpu::TransposeFn transpose,
@@ -69,8 +68,7 @@ std::pair<int64_t, std::vector<int64_t>> check_linear_input(const char* op, cons
 
 // The linear ops allocate their fp32 output in its final shape and use x's memory in place when x
 // is already contiguous in the dtype a kernel reads: after a kernel has streamed its weight through
-// the caches, every further at:: call (reshape, view, a no-op to()) costs microseconds, ~3% of a
-// 4096^2 GEMV at 90%.
+// the caches, every further at:: call (reshape, view, a no-op to()) costs microseconds.
 at::Tensor contiguous_as(const at::Tensor& x, at::ScalarType dtype) {
   return x.scalar_type() == dtype && x.is_contiguous() ? x : x.to(dtype).contiguous();
 }

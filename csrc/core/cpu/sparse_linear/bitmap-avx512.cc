@@ -20,11 +20,8 @@ namespace {
 // The value stream's next reads are data dependent (each word advances by its popcount), and the
 // hardware prefetchers run too short a distance ahead of them: prefetch this far ahead in
 // software, the first and the last line of each step's values (at 50% a step reads two lines; a
-// loop over exactly the lines a step reads mispredicts its branch too often to pay). 4096^2 at 50%
-// and 2:4, fp32, batch 1, 2 threads, on a 2-core Xeon VM: with the weight in the (shared, 480 MiB)
-// last-level cache 4 to 8 KiB do equally well (2 KiB and less leave the GEMV waiting); with the
-// weight from memory, 50% / 2:4: one line 8 KiB ahead ~1.6 / ~1.6 ms, 16-32 KiB ~1.65, one line
-// 4 KiB ahead ~1.45 / ~1.5, first and last line 4 KiB ahead ~1.42 / ~1.31.
+// loop over exactly the lines a step reads mispredicts its branch too often to pay). The distance
+// is the fastest measured with the weight from memory.
 constexpr int64_t kValuePrefetchBytes = 4096;
 
 template <bool kFloat32>
@@ -123,9 +120,8 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
 
 // Batch 1: rows from the two halves of [row_begin, row_end) in lockstep. Two value streams far
 // apart keep more of the weight in flight from memory than one (the hardware prefetchers follow
-// each): 4096^2 at 50% / 2:4, fp32, 2 threads, weight from memory, ~1.42 / ~1.31 ms -> ~1.28 /
-// ~1.08; from the last-level cache unchanged. A corrupt weight is walked again row by row, so
-// that the status names the first corrupt row whichever half found it.
+// each). A corrupt weight is walked again row by row, so that the status names the first corrupt
+// row whichever half found it.
 template <bool kFloat32>
 Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows,
                       int64_t k, const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
@@ -199,9 +195,8 @@ class BitmapRows {
 // row of X; the expanded weights go through a stack buffer so that each multiply-add takes its
 // broadcast from memory (a load, where a broadcast from a register lane would cost a shuffle on
 // the port the multiply-adds need). 16 multiply-adds per word and row whatever its nonzeros, with
-// no decode and no data-dependent branch. 4096^2, 8-16 columns, 2 threads, expanded vs
-// nonzero-wise ms: 2.96-3.01 vs 3.96-4.33 at 50%, 3.01-3.09 vs 3.31-3.48 at 60%, 2.90-2.99 vs
-// 2.62-2.69 at 70%; with two vectors (17-32 columns) it was no faster at 50% and slower at 60%.
+// no decode and no data-dependent branch: faster than the nonzero-wise SpMM below about 62%
+// sparsity with one vector of X, and no faster with two.
 template <int R, bool kFloat32>
 bool expanded_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t k, const float* x,
                    int64_t ldx, __mmask16 lanes, const float* bias, Activation activation, float* y, int64_t ldy,

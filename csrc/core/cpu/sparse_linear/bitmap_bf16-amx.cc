@@ -92,7 +92,7 @@ Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_
     // The next row's slice is prefetched while this one expands: its bitmap words now, its values
     // at this row's progress into its own slice. Consecutive rows' slices lie a whole
     // row apart when k is split into k-blocks, where the hardware prefetchers lose the stream at
-    // every row (4096 x 11008 at 2:4, batch 128: the expansion 3.0 -> 2.0 ms).
+    // every row.
     const int64_t next_row_distance = n + 1 < row_end ? cursors[i + 1] - offset : 0;
     if (n + 1 < row_end) {
       const auto next_bits = reinterpret_cast<uintptr_t>(row_bits + words + 2 * chunk_begin);
@@ -107,7 +107,7 @@ Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_
         return Status{StatusCode::kCorruptMeta, n, c * kChunk};
       }
       // One prefetch per chunk, unconditionally: skipping repeats of a line by a branch mispredicts
-      // on unstructured patterns (batch 16 at 50% / 90%: 0.80 -> 1.15 ms). The address is formed
+      // on unstructured patterns. The address is formed
       // as an integer: a prefetch never faults, a pointer past the values would be UB.
       const uintptr_t ahead = reinterpret_cast<uintptr_t>(values) + uintptr_t(offset + next_row_distance) * 2;
       _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
@@ -122,8 +122,8 @@ Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_
 }
 
 // Where C tiles wait between k-blocks: fp32 sums of the thread's rows x the batch padded to whole
-// tiles, row-major, so that a C tile is stored and loaded as is (parking it in y needs a transposition
-// and a scalar read-modify-write per element: 15% of the time at 4096 x 11008, three k-blocks).
+// tiles, row-major, so that a C tile is stored and loaded as is (parking it in y would need a
+// transposition and a scalar read-modify-write per element).
 struct PartialSums {
   float* data;
   int64_t first_row;  // the thread's row_begin
@@ -283,7 +283,7 @@ void bitmap_bf16_pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_
       const int64_t b0 = bt * kTileRows;
       // B tile row p holds the column pair (2p, 2p + 1) of each of the tile's 16 batch entries: in
       // 32-bit units (pairs) a 16 x 16 transposition, done in registers for whole tiles (an element
-      // loop took 7% of a batch-128 call). Rows of x start on a pair only for even k.
+      // loop is slow). Rows of x start on a pair only for even k.
       if (k % 2 == 0 && columns == kChunk && b0 + kTileRows <= batch) {
         transpose_tile(reinterpret_cast<const float*>(x + b0 * k + c * kChunk), kTileRows, k / 2,
                        reinterpret_cast<float*>(tile), 0, 0);

@@ -15,8 +15,7 @@ namespace prunekit::cpu {
 namespace {
 
 constexpr int64_t kChunkColumns = 32;
-// How far ahead the values are prefetched (see bitmap-avx512.cc; bf16 from memory, 4096^2 at
-// 50%: 4 KiB ~0.89 ms, 8 KiB ~0.96-1.0 ms).
+// How far ahead the values are prefetched (see bitmap-avx512.cc).
 constexpr int64_t kValuePrefetchBytes = 4096;
 
 inline uint32_t chunk_mask(const uint16_t* bm, int64_t chunk) {
@@ -135,10 +134,8 @@ Status gemv_rows(const uint16_t* values, const uint16_t* bitmap, const int64_t* 
 }
 
 // Batch 1: rows from the two halves of [row_begin, row_end) in lockstep, two value streams far
-// apart (see the fp32 GEMV in bitmap-avx512.cc), two chunks of each per step. 4096^2, 2 threads,
-// weight from memory, 50% / 2:4: one row at a time ~0.86-0.9 / ~0.86-0.9 ms; two rows, four chunks
-// a step ~0.8 / ~0.6; two chunks a step ~0.63-0.66 / ~0.59-0.6. From the last-level cache ~0.41 ms
-// all three. Pairs whose second row ends the buffer, and corrupt weights, go row by row.
+// apart (see the fp32 GEMV in bitmap-avx512.cc), two chunks of each per step (faster from memory
+// than four). Pairs whose second row ends the buffer, and corrupt weights, go row by row.
 Status gemv_row_pairs(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows,
                       int64_t k, const uint16_t* x, const float* bias, float* y, int64_t row_begin,
                       int64_t row_end) {

@@ -77,15 +77,13 @@ constexpr int kMaxTileVectors = 8;
 // Sparse weights widen the k-blocks (up to 4x, the slice then partly in L2) until a row's block
 // holds about kBlockProducts / V nonzeros: each row's visit of a block has fixed costs (its
 // accumulators, their reduction, mispredicted loop exits) that narrow tiles repay only over many
-// nonzeros (4096^2 at 90%, batch 16, 2 threads: 1.12 ms with 32 nonzeros per visit, 0.82 ms with
-// 256; batch 128 keeps 32, where L1 hits matter more).
+// nonzeros (wide tiles keep short visits, where L1 hits matter more).
 constexpr int64_t kL1SliceBytes = 32 * 1024;
 constexpr int64_t kL2SumsBytes = 512 * 1024;
 constexpr int64_t kBlockProducts = 256;
 // A row's metadata and values for one k-block lie a row apart from the previous row's: the
 // hardware prefetchers miss that pattern, so prefetch this many rows ahead, the block's expected
-// share of the row (up to kMaxPrefetchNonzeros; 11008 x 4096 at 70%, 16 columns of X: CSR16
-// 7.1-7.7 ms with the whole share vs 10.0-10.1 ms with two lines of values and one of indices).
+// share of the row (up to kMaxPrefetchNonzeros), not only its first lines.
 constexpr int64_t kPrefetchRows = 8;
 constexpr int64_t kMaxPrefetchNonzeros = 512;
 
