@@ -1,8 +1,8 @@
 // Torch-free tests of the tiled bitmap layout (prunekit/bitmap_tiles.h): bitmap format -> tiles ->
 // bitmap format bit for bit, the dense expansion, corrupt tiles found before any read outside the
-// buffers (run under AddressSanitizer: every buffer is allocated exactly), and the CPU walk of the
-// CUDA kernels' decode (SIMT bit loop and mma fragments) against a plain product. Shapes with
-// partial panels and chunks, sparsity 0, 0.5, 0.9 and 1.
+// buffers (run under AddressSanitizer: every buffer is allocated exactly), the CPU walk of the
+// CUDA kernels' decode (SIMT bit loop and mma fragments) against a plain product, and the CUDA
+// kernels' launch plans. Shapes with partial panels and chunks, sparsity 0, 0.5, 0.9 and 1.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "harness.h"
 #include "prunekit/bitmap_tiles_cpu.h"
 #include "prunekit/half.h"
 
@@ -18,15 +19,7 @@ namespace {
 
 using namespace prunekit;
 using namespace prunekit::cpu;
-
-int failures = 0;
-#define EXPECT(condition)                                                           \
-  do {                                                                              \
-    if (!(condition)) {                                                             \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #condition); \
-      ++failures;                                                                   \
-    }                                                                               \
-  } while (0)
+using prunekit::test::exact_buffer;
 
 // A bitmap-format weight of bf16 bits with exactly sized buffers.
 struct BitmapWeight {
@@ -34,7 +27,7 @@ struct BitmapWeight {
   std::vector<uint16_t> dense;  // bf16 bits, row-major
   std::vector<uint16_t> bitmap;
   std::vector<int64_t> row_offsets;
-  std::unique_ptr<uint16_t[]> values;
+  std::unique_ptr<uint16_t[]> values;  // exactly nnz entries
   int64_t nnz = 0;
 };
 
@@ -57,7 +50,7 @@ BitmapWeight make_weight(int64_t rows, int64_t cols, double sparsity, std::mt199
   }
   for (auto& e : w.dense) e = (e & 0x7fff) ? e : 0;
   w.nnz = int64_t(packed.size());
-  w.values.reset(new uint16_t[w.nnz > 0 ? w.nnz : 1]);
+  w.values = exact_buffer<uint16_t>(w.nnz);
   if (w.nnz) std::memcpy(w.values.get(), packed.data(), packed.size() * 2);
   return w;
 }
@@ -80,8 +73,7 @@ Tiled to_tiles(const BitmapWeight& w) {
   t.tile_offsets.assign(count + 1, 0);
   for (int64_t i = 0; i < count; ++i) t.tile_offsets[i + 1] = t.tile_offsets[i] + tiles::run_length(marks[i]);
   t.size = t.tile_offsets[count];
-  t.values.reset(new uint16_t[t.size > 0 ? t.size : 1]);
-  std::memset(t.values.get(), 0xff, size_t(t.size) * 2);  // poison: padding must be written
+  t.values = exact_buffer<uint16_t>(t.size, 0xffff);  // poison: the run padding must be written
   t.tile_bitmap.assign(count * tiles::kTileWordCount, 0xdead);
   bitmap_tiles_pack_scalar(src, t.tile_offsets.data(), t.values.get(), t.tile_bitmap.data(), {0, t.grid.panels});
   return t;
@@ -99,7 +91,7 @@ void check_round_trip(const BitmapWeight& w) {
   std::vector<int64_t> offsets(w.rows + 1, 0);
   for (int64_t r = 0; r < w.rows; ++r) offsets[r + 1] = offsets[r] + row_marks[r];
   EXPECT(offsets == w.row_offsets);
-  std::unique_ptr<uint16_t[]> values(new uint16_t[w.nnz > 0 ? w.nnz : 1]);
+  std::unique_ptr<uint16_t[]> values = exact_buffer<uint16_t>(w.nnz);
   std::vector<uint16_t> bitmap(w.bitmap.size(), 0xdead);
   bitmap_tiles_unpack_scalar(view, offsets.data(), values.get(), bitmap.data(), {0, t.grid.panels});
   EXPECT(bitmap == w.bitmap);
@@ -132,7 +124,7 @@ void check_walks(const BitmapWeight& w, int64_t batch, std::mt19937& rng) {
       if (!(std::fabs(y[i] - expected[i]) <= 1e-4 * (1.0 + std::fabs(expected[i])))) {
         std::fprintf(stderr, "walk %d %ldx%ld batch %ld: y[%zu] = %g, expected %g\n", int(walk), long(w.rows),
                      long(w.cols), long(batch), i, y[i], expected[i]);
-        ++failures;
+        ++prunekit::test::failures;
         break;
       }
     }
@@ -213,11 +205,45 @@ void check_fragments() {
   }
 }
 
+// The launch plans cover every chunk exactly once, every panel, and keep the SIMT kernel's x in
+// its shared memory.
+void check_plans() {
+  for (int64_t rows : {1, 16, 100, 4096, 11008}) {
+    for (int64_t cols : {1, 64, 65, 4096, 11008}) {
+      const tiles::Grid grid = tiles::tile_grid(rows, cols);
+      for (int sms : {1, 108, 132}) {
+        for (int slots : {1, 2, 4, 8, 16}) {
+          for (bool simt : {true, false}) {
+            const tiles::DecodePlan plan = tiles::decode_plan(grid, slots, simt, sms);
+            EXPECT(plan.panels_per_block >= 1 && tiles::kDecodeWarps % plan.panels_per_block == 0);
+            EXPECT(plan.groups * plan.panels_per_block >= grid.panels);
+            EXPECT((plan.groups - 1) * plan.panels_per_block < grid.panels);
+            EXPECT(plan.chunks_per_split >= 1 && plan.splits * plan.chunks_per_split >= grid.chunks);
+            EXPECT((plan.splits - 1) * plan.chunks_per_split < grid.chunks);
+            if (simt) EXPECT(plan.chunks_per_split * tiles::kTileCols * slots * 4 <= tiles::kDecodeXBytes);
+          }
+        }
+        for (int64_t batch : {17, 64, 2048}) {
+          for (int64_t images : {1, 4}) {
+            const tiles::GemmPlan plan = tiles::gemm_plan(grid, batch, images, sms);
+            EXPECT(plan.blocks_m * tiles::kGemmRows >= rows && (plan.blocks_m - 1) * tiles::kGemmRows < rows);
+            EXPECT(plan.blocks_n * tiles::kGemmCols >= batch);
+            EXPECT(plan.splits * plan.chunks_per_split >= grid.chunks);
+            EXPECT((plan.splits - 1) * plan.chunks_per_split < grid.chunks);
+            EXPECT(images == 1 || plan.splits == 1);
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   std::mt19937 rng(7);
   check_fragments();
+  check_plans();
   for (int64_t rows : {1, 15, 16, 17, 40}) {
     for (int64_t cols : {1, 16, 63, 64, 65, 130}) {
       for (double sparsity : {0.0, 0.5, 0.9, 1.0}) {
@@ -228,10 +254,5 @@ int main() {
     }
   }
   check_corrupt(rng);
-  if (failures) {
-    std::fprintf(stderr, "%d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("bitmap tiles: all tests passed\n");
-  return 0;
+  return prunekit::test::finish();
 }

@@ -188,6 +188,23 @@ __global__ void __launch_bounds__(tiles::kGemmWarps * 32) gemm_kernel(GemmParams
                  image, int64_t(blockIdx.x) + int64_t(gridDim.x) * blockIdx.y, p.epilogue);
 }
 
+// Above 48 KiB of dynamic shared memory a kernel must opt in, once per device (not a stream
+// operation: also fine while a CUDA graph is being captured, but done before, at the first call).
+template <typename E, bool kConv>
+cudaError_t allow_shared_memory() {
+  static std::mutex mutex;
+  static std::vector<bool> done;
+  int device = 0;
+  if (cudaError_t status = cudaGetDevice(&device); status != cudaSuccess) return status;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (int(done.size()) <= device) done.resize(device + 1, false);
+  if (done[device]) return cudaSuccess;
+  const cudaError_t status =
+      cudaFuncSetAttribute(gemm_kernel<E, kConv>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  done[device] = status == cudaSuccess;
+  return status;
+}
+
 template <typename E, bool kConv>
 cudaError_t launch_gemm(const TilesGemm& a, const tiles::GemmPlan& plan, void* workspace, cudaStream_t stream) {
   const int64_t tiles_per_image = plan.blocks_m * plan.blocks_n;
@@ -198,11 +215,7 @@ cudaError_t launch_gemm(const TilesGemm& a, const tiles::GemmPlan& plan, void* w
                              plan.blocks_n * tiles::kGemmCols, tiles_per_image, workspace)};
   if (cudaError_t status = clear_counters(p.epilogue, stream); status != cudaSuccess) return status;
   const auto kernel = gemm_kernel<E, kConv>;
-  // Above 48 KiB of dynamic shared memory a kernel must opt in (once per device is enough; cheap).
-  if (cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-      status != cudaSuccess) {
-    return status;
-  }
+  if (cudaError_t status = allow_shared_memory<E, kConv>(); status != cudaSuccess) return status;
   const dim3 grid(unsigned(plan.blocks_m), unsigned(plan.blocks_n), unsigned(a.images > 1 ? a.images : plan.splits));
   kernel<<<grid, tiles::kGemmWarps * 32, kSmemBytes, stream>>>(p);
   return cudaGetLastError();
