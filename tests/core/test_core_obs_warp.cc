@@ -7,27 +7,20 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
-#include <memory>
 #include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
 
+#include "harness.h"
 #include "prunekit/obs_block_layout.h"
 #include "sparsegpt_obs_row.h"
 
 namespace {
 
 using namespace prunekit::obs;
-
-int failures = 0;
-#define EXPECT(condition)                                                           \
-  do {                                                                              \
-    if (!(condition)) {                                                             \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #condition); \
-      ++failures;                                                                   \
-    }                                                                               \
-  } while (0)
+using prunekit::test::exact_buffer;
+using prunekit::test::poisoned;
 
 // A reusable barrier for the 32 lane threads (C++17 has no std::barrier).
 class Barrier {
@@ -144,14 +137,14 @@ void check_rows(std::mt19937& rng) {
           h[i * width + j] = i == j ? (ties ? 1.0f : 1.0f + 0.1f * float(i % 3)) : (ties ? 0.0f : 0.05f * normal(rng));
       for (int i = 0; i < width; ++i)
         for (int j = i; j < width; ++j) tri[tri_offset(i, j, width)] = h[i * width + j];
-      std::vector<float> w(width), err(width, -1.0f);
+      std::vector<float> w(width), err = poisoned(width);  // every error must be written
       for (auto& v : w) v = normal(rng);
       if (ties) {
         for (int j = 0; j + 1 < width; j += 2) w[j + 1] = -w[j];
       }
       std::vector<char> keep_naive(width, 1);
       for (int j = 0; j < width; ++j) keep_naive[j] = c.m > 0 ? 1 : rng() % 3 != 0;
-      std::unique_ptr<bool[]> keep(new bool[width]);
+      auto keep = exact_buffer<bool>(width);
       for (int j = 0; j < width; ++j) keep[j] = keep_naive[j];
       std::vector<double> wd(w.begin(), w.end()), hd(h.begin(), h.end());
       naive_row(wd, hd, width, keep_naive, c.n, c.m);
@@ -213,9 +206,5 @@ int main() {
   std::mt19937 rng(0);
   check_layout();
   check_rows(rng);
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  return 0;
+  return prunekit::test::finish();
 }
