@@ -13,21 +13,12 @@
 #include <vector>
 
 #include "cutlass/gemm/collective/builders/sm90_sparse_config.inl"
+#include "harness.h"
 #include "prunekit/format24.h"
 #include "prunekit/format24_sm90.h"
 #include "prunekit/kernels_cpu.h"
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(condition)                                                           \
-  do {                                                                              \
-    if (!(condition)) {                                                             \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #condition); \
-      ++failures;                                                                   \
-    }                                                                               \
-  } while (0)
 
 namespace sm90 = prunekit::format24::sm90;
 
@@ -119,10 +110,6 @@ int main() {
     check_word_index(shape[0], shape[1]);
     check_conversion(shape[0], shape[1], rng);
   }
-  if (failures) {
-    std::fprintf(stderr, "%d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("format24 sm90 metadata: all checks passed\n");
-  return 0;
+  if (prunekit::test::failures == 0) std::printf("format24 sm90 metadata: all checks passed\n");
+  return prunekit::test::finish();
 }

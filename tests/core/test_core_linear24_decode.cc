@@ -10,22 +10,13 @@
 #include <random>
 #include <vector>
 
+#include "harness.h"
 #include "prunekit/format24.h"
 #include "prunekit/half.h"
 #include "prunekit/kernels_cpu.h"
 #include "prunekit/linear24_decode.h"
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(condition)                                                           \
-  do {                                                                              \
-    if (!(condition)) {                                                             \
-      std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #condition); \
-      ++failures;                                                                   \
-    }                                                                               \
-  } while (0)
 
 namespace l24 = prunekit::linear24;
 
@@ -183,10 +174,6 @@ int main() {
   check(3, 64, 1024, false, rng);   // more chunks than warps
   check(16, 64, 544, true, rng);    // k % 64 == 32 with several rounds
   check(9, 96, 32, false, rng);     // a single half chunk
-  if (failures) {
-    std::fprintf(stderr, "%d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("linear24 decode bookkeeping: all checks passed\n");
-  return 0;
+  if (prunekit::test::failures == 0) std::printf("linear24 decode bookkeeping: all checks passed\n");
+  return prunekit::test::finish();
 }
