@@ -66,8 +66,12 @@ class TiledBitmapWeight:
 
     @classmethod
     def from_dense(cls, dense: torch.Tensor) -> "TiledBitmapWeight":
-        """The tiled weight of a 2-D fp32, bf16 or fp16 matrix, on the matrix's device."""
-        return cls.from_bitmap(BitmapWeight.from_dense(dense)).to(dense.device)
+        """The tiled weight of a 2-D fp32, bf16 or fp16 matrix, on the matrix's device (compressed
+        on the CPU, tiled where the matrix is)."""
+        weight = BitmapWeight.from_dense(dense)
+        device = dense.device
+        return cls.from_bitmap(BitmapWeight(weight.values.to(device), weight.bitmap.to(device),
+                                            weight.row_offsets.to(device), weight.cols))
 
     def to_bitmap(self) -> BitmapWeight:
         """The bitmap-format weight, exactly (the op checks every tile first)."""
