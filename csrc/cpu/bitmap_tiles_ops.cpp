@@ -21,24 +21,25 @@ constexpr int64_t kPanelGrain = 4;
 
 ScoreType element_type(const at::Tensor& values) {
   switch (values.scalar_type()) {
-    case at::kBFloat16:
-      return ScoreType::kBFloat16;
-    case at::kHalf:
-      return ScoreType::kFloat16;
-    default:
-      return ScoreType::kFloat32;
+    case at::kBFloat16: return ScoreType::kBFloat16;
+    case at::kHalf: return ScoreType::kFloat16;
+    default: return ScoreType::kFloat32;
   }
 }
 
 cpu::TilesView tiles_view(const at::Tensor& tile_values, const at::Tensor& tile_bitmap, const at::Tensor& tile_offsets,
                           const tiles::Grid& grid) {
-  return {tile_values.data_ptr(), int(tile_values.element_size()), tile_values.numel(),
-          reinterpret_cast<const uint16_t*>(tile_bitmap.data_ptr<int16_t>()), tile_offsets.data_ptr<int64_t>(), grid};
+  return {tile_values.data_ptr(),
+          int(tile_values.element_size()),
+          tile_values.numel(),
+          reinterpret_cast<const uint16_t*>(tile_bitmap.data_ptr<int16_t>()),
+          tile_offsets.data_ptr<int64_t>(),
+          grid};
 }
 
 [[noreturn]] void raise_bad_tile(const char* op, const Status& status, const tiles::Grid& grid) {
-  TORCH_CHECK_VALUE(false, "prunekit.", op, ": the tiled weight is corrupt: ",
-                    tile_name(status.row * grid.chunks + status.col, grid),
+  TORCH_CHECK_VALUE(false, "prunekit.", op,
+                    ": the tiled weight is corrupt: ", tile_name(status.row * grid.chunks + status.col, grid),
                     " has a run that does not match its marks or lies outside 'tile_values', or marks padding "
                     "rows or columns");
 }
@@ -68,10 +69,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmap_to_tiles(const at::Tensor&
   check_row_offset_ends(op, weight);
   const auto* bits = reinterpret_cast<const uint16_t*>(bitmap.data_ptr<int16_t>());
   // The values are not read by the check: the fp32/bf16 tag only sizes them.
-  const cpu::BitmapWeightView rows_view{values.data_ptr(),
-                                        values.element_size() == 4 ? cpu::ValueType::kFloat32
-                                                                   : cpu::ValueType::kBFloat16,
-                                        bits, weight.offsets, grid.rows, cols};
+  const cpu::BitmapWeightView rows_view{
+      values.data_ptr(),
+      values.element_size() == 4 ? cpu::ValueType::kFloat32 : cpu::ValueType::kBFloat16,
+      bits,
+      weight.offsets,
+      grid.rows,
+      cols};
   validate_bitmap(op, rows_view, weight);
   const cpu::BitmapSource src{values.data_ptr(), int(values.element_size()), bits, weight.offsets, grid};
   const int64_t tiles_count = grid.panels * grid.chunks;
@@ -162,9 +166,15 @@ at::Tensor sparse_linear_tiles(const at::Tensor& x, const at::Tensor& tile_value
   }
   const at::Tensor x32 = x.reshape({batch, in_features}).to(at::kFloat).contiguous();
   at::Tensor y32 = at::empty({batch, out_features}, x32.options());
-  const cpu::TilesOperands operands{x32.data_ptr<float>(), batch, in_features, 1,
-                                    bias32.defined() ? bias32.data_ptr<float>() : nullptr, cpu::Activation::kNone,
-                                    y32.data_ptr<float>(), out_features, 1};
+  const cpu::TilesOperands operands{x32.data_ptr<float>(),
+                                    batch,
+                                    in_features,
+                                    1,
+                                    bias32.defined() ? bias32.data_ptr<float>() : nullptr,
+                                    cpu::Activation::kNone,
+                                    y32.data_ptr<float>(),
+                                    out_features,
+                                    1};
   walk(op, view, element_type(tile_values), operands, walk_for(kernel));
   return y32.to(x.scalar_type()).view(out_shape);
 }
@@ -194,10 +204,15 @@ at::Tensor sparse_conv1x1_tiles(const at::Tensor& x, const at::Tensor& tile_valu
   const at::Tensor x32 = x.to(at::kFloat).contiguous();
   at::Tensor y32 = at::empty({images, out_channels, x.size(2), x.size(3)}, x32.options());
   for (int64_t image = 0; image < images; ++image) {
-    const cpu::TilesOperands operands{x32.data_ptr<float>() + image * in_channels * pixels, pixels, 1, pixels,
+    const cpu::TilesOperands operands{x32.data_ptr<float>() + image * in_channels * pixels,
+                                      pixels,
+                                      1,
+                                      pixels,
                                       bias32.defined() ? bias32.data_ptr<float>() : nullptr,
                                       static_cast<cpu::Activation>(activation),
-                                      y32.data_ptr<float>() + image * out_channels * pixels, 1, pixels};
+                                      y32.data_ptr<float>() + image * out_channels * pixels,
+                                      1,
+                                      pixels};
     walk(op, view, element_type(tile_values), operands, walk_for(kernel));
   }
   return y32.to(x.scalar_type());

@@ -18,12 +18,14 @@ namespace {
 using cuda::TilesKernel;
 
 constexpr int64_t kDecodeMaxBatch = 16;  // the decode kernels' batch per launch
-// "auto": the SIMT decode kernel (a cost per nonzero) for sparse weights and narrow batches, the
-// register-decode MMA kernel (a cost per dense position) otherwise. Density = stored values per
-// weight. Not yet measured on a GPU: bench_sparse_cuda times both kernels to set these.
-constexpr double kSimtMaxDensityBatch2 = 0.5;
-constexpr double kSimtMaxDensityBatch8 = 0.3;
-constexpr double kSimtMaxDensity = 0.15;
+// "auto" up to 16 rows: the SIMT decode kernel (a cost per nonzero and batch row) where the weight
+// is sparse enough for the batch, the register-decode MMA kernel (a cost per dense position)
+// otherwise: (largest batch, highest density of stored values) pairs. Estimated from instruction
+// counts, not yet measured on a GPU: bench_sparse_cuda times both kernels to set them.
+constexpr struct {
+  int64_t batch;
+  double density;
+} kSimtRange[] = {{2, 0.5}, {4, 0.35}, {8, 0.15}, {16, 0.06}};
 
 void check_launch(cudaError_t status, const char* op) {
   TORCH_CHECK(status == cudaSuccess, "prunekit.", op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
@@ -32,7 +34,6 @@ void check_launch(cudaError_t status, const char* op) {
 at::Tensor new_error_index(const at::Tensor& like) {
   return at::full({1}, -1, like.options().dtype(at::kLong));  // all bits set == cuda::kNoError
 }
-
 
 unsigned long long* error_ptr(at::Tensor& error_index) {
   return reinterpret_cast<unsigned long long*>(error_index.data_ptr<int64_t>());
@@ -43,12 +44,9 @@ uint16_t* words_mut(at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_p
 
 ScoreType element_type(const at::Tensor& values) {
   switch (values.scalar_type()) {
-    case at::kBFloat16:
-      return ScoreType::kBFloat16;
-    case at::kHalf:
-      return ScoreType::kFloat16;
-    default:
-      return ScoreType::kFloat32;
+    case at::kBFloat16: return ScoreType::kBFloat16;
+    case at::kHalf: return ScoreType::kFloat16;
+    default: return ScoreType::kFloat32;
   }
 }
 
@@ -74,8 +72,8 @@ void validate_tiles(const char* op, const at::Tensor& tile_values, const at::Ten
                     const at::Tensor& tile_offsets, const tiles::Grid& grid, cudaStream_t stream) {
   const int64_t tiles_count = grid.panels * grid.chunks;
   at::Tensor error_index = new_error_index(tile_offsets);
-  check_launch(cuda::bitmap_tiles_check(words(tile_bitmap), tile_offsets.data_ptr<int64_t>(), tile_values.numel(),
-                                        grid, error_ptr(error_index), stream),
+  check_launch(cuda::bitmap_tiles_check(words(tile_bitmap), tile_offsets.data_ptr<int64_t>(), tile_values.numel(), grid,
+                                        error_ptr(error_index), stream),
                op);
   const at::Tensor ends = at::stack({tile_offsets[0], tile_offsets[tiles_count], error_index[0]}).cpu();
   const int64_t first = ends[0].item<int64_t>(), last = ends[1].item<int64_t>();
@@ -83,8 +81,8 @@ void validate_tiles(const char* op, const at::Tensor& tile_values, const at::Ten
                     ": argument 'tile_offsets' must start at 0 and end at tile_values.numel()=", tile_values.numel(),
                     ", but got ", first, " and ", last, " (truncated or mismatched buffers?)");
   const auto bad = static_cast<unsigned long long>(ends[2].item<int64_t>());
-  TORCH_CHECK_VALUE(bad == cuda::kNoError, "prunekit.", op, ": the tiled weight is corrupt: ",
-                    tile_name(int64_t(bad), grid),
+  TORCH_CHECK_VALUE(bad == cuda::kNoError, "prunekit.", op,
+                    ": the tiled weight is corrupt: ", tile_name(int64_t(bad), grid),
                     " has a run that does not match its marks or lies outside 'tile_values', or marks padding rows "
                     "or columns");
 }
@@ -103,8 +101,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmap_to_tiles_cuda(const at::Te
   const at::Tensor ends = at::stack({row_offsets[0], row_offsets[grid.rows], error_index[0]}).cpu();
   const int64_t first = ends[0].item<int64_t>(), last = ends[1].item<int64_t>();
   TORCH_CHECK_VALUE(first == 0 && last == values.numel(), "prunekit.", op,
-                    ": argument 'row_offsets' must start at 0 and end at values.numel()=", values.numel(),
-                    ", but got ", first, " and ", last, " (truncated or mismatched buffers?)");
+                    ": argument 'row_offsets' must start at 0 and end at values.numel()=", values.numel(), ", but got ",
+                    first, " and ", last, " (truncated or mismatched buffers?)");
   const auto bad = static_cast<unsigned long long>(ends[2].item<int64_t>());
   TORCH_CHECK_VALUE(bad == cuda::kNoError, "prunekit.", op, ": the compressed weight is corrupt: row ", bad,
                     " of 'bitmap' does not match its 'row_offsets' span or marks columns past cols=", cols);
@@ -113,16 +111,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bitmap_to_tiles_cuda(const at::Te
   check_launch(cuda::bitmap_tiles_marks_from_bitmap(words(bitmap), grid, marks.data_ptr<int32_t>(), stream), op);
   const Segments segments = segments_of(marks, grid);
   const int64_t tiles_count = grid.panels * grid.chunks;
-  const at::Tensor runs = (segments.tile_marks + (tiles::kRunAlign - 1)).div(tiles::kRunAlign, "floor") * tiles::kRunAlign;
+  const at::Tensor runs =
+      (segments.tile_marks + (tiles::kRunAlign - 1)).div(tiles::kRunAlign, "floor") * tiles::kRunAlign;
   at::Tensor tile_offsets = at::zeros({tiles_count + 1}, row_offsets.options());
   tile_offsets.narrow(0, 1, tiles_count).copy_(runs.cumsum(0));
   at::Tensor tile_values = at::zeros({tile_offsets[tiles_count].item<int64_t>()}, values.options());
   at::Tensor tile_bitmap = at::empty({grid.panels, grid.chunks, tiles::kTileRows, tiles::kTileWords}, bitmap.options());
-  check_launch(cuda::bitmap_tiles_pack(values.data_ptr(), int(values.element_size()), words(bitmap),
-                                       row_offsets.data_ptr<int64_t>(),
-                                       {segments.row_prefix.data_ptr<int64_t>(), segments.tile_prefix.data_ptr<int64_t>()},
-                                       tile_offsets.data_ptr<int64_t>(), grid, tile_values.data_ptr(),
-                                       words_mut(tile_bitmap), stream),
+  check_launch(cuda::bitmap_tiles_pack(
+                   values.data_ptr(), int(values.element_size()), words(bitmap), row_offsets.data_ptr<int64_t>(),
+                   {segments.row_prefix.data_ptr<int64_t>(), segments.tile_prefix.data_ptr<int64_t>()},
+                   tile_offsets.data_ptr<int64_t>(), grid, tile_values.data_ptr(), words_mut(tile_bitmap), stream),
                op);
   return {tile_values, tile_bitmap, tile_offsets};
 }
@@ -144,13 +142,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiles_to_bitmap_cuda(const at::Te
   row_offsets.narrow(0, 1, rows).copy_(marks.narrow(0, 0, rows).to(at::kLong).sum(1).cumsum(0));
   at::Tensor values = at::empty({row_offsets[rows].item<int64_t>()}, tile_values.options());
   at::Tensor bitmap = at::empty({rows, grid.words}, tile_bitmap.options());
-  check_launch(cuda::bitmap_tiles_unpack(tile_values.data_ptr(), int(tile_values.element_size()), words(tile_bitmap),
-                                         tile_offsets.data_ptr<int64_t>(),
-                                         {segments.row_prefix.data_ptr<int64_t>(),
-                                          segments.tile_prefix.data_ptr<int64_t>()},
-                                         row_offsets.data_ptr<int64_t>(), grid, values.data_ptr(), words_mut(bitmap),
-                                         stream),
-               op);
+  check_launch(
+      cuda::bitmap_tiles_unpack(tile_values.data_ptr(), int(tile_values.element_size()), words(tile_bitmap),
+                                tile_offsets.data_ptr<int64_t>(),
+                                {segments.row_prefix.data_ptr<int64_t>(), segments.tile_prefix.data_ptr<int64_t>()},
+                                row_offsets.data_ptr<int64_t>(), grid, values.data_ptr(), words_mut(bitmap), stream),
+      op);
   return {values, bitmap, row_offsets};
 }
 
@@ -188,19 +185,17 @@ TilesKernelChoice choose_kernel(TilesKernelChoice requested, const at::Tensor& t
   }
   if (conv || batch > kDecodeMaxBatch) return TilesKernelChoice::kGemm;
   const double density = double(tile_values.numel()) / (double(grid.rows) * double(grid.cols));
-  const bool simt = (batch <= 2 && density <= kSimtMaxDensityBatch2) ||
-                    (batch <= 8 && density <= kSimtMaxDensityBatch8) || density <= kSimtMaxDensity;
-  return simt ? TilesKernelChoice::kSimt : TilesKernelChoice::kMma;
+  for (const auto& range : kSimtRange) {
+    if (batch <= range.batch) return density <= range.density ? TilesKernelChoice::kSimt : TilesKernelChoice::kMma;
+  }
+  return TilesKernelChoice::kMma;
 }
 
 TilesKernel launch_kernel(TilesKernelChoice choice) {
   switch (choice) {
-    case TilesKernelChoice::kMma:
-      return TilesKernel::kMma;
-    case TilesKernelChoice::kGemm:
-      return TilesKernel::kGemm;
-    default:
-      return TilesKernel::kSimt;
+    case TilesKernelChoice::kMma: return TilesKernel::kMma;
+    case TilesKernelChoice::kGemm: return TilesKernel::kGemm;
+    default: return TilesKernel::kSimt;
   }
 }
 
@@ -220,8 +215,7 @@ at::Tensor padded_rows(const at::Tensor& x, int64_t multiple, int64_t bytes) {
   return padded;
 }
 
-void run_gemm(const char* op, cuda::TilesGemm& args, TilesKernel kernel, const at::Tensor& like,
-              cudaStream_t stream) {
+void run_gemm(const char* op, cuda::TilesGemm& args, TilesKernel kernel, const at::Tensor& like, cudaStream_t stream) {
   const size_t bytes = cuda::bitmap_tiles_gemm_workspace(args, kernel, cuda::current_device_sms());
   at::Tensor workspace = bytes ? at::empty({int64_t(bytes)}, like.options().dtype(at::kByte)) : at::Tensor();
   check_launch(cuda::bitmap_tiles_gemm(args, kernel, bytes ? workspace.data_ptr() : nullptr, bytes, stream), op);
@@ -242,9 +236,10 @@ cuda::TilesGemm gemm_args(const at::Tensor& tile_values, const at::Tensor& tile_
   return args;
 }
 
-at::Tensor sparse_linear_tiles_cuda(const at::Tensor& x, const at::Tensor& tile_values_in, const at::Tensor& tile_bitmap_in,
-                                    const at::Tensor& tile_offsets, int64_t out_features, int64_t in_features,
-                                    const std::optional<at::Tensor>& bias, c10::string_view kernel_name) {
+at::Tensor sparse_linear_tiles_cuda(const at::Tensor& x, const at::Tensor& tile_values_in,
+                                    const at::Tensor& tile_bitmap_in, const at::Tensor& tile_offsets,
+                                    int64_t out_features, int64_t in_features, const std::optional<at::Tensor>& bias,
+                                    c10::string_view kernel_name) {
   constexpr const char* op = "sparse_linear_tiles";
   const tiles::Grid grid =
       check_tiles_weight(op, tile_values_in, tile_bitmap_in, tile_offsets, out_features, in_features);

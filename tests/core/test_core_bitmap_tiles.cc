@@ -220,7 +220,9 @@ void check_plans() {
             EXPECT((plan.groups - 1) * plan.panels_per_block < grid.panels);
             EXPECT(plan.chunks_per_split >= 1 && plan.splits * plan.chunks_per_split >= grid.chunks);
             EXPECT((plan.splits - 1) * plan.chunks_per_split < grid.chunks);
-            if (simt) EXPECT(plan.chunks_per_split * tiles::kTileCols * slots * 4 <= tiles::kDecodeXBytes);
+            if (simt)
+              EXPECT(plan.chunks_per_split * tiles::kTileCols * tiles::simt_x_stride(slots) * 4 <=
+                     tiles::kDecodeXBytes);
           }
         }
         for (int64_t batch : {17, 64, 2048}) {

@@ -24,7 +24,9 @@ struct F32 {
 struct BF16 {
   using Storage = uint16_t;
   static __device__ __forceinline__ float to_float(uint16_t bits) { return __uint_as_float(uint32_t(bits) << 16); }
-  static __device__ __forceinline__ uint16_t from_float(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+  static __device__ __forceinline__ uint16_t from_float(float v) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  }
 };
 struct F16 {
   using Storage = uint16_t;
@@ -170,8 +172,9 @@ __device__ void finish_tile(float* R, int ldr, int64_t m0, int64_t n0, int bm, i
 // Epilogue fields of a launch; splits > 1 lays out the workspace (partials, then counters).
 inline Epilogue make_epilogue(const TilesGemm& args, void* y, int64_t batch, int64_t splits, int64_t partial_rows,
                               int64_t partial_cols, int64_t tiles_per_image, void* workspace) {
-  Epilogue e{args.bias, args.activation, y, args.y_stride_n, args.y_stride_m, args.y_stride_image, args.grid.rows,
-             batch, nullptr, nullptr, splits, args.images, partial_rows, partial_cols, tiles_per_image};
+  Epilogue e{
+      args.bias, args.activation, y,      args.y_stride_n, args.y_stride_m, args.y_stride_image, args.grid.rows, batch,
+      nullptr,   nullptr,         splits, args.images,     partial_rows,    partial_cols,        tiles_per_image};
   if (splits > 1) {
     e.partials = static_cast<float*>(workspace);
     e.counters = reinterpret_cast<unsigned*>(e.partials + splits * args.images * partial_rows * partial_cols);

@@ -150,9 +150,9 @@ cudaError_t bitmap_tiles_marks_from_tiles(const uint16_t* tile_bitmap, tiles::Gr
   return cudaGetLastError();
 }
 
-cudaError_t bitmap_tiles_pack(const void* values, int element_bytes, const uint16_t* bitmap,
-                              const int64_t* row_offsets, TilesSegments segments, const int64_t* tile_offsets,
-                              tiles::Grid grid, void* tile_values, uint16_t* tile_bitmap, cudaStream_t stream) {
+cudaError_t bitmap_tiles_pack(const void* values, int element_bytes, const uint16_t* bitmap, const int64_t* row_offsets,
+                              TilesSegments segments, const int64_t* tile_offsets, tiles::Grid grid, void* tile_values,
+                              uint16_t* tile_bitmap, cudaStream_t stream) {
   const int64_t work = grid.panels * tiles::kTileRows * grid.chunks;
   if (work == 0) return cudaSuccess;
   if (element_bytes == 2) {
@@ -167,8 +167,8 @@ cudaError_t bitmap_tiles_pack(const void* values, int element_bytes, const uint1
   return cudaGetLastError();
 }
 
-cudaError_t bitmap_tiles_check(const uint16_t* tile_bitmap, const int64_t* tile_offsets, int64_t size,
-                               tiles::Grid grid, unsigned long long* error_index, cudaStream_t stream) {
+cudaError_t bitmap_tiles_check(const uint16_t* tile_bitmap, const int64_t* tile_offsets, int64_t size, tiles::Grid grid,
+                               unsigned long long* error_index, cudaStream_t stream) {
   const int64_t work = grid.panels * grid.chunks;
   if (work == 0) return cudaSuccess;
   check_tiles_kernel<<<blocks_for(work), kThreads, 0, stream>>>(tile_bitmap, tile_offsets, size, grid, error_index);
@@ -193,17 +193,17 @@ cudaError_t bitmap_tiles_unpack(const void* tile_values, int element_bytes, cons
 }
 
 cudaError_t bitmap_tiles_dense(const void* tile_values, int element_bytes, int64_t size, const uint16_t* tile_bitmap,
-                               const int64_t* tile_offsets, const int64_t* tile_prefix, tiles::Grid grid,
-                               void* dense, cudaStream_t stream) {
+                               const int64_t* tile_offsets, const int64_t* tile_prefix, tiles::Grid grid, void* dense,
+                               cudaStream_t stream) {
   const int64_t work = grid.rows * grid.chunks;
   if (work == 0) return cudaSuccess;
   if (element_bytes == 2) {
-    dense_kernel<<<blocks_for(work), kThreads, 0, stream>>>(static_cast<const uint16_t*>(tile_values), size, tile_bitmap,
-                                                            tile_offsets, tile_prefix, grid,
+    dense_kernel<<<blocks_for(work), kThreads, 0, stream>>>(static_cast<const uint16_t*>(tile_values), size,
+                                                            tile_bitmap, tile_offsets, tile_prefix, grid,
                                                             static_cast<uint16_t*>(dense));
   } else {
-    dense_kernel<<<blocks_for(work), kThreads, 0, stream>>>(static_cast<const uint32_t*>(tile_values), size, tile_bitmap,
-                                                            tile_offsets, tile_prefix, grid,
+    dense_kernel<<<blocks_for(work), kThreads, 0, stream>>>(static_cast<const uint32_t*>(tile_values), size,
+                                                            tile_bitmap, tile_offsets, tile_prefix, grid,
                                                             static_cast<uint32_t*>(dense));
   }
   return cudaGetLastError();

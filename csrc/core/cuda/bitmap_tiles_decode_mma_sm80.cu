@@ -92,8 +92,8 @@ __global__ void __launch_bounds__(tiles::kDecodeWarps * 32) mma_kernel(MmaParams
   __syncthreads();
   add_warp_sums(red, bad_warp, R, per_block, kSlots);
   __syncthreads();
-  finish_tile<E>(R, kSlots, int64_t(blockIdx.x) * per_block * tiles::kTileRows, 0, per_block * tiles::kTileRows,
-                 kSlots, split, 0, blockIdx.x, p.epilogue);
+  finish_tile<E>(R, kSlots, int64_t(blockIdx.x) * per_block * tiles::kTileRows, 0, per_block * tiles::kTileRows, kSlots,
+                 split, 0, blockIdx.x, p.epilogue);
 }
 
 template <typename E, int kFrags>
@@ -101,11 +101,18 @@ cudaError_t launch_mma(const DecodeLaunch& launch, cudaStream_t stream) {
   const TilesGemm& a = launch.args;
   const tiles::DecodePlan& plan = launch.plan;
   const int64_t partial_rows = plan.groups * plan.panels_per_block * tiles::kTileRows;
-  MmaParams p{static_cast<const uint16_t*>(a.values), a.size, reinterpret_cast<const uint32_t*>(a.tile_bitmap),
-              a.tile_offsets, a.grid, static_cast<const uint16_t*>(a.x), launch.batch, a.x_stride_n,
-              plan.panels_per_block, plan.chunks_per_split,
-              make_epilogue(a, a.y, launch.batch, plan.splits, partial_rows, 8 * kFrags, plan.groups,
-                            launch.workspace)};
+  MmaParams p{
+      static_cast<const uint16_t*>(a.values),
+      a.size,
+      reinterpret_cast<const uint32_t*>(a.tile_bitmap),
+      a.tile_offsets,
+      a.grid,
+      static_cast<const uint16_t*>(a.x),
+      launch.batch,
+      a.x_stride_n,
+      plan.panels_per_block,
+      plan.chunks_per_split,
+      make_epilogue(a, a.y, launch.batch, plan.splits, partial_rows, 8 * kFrags, plan.groups, launch.workspace)};
   if (cudaError_t status = clear_counters(p.epilogue, stream); status != cudaSuccess) return status;
   const dim3 grid(unsigned(plan.groups), unsigned(plan.splits), 1);
   mma_kernel<E, kFrags><<<grid, tiles::kDecodeWarps * 32, 0, stream>>>(p);

@@ -46,6 +46,7 @@ __device__ __forceinline__ void multiply_add(float (&acc)[kSlots], float w, cons
 template <typename E, int kSlots>
 __global__ void __launch_bounds__(tiles::kDecodeWarps * 32) simt_kernel(SimtParams p) {
   using Storage = typename E::Storage;
+  constexpr int kStride = tiles::simt_x_stride(kSlots);
   extern __shared__ float4 smem4[];
   __shared__ int bad_warp[tiles::kDecodeWarps];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -53,17 +54,16 @@ __global__ void __launch_bounds__(tiles::kDecodeWarps * 32) simt_kernel(SimtPara
   const int64_t split = blockIdx.y, image = blockIdx.z;
   const int64_t c0 = split * p.chunks_per_split;
   const int64_t c1 = c0 + p.chunks_per_split < p.grid.chunks ? c0 + p.chunks_per_split : p.grid.chunks;
-  float* xs = reinterpret_cast<float*>(smem4);                      // [(c1 - c0) * 64][kSlots]
-  float* red = xs + p.chunks_per_split * tiles::kTileCols * kSlots;  // [warps][16][kSlots]
-  float* R = red + tiles::kDecodeWarps * tiles::kTileRows * kSlots;  // [per_block * 16][kSlots]
+  float* xs = reinterpret_cast<float*>(smem4);                        // [(c1 - c0) * 64][kStride]
+  float* red = xs + p.chunks_per_split * tiles::kTileCols * kStride;  // [warps][16][kSlots]
+  float* R = red + tiles::kDecodeWarps * tiles::kTileRows * kSlots;   // [per_block * 16][kSlots]
 
   // x of this split's columns, zero past k and past the batch.
   const Storage* x = static_cast<const Storage*>(p.x) + image * p.x_stride_image;
   const int64_t columns = (c1 - c0) * tiles::kTileCols;
   for (int64_t i = threadIdx.x; i < columns * kSlots; i += blockDim.x) {
     const int64_t n = i / columns, col = i % columns, k = c0 * tiles::kTileCols + col;
-    xs[col * kSlots + n] =
-        n < p.batch && k < p.grid.cols ? E::to_float(x[n * p.x_stride_n + k * p.x_stride_k]) : 0.0f;
+    xs[col * kStride + n] = n < p.batch && k < p.grid.cols ? E::to_float(x[n * p.x_stride_n + k * p.x_stride_k]) : 0.0f;
   }
   __syncthreads();
 
@@ -82,9 +82,9 @@ __global__ void __launch_bounds__(tiles::kDecodeWarps * 32) simt_kernel(SimtPara
         continue;
       }
       const Storage* v = values + head.begin + head.start;
-      const float* x_cols = xs + ((c - c0) * tiles::kTileCols + tiles::pair_col(lane)) * kSlots;
+      const float* x_cols = xs + ((c - c0) * tiles::kTileCols + tiles::pair_col(lane)) * kStride;
       for (uint32_t bits = head.pair; bits; bits &= bits - 1) {
-        multiply_add<kSlots>(acc, E::to_float(__ldg(v++)), x_cols + (__ffs(bits) - 1) * kSlots);
+        multiply_add<kSlots>(acc, E::to_float(__ldg(v++)), x_cols + (__ffs(bits) - 1) * kStride);
       }
     }
   }
@@ -99,8 +99,8 @@ __global__ void __launch_bounds__(tiles::kDecodeWarps * 32) simt_kernel(SimtPara
   __syncthreads();
   add_warp_sums(red, bad_warp, R, per_block, kSlots);
   __syncthreads();
-  finish_tile<E>(R, kSlots, int64_t(blockIdx.x) * per_block * tiles::kTileRows, 0, per_block * tiles::kTileRows,
-                 kSlots, split, image, blockIdx.x, p.epilogue);
+  finish_tile<E>(R, kSlots, int64_t(blockIdx.x) * per_block * tiles::kTileRows, 0, per_block * tiles::kTileRows, kSlots,
+                 split, image, blockIdx.x, p.epilogue);
 }
 
 template <typename E, int kSlots>
@@ -108,14 +108,23 @@ cudaError_t launch_simt(const DecodeLaunch& launch, cudaStream_t stream) {
   const TilesGemm& a = launch.args;
   const tiles::DecodePlan& plan = launch.plan;
   const int64_t partial_rows = plan.groups * plan.panels_per_block * tiles::kTileRows;
-  SimtParams p{a.values, a.size, reinterpret_cast<const uint32_t*>(a.tile_bitmap), a.tile_offsets, a.grid, a.x,
-               launch.batch, a.x_stride_n, a.x_stride_k, a.x_stride_image, plan.panels_per_block,
+  SimtParams p{a.values,
+               a.size,
+               reinterpret_cast<const uint32_t*>(a.tile_bitmap),
+               a.tile_offsets,
+               a.grid,
+               a.x,
+               launch.batch,
+               a.x_stride_n,
+               a.x_stride_k,
+               a.x_stride_image,
+               plan.panels_per_block,
                plan.chunks_per_split,
                make_epilogue(a, a.y, launch.batch, plan.splits, partial_rows, kSlots, plan.groups, launch.workspace)};
   if (cudaError_t status = clear_counters(p.epilogue, stream); status != cudaSuccess) return status;
-  const size_t smem = sizeof(float) * kSlots *
-                      size_t(plan.chunks_per_split * tiles::kTileCols + tiles::kDecodeWarps * tiles::kTileRows +
-                             plan.panels_per_block * tiles::kTileRows);
+  const size_t smem =
+      sizeof(float) * (size_t(plan.chunks_per_split * tiles::kTileCols) * tiles::simt_x_stride(kSlots) +
+                       size_t(kSlots) * (tiles::kDecodeWarps + plan.panels_per_block) * tiles::kTileRows);
   const dim3 grid(unsigned(plan.groups), unsigned(plan.splits), unsigned(a.images));
   simt_kernel<E, kSlots><<<grid, tiles::kDecodeWarps * 32, smem, stream>>>(p);
   return cudaGetLastError();
@@ -124,16 +133,11 @@ cudaError_t launch_simt(const DecodeLaunch& launch, cudaStream_t stream) {
 template <typename E>
 cudaError_t launch_slots(const DecodeLaunch& launch, cudaStream_t stream) {
   switch (launch.slots) {
-    case 1:
-      return launch_simt<E, 1>(launch, stream);
-    case 2:
-      return launch_simt<E, 2>(launch, stream);
-    case 4:
-      return launch_simt<E, 4>(launch, stream);
-    case 8:
-      return launch_simt<E, 8>(launch, stream);
-    default:
-      return launch_simt<E, 16>(launch, stream);
+    case 1: return launch_simt<E, 1>(launch, stream);
+    case 2: return launch_simt<E, 2>(launch, stream);
+    case 4: return launch_simt<E, 4>(launch, stream);
+    case 8: return launch_simt<E, 8>(launch, stream);
+    default: return launch_simt<E, 16>(launch, stream);
   }
 }
 
@@ -141,12 +145,9 @@ cudaError_t launch_slots(const DecodeLaunch& launch, cudaStream_t stream) {
 
 cudaError_t launch_decode_simt(const DecodeLaunch& launch, cudaStream_t stream) {
   switch (launch.args.type) {
-    case ScoreType::kBFloat16:
-      return launch_slots<BF16>(launch, stream);
-    case ScoreType::kFloat16:
-      return launch_slots<F16>(launch, stream);
-    default:
-      return launch_slots<F32>(launch, stream);
+    case ScoreType::kBFloat16: return launch_slots<BF16>(launch, stream);
+    case ScoreType::kFloat16: return launch_slots<F16>(launch, stream);
+    default: return launch_slots<F32>(launch, stream);
   }
 }
 

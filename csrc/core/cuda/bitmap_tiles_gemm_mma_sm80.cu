@@ -18,8 +18,8 @@ namespace {
 constexpr int kStages = 3;
 constexpr int kSlotsPerBlock = tiles::kGemmWarps * tiles::kGemmPanelsPerWarp;  // 8 tiles a stage
 constexpr int kBitmapBytes = tiles::kTileWordCount * 2;                        // 128
-constexpr int kSlotBytes = kBitmapBytes + tiles::kTileMaxValues * 2;            // bitmap, then the run
-constexpr int kXTileBytes = 64 * 128;                                           // 64 rows of 64 elements
+constexpr int kSlotBytes = kBitmapBytes + tiles::kTileMaxValues * 2;           // bitmap, then the run
+constexpr int kXTileBytes = 64 * 128;                                          // 64 rows of 64 elements
 constexpr int kStageBytes = kSlotsPerBlock * kSlotBytes + kXTileBytes;
 constexpr int kSmemBytes = kStages * kStageBytes;
 constexpr int kEpilogueStride = tiles::kGemmCols + 4;  // floats per row of the staged result
@@ -75,9 +75,11 @@ __global__ void __launch_bounds__(tiles::kGemmWarps * 32) gemm_kernel(GemmParams
                                end - begin <= tiles::kTileMaxValues;
         length = in_bounds ? int(end - begin) : -1;
         unsigned char* dst = slot_at(stage, slot);
-        if (lane < kBitmapBytes / 16) cp_async16(dst + 16 * lane, p.tile_bitmap + tile * tiles::kTileWordCount + 8 * lane, true);
+        if (lane < kBitmapBytes / 16)
+          cp_async16(dst + 16 * lane, p.tile_bitmap + tile * tiles::kTileWordCount + 8 * lane, true);
         if (in_bounds) {
-          for (int i = lane; i < length / 8; i += 32) cp_async16(dst + kBitmapBytes + 16 * i, p.values + begin + 8 * i, true);
+          for (int i = lane; i < length / 8; i += 32)
+            cp_async16(dst + kBitmapBytes + 16 * i, p.values + begin + 8 * i, true);
         }
       }
       if (lane == 0) staged_length[stage][slot] = length;
@@ -208,9 +210,17 @@ cudaError_t allow_shared_memory() {
 template <typename E, bool kConv>
 cudaError_t launch_gemm(const TilesGemm& a, const tiles::GemmPlan& plan, void* workspace, cudaStream_t stream) {
   const int64_t tiles_per_image = plan.blocks_m * plan.blocks_n;
-  GemmParams p{static_cast<const uint16_t*>(a.values), a.size, a.tile_bitmap, a.tile_offsets, a.grid,
-               static_cast<const uint16_t*>(a.x), a.batch, kConv ? a.x_stride_k : a.x_stride_n, a.x_stride_image,
-               a.x_readable, plan.chunks_per_split,
+  GemmParams p{static_cast<const uint16_t*>(a.values),
+               a.size,
+               a.tile_bitmap,
+               a.tile_offsets,
+               a.grid,
+               static_cast<const uint16_t*>(a.x),
+               a.batch,
+               kConv ? a.x_stride_k : a.x_stride_n,
+               a.x_stride_image,
+               a.x_readable,
+               plan.chunks_per_split,
                make_epilogue(a, a.y, a.batch, plan.splits, plan.blocks_m * tiles::kGemmRows,
                              plan.blocks_n * tiles::kGemmCols, tiles_per_image, workspace)};
   if (cudaError_t status = clear_counters(p.epilogue, stream); status != cudaSuccess) return status;
@@ -229,8 +239,7 @@ int batch_slots(int64_t columns) {
 
 }  // namespace
 
-cudaError_t launch_gemm_mma(const TilesGemm& args, const tiles::GemmPlan& plan, void* workspace,
-                            cudaStream_t stream) {
+cudaError_t launch_gemm_mma(const TilesGemm& args, const tiles::GemmPlan& plan, void* workspace, cudaStream_t stream) {
   const bool conv = args.x_batch_contiguous;
   if (args.type == ScoreType::kBFloat16) {
     return conv ? launch_gemm<BF16, true>(args, plan, workspace, stream)

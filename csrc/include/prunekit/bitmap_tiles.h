@@ -30,12 +30,12 @@
 
 namespace prunekit::tiles {
 
-constexpr int kTileRows = 16;                    // a panel: the M of one m16n8k16 fragment
-constexpr int kTileWords = 4;                    // 16-bit words per tile row
-constexpr int kTileCols = 16 * kTileWords;       // 64
+constexpr int kTileRows = 16;                           // a panel: the M of one m16n8k16 fragment
+constexpr int kTileWords = 4;                           // 16-bit words per tile row
+constexpr int kTileCols = 16 * kTileWords;              // 64
 constexpr int kTileWordCount = kTileRows * kTileWords;  // 64 words, 128 bytes
 constexpr int kTileMaxValues = kTileRows * kTileCols;   // 1024
-constexpr int kRunAlign = 8;                     // 16 bytes of fp16/bf16
+constexpr int kRunAlign = 8;                            // 16 bytes of fp16/bf16
 constexpr int kWarp = 32;
 
 PRUNEKIT_HD int popcount32(uint32_t v) {
@@ -70,9 +70,7 @@ PRUNEKIT_HD uint32_t word_limit_bits(int64_t w, int64_t cols) {
 }
 
 // Position in tile_bitmap of word w of row r of tile t.
-PRUNEKIT_HD int64_t tile_word_index(int64_t tile, int r, int w) {
-  return tile * kTileWordCount + r * kTileWords + w;
-}
+PRUNEKIT_HD int64_t tile_word_index(int64_t tile, int r, int w) { return tile * kTileWordCount + r * kTileWords + w; }
 
 // Marks of row `row` of the bitmap format (`words` per row) in chunk `chunk`.
 PRUNEKIT_HD int row_chunk_marks(const uint16_t* bitmap, int64_t words, int64_t row, int64_t chunk) {
@@ -158,6 +156,9 @@ PRUNEKIT_HD uint32_t pair_bits(Load load, PairPosition at) {
 // kDecodeXBytes. Sizes aim at about four blocks per SM; not yet tuned on a GPU.
 constexpr int kDecodeWarps = 8;
 constexpr int64_t kDecodeXBytes = 32768;
+// Floats between staged columns of x in the SIMT kernel: a column of 8 or 16 slots is padded by 4
+// so that the lanes' 16-byte loads of random columns start in 8 bank quads instead of 4 or 2.
+PRUNEKIT_HD constexpr int simt_x_stride(int slots) { return slots >= 8 ? slots + 4 : slots; }
 struct DecodePlan {
   int panels_per_block;
   int64_t groups;  // blocks along the panels
@@ -175,7 +176,7 @@ inline DecodePlan decode_plan(const Grid& grid, int batch_slots, bool simt, int 
   int64_t per_split = (grid.chunks + splits - 1) / splits;
   if (per_split < warps_per_panel) per_split = warps_per_panel < grid.chunks ? warps_per_panel : grid.chunks;
   if (simt) {
-    const int64_t most = kDecodeXBytes / (int64_t(kTileCols) * batch_slots * 4);
+    const int64_t most = kDecodeXBytes / (int64_t(kTileCols) * simt_x_stride(batch_slots) * 4);
     if (per_split > most) per_split = most;
   }
   return DecodePlan{per_block, groups, per_split, (grid.chunks + per_split - 1) / per_split};

@@ -66,11 +66,11 @@ inline tiles::Grid check_tiles_weight(const char* op, const at::Tensor& tile_val
   check_contiguous(tile_values, op, "tile_values");
   check_dtype(tile_bitmap, op, "tile_bitmap", {at::kShort});
   const std::vector<int64_t> bitmap_shape{grid.panels, grid.chunks, tiles::kTileRows, tiles::kTileWords};
-  TORCH_CHECK_VALUE(tile_bitmap.dim() == 4, "prunekit.", op, ": argument 'tile_bitmap' must be 4-D of shape ",
-                    at::IntArrayRef(bitmap_shape), " for a ", rows, "x", cols, " weight, but got a ",
-                    tile_bitmap.dim(), "-D tensor of shape ", tile_bitmap.sizes(),
-                    tile_bitmap.dim() == 2 ? " (a bitmap-format weight? prunekit.ops.bitmap_to_tiles converts it)"
-                                           : "");
+  TORCH_CHECK_VALUE(
+      tile_bitmap.dim() == 4, "prunekit.", op, ": argument 'tile_bitmap' must be 4-D of shape ",
+      at::IntArrayRef(bitmap_shape), " for a ", rows, "x", cols, " weight, but got a ", tile_bitmap.dim(),
+      "-D tensor of shape ", tile_bitmap.sizes(),
+      tile_bitmap.dim() == 2 ? " (a bitmap-format weight? prunekit.ops.bitmap_to_tiles converts it)" : "");
   TORCH_CHECK_VALUE(tile_bitmap.sizes() == at::IntArrayRef(bitmap_shape), "prunekit.", op,
                     ": argument 'tile_bitmap' must have shape ", at::IntArrayRef(bitmap_shape), " for a ", rows, "x",
                     cols, " weight, but got ", tile_bitmap.sizes());
@@ -111,8 +111,7 @@ inline void check_tiles_kernel_dtype(const char* op, TilesKernelChoice kernel, c
                     "'dense' or 'auto')");
 }
 
-inline void check_tiles_bias(const char* op, const std::optional<at::Tensor>& bias, int64_t rows,
-                             const at::Tensor& x) {
+inline void check_tiles_bias(const char* op, const std::optional<at::Tensor>& bias, int64_t rows, const at::Tensor& x) {
   if (!bias.has_value()) return;
   check_dtype(*bias, op, "bias", {at::kFloat, at::kBFloat16, at::kHalf});
   TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == rows, "prunekit.", op, ": argument 'bias' must have shape [",
@@ -129,8 +128,8 @@ inline std::pair<int64_t, std::vector<int64_t>> check_tiles_linear_input(const c
   TORCH_CHECK_VALUE(x.scalar_type() == tile_values.scalar_type(), "prunekit.", op,
                     ": argument 'x' must have the dtype of 'tile_values' (", tile_values.scalar_type(), "), but got ",
                     x.scalar_type());
-  TORCH_CHECK_VALUE(x.size(-1) == in_features, "prunekit.", op, ": the last dimension of 'x' must be in_features=",
-                    in_features, ", but got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(-1) == in_features, "prunekit.", op,
+                    ": the last dimension of 'x' must be in_features=", in_features, ", but got shape ", x.sizes());
   check_same_device_as(op, tile_values, "tile_values", x, "x");
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
@@ -145,8 +144,8 @@ inline void check_tiles_conv_input(const char* op, const at::Tensor& x, const at
   TORCH_CHECK_VALUE(x.scalar_type() == tile_values.scalar_type(), "prunekit.", op,
                     ": argument 'x' must have the dtype of 'tile_values' (", tile_values.scalar_type(), "), but got ",
                     x.scalar_type());
-  TORCH_CHECK_VALUE(x.size(1) == in_channels, "prunekit.", op, ": dimension 1 of 'x' must be in_channels=",
-                    in_channels, ", but got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(1) == in_channels, "prunekit.", op, ": dimension 1 of 'x' must be in_channels=", in_channels,
+                    ", but got shape ", x.sizes());
   TORCH_CHECK_VALUE(activation >= 0 && activation <= 2, "prunekit.", op,
                     ": argument 'activation' must be 0 (none), 1 (relu) or 2 (relu6), but got ", activation);
   check_same_device_as(op, tile_values, "tile_values", x, "x");

@@ -33,13 +33,13 @@ struct TilesSegments {
   const int64_t* tile_prefix;
 };
 // Fills tile_bitmap and the runs; tile_values must be zeroed first (the run padding).
-cudaError_t bitmap_tiles_pack(const void* values, int element_bytes, const uint16_t* bitmap,
-                              const int64_t* row_offsets, TilesSegments segments, const int64_t* tile_offsets,
-                              tiles::Grid grid, void* tile_values, uint16_t* tile_bitmap, cudaStream_t stream);
+cudaError_t bitmap_tiles_pack(const void* values, int element_bytes, const uint16_t* bitmap, const int64_t* row_offsets,
+                              TilesSegments segments, const int64_t* tile_offsets, tiles::Grid grid, void* tile_values,
+                              uint16_t* tile_bitmap, cudaStream_t stream);
 // Tiles whose run does not fit their marks or the values (`size` elements), or that mark padding:
 // error_index lowered to the first such tile index.
-cudaError_t bitmap_tiles_check(const uint16_t* tile_bitmap, const int64_t* tile_offsets, int64_t size,
-                               tiles::Grid grid, unsigned long long* error_index, cudaStream_t stream);
+cudaError_t bitmap_tiles_check(const uint16_t* tile_bitmap, const int64_t* tile_offsets, int64_t size, tiles::Grid grid,
+                               unsigned long long* error_index, cudaStream_t stream);
 // The bitmap format back (row_offsets given; the tiles checked first).
 cudaError_t bitmap_tiles_unpack(const void* tile_values, int element_bytes, const uint16_t* tile_bitmap,
                                 const int64_t* tile_offsets, TilesSegments segments, const int64_t* row_offsets,
@@ -47,8 +47,8 @@ cudaError_t bitmap_tiles_unpack(const void* tile_values, int element_bytes, cons
 // The dense matrix (zeroed first by the caller). Safe on unchecked tiles: a row segment whose
 // values would lie outside the `size` values comes out NaN, marks past the columns are skipped.
 cudaError_t bitmap_tiles_dense(const void* tile_values, int element_bytes, int64_t size, const uint16_t* tile_bitmap,
-                               const int64_t* tile_offsets, const int64_t* tile_prefix, tiles::Grid grid,
-                               void* dense, cudaStream_t stream);
+                               const int64_t* tile_offsets, const int64_t* tile_prefix, tiles::Grid grid, void* dense,
+                               cudaStream_t stream);
 
 // ---- sparse GEMMs ----
 // Y[n][m] = act(sum_k W[m][k] X[n][k] + bias[m]) for m < rows, n < batch, per image; W tiled.

@@ -29,12 +29,9 @@ int tile_marks(const TilesView& view, int64_t tile) {
 
 float to_float(const void* values, ScoreType type, int64_t index) {
   switch (type) {
-    case ScoreType::kBFloat16:
-      return bf16_to_float(static_cast<const uint16_t*>(values)[index]);
-    case ScoreType::kFloat16:
-      return fp16_to_float(static_cast<const uint16_t*>(values)[index]);
-    default:
-      return static_cast<const float*>(values)[index];
+    case ScoreType::kBFloat16: return bf16_to_float(static_cast<const uint16_t*>(values)[index]);
+    case ScoreType::kFloat16: return fp16_to_float(static_cast<const uint16_t*>(values)[index]);
+    default: return static_cast<const float*>(values)[index];
   }
 }
 
@@ -108,8 +105,8 @@ Status bitmap_tiles_validate_scalar(const TilesView& view, RowRange panels) {
   for (int64_t p = panels.begin; p < panels.end; ++p) {
     for (int64_t c = 0; c < grid.chunks; ++c) {
       const int64_t tile = p * grid.chunks + c;
-      bool ok = tiles::run_fits(view.tile_offsets[tile], view.tile_offsets[tile + 1], tile_marks(view, tile),
-                                view.size);
+      bool ok =
+          tiles::run_fits(view.tile_offsets[tile], view.tile_offsets[tile + 1], tile_marks(view, tile), view.size);
       for (int r = 0; r < kTileRows && ok; ++r) {
         const bool padding_row = p * kTileRows + r >= grid.rows;
         for (int w = 0; w < kTileWords; ++w) {
@@ -128,7 +125,8 @@ void bitmap_tiles_row_marks_scalar(const TilesView& view, int64_t* row_marks, Ro
   for (int64_t p = panels.begin; p < panels.end; ++p) {
     for (int r = 0; r < kTileRows && p * kTileRows + r < grid.rows; ++r) {
       int64_t marks = 0;
-      for (int64_t c = 0; c < grid.chunks; ++c) marks += tiles::tile_row_marks(view.tile_bitmap, p * grid.chunks + c, r);
+      for (int64_t c = 0; c < grid.chunks; ++c)
+        marks += tiles::tile_row_marks(view.tile_bitmap, p * grid.chunks + c, r);
       row_marks[p * kTileRows + r] = marks;
     }
   }
@@ -171,8 +169,8 @@ void bitmap_tiles_dense_scalar(const TilesView& view, void* dense, RowRange pane
         for (int w = 0; w < kTileWords; ++w) {
           for (uint32_t word = view.tile_bitmap[tiles::tile_word_index(tile, r, w)]; word; word &= word - 1) {
             const int64_t col = c * kTileCols + 16 * w + __builtin_ctz(word);
-            std::memcpy(element(dense, (p * kTileRows + r) * grid.cols + col, bytes), element(view.values, from++, bytes),
-                        bytes);
+            std::memcpy(element(dense, (p * kTileRows + r) * grid.cols + col, bytes),
+                        element(view.values, from++, bytes), bytes);
           }
         }
       }
@@ -180,8 +178,8 @@ void bitmap_tiles_dense_scalar(const TilesView& view, void* dense, RowRange pane
   }
 }
 
-Status bitmap_tiles_linear_scalar(const TilesView& view, ScoreType value_type, const TilesOperands& op,
-                                  TilesWalk walk, RowRange panels) {
+Status bitmap_tiles_linear_scalar(const TilesView& view, ScoreType value_type, const TilesOperands& op, TilesWalk walk,
+                                  RowRange panels) {
   const tiles::Grid& grid = view.grid;
   if (walk == TilesWalk::kMma && view.element_bytes != 2) return Status{StatusCode::kBadArgument, 0, 0};
   const int64_t batch = op.batch;
@@ -218,14 +216,14 @@ Status bitmap_tiles_linear_scalar(const TilesView& view, ScoreType value_type, c
         for (int lane = 0; lane < kWarp; ++lane) {
           const int half = step & 1;
           const int g = tiles::frag_group(lane);
-          const uint32_t low_rows = tiles::packed_word(warp.pair[tiles::word_owner(g, step)],
-                                                       warp.start[tiles::word_owner(g, step)], half);
+          const uint32_t low_rows =
+              tiles::packed_word(warp.pair[tiles::word_owner(g, step)], warp.start[tiles::word_owner(g, step)], half);
           const uint32_t high_rows = tiles::packed_word(warp.pair[tiles::word_owner(g + 8, step)],
                                                         warp.start[tiles::word_owner(g + 8, step)], half);
           for (int reg = 0; reg < 4; ++reg) {
             const int col = tiles::a_frag_col(lane, reg);
             const uint32_t bits = tiles::pair_bits([&](uint32_t i) { return run[i]; },
-                                                  tiles::pair_position(reg & 1 ? high_rows : low_rows, col));
+                                                   tiles::pair_position(reg & 1 ? high_rows : low_rows, col));
             a[tiles::a_frag_row(lane, reg)][col] = bits & 0xffffu;
             a[tiles::a_frag_row(lane, reg)][col + 1] = bits >> 16;
           }
