@@ -222,7 +222,7 @@ void run_gemm(const char* op, cuda::TilesGemm& args, TilesKernel kernel, const a
 }
 
 cuda::TilesGemm gemm_args(const at::Tensor& tile_values, const at::Tensor& tile_bitmap, const at::Tensor& tile_offsets,
-                          const tiles::Grid& grid, const at::Tensor& bias32, int64_t activation) {
+                          const tiles::Grid& grid, const at::Tensor& bias, int64_t activation) {
   cuda::TilesGemm args{};
   args.values = tile_values.data_ptr();
   args.size = tile_values.numel();
@@ -230,7 +230,8 @@ cuda::TilesGemm gemm_args(const at::Tensor& tile_values, const at::Tensor& tile_
   args.tile_offsets = tile_offsets.data_ptr<int64_t>();
   args.grid = grid;
   args.type = element_type(tile_values);
-  args.bias = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
+  args.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  args.bias_type = bias.defined() ? element_type(bias) : ScoreType::kFloat32;
   args.activation = int(activation);
   args.images = 1;
   return args;
@@ -251,7 +252,7 @@ at::Tensor sparse_linear_tiles_cuda(const at::Tensor& x, const at::Tensor& tile_
   check_cuda_kernels_built_for_current_device(op);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (batch == 0) return at::empty(out_shape, x.options());
-  const at::Tensor bias32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor bias1 = bias.has_value() ? bias->contiguous() : at::Tensor();  // read in its dtype
   const TilesKernelChoice choice = choose_kernel(requested, tile_values_in, grid, batch, false);
   if (choice == TilesKernelChoice::kDense) {
     const at::Tensor dense = expand_tiles(op, tile_values_in, tile_bitmap_in, tile_offsets, grid, stream);
@@ -269,7 +270,7 @@ at::Tensor sparse_linear_tiles_cuda(const at::Tensor& x, const at::Tensor& tile_
     readable = x2.size(1);
   }
   at::Tensor y = at::empty({batch, out_features}, x.options());
-  cuda::TilesGemm args = gemm_args(tile_values, tile_bitmap, tile_offsets, grid, bias32, 0);
+  cuda::TilesGemm args = gemm_args(tile_values, tile_bitmap, tile_offsets, grid, bias1, 0);
   args.x = x2.data_ptr();
   args.batch = batch;
   args.x_stride_n = x2.size(1);
@@ -299,7 +300,7 @@ at::Tensor sparse_conv1x1_tiles_cuda(const at::Tensor& x, const at::Tensor& tile
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t images = x.size(0), height = x.size(2), width = x.size(3), pixels = height * width;
   if (images * pixels == 0) return at::empty({images, out_channels, height, width}, x.options());
-  const at::Tensor bias32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor bias1 = bias.has_value() ? bias->contiguous() : at::Tensor();  // read in its dtype
   const TilesKernelChoice choice = choose_kernel(requested, tile_values_in, grid, pixels, true);
   if (choice == TilesKernelChoice::kDense) {
     const at::Tensor dense = expand_tiles(op, tile_values_in, tile_bitmap_in, tile_offsets, grid, stream);
@@ -315,7 +316,7 @@ at::Tensor sparse_conv1x1_tiles_cuda(const at::Tensor& x, const at::Tensor& tile
   at::Tensor x3 = x.reshape({images, in_channels, pixels}).contiguous();
   if (kernel == TilesKernel::kGemm) x3 = padded_rows(x3, 8, 16);  // 16-byte copies along the pixels
   at::Tensor y = at::empty({images, out_channels, height, width}, x.options());
-  cuda::TilesGemm args = gemm_args(tile_values, tile_bitmap, tile_offsets, grid, bias32, activation);
+  cuda::TilesGemm args = gemm_args(tile_values, tile_bitmap, tile_offsets, grid, bias1, activation);
   args.x = x3.data_ptr();
   args.batch = pixels;
   args.x_stride_n = 1;

@@ -100,7 +100,8 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 // ([splits][images][partial_rows][partial_cols] fp32) and the last block of a tile (counted in
 // `counters`, zeroed before the launch) adds them up in split order (deterministic) and writes y.
 struct Epilogue {
-  const float* bias;
+  const void* bias;  // of bias_type: read as the sums are written (no conversion pass per call)
+  ScoreType bias_type;
   int activation;
   void* y;  // of the launch's element type, already offset to the first batch column
   int64_t y_stride_n;
@@ -117,6 +118,15 @@ struct Epilogue {
   int64_t tiles_per_image;  // counters per image
 };
 
+__device__ __forceinline__ float bias_at(const Epilogue& e, int64_t row) {
+  if (!e.bias) return 0.0f;
+  switch (e.bias_type) {
+    case ScoreType::kBFloat16: return BF16::to_float(static_cast<const uint16_t*>(e.bias)[row]);
+    case ScoreType::kFloat16: return F16::to_float(static_cast<const uint16_t*>(e.bias)[row]);
+    default: return static_cast<const float*>(e.bias)[row];
+  }
+}
+
 // y of the block's tile R (bm x bn fp32 in shared memory, row stride ldr; rows m0.., batch
 // columns n0..), with bias and activation, in y's unit-stride order.
 template <typename E>
@@ -129,7 +139,7 @@ __device__ void write_tile(const float* R, int ldr, int64_t m0, int64_t n0, int 
     const int n = rows_fastest ? i / bm : i % bn;
     const int64_t row = m0 + m, col = n0 + n;
     if (row >= e.rows || col >= e.batch) continue;
-    const float v = activate(R[m * ldr + n] + (e.bias ? e.bias[row] : 0.0f), e.activation);
+    const float v = activate(R[m * ldr + n] + bias_at(e, row), e.activation);
     y[col * e.y_stride_n + row * e.y_stride_m] = E::from_float(v);
   }
 }
@@ -173,8 +183,9 @@ __device__ void finish_tile(float* R, int ldr, int64_t m0, int64_t n0, int bm, i
 inline Epilogue make_epilogue(const TilesGemm& args, void* y, int64_t batch, int64_t splits, int64_t partial_rows,
                               int64_t partial_cols, int64_t tiles_per_image, void* workspace) {
   Epilogue e{
-      args.bias, args.activation, y,      args.y_stride_n, args.y_stride_m, args.y_stride_image, args.grid.rows, batch,
-      nullptr,   nullptr,         splits, args.images,     partial_rows,    partial_cols,        tiles_per_image};
+      args.bias,      args.bias_type, args.activation, y,       args.y_stride_n, args.y_stride_m, args.y_stride_image,
+      args.grid.rows, batch,          nullptr,         nullptr, splits,          args.images,     partial_rows,
+      partial_cols,   tiles_per_image};
   if (splits > 1) {
     e.partials = static_cast<float*>(workspace);
     e.counters = reinterpret_cast<unsigned*>(e.partials + splits * args.images * partial_rows * partial_cols);

@@ -54,7 +54,7 @@ cudaError_t bitmap_tiles_dense(const void* tile_values, int element_bytes, int64
 // Y[n][m] = act(sum_k W[m][k] X[n][k] + bias[m]) for m < rows, n < batch, per image; W tiled.
 // X element (n, k) of image i at x[i * x_stride_image + n * x_stride_n + k * x_stride_k], Y element
 // (n, m) at y[i * y_stride_image + n * y_stride_n + m * y_stride_m]; x, y and the values share
-// `type` (fp32, bf16 or fp16); bias fp32 or null. Linear: x (batch, k), y (batch, rows); 1x1
+// `type` (fp32, bf16 or fp16); bias (rows) of `bias_type`, or null. Linear: x (batch, k), y (batch, rows); 1x1
 // convolution: per image x (k, pixels), y (rows, pixels), batch = pixels.
 // A tile whose run does not fit (tiles::run_fits) never leads a kernel outside its buffers: the
 // rows of its panel come out NaN (a per-call error check would cost a device synchronisation;
@@ -76,7 +76,8 @@ struct TilesGemm {
   int64_t x_readable;
   // kGemm: x's unit stride runs along the batch (convolution: rows of k) rather than along k.
   bool x_batch_contiguous;
-  const float* bias;
+  const void* bias;
+  ScoreType bias_type;
   int activation;  // 0 none, 1 relu, 2 relu6
   void* y;
   int64_t y_stride_n;
