@@ -30,8 +30,8 @@ constexpr size_t kBiasInput = 4;
 
 void save_bias(AutogradContext* ctx, const std::optional<at::Tensor>& bias) {
   ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-  ctx->saved_data["bias_dtype"] = static_cast<int64_t>(ctx->saved_data["has_bias"].toBool() ? bias->scalar_type()
-                                                                                              : at::kFloat);
+  ctx->saved_data["bias_dtype"] =
+      static_cast<int64_t>(ctx->saved_data["has_bias"].toBool() ? bias->scalar_type() : at::kFloat);
 }
 
 // grad of bias: the output gradient (channels along `channel_dim`) summed over all other dims in
@@ -72,7 +72,8 @@ at::Tensor linear_input_gradient(const at::Tensor& grad_y, const at::Tensor& den
   return grad_y.to(at::kFloat).matmul(dense_weight.to(at::kFloat)).to(x_dtype);
 }
 
-void save_linear(AutogradContext* ctx, const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t in_features) {
+void save_linear(AutogradContext* ctx, const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                 int64_t in_features) {
   ctx->saved_data["in_features"] = in_features;
   ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
   save_bias(ctx, bias);
@@ -109,8 +110,9 @@ struct Csr16Linear {
 template <typename Format>
 class SparseLinearFunction : public torch::autograd::Function<SparseLinearFunction<Format>> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values, const at::Tensor& index,
-                            const at::Tensor& row_offsets, int64_t in_features, const std::optional<at::Tensor>& bias) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values,
+                            const at::Tensor& index, const at::Tensor& row_offsets, int64_t in_features,
+                            const std::optional<at::Tensor>& bias) {
     ctx->save_for_backward({values, index, row_offsets});
     save_linear(ctx, x, bias, in_features);
     return call_below_autograd(linear_op<Format>(), x, values, index, row_offsets, in_features, bias);
@@ -121,8 +123,7 @@ class SparseLinearFunction : public torch::autograd::Function<SparseLinearFuncti
     at::Tensor grad_x;
     if (ctx->needs_input_grad(0)) {
       const at::Tensor dense = Format::dense_weight(ctx->get_saved_variables(), ctx->saved_data["in_features"].toInt());
-      grad_x = linear_input_gradient(grads[0], dense,
-                                     static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+      grad_x = linear_input_gradient(grads[0], dense, static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
     }
     // One gradient per forward argument: x, values, index, row_offsets, in_features, bias.
     return {grad_x, {}, {}, {}, {}, bias_gradient(ctx, grads[0], -1)};
@@ -131,9 +132,9 @@ class SparseLinearFunction : public torch::autograd::Function<SparseLinearFuncti
 
 class SparseConv1x1Function : public torch::autograd::Function<SparseConv1x1Function> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
-                            const at::Tensor& row_offsets, const std::optional<at::Tensor>& bias,
-                            int64_t activation) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values,
+                            const at::Tensor& bitmap, const at::Tensor& row_offsets,
+                            const std::optional<at::Tensor>& bias, int64_t activation) {
     at::Tensor y = call_below_autograd(conv1x1_op(), x, values, bitmap, row_offsets, bias, activation);
     // The activation's derivative is read off the output (relu: y > 0; relu6: 0 < y < 6).
     ctx->save_for_backward({values, bitmap, row_offsets, activation == 0 ? at::Tensor() : y});
@@ -157,7 +158,9 @@ class SparseConv1x1Function : public torch::autograd::Function<SparseConv1x1Func
       const at::Tensor dense = BitmapLinear::dense_weight(saved, ctx->saved_data["channels"].toInt());
       // grad_x[n, c, p] = sum_o W[o, c] grad_pre[n, o, p]
       const auto shape = grad_pre.sym_sizes();
-      grad_x = dense.to(at::kFloat).t().matmul(grad_pre.reshape_symint({shape[0], shape[1], shape[2] * shape[3]}))
+      grad_x = dense.to(at::kFloat)
+                   .t()
+                   .matmul(grad_pre.reshape_symint({shape[0], shape[1], shape[2] * shape[3]}))
                    .reshape_symint({shape[0], dense.sym_size(1), shape[2], shape[3]});
     }
     // One gradient per forward argument: x, values, bitmap, row_offsets, bias, activation.

@@ -18,13 +18,24 @@ TORCH_LIBRARY(prunekit, m) {
   // The bitmap format back to the dense (rows, cols) matrix, exactly.
   m.def("decompress_bitmap(Tensor values, Tensor bitmap, Tensor row_offsets, int cols) -> Tensor", tags);
   // y = x W^T + b with W in the bitmap format (fp32 or bf16 values, fp32 accumulation).
-  m.def("sparse_linear(Tensor x, Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, Tensor? bias=None) -> Tensor", tags);
-  // y = x W^T + b with W in CSR16 (values, int16 column indices read as uint16, row offsets): the batch-1 format at high sparsity.
-  m.def("sparse_linear_csr16(Tensor x, Tensor values, Tensor col_indices, Tensor row_offsets, int in_features, Tensor? bias=None) -> Tensor", tags);
+  m.def(
+      "sparse_linear(Tensor x, Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, Tensor? bias=None) "
+      "-> Tensor",
+      tags);
+  // y = x W^T + b with W in CSR16 (values, int16 column indices read as uint16, row offsets): the batch-1 format at
+  // high sparsity.
+  m.def(
+      "sparse_linear_csr16(Tensor x, Tensor values, Tensor col_indices, Tensor row_offsets, int in_features, Tensor? "
+      "bias=None) -> Tensor",
+      tags);
   // 1x1 convolution of NCHW x with a bitmap-format (out, in) weight; activation 0 none, 1 relu, 2 relu6.
-  m.def("sparse_conv1x1(Tensor x, Tensor values, Tensor bitmap, Tensor row_offsets, Tensor? bias=None, int activation=0) -> Tensor", tags);
+  m.def(
+      "sparse_conv1x1(Tensor x, Tensor values, Tensor bitmap, Tensor row_offsets, Tensor? bias=None, int activation=0) "
+      "-> Tensor",
+      tags);
   // SparseGPT blocked OBS solve in place on fp32 weight given the upper Cholesky factor of H^-1; returns the keep-mask.
-  m.def("sparsegpt_solve_(Tensor(a!) weight, Tensor hinv, float sparsity, int n, int m, int blocksize) -> Tensor", tags);
+  m.def("sparsegpt_solve_(Tensor(a!) weight, Tensor hinv, float sparsity, int n, int m, int blocksize) -> Tensor",
+        tags);
 }
 
 // The sparse layers' ops have derivatives for x and bias (autograd.cpp); the format ops have

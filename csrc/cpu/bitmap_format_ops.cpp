@@ -35,15 +35,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compress_bitmap(const at::Tensor&
   return {values, bitmap, row_offsets};
 }
 
-at::Tensor decompress_bitmap(const at::Tensor& values, const at::Tensor& bitmap,
-                             const at::Tensor& row_offsets, int64_t cols) {
+at::Tensor decompress_bitmap(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& row_offsets,
+                             int64_t cols) {
   constexpr const char* op = "decompress_bitmap";
   const auto [weight, k] = check_bitmap_weight(op, values, bitmap, row_offsets, cols);
   const cpu::BitmapWeightView view = bitmap_view(values, bitmap, weight, k);
   validate_bitmap(op, view, weight);  // checks the offsets too
   at::Tensor dense = at::empty({weight.rows, k}, values.options());
-  at::parallel_for(0, weight.rows, 64,
-                   [&](int64_t begin, int64_t end) { cpu::bitmap_unpack_scalar(view, dense.data_ptr(), {begin, end}); });
+  at::parallel_for(0, weight.rows, 64, [&](int64_t begin, int64_t end) {
+    cpu::bitmap_unpack_scalar(view, dense.data_ptr(), {begin, end});
+  });
   return dense;
 }
 

@@ -22,8 +22,8 @@ at::Tensor nm_mask_cpu(const at::Tensor& scores, int64_t n, int64_t m) {
   const Status status = run_rows(rows, grain_for(k), [&](int64_t begin, int64_t end) {
     return cpu::nm_mask_select_scalar(in, type, out, k, n, m, {begin, end});
   });
-  TORCH_CHECK_VALUE(status.ok(), "prunekit.nm_mask: argument 'scores' must be finite, but entry ",
-                    status.col, " of row ", status.row, " (rows flattened over leading dims) is ",
+  TORCH_CHECK_VALUE(status.ok(), "prunekit.nm_mask: argument 'scores' must be finite, but entry ", status.col,
+                    " of row ", status.row, " (rows flattened over leading dims) is ",
                     scores.reshape({rows, k})[status.row][status.col].item<double>());
   return keep;
 }

@@ -20,8 +20,6 @@ cpu::Status run_rows(int64_t rows, int64_t grain, Kernel kernel) {
 }
 
 // Rows per task for rows of `row_length` entries: enough work per thread to amortise the fork.
-inline int64_t grain_for(int64_t row_length) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_length, 1));
-}
+inline int64_t grain_for(int64_t row_length) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row_length, 1)); }
 
 }  // namespace prunekit

@@ -36,8 +36,8 @@ void transpose_into(cpu::TransposeFn transpose, const float* src, int64_t rows, 
 //   up to whole vectors, the extra columns of x^T zero.
 template <typename Spmm>
 Status spmm_through_transpose(const char* op, const WeightRows& weight, const float* x, int64_t batch, int64_t k,
-                              float* out, const at::TensorOptions& options, cpu::TransposeFn transpose,
-                              int64_t lanes, Spmm spmm) {
+                              float* out, const at::TensorOptions& options, cpu::TransposeFn transpose, int64_t lanes,
+                              Spmm spmm) {
   const int64_t rows = weight.rows;
   constexpr int64_t kLineFloats = 16;
   const int64_t width = (batch + lanes - 1) / lanes * lanes;
@@ -58,8 +58,8 @@ std::pair<int64_t, std::vector<int64_t>> check_linear_input(const char* op, cons
                                                             int64_t rows) {
   check_dtype(x, op, "x", {at::kFloat, at::kBFloat16});
   check_min_dim(x, op, "x", 1);
-  TORCH_CHECK_VALUE(x.size(-1) == k, "prunekit.", op, ": the last dimension of 'x' must be ",
-                    "in_features=", k, ", but got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(-1) == k, "prunekit.", op, ": the last dimension of 'x' must be ", "in_features=", k,
+                    ", but got shape ", x.sizes());
   TORCH_CHECK(x.device().is_cpu(), "prunekit.", op, ": argument 'x' must be on the CPU, but got ", x.device());
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = rows;
@@ -79,8 +79,7 @@ at::Tensor in_dtype_of(const at::Tensor& x, const at::Tensor& out) {
 }
 
 at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
-                         const at::Tensor& row_offsets, int64_t in_features,
-                         const std::optional<at::Tensor>& bias) {
+                         const at::Tensor& row_offsets, int64_t in_features, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse_linear";
   const auto [weight, k] = check_bitmap_weight(op, values, bitmap, row_offsets, in_features);
   const int64_t rows = weight.rows;
@@ -111,8 +110,7 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     return in_dtype_of(x, out);
   }
   const cpu::AmxBf16Kernels& amx = kernels.bitmap_bf16_amx;
-  if (batch > cpu::kGemvMaxBatch && type == cpu::ValueType::kBFloat16 && x.scalar_type() == at::kBFloat16 &&
-      amx.spmm) {
+  if (batch > cpu::kGemvMaxBatch && type == cpu::ValueType::kBFloat16 && x.scalar_type() == at::kBFloat16 && amx.spmm) {
     // bf16 x bf16 on AMX tiles: x packed once into the B-tile layout, weight rows expanded
     // block by block inside the kernel.
     const at::Tensor x16 = contiguous_as(x, at::kBFloat16);
@@ -120,14 +118,12 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     at::Tensor packed = at::empty({amx.packed_x_elements(batch, k)}, x.options().dtype(at::kShort));
     auto* packed_bits = reinterpret_cast<uint16_t*>(packed.data_ptr<int16_t>());
     const int64_t chunks = (k + 31) / 32;
-    at::parallel_for(0, chunks, 16, [&](int64_t begin, int64_t end) {
-      amx.pack_x(x_bits, batch, k, packed_bits, begin, end);
-    });
+    at::parallel_for(0, chunks, 16,
+                     [&](int64_t begin, int64_t end) { amx.pack_x(x_bits, batch, k, packed_bits, begin, end); });
     at::Tensor out = at::empty(out_shape, x.options());  // bf16, rounded in the kernel as torch rounds
     const cpu::AmxSpmmArgs args{packed_bits, batch, bias_ptr, out.data_ptr(), cpu::ValueType::kBFloat16};
-    status = run_weight_rows(op, weight, 32, [&](int64_t begin, int64_t end) {
-      return amx.spmm(view, args, {begin, end});
-    });
+    status =
+        run_weight_rows(op, weight, 32, [&](int64_t begin, int64_t end) { return amx.spmm(view, args, {begin, end}); });
     check_bitmap_status(status, op, k);
     return out;
   }
@@ -136,7 +132,8 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
   if (batch <= cpu::kGemvMaxBatch) {
     const auto gemv = kernels.bitmap_gemv;
     const cpu::GemvArgs args{x32.data_ptr<float>(), batch, bias_ptr, out.data_ptr<float>()};
-    status = run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) { return gemv(view, args, {begin, end}); });
+    status =
+        run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) { return gemv(view, args, {begin, end}); });
   } else {
     const auto spmm = kernels.bitmap_spmm;
     status = spmm_through_transpose(

@@ -24,11 +24,10 @@ void hessian_accumulate_(at::Tensor& hessian, const at::Tensor& x, int64_t n_see
                     ": argument 'hessian' must be square, but got shape ", hessian.sizes());
   check_dtype(x, op, "x", {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
   check_dim(x, op, "x", 2);
-  TORCH_CHECK_VALUE(x.size(1) == hessian.size(0), "prunekit.", op, ": argument 'x' must have ",
-                    hessian.size(0), " columns (the Hessian's size), but got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.size(1) == hessian.size(0), "prunekit.", op, ": argument 'x' must have ", hessian.size(0),
+                    " columns (the Hessian's size), but got shape ", x.sizes());
   check_same_device(hessian, "hessian", x, "x", op);
-  TORCH_CHECK_VALUE(n_seen >= 0, "prunekit.", op, ": argument 'n_seen' must be >= 0, but got ",
-                    n_seen);
+  TORCH_CHECK_VALUE(n_seen >= 0, "prunekit.", op, ": argument 'n_seen' must be >= 0, but got ", n_seen);
   const int64_t rows = x.size(0);
   if (rows == 0) return;
   const at::Tensor xs = x.to(hessian.scalar_type());
@@ -39,8 +38,8 @@ void hessian_accumulate_(at::Tensor& hessian, const at::Tensor& x, int64_t n_see
   hessian.addmm_(xs.t(), xs, double(n_seen) / total, 2.0 / total);
 }
 
-at::Tensor sparsegpt_solve_(at::Tensor& weight, const at::Tensor& hinv, double sparsity, int64_t n,
-                            int64_t m, int64_t blocksize) {
+at::Tensor sparsegpt_solve_(at::Tensor& weight, const at::Tensor& hinv, double sparsity, int64_t n, int64_t m,
+                            int64_t blocksize) {
   constexpr const char* op = "sparsegpt_solve_";
   check_dtype(weight, op, "weight", {at::kFloat});
   check_dim(weight, op, "weight", 2);
@@ -51,12 +50,10 @@ at::Tensor sparsegpt_solve_(at::Tensor& weight, const at::Tensor& hinv, double s
   check_contiguous(hinv, op, "hinv");
   check_same_device(weight, "weight", hinv, "hinv", op);
   TORCH_CHECK_VALUE(hinv.dim() == 2 && hinv.size(0) == cols && hinv.size(1) == cols, "prunekit.", op,
-                    ": argument 'hinv' must have shape [", cols, ", ", cols, "], but got ",
-                    hinv.sizes());
+                    ": argument 'hinv' must have shape [", cols, ", ", cols, "], but got ", hinv.sizes());
   TORCH_CHECK_VALUE(sparsity >= 0.0 && sparsity < 1.0, "prunekit.", op,
                     ": argument 'sparsity' must be in [0, 1), but got ", sparsity);
-  TORCH_CHECK_VALUE(blocksize >= 1, "prunekit.", op, ": argument 'blocksize' must be >= 1, but got ",
-                    blocksize);
+  TORCH_CHECK_VALUE(blocksize >= 1, "prunekit.", op, ": argument 'blocksize' must be >= 1, but got ", blocksize);
   if (m != 0) {
     TORCH_CHECK_VALUE(m >= 2 && m <= kMaxGroup && n >= 1 && n < m, "prunekit.", op,
                       ": arguments (n, m) must satisfy 1 <= n < m <= ", kMaxGroup,
@@ -104,9 +101,7 @@ at::Tensor sparsegpt_solve_(at::Tensor& weight, const at::Tensor& hinv, double s
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(prunekit, CompositeExplicitAutograd, m) {
-  m.impl("hessian_accumulate_", &hessian_accumulate_);
-}
+TORCH_LIBRARY_IMPL(prunekit, CompositeExplicitAutograd, m) { m.impl("hessian_accumulate_", &hessian_accumulate_); }
 
 TORCH_LIBRARY_IMPL(prunekit, CPU, m) { m.impl("sparsegpt_solve_", &sparsegpt_solve_); }
 

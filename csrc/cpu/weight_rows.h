@@ -88,9 +88,8 @@ at::Tensor bias_as_float(const std::optional<at::Tensor>& bias, int64_t rows, co
 // ---- the bitmap format ----
 // Checks the format's tensors against each other (the row_offsets entries between the ends are
 // checked where the rows run); returns the weight's rows and k, its dense columns.
-std::pair<WeightRows, int64_t> check_bitmap_weight(const char* op, const at::Tensor& values,
-                                                const at::Tensor& bitmap,
-                                                const at::Tensor& row_offsets, int64_t k);
+std::pair<WeightRows, int64_t> check_bitmap_weight(const char* op, const at::Tensor& values, const at::Tensor& bitmap,
+                                                   const at::Tensor& row_offsets, int64_t k);
 
 // Raises the corrupt-weight error for a failed bitmap kernel status.
 void check_bitmap_status(const cpu::Status& status, const char* op, int64_t k);

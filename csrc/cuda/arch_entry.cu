@@ -47,8 +47,8 @@ void check_cuda_kernels_built_for_current_device(const char* op) {
     if (end > start && arch_covers(archs.substr(start, end - start), prop->major, prop->minor)) return;
     start = end + 1;
   }
-  TORCH_CHECK(false, "prunekit.", op, ": this build has no CUDA kernels for ", prop->name, " (sm_",
-              prop->major, prop->minor, "); it was built for CUDA archs [", archs,
+  TORCH_CHECK(false, "prunekit.", op, ": this build has no CUDA kernels for ", prop->name, " (sm_", prop->major,
+              prop->minor, "); it was built for CUDA archs [", archs,
               "]. Rebuild with CMAKE_CUDA_ARCHITECTURES including ", prop->major, prop->minor, ".");
 }
 

@@ -7,8 +7,8 @@
 
 #include "prunekit/cuda_entry.h"
 #include "prunekit/format24_checks.h"
-#include "prunekit/nm_mask_checks.h"
 #include "prunekit/kernels_cuda.h"
+#include "prunekit/nm_mask_checks.h"
 
 namespace prunekit {
 namespace {
@@ -29,8 +29,7 @@ unsigned long long* error_ptr(at::Tensor& error_index) {
 }
 
 void check_launch(cudaError_t status, const char* op) {
-  TORCH_CHECK(status == cudaSuccess, "prunekit.", op, ": CUDA kernel launch failed: ",
-              cudaGetErrorString(status));
+  TORCH_CHECK(status == cudaSuccess, "prunekit.", op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
 }
 
 at::Tensor nm_mask_cuda(const at::Tensor& scores, int64_t n, int64_t m) {
@@ -40,13 +39,12 @@ at::Tensor nm_mask_cuda(const at::Tensor& scores, int64_t n, int64_t m) {
   const int64_t k = scores.size(-1), rows = scores.numel() / k;
   at::Tensor keep = at::empty(scores.sizes(), scores.options().dtype(at::kBool));
   at::Tensor error_index = new_error_index(scores);
-  check_launch(cuda::nm_mask_select(scores.data_ptr(), score_type(scores.scalar_type()),
-                             keep.data_ptr<bool>(), rows, k, n, m, error_ptr(error_index),
-                             c10::cuda::getCurrentCUDAStream()),
+  check_launch(cuda::nm_mask_select(scores.data_ptr(), score_type(scores.scalar_type()), keep.data_ptr<bool>(), rows, k,
+                                    n, m, error_ptr(error_index), c10::cuda::getCurrentCUDAStream()),
                "nm_mask");
   const int64_t bad = read_error_index(error_index);
-  TORCH_CHECK_VALUE(bad < 0, "prunekit.nm_mask: argument 'scores' must be finite, but entry ",
-                    bad % k, " of row ", bad / k, " (rows flattened over leading dims) is ",
+  TORCH_CHECK_VALUE(bad < 0, "prunekit.nm_mask: argument 'scores' must be finite, but entry ", bad % k, " of row ",
+                    bad / k, " (rows flattened over leading dims) is ",
                     scores.reshape({rows, k})[bad / k][bad % k].item<double>());
   return keep;
 }
@@ -59,10 +57,10 @@ std::tuple<at::Tensor, at::Tensor> compress_24_cuda(const at::Tensor& dense) {
   at::Tensor meta = at::empty(shapes.meta, dense.options().dtype(shapes.meta_dtype));
   at::Tensor error_index = new_error_index(dense);
   const int64_t rows = dense.size(0), k = dense.size(1);
-  check_launch(cuda::format24_compress(dense.data_ptr(), values.data_ptr(), meta.data_ptr(), rows, k,
-                                int(dense.element_size()), dense.is_floating_point(),
-                                error_ptr(error_index), c10::cuda::getCurrentCUDAStream()),
-               "compress_24");
+  check_launch(
+      cuda::format24_compress(dense.data_ptr(), values.data_ptr(), meta.data_ptr(), rows, k, int(dense.element_size()),
+                              dense.is_floating_point(), error_ptr(error_index), c10::cuda::getCurrentCUDAStream()),
+      "compress_24");
   const int64_t bad = read_error_index(error_index);
   TORCH_CHECK_VALUE(bad < 0, too_many_nonzeros_message(bad / k, bad % k));
   return {values, meta};
@@ -75,10 +73,10 @@ at::Tensor decompress_24_cuda(const at::Tensor& values, const at::Tensor& meta) 
   at::Tensor dense = at::empty(dense_shape, values.options());
   at::Tensor error_index = new_error_index(values);
   const int64_t rows = dense_shape[0], k = dense_shape[1];
-  check_launch(cuda::format24_decompress(values.data_ptr(), meta.data_ptr(), dense.data_ptr(), rows, k,
-                                  int(values.element_size()), error_ptr(error_index),
-                                  c10::cuda::getCurrentCUDAStream()),
-               "decompress_24");
+  check_launch(
+      cuda::format24_decompress(values.data_ptr(), meta.data_ptr(), dense.data_ptr(), rows, k,
+                                int(values.element_size()), error_ptr(error_index), c10::cuda::getCurrentCUDAStream()),
+      "decompress_24");
   const int64_t bad = read_error_index(error_index);
   TORCH_CHECK_VALUE(bad < 0, corrupt_meta_message(bad / k, bad % k));
   return dense;

@@ -22,12 +22,21 @@ at::Tensor sparsegpt_solve_cuda(at::Tensor& weight, const at::Tensor& hinv, doub
   check_cuda_kernels_built_for_current_device("sparsegpt_solve_");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto fused_step = [stream](const sparsegpt::Chunk& c) {
-    const cuda::ObsChunkArgs args{c.w.data_ptr<float>(), c.w.stride(0),   c.hinv.data_ptr<float>(), c.hinv.stride(0),
-                                  c.err.data_ptr<float>(), c.err.stride(0), c.keep.data_ptr<bool>(),  c.keep.stride(0),
-                                  c.w.size(0),             int(c.w.size(1)), int(c.n),                int(c.m)};
+    const cuda::ObsChunkArgs args{c.w.data_ptr<float>(),
+                                  c.w.stride(0),
+                                  c.hinv.data_ptr<float>(),
+                                  c.hinv.stride(0),
+                                  c.err.data_ptr<float>(),
+                                  c.err.stride(0),
+                                  c.keep.data_ptr<bool>(),
+                                  c.keep.stride(0),
+                                  c.w.size(0),
+                                  int(c.w.size(1)),
+                                  int(c.n),
+                                  int(c.m)};
     const cudaError_t status = cuda::sparsegpt_obs_chunk(args, stream);
-    TORCH_CHECK(status == cudaSuccess, "prunekit.sparsegpt_solve_: CUDA kernel launch failed: ",
-                cudaGetErrorString(status));
+    TORCH_CHECK(status == cudaSuccess,
+                "prunekit.sparsegpt_solve_: CUDA kernel launch failed: ", cudaGetErrorString(status));
   };
   return sparsegpt::blocked_solve(weight, hinv, sparsity, n, m, blocksize, obs::kCudaMaxChunk, fused_step);
 }

@@ -57,8 +57,8 @@ at::Tensor blocked_solve(at::Tensor& weight, const at::Tensor& hinv, double spar
       step(Chunk{weight.narrow(1, c0, chunk_cols), hinv.narrow(0, c0, chunk_cols).narrow(1, c0, chunk_cols), chunk_err,
                  block_keep.narrow(1, c0 - begin, chunk_cols), n, m});
       if (c1 < end) {
-        weight.narrow(1, c1, end - c1).addmm_(chunk_err, hinv.narrow(0, c0, chunk_cols).narrow(1, c1, end - c1), 1.0,
-                                              -1.0);
+        weight.narrow(1, c1, end - c1)
+            .addmm_(chunk_err, hinv.narrow(0, c0, chunk_cols).narrow(1, c1, end - c1), 1.0, -1.0);
       }
     }
     keep.narrow(1, begin, count).copy_(block_keep);
@@ -88,7 +88,8 @@ void aten_chunk_step(const Chunk& c) {
     const at::Tensor kept = at::where(c.keep.select(1, i), col, at::Scalar(0.0f));
     const at::Tensor error = (col - kept) / diag.select(0, i);
     if (i + 1 < width) {
-      c.w.narrow(1, i + 1, width - i - 1).sub_(error.unsqueeze(1) * c.hinv.select(0, i).narrow(0, i + 1, width - i - 1));
+      c.w.narrow(1, i + 1, width - i - 1)
+          .sub_(error.unsqueeze(1) * c.hinv.select(0, i).narrow(0, i + 1, width - i - 1));
     }
     c.err.select(1, i).copy_(error);
     col.copy_(kept);

@@ -72,7 +72,7 @@ inline std::vector<const cpu::CpuKernelConfig*> runnable_tables() {
 // the one of an earlier table: a variant without a kernel of its own in a family reuses another's),
 // so that every compiled kernel the CPU can run is tested once.
 template <typename Fn>
-std::vector<const cpu::CpuKernelConfig*> tables_with_own(Fn cpu::CpuKernelConfig::*member) {
+std::vector<const cpu::CpuKernelConfig*> tables_with_own(Fn cpu::CpuKernelConfig::* member) {
   std::vector<const cpu::CpuKernelConfig*> tables;
   for (const auto* table : runnable_tables()) {
     bool seen = !(table->*member);

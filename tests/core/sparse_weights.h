@@ -69,8 +69,8 @@ Sparse make_half_dense(int64_t rows, int64_t k, std::mt19937& rng) {
 }
 
 // x (batch, k) times the dense matrix, plus bias.
-float expected_dot(const Sparse& s, const std::vector<float>& x, const std::vector<float>& bias, int64_t k,
-                   int64_t b, int64_t r) {
+float expected_dot(const Sparse& s, const std::vector<float>& x, const std::vector<float>& bias, int64_t k, int64_t b,
+                   int64_t r) {
   float sum = bias.empty() ? 0.0f : bias[r];
   for (int64_t c = 0; c < k; ++c) sum += s.dense[r * k + c] * x[b * k + c];
   return sum;

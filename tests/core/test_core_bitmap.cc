@@ -37,7 +37,9 @@ void check_variant(const Variant& v, std::mt19937& rng) {
         for (int64_t batch : {1, 2, 3, 4}) {
           std::vector<float> x(batch * k), y = poisoned(batch * rows);
           for (auto& e : x) e = float(rng() % 11) - 5.0f;
-          EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), rows, k}, {x.data(), batch, bias.data(), y.data()}, {0, rows}).ok());
+          EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), rows, k},
+                        {x.data(), batch, bias.data(), y.data()}, {0, rows})
+                     .ok());
           for (int64_t b = 0; b < batch; ++b)
             for (int64_t r = 0; r < rows; ++r) {
               float expected = bias[r];
@@ -53,7 +55,9 @@ void check_variant(const Variant& v, std::mt19937& rng) {
             std::vector<float> x = poisoned(k * ld), y = poisoned(rows * ld);
             for (int64_t c = 0; c < k; ++c)
               for (int64_t p = 0; p < cols_x; ++p) x[c * ld + p] = float(rng() % 11) - 5.0f;
-            EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), rows, k}, {x.data(), ld, cols_x, bias.data(), Activation::kRelu6, y.data(), ld}, {0, rows}).ok());
+            EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), rows, k},
+                          {x.data(), ld, cols_x, bias.data(), Activation::kRelu6, y.data(), ld}, {0, rows})
+                       .ok());
             for (int64_t r = 0; r < rows; ++r) {
               for (int64_t p = 0; p < cols_x; ++p) {
                 float expected = bias[r];
@@ -75,7 +79,9 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     std::vector<float> x(k * cols_x), y = poisoned(rows * cols_x);
     for (auto& e : x) e = float(rng() % 11) - 5.0f;
     for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 1003}, {1003, rows}}) {
-      EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), rows, k}, {x.data(), cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x}, {begin, end}).ok());
+      EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), rows, k},
+                    {x.data(), cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x}, {begin, end})
+                 .ok());
     }
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t p = 0; p < cols_x; ++p) {
@@ -91,7 +97,9 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     for (int64_t batch : {1, 2, 3, 4}) {
       std::vector<float> x(batch * k), y = poisoned(batch * 5);
       for (auto& e : x) e = float(rng() % 11) - 5.0f;
-      EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 5, k}, {x.data(), batch, bias.data(), y.data()}, {0, 5}).ok());
+      EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 5, k},
+                    {x.data(), batch, bias.data(), y.data()}, {0, 5})
+                 .ok());
       for (int64_t b = 0; b < batch; ++b)
         for (int64_t r = 0; r < 5; ++r) EXPECT(close(y[b * 5 + r], expected_dot(s, x, bias, k, b, r)));
     }
@@ -115,9 +123,13 @@ void check_variant(const Variant& v, std::mt19937& rng) {
       std::unique_ptr<float[]> values(new float[offsets[rows]]);
       for (int64_t i = 0; i < offsets[rows]; ++i) values[i] = 1.0f;
       std::vector<float> x(k * 40, 1.0f), y(rows * 40);
-      EXPECT(v.gemv({values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), rows, k}, {x.data(), 1, nullptr, y.data()}, {0, rows}).row == bad);
+      EXPECT(v.gemv({values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), rows, k},
+                    {x.data(), 1, nullptr, y.data()}, {0, rows})
+                 .row == bad);
       for (int64_t cols_x : {5, 16, 40}) {
-        const Status status = v.spmm({values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), rows, k}, {x.data(), cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x}, {0, rows});
+        const Status status =
+            v.spmm({values.get(), ValueType::kFloat32, s.bitmap.data(), offsets.data(), rows, k},
+                   {x.data(), cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x}, {0, rows});
         EXPECT(status.code == StatusCode::kCorruptMeta && status.row == bad);
       }
     }
@@ -135,7 +147,9 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     for (int64_t cols_x : {3, 16, 40}) {
       std::vector<float> x(k * cols_x), y = poisoned(rows * cols_x);
       for (auto& e : x) e = float(rng() % 11) - 5.0f;
-      EXPECT(v.spmm({halves.get(), ValueType::kBFloat16, s.bitmap.data(), s.offsets.data(), rows, k}, {x.data(), cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x}, {0, rows}).ok());
+      EXPECT(v.spmm({halves.get(), ValueType::kBFloat16, s.bitmap.data(), s.offsets.data(), rows, k},
+                    {x.data(), cols_x, cols_x, nullptr, Activation::kNone, y.data(), cols_x}, {0, rows})
+                 .ok());
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t p = 0; p < cols_x; ++p) {
           float expected = 0.0f;
@@ -151,7 +165,9 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     const int64_t cols_x = 19;
     std::vector<float> x(24 * cols_x, 1.0f), y(5 * cols_x, 0.0f);
     for (int64_t c = 0; c < 24; ++c) x[c * cols_x + 17] = c == 3 ? NAN : 1.0f;
-    EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 5, 24}, {x.data(), cols_x, cols_x, nullptr, activation, y.data(), cols_x}, {0, 5}).ok());
+    EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 5, 24},
+                  {x.data(), cols_x, cols_x, nullptr, activation, y.data(), cols_x}, {0, 5})
+               .ok());
     for (int64_t r = 0; r < 5; ++r) {
       EXPECT(std::isnan(y[r * cols_x + 17]));
       EXPECT(!std::isnan(y[r * cols_x + 16]));
@@ -165,7 +181,9 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     for (auto& e : x) e = float(rng() % 11) - 5.0f;
     for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{3, 4}, {3, 10}, {5, 37}, {0, 36}, {0, 37}}) {
       std::vector<float> y = poisoned(37);
-      EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 37, 100}, {x.data(), 1, nullptr, y.data()}, {begin, end}).ok());
+      EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 37, 100},
+                    {x.data(), 1, nullptr, y.data()}, {begin, end})
+                 .ok());
       for (int64_t r = 0; r < 37; ++r) {
         EXPECT(r >= begin && r < end ? close(y[r], expected_dot(s, x, no_bias, 100, 0, r)) : std::isnan(y[r]));
       }
@@ -176,13 +194,17 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     skewed[11] -= 1;
     skewed[21] -= 1;
     std::vector<float> y(37);
-    EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 37, 100}, {x.data(), 1, nullptr, y.data()}, {0, 36}).row == 10);
+    EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 37, 100},
+                  {x.data(), 1, nullptr, y.data()}, {0, 36})
+               .row == 10);
   }
   {
     const CorruptToTheEnd w;
     std::unique_ptr<float[]> values = exact_buffer<float>(128, 1.0f);  // exactly: ASan catches a read past the end
     std::vector<float> x(w.kColumns, 1.0f), y(w.kRows);
-    const Status status = v.gemv({values.get(), ValueType::kFloat32, w.bitmap.data(), w.offsets.data(), w.kRows, w.kColumns}, {x.data(), 1, nullptr, y.data()}, {0, w.kRows});
+    const Status status =
+        v.gemv({values.get(), ValueType::kFloat32, w.bitmap.data(), w.offsets.data(), w.kRows, w.kColumns},
+               {x.data(), 1, nullptr, y.data()}, {0, w.kRows});
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 2);
   }
   // Offsets that disagree with the bitmap are reported, never followed past the values.
@@ -191,11 +213,14 @@ void check_variant(const Variant& v, std::mt19937& rng) {
   skewed[8] += 0;
   skewed[7] -= 1;  // row 6 one short, row 7 one long
   std::vector<float> x(40 * 3, 1.0f), y(8 * 3);
-  EXPECT(!v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 8, 40}, {x.data(), 1, nullptr, y.data()}, {0, 8}).ok());
-  EXPECT(!v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 8, 40}, {x.data(), 3, 3, nullptr, Activation::kNone, y.data(), 3}, {0, 8}).ok());
+  EXPECT(!v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 8, 40},
+                 {x.data(), 1, nullptr, y.data()}, {0, 8})
+              .ok());
+  EXPECT(!v.spmm({s.values.get(), ValueType::kFloat32, s.bitmap.data(), skewed.data(), 8, 40},
+                 {x.data(), 3, 3, nullptr, Activation::kNone, y.data(), 3}, {0, 8})
+              .ok());
   std::printf("bitmap kernels (%s) checked\n", v.name);
 }
-
 
 }  // namespace
 

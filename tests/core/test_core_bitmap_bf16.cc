@@ -33,7 +33,9 @@ void check_gemv_bf16(const char* name, BitmapBf16GemvFn gemv, std::mt19937& rng)
           std::vector<uint16_t> x16(batch * k);
           fill_x_bf16(rng, x, x16.data());
           std::vector<float> y = poisoned(batch * rows);
-          EXPECT(gemv({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k}, {x16.data(), batch, w.bias.data(), y.data()}, {0, rows}).ok());
+          EXPECT(gemv({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k},
+                      {x16.data(), batch, w.bias.data(), y.data()}, {0, rows})
+                     .ok());
           expect_bf16_result(w, rows, k, batch, x, y.data());
         }
       }
@@ -48,27 +50,36 @@ void check_gemv_bf16(const char* name, BitmapBf16GemvFn gemv, std::mt19937& rng)
     std::vector<uint16_t> x16(300);
     fill_x_bf16(rng, x, x16.data());
     std::vector<float> full(37);
-    EXPECT(gemv({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), 37, 300}, {x16.data(), 1, w.bias.data(), full.data()}, {0, 37}).ok());
+    EXPECT(gemv({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), 37, 300},
+                {x16.data(), 1, w.bias.data(), full.data()}, {0, 37})
+               .ok());
     expect_bf16_result(w, 37, 300, 1, x, full.data());
     for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{3, 4}, {3, 10}, {5, 37}, {0, 36}}) {
       std::vector<float> y = poisoned(37);
-      EXPECT(gemv({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), 37, 300}, {x16.data(), 1, w.bias.data(), y.data()}, {begin, end}).ok());
+      EXPECT(gemv({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), 37, 300},
+                  {x16.data(), 1, w.bias.data(), y.data()}, {begin, end})
+                 .ok());
       for (int64_t r = 0; r < 37; ++r) EXPECT(r >= begin && r < end ? close(y[r], full[r]) : std::isnan(y[r]));
     }
     std::vector<int64_t> skewed = w.s.offsets;
     skewed[11] -= 1;  // rows 10 and 11
     skewed[21] -= 1;  // rows 20 and 21, reached first in lockstep over [0, 36)
     std::vector<float> y(37);
-    EXPECT(gemv({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), skewed.data(), 37, 300}, {x16.data(), 1, nullptr, y.data()}, {0, 36}).row == 10);
+    EXPECT(gemv({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), skewed.data(), 37, 300},
+                {x16.data(), 1, nullptr, y.data()}, {0, 36})
+               .row == 10);
   }
   {
     // Row 2 marks 32, 31, 1 and 0 columns in its four 32-column chunks; its pair partner, row 0, may
     // use whole-vector loads: none may run past the values' end.
     const CorruptToTheEnd w;
-    std::unique_ptr<uint16_t[]> values = exact_buffer<uint16_t>(128, to_bf16(1.0f));  // exactly: ASan catches a read past the end
+    std::unique_ptr<uint16_t[]> values =
+        exact_buffer<uint16_t>(128, to_bf16(1.0f));  // exactly: ASan catches a read past the end
     std::vector<uint16_t> x16(w.kColumns, to_bf16(1.0f));
     std::vector<float> y(w.kRows);
-    const Status status = gemv({values.get(), ValueType::kBFloat16, w.bitmap.data(), w.offsets.data(), w.kRows, w.kColumns}, {x16.data(), 1, nullptr, y.data()}, {0, w.kRows});
+    const Status status =
+        gemv({values.get(), ValueType::kBFloat16, w.bitmap.data(), w.offsets.data(), w.kRows, w.kColumns},
+             {x16.data(), 1, nullptr, y.data()}, {0, w.kRows});
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 2);
   }
   // A row whose offsets disagree with its bitmap is reported, never read past.
@@ -79,7 +90,9 @@ void check_gemv_bf16(const char* name, BitmapBf16GemvFn gemv, std::mt19937& rng)
   for (int64_t i = 0; i < s.offsets[8]; ++i) values[i] = to_bf16(s.values[i]);
   std::vector<uint16_t> x16(70, to_bf16(1.0f));
   std::vector<float> y(8);
-  EXPECT(!gemv({values.get(), ValueType::kBFloat16, s.bitmap.data(), skewed.data(), 8, 70}, {x16.data(), 1, nullptr, y.data()}, {0, 8}).ok());
+  EXPECT(!gemv({values.get(), ValueType::kBFloat16, s.bitmap.data(), skewed.data(), 8, 70},
+               {x16.data(), 1, nullptr, y.data()}, {0, 8})
+              .ok());
   std::printf("bitmap bf16 GEMV (%s) checked\n", name);
 }
 // The AMX bf16 SpMM against an fp32 reference on the same bf16 numbers: weight-row blocks cut
@@ -111,25 +124,35 @@ void check_spmm_amx(const AmxBf16Kernels& amx, std::mt19937& rng) {
         std::unique_ptr<float[]> y = exact_buffer<float>(batch * rows, NAN);
         // Two row ranges, as two threads would run them; the split is not a multiple of 32.
         const int64_t split = rows / 3;
-        EXPECT(amx.spmm({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k}, {packed.get(), batch, w.bias.data(), y.get(), ValueType::kFloat32}, {0, split}).ok());
-        EXPECT(amx.spmm({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k}, {packed.get(), batch, w.bias.data(), y.get(), ValueType::kFloat32}, {split, rows}).ok());
+        EXPECT(amx.spmm({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k},
+                        {packed.get(), batch, w.bias.data(), y.get(), ValueType::kFloat32}, {0, split})
+                   .ok());
+        EXPECT(amx.spmm({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k},
+                        {packed.get(), batch, w.bias.data(), y.get(), ValueType::kFloat32}, {split, rows})
+                   .ok());
         expect_bf16_result(w, rows, k, batch, x, y.get());
         // bf16 output: the same sums rounded as torch rounds fp32 to bf16, bit for bit.
-        std::unique_ptr<uint16_t[]> y16 = exact_buffer<uint16_t>(batch * rows, 0xffff);  // a NaN pattern the kernel never writes
-        EXPECT(amx.spmm({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k}, {packed.get(), batch, w.bias.data(), y16.get(), ValueType::kBFloat16}, {0, split}).ok());
-        EXPECT(amx.spmm({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k}, {packed.get(), batch, w.bias.data(), y16.get(), ValueType::kBFloat16}, {split, rows}).ok());
+        std::unique_ptr<uint16_t[]> y16 =
+            exact_buffer<uint16_t>(batch * rows, 0xffff);  // a NaN pattern the kernel never writes
+        EXPECT(amx.spmm({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k},
+                        {packed.get(), batch, w.bias.data(), y16.get(), ValueType::kBFloat16}, {0, split})
+                   .ok());
+        EXPECT(amx.spmm({w.values.get(), ValueType::kBFloat16, w.s.bitmap.data(), w.s.offsets.data(), rows, k},
+                        {packed.get(), batch, w.bias.data(), y16.get(), ValueType::kBFloat16}, {split, rows})
+                   .ok());
         for (int64_t i = 0; i < batch * rows; ++i) EXPECT(y16[i] == prunekit::float_to_bf16(y[i]));
       }
     }
   }
   // Offsets that disagree with the bitmap, and a bit past k, are reported, never read past.
   const auto run_on_ones = [&amx](const Bf16Weight& w, const std::vector<uint16_t>& bitmap,
-                              const std::vector<int64_t>& offsets, int64_t rows, int64_t k, int64_t batch) {
+                                  const std::vector<int64_t>& offsets, int64_t rows, int64_t k, int64_t batch) {
     std::vector<uint16_t> x16(batch * k, to_bf16(1.0f));
     std::vector<uint16_t> packed(amx.packed_x_elements(batch, k));
     amx.pack_x(x16.data(), batch, k, packed.data(), 0, (k + 31) / 32);
     std::vector<float> y(batch * rows);
-    return amx.spmm({w.values.get(), ValueType::kBFloat16, bitmap.data(), offsets.data(), rows, k}, {packed.data(), batch, nullptr, y.data(), ValueType::kFloat32}, {0, rows});
+    return amx.spmm({w.values.get(), ValueType::kBFloat16, bitmap.data(), offsets.data(), rows, k},
+                    {packed.data(), batch, nullptr, y.data(), ValueType::kFloat32}, {0, rows});
   };
   const Bf16Weight w = make_bf16(8, 70, 0.5, rng);
   std::vector<int64_t> skewed = w.s.offsets;

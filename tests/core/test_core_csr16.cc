@@ -38,7 +38,8 @@ void check_csr16_spmm(const Csr16Variant& v, const Sparse& s, const uint16_t* co
   for (int64_t i = 0; i < k * ldx; ++i) x[i] = i % ldx < cols_x ? float(rng() % 11) - 5.0f : NAN;
   std::vector<float> y = poisoned(rows * ldy);
   EXPECT(v.spmm({s.values.get(), ValueType::kFloat32, columns, s.offsets.data(), rows, k},
-                {x.get(), ldx, cols_x, bias.data(), activation, y.data(), ldy}, {0, rows}).ok());
+                {x.get(), ldx, cols_x, bias.data(), activation, y.data(), ldy}, {0, rows})
+             .ok());
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t p = 0; p < cols_x; ++p) {
       double expected = bias[r], magnitude = 0.0;
@@ -69,15 +70,18 @@ void check_csr16(std::mt19937& rng) {
         std::vector<float> bias(rows);
         for (auto& b : bias) b = float(rng() % 7) - 3.0f;
         for (int64_t cols_x : {1, 5, 16, 17, 33, 130}) {
-          if (k <= 1000 || cols_x == 17) check_csr16_spmm(variant, s, columns.get(), rows, k, cols_x, bias,
-                           cols_x == 33 ? Activation::kRelu6 : Activation::kNone, rng);
+          if (k <= 1000 || cols_x == 17)
+            check_csr16_spmm(variant, s, columns.get(), rows, k, cols_x, bias,
+                             cols_x == 33 ? Activation::kRelu6 : Activation::kNone, rng);
         }
         for (int64_t batch : {1, 2, 3, 4}) {
           std::unique_ptr<float[]> x(new float[batch * k]);
           std::vector<float> xs(batch * k);
           for (int64_t i = 0; i < batch * k; ++i) x[i] = xs[i] = float(rng() % 11) - 5.0f;
           std::vector<float> y = poisoned(batch * rows);
-          EXPECT(gemv({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), rows, k}, {x.get(), batch, bias.data(), y.data()}, {0, rows}).ok());
+          EXPECT(gemv({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), rows, k},
+                      {x.get(), batch, bias.data(), y.data()}, {0, rows})
+                     .ok());
           for (int64_t b = 0; b < batch; ++b)
             for (int64_t r = 0; r < rows; ++r) {
               // Sums of up to 40000 terms cancel: the fp32 rounding of either order scales with
@@ -96,7 +100,8 @@ void check_csr16(std::mt19937& rng) {
     std::unique_ptr<float[]> x(new float[40 * 20]);
     for (int64_t c = 0; c < 40 * 20; ++c) x[c] = 1.0f;
     std::vector<float> y(6 * 20);
-    const Status status = gemv({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40}, {x.get(), 1, nullptr, y.data()}, {0, 6});
+    const Status status = gemv({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40},
+                               {x.get(), 1, nullptr, y.data()}, {0, 6});
     EXPECT(status.code == StatusCode::kCorruptMeta && status.row == 3 && status.col == 65535);
     {
       // Batch 1 over the row ranges threads get (the AVX-512 GEMV walks the two halves of a range in
@@ -108,7 +113,9 @@ void check_csr16(std::mt19937& rng) {
       for (auto& e : x1) e = float(rng() % 11) - 5.0f;
       for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{3, 4}, {3, 10}, {5, 37}, {0, 36}, {0, 37}}) {
         std::vector<float> y1 = poisoned(37);
-        EXPECT(gemv({wide.values.get(), ValueType::kFloat32, wide_columns.get(), wide.offsets.data(), 37, 300}, {x1.data(), 1, nullptr, y1.data()}, {begin, end}).ok());
+        EXPECT(gemv({wide.values.get(), ValueType::kFloat32, wide_columns.get(), wide.offsets.data(), 37, 300},
+                    {x1.data(), 1, nullptr, y1.data()}, {begin, end})
+                   .ok());
         for (int64_t r = 0; r < 37; ++r) {
           EXPECT(r >= begin && r < end ? close(y1[r], expected_dot(wide, x1, no_bias, 300, 0, r)) : std::isnan(y1[r]));
         }
@@ -116,24 +123,38 @@ void check_csr16(std::mt19937& rng) {
       wide_columns[wide.offsets[10] + 100] = 300;  // past the first 64-nonzero block of each row
       wide_columns[wide.offsets[20]] = 301;
       std::vector<float> y1(37);
-      EXPECT(gemv({wide.values.get(), ValueType::kFloat32, wide_columns.get(), wide.offsets.data(), 37, 300}, {x1.data(), 1, nullptr, y1.data()}, {0, 36}).row == 10);
+      EXPECT(gemv({wide.values.get(), ValueType::kFloat32, wide_columns.get(), wide.offsets.data(), 37, 300},
+                  {x1.data(), 1, nullptr, y1.data()}, {0, 36})
+                 .row == 10);
     }
-    const Status spmm_status = variant.spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40}, {x.get(), 20, 20, nullptr, Activation::kNone, y.data(), 20}, {0, 6});
+    const Status spmm_status =
+        variant.spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40},
+                     {x.get(), 20, 20, nullptr, Activation::kNone, y.data(), 20}, {0, 6});
     EXPECT(spmm_status.code == StatusCode::kCorruptMeta && spmm_status.row == 3);
     columns[s.offsets[3]] = 40;  // just past k, in the last k-block's range of a 16-bit compare
-    EXPECT(variant.spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40}, {x.get(), 20, 20, nullptr, Activation::kNone, y.data(), 20}, {0, 6}).row == 3);
+    EXPECT(variant
+               .spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40},
+                     {x.get(), 20, 20, nullptr, Activation::kNone, y.data(), 20}, {0, 6})
+               .row == 3);
     // Outside the contract: k past 16-bit indices (or 0) is refused; no columns of X, no outputs.
     for (int64_t bad_k : {int64_t(0), kCsr16MaxColumns + 1}) {
-      EXPECT(variant.spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, bad_k}, {x.get(), 20, 20, nullptr, Activation::kNone, y.data(), 20}, {0, 6}).code == StatusCode::kBadArgument);
+      EXPECT(variant
+                 .spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, bad_k},
+                       {x.get(), 20, 20, nullptr, Activation::kNone, y.data(), 20}, {0, 6})
+                 .code == StatusCode::kBadArgument);
     }
     std::vector<float> untouched = poisoned(6);
-    EXPECT(variant.spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40}, {x.get(), 20, 0, nullptr, Activation::kNone, untouched.data(), 1}, {0, 6}).ok());
+    EXPECT(variant
+               .spmm({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40},
+                     {x.get(), 20, 0, nullptr, Activation::kNone, untouched.data(), 1}, {0, 6})
+               .ok());
     for (float v : untouched) EXPECT(std::isnan(v));
-    EXPECT(gemv({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40}, {x.get(), 5, nullptr, y.data()}, {0, 6}).code == StatusCode::kBadArgument);
+    EXPECT(gemv({s.values.get(), ValueType::kFloat32, columns.get(), s.offsets.data(), 6, 40},
+                {x.get(), 5, nullptr, y.data()}, {0, 6})
+               .code == StatusCode::kBadArgument);
     std::printf("csr16 GEMV and SpMM (%s) checked\n", name);
   }
 }
-
 
 }  // namespace
 

@@ -23,9 +23,8 @@ void round_trip(int64_t rows, int64_t k, bool is_float, std::mt19937& rng) {
   std::vector<Bits> dense(rows * k);
   std::uniform_int_distribution<int> pattern(0, 10), bits(1, 0x7f);
   // The 11 patterns of at most two nonzeros in a group of four.
-  const int patterns[11][4] = {{0, 0, 0, 0}, {1, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 1, 0},
-                               {0, 0, 0, 1}, {1, 1, 0, 0}, {1, 0, 1, 0}, {1, 0, 0, 1},
-                               {0, 1, 1, 0}, {0, 1, 0, 1}, {0, 0, 1, 1}};
+  const int patterns[11][4] = {{0, 0, 0, 0}, {1, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 1, 0}, {0, 0, 0, 1}, {1, 1, 0, 0},
+                               {1, 0, 1, 0}, {1, 0, 0, 1}, {0, 1, 1, 0}, {0, 1, 0, 1}, {0, 0, 1, 1}};
   for (int64_t g = 0; g < rows * k / 4; ++g) {
     const int* p = patterns[pattern(rng)];
     for (int i = 0; i < 4; ++i) dense[g * 4 + i] = p[i] ? Bits(bits(rng)) : Bits(0);
@@ -35,22 +34,27 @@ void round_trip(int64_t rows, int64_t k, bool is_float, std::mt19937& rng) {
   std::vector<uint8_t> meta(meta_elems * layout.meta_bytes, 0xff);
   // Two row ranges with an odd split, as parallel_for would hand out.
   const int64_t split = rows / 3;
-  auto status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, sizeof(Bits), is_float, {0, split});
+  auto status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, sizeof(Bits),
+                                                        is_float, {0, split});
   EXPECT(status.ok());
-  status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, sizeof(Bits), is_float, {split, rows});
+  status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, sizeof(Bits),
+                                                   is_float, {split, rows});
   EXPECT(status.ok());
   std::vector<Bits> restored(rows * k, Bits(0x77));
-  status = prunekit::cpu::format24_decompress_scalar(values.data(), meta.data(), restored.data(), rows, k, sizeof(Bits), {0, rows});
+  status = prunekit::cpu::format24_decompress_scalar(values.data(), meta.data(), restored.data(), rows, k, sizeof(Bits),
+                                                     {0, rows});
   EXPECT(status.ok());
   EXPECT(std::memcmp(restored.data(), dense.data(), dense.size() * sizeof(Bits)) == 0);
 
   // A third nonzero in one group is reported with its position.
   dense[5 * k + 8] = dense[5 * k + 9] = dense[5 * k + 10] = Bits(1);
-  status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, sizeof(Bits), is_float, {0, rows});
+  status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, sizeof(Bits),
+                                                   is_float, {0, rows});
   EXPECT(status.code == StatusCode::kTooManyNonzeros && status.row == 5 && status.col == 8);
   // Corrupt metadata (both indices equal) is reported, not written out of place.
   std::memset(meta.data(), 0, layout.meta_bytes);
-  status = prunekit::cpu::format24_decompress_scalar(values.data(), meta.data(), restored.data(), rows, k, sizeof(Bits), {0, rows});
+  status = prunekit::cpu::format24_decompress_scalar(values.data(), meta.data(), restored.data(), rows, k, sizeof(Bits),
+                                                     {0, rows});
   EXPECT(status.code == StatusCode::kCorruptMeta);
 }
 

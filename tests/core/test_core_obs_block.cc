@@ -17,8 +17,8 @@ using namespace prunekit::cpu;
 using namespace prunekit::test;
 
 // The column loop as SparseGPT's reference writes it, in double precision.
-void naive(std::vector<double>& w, const std::vector<double>& h, int64_t rows, int64_t cols,
-           std::vector<char>& keep, int64_t n, int64_t m) {
+void naive(std::vector<double>& w, const std::vector<double>& h, int64_t rows, int64_t cols, std::vector<char>& keep,
+           int64_t n, int64_t m) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < cols; ++i) {
       if (m > 0 && i % m == 0) {
@@ -48,7 +48,8 @@ void check(const char* name, ObsBlockUpdateFn fn, std::mt19937& rng) {
         const int64_t n = m / 2;
         std::vector<float> h(cols * cols, 0.0f), w(rows * cols), err(rows * cols);
         for (int64_t i = 0; i < cols; ++i)
-          for (int64_t j = i; j < cols; ++j) h[i * cols + j] = i == j ? 1.0f + 0.1f * float(i % 3) : 0.05f * normal(rng);
+          for (int64_t j = i; j < cols; ++j)
+            h[i * cols + j] = i == j ? 1.0f + 0.1f * float(i % 3) : 0.05f * normal(rng);
         for (auto& v : w) v = normal(rng);
         std::vector<char> keep_naive(rows * cols, 1);
         for (int64_t i = 0; i < rows * cols; ++i) keep_naive[i] = m > 0 ? 1 : (rng() % 2);

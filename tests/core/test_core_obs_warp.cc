@@ -75,8 +75,7 @@ struct HostWarp {
 };
 
 // The column loop as SparseGPT's reference writes it, in double precision (one row).
-void naive_row(std::vector<double>& w, const std::vector<double>& h, int width, std::vector<char>& keep, int n,
-               int m) {
+void naive_row(std::vector<double>& w, const std::vector<double>& h, int width, std::vector<char>& keep, int n, int m) {
   for (int i = 0; i < width; ++i) {
     if (m > 0 && i % m == 0) {
       for (int j = 0; j < m; ++j) {
@@ -101,9 +100,8 @@ void run_row(const std::vector<float>& tri, float* w, float* err, bool* keep, in
   float scratch[kMaxGroup];
   std::vector<std::thread> lanes;
   for (int lane = 0; lane < kWarpLanes; ++lane) {
-    lanes.emplace_back([&, lane] {
-      obs_row<Q>(HostWarp{&state, lane}, tri.data(), scratch, w, err, keep, width, n, m);
-    });
+    lanes.emplace_back(
+        [&, lane] { obs_row<Q>(HostWarp{&state, lane}, tri.data(), scratch, w, err, keep, width, n, m); });
   }
   for (auto& t : lanes) t.join();
 }
@@ -123,9 +121,9 @@ void check_rows(std::mt19937& rng) {
     int width, n, m;
   };
   // Every register count; m dividing 32, straddling lanes (3, 12, 24) and spanning registers (64).
-  const Case cases[] = {{8, 0, 0},  {33, 0, 0},   {100, 0, 0},  {128, 0, 0},  {16, 2, 4},   {128, 2, 4},
-                        {96, 4, 8}, {120, 1, 3},  {72, 5, 12},  {96, 7, 24},  {128, 16, 64}, {128, 63, 64},
-                        {64, 1, 2}, {128, 16, 32}};
+  const Case cases[] = {{8, 0, 0},     {33, 0, 0},    {100, 0, 0}, {128, 0, 0},  {16, 2, 4},
+                        {128, 2, 4},   {96, 4, 8},    {120, 1, 3}, {72, 5, 12},  {96, 7, 24},
+                        {128, 16, 64}, {128, 63, 64}, {64, 1, 2},  {128, 16, 32}};
   for (const Case& c : cases) {
     const int width = c.width;
     for (int trial = 0; trial < (c.m > 0 ? 2 : 1); ++trial) {
@@ -188,7 +186,8 @@ void check_layout() {
     const int64_t width = chunk_width(kCudaMaxChunk, m);
     EXPECT(width % m == 0 && width <= kCudaMaxChunk && width + m > kCudaMaxChunk);
   }
-  EXPECT(register_columns(1) == 1 && register_columns(32) == 1 && register_columns(33) == 2 && register_columns(128) == 4);
+  EXPECT(register_columns(1) == 1 && register_columns(32) == 1 && register_columns(33) == 2 &&
+         register_columns(128) == 4);
   // The shared memory of a 128-column chunk stays under the 48 KiB that needs no opt-in.
   EXPECT(cuda_smem_bytes(kCudaMaxChunk) <= 48 * 1024);
   EXPECT(cuda_scratch_offset(7) % 4 == 0 && cuda_scratch_offset(7) >= tri_size(7));

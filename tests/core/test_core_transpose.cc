@@ -33,8 +33,9 @@ void check(const char* name, TransposeFn transpose, int64_t rows, int64_t cols, 
       const bool inside = r >= row_begin && r < row_end;
       wrong += inside ? !same_bits(got, src[r * ld_src + c]) : !std::isnan(got);
     }
-  if (wrong) std::fprintf(stderr, "%s: %ld x %ld (ld %ld / %ld) rows [%ld, %ld): %ld wrong\n", name, long(rows),
-                          long(cols), long(ld_src), long(ld_dst), long(row_begin), long(row_end), long(wrong));
+  if (wrong)
+    std::fprintf(stderr, "%s: %ld x %ld (ld %ld / %ld) rows [%ld, %ld): %ld wrong\n", name, long(rows), long(cols),
+                 long(ld_src), long(ld_dst), long(row_begin), long(row_end), long(wrong));
   EXPECT(wrong == 0);
 }
 

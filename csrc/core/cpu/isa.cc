@@ -27,9 +27,8 @@ std::string detected_isa() {
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
   __builtin_cpu_init();
   // The avx512 variants use F, BW, VL, DQ, VBMI2 and BMI2: Ice Lake, Zen 4 and later.
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("bmi2"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("bmi2"))
     return "avx512";
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
   return "scalar";
@@ -103,7 +102,9 @@ void set_isa_override(const std::string& isa) {
     const auto compiled = compiled_isas();
     std::string names;
     for (const auto& name : compiled) names += (names.empty() ? "" : ", ") + name;
-    throw std::invalid_argument("prunekit: CPU ISA '" + isa + "' must be one compiled in and supported by this CPU (compiled: " + names + "; this CPU: up to " + detected_isa() + ")");
+    throw std::invalid_argument("prunekit: CPU ISA '" + isa +
+                                "' must be one compiled in and supported by this CPU (compiled: " + names +
+                                "; this CPU: up to " + detected_isa() + ")");
   }
   override_id = int(isa_id(isa));
 }

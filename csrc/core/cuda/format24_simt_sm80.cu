@@ -11,9 +11,8 @@ constexpr int kThreads = 256;
 unsigned blocks_for(int64_t work) { return unsigned((work + kThreads - 1) / kThreads); }
 
 template <typename Bits, typename Meta>
-__global__ void compress24_kernel(const Bits* __restrict__ dense, Bits* __restrict__ values,
-                                  Meta* __restrict__ meta, int64_t rows, int64_t k, bool is_float,
-                                  unsigned long long* error_index) {
+__global__ void compress24_kernel(const Bits* __restrict__ dense, Bits* __restrict__ values, Meta* __restrict__ meta,
+                                  int64_t rows, int64_t k, bool is_float, unsigned long long* error_index) {
   const format24::Layout layout = format24::layout_for_element_bytes(sizeof(Bits));
   const int64_t meta_cols = k / (4 * layout.groups_per_meta);
   const int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -67,58 +66,44 @@ __global__ void decompress24_kernel(const Bits* __restrict__ values, const Meta*
 }
 
 template <typename Bits, typename Meta>
-cudaError_t launch_compress(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
-                            bool is_float, unsigned long long* error_index, cudaStream_t stream) {
+cudaError_t launch_compress(const void* dense, void* values, void* meta, int64_t rows, int64_t k, bool is_float,
+                            unsigned long long* error_index, cudaStream_t stream) {
   const auto layout = format24::layout_for_element_bytes(sizeof(Bits));
   const int64_t work = rows * (k / (4 * layout.groups_per_meta));
-  compress24_kernel<Bits, Meta><<<blocks_for(work), kThreads, 0, stream>>>(
-      static_cast<const Bits*>(dense), static_cast<Bits*>(values), static_cast<Meta*>(meta), rows,
-      k, is_float, error_index);
+  compress24_kernel<Bits, Meta>
+      <<<blocks_for(work), kThreads, 0, stream>>>(static_cast<const Bits*>(dense), static_cast<Bits*>(values),
+                                                  static_cast<Meta*>(meta), rows, k, is_float, error_index);
   return cudaGetLastError();
 }
 
 template <typename Bits, typename Meta>
-cudaError_t launch_decompress(const void* values, const void* meta, void* dense, int64_t rows,
-                              int64_t k, unsigned long long* error_index, cudaStream_t stream) {
+cudaError_t launch_decompress(const void* values, const void* meta, void* dense, int64_t rows, int64_t k,
+                              unsigned long long* error_index, cudaStream_t stream) {
   const auto layout = format24::layout_for_element_bytes(sizeof(Bits));
   const int64_t work = rows * (k / (4 * layout.groups_per_meta));
-  decompress24_kernel<Bits, Meta><<<blocks_for(work), kThreads, 0, stream>>>(
-      static_cast<const Bits*>(values), static_cast<const Meta*>(meta), static_cast<Bits*>(dense),
-      rows, k, error_index);
+  decompress24_kernel<Bits, Meta>
+      <<<blocks_for(work), kThreads, 0, stream>>>(static_cast<const Bits*>(values), static_cast<const Meta*>(meta),
+                                                  static_cast<Bits*>(dense), rows, k, error_index);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t format24_compress(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
-                       int element_bytes, bool is_float, unsigned long long* error_index,
-                       cudaStream_t stream) {
+cudaError_t format24_compress(const void* dense, void* values, void* meta, int64_t rows, int64_t k, int element_bytes,
+                              bool is_float, unsigned long long* error_index, cudaStream_t stream) {
   switch (element_bytes) {
-    case 1:
-      return launch_compress<uint8_t, uint32_t>(dense, values, meta, rows, k, is_float,
-                                                error_index, stream);
-    case 2:
-      return launch_compress<uint16_t, uint16_t>(dense, values, meta, rows, k, is_float,
-                                                 error_index, stream);
-    default:
-      return launch_compress<uint32_t, uint16_t>(dense, values, meta, rows, k, is_float,
-                                                 error_index, stream);
+    case 1: return launch_compress<uint8_t, uint32_t>(dense, values, meta, rows, k, is_float, error_index, stream);
+    case 2: return launch_compress<uint16_t, uint16_t>(dense, values, meta, rows, k, is_float, error_index, stream);
+    default: return launch_compress<uint32_t, uint16_t>(dense, values, meta, rows, k, is_float, error_index, stream);
   }
 }
 
-cudaError_t format24_decompress(const void* values, const void* meta, void* dense, int64_t rows,
-                         int64_t k, int element_bytes, unsigned long long* error_index,
-                         cudaStream_t stream) {
+cudaError_t format24_decompress(const void* values, const void* meta, void* dense, int64_t rows, int64_t k,
+                                int element_bytes, unsigned long long* error_index, cudaStream_t stream) {
   switch (element_bytes) {
-    case 1:
-      return launch_decompress<uint8_t, uint32_t>(values, meta, dense, rows, k, error_index,
-                                                  stream);
-    case 2:
-      return launch_decompress<uint16_t, uint16_t>(values, meta, dense, rows, k, error_index,
-                                                   stream);
-    default:
-      return launch_decompress<uint32_t, uint16_t>(values, meta, dense, rows, k, error_index,
-                                                   stream);
+    case 1: return launch_decompress<uint8_t, uint32_t>(values, meta, dense, rows, k, error_index, stream);
+    case 2: return launch_decompress<uint16_t, uint16_t>(values, meta, dense, rows, k, error_index, stream);
+    default: return launch_decompress<uint32_t, uint16_t>(values, meta, dense, rows, k, error_index, stream);
   }
 }
 

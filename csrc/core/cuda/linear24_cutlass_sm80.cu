@@ -21,17 +21,17 @@ struct SparseLinearSm80 {
   static constexpr int kEpilogueStages = 1;
 
   using ThreadMap = cutlass::epilogue::threadblock::OutputTileThreadLayout<ThreadblockShape, WarpShape, Element,
-                                                                            kAlignment, kEpilogueStages>;
+                                                                           kAlignment, kEpilogueStages>;
   using Accum = cutlass::epilogue::threadblock::VisitorAccFetch;
   // bias[m] for every column of y^T; a null pointer reads as 0 (no bias).
   using Bias = cutlass::epilogue::threadblock::VisitorColBroadcast<ThreadMap, Element,
-                                                                     cute::Stride<cute::_1, cute::_0, int64_t>>;
+                                                                   cute::Stride<cute::_1, cute::_0, int64_t>>;
   using AddBias = cutlass::epilogue::threadblock::VisitorCompute<cutlass::plus, Accumulator, Accumulator,
                                                                  cutlass::FloatRoundStyle::round_to_nearest>;
   using EVTAddBias = cutlass::epilogue::threadblock::Sm80EVT<AddBias, Accum, Bias>;
-  using Store = cutlass::epilogue::threadblock::VisitorAuxStore<ThreadMap, Element,
-                                                                cutlass::FloatRoundStyle::round_to_nearest,
-                                                                cute::Stride<int64_t, cute::_1, int64_t>>;
+  using Store =
+      cutlass::epilogue::threadblock::VisitorAuxStore<ThreadMap, Element, cutlass::FloatRoundStyle::round_to_nearest,
+                                                      cute::Stride<int64_t, cute::_1, int64_t>>;
   using EVT = cutlass::epilogue::threadblock::Sm80EVT<Store, EVTAddBias>;
 
   using Gemm = cutlass::gemm::device::SparseGemmWithVisitor<
@@ -62,9 +62,9 @@ struct SparseLinearSm80 {
         {const_cast<ElementE*>(e), Gemm::LayoutE::packed({m, k / 16})},
         typename EVT::Arguments{
             {
-                {},                                                                      // Accum
+                {},                                                                                          // Accum
                 {static_cast<const Element*>(args.bias), Element(0), {cute::_1{}, cute::_0{}, int64_t(m)}},  // Bias
-                {}                                                                       // AddBias
+                {}                                                                                           // AddBias
             },
             {static_cast<Element*>(args.y), {int64_t(n), cute::_1{}, int64_t(m) * n}}  // Store: y^T row-major
         }};
@@ -78,9 +78,11 @@ struct SparseLinearSm80 {
 };
 
 template <typename Element>
-using SmallBatch = SparseLinearSm80<Element, cutlass::gemm::GemmShape<128, 64, 64>, cutlass::gemm::GemmShape<64, 32, 64>, 4>;
+using SmallBatch =
+    SparseLinearSm80<Element, cutlass::gemm::GemmShape<128, 64, 64>, cutlass::gemm::GemmShape<64, 32, 64>, 4>;
 template <typename Element>
-using LargeBatch = SparseLinearSm80<Element, cutlass::gemm::GemmShape<128, 128, 64>, cutlass::gemm::GemmShape<64, 64, 64>, 3>;
+using LargeBatch =
+    SparseLinearSm80<Element, cutlass::gemm::GemmShape<128, 128, 64>, cutlass::gemm::GemmShape<64, 64, 64>, 3>;
 
 // Up to 64 rows of x fit one N tile of the small config: a 128-wide tile would leave half its
 // MMAs idle there.

@@ -9,12 +9,12 @@
 // the static_asserts below tie the two together.
 #pragma once
 
-#include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cute/tensor.hpp>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
 #include <cutlass/epilogue/fusion/operations.hpp>
 #include <cutlass/gemm/collective/collective_builder.hpp>
-#include <cutlass/gemm/device/gemm_universal_adapter.h>
 #include <cutlass/gemm/dispatch_policy.hpp>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/gemm/kernel/tile_scheduler.hpp>
@@ -51,7 +51,8 @@ struct SparseLinearSm90 {
       KernelSchedule>::CollectiveOp;
 
   using ProblemShape = Shape<int, int, int, int>;
-  using GemmKernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue, Scheduler>;
+  using GemmKernel =
+      cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue, Scheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;
 
   using SparseConfig = typename CollectiveMainloop::SparseConfig;
@@ -70,17 +71,16 @@ struct SparseLinearSm90 {
     using StrideC = typename Gemm::GemmKernel::StrideC;
     using StrideD = typename Gemm::GemmKernel::StrideD;
     using ElementE = typename CollectiveMainloop::ElementE;
-    typename Gemm::Arguments arguments{
-        cutlass::gemm::GemmUniversalMode::kGemm,
-        problem,
-        {static_cast<const Element*>(args.values), SparseConfig::fill_layoutA(problem),
-         static_cast<const Element*>(args.x), StrideB{int64_t(k), _1{}, int64_t(n) * k},
-         static_cast<const ElementE*>(args.meta), SparseConfig::fill_layoutE(problem)},
-        {{},
-         nullptr,
-         StrideC{_1{}, int64_t(m), int64_t(m) * n},
-         static_cast<Element*>(args.y),
-         StrideD{_1{}, int64_t(m), int64_t(m) * n}}};
+    typename Gemm::Arguments arguments{cutlass::gemm::GemmUniversalMode::kGemm,
+                                       problem,
+                                       {static_cast<const Element*>(args.values), SparseConfig::fill_layoutA(problem),
+                                        static_cast<const Element*>(args.x), StrideB{int64_t(k), _1{}, int64_t(n) * k},
+                                        static_cast<const ElementE*>(args.meta), SparseConfig::fill_layoutE(problem)},
+                                       {{},
+                                        nullptr,
+                                        StrideC{_1{}, int64_t(m), int64_t(m) * n},
+                                        static_cast<Element*>(args.y),
+                                        StrideD{_1{}, int64_t(m), int64_t(m) * n}}};
     auto& fusion = arguments.epilogue.thread;
     fusion.alpha = 1.0f;
     fusion.beta = 0.0f;
@@ -109,11 +109,13 @@ struct SparseLinearSm90 {
 // Small batches (up to kSm90SmallBatchMax rows of x): one 64-wide N tile; with few output tiles
 // the work is shared out along k (stream-K) so that every SM has some.
 template <typename Element>
-using SmallBatch = SparseLinearSm90<Element, Shape<_128, _64, _128>, Shape<_1, _1, _1>, cutlass::gemm::StreamKScheduler>;
+using SmallBatch =
+    SparseLinearSm90<Element, Shape<_128, _64, _128>, Shape<_1, _1, _1>, cutlass::gemm::StreamKScheduler>;
 // Large batches: 128 x 128 tiles, two CTAs of a cluster along N sharing (multicasting) the
 // weight tile, persistent CTAs.
 template <typename Element>
-using LargeBatch = SparseLinearSm90<Element, Shape<_128, _128, _128>, Shape<_1, _2, _1>, cutlass::gemm::PersistentScheduler>;
+using LargeBatch =
+    SparseLinearSm90<Element, Shape<_128, _128, _128>, Shape<_1, _2, _1>, cutlass::gemm::PersistentScheduler>;
 
 constexpr int64_t kSm90SmallBatchMax = 64;
 

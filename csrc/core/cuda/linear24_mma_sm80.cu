@@ -78,8 +78,8 @@ __device__ __forceinline__ void load_chunk(Chunk<kNTiles>& chunk, const Problem&
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t row = row0 + a_row(lane, m, h);
-      chunk.values[m][h] = has_cols ? __ldg(reinterpret_cast<const uint4*>(p.values + lane_values_offset(lane, row, index, p.k)))
-                                    : zero;
+      chunk.values[m][h] =
+          has_cols ? __ldg(reinterpret_cast<const uint4*>(p.values + lane_values_offset(lane, row, index, p.k))) : zero;
       chunk.codes[m][h] = has_cols ? __ldg(p.meta + lane_meta_offset(lane, row, index, p.rows)) : 0u;
     }
   }
@@ -179,14 +179,18 @@ cudaError_t launch(const Problem& p, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t linear24_decode(const Linear24Args& args, cudaStream_t stream) {
-  if (args.batch < 1 || args.batch > kDecodeMaxBatch || args.rows < kWarpRows || args.rows % kWarpRows ||
-      args.k < 32 || args.k % 32 || row_tiles(args.rows) > INT32_MAX) {
+  if (args.batch < 1 || args.batch > kDecodeMaxBatch || args.rows < kWarpRows || args.rows % kWarpRows || args.k < 32 ||
+      args.k % 32 || row_tiles(args.rows) > INT32_MAX) {
     return cudaErrorInvalidValue;
   }
-  const Problem p{static_cast<const uint16_t*>(args.x),    static_cast<const uint16_t*>(args.values),
-                  static_cast<const uint16_t*>(args.meta), static_cast<const uint16_t*>(args.bias),
-                  static_cast<uint16_t*>(args.y),          args.batch,
-                  args.rows,                               args.k};
+  const Problem p{static_cast<const uint16_t*>(args.x),
+                  static_cast<const uint16_t*>(args.values),
+                  static_cast<const uint16_t*>(args.meta),
+                  static_cast<const uint16_t*>(args.bias),
+                  static_cast<uint16_t*>(args.y),
+                  args.batch,
+                  args.rows,
+                  args.k};
   const bool bf16 = args.type == Linear24Type::kBFloat16;
   if (args.batch <= 8) return bf16 ? launch<true, 1>(p, stream) : launch<false, 1>(p, stream);
   return bf16 ? launch<true, 2>(p, stream) : launch<false, 2>(p, stream);

@@ -19,9 +19,8 @@ __device__ double load_score(const void* scores, ScoreType type, int64_t i) {
   }
 }
 
-__global__ void nm_mask_kernel(const void* __restrict__ scores, ScoreType type,
-                               bool* __restrict__ keep, int64_t groups, int64_t n, int64_t m,
-                               unsigned long long* error_index) {
+__global__ void nm_mask_kernel(const void* __restrict__ scores, ScoreType type, bool* __restrict__ keep, int64_t groups,
+                               int64_t n, int64_t m, unsigned long long* error_index) {
   const int64_t group = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (group >= groups) return;
   const int64_t base = group * m;
@@ -45,11 +44,11 @@ __global__ void nm_mask_kernel(const void* __restrict__ scores, ScoreType type,
 
 }  // namespace
 
-cudaError_t nm_mask_select(const void* scores, ScoreType type, bool* keep, int64_t rows, int64_t k,
-                    int64_t n, int64_t m, unsigned long long* error_index, cudaStream_t stream) {
+cudaError_t nm_mask_select(const void* scores, ScoreType type, bool* keep, int64_t rows, int64_t k, int64_t n,
+                           int64_t m, unsigned long long* error_index, cudaStream_t stream) {
   const int64_t groups = rows * (k / m);
-  nm_mask_kernel<<<unsigned((groups + kThreads - 1) / kThreads), kThreads, 0, stream>>>(scores, type, keep, groups, n, m,
-                                                               error_index);
+  nm_mask_kernel<<<unsigned((groups + kThreads - 1) / kThreads), kThreads, 0, stream>>>(scores, type, keep, groups, n,
+                                                                                        m, error_index);
   return cudaGetLastError();
 }
 

@@ -36,8 +36,8 @@ __global__ void __launch_bounds__(kThreads) obs_chunk_kernel(ObsChunkArgs a) {
   __syncthreads();
   const int64_t stride = int64_t(gridDim.x) * kCudaWarpsPerBlock;
   for (int64_t row = int64_t(blockIdx.x) * kCudaWarpsPerBlock + warp; row < a.rows; row += stride) {
-    obs::obs_row<Q>(CudaWarp{}, tri, scratch, a.w + row * a.ldw, a.err + row * a.lde, a.keep + row * a.ldk, width,
-                    a.n, a.m);
+    obs::obs_row<Q>(CudaWarp{}, tri, scratch, a.w + row * a.ldw, a.err + row * a.lde, a.keep + row * a.ldk, width, a.n,
+                    a.m);
   }
 }
 

@@ -29,7 +29,7 @@ PRUNEKIT_WARP_FN void choose_group(const Warp& warp, const float* tri, float* sc
                                    unsigned (&keep_bits)[Q], int first, int width, int n, int m) {
   const int lane = warp.lane();
   warp.sync();  // every lane is done reading the previous group's scores
-PRUNEKIT_UNROLL
+  PRUNEKIT_UNROLL
   for (int p = 0; p < Q; ++p) {
     const int j = p * kWarpLanes + lane;
     if (j >= first && j < first + m) {
@@ -38,7 +38,7 @@ PRUNEKIT_UNROLL
     }
   }
   warp.sync();
-PRUNEKIT_UNROLL
+  PRUNEKIT_UNROLL
   for (int p = 0; p < Q; ++p) {
     const int j = p * kWarpLanes + lane;
     const bool own = j >= first && j < first + m;
@@ -67,7 +67,7 @@ PRUNEKIT_WARP_FN void obs_row(const Warp& warp, const float* tri, float* scratch
   const int lane = warp.lane();
   float c[Q], e[Q];
   unsigned keep_bits[Q];
-PRUNEKIT_UNROLL
+  PRUNEKIT_UNROLL
   for (int p = 0; p < Q; ++p) {
     const int j = p * kWarpLanes + lane;
     const bool inside = j < width;
@@ -76,27 +76,27 @@ PRUNEKIT_UNROLL
     // Columns past the chunk count as kept so that nothing ever reads them.
     keep_bits[p] = warp.ballot(!inside || (m == 0 && keep[j]));
   }
-PRUNEKIT_UNROLL
+  PRUNEKIT_UNROLL
   for (int q = 0; q < Q; ++q) {
     for (int l = 0; l < kWarpLanes; ++l) {
       const int i = q * kWarpLanes + l;
       if (i >= width) break;
       if (m > 0 && i % m == 0) choose_group<Q>(warp, tri, scratch, c, keep_bits, i, width, n, m);
-      if ((keep_bits[q] >> l) & 1u) continue;  // warp-uniform
+      if ((keep_bits[q] >> l) & 1u) continue;                  // warp-uniform
       const float* h_row = tri + tri_row_start(i, width) - i;  // h_row[j] = h(i, j) for j >= i
       const float error = warp.shfl(c[q], l) / h_row[i];
       if (lane == l) {
         c[q] = 0.0f;
         e[q] = error;
       }
-PRUNEKIT_UNROLL
+      PRUNEKIT_UNROLL
       for (int p = q; p < Q; ++p) {
         const int j = p * kWarpLanes + lane;
         if (j > i && j < width) c[p] -= error * h_row[j];
       }
     }
   }
-PRUNEKIT_UNROLL
+  PRUNEKIT_UNROLL
   for (int p = 0; p < Q; ++p) {
     const int j = p * kWarpLanes + lane;
     if (j < width) {

@@ -25,10 +25,10 @@ namespace prunekit::format24 {
 
 // Layout parameters for one element size (bytes per dense entry: 1, 2 or 4).
 struct Layout {
-  int meta_bytes;         // 2 (int16) or 4 (int32)
-  int groups_per_meta;    // nibbles per meta element
-  int row_alignment;      // rows must be a multiple of this (the reorder works on row groups)
-  int col_alignment;      // k must be a multiple of this (an even number of meta columns)
+  int meta_bytes;       // 2 (int16) or 4 (int32)
+  int groups_per_meta;  // nibbles per meta element
+  int row_alignment;    // rows must be a multiple of this (the reorder works on row groups)
+  int col_alignment;    // k must be a multiple of this (an even number of meta columns)
 };
 
 PRUNEKIT_HD Layout layout_for_element_bytes(int element_bytes) {

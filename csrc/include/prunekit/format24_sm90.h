@@ -27,18 +27,14 @@ constexpr int64_t kAtomRows = 64;   // logical rows of one metadata atom
 constexpr int64_t kAtomCols = 128;  // logical columns of one metadata atom (= the GEMMs' TileK)
 constexpr int64_t kWordCols = 16;   // logical columns of one 16-bit word (= one torch meta element)
 
-PRUNEKIT_HD int64_t round_up(int64_t value, int64_t multiple) {
-  return (value + multiple - 1) / multiple * multiple;
-}
+PRUNEKIT_HD int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
 // Rows and logical columns the sm90 metadata buffer covers (padded to whole atoms).
 PRUNEKIT_HD int64_t padded_rows(int64_t rows) { return round_up(rows, kAtomRows); }
 PRUNEKIT_HD int64_t padded_cols(int64_t k) { return round_up(k, kAtomCols); }
 
 // 16-bit words in the buffer for a (rows, k) matrix; its bytes are padded_rows x padded_cols / 8.
-PRUNEKIT_HD int64_t word_count(int64_t rows, int64_t k) {
-  return padded_rows(rows) * padded_cols(k) / kWordCols;
-}
+PRUNEKIT_HD int64_t word_count(int64_t rows, int64_t k) { return padded_rows(rows) * padded_cols(k) / kWordCols; }
 
 // Word index of the codes of columns 16*word_col .. 16*word_col+15 of `row` (word_col is the
 // column of the torch meta element holding the same four groups); rows_padded = padded_rows(rows).
@@ -52,8 +48,7 @@ PRUNEKIT_HD int64_t word_index(int64_t row, int64_t word_col, int64_t rows_padde
 // Writes output word `index` (0 <= index < word_count(rows, k)) of the sm90 buffer from the 16-bit
 // torch meta (rows, k/16) of 16-bit data; padding words are 0. Each output word is written once,
 // from one input word, so any split of the index range over threads is race-free.
-PRUNEKIT_HD void convert_word(const uint16_t* torch_meta, uint16_t* sm90_meta, int64_t index, int64_t rows,
-                              int64_t k) {
+PRUNEKIT_HD void convert_word(const uint16_t* torch_meta, uint16_t* sm90_meta, int64_t index, int64_t rows, int64_t k) {
   const int64_t rows_padded = padded_rows(rows);
   // Invert word_index: the atom block along k is outermost, then the row block, then the
   // 512-word atom: m2 (128), k1 (64), m0 (8), k2 (2), m1 (1).

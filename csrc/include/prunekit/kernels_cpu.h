@@ -34,8 +34,8 @@ struct RowRange {
 // element_bytes wide (1, 2 or 4); is_float selects whether -0.0 counts as zero. Writes values
 // (rows, k/2) and reordered meta (see prunekit/format24.h). rows and k must satisfy the layout's
 // alignment; the caller checks that.
-Status format24_compress_scalar(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
-                                int element_bytes, bool is_float, RowRange range);
+Status format24_compress_scalar(const void* dense, void* values, void* meta, int64_t rows, int64_t k, int element_bytes,
+                                bool is_float, RowRange range);
 
 // Inverse of format24_compress: fills the rows in `range` of dense (rows, k) including zeros.
 Status format24_decompress_scalar(const void* values, const void* meta, void* dense, int64_t rows, int64_t k,
@@ -233,9 +233,8 @@ PRUNEKIT_DECLARE_CSR16_SPMM(avx512)
 // ---- fp32 transpose: dst (cols, rows) = src (rows, cols)^T ----
 // The rows in `range` of src (`cols` entries each, rows `ld_src` >= cols apart) become the same
 // columns of dst (rows `ld_dst` apart, ld_dst >= range.end).
-#define PRUNEKIT_DECLARE_TRANSPOSE(isa)                                                                   \
-  void transpose_f32_##isa(const float* src, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst, \
-                           RowRange range);
+#define PRUNEKIT_DECLARE_TRANSPOSE(isa) \
+  void transpose_f32_##isa(const float* src, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst, RowRange range);
 PRUNEKIT_DECLARE_TRANSPOSE(scalar)
 PRUNEKIT_DECLARE_TRANSPOSE(avx2)
 PRUNEKIT_DECLARE_TRANSPOSE(avx512)

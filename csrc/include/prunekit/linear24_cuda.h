@@ -54,8 +54,7 @@ cudaError_t linear24_cutlass_sm90(const Linear24Args& args, void* workspace, int
 
 // The sm90 metadata buffer (format24::sm90::word_count(rows, k) 16-bit words) from torch's
 // 16-bit metadata (rows, k/16), on the device.
-cudaError_t format24_meta_to_sm90(const void* meta, void* sm90_meta, int64_t rows, int64_t k,
-                                  cudaStream_t stream);
+cudaError_t format24_meta_to_sm90(const void* meta, void* sm90_meta, int64_t rows, int64_t k, cudaStream_t stream);
 
 // ---- small batches (1..kDecodeMaxBatch), sm_80 and newer ----
 // Contract: 1 <= batch <= 16, rows % 32 == 0, k % 32 == 0; y (batch, rows) row-major. A block

@@ -23,13 +23,13 @@
 
 namespace prunekit::linear24 {
 
-constexpr int kWarpRows = 32;    // output rows of a block: two m16 tiles per warp
-constexpr int kChunkCols = 64;   // dense columns of one step of a warp
-constexpr int kBlockWarps = 8;   // warps of a block, splitting the chunks of its rows
-constexpr int kMaxBatch = 16;    // two n8 tiles
+constexpr int kWarpRows = 32;   // output rows of a block: two m16 tiles per warp
+constexpr int kChunkCols = 64;  // dense columns of one step of a warp
+constexpr int kBlockWarps = 8;  // warps of a block, splitting the chunks of its rows
+constexpr int kMaxBatch = 16;   // two n8 tiles
 
-PRUNEKIT_HD int lane_row(int lane) { return lane >> 2; }   // g: A/C row, B column in a tile
-PRUNEKIT_HD int lane_quad(int lane) { return lane & 3; }   // t
+PRUNEKIT_HD int lane_row(int lane) { return lane >> 2; }  // g: A/C row, B column in a tile
+PRUNEKIT_HD int lane_quad(int lane) { return lane & 3; }  // t
 
 // Row within the block's 32 of the lane's A rows: m16 tile m (0, 1), upper half h (rows g+8).
 PRUNEKIT_HD int a_row(int lane, int m, int h) { return 16 * m + 8 * h + lane_row(lane); }

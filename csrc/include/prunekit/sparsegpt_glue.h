@@ -14,8 +14,8 @@
 
 namespace prunekit::sparsegpt {
 
-inline void check_solve_args(const at::Tensor& weight, const at::Tensor& hinv, double sparsity, int64_t n,
-                             int64_t m, int64_t blocksize) {
+inline void check_solve_args(const at::Tensor& weight, const at::Tensor& hinv, double sparsity, int64_t n, int64_t m,
+                             int64_t blocksize) {
   constexpr const char* op = "sparsegpt_solve_";
   check_dtype(weight, op, "weight", {at::kFloat});
   check_dim(weight, op, "weight", 2);

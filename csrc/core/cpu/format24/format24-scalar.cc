@@ -10,8 +10,8 @@ namespace {
 using format24::Layout;
 
 template <typename Bits, typename Meta>
-Status compress_rows(const Bits* dense, Bits* values, Meta* meta, int64_t rows, int64_t k,
-                     bool is_float, int64_t row_begin, int64_t row_end) {
+Status compress_rows(const Bits* dense, Bits* values, Meta* meta, int64_t rows, int64_t k, bool is_float,
+                     int64_t row_begin, int64_t row_end) {
   const Layout layout = format24::layout_for_element_bytes(sizeof(Bits));
   const int64_t meta_cols = k / (4 * layout.groups_per_meta);
   for (int64_t row = row_begin; row < row_end; ++row) {
@@ -41,8 +41,8 @@ Status compress_rows(const Bits* dense, Bits* values, Meta* meta, int64_t rows, 
 }
 
 template <typename Bits, typename Meta>
-Status decompress_rows(const Bits* values, const Meta* meta, Bits* dense, int64_t rows, int64_t k,
-                       int64_t row_begin, int64_t row_end) {
+Status decompress_rows(const Bits* values, const Meta* meta, Bits* dense, int64_t rows, int64_t k, int64_t row_begin,
+                       int64_t row_end) {
   const Layout layout = format24::layout_for_element_bytes(sizeof(Bits));
   const int64_t meta_cols = k / (4 * layout.groups_per_meta);
   for (int64_t row = row_begin; row < row_end; ++row) {
@@ -67,8 +67,8 @@ Status decompress_rows(const Bits* values, const Meta* meta, Bits* dense, int64_
 
 }  // namespace
 
-Status format24_compress_scalar(const void* dense, void* values, void* meta, int64_t rows, int64_t k,
-                                int element_bytes, bool is_float, RowRange range) {
+Status format24_compress_scalar(const void* dense, void* values, void* meta, int64_t rows, int64_t k, int element_bytes,
+                                bool is_float, RowRange range) {
   const int64_t row_begin = range.begin, row_end = range.end;
   switch (element_bytes) {
     case 1:
@@ -88,17 +88,14 @@ Status format24_decompress_scalar(const void* values, const void* meta, void* de
   const int64_t row_begin = range.begin, row_end = range.end;
   switch (element_bytes) {
     case 1:
-      return decompress_rows(static_cast<const uint8_t*>(values),
-                             static_cast<const uint32_t*>(meta), static_cast<uint8_t*>(dense),
-                             rows, k, row_begin, row_end);
+      return decompress_rows(static_cast<const uint8_t*>(values), static_cast<const uint32_t*>(meta),
+                             static_cast<uint8_t*>(dense), rows, k, row_begin, row_end);
     case 2:
-      return decompress_rows(static_cast<const uint16_t*>(values),
-                             static_cast<const uint16_t*>(meta), static_cast<uint16_t*>(dense),
-                             rows, k, row_begin, row_end);
+      return decompress_rows(static_cast<const uint16_t*>(values), static_cast<const uint16_t*>(meta),
+                             static_cast<uint16_t*>(dense), rows, k, row_begin, row_end);
     default:
-      return decompress_rows(static_cast<const uint32_t*>(values),
-                             static_cast<const uint16_t*>(meta), static_cast<uint32_t*>(dense),
-                             rows, k, row_begin, row_end);
+      return decompress_rows(static_cast<const uint32_t*>(values), static_cast<const uint16_t*>(meta),
+                             static_cast<uint32_t*>(dense), rows, k, row_begin, row_end);
   }
 }
 

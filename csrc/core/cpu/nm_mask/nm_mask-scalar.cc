@@ -17,8 +17,7 @@ constexpr int64_t kMaxCountingGroup = 16;
 // Rank counting with m known at compile time (2, 4, 8, 16: the common patterns): the pair loops
 // unroll and the group stays in registers.
 template <int M, typename Compute, typename Load>
-Status mask_rows_fixed(Load load, bool* keep, int64_t k, int64_t n, int64_t row_begin,
-                       int64_t row_end) {
+Status mask_rows_fixed(Load load, bool* keep, int64_t k, int64_t n, int64_t row_begin, int64_t row_end) {
   for (int64_t row = row_begin; row < row_end; ++row) {
     for (int64_t start = 0; start < k; start += M) {
       const int64_t base = row * k + start;
@@ -50,8 +49,7 @@ Status mask_rows_fixed(Load load, bool* keep, int64_t k, int64_t n, int64_t row_
 // Scores are compared as Compute (float for fp32/fp16/bf16, whose conversion to float is exact;
 // double for fp64).
 template <typename Compute, typename Load>
-Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t row_begin,
-                 int64_t row_end) {
+Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t row_begin, int64_t row_end) {
   switch (m) {
     case 2: return mask_rows_fixed<2, Compute>(load, keep, k, n, row_begin, row_end);
     case 4: return mask_rows_fixed<4, Compute>(load, keep, k, n, row_begin, row_end);
@@ -83,9 +81,7 @@ Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t
         for (int64_t i = 0; i < m; ++i) out[i] = rank[i] < n;
       } else {
         std::iota(order.begin(), order.end(), int64_t{0});
-        auto before = [&](int64_t a, int64_t b) {
-          return group[a] > group[b] || (group[a] == group[b] && a < b);
-        };
+        auto before = [&](int64_t a, int64_t b) { return group[a] > group[b] || (group[a] == group[b] && a < b); };
         if (n > 0 && n < m) std::nth_element(order.begin(), order.begin() + n, order.end(), before);
         for (int64_t i = 0; i < m; ++i) out[i] = false;
         for (int64_t i = 0; i < n; ++i) out[order[i]] = true;
@@ -111,13 +107,11 @@ Status nm_mask_select_scalar(const void* scores, ScoreType type, bool* keep, int
     }
     case ScoreType::kFloat16: {
       const uint16_t* p = static_cast<const uint16_t*>(scores);
-      return mask_rows<float>([p](int64_t i) { return fp16_to_float(p[i]); }, keep, k, n, m,
-                       row_begin, row_end);
+      return mask_rows<float>([p](int64_t i) { return fp16_to_float(p[i]); }, keep, k, n, m, row_begin, row_end);
     }
     case ScoreType::kBFloat16: {
       const uint16_t* p = static_cast<const uint16_t*>(scores);
-      return mask_rows<float>([p](int64_t i) { return bf16_to_float(p[i]); }, keep, k, n, m,
-                       row_begin, row_end);
+      return mask_rows<float>([p](int64_t i) { return bf16_to_float(p[i]); }, keep, k, n, m, row_begin, row_end);
     }
   }
   return Status{};

@@ -40,9 +40,7 @@ const ByteTables kByte;
 // loadu(kFirstLanes + 8 - n): the first n lanes set.
 alignas(32) constexpr int32_t kFirstLanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
-inline __m256i first_lanes(int n) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kFirstLanes + 8 - n));
-}
+inline __m256i first_lanes(int n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kFirstLanes + 8 - n)); }
 
 // The byte's packed values (low half at values[0..], high half popcount(bits & 15) later) as
 // [4 low | 4 high] fp32 lanes, 4 values read whole per half: fast plain loads whose extra lanes
@@ -73,9 +71,10 @@ __attribute__((noinline, cold)) __m256 load_halves_at_end(const void* values, in
 template <ValueType T>
 inline __m256 expand_byte(const void* values, int64_t offset, int64_t end, uint32_t bits) {
   constexpr size_t size = T == ValueType::kFloat32 ? 4 : 2;
-  const __m256 packed = __builtin_expect(offset + 8 <= end, 1)
-                            ? load_halves<T>(static_cast<const char*>(values) + offset * size, __builtin_popcount(bits & 15))
-                            : load_halves_at_end<T>(values, offset, bits);
+  const __m256 packed =
+      __builtin_expect(offset + 8 <= end, 1)
+          ? load_halves<T>(static_cast<const char*>(values) + offset * size, __builtin_popcount(bits & 15))
+          : load_halves_at_end<T>(values, offset, bits);
   const __m256i rank = _mm256_load_si256(reinterpret_cast<const __m256i*>(kByte.rank[bits]));
   const __m256 keep = _mm256_load_ps(reinterpret_cast<const float*>(kByte.keep[bits]));
   return _mm256_and_ps(_mm256_permutevar_ps(packed, rank), keep);
@@ -136,8 +135,8 @@ inline __m256 load_semi24_values(const void* values, int64_t offset) {
 // Row r as a 2:4 row (k % 16 == 0 and exactly k / 2 values, checked by the caller); false, with
 // nothing written, when some group of four does not mark exactly two columns.
 template <int B, ValueType T>
-bool semi24_row(const void* values, const uint16_t* bm, int64_t offset, int64_t k, const float* x,
-                const float* bias, float* y, int64_t rows, int64_t r) {
+bool semi24_row(const void* values, const uint16_t* bm, int64_t offset, int64_t k, const float* x, const float* bias,
+                float* y, int64_t rows, int64_t r) {
   __m256 even[B], odd[B];
   for (int b = 0; b < B; ++b) even[b] = odd[b] = _mm256_setzero_ps();
   __m256i bad = _mm256_setzero_si256();
@@ -168,9 +167,8 @@ bool semi24_row(const void* values, const uint16_t* bm, int64_t offset, int64_t 
 }
 
 template <int B, ValueType T>
-Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets,
-                 int64_t rows, int64_t k, const float* x, const float* bias, float* y, int64_t row_begin,
-                 int64_t row_end) {
+Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
+                 const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
   const int64_t words = bitmap_words(k);
   const int64_t full_words = k / kBitmapWordBits;
   const uint32_t tail_bits = uint32_t(k % kBitmapWordBits);
@@ -219,7 +217,8 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
     int64_t w = 0;
     for (; w + 2 <= words && !corrupt; w += 2) {
       // Far ahead of the data-dependent value reads (see bitmap-avx512.cc).
-      if ((w & 3) == 0) __builtin_prefetch(static_cast<const char*>(values) + (offset << value_shift) + kValuePrefetchBytes);
+      if ((w & 3) == 0)
+        __builtin_prefetch(static_cast<const char*>(values) + (offset << value_shift) + kValuePrefetchBytes);
       word_dot(w, low0, high0);
       if (!corrupt) word_dot(w + 1, low1, high1);
     }
@@ -227,7 +226,8 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
     if (corrupt) return Status{StatusCode::kCorruptMeta, r, 0};
     if (offset != limit) return Status{StatusCode::kCorruptMeta, r, 0};
     __m256 sums[B];
-    for (int b = 0; b < B; ++b) sums[b] = _mm256_add_ps(_mm256_add_ps(low0[b], high0[b]), _mm256_add_ps(low1[b], high1[b]));
+    for (int b = 0; b < B; ++b)
+      sums[b] = _mm256_add_ps(_mm256_add_ps(low0[b], high0[b]), _mm256_add_ps(low1[b], high1[b]));
     store_row_sums<B>(sums, bias, y, rows, r);
   }
   return Status{};
@@ -248,8 +248,8 @@ Status gemv_batch(const void* values, const uint16_t* bitmap, const int64_t* row
 
 Status bitmap_gemv_avx2(const BitmapWeightView& w, const GemvArgs& a, RowRange range) {
   if (w.value_type == ValueType::kFloat32) {
-    return gemv_batch<ValueType::kFloat32>(w.values, w.bitmap, w.row_offsets, w.rows, w.cols, a.x, a.batch, a.bias,
-                                           a.y, range.begin, range.end);
+    return gemv_batch<ValueType::kFloat32>(w.values, w.bitmap, w.row_offsets, w.rows, w.cols, a.x, a.batch, a.bias, a.y,
+                                           range.begin, range.end);
   }
   return gemv_batch<ValueType::kBFloat16>(w.values, w.bitmap, w.row_offsets, w.rows, w.cols, a.x, a.batch, a.bias, a.y,
                                           range.begin, range.end);

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "gemv_row_sums_avx512.h"
-#include "spmm_avx512_impl.h"
 #include "prunekit/bf16_x86.h"
 #include "prunekit/kernels_cpu.h"
+#include "spmm_avx512_impl.h"
 
 namespace prunekit::cpu {
 namespace {
@@ -76,8 +76,8 @@ template <int B, bool kFloat32>
 // not end at `limit`, the end of its span).
 template <int B, bool kFloat32>
 [[gnu::always_inline]] inline int64_t gemv_finish(__m512 (&acc)[kStepWords][B], const uint16_t* bm, int64_t offset,
-                                               const void* values, const float* x, int64_t k, int64_t w,
-                                               int64_t limit, const float* bias, int64_t r, int64_t rows, float* y) {
+                                                  const void* values, const float* x, int64_t k, int64_t w,
+                                                  int64_t limit, const float* bias, int64_t r, int64_t rows, float* y) {
   const int64_t words = bitmap_words(k), full_words = k / kBitmapWordBits;
   const __mmask16 tail_mask = __mmask16((1u << (k % kBitmapWordBits)) - 1);
   for (; w < words; ++w) {
@@ -111,8 +111,8 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
         return Status{StatusCode::kCorruptMeta, r, w * kBitmapWordBits};
       }
     }
-    const int64_t bad_column = gemv_finish<B, kFloat32>(acc, bm, offset, values, x, k, w, row_offsets[r + 1], bias, r,
-                                                        rows, y);
+    const int64_t bad_column =
+        gemv_finish<B, kFloat32>(acc, bm, offset, values, x, k, w, row_offsets[r + 1], bias, r, rows, y);
     if (bad_column >= 0) return Status{StatusCode::kCorruptMeta, r, bad_column};
   }
   return Status{};
@@ -123,8 +123,8 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
 // each). A corrupt weight is walked again row by row, so that the status names the first corrupt
 // row whichever half found it.
 template <bool kFloat32>
-Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows,
-                      int64_t k, const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
+Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
+                      const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
   const int64_t words = bitmap_words(k), full_words = k / kBitmapWordBits;
   const int64_t end = row_offsets[rows];  // the end of the values
   const int64_t half = (row_end - row_begin) / 2;
@@ -139,7 +139,8 @@ Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t*
     for (; w + kStepWords <= full_words; w += kStepWords) {
       const bool ok_a = gemv_step<1, kFloat32>(acc_a, bm_a, offset_a, values, x, k, w, end);
       const bool ok_b = gemv_step<1, kFloat32>(acc_b, bm_b, offset_b, values, x, k, w, end);
-      if (!(ok_a && ok_b)) return gemv_rows<1, kFloat32>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+      if (!(ok_a && ok_b))
+        return gemv_rows<1, kFloat32>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     }
     if (gemv_finish<1, kFloat32>(acc_a, bm_a, offset_a, values, x, k, w, row_offsets[a + 1], bias, a, rows, y) >= 0 ||
         gemv_finish<1, kFloat32>(acc_b, bm_b, offset_b, values, x, k, w, row_offsets[b + 1], bias, b, rows, y) >= 0) {
@@ -156,8 +157,7 @@ class BitmapRows {
  public:
   using Index = int32_t;
   BitmapRows(const uint16_t* bitmap, int64_t k)
-      : bitmap_(bitmap), words_(bitmap_words(k)),
-        last_word_bits_(bitmap_last_word_bits(k)) {}
+      : bitmap_(bitmap), words_(bitmap_words(k)), last_word_bits_(bitmap_last_word_bits(k)) {}
 
   void prefetch(int64_t r, int64_t c0, int64_t c1, int64_t /*at*/, int64_t /*nonzeros*/) const {
     prefetch_lines(reinterpret_cast<uintptr_t>(bitmap_ + r * words_ + c0 / kBitmapWordBits), (c1 - c0) / 8);
@@ -261,14 +261,14 @@ Status expanded_spmm(const void* values, const uint16_t* bitmap, const int64_t* 
   int64_t bad_row = 0, bad_column = 0;
   int64_t r = row_begin;
   for (; r + kExpandedRows <= row_end; r += kExpandedRows) {
-    if (!expanded_rows<kExpandedRows, kFloat32>(values, bitmap, row_offsets, k, x, ldx, lanes, bias, activation, y,
-                                                ldy, r, bad_row, bad_column)) {
+    if (!expanded_rows<kExpandedRows, kFloat32>(values, bitmap, row_offsets, k, x, ldx, lanes, bias, activation, y, ldy,
+                                                r, bad_row, bad_column)) {
       return Status{StatusCode::kCorruptMeta, bad_row, bad_column};
     }
   }
   for (; r < row_end; ++r) {
-    if (!expanded_rows<1, kFloat32>(values, bitmap, row_offsets, k, x, ldx, lanes, bias, activation, y, ldy, r,
-                                    bad_row, bad_column)) {
+    if (!expanded_rows<1, kFloat32>(values, bitmap, row_offsets, k, x, ldx, lanes, bias, activation, y, ldy, r, bad_row,
+                                    bad_column)) {
       return Status{StatusCode::kCorruptMeta, bad_row, bad_column};
     }
   }
@@ -286,15 +286,15 @@ Status bitmap_gemv_avx512(const BitmapWeightView& w, const GemvArgs& a, RowRange
   float* y = a.y;
   const bool f32 = w.value_type == ValueType::kFloat32;
   switch (a.batch) {
-#define PRUNEKIT_GEMV_CASE(B)                                                                              \
-  case B:                                                                                                  \
-    return f32 ? gemv_rows<B, true>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end)  \
+#define PRUNEKIT_GEMV_CASE(B)                                                                             \
+  case B:                                                                                                 \
+    return f32 ? gemv_rows<B, true>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end) \
                : gemv_rows<B, false>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     case 1:
       return f32 ? gemv_row_pairs<true>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end)
                  : gemv_row_pairs<false>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
-    PRUNEKIT_GEMV_CASE(2)
-    PRUNEKIT_GEMV_CASE(3)
+      PRUNEKIT_GEMV_CASE(2)
+      PRUNEKIT_GEMV_CASE(3)
     default: PRUNEKIT_GEMV_CASE(4)
 #undef PRUNEKIT_GEMV_CASE
   }
@@ -314,8 +314,8 @@ Status bitmap_spmm_avx512(const BitmapWeightView& w, const SpmmArgs& a, RowRange
                : expanded_spmm<false>(values, bitmap, row_offsets, k, a.x, a.ldx, a.cols_x, a.bias, a.activation, a.y,
                                       a.ldy, row_begin, row_end);
   }
-  const SpmmCall call{values, w.value_type, row_offsets, k, a.x, a.ldx, a.cols_x, a.bias, a.activation, a.y, a.ldy,
-                      row_begin, row_end};
+  const SpmmCall call{values, w.value_type, row_offsets, k,     a.x,       a.ldx,  a.cols_x,
+                      a.bias, a.activation, a.y,         a.ldy, row_begin, row_end};
   BitmapRows source(bitmap, k);
   return spmm_rows(call, source);
 }

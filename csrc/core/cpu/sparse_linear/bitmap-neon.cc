@@ -45,9 +45,8 @@ inline float32x4_t expand_nibble(const void* values, ValueType type, int64_t off
 }
 
 template <int B>
-Status gemv_rows(const void* values, ValueType type, const uint16_t* bitmap, const int64_t* row_offsets,
-                 int64_t rows, int64_t k, const float* x, const float* bias, float* y, int64_t row_begin,
-                 int64_t row_end) {
+Status gemv_rows(const void* values, ValueType type, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows,
+                 int64_t k, const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
   const int64_t words = bitmap_words(k);
   const int64_t full_words = k / kBitmapWordBits;
   const uint32_t tail_mask = (1u << (k % kBitmapWordBits)) - 1;

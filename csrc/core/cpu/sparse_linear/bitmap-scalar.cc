@@ -10,8 +10,8 @@ namespace prunekit::cpu {
 namespace {
 
 template <typename Bits>
-void scan_rows(const Bits* dense, bool is_float, int64_t k, uint16_t* bitmap, int64_t* row_nnz,
-               int64_t row_begin, int64_t row_end) {
+void scan_rows(const Bits* dense, bool is_float, int64_t k, uint16_t* bitmap, int64_t* row_nnz, int64_t row_begin,
+               int64_t row_end) {
   const int64_t words = bitmap_words(k);
   for (int64_t r = row_begin; r < row_end; ++r) {
     int64_t count = 0;
@@ -31,8 +31,8 @@ void scan_rows(const Bits* dense, bool is_float, int64_t k, uint16_t* bitmap, in
 }
 
 template <typename Bits>
-void pack_rows(const Bits* dense, int64_t k, const uint16_t* bitmap, const int64_t* row_offsets,
-               Bits* values, int64_t row_begin, int64_t row_end) {
+void pack_rows(const Bits* dense, int64_t k, const uint16_t* bitmap, const int64_t* row_offsets, Bits* values,
+               int64_t row_begin, int64_t row_end) {
   const int64_t words = bitmap_words(k);
   for (int64_t r = row_begin; r < row_end; ++r) {
     Bits* out = values + row_offsets[r];
@@ -45,8 +45,8 @@ void pack_rows(const Bits* dense, int64_t k, const uint16_t* bitmap, const int64
 }
 
 template <typename Bits>
-void unpack_rows(const Bits* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t k,
-                 Bits* dense, int64_t row_begin, int64_t row_end) {
+void unpack_rows(const Bits* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t k, Bits* dense,
+                 int64_t row_begin, int64_t row_end) {
   const int64_t words = bitmap_words(k);
   for (int64_t r = row_begin; r < row_end; ++r) {
     std::memset(dense + r * k, 0, sizeof(Bits) * k);
@@ -78,11 +78,11 @@ void bitmap_scan_scalar(const void* dense, int element_bytes, bool is_float, int
 void bitmap_pack_scalar(const void* dense, int element_bytes, int64_t k, const uint16_t* bitmap,
                         const int64_t* row_offsets, void* values, RowRange range) {
   if (element_bytes == 2) {
-    pack_rows(static_cast<const uint16_t*>(dense), k, bitmap, row_offsets, static_cast<uint16_t*>(values),
-              range.begin, range.end);
+    pack_rows(static_cast<const uint16_t*>(dense), k, bitmap, row_offsets, static_cast<uint16_t*>(values), range.begin,
+              range.end);
   } else {
-    pack_rows(static_cast<const uint32_t*>(dense), k, bitmap, row_offsets, static_cast<uint32_t*>(values),
-              range.begin, range.end);
+    pack_rows(static_cast<const uint32_t*>(dense), k, bitmap, row_offsets, static_cast<uint32_t*>(values), range.begin,
+              range.end);
   }
 }
 

@@ -73,9 +73,8 @@ inline int64_t panel_stride(int64_t chunks) { return (chunks + 1) * kChunk; }
 // Expands chunks [chunk_begin, chunk_end) of rows [n0, n0 + 32) (those < row_end; the rest
 // zero) into the panel, row by row (sequential stores; a chunk-major panel measured 3x slower to
 // fill). cursors[i]: where row n0 + i's values of chunk_begin start, advanced to chunk_end.
-Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t k,
-                    int64_t n0, int64_t row_end, int64_t chunk_begin, int64_t chunk_end, int64_t* cursors,
-                    uint16_t* panel) {
+Status expand_panel(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t k, int64_t n0,
+                    int64_t row_end, int64_t chunk_begin, int64_t chunk_end, int64_t* cursors, uint16_t* panel) {
   const int64_t words = bitmap_words(k), chunks = (k + kChunk - 1) / kChunk, width = chunk_end - chunk_begin;
   // Bits past k in a row's last chunk must be clear, as in every bitmap kernel.
   const uint32_t tail = k % kChunk ? uint32_t((1ull << (k % kChunk)) - 1) : 0xffffffffu;
@@ -142,7 +141,8 @@ struct Output {
 inline __m256i bf16_of(__m512 v) {
   const __m512i bits = _mm512_castps_si512(v);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+  const __m512i rounded =
+      _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
   const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0xffff)));
 }
@@ -150,8 +150,8 @@ inline __m256i bf16_of(__m512 v) {
 // y[b][n0 + i] = tile[i][j] + bias[n0 + i] for batch entry b = b0 + j: a register transposition per
 // whole 16 x 16 tile (for bf16 into a buffer, then rounded row by row), element by element at the
 // edges (batch or rows not a multiple of 16). Writing bf16 here spares the caller a pass over y.
-void store_tile_transposed(float (&tile)[kTileRows][kTileRows], int64_t b0, int64_t n0, int64_t row_end,
-                           int64_t batch, const float* bias, const Output& y) {
+void store_tile_transposed(float (&tile)[kTileRows][kTileRows], int64_t b0, int64_t n0, int64_t row_end, int64_t batch,
+                           const float* bias, const Output& y) {
   if (bias) {
     for (int64_t i = 0; i < kTileRows && n0 + i < row_end; ++i) {
       _mm512_store_ps(tile[i], _mm512_add_ps(_mm512_load_ps(tile[i]), _mm512_set1_ps(bias[n0 + i])));
@@ -168,7 +168,8 @@ void store_tile_transposed(float (&tile)[kTileRows][kTileRows], int64_t b0, int6
     alignas(64) float transposed[kTileRows][kTileRows];
     transpose_tile(&tile[0][0], kTileRows, kTileRows, &transposed[0][0], 0, 0);
     for (int64_t j = 0; j < kTileRows; ++j) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y16 + (b0 + j) * y.rows + n0), bf16_of(_mm512_load_ps(transposed[j])));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y16 + (b0 + j) * y.rows + n0),
+                          bf16_of(_mm512_load_ps(transposed[j])));
     }
     return;
   }
@@ -238,10 +239,10 @@ void multiply_panel(const uint16_t* panel, const uint16_t* packed_x, int64_t chu
     _tile_stored(1, sums[1], 64);
     _tile_stored(3, sums[3], 64);
   }
-  for (int half = 0; half < 2; ++half) {                   // weight tile: rows n0 + 16 half ..
+  for (int half = 0; half < 2; ++half) {                  // weight tile: rows n0 + 16 half ..
     for (int side = 0; side < (kPair ? 2 : 1); ++side) {  // batch tile bt + side
-      store_tile_transposed(sums[2 * half + side], (bt + side) * kTileRows, n0 + half * kTileRows, row_end, batch,
-                            bias, y);
+      store_tile_transposed(sums[2 * half + side], (bt + side) * kTileRows, n0 + half * kTileRows, row_end, batch, bias,
+                            y);
     }
   }
 }
@@ -274,7 +275,7 @@ int64_t bitmap_bf16_packed_x_elements_amx(int64_t batch, int64_t k) {
 }
 
 void bitmap_bf16_pack_x_amx(const uint16_t* x, int64_t batch, int64_t k, uint16_t* packed, int64_t chunk_begin,
-                int64_t chunk_end) {
+                            int64_t chunk_end) {
   const int64_t batch_tiles = (batch + kTileRows - 1) / kTileRows;
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     const int64_t columns = std::min(kChunk, k - c * kChunk);
@@ -328,8 +329,8 @@ Status bitmap_bf16_spmm_amx(const BitmapWeightView& weight, const AmxSpmmArgs& a
     const int64_t c1 = std::min(chunks, c0 + block_chunks);
     const bool first_block = c0 == 0, last_block = c1 == chunks;
     for (int64_t n0 = row_begin; n0 < row_end; n0 += kBlockRows) {
-      status = expand_panel(values, bitmap, row_offsets, k, n0, row_end, c0, c1, cursors.data() + (n0 - row_begin),
-                            panel);
+      status =
+          expand_panel(values, bitmap, row_offsets, k, n0, row_end, c0, c1, cursors.data() + (n0 - row_begin), panel);
       if (!status.ok()) break;
       int64_t bt = 0;
       for (; bt + 2 <= batch_tiles; bt += 2) {

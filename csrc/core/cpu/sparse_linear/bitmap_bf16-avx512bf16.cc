@@ -30,8 +30,9 @@ inline uint32_t chunk_mask(const uint16_t* bm, int64_t chunk) {
 template <int B, bool kWholeLoad>
 inline void chunk_dot(const uint16_t* values, int64_t offset, __mmask32 mask, unsigned count, const uint16_t* x,
                       int64_t k, int64_t column, __mmask32 x_mask, __m512* acc) {
-  const __m512i packed = kWholeLoad ? _mm512_loadu_si512(values + offset)
-                                    : _mm512_maskz_loadu_epi16(__mmask32(_bzhi_u32(0xffffffffu, count)), values + offset);
+  const __m512i packed = kWholeLoad
+                             ? _mm512_loadu_si512(values + offset)
+                             : _mm512_maskz_loadu_epi16(__mmask32(_bzhi_u32(0xffffffffu, count)), values + offset);
   const __m512bh weights = (__m512bh)_mm512_maskz_expand_epi16(mask, packed);
   for (int b = 0; b < B; ++b) {
     const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(x_mask, x + b * k + column);
@@ -41,8 +42,8 @@ inline void chunk_dot(const uint16_t* values, int64_t offset, __mmask32 mask, un
 
 // U whole chunks of a row from `chunk` on, the row's next value at `offset`; false, having read
 // nothing, when the bitmap claims more values than end - offset (`end`: the row's end, or in the
-// two-row walk the last offset from which a whole vector stays inside the values). The masks go straight from the bitmap into mask
-// registers (a load, not a move through the shuffle port).
+// two-row walk the last offset from which a whole vector stays inside the values). The masks go straight from the
+// bitmap into mask registers (a load, not a move through the shuffle port).
 template <int B, int U, bool kWholeLoad>
 [[gnu::always_inline]] inline bool chunk_step(const uint16_t* values, const uint16_t* bm, int64_t& offset, int64_t end,
                                               int64_t chunk, const uint16_t* x, int64_t k, __m512 (&acc)[U][B]) {
@@ -61,8 +62,8 @@ template <int B, int U, bool kWholeLoad>
   _mm_prefetch(reinterpret_cast<const char*>(ahead + (offset + total) * 2 - 1), _MM_HINT_T0);
   for (int u = 0; u < U; ++u) {
     const __mmask32 mask = _cvtu32_mask32(chunk_mask(bm, chunk + u));  // rows may start at odd words
-    chunk_dot<B, kWholeLoad>(values, offset, mask, counts[u], x, k, (chunk + u) * kChunkColumns,
-                             __mmask32(0xffffffffu), acc[u]);
+    chunk_dot<B, kWholeLoad>(values, offset, mask, counts[u], x, k, (chunk + u) * kChunkColumns, __mmask32(0xffffffffu),
+                             acc[u]);
     offset += counts[u];
   }
   return true;
@@ -72,9 +73,9 @@ template <int B, int U, bool kWholeLoad>
 // row is corrupt the column to report (the tail chunk's first column, else 0).
 template <int B, int U, bool kWholeLoad>
 [[gnu::always_inline]] inline int64_t finish_row(const uint16_t* values, const uint16_t* bm, int64_t offset,
-                                              int64_t limit, int64_t chunk, const uint16_t* x, int64_t k,
-                                              __m512 (&acc)[U][B], const float* bias, int64_t r, int64_t rows,
-                                              float* y) {
+                                                 int64_t limit, int64_t chunk, const uint16_t* x, int64_t k,
+                                                 __m512 (&acc)[U][B], const float* bias, int64_t r, int64_t rows,
+                                                 float* y) {
   const int64_t words = bitmap_words(k);
   const int64_t full_chunks = k / kChunkColumns;  // chunks entirely inside k (two whole words)
   const int64_t tail_columns = k - full_chunks * kChunkColumns;
@@ -92,8 +93,8 @@ template <int B, int U, bool kWholeLoad>
     const uint32_t mask = 2 * full_chunks + 1 < words ? chunk_mask(bm, full_chunks) : bm[2 * full_chunks];
     const unsigned count = unsigned(__builtin_popcount(mask));
     if ((mask & ~tail_bits) || offset + count > limit) return full_chunks * kChunkColumns;
-    chunk_dot<B, false>(values, offset, __mmask32(mask), count, x, k, full_chunks * kChunkColumns,
-                        __mmask32(tail_bits), acc[0]);
+    chunk_dot<B, false>(values, offset, __mmask32(mask), count, x, k, full_chunks * kChunkColumns, __mmask32(tail_bits),
+                        acc[0]);
     offset += count;
   }
   if (offset != limit) return 0;
@@ -104,7 +105,7 @@ template <int B, int U, bool kWholeLoad>
 // One row; -1, or where the bitmap disagrees with the row's offsets the column to report.
 template <int B, int U, bool kWholeLoad>
 inline int64_t gemv_row(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows,
-                     int64_t k, const uint16_t* x, const float* bias, float* y, int64_t r) {
+                        int64_t k, const uint16_t* x, const float* bias, float* y, int64_t r) {
   const uint16_t* bm = bitmap + r * bitmap_words(k);
   const int64_t full_chunks = k / kChunkColumns, limit = row_offsets[r + 1];
   __m512 acc[U][B];
@@ -119,9 +120,8 @@ inline int64_t gemv_row(const uint16_t* values, const uint16_t* bitmap, const in
 // B batch rows, U chunks in flight (independent accumulators hide the dot-product latency); the
 // status names the first corrupt row.
 template <int B, int U>
-Status gemv_rows(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows,
-                 int64_t k, const uint16_t* x, const float* bias, float* y, int64_t row_begin,
-                 int64_t row_end) {
+Status gemv_rows(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
+                 const uint16_t* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
   const int64_t value_count = row_offsets[rows];
   for (int64_t r = row_begin; r < row_end; ++r) {
     // Whole-vector value loads read up to 31 values past the row: fine unless the row ends the buffer.
@@ -137,8 +137,7 @@ Status gemv_rows(const uint16_t* values, const uint16_t* bitmap, const int64_t* 
 // apart (see the fp32 GEMV in bitmap-avx512.cc), two chunks of each per step (faster from memory
 // than four). Pairs whose second row ends the buffer, and corrupt weights, go row by row.
 Status gemv_row_pairs(const uint16_t* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows,
-                      int64_t k, const uint16_t* x, const float* bias, float* y, int64_t row_begin,
-                      int64_t row_end) {
+                      int64_t k, const uint16_t* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
   constexpr int U = 2;
   const int64_t words = bitmap_words(k), full_chunks = k / kChunkColumns;
   const int64_t value_count = row_offsets[rows], whole_load_end = value_count - kChunkColumns;

@@ -1,7 +1,7 @@
 // CSR16 GEMV and SpMM, AVX2 + FMA build (the kernels: csr16_gemv_impl.h, spmm_generic_impl.h).
 #define PRUNEKIT_VECTOR_BYTES 32
-#include "spmm_generic_impl.h"
 #include "csr16_gemv_impl.h"
+#include "spmm_generic_impl.h"
 
 namespace prunekit::cpu {
 

@@ -18,8 +18,8 @@ class Csr16Rows {
     prefetch_lines(reinterpret_cast<uintptr_t>(col_indices_ + at), nonzeros * 2);
   }
 
-  bool columns(int64_t /*r*/, int64_t /*c0*/, int64_t c1, bool last, int64_t at, int64_t limit,
-               const uint16_t*& column, int64_t& nnz) const {
+  bool columns(int64_t /*r*/, int64_t /*c0*/, int64_t c1, bool last, int64_t at, int64_t limit, const uint16_t*& column,
+               int64_t& nnz) const {
     column = col_indices_ + at;
     const int64_t available = limit - at;
     // c1 <= 65536: compare with c1 - 1, which fits 16 bits. Masked loads read nothing past the row.
@@ -51,8 +51,8 @@ Status csr16_gemv_avx512(const Csr16WeightView& w, const GemvArgs& a, RowRange r
 
 Status csr16_spmm_avx512(const Csr16WeightView& w, const SpmmArgs& a, RowRange range) {
   if (w.cols < 1 || w.cols > kCsr16MaxColumns) return Status{StatusCode::kBadArgument, 0, 0};
-  const SpmmCall call{w.values, w.value_type, w.row_offsets, w.cols, a.x, a.ldx, a.cols_x, a.bias, a.activation, a.y,
-                      a.ldy, range.begin, range.end};
+  const SpmmCall call{w.values, w.value_type, w.row_offsets, w.cols, a.x,         a.ldx,    a.cols_x,
+                      a.bias,   a.activation, a.y,           a.ldy,  range.begin, range.end};
   Csr16Rows source(w.col_indices);
   return spmm_rows(call, source);
 }

@@ -1,8 +1,8 @@
 // CSR16 GEMV and SpMM, portable build (the kernels: csr16_gemv_impl.h, spmm_generic_impl.h with
 // 16-byte vectors, which GCC lowers to scalar code where the target has none).
 #define PRUNEKIT_VECTOR_BYTES 16
-#include "spmm_generic_impl.h"
 #include "csr16_gemv_impl.h"
+#include "spmm_generic_impl.h"
 
 namespace prunekit::cpu {
 

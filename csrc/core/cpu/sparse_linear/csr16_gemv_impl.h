@@ -166,8 +166,8 @@ template <int B, ValueType T>
 // out of bounds, when the row names a column >= k. The AVX-512 build checks each index vector as it
 // goes (lanes past k are masked out of the gather); the others check the row first.
 template <int B, ValueType T>
-inline bool row_dot(const void* values, const uint16_t* col_indices, int64_t i, int64_t end, int64_t k,
-                    const float* x, float* sums) {
+inline bool row_dot(const void* values, const uint16_t* col_indices, int64_t i, int64_t end, int64_t k, const float* x,
+                    float* sums) {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
   Csr16Sums<B> s;
   start_sums(s);
@@ -207,8 +207,8 @@ inline bool row_dot(const void* values, const uint16_t* col_indices, int64_t i, 
 }
 
 template <int B, ValueType T>
-Status gemv_rows(const void* values, const uint16_t* col_indices, const int64_t* row_offsets, int64_t rows,
-                 int64_t k, const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
+Status gemv_rows(const void* values, const uint16_t* col_indices, const int64_t* row_offsets, int64_t rows, int64_t k,
+                 const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t begin = row_offsets[r], end = row_offsets[r + 1];
     float sums[B];
@@ -243,7 +243,8 @@ Status gemv_row_pairs(const void* values, const uint16_t* col_indices, const int
     float sum_a, sum_b;
     const bool ok_a = finish_row<1, T>(s_a, values, col_indices, i_a, end_a, k, x, &sum_a);
     const bool ok_b = finish_row<1, T>(s_b, values, col_indices, i_b, end_b, k, x, &sum_b);
-    if (!(ok_a && ok_b)) return gemv_rows<1, T>(values, col_indices, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+    if (!(ok_a && ok_b))
+      return gemv_rows<1, T>(values, col_indices, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     y[a] = sum_a + (bias ? bias[a] : 0.0f);
     y[b] = sum_b + (bias ? bias[b] : 0.0f);
   }
@@ -253,9 +254,8 @@ Status gemv_row_pairs(const void* values, const uint16_t* col_indices, const int
 #endif
 
 template <ValueType T>
-Status gemv_batch(const void* values, const uint16_t* col_indices, const int64_t* row_offsets, int64_t rows,
-                  int64_t k, const float* x, int64_t batch, const float* bias, float* y, int64_t row_begin,
-                  int64_t row_end) {
+Status gemv_batch(const void* values, const uint16_t* col_indices, const int64_t* row_offsets, int64_t rows, int64_t k,
+                  const float* x, int64_t batch, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
   switch (batch) {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
     case 1: return gemv_row_pairs<T>(values, col_indices, row_offsets, rows, k, x, bias, y, row_begin, row_end);
@@ -276,8 +276,8 @@ inline Status csr16_gemv_impl(const Csr16WeightView& w, const GemvArgs& a, RowRa
     return Status{StatusCode::kBadArgument, 0, 0};
   }
   if (w.value_type == ValueType::kFloat32) {
-    return gemv_batch<ValueType::kFloat32>(w.values, w.col_indices, w.row_offsets, w.rows, k, a.x, a.batch, a.bias,
-                                           a.y, range.begin, range.end);
+    return gemv_batch<ValueType::kFloat32>(w.values, w.col_indices, w.row_offsets, w.rows, k, a.x, a.batch, a.bias, a.y,
+                                           range.begin, range.end);
   }
   return gemv_batch<ValueType::kBFloat16>(w.values, w.col_indices, w.row_offsets, w.rows, k, a.x, a.batch, a.bias, a.y,
                                           range.begin, range.end);

@@ -1,6 +1,6 @@
 // The first and last steps of the AVX-512 GEMVs (fp32 and bf16 variants): zero a row's U x B
-// accumulators; reduce them and store y[b][r] = sum + bias[r]. Included by variant files built with AVX-512 flags; internal
-// linkage so that variants with different flags never share a definition.
+// accumulators; reduce them and store y[b][r] = sum + bias[r]. Included by variant files built with AVX-512 flags;
+// internal linkage so that variants with different flags never share a definition.
 #pragma once
 
 #include <immintrin.h>

@@ -34,20 +34,20 @@ inline void spmm_row_block(const float* weight, const Index* column, int64_t nnz
                            float* out) {
   constexpr int S = V >= 8 ? 1 : V >= 4 ? 2 : V >= 2 ? 4 : 8;
   __m512 acc[S][V];
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int v = 0; v < V; ++v) {
     acc[0][v] = first ? _mm512_set1_ps(initial)
                       : _mm512_maskz_loadu_ps(v + 1 < V ? __mmask16(0xffff) : last_mask, out + 16 * v);
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int s = 1; s < S; ++s) acc[s][v] = _mm512_setzero_ps();
   }
   int64_t t = 0;
   for (; t + S <= nnz; t += S) {
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int s = 0; s < S; ++s) {
       const __m512 wv = _mm512_set1_ps(weight[t + s]);
       const float* in = x + int64_t(column[t + s]) * ldx;
-      #pragma GCC unroll 8
+#pragma GCC unroll 8
       for (int v = 0; v + 1 < V; ++v) acc[s][v] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(in + 16 * v), acc[s][v]);
       acc[s][V - 1] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(last_mask, in + 16 * (V - 1)), acc[s][V - 1]);
     }
@@ -55,14 +55,14 @@ inline void spmm_row_block(const float* weight, const Index* column, int64_t nnz
   for (; t < nnz; ++t) {
     const __m512 wv = _mm512_set1_ps(weight[t]);
     const float* in = x + int64_t(column[t]) * ldx;
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int v = 0; v + 1 < V; ++v) acc[0][v] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(in + 16 * v), acc[0][v]);
     acc[0][V - 1] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(last_mask, in + 16 * (V - 1)), acc[0][V - 1]);
   }
-  #pragma GCC unroll 8
+#pragma GCC unroll 8
   for (int v = 0; v < V; ++v) {
     __m512 sum = acc[0][v];
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int s = 1; s < S; ++s) sum = _mm512_add_ps(sum, acc[s][v]);
     if (last) sum = activate(sum, activation);
     _mm512_mask_storeu_ps(out + 16 * v, v + 1 < V ? __mmask16(0xffff) : last_mask, sum);
@@ -129,8 +129,8 @@ struct SpmmScratch {
 
 // Y[:, p .. p + 16 V) for this thread's rows; only the last vector may be partial (last_mask).
 template <int V, typename RowSource>
-Status spmm_tile_columns(const SpmmCall& a, RowSource& source, int64_t p, __mmask16 last_mask,
-                         int64_t block_columns, int64_t block_nonzeros, int64_t block_rows, SpmmScratch& scratch) {
+Status spmm_tile_columns(const SpmmCall& a, RowSource& source, int64_t p, __mmask16 last_mask, int64_t block_columns,
+                         int64_t block_nonzeros, int64_t block_rows, SpmmScratch& scratch) {
   const int64_t value_bytes = a.type == ValueType::kFloat32 ? 4 : 2;
   int64_t* cursor = scratch.cursor.data() - a.row_begin;
   for (int64_t r = a.row_begin; r < a.row_end; ++r) cursor[r] = a.row_offsets[r];
@@ -199,8 +199,8 @@ Status spmm_rows(const SpmmCall& a, RowSource& source) {
     const __mmask16 last_mask = last_lanes >= 16 ? __mmask16(0xffff) : __mmask16((1u << last_lanes) - 1);
     Status status;
     switch (here) {
-#define PRUNEKIT_TILE_CASE(V)                                                                                  \
-  case V:                                                                                                      \
+#define PRUNEKIT_TILE_CASE(V)                                                                                   \
+  case V:                                                                                                       \
     status = spmm_tile_columns<V>(a, source, p, last_mask, block_columns, block_nonzeros, block_rows, scratch); \
     break;
       PRUNEKIT_TILE_CASE(8)

@@ -11,8 +11,8 @@
 #include <cstring>
 #include <vector>
 
-#include "prunekit/half.h"
 #include "activation.h"
+#include "prunekit/half.h"
 #include "prunekit/kernels_cpu.h"
 #include "prunekit/vector_ext.h"
 
@@ -77,9 +77,9 @@ inline LaneIndex lane_indices() {
 // they were (the columns past a tile's last whole vector run as the vector ending at the tile's
 // end, whose first lanes the vector before has done).
 template <int V, typename Index>
-inline void spmm_vectors(const float* weight, const Index* column, int64_t nnz, const float* x,
-                         int64_t ldx, int64_t p, bool first, bool last, float initial, Activation activation,
-                         float* out, int64_t kept_lanes = 0) {
+inline void spmm_vectors(const float* weight, const Index* column, int64_t nnz, const float* x, int64_t ldx, int64_t p,
+                         bool first, bool last, float initial, Activation activation, float* out,
+                         int64_t kept_lanes = 0) {
   Vec even[V], odd[V];
   for (int v = 0; v < V; ++v) {
     even[v] = first ? Vec{} + initial : load_vec(out + p + v * kLanes);
@@ -114,8 +114,7 @@ class BitmapRows {
  public:
   using Index = int32_t;
   BitmapRows(const uint16_t* bitmap, int64_t k)
-      : bitmap_(bitmap), words_(bitmap_words(k)),
-        last_word_bits_(bitmap_last_word_bits(k)) {}
+      : bitmap_(bitmap), words_(bitmap_words(k)), last_word_bits_(bitmap_last_word_bits(k)) {}
 
   void prefetch(int64_t r, int64_t c0, int64_t /*at*/) const {
     __builtin_prefetch(bitmap_ + r * words_ + c0 / kBitmapWordBits);
@@ -163,8 +162,8 @@ Status spmm_rows(RowSource& source, const void* values, ValueType type, const in
   const int64_t nonzeros_per_step =
       std::max<int64_t>(1, nonzeros / std::max<int64_t>(1, (row_end - row_begin) * steps));
   const int64_t block_columns =
-      kBlockColumnStep * std::clamp<int64_t>(kBlockProducts / ((tile + 15) / 16) / nonzeros_per_step, l1_steps,
-                                             4 * l1_steps);
+      kBlockColumnStep *
+      std::clamp<int64_t>(kBlockProducts / ((tile + 15) / 16) / nonzeros_per_step, l1_steps, 4 * l1_steps);
   const int64_t block_rows = std::max<int64_t>(1, kL2SumsBytes / tile_bytes);
   std::vector<float> widened;
   std::vector<int64_t> cursor_storage(row_end - row_begin);
@@ -242,8 +241,8 @@ class Csr16Rows {
 
   void prefetch(int64_t /*r*/, int64_t /*c0*/, int64_t at) const { __builtin_prefetch(col_indices_ + at); }
 
-  bool columns(int64_t /*r*/, int64_t /*c0*/, int64_t c1, bool last, int64_t at, int64_t limit,
-               const uint16_t*& column, int64_t& nnz) const {
+  bool columns(int64_t /*r*/, int64_t /*c0*/, int64_t c1, bool last, int64_t at, int64_t limit, const uint16_t*& column,
+               int64_t& nnz) const {
     column = col_indices_ + at;
     int64_t n = 0;
     // Eight indices per branch (the compiler turns the eight compares into one vector compare).

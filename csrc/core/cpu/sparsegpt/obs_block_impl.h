@@ -23,8 +23,7 @@ constexpr int64_t kUpdateRows = 4;
 
 // Keeps, per lane (row), the n largest (w_c / d_c)^2 of the m columns starting at `col`
 // (ties: lower column), as 0/1 flags in keep[c].
-inline void select_nm(const Vec* col, const float* hinv, int64_t ldh, int64_t m, int64_t n,
-                      Vec* keep) {
+inline void select_nm(const Vec* col, const float* hinv, int64_t ldh, int64_t m, int64_t n, Vec* keep) {
   Vec score[kMaxSubBlock];
   for (int64_t c = 0; c < m; ++c) {
     const Vec scaled = col[c] / hinv[c * ldh + c];
@@ -44,8 +43,8 @@ inline void select_nm(const Vec* col, const float* hinv, int64_t ldh, int64_t m,
 
 // w[r][j] -= sum_t e[r][t] * h[t][j] for j in [j_begin, j_end); t increases, so the arithmetic
 // follows the column-by-column order.
-inline void rank_update(float* const* wr, int64_t rows, const float* const* er, const float* h,
-                        int64_t ldh, int64_t depth, int64_t j_begin, int64_t j_end) {
+inline void rank_update(float* const* wr, int64_t rows, const float* const* er, const float* h, int64_t ldh,
+                        int64_t depth, int64_t j_begin, int64_t j_end) {
   for (int64_t r0 = 0; r0 < rows; r0 += kUpdateRows) {
     const int64_t group = rows - r0 < kUpdateRows ? rows - r0 : kUpdateRows;
     int64_t j = j_begin;
@@ -76,9 +75,8 @@ inline void rank_update(float* const* wr, int64_t rows, const float* const* er, 
   }
 }
 
-inline void obs_block_update_impl(float* w, int64_t ldw, const float* hinv, int64_t ldh, int64_t cols,
-                                float* err, bool* keep, int64_t n, int64_t m, int64_t row_begin,
-                                int64_t row_end) {
+inline void obs_block_update_impl(float* w, int64_t ldw, const float* hinv, int64_t ldh, int64_t cols, float* err,
+                                  bool* keep, int64_t n, int64_t m, int64_t row_begin, int64_t row_end) {
   const int64_t sub = m > 0 ? m * (m < kSubBlock ? kSubBlock / m : 1) : kSubBlock;
   Vec col[kMaxSubBlock], keep_flags[kMaxSubBlock];
   for (int64_t tile = row_begin; tile < row_end; tile += kTileRows) {

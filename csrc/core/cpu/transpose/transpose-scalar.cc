@@ -3,8 +3,7 @@
 
 namespace prunekit::cpu {
 
-void transpose_f32_scalar(const float* src, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst,
-                        RowRange range) {
+void transpose_f32_scalar(const float* src, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst, RowRange range) {
   transpose_rows(src, cols, ld_src, dst, ld_dst, range.begin, range.end);
 }
 

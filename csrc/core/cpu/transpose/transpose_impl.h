@@ -44,8 +44,10 @@ inline void transpose_tile(const float* src, int64_t ld_dst, int64_t ld_src, flo
     float* out = dst + (c0 + m) * ld_dst + r0;
     _mm512_storeu_ps(out, _mm512_shuffle_f32x4(low_lanes_top, low_lanes_bottom, _MM_SHUFFLE(2, 0, 2, 0)));
     _mm512_storeu_ps(out + 4 * ld_dst, _mm512_shuffle_f32x4(low_lanes_top, low_lanes_bottom, _MM_SHUFFLE(3, 1, 3, 1)));
-    _mm512_storeu_ps(out + 8 * ld_dst, _mm512_shuffle_f32x4(high_lanes_top, high_lanes_bottom, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(out + 12 * ld_dst, _mm512_shuffle_f32x4(high_lanes_top, high_lanes_bottom, _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm512_storeu_ps(out + 8 * ld_dst,
+                     _mm512_shuffle_f32x4(high_lanes_top, high_lanes_bottom, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_ps(out + 12 * ld_dst,
+                     _mm512_shuffle_f32x4(high_lanes_top, high_lanes_bottom, _MM_SHUFFLE(3, 1, 3, 1)));
   }
 }
 #elif defined(__AVX2__)
