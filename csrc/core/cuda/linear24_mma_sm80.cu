@@ -3,7 +3,7 @@
 // padding of x to a GEMM tile), spreads each group over dense mma.sync fragments in registers and
 // accumulates in fp32. The index bookkeeping is prunekit/linear24_decode.h.
 //
-// A block owns 32 output rows and all of k: its 8 warps take the 64-column chunks round robin
+// A block owns 32 output rows and all of k: its 16 warps take the 64-column chunks round robin
 // (loads of the next chunk issued before the current one is multiplied), then add their partial
 // sums in shared memory and write y with the bias. No cross-block reduction, no workspace.
 #include <cuda_bf16.h>
@@ -122,7 +122,7 @@ __device__ __forceinline__ void multiply_chunk(float (&acc)[2][kNTiles][4], cons
 }
 
 template <bool kBF16, int kNTiles>
-__global__ void __launch_bounds__(kThreads) linear24_decode_kernel(Problem p) {
+__global__ void __launch_bounds__(kThreads, 1) linear24_decode_kernel(Problem p) {
   constexpr int kCols = 8 * kNTiles;
   __shared__ uint32_t selectors[16];
   __shared__ float partial[kBlockWarps][kWarpRows][kCols + 1];  // +1: no bank conflicts on the writes
