@@ -30,9 +30,7 @@ using Config = cutlass::Sm90GemmSparseConfig<cute::sparse_elem<2, cutlass::half_
 static_assert(int(Config::TensorEAtomM{}) == sm90::kAtomRows, "atom rows differ from CUTLASS's");
 static_assert(int(Config::TensorEAtomK{}) == sm90::kAtomCols, "atom columns differ from CUTLASS's");
 
-auto layout_e(int64_t rows, int64_t k) {
-  return Config::fill_layoutE(cute::make_tuple(int(rows), 1, int(k), 1));
-}
+auto layout_e(int64_t rows, int64_t k) { return Config::fill_layoutE(cute::make_tuple(int(rows), 1, int(k), 1)); }
 
 void check_word_index(int64_t rows, int64_t k) {
   const auto layout = layout_e(rows, k);
@@ -43,7 +41,8 @@ void check_word_index(int64_t rows, int64_t k) {
     for (int64_t word_col = 0; word_col < sm90::padded_cols(k) / 16; ++word_col) {
       const int64_t first = layout(int(row), int(16 * word_col), 0);
       bool consecutive = first % 16 == 0;
-      for (int c = 1; c < 16; ++c) consecutive = consecutive && int64_t(layout(int(row), int(16 * word_col + c), 0)) == first + c;
+      for (int c = 1; c < 16; ++c)
+        consecutive = consecutive && int64_t(layout(int(row), int(16 * word_col + c), 0)) == first + c;
       if (!consecutive || sm90::word_index(row, word_col, rows_padded) != first / 16) ++bad;
     }
   }
@@ -62,8 +61,8 @@ void check_conversion(int64_t rows, int64_t k, std::mt19937& rng) {
     for (int i = 0; i < 4; ++i) dense[g * 4 + i] = p[i] ? uint16_t(bits(rng)) : 0;
   }
   std::vector<uint16_t> values(rows * k / 2), meta(rows * k / 16);
-  const auto status = prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, 2,
-                                                              true, {0, rows});
+  const auto status =
+      prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, 2, true, {0, rows});
   EXPECT(status.ok());
 
   std::vector<uint16_t> converted(sm90::word_count(rows, k), 0xbeef);
@@ -94,8 +93,8 @@ void check_conversion(int64_t rows, int64_t k, std::mt19937& rng) {
     }
   }
   if (wrong || dirty_padding) {
-    std::fprintf(stderr, "rows %lld k %lld: %d groups wrong, %d padding codes nonzero\n", (long long)rows,
-                 (long long)k, wrong, dirty_padding);
+    std::fprintf(stderr, "rows %lld k %lld: %d groups wrong, %d padding codes nonzero\n", (long long)rows, (long long)k,
+                 wrong, dirty_padding);
   }
   EXPECT(wrong == 0 && dirty_padding == 0);
 }
@@ -105,7 +104,8 @@ void check_conversion(int64_t rows, int64_t k, std::mt19937& rng) {
 int main() {
   std::mt19937 rng(23);
   // Whole atoms, padded rows (32 of 64), padded columns (k % 128 == 32, 64, 96), several blocks.
-  const int64_t shapes[][2] = {{64, 128}, {32, 32}, {32, 96}, {96, 160}, {128, 256}, {192, 384}, {224, 416}, {64, 1024}};
+  const int64_t shapes[][2] = {{64, 128},  {32, 32},   {32, 96},   {96, 160},
+                               {128, 256}, {192, 384}, {224, 416}, {64, 1024}};
   for (const auto& shape : shapes) {
     check_word_index(shape[0], shape[1]);
     check_conversion(shape[0], shape[1], rng);

@@ -4,9 +4,9 @@
 // from the header), and the kernel's shared-memory reduction; y must equal x W^T from the dense
 // matrix. Shapes cover both n8 tile counts, every batch 1..16, and k % 64 == 32 (the half chunk).
 #include <cmath>
-#include <cstring>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -20,7 +20,9 @@ namespace {
 
 namespace l24 = prunekit::linear24;
 
-float half_value(uint16_t bits, bool bf16) { return bf16 ? prunekit::bf16_to_float(bits) : prunekit::fp16_to_float(bits); }
+float half_value(uint16_t bits, bool bf16) {
+  return bf16 ? prunekit::bf16_to_float(bits) : prunekit::fp16_to_float(bits);
+}
 
 // Exactly representable small values in both fp16 and bf16, so sums are exact in fp32.
 uint16_t encode(int value, bool bf16) {
@@ -82,7 +84,8 @@ void check(int64_t batch, int64_t rows, int64_t k, bool bf16, std::mt19937& rng)
   }
   for (auto& e : x) e = encode(value(rng), bf16);
   std::vector<uint16_t> values(rows * k / 2), meta(rows * k / 16);
-  EXPECT(prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, 2, true, {0, rows}).ok());
+  EXPECT(prunekit::cpu::format24_compress_scalar(dense.data(), values.data(), meta.data(), rows, k, 2, true, {0, rows})
+             .ok());
 
   std::vector<float> y(batch * rows, NAN);
   const int n_tiles = batch <= 8 ? 1 : 2;
@@ -146,7 +149,8 @@ void check(int64_t batch, int64_t rows, int64_t k, bool bf16, std::mt19937& rng)
   for (int64_t n = 0; n < batch; ++n) {
     for (int64_t r = 0; r < rows; ++r) {
       double expected = 0;
-      for (int64_t c = 0; c < k; ++c) expected += double(half_value(dense[r * k + c], bf16)) * half_value(x[n * k + c], bf16);
+      for (int64_t c = 0; c < k; ++c)
+        expected += double(half_value(dense[r * k + c], bf16)) * half_value(x[n * k + c], bf16);
       wrong += !(float(expected) == y[n * rows + r]);
     }
   }
@@ -171,9 +175,9 @@ int main() {
     }
   }
   for (int64_t batch = 1; batch <= 16; ++batch) check(batch, 32, 96, batch % 2 == 0, rng);
-  check(3, 64, 1024, false, rng);   // more chunks than warps
-  check(16, 64, 544, true, rng);    // k % 64 == 32 with several rounds
-  check(9, 96, 32, false, rng);     // a single half chunk
+  check(3, 64, 1024, false, rng);  // more chunks than warps
+  check(16, 64, 544, true, rng);   // k % 64 == 32 with several rounds
+  check(9, 96, 32, false, rng);    // a single half chunk
   if (prunekit::test::failures == 0) std::printf("linear24 decode bookkeeping: all checks passed\n");
   return prunekit::test::finish();
 }

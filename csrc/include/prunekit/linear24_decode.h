@@ -23,10 +23,10 @@
 
 namespace prunekit::linear24 {
 
-constexpr int kWarpRows = 32;   // output rows of a block: two m16 tiles per warp
-constexpr int kChunkCols = 64;  // dense columns of one step of a warp
+constexpr int kWarpRows = 32;    // output rows of a block: two m16 tiles per warp
+constexpr int kChunkCols = 64;   // dense columns of one step of a warp
 constexpr int kBlockWarps = 16;  // warps of a block, splitting the chunks of its rows
-constexpr int kMaxBatch = 16;   // two n8 tiles
+constexpr int kMaxBatch = 16;    // two n8 tiles
 
 PRUNEKIT_HD int lane_row(int lane) { return lane >> 2; }  // g: A/C row, B column in a tile
 PRUNEKIT_HD int lane_quad(int lane) { return lane & 3; }  // t
