@@ -49,8 +49,9 @@ class SingleProcessStrategy:
         """This process's share of the calibration items: all of them."""
         return list(items)
 
-    def agree(self, facts: Callable[[], Mapping[str, object]], what: str) -> None:
-        """Checks that every process runs ``what`` on the same inputs: nothing to compare."""
+    def agree(self, facts: Callable[[], Mapping[str, object]] | Mapping[str, object], what: str) -> None:
+        """Checks that every process runs ``what`` on the same inputs (``facts``, or a callable
+        returning them, computed only where there is something to compare): nothing to compare."""
 
     def reduce_statistics(self, stats: Iterable) -> None:
         """Combines every process's layer statistics: they are complete already."""
@@ -125,11 +126,11 @@ class ProcessGroupStrategy(SingleProcessStrategy):
     def all_gather_object(self, obj, what: str = "all_gather_object") -> list:
         return collectives.all_gather_object(obj, self.group, what)
 
-    def agree(self, facts: Callable[[], Mapping[str, object]], what: str) -> None:
-        """Checks that every rank passes the same ``facts()`` (str -> anything with a stable
-        repr); raises ValueError on every rank naming the first fact that differs and each
-        rank's value."""
-        facts = facts()
+    def agree(self, facts: Callable[[], Mapping[str, object]] | Mapping[str, object], what: str) -> None:
+        """Checks that every rank passes the same ``facts`` (str -> anything with a stable repr;
+        or a callable returning them); raises ValueError on every rank naming the first fact that
+        differs and each rank's value."""
+        facts = facts() if callable(facts) else facts
         digests = {key: hashlib.sha256(repr(value).encode()).hexdigest()[:16] for key, value in facts.items()}
         gathered = self.all_gather_object(digests, what=f"the agreement check on {what}")
         for key in facts:
@@ -149,6 +150,10 @@ class ProcessGroupStrategy(SingleProcessStrategy):
         for name, tensor in tensors.items():
             self.all_reduce_sum_(tensor, what=f"{what} of layer {name}")
 
+    def assign(self, costs: Mapping[str, float]) -> dict[str, int]:
+        """The rank that solves each job, balanced by ``costs`` (see :func:`assign_owners`)."""
+        return assign_owners(costs, self.world)
+
     def solve(self, names, solve, *, outputs, cost, replicated, what):
         """Each layer is solved by one rank (balanced by ``cost``, the same assignment on every
         rank), its pruned weight broadcast from there and the error terms summed, so every rank
@@ -156,7 +161,7 @@ class ProcessGroupStrategy(SingleProcessStrategy):
         if replicated:
             with self.guard(what):
                 return {name: solve(name) for name in names}
-        owners = assign_owners({name: cost(name) for name in names}, self.world)
+        owners = self.assign({name: cost(name) for name in names})
         terms = torch.zeros(len(names), 2, dtype=torch.float64)
         with self.guard(what):
             for i, name in enumerate(names):
