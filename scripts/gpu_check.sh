@@ -2,9 +2,11 @@
 # One command to prove prunekit's CUDA work on a machine with an NVIDIA GPU and a CUDA build of
 # torch, with no package registry and no internet (known target: one H100 or H200, Python 3.12,
 # torch 2.11+cu130, nvcc 13.0, CMake, ninja, pytest). Needs no pip: it builds the extension with
-# CMake against the installed torch (CUTLASS headers from third_party/cutlass/include, put there on
-# the development machine by scripts/vendor_cutlass.sh and carried along with the tree), then runs
-# every CUDA test, the small sanitizer selection under compute-sanitizer, and the CUDA benchmarks.
+# CMake against the installed torch, then runs every CUDA test, the small sanitizer selection under
+# compute-sanitizer, and the CUDA benchmarks. On the development machine, scripts/gpu_prebuild.sh
+# puts the CUTLASS headers into third_party/cutlass and the torch-free kernels, compiled, into
+# build/gpu-prebuilt: carried with the tree, the GPU machine then compiles only the glue that must
+# match its torch (it compiles everything when the prebuilt kernels do not match the tree).
 #
 #   scripts/gpu_check.sh OUTDIR [PACKDIR]
 #
@@ -15,7 +17,7 @@
 # has a time limit, so the whole run stays under 8 minutes on 16 cores.
 #
 # Environment: PYTHON (python3), JOBS (all cores), PRUNEKIT_COMMIT (the commit, where the tree has
-# no .git), GPU_CHECK_ARCHS (CMAKE_CUDA_ARCHITECTURES; default: the build's own list),
+# no .git), GPU_CHECK_ARCHS (CMAKE_CUDA_ARCHITECTURES; default: the extension's own list),
 # GPU_CHECK_BUILD_DIR (build/gpu-check), GPU_CHECK_SKIP (stages to skip, comma-separated).
 set -uo pipefail
 if [ $# -lt 1 ]; then
@@ -32,7 +34,7 @@ export JOBS=${JOBS:-$(nproc)}
 export BUILD=${GPU_CHECK_BUILD_DIR:-$ROOT/build/gpu-check}
 export STAGE_DIR=$BUILD/stage
 export OUT ROOT
-export GPU_CHECK_ARCHS=${GPU_CHECK_ARCHS:-}
+export GPU_CHECK_ARCHS=${GPU_CHECK_ARCHS:-80-real;90a-real;80-virtual}  # the extension's default list
 if [ -z "${PRUNEKIT_COMMIT:-}" ]; then
   PRUNEKIT_COMMIT=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
 fi
@@ -59,10 +61,18 @@ stage_env() {
 }
 
 stage_build() {
-  local archs=()
-  [ -n "$GPU_CHECK_ARCHS" ] && archs=(-DCMAKE_CUDA_ARCHITECTURES="$GPU_CHECK_ARCHS")
+  # The torch-free kernels prebuilt on the development machine (scripts/gpu_prebuild.sh), when they
+  # were built from this very tree, nvcc and arch list; else compiled here with the rest.
+  local prebuilt="$ROOT/build/gpu-prebuilt" core=""
+  if [ -f "$prebuilt/STAMP" ] && [ "$(cat "$prebuilt/STAMP")" = "$(bash "$ROOT/scripts/gpu_stamp.sh" "$GPU_CHECK_ARCHS")" ]; then
+    core="$prebuilt/libprunekit_core_cuda.a"
+    echo "linking the prebuilt torch-free kernels $core ($(cat "$prebuilt/STAMP"))"
+  else
+    echo "no matching prebuilt torch-free kernels in $prebuilt: compiling them here"
+  fi
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DPRUNEKIT_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
-    -DPython_EXECUTABLE="$(command -v "$PYTHON")" "${archs[@]}" || return 1
+    -DPython_EXECUTABLE="$(command -v "$PYTHON")" -DCMAKE_CUDA_ARCHITECTURES="$GPU_CHECK_ARCHS" \
+    -DPRUNEKIT_CORE_CUDA_LIBRARY="$core" || return 1
   local t0=$SECONDS
   cmake --build "$BUILD" -j "$JOBS" || return 1
   echo "compiled in $((SECONDS - t0)) s with $JOBS jobs"
