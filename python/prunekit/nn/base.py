@@ -36,6 +36,15 @@ FORMATS = ("auto",) + HELD_FORMATS  # what from_dense and sparsify_ take
 KERNEL_VALUE_DTYPES = (torch.float32, torch.bfloat16)  # weight dtypes the CPU kernels run
 
 
+def held_dtype(fmt: str, tensors: dict[str, torch.Tensor], dtype: torch.dtype | None) -> torch.dtype:
+    """A module's weight dtype: ``dtype``, else that of the tensor holding the values of a ``fmt``
+    state (an unknown ``fmt`` is refused later, by name)."""
+    if dtype is not None:
+        return dtype
+    name = formats.get(fmt).values_name if fmt in formats.names() else "values"
+    return tensors.get(name, torch.empty(0)).dtype
+
+
 def _rebuild_runtime_after_load(module: "SparseWeightModule", incompatible_keys) -> None:
     module._build_runtime()
 

@@ -34,8 +34,7 @@ import torch.nn.functional as F
 from .. import formats
 from .._names import dtype_name
 from .auto import WeightStats, choose_format
-from .base import FORMATS, SparseWeightModule
-from .linear import _weight_dtype
+from .base import FORMATS, SparseWeightModule, held_dtype
 
 _X_DTYPES = (torch.float32,)
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -85,7 +84,7 @@ class SparseConv2d(SparseWeightModule):
         self.pointwise = (self.kernel_size == (1, 1) and self.stride == (1, 1)
                           and not any(self._reversed_padding_repeated_twice))
         kh, kw = self.kernel_size
-        self._init_weight(format, self.out_channels, self.in_channels * kh * kw, _weight_dtype(format, tensors, dtype),
+        self._init_weight(format, self.out_channels, self.in_channels * kh * kw, held_dtype(format, tensors, dtype),
                           tensors, bias, (self.out_channels, self.in_channels, kh, kw))
 
     def _reversed_padding(self) -> list[int]:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .. import formats
 from .._names import dtype_name
 from .auto import WeightStats, choose_format, csr16_runs
-from .base import FORMATS, SparseWeightModule
+from .base import FORMATS, SparseWeightModule, held_dtype
 
 _X_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -70,7 +70,7 @@ class SparseLinear(SparseWeightModule):
             raise ValueError(f"SparseLinear: argument 'source' must be 'linear' or 'conv1d', but got {source!r}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.source = source
-        self._init_weight(format, self.out_features, self.in_features, _weight_dtype(format, tensors, dtype), tensors,
+        self._init_weight(format, self.out_features, self.in_features, held_dtype(format, tensors, dtype), tensors,
                           bias, (self.out_features, self.in_features))
 
     @classmethod
@@ -157,11 +157,3 @@ class SparseLinear(SparseWeightModule):
         source = ", source='conv1d'" if self.source == "conv1d" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"{self._weight_repr()}{source}")
-
-
-def _weight_dtype(fmt: str, tensors: dict, dtype: torch.dtype | None) -> torch.dtype:
-    """``dtype``, else that of the tensor holding the values (of a known format)."""
-    if dtype is not None:
-        return dtype
-    name = formats.get(fmt).values_name if fmt in formats.names() else "values"
-    return tensors.get(name, torch.empty(0)).dtype
