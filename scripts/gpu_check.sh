@@ -14,11 +14,12 @@
 # tests_cuda.xml (JUnit) and bench/<family>.{json,md}. With PACKDIR, summary.md and a tarball of
 # OUTDIR are also copied there (for a tool that brings back only a few files). Stages run on after
 # a failure where they do not depend on it; the exit code is 1 when any stage failed. Every stage
-# has a time limit, so the whole run stays under 8 minutes on 16 cores.
+# has a time limit, clipped to what is left of the whole check's (470 s: under 8 minutes).
 #
 # Environment: PYTHON (python3), JOBS (all cores), PRUNEKIT_COMMIT (the commit, where the tree has
 # no .git), GPU_CHECK_ARCHS (CMAKE_CUDA_ARCHITECTURES; default: the extension's own list),
-# GPU_CHECK_BUILD_DIR (build/gpu-check), GPU_CHECK_SKIP (stages to skip, comma-separated).
+# GPU_CHECK_BUILD_DIR (build/gpu-check), GPU_CHECK_SKIP (stages to skip, comma-separated),
+# GPU_CHECK_DEADLINE (seconds for the whole check, default 470).
 set -uo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: $0 OUTDIR [PACKDIR]" >&2
@@ -41,6 +42,7 @@ fi
 export PRUNEKIT_COMMIT
 export PYTHONUNBUFFERED=1
 SKIP=",${GPU_CHECK_SKIP:-},"
+DEADLINE=${GPU_CHECK_DEADLINE:-470}  # seconds for the whole check (8 minutes, less a margin)
 started=$SECONDS
 rm -f "$OUT"/*.log "$OUT/summary.md"
 declare -a rows=()
@@ -56,7 +58,7 @@ stage_env() {
   cmake --version | head -1
   ninja --version
   "$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
-  command -v compute-sanitizer || echo "compute-sanitizer: not found"
+  echo "compute-sanitizer: ${SANITIZER:-not found}"
   nproc
 }
 
@@ -94,7 +96,7 @@ stage_tests() {
 # The tests marked `sanitize` (small CUDA cases, one per kernel) under one compute-sanitizer tool.
 sanitize_with() {
   local tool=$1
-  PYTHONPATH="$STAGE_DIR" PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+  PYTHONPATH="$STAGE_DIR" PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool "$tool" --error-exitcode 1 \
     --target-processes all "$PYTHON" -m pytest tests -m "cuda and sanitize" -q -p no:cacheprovider
 }
 stage_memcheck() { sanitize_with memcheck; }
@@ -136,11 +138,16 @@ EOF
 export -f stage_env stage_build stage_registration stage_tests sanitize_with stage_memcheck stage_racecheck \
   stage_synccheck stage_bench
 
-# run_stage NAME LIMIT_S [needs_build]
+# run_stage NAME LIMIT_S [needs_build]: the limit shrinks to what is left of the whole run's.
 run_stage() {
-  local name=$1 limit=$2 needs_build=${3:-0} t0=$SECONDS status rc
+  local name=$1 limit=$2 needs_build=${3:-0} t0=$SECONDS status rc left
+  left=$((DEADLINE - (SECONDS - started)))
+  [ "$limit" -gt "$left" ] && limit=$left
   if [[ $SKIP == *",$name,"* ]]; then
     status="skipped (GPU_CHECK_SKIP)"
+  elif [ "$limit" -lt 10 ]; then
+    status="FAILED (not run: the ${DEADLINE} s of the whole check were spent)"
+    failed=1
   elif [ "$needs_build" = 1 ] && [ $build_ok = 0 ]; then
     status="skipped (build failed)"
     failed=1
@@ -159,19 +166,24 @@ run_stage() {
   rows+=("| $name | $status | $((SECONDS - t0)) | $name.log |")
 }
 
-run_stage env 60
-run_stage build 300
-run_stage registration 60 1
-run_stage tests 180 1
-if command -v compute-sanitizer >/dev/null; then
-  run_stage memcheck 90 1
-  run_stage racecheck 90 1
-  run_stage synccheck 60 1
+# compute-sanitizer: on PATH, else beside nvcc or in a CUDA toolkit folder.
+SANITIZER=$(command -v compute-sanitizer ||
+  ls "$(dirname "$(command -v nvcc 2>/dev/null || echo /none/nvcc)")"/compute-sanitizer \
+    /usr/local/cuda*/bin/compute-sanitizer /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+export SANITIZER
+run_stage env 30
+run_stage build 240
+run_stage registration 30 1
+run_stage tests 150 1
+run_stage bench 150 1
+if [ -n "$SANITIZER" ]; then
+  run_stage memcheck 60 1
+  run_stage racecheck 60 1
+  run_stage synccheck 45 1
 else
   rows+=("| sanitizer | FAILED (compute-sanitizer not found) | 0 | - |")
   failed=1
 fi
-run_stage bench 240 1
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 {
