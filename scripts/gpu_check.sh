@@ -19,7 +19,8 @@
 # Environment: PYTHON (python3), JOBS (all cores), PRUNEKIT_COMMIT (the commit, where the tree has
 # no .git), GPU_CHECK_ARCHS (CMAKE_CUDA_ARCHITECTURES; default: the extension's own list),
 # GPU_CHECK_BUILD_DIR (build/gpu-check), GPU_CHECK_SKIP (stages to skip, comma-separated),
-# GPU_CHECK_DEADLINE (seconds for the whole check, default 470).
+# GPU_CHECK_DEADLINE (seconds for the whole check, default 470), GPU_CHECK_BENCH (benchmark modules
+# of prunekit.app.benchmarks to run, comma-separated; default: the families whose results are *_cuda).
 set -uo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: $0 OUTDIR [PACKDIR]" >&2
@@ -105,14 +106,16 @@ stage_synccheck() { sanitize_with synccheck; }
 
 stage_bench() {
   PYTHONPATH="$STAGE_DIR" "$PYTHON" - <<'EOF'
-import os, sys
+import importlib, os, sys
 from prunekit.app import benchmarks
 from prunekit.app.benchmarks import common
 failed = []
-for name in benchmarks.FAMILIES:
-    module = benchmarks.family(name)
-    if not module.NAME.endswith("_cuda"):  # the CUDA families name their results *_cuda
-        continue
+# GPU_CHECK_BENCH names modules of prunekit.app.benchmarks; by default the CUDA families (results *_cuda).
+names = [n for n in os.environ.get("GPU_CHECK_BENCH", "").split(",") if n] or [
+    n for n in benchmarks.FAMILIES if benchmarks.family(n).NAME.endswith("_cuda")]
+print("benchmarks:", ", ".join(names))
+for name in names:
+    module = importlib.import_module(f"prunekit.app.benchmarks.{name}")
     ok, why = module.available() if hasattr(module, "available") else (True, "")
     if not ok:
         print(f"{name}: skipped ({why})")
