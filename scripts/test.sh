@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Sets up (scripts/setup.sh) and runs every test: the Python suite, the torch-free C++ kernel
-# tests under AddressSanitizer/UBSan (and for aarch64 under qemu-user where the cross toolchain
-# is installed), and, where nvcc exists, the KERNELS_ONLY CUDA compile.
+# Sets up (scripts/setup.sh) and runs every test: lint (ruff, clang-format), the torch-free C++
+# kernel tests under AddressSanitizer/UBSan (and for aarch64 under qemu-user where the cross
+# toolchain is installed), where nvcc exists the KERNELS_ONLY CUDA compile, and the Python suite.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
 bash scripts/setup.sh
+
+echo "== lint: ruff (Python), clang-format (csrc/, tests/core)"
+"$PYTHON" -m ruff check python tests bench scripts
+bash scripts/clang_format_check.sh
 
 echo "== torch-free C++ kernel tests (ASan + UBSan)"
 cmake -S . -B build/core-asan -G Ninja -DPRUNEKIT_CORE_ONLY=ON -DCMAKE_BUILD_TYPE=Debug \
