@@ -17,6 +17,14 @@ function(prunekit_find_cutlass)
   if(DEFINED PRUNEKIT_CUTLASS_INCLUDE_DIR AND EXISTS "${PRUNEKIT_CUTLASS_INCLUDE_DIR}/cutlass/cutlass.h")
     return()
   endif()
+  # First the copy scripts/vendor_cutlass.sh leaves in the tree (git-ignored; it travels with the
+  # tree to a GPU machine without a package registry), then the installed wheel.
+  set(vendored "${PROJECT_SOURCE_DIR}/third_party/cutlass/include")
+  if(EXISTS "${vendored}/cutlass/cutlass.h")
+    set(PRUNEKIT_CUTLASS_INCLUDE_DIR "${vendored}" CACHE PATH "CUTLASS include directory" FORCE)
+    message(STATUS "prunekit: CUTLASS headers in ${vendored} (vendored copy)")
+    return()
+  endif()
   find_package(Python 3.9 REQUIRED COMPONENTS Interpreter)
   # find_spec locates the package without importing it (its import pulls in cuda-python).
   execute_process(
@@ -26,7 +34,8 @@ function(prunekit_find_cutlass)
     OUTPUT_STRIP_TRAILING_WHITESPACE)
   if(NOT include_dir OR NOT EXISTS "${include_dir}/cutlass/cutlass.h")
     message(FATAL_ERROR "prunekit's CUDA build needs the CUTLASS headers of the nvidia-cutlass wheel: "
-                        "pip install --no-deps nvidia-cutlass (looked in '${include_dir}')")
+                        "pip install --no-deps nvidia-cutlass, or run scripts/vendor_cutlass.sh where it is "
+                        "installed (looked in '${vendored}' and '${include_dir}')")
   endif()
   set(PRUNEKIT_CUTLASS_INCLUDE_DIR "${include_dir}" CACHE PATH "CUTLASS include directory" FORCE)
   message(STATUS "prunekit: CUTLASS headers in ${include_dir}")

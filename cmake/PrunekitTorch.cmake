@@ -1,7 +1,20 @@
 # Finds Python, pybind11 and torch from the interpreter that runs the build, so the extension
 # is built against the torch that is already installed (never a torch fetched by an isolated build).
 #
-# Defines the imported target prunekit::torch and PRUNEKIT_TORCH_VERSION, PRUNEKIT_TORCH_CUDA.
+# Defines the imported target prunekit::torch and PRUNEKIT_TORCH_VERSION, PRUNEKIT_TORCH_CUDA,
+# PRUNEKIT_TORCH_CXX_STANDARD.
+
+# The C++ standard torch's headers need: torch 2.14's use std::strong_ordering, `requires` and
+# string_view::starts_with (C++20); older ones build as C++17, the standard prunekit keeps there.
+function(prunekit_torch_cxx_standard torch_version out_var)
+  string(REGEX MATCH "^[0-9]+\\.[0-9]+" major_minor "${torch_version}")
+  if(major_minor VERSION_GREATER_EQUAL 2.14)
+    set(${out_var} 20 PARENT_SCOPE)
+  else()
+    set(${out_var} 17 PARENT_SCOPE)
+  endif()
+endfunction()
+
 function(prunekit_find_torch)
   find_package(Python 3.9 REQUIRED COMPONENTS Interpreter Development.Module)
   execute_process(
@@ -22,6 +35,9 @@ function(prunekit_find_torch)
   list(GET probe 3 pybind11_dir)
   list(GET probe 4 cxx11_abi)
   set(PRUNEKIT_TORCH_VERSION "${torch_version}" PARENT_SCOPE)
+  prunekit_torch_cxx_standard("${torch_version}" cxx_standard)
+  set(PRUNEKIT_TORCH_CXX_STANDARD ${cxx_standard} PARENT_SCOPE)
+  message(STATUS "prunekit: torch ${torch_version}: C++${cxx_standard}")
   if(torch_cuda)
     set(PRUNEKIT_TORCH_CUDA ON PARENT_SCOPE)
   else()
@@ -66,7 +82,7 @@ function(prunekit_add_cuda_glue_check)
   find_package(Python 3.9 REQUIRED COMPONENTS Interpreter)
   execute_process(
     COMMAND ${Python_EXECUTABLE} -c
-      "import os, torch; print(os.path.dirname(torch.__file__)); print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"
+      "import os, torch; print(os.path.dirname(torch.__file__)); print(int(torch._C._GLIBCXX_USE_CXX11_ABI)); print(torch.__version__)"
     OUTPUT_VARIABLE probe RESULT_VARIABLE probe_status OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
   if(NOT probe_status EQUAL 0)
     message(STATUS "prunekit: torch not importable; the CUDA glue compile check is skipped")
@@ -75,6 +91,8 @@ function(prunekit_add_cuda_glue_check)
   string(REPLACE "\n" ";" probe "${probe}")
   list(GET probe 0 torch_root)
   list(GET probe 1 cxx11_abi)
+  list(GET probe 2 torch_version)
+  prunekit_torch_cxx_standard("${torch_version}" cxx_standard)
   set(stub_dir "${CMAKE_CURRENT_BINARY_DIR}/glue_check_include")
   if(NOT EXISTS "${torch_root}/include/c10/cuda/impl/cuda_cmake_macros.h")
     file(WRITE "${stub_dir}/c10/cuda/impl/cuda_cmake_macros.h"
@@ -83,10 +101,11 @@ function(prunekit_add_cuda_glue_check)
   file(GLOB glue_sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu)
   add_library(prunekit_cuda_glue_check OBJECT ${glue_sources})
   prunekit_configure_cuda_target(prunekit_cuda_glue_check)
+  set_target_properties(prunekit_cuda_glue_check PROPERTIES CUDA_STANDARD ${cxx_standard})
   target_include_directories(prunekit_cuda_glue_check SYSTEM PRIVATE
       "${stub_dir}" "${torch_root}/include" "${torch_root}/include/torch/csrc/api/include")
   string(REPLACE ";" "," arch_list "${CMAKE_CUDA_ARCHITECTURES}")
   target_compile_definitions(prunekit_cuda_glue_check PRIVATE
       _GLIBCXX_USE_CXX11_ABI=${cxx11_abi} PRUNEKIT_CUDA_ARCHS="${arch_list}")
-  message(STATUS "prunekit: compiling the CUDA glue against torch headers in ${torch_root}")
+  message(STATUS "prunekit: compiling the CUDA glue against torch ${torch_version} headers in ${torch_root} (C++${cxx_standard})")
 endfunction()

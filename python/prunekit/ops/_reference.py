@@ -155,7 +155,7 @@ def sparsegpt(
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
-    h += percdamp * torch.diagonal(h).mean() * torch.eye(h.shape[0])
+    h += percdamp * torch.diagonal(h).mean() * torch.eye(h.shape[0], device=h.device)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     keep = sparsegpt_solve_(w, hinv, sparsity, n, m, blocksize)
     return w, keep

@@ -79,13 +79,15 @@ def cpu_name() -> str:
 
 
 def git_commit() -> str:
-    """The short commit of the checkout prunekit runs from ("" from an installed wheel)."""
+    """The short commit of the checkout prunekit runs from; where there is none (an installed
+    wheel, a tree copied without .git to a GPU machine), $PRUNEKIT_COMMIT or ""."""
+    fallback = os.environ.get("PRUNEKIT_COMMIT", "")[:12]
     try:
         result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return ""
-    return result.stdout.strip() if result.returncode == 0 else ""
+        return fallback
+    return result.stdout.strip() if result.returncode == 0 else fallback
 
 
 def machine_info() -> dict:
