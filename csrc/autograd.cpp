@@ -36,8 +36,9 @@ void save_bias(AutogradContext* ctx, const std::optional<at::Tensor>& bias) {
 
 // grad of bias: the output gradient (channels along `channel_dim`) summed over all other dims in
 // fp32 (a bf16 sum loses digits), in bias's dtype.
-at::Tensor bias_gradient(AutogradContext* ctx, const at::Tensor& grad_pre, int64_t channel_dim) {
-  if (!ctx->saved_data["has_bias"].toBool() || !ctx->needs_input_grad(kBiasInput)) return {};
+at::Tensor bias_gradient(AutogradContext* ctx, const at::Tensor& grad_pre, int64_t channel_dim,
+                         size_t bias_input = kBiasInput) {
+  if (!ctx->saved_data["has_bias"].toBool() || !ctx->needs_input_grad(bias_input)) return {};
   const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt());
   const at::Tensor channels_last = grad_pre.movedim(channel_dim, -1);
   return channels_last.reshape_symint({-1, channels_last.sym_size(-1)}).sum(0, false, at::kFloat).to(dtype);
@@ -212,12 +213,64 @@ at::Tensor sparse_conv1x1_autograd(const at::Tensor& x, const at::Tensor& values
   return call_below_autograd(conv1x1_op(), x, values, bitmap, row_offsets, bias, activation);
 }
 
+using Linear24Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                     c10::string_view);
+
+const c10::TypedOperatorHandle<Linear24Signature>& linear24_op() {
+  static const auto handle = find_op<Linear24Signature>("prunekit::sparse_linear_24");
+  return handle;
+}
+
+// sparse_linear_24 (x, values, meta, in_features, bias, meta_sm90, kernel): the
+// weight from decompress_24; bias is tensor input 3 when given (meta_sm90 after
+// it).
+class SparseLinear24Function : public torch::autograd::Function<SparseLinear24Function> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                            int64_t in_features, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& meta_sm90, c10::string_view kernel) {
+    ctx->save_for_backward({values, meta});
+    save_linear(ctx, x, bias, in_features);
+    return call_below_autograd(linear24_op(), x, values, meta, in_features, bias, meta_sm90, kernel);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_weight_gradient(ctx, "sparse_linear_24");
+    at::Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      static const auto decompress =
+          find_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("prunekit::decompress_24");
+      const auto saved = ctx->get_saved_variables();
+      grad_x = linear_input_gradient(grads[0], decompress.call(saved[0], saved[1]),
+                                     static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+    }
+    // One gradient per forward argument: x, values, meta, in_features, bias,
+    // meta_sm90, kernel.
+    return {grad_x, {}, {}, {}, bias_gradient(ctx, grads[0], -1, kLinear24BiasInput), {}, {}};
+  }
+
+ private:
+  static constexpr size_t kLinear24BiasInput = 3;
+};
+
+at::Tensor sparse_linear_24_autograd(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                     int64_t in_features, const std::optional<at::Tensor>& bias,
+                                     const std::optional<at::Tensor>& meta_sm90, c10::string_view kernel) {
+  refuse_forward_ad("sparse_linear_24", {&x, &values, &or_undefined(bias)});
+  if (records_gradient({&x, &values, &or_undefined(bias)})) {
+    return SparseLinear24Function::apply(x, values, meta, in_features, bias, meta_sm90, kernel);
+  }
+  return call_below_autograd(linear24_op(), x, values, meta, in_features, bias, meta_sm90, kernel);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(prunekit, Autograd, m) {
   m.impl("sparse_linear", &sparse_linear_autograd<BitmapLinear>);
   m.impl("sparse_linear_csr16", &sparse_linear_autograd<Csr16Linear>);
   m.impl("sparse_conv1x1", &sparse_conv1x1_autograd);
+  m.impl("sparse_linear_24", &sparse_linear_24_autograd);
 }
 
 }  // namespace prunekit

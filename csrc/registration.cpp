@@ -36,6 +36,14 @@ TORCH_LIBRARY(prunekit, m) {
   // SparseGPT blocked OBS solve in place on fp32 weight given the upper Cholesky factor of H^-1; returns the keep-mask.
   m.def("sparsegpt_solve_(Tensor(a!) weight, Tensor hinv, float sparsity, int n, int m, int blocksize) -> Tensor",
         tags);
+  // y = x W^T + b with W in the 2:4 layout of compress_24 (fp16/bf16/fp32, fp32 accumulation); meta_sm90 optionally
+  // precomputed by meta_24_to_sm90; kernel "auto" | "decode" | "cutlass_sm80" | "cutlass_sm90" | "dense".
+  m.def(
+      "sparse_linear_24(Tensor x, Tensor values, Tensor meta, int in_features, Tensor? bias=None, Tensor? "
+      "meta_sm90=None, str kernel=\"auto\") -> Tensor",
+      tags);
+  // compress_24's int16 meta (fp16/bf16 values) -> the sm90a sparse GEMM's metadata, uint8 (rows, k padded), exactly.
+  m.def("meta_24_to_sm90(Tensor meta) -> Tensor", tags);
 }
 
 // The sparse layers' ops have derivatives for x and bias (autograd.cpp); the format ops have
@@ -44,7 +52,8 @@ TORCH_LIBRARY(prunekit, m) {
 // gradient). The in-place ops (hessian_accumulate_, sparsegpt_solve_) work on calibration
 // statistics and are left to torch's default.
 TORCH_LIBRARY_IMPL(prunekit, Autograd, m) {
-  for (const char* op : {"nm_mask", "compress_24", "decompress_24", "compress_bitmap", "decompress_bitmap"}) {
+  for (const char* op :
+       {"nm_mask", "compress_24", "decompress_24", "compress_bitmap", "decompress_bitmap", "meta_24_to_sm90"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

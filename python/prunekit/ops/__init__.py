@@ -18,6 +18,8 @@ __all__ = [
     "sparse_linear",
     "sparse_linear_csr16",
     "sparse_conv1x1",
+    "sparse_linear_24",
+    "meta_24_to_sm90",
 ]
 
 
@@ -100,3 +102,34 @@ def sparse_conv1x1(x, values, bitmap, row_offsets, bias=None, activation: int = 
     """1x1 convolution (stride 1, no padding) of NCHW fp32 ``x`` with a bitmap-format
     (out_channels, in_channels) weight; ``activation`` 0 none, 1 ReLU, 2 ReLU6 (fused)."""
     return torch.ops.prunekit.sparse_conv1x1(x, values, bitmap, row_offsets, bias, activation)
+
+
+def sparse_linear_24(x, values, meta, in_features: int, bias=None, meta_sm90=None, kernel: str = "auto") -> torch.Tensor:
+    """``F.linear(x, W, bias)`` with W in the 2:4 layout of :func:`compress_24` (``values``
+    (out_features, in_features / 2), int16 ``meta``), on CPU and CUDA.
+
+    ``x``, ``values`` and ``bias`` share one dtype (fp16, bf16 or fp32); products and sums are fp32
+    and the result has x's dtype. out_features and in_features are multiples of 32 (the layout).
+    On CUDA, batches of 1-16 rows run a kernel that reads the compressed weight once, straight
+    from memory; larger batches run CUTLASS's sparse tensor-core GEMM (CUTLASS 2.x on sm_80/sm_89,
+    3.x on sm_90a, where the metadata is first converted to Hopper's layout: pass
+    ``meta_sm90=meta_24_to_sm90(meta)``, computed once, to skip that per call). fp32 weights, and
+    on sm_8x in_features that are not a multiple of 64 at more than 16 rows, run a dense product
+    of the decompressed weight. On CPU the op always decompresses (the CPU's fast path for a 2:4
+    weight is :func:`sparse_linear` on its bitmap view). Metadata must come from compress_24:
+    corrupt codes give wrong numbers, never an out-of-range access.
+
+    ``kernel`` forces one path for tests and comparisons: "decode" (1-16 rows), "cutlass_sm80"
+    (any sm_80+ GPU, in_features % 64 == 0), "cutlass_sm90" (sm_90 with an sm_90a build), "dense";
+    the default "auto" picks as above. On CPU only "auto" and "dense" exist.
+    """
+    return torch.ops.prunekit.sparse_linear_24(x, values, meta, in_features, bias, meta_sm90, kernel)
+
+
+def meta_24_to_sm90(meta: torch.Tensor) -> torch.Tensor:
+    """The int16 2:4 metadata of :func:`compress_24` (fp16 or bf16 values) in the layout of the
+    Hopper (sm_90a) sparse GEMM of :func:`sparse_linear_24`: a uint8 tensor of shape
+    (out_features rounded up to 64, in_features rounded up to 128 / 8), converted exactly (a
+    permutation of the 16-bit words, padding zero). CPU and CUDA.
+    """
+    return torch.ops.prunekit.meta_24_to_sm90(meta)

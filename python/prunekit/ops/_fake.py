@@ -118,3 +118,25 @@ def _sparse_linear_csr16_fake(x, values, col_indices, row_offsets, in_features: 
 def _sparse_conv1x1_fake(x, values, bitmap, row_offsets, bias=None, activation: int = 0) -> torch.Tensor:
     _check_same_device("sparse_conv1x1", "x", x=x, values=values, bitmap=bitmap, row_offsets=row_offsets, bias=bias)
     return x.new_empty((x.shape[0], bitmap.shape[0], x.shape[2], x.shape[3]))
+
+
+@torch.library.register_fake("prunekit::sparse_linear_24")
+def _sparse_linear_24_fake(x, values, meta, in_features: int, bias=None, meta_sm90=None,
+                           kernel: str = "auto") -> torch.Tensor:
+    _check_same_device("sparse_linear_24", "x", x=x, values=values, meta=meta, bias=bias, meta_sm90=meta_sm90)
+    _check_linear_input("sparse_linear_24", x, in_features)
+    torch._check(
+        2 * values.shape[1] == in_features,
+        lambda: f"prunekit.sparse_linear_24: argument 'in_features' must be twice the columns of 'values' "
+        f"({2 * values.shape[1]}), but got {in_features}",
+    )
+    return x.new_empty((*x.shape[:-1], values.shape[0]))
+
+
+@torch.library.register_fake("prunekit::meta_24_to_sm90")
+def _meta_24_to_sm90_fake(meta: torch.Tensor) -> torch.Tensor:
+    rows, cols = meta.shape
+    _check_multiple(rows, 32, "meta_24_to_sm90", "the number of rows of 'meta'")
+    _check_multiple(cols, 2, "meta_24_to_sm90", "the number of columns of 'meta'")
+    # CUTLASS 3's metadata extents: rows padded to 64, columns (16 per meta element) to 128, 8 per byte.
+    return meta.new_empty((-(-rows // 64) * 64, -(-(16 * cols) // 128) * 16), dtype=torch.uint8)

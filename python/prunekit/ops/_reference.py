@@ -4,6 +4,8 @@ Each takes the same arguments and returns the same result as its op, written for
 vectorised torch code; the kernels are tested against these.
 """
 
+import math
+
 import torch
 
 from ..formats.semi24 import meta_offsets as _meta_offsets
@@ -207,3 +209,64 @@ def sparse_conv1x1(x, values, bitmap, row_offsets, bias=None, activation: int = 
     elif activation == 2:
         out = out.clamp(0, 6)
     return out
+
+
+def sparse_linear_24(x, values, meta, in_features: int, bias=None, meta_sm90=None, kernel="auto") -> torch.Tensor:
+    """x W^T + b with W = decompress_24(values, meta), fp32 products, result in x's dtype
+    (``meta_sm90``, a precomputed copy of the metadata for Hopper, and ``kernel`` do not change it)."""
+    weight = decompress_24(values.cpu(), meta.cpu()).float()
+    out = torch.nn.functional.linear(x.cpu().float(), weight, None if bias is None else bias.cpu().float())
+    return out.to(x.dtype)
+
+
+# CUTLASS 3's metadata layout for 16-bit A (cutlass::Sm90GemmSparseConfig, TensorEAtom_16bit) at
+# MinTileShapeK = 128, i.e. NumK = 4: an ordered CuTe layout over logical elements with these
+# (M modes, K modes) shapes and steps, atoms stacked down M first, then along K.
+_SM90_ATOM_SHAPE = ((8, 2, 4), (16, 2, 4))
+_SM90_ATOM_STEP = ((3, 1, 5), (0, 4, 2))
+
+
+def _ordered_strides(shape, step):
+    """Strides of CuTe's make_ordered_layout(shape, step): the leaf modes packed compactly in
+    increasing step order. Returns (strides per mode, cosize)."""
+    leaves = [(size, order, mode, i) for mode, (sizes, orders) in enumerate(zip(shape, step))
+              for i, (size, order) in enumerate(zip(sizes, orders))]
+    strides = [[0] * len(sizes) for sizes in shape]
+    running = 1
+    for size, _, mode, i in sorted(leaves, key=lambda leaf: leaf[1]):
+        strides[mode][i] = running
+        running *= size
+    return strides, running
+
+
+def _colex_dot(coord: torch.Tensor, sizes, strides) -> torch.Tensor:
+    """Sum of coordinate * stride over a mode split colexicographically into ``sizes``."""
+    total = torch.zeros_like(coord)
+    for size, stride in zip(sizes, strides):
+        total += (coord % size) * stride
+        coord = coord // size
+    return total
+
+
+def _sm90_meta_bit(row: torch.Tensor, col: torch.Tensor, rows_padded: int) -> torch.Tensor:
+    """Bit index of logical element (row, col) in the sm90 metadata buffer (CUTLASS's fill_layoutE)."""
+    strides, cosize = _ordered_strides(_SM90_ATOM_SHAPE, _SM90_ATOM_STEP)
+    atom_rows, atom_cols = (math.prod(sizes) for sizes in _SM90_ATOM_SHAPE)
+    return (_colex_dot(row % atom_rows, _SM90_ATOM_SHAPE[0], strides[0]) + (row // atom_rows) * cosize
+            + _colex_dot(col % atom_cols, _SM90_ATOM_SHAPE[1], strides[1])
+            + (col // atom_cols) * rows_padded * atom_cols)
+
+
+def meta_24_to_sm90(meta: torch.Tensor) -> torch.Tensor:
+    """The 16-bit 2:4 metadata (torch's layout) in the layout of the sm90a sparse GEMM: each group's
+    4-bit code at the bit CUTLASS 3's layout gives its first column, padding zero."""
+    rows, meta_cols = meta.shape
+    cols = 16 * meta_cols
+    words = meta.reshape(-1)[_meta_offsets(rows, meta_cols, 2).reshape(-1)].long() & 0xFFFF
+    codes = ((words.reshape(rows, meta_cols, 1) >> (4 * torch.arange(4))) & 0xF).reshape(rows, cols // 4)
+    rows_padded, cols_padded = -(-rows // 64) * 64, -(-cols // 128) * 128
+    bit = _sm90_meta_bit(torch.arange(rows).unsqueeze(1), 4 * torch.arange(cols // 4).unsqueeze(0), rows_padded)
+    out = torch.zeros(rows_padded * cols_padded // 8, dtype=torch.int64)
+    # Each code owns its own nibble: adding is or-ing.
+    out.index_add_(0, (bit // 8).reshape(-1), (codes << (bit % 8)).reshape(-1))
+    return out.to(torch.uint8).reshape(rows_padded, cols_padded // 8)
