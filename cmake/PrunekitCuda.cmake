@@ -13,7 +13,10 @@ macro(prunekit_enable_cuda default_archs)
   prunekit_find_cutlass()
 endmacro()
 
+# Sets PRUNEKIT_CUTLASS_INCLUDE_DIR; missing headers are an error, or with OPTIONAL leave it unset
+# (tests/core's host-side check of CUTLASS's metadata layout).
 function(prunekit_find_cutlass)
+  cmake_parse_arguments(arg "OPTIONAL" "" "" ${ARGN})
   if(DEFINED PRUNEKIT_CUTLASS_INCLUDE_DIR AND EXISTS "${PRUNEKIT_CUTLASS_INCLUDE_DIR}/cutlass/cutlass.h")
     return()
   endif()
@@ -33,6 +36,9 @@ function(prunekit_find_cutlass)
     OUTPUT_VARIABLE include_dir
     OUTPUT_STRIP_TRAILING_WHITESPACE)
   if(NOT include_dir OR NOT EXISTS "${include_dir}/cutlass/cutlass.h")
+    if(arg_OPTIONAL)
+      return()
+    endif()
     message(FATAL_ERROR "prunekit's CUDA build needs the CUTLASS headers of the nvidia-cutlass wheel: "
                         "pip install --no-deps nvidia-cutlass, or run scripts/vendor_cutlass.sh where it is "
                         "installed (looked in '${vendored}' and '${include_dir}')")
