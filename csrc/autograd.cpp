@@ -169,6 +169,91 @@ class SparseConv1x1Function : public torch::autograd::Function<SparseConv1x1Func
   }
 };
 
+// ---- the tiled bitmap layout's ops (CUDA's layout of unstructured weights) ----
+using TilesLinearSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        int64_t, int64_t, const std::optional<at::Tensor>&, c10::string_view);
+using TilesConvSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      int64_t, int64_t, const std::optional<at::Tensor>&, int64_t, c10::string_view);
+using DecompressTilesSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t);
+
+// The dense weight from the saved (tile_values, tile_bitmap, tile_offsets).
+at::Tensor tiles_dense_weight(const variable_list& saved, int64_t rows, int64_t cols) {
+  static const auto decompress = find_op<DecompressTilesSignature>("prunekit::decompress_tiles");
+  return decompress.call(saved[0], saved[1], saved[2], rows, cols);
+}
+
+void save_tiles(AutogradContext* ctx, const at::Tensor& tile_values, const at::Tensor& tile_bitmap,
+                const at::Tensor& tile_offsets, int64_t rows, int64_t cols) {
+  ctx->save_for_backward({tile_values, tile_bitmap, tile_offsets});
+  ctx->saved_data["rows"] = rows;
+  ctx->saved_data["cols"] = cols;
+}
+
+class TilesLinearFunction : public torch::autograd::Function<TilesLinearFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& tile_values,
+                            const at::Tensor& tile_bitmap, const at::Tensor& tile_offsets, int64_t out_features,
+                            int64_t in_features, const std::optional<at::Tensor>& bias, c10::string_view kernel) {
+    static const auto op = find_op<TilesLinearSignature>("prunekit::sparse_linear_tiles");
+    save_tiles(ctx, tile_values, tile_bitmap, tile_offsets, out_features, in_features);
+    save_linear(ctx, x, bias, in_features);
+    return call_below_autograd(op, x, tile_values, tile_bitmap, tile_offsets, out_features, in_features, bias, kernel);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_weight_gradient(ctx, "sparse_linear_tiles");
+    at::Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      const at::Tensor dense = tiles_dense_weight(ctx->get_saved_variables(), ctx->saved_data["rows"].toInt(),
+                                                  ctx->saved_data["cols"].toInt());
+      grad_x = linear_input_gradient(grads[0], dense, static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+    }
+    // x, tile_values, tile_bitmap, tile_offsets, out_features, in_features, bias, kernel.
+    return {grad_x, {}, {}, {}, {}, {}, bias_gradient(ctx, grads[0], -1), {}};
+  }
+};
+
+class TilesConv1x1Function : public torch::autograd::Function<TilesConv1x1Function> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& tile_values,
+                            const at::Tensor& tile_bitmap, const at::Tensor& tile_offsets, int64_t out_channels,
+                            int64_t in_channels, const std::optional<at::Tensor>& bias, int64_t activation,
+                            c10::string_view kernel) {
+    static const auto op = find_op<TilesConvSignature>("prunekit::sparse_conv1x1_tiles");
+    at::Tensor y = call_below_autograd(op, x, tile_values, tile_bitmap, tile_offsets, out_channels, in_channels, bias,
+                                       activation, kernel);
+    ctx->save_for_backward({tile_values, tile_bitmap, tile_offsets, activation == 0 ? at::Tensor() : y});
+    ctx->saved_data["rows"] = out_channels;
+    ctx->saved_data["cols"] = in_channels;
+    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    save_bias(ctx, bias);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_weight_gradient(ctx, "sparse_conv1x1_tiles");
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor grad_pre = grads[0];
+    const int64_t activation = ctx->saved_data["activation"].toInt();
+    if (activation == 1) grad_pre = grad_pre.mul(saved[3].le(0).logical_not());
+    if (activation == 2) grad_pre = grad_pre.mul(saved[3].gt(0).logical_and(saved[3].lt(6)));
+    at::Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      const at::Tensor dense =
+          tiles_dense_weight(saved, ctx->saved_data["rows"].toInt(), ctx->saved_data["cols"].toInt());
+      const auto shape = grad_pre.sym_sizes();
+      grad_x = dense.to(at::kFloat)
+                   .t()
+                   .matmul(grad_pre.to(at::kFloat).reshape_symint({shape[0], shape[1], shape[2] * shape[3]}))
+                   .reshape_symint({shape[0], dense.sym_size(1), shape[2], shape[3]})
+                   .to(static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+    }
+    // x, tile_values, tile_bitmap, tile_offsets, out_channels, in_channels, bias, activation, kernel.
+    return {grad_x, {}, {}, {}, {}, {}, bias_gradient(ctx, grad_pre, 1), {}, {}};
+  }
+};
+
 // Forward-mode AD (torch.func.jvp, forward_ad) has no formula here: an error, not a zero tangent.
 void refuse_forward_ad(const char* op, std::initializer_list<const at::Tensor*> tensors) {
   for (const at::Tensor* t : tensors) {
@@ -211,6 +296,34 @@ at::Tensor sparse_conv1x1_autograd(const at::Tensor& x, const at::Tensor& values
     return SparseConv1x1Function::apply(x, values, bitmap, row_offsets, bias, activation);
   }
   return call_below_autograd(conv1x1_op(), x, values, bitmap, row_offsets, bias, activation);
+}
+
+at::Tensor sparse_linear_tiles_autograd(const at::Tensor& x, const at::Tensor& tile_values,
+                                        const at::Tensor& tile_bitmap, const at::Tensor& tile_offsets,
+                                        int64_t out_features, int64_t in_features,
+                                        const std::optional<at::Tensor>& bias, c10::string_view kernel) {
+  refuse_forward_ad("sparse_linear_tiles", {&x, &tile_values, &or_undefined(bias)});
+  if (records_gradient({&x, &tile_values, &or_undefined(bias)})) {
+    return TilesLinearFunction::apply(x, tile_values, tile_bitmap, tile_offsets, out_features, in_features, bias,
+                                      kernel);
+  }
+  static const auto op = find_op<TilesLinearSignature>("prunekit::sparse_linear_tiles");
+  return call_below_autograd(op, x, tile_values, tile_bitmap, tile_offsets, out_features, in_features, bias, kernel);
+}
+
+at::Tensor sparse_conv1x1_tiles_autograd(const at::Tensor& x, const at::Tensor& tile_values,
+                                         const at::Tensor& tile_bitmap, const at::Tensor& tile_offsets,
+                                         int64_t out_channels, int64_t in_channels,
+                                         const std::optional<at::Tensor>& bias, int64_t activation,
+                                         c10::string_view kernel) {
+  refuse_forward_ad("sparse_conv1x1_tiles", {&x, &tile_values, &or_undefined(bias)});
+  if (records_gradient({&x, &tile_values, &or_undefined(bias)})) {
+    return TilesConv1x1Function::apply(x, tile_values, tile_bitmap, tile_offsets, out_channels, in_channels, bias,
+                                       activation, kernel);
+  }
+  static const auto op = find_op<TilesConvSignature>("prunekit::sparse_conv1x1_tiles");
+  return call_below_autograd(op, x, tile_values, tile_bitmap, tile_offsets, out_channels, in_channels, bias, activation,
+                             kernel);
 }
 
 using Linear24Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
@@ -267,6 +380,8 @@ at::Tensor sparse_linear_24_autograd(const at::Tensor& x, const at::Tensor& valu
 }  // namespace
 
 TORCH_LIBRARY_IMPL(prunekit, Autograd, m) {
+  m.impl("sparse_linear_tiles", &sparse_linear_tiles_autograd);
+  m.impl("sparse_conv1x1_tiles", &sparse_conv1x1_tiles_autograd);
   m.impl("sparse_linear", &sparse_linear_autograd<BitmapLinear>);
   m.impl("sparse_linear_csr16", &sparse_linear_autograd<Csr16Linear>);
   m.impl("sparse_conv1x1", &sparse_conv1x1_autograd);

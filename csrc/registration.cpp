@@ -44,6 +44,31 @@ TORCH_LIBRARY(prunekit, m) {
       tags);
   // compress_24's int16 meta (fp16/bf16 values) -> the sm90a sparse GEMM's metadata, uint8 (rows, k padded), exactly.
   m.def("meta_24_to_sm90(Tensor meta) -> Tensor", tags);
+  // Bitmap format -> the tiled layout CUDA's kernels read: tiles of 16 rows x 64 columns, each a bitmap-format block
+  // with its run 8-aligned.
+  m.def(
+      "bitmap_to_tiles(Tensor values, Tensor bitmap, Tensor row_offsets, int cols) -> (Tensor tile_values, Tensor "
+      "tile_bitmap, Tensor tile_offsets)",
+      tags);
+  // The tiled layout back to the bitmap format, exactly (every tile checked).
+  m.def(
+      "tiles_to_bitmap(Tensor tile_values, Tensor tile_bitmap, Tensor tile_offsets, int rows, int cols) -> (Tensor "
+      "values, Tensor bitmap, Tensor row_offsets)",
+      tags);
+  // The tiled layout to the dense (rows, cols) matrix, exactly (every tile checked).
+  m.def("decompress_tiles(Tensor tile_values, Tensor tile_bitmap, Tensor tile_offsets, int rows, int cols) -> Tensor",
+        tags);
+  // y = x W^T + b with W tiled (x in the values' dtype, fp32 sums); kernel: auto, simt, mma, gemm or dense.
+  m.def(
+      "sparse_linear_tiles(Tensor x, Tensor tile_values, Tensor tile_bitmap, Tensor tile_offsets, int out_features, "
+      "int in_features, Tensor? bias=None, str kernel=\"auto\") -> Tensor",
+      tags);
+  // 1x1 convolution of NCHW x with a tiled (out, in) weight; activation 0 none, 1 relu, 2 relu6; kernel: auto, simt,
+  // gemm or dense.
+  m.def(
+      "sparse_conv1x1_tiles(Tensor x, Tensor tile_values, Tensor tile_bitmap, Tensor tile_offsets, int out_channels, "
+      "int in_channels, Tensor? bias=None, int activation=0, str kernel=\"auto\") -> Tensor",
+      tags);
 }
 
 // The sparse layers' ops have derivatives for x and bias (autograd.cpp); the format ops have
@@ -52,8 +77,8 @@ TORCH_LIBRARY(prunekit, m) {
 // gradient). The in-place ops (hessian_accumulate_, sparsegpt_solve_) work on calibration
 // statistics and are left to torch's default.
 TORCH_LIBRARY_IMPL(prunekit, Autograd, m) {
-  for (const char* op :
-       {"nm_mask", "compress_24", "decompress_24", "compress_bitmap", "decompress_bitmap", "meta_24_to_sm90"}) {
+  for (const char* op : {"nm_mask", "compress_24", "decompress_24", "compress_bitmap", "decompress_bitmap",
+                         "bitmap_to_tiles", "tiles_to_bitmap", "decompress_tiles", "meta_24_to_sm90"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

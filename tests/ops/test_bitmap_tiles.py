@@ -403,3 +403,41 @@ def test_cuda_kernels_small_cases(device):
         out = ops.sparse_linear_tiles(torch.randn(2, 4096, dtype=torch.bfloat16, device="cuda"), tiled.values,
                                       tiled.bitmap, huge, 64, 4096, kernel=kernel)
         assert bool(out.isnan().all())
+
+
+# ---- gradients ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients_for_x_and_bias_match_dense(device, dtype):
+    # Frozen sparse layers in a model that trains around them: x and bias get their gradients.
+    weight = sparse_weight(24, 70, 0.6, dtype).to(device)
+    tiled = tiles_of(weight.cpu(), device)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    x = torch.randn(5, 70, dtype=dtype, device=device)
+    bias = torch.randn(24, dtype=dtype, device=device)
+    # A linear loss with weights exact in dtype: both sides see the same output gradient.
+    g = torch.randn(5, 24, device=device).to(dtype).float()
+    got, expected = [], []
+    for use_tiles in (True, False):
+        xi, bi = x.clone().requires_grad_(), bias.clone().requires_grad_()
+        out = (ops.sparse_linear_tiles(xi, *tensors(tiled), 24, 70, bi) if use_tiles
+               else F.linear(xi.float(), weight.float(), bi.float()))
+        (out.float() * g).sum().backward()
+        (got if use_tiles else expected).extend([xi.grad.float(), bi.grad.float()])
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, **tol)
+    image = torch.randn(2, 70, 3, 3, dtype=dtype, device=device)
+    grads = []
+    for use_tiles in (True, False):
+        xi, bi = image.clone().requires_grad_(), bias.clone().requires_grad_()
+        out = (ops.sparse_conv1x1_tiles(xi, *tensors(tiled), 24, 70, bi, 2) if use_tiles
+               else F.conv2d(xi.float(), weight.float()[:, :, None, None], bi.float()).clamp(0, 6))
+        out.float().sum().backward()
+        grads.append([xi.grad.float(), bi.grad.float()])
+    for g, e in zip(*grads):
+        torch.testing.assert_close(g, e, **tol)
+    values = tiled.values.clone().requires_grad_()
+    out = ops.sparse_linear_tiles(x, values, tiled.bitmap, tiled.offsets, 24, 70)
+    with pytest.raises(RuntimeError, match=r"sparse_linear_tiles: no gradient for the compressed weight"):
+        out.float().sum().backward()
+    torch.library.opcheck(torch.ops.prunekit.sparse_linear_tiles.default,
+                          (x.clone().requires_grad_(), *tensors(tiled), 24, 70, bias.clone().requires_grad_()))

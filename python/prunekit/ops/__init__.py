@@ -20,6 +20,11 @@ __all__ = [
     "sparse_conv1x1",
     "sparse_linear_24",
     "meta_24_to_sm90",
+    "bitmap_to_tiles",
+    "tiles_to_bitmap",
+    "decompress_tiles",
+    "sparse_linear_tiles",
+    "sparse_conv1x1_tiles",
 ]
 
 
@@ -102,6 +107,54 @@ def sparse_conv1x1(x, values, bitmap, row_offsets, bias=None, activation: int = 
     """1x1 convolution (stride 1, no padding) of NCHW fp32 ``x`` with a bitmap-format
     (out_channels, in_channels) weight; ``activation`` 0 none, 1 ReLU, 2 ReLU6 (fused)."""
     return torch.ops.prunekit.sparse_conv1x1(x, values, bitmap, row_offsets, bias, activation)
+
+
+def bitmap_to_tiles(values, bitmap, row_offsets, cols: int):
+    """The bitmap format -> the tiled bitmap layout CUDA's kernels read, exactly (CPU and CUDA).
+
+    Returns ``(tile_values, tile_bitmap, tile_offsets)``: tiles of 16 rows x 64 columns, each a
+    bitmap-format block whose values start at a multiple of 8 (see
+    :mod:`prunekit.formats.bitmap_tiles`). ``values`` fp32, bf16 or fp16. A bitmap that disagrees
+    with its row offsets or marks columns past ``cols`` is an error.
+    """
+    return torch.ops.prunekit.bitmap_to_tiles(values, bitmap, row_offsets, cols)
+
+
+def tiles_to_bitmap(tile_values, tile_bitmap, tile_offsets, rows: int, cols: int):
+    """The tiled bitmap layout back to the bitmap format ``(values, bitmap, row_offsets)``, bit for
+    bit; every tile is checked first (a corrupt one is an error naming it)."""
+    return torch.ops.prunekit.tiles_to_bitmap(tile_values, tile_bitmap, tile_offsets, rows, cols)
+
+
+def decompress_tiles(tile_values, tile_bitmap, tile_offsets, rows: int, cols: int) -> torch.Tensor:
+    """The tiled bitmap layout to the dense (rows, cols) matrix, exactly (every tile checked)."""
+    return torch.ops.prunekit.decompress_tiles(tile_values, tile_bitmap, tile_offsets, rows, cols)
+
+
+def sparse_linear_tiles(x, tile_values, tile_bitmap, tile_offsets, out_features: int, in_features: int, bias=None,
+                        kernel: str = "auto") -> torch.Tensor:
+    """``F.linear(x, W, bias)`` with W in the tiled bitmap layout: prunekit's unstructured sparse
+    GEMM on CUDA (fp32 sums; x in the values' dtype, fp16, bf16 or fp32; the result in it too).
+
+    ``kernel``: "simt" (CUDA cores: a cost per nonzero) or "mma" (tensor cores, fragments decoded
+    in registers) for batches of up to 16 rows, launched per 16 rows above; "gemm" (tensor cores,
+    cp.async pipeline: larger batches); "dense" (exact expansion, then torch's GEMM); "auto" picks
+    by dtype, batch and density. The tensor-core kernels take fp16/bf16 only. On CUDA the op never
+    synchronises: a corrupt tile gives NaN rows (the conversions check the tiles). On CPU it walks
+    the CUDA kernels' decode (for tests; the CPU's kernels take the bitmap format).
+    """
+    return torch.ops.prunekit.sparse_linear_tiles(x, tile_values, tile_bitmap, tile_offsets, out_features, in_features,
+                                                  bias, kernel)
+
+
+def sparse_conv1x1_tiles(x, tile_values, tile_bitmap, tile_offsets, out_channels: int, in_channels: int, bias=None,
+                         activation: int = 0, kernel: str = "auto") -> torch.Tensor:
+    """1x1 convolution (stride 1, no padding) of NCHW ``x`` with a tiled (out_channels,
+    in_channels) weight through the same GEMMs (per image y = W x, the pixels as the batch);
+    ``activation`` 0 none, 1 ReLU, 2 ReLU6 (fused); ``kernel`` as in :func:`sparse_linear_tiles`
+    but without "mma"."""
+    return torch.ops.prunekit.sparse_conv1x1_tiles(x, tile_values, tile_bitmap, tile_offsets, out_channels,
+                                                   in_channels, bias, activation, kernel)
 
 
 def sparse_linear_24(x, values, meta, in_features: int, bias=None, meta_sm90=None, kernel: str = "auto") -> torch.Tensor:

@@ -120,6 +120,55 @@ def _sparse_conv1x1_fake(x, values, bitmap, row_offsets, bias=None, activation: 
     return x.new_empty((x.shape[0], bitmap.shape[0], x.shape[2], x.shape[3]))
 
 
+def _tile_grid(rows: int, cols: int) -> tuple[int, int]:
+    return -(-rows // 16), -(-cols // 64)
+
+
+def _check_tiles(op: str, x, tile_values, tile_bitmap, tile_offsets, bias) -> None:
+    _check_same_device(op, "x", x=x, tile_values=tile_values, tile_bitmap=tile_bitmap, tile_offsets=tile_offsets,
+                       bias=bias)
+
+
+@torch.library.register_fake("prunekit::bitmap_to_tiles")
+def _bitmap_to_tiles_fake(values, bitmap, row_offsets, cols: int):
+    _check_same_device("bitmap_to_tiles", "values", values=values, bitmap=bitmap, row_offsets=row_offsets)
+    panels, chunks = _tile_grid(bitmap.shape[0], cols)
+    size = torch.library.get_ctx().new_dynamic_size()
+    return (values.new_empty((size,)), bitmap.new_empty((panels, chunks, 16, 4)),
+            row_offsets.new_empty((panels * chunks + 1,)))
+
+
+@torch.library.register_fake("prunekit::tiles_to_bitmap")
+def _tiles_to_bitmap_fake(tile_values, tile_bitmap, tile_offsets, rows: int, cols: int):
+    _check_same_device("tiles_to_bitmap", "tile_values", tile_values=tile_values, tile_bitmap=tile_bitmap,
+                       tile_offsets=tile_offsets)
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    return (tile_values.new_empty((nnz,)), tile_bitmap.new_empty((rows, (cols + 15) // 16)),
+            tile_offsets.new_empty((rows + 1,)))
+
+
+@torch.library.register_fake("prunekit::decompress_tiles")
+def _decompress_tiles_fake(tile_values, tile_bitmap, tile_offsets, rows: int, cols: int):
+    _check_same_device("decompress_tiles", "tile_values", tile_values=tile_values, tile_bitmap=tile_bitmap,
+                       tile_offsets=tile_offsets)
+    return tile_values.new_empty((rows, cols))
+
+
+@torch.library.register_fake("prunekit::sparse_linear_tiles")
+def _sparse_linear_tiles_fake(x, tile_values, tile_bitmap, tile_offsets, out_features: int, in_features: int,
+                              bias=None, kernel: str = "auto"):
+    _check_tiles("sparse_linear_tiles", x, tile_values, tile_bitmap, tile_offsets, bias)
+    _check_linear_input("sparse_linear_tiles", x, in_features)
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+@torch.library.register_fake("prunekit::sparse_conv1x1_tiles")
+def _sparse_conv1x1_tiles_fake(x, tile_values, tile_bitmap, tile_offsets, out_channels: int, in_channels: int,
+                               bias=None, activation: int = 0, kernel: str = "auto"):
+    _check_tiles("sparse_conv1x1_tiles", x, tile_values, tile_bitmap, tile_offsets, bias)
+    return x.new_empty((x.shape[0], out_channels, x.shape[2], x.shape[3]))
+
+
 @torch.library.register_fake("prunekit::sparse_linear_24")
 def _sparse_linear_24_fake(x, values, meta, in_features: int, bias=None, meta_sm90=None,
                            kernel: str = "auto") -> torch.Tensor:

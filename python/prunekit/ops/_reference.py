@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from ..formats.bitmap import bitmap_mask
 from ..formats.semi24 import meta_offsets as _meta_offsets
 from ..formats.semi24 import semi24_layout
 
@@ -209,6 +210,72 @@ def sparse_conv1x1(x, values, bitmap, row_offsets, bias=None, activation: int = 
     elif activation == 2:
         out = out.clamp(0, 6)
     return out
+
+
+def _tile_positions(words_padded: torch.Tensor, panels: int, chunks: int) -> torch.Tensor:
+    """(tiles, 1024) marks of the padded weight in run order (tile by tile, row by row)."""
+    mask = bitmap_mask(words_padded, chunks * 64)
+    return mask.reshape(panels, 16, chunks, 64).permute(0, 2, 1, 3).reshape(panels * chunks, 1024)
+
+
+def bitmap_to_tiles(values, bitmap, row_offsets, cols: int):
+    """Tiles of 16 x 64 in run order, each run at a multiple of 8 values, zero-padded."""
+    rows, words = bitmap.shape
+    panels, chunks = -(-rows // 16), -(-cols // 64)
+    padded_words = torch.zeros(panels * 16, chunks * 4, dtype=torch.int16)
+    padded_words[:rows, :words] = bitmap
+    marks = _tile_positions(padded_words, panels, chunks)
+    padded = torch.zeros(panels * 16, chunks * 64, dtype=values.dtype)
+    padded[:rows, :cols][bitmap_mask(bitmap, cols)] = values  # row-major: the bitmap format's order
+    in_run_order = padded.reshape(panels, 16, chunks, 64).permute(0, 2, 1, 3).reshape(panels * chunks, 1024)
+    runs = (marks.sum(1) + 7) // 8 * 8
+    tile_offsets = torch.cat((torch.zeros(1, dtype=torch.int64), runs.cumsum(0)))
+    tile_values = torch.zeros(int(tile_offsets[-1]), dtype=values.dtype)
+    at = tile_offsets[:-1, None] + marks.cumsum(1) - 1
+    tile_values[at[marks]] = in_run_order[marks]
+    tile_bitmap = padded_words.reshape(panels, 16, chunks, 4).permute(0, 2, 1, 3).contiguous()
+    return tile_values, tile_bitmap, tile_offsets
+
+
+def _tiles_padded_dense(tile_values, tile_bitmap, tile_offsets):
+    """The padded (panels * 16, chunks * 64) matrix and its marks."""
+    panels, chunks = tile_bitmap.shape[:2]
+    words = tile_bitmap.permute(0, 2, 1, 3).reshape(panels * 16, chunks * 4)
+    marks = _tile_positions(words, panels, chunks)
+    at = tile_offsets[:-1, None] + marks.cumsum(1) - 1
+    in_run_order = torch.zeros(panels * chunks, 1024, dtype=tile_values.dtype)
+    in_run_order[marks] = tile_values[at[marks]]
+    dense = in_run_order.reshape(panels, chunks, 16, 64).permute(0, 2, 1, 3).reshape(panels * 16, chunks * 64)
+    return dense, bitmap_mask(words, chunks * 64), words
+
+
+def tiles_to_bitmap(tile_values, tile_bitmap, tile_offsets, rows: int, cols: int):
+    dense, mask, words = _tiles_padded_dense(tile_values, tile_bitmap, tile_offsets)
+    mask = mask[:rows, :cols]
+    row_offsets = torch.cat((torch.zeros(1, dtype=torch.int64), mask.sum(1).cumsum(0)))
+    return dense[:rows, :cols][mask], words[:rows, :(cols + 15) // 16].contiguous(), row_offsets
+
+
+def decompress_tiles(tile_values, tile_bitmap, tile_offsets, rows: int, cols: int) -> torch.Tensor:
+    return _tiles_padded_dense(tile_values, tile_bitmap, tile_offsets)[0][:rows, :cols].contiguous()
+
+
+def sparse_linear_tiles(x, tile_values, tile_bitmap, tile_offsets, out_features: int, in_features: int, bias=None,
+                        kernel: str = "auto") -> torch.Tensor:
+    weight = decompress_tiles(tile_values, tile_bitmap, tile_offsets, out_features, in_features).float()
+    out = torch.nn.functional.linear(x.float(), weight, None if bias is None else bias.float())
+    return out.to(x.dtype)
+
+
+def sparse_conv1x1_tiles(x, tile_values, tile_bitmap, tile_offsets, out_channels: int, in_channels: int, bias=None,
+                         activation: int = 0, kernel: str = "auto") -> torch.Tensor:
+    weight = decompress_tiles(tile_values, tile_bitmap, tile_offsets, out_channels, in_channels).float()
+    out = torch.nn.functional.conv2d(x.float(), weight[:, :, None, None], None if bias is None else bias.float())
+    if activation == 1:
+        out = out.relu()
+    elif activation == 2:
+        out = out.clamp(0, 6)
+    return out.to(x.dtype)
 
 
 def sparse_linear_24(x, values, meta, in_features: int, bias=None, meta_sm90=None, kernel="auto") -> torch.Tensor:
