@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cctype>
 #include <string>
 
@@ -37,6 +38,11 @@ bool arch_covers(const std::string& entry, int major, int minor) {
 void check_cuda_kernels_built_for_current_device(const char* op) {
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
+  // A device found fine once is not asked again: the ops check on every call, and
+  // cudaGetDeviceProperties takes microseconds, more than a batch-1 sparse GEMV's launch.
+  constexpr int kCachedDevices = 64;
+  static std::atomic<bool> covered[kCachedDevices] = {};
+  if (device < kCachedDevices && covered[device].load(std::memory_order_relaxed)) return;
   cudaDeviceProp properties{};
   C10_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
   const cudaDeviceProp* prop = &properties;
@@ -44,7 +50,10 @@ void check_cuda_kernels_built_for_current_device(const char* op) {
   for (size_t start = 0; start < archs.size();) {
     size_t end = archs.find(',', start);
     if (end == std::string::npos) end = archs.size();
-    if (end > start && arch_covers(archs.substr(start, end - start), prop->major, prop->minor)) return;
+    if (end > start && arch_covers(archs.substr(start, end - start), prop->major, prop->minor)) {
+      if (device < kCachedDevices) covered[device].store(true, std::memory_order_relaxed);
+      return;
+    }
     start = end + 1;
   }
   TORCH_CHECK(false, "prunekit.", op, ": this build has no CUDA kernels for ", prop->name, " (sm_", prop->major,

@@ -28,6 +28,15 @@ BREAK_EVEN_SPARSITY = {
 # it does not skip zeros but matches dense AMX, so sparse wins lower; above 128 rows unmeasured.
 BREAK_EVEN_SPARSITY_AMX = {"linear": {torch.bfloat16: ((16, 0.5), (128, 0.8), (None, 0.85))}}
 DEFAULT_ROWS = 16  # rows per call "auto" assumes: one sentence / a short prompt at batch 1
+
+# From which sparsity prunekit's CUDA kernels beat cuBLAS, per GPU architecture ("sm80", "sm90": the
+# compute capability, :func:`cuda_arch`), kernel family ("linear": unstructured weights on the
+# tiled bitmap kernels; "linear24": 2:4 weights; "conv1x1") and weight dtype, as in the CPU
+# tables: ((max rows, sparsity or None), ...). Measured on the GPU by
+# bench/bench_break_even_cuda.py, which prints the entry; empty until then, and where a GPU has no
+# entry "auto" keeps dense on it.
+BREAK_EVEN_SPARSITY_CUDA: dict[str, dict[str, dict[torch.dtype, tuple]]] = {"sm80": {}, "sm90": {}}
+_CUDA_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _KERNEL_DTYPES = {"linear": (torch.float32, torch.bfloat16), "conv1x1": (torch.float32,), "conv": ()}
 
 
@@ -47,6 +56,13 @@ def break_even_sparsity(kernel: str, dtype: torch.dtype, rows: int | None = None
     if dtype in BREAK_EVEN_SPARSITY_AMX.get(kernel, {}) and _bf16_spmm_on_amx():
         table = BREAK_EVEN_SPARSITY_AMX[kernel][dtype]
     return _for_rows(table, rows)
+
+
+def cuda_arch(device: torch.device | None = None) -> str:
+    """The key of :data:`BREAK_EVEN_SPARSITY_CUDA` for a CUDA device: "sm" and its compute
+    capability ("sm80" for an A100, "sm90" for an H100 or H200)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm{major}{minor}"
 
 
 def _for_rows(table: tuple, rows: int):
@@ -134,36 +150,90 @@ class WeightStats:
         return cls(rows, cols, matrix.dtype, matrix.device, nonzeros, is_24, layout_problem(rows, cols, matrix.dtype))
 
 
+def _checked_break_even(break_even) -> float:
+    threshold = float(break_even)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"choose_format: argument 'break_even' must be in [0, 1], but got {break_even}")
+    return threshold
+
+
+def _checked_rows(rows) -> int:
+    if rows is not None and int(rows) < 1:
+        raise ValueError(f"choose_format: argument 'rows' must be >= 1, but got {rows}")
+    return DEFAULT_ROWS if rows is None else int(rows)
+
+
+def _holds_24(stats: WeightStats) -> bool:
+    """A valid 2:4 pattern the layout holds, not much sparser than 2:4 (:data:`SEMI24_MIN_FILL`)."""
+    return (stats.is_24 and stats.semi24_problem is None
+            and stats.nonzeros >= SEMI24_MIN_FILL * stats.rows * stats.cols / 2)
+
+
 def choose_format(stats: WeightStats, kernel: str, *, break_even: float | None = None,
                   rows: int | None = None) -> tuple[str, str]:
     """The format "auto" picks for a weight, and why (a short sentence).
 
-    ``kernel`` is the CPU kernel family that would run it: "linear", "conv1x1" (pointwise conv)
-    or "conv" (any other conv: no sparse kernel). On CPU, when the sparsity reaches the measured
-    break-even (:func:`break_even_sparsity` of the kernel, the dtype and ``rows``, the rows per
-    call, default :data:`DEFAULT_ROWS`; or ``break_even`` when given): "2:4" for a valid 2:4
-    pattern the layout holds (and not much sparser than 2:4), else "unstructured"; otherwise
-    "dense". Always "dense" off the CPU (no prunekit sparse GEMM there yet).
+    ``kernel`` is the kernel family that would run it: "linear", "conv1x1" (pointwise conv) or
+    "conv" (any other conv: no sparse kernel). When the sparsity reaches the break-even of the
+    weight's device (``break_even`` when given; else measured, for the dtype and ``rows``, the rows
+    per call, default :data:`DEFAULT_ROWS`): "2:4" for a valid 2:4 pattern the layout holds (and
+    not much sparser than 2:4), else "unstructured"; otherwise "dense". On CPU the measured
+    break-even is :func:`break_even_sparsity`'s; on CUDA the GPU architecture's entry of
+    :data:`BREAK_EVEN_SPARSITY_CUDA` (dense where the GPU has none: nothing measured there yet);
+    on other devices always "dense".
     """
+    if stats.device.type == "cuda":
+        return _choose_on_cuda(stats, kernel, break_even, rows)
     if stats.device.type != "cpu":
-        return "dense", f"no prunekit sparse kernel on {stats.device.type} yet; dense is fastest"
+        return "dense", f"no prunekit sparse kernel on {stats.device.type}; dense is fastest"
     dtype = dtype_name(stats.dtype)
     if stats.dtype not in _KERNEL_DTYPES[kernel]:
         return "dense", f"no CPU {kernel} kernel runs {dtype} weights"
     if break_even is not None:
-        threshold = float(break_even)
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"choose_format: argument 'break_even' must be in [0, 1], but got {break_even}")
+        threshold = _checked_break_even(break_even)
     else:
-        if rows is not None and int(rows) < 1:
-            raise ValueError(f"choose_format: argument 'rows' must be >= 1, but got {rows}")
+        rows = _checked_rows(rows)
         threshold = break_even_sparsity(kernel, stats.dtype, rows)
         if threshold is None:
             return "dense", (f"the CPU {kernel} kernel does not beat dense torch on {dtype} weights at "
-                             f"{DEFAULT_ROWS if rows is None else rows} rows per call")
+                             f"{rows} rows per call")
     versus = f"break-even {threshold:.2f} of the CPU {kernel} kernel ({dtype})"
     if stats.sparsity < threshold:
         return "dense", f"sparsity {stats.sparsity:.3f} < {versus}"
-    if stats.is_24 and stats.semi24_problem is None and stats.nonzeros >= SEMI24_MIN_FILL * stats.rows * stats.cols / 2:
+    if _holds_24(stats):
         return "2:4", "valid 2:4 pattern (bitmap kernel on CPU, CUTLASS layout on disk and on CUDA)"
+    return "unstructured", f"sparsity {stats.sparsity:.3f} >= {versus}"
+
+
+def _choose_on_cuda(stats: WeightStats, kernel: str, break_even: float | None, rows: int | None) -> tuple[str, str]:
+    dtype = dtype_name(stats.dtype)
+    if kernel == "conv":
+        return "dense", "no prunekit CUDA kernel for convolutions other than 1x1"
+    if stats.dtype not in _CUDA_KERNEL_DTYPES:
+        return "dense", f"no prunekit CUDA kernel runs {dtype} weights"
+    semi24 = kernel == "linear" and _holds_24(stats)
+    if break_even is not None:
+        threshold = _checked_break_even(break_even)
+        if stats.sparsity < threshold:
+            return "dense", f"sparsity {stats.sparsity:.3f} < the given break-even {threshold:.2f}"
+        if semi24:
+            return "2:4", "valid 2:4 pattern (the given break-even)"
+        return "unstructured", f"sparsity {stats.sparsity:.3f} >= the given break-even {threshold:.2f}"
+    rows = _checked_rows(rows)
+    arch = cuda_arch(stats.device)
+    tables = BREAK_EVEN_SPARSITY_CUDA.get(arch) or {}
+    if not tables:
+        return "dense", (f"no measurement of prunekit's CUDA kernels on this GPU ({arch}) yet "
+                         "(bench/bench_break_even_cuda.py measures it); dense")
+    where = f"on {arch} ({dtype}, {rows} rows per call)"
+    if semi24:
+        threshold = _for_rows(tables.get("linear24", {}).get(stats.dtype, ()), rows)
+        if threshold is not None and stats.sparsity >= threshold:
+            return "2:4", f"valid 2:4 pattern; the 2:4 CUDA kernel beats cuBLAS {where}"
+    threshold = _for_rows(tables.get(kernel, {}).get(stats.dtype, ()), rows)
+    if threshold is None:
+        return "dense", f"prunekit's CUDA {kernel} kernel does not beat cuBLAS {where}"
+    versus = f"break-even {threshold:.2f} of the CUDA {kernel} kernel {where}"
+    if stats.sparsity < threshold:
+        return "dense", f"sparsity {stats.sparsity:.3f} < {versus}"
     return "unstructured", f"sparsity {stats.sparsity:.3f} >= {versus}"

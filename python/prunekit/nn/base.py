@@ -10,9 +10,15 @@ on every move:
 - ``runtime_bitmap``, ``runtime_row_offsets``: on CPU, the bitmap view of a "2:4" weight
   (exactly two marked positions per group of four), so the CPU bitmap kernels run it; an
   "unstructured" weight is that layout already.
-- ``dense_weight``: off the CPU, the dense weight of a format without a decompression kernel there
-  ("unstructured" on CUDA), built once at the move. "2:4" expands with ``decompress_24`` on every
-  forward instead (a 2:4 tensor-core GEMM is a later issue): it saves memory, not time.
+- ``runtime_tile_values``, ``runtime_tile_bitmap``, ``runtime_tile_offsets``: on CUDA, an
+  "unstructured" weight in the tiled bitmap layout (:mod:`prunekit.formats.bitmap_tiles`), which
+  prunekit's CUDA kernels run (SparseLinear; SparseConv2d's 1x1 convolutions), built at the move.
+- ``runtime_meta_sm90``: on an sm_90 GPU, a "2:4" weight's metadata in the layout of the CUTLASS
+  3.x kernel ``sparse_linear_24`` runs (where the build has it), built at the move.
+- ``dense_weight``: off the CPU, the dense weight of a format with neither a kernel nor a
+  decompression kernel there (an "unstructured" k x k convolution on CUDA, or any unstructured
+  weight where the build has no CUDA kernels), built once at the move. A "2:4" weight the CUDA
+  kernels do not run expands with ``decompress_24`` on every forward: it saves memory, not time.
 - ``runtime_col_indices``: SparseLinear's CSR16 index of a sparse "unstructured" weight on CPU
   (:data:`prunekit.nn.auto.CSR16_MIN_SPARSITY`).
 
@@ -28,6 +34,7 @@ from .. import formats
 from .._huge_pages import aligned_copy, use_huge_pages
 from .._names import dtype_name
 from ..formats.csr16 import MAX_COLUMNS as CSR16_MAX_COLUMNS
+from ..formats.bitmap_tiles import TiledBitmapWeight
 from ..formats.csr16 import column_indices
 from .auto import CSR16_MIN_SPARSITY, csr16_choices, csr16_table
 
@@ -45,6 +52,18 @@ def held_dtype(fmt: str, tensors: dict[str, torch.Tensor], dtype: torch.dtype | 
     return tensors.get(name, torch.empty(0)).dtype
 
 
+_CUDA_KERNELS: dict[str, bool] = {}
+
+
+def cuda_kernels(op: str = "bitmap_to_tiles") -> bool:
+    """Whether this build registers a CUDA kernel for ``prunekit::<op>`` (asked once per op)."""
+    if op not in _CUDA_KERNELS:
+        name = f"prunekit::{op}"
+        _CUDA_KERNELS[op] = (torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")
+                             if torch._C._dispatch_has_kernel(name) else False)
+    return _CUDA_KERNELS[op]
+
+
 def _rebuild_runtime_after_load(module: "SparseWeightModule", incompatible_keys) -> None:
     module._build_runtime()
 
@@ -55,7 +74,8 @@ class SparseWeightModule(nn.Module):
     Subclasses name what they replace and how a checkpoint records them: ``checkpoint_spec``,
     ``from_checkpoint_spec``, ``geometry`` / ``geometry_of`` (see :mod:`prunekit.io`)."""
 
-    _RUNTIME = ("dense_weight", "runtime_bitmap", "runtime_row_offsets", "runtime_col_indices")
+    _RUNTIME = ("dense_weight", "runtime_bitmap", "runtime_row_offsets", "runtime_col_indices", "runtime_tile_values",
+                "runtime_tile_bitmap", "runtime_tile_offsets", "runtime_meta_sm90")
     _USES_CSR16 = False  # SparseLinear: batch-1 GEMV in CSR16 at high sparsity
     _CLASSES: dict[str, type] = {}  # class name (as checkpoints record it) -> class
     REPLACES = ""  # what the module stands in for, for messages ("an nn.Linear, Conv1D or SparseLinear")
@@ -133,6 +153,11 @@ class SparseWeightModule(nn.Module):
                 raise ValueError(f"{type(self).__name__}: the {weight_format.name} metadata is corrupt: "
                                  f"{error}") from None
             self.runtime_bitmap, self.runtime_row_offsets = view.bitmap, view.row_offsets
+        elif device.type == "cuda" and weight_format.name == "unstructured" and self._runs_tiles() and cuda_kernels():
+            self._build_tiles(weight_format.kernel_view(state, self.cols), strict)
+        elif device.type == "cuda" and weight_format.name == "2:4" and self._runs_linear24(values):
+            if torch.cuda.get_device_capability(device)[0] == 9:  # the CUTLASS 3.x kernel's own metadata layout
+                self.runtime_meta_sm90 = torch.ops.prunekit.meta_24_to_sm90(state["meta"])
         elif not weight_format.expands_on(device.type):
             self.dense_weight = weight_format.to_dense(state, self.rows, self.cols)
         elif on_cpu_kernels and view is not None and self._USES_CSR16 and self.cols <= CSR16_MAX_COLUMNS:
@@ -144,6 +169,38 @@ class SparseWeightModule(nn.Module):
                                        for dtype in KERNEL_VALUE_DTYPES}
         if device.type == "cpu":  # the tensors the CPU kernels stream, wherever they were allocated
             use_huge_pages(values, *(() if view is None else (view.bitmap,)))
+
+    def _runs_tiles(self) -> bool:
+        """Whether the forward runs prunekit's tiled CUDA kernels (SparseConv2d: 1x1 convolutions)."""
+        return True
+
+    def _runs_linear24(self, values: torch.Tensor) -> bool:
+        """Whether the forward runs a 2:4 weight through ``sparse_linear_24`` on CUDA (SparseLinear)."""
+        return False
+
+    def _build_tiles(self, view, strict: bool) -> None:
+        """The tiled bitmap layout of the unstructured weight (``bitmap_to_tiles`` checks it: corrupt
+        tensors raise when ``strict``; otherwise, after a move, the forward expands the weight, which
+        raises on corrupt data)."""
+        try:
+            tiles = TiledBitmapWeight.from_bitmap(view)
+        except ValueError as error:
+            if strict:
+                raise ValueError(f"{type(self).__name__}: the unstructured weight is corrupt: {error}") from None
+            return
+        self.runtime_tile_values, self.runtime_tile_bitmap, self.runtime_tile_offsets = (tiles.values, tiles.bitmap,
+                                                                                         tiles.offsets)
+
+    def _tile_tensors(self, x: torch.Tensor):
+        """(tile values, tile bitmap, tile offsets, bias) for prunekit's tiled CUDA kernels when they
+        can run this input (x on the tiles' device, in their dtype), else None."""
+        values = self._buffers["runtime_tile_values"]
+        if values is None or x.dtype != values.dtype or x.device != values.device:
+            return None
+        bias = _tensor_attribute(self, "bias")
+        if bias is not None and (bias.device != x.device or not bias.dtype.is_floating_point):
+            return None
+        return values, self._buffers["runtime_tile_bitmap"], self._buffers["runtime_tile_offsets"], bias
 
     def __getstate__(self):
         """Pickled (``torch.save`` of the module, ``copy.deepcopy``) without the runtime tensors:
@@ -202,8 +259,9 @@ class SparseWeightModule(nn.Module):
     def memory(self) -> dict:
         """Bytes this module holds: ``state`` (the tensors of its state_dict and checkpoint: the
         compressed weight and the bias), ``runtime`` (tensors derived for the current device: the
-        CPU bitmap view of a 2:4 weight, the dense weight of an unstructured one on CUDA, the CSR16
-        index), ``total``, and ``dense`` (a dense weight and bias of the same dtype), with the
+        CPU bitmap view of a 2:4 weight, the tiled layout of an unstructured one on CUDA (or its
+        dense weight where no CUDA kernel runs it), the CSR16 index), ``total``, and ``dense`` (a
+        dense weight and bias of the same dtype), with the
         ``format``, ``device`` and ``ratio`` = total / dense. The CSR16 index of a sparse
         SparseLinear on CPU (2 bytes per nonzero, see :data:`prunekit.nn.auto.CSR16_MIN_SPARSITY`)
         is runtime."""

@@ -12,17 +12,22 @@ CPU        sparse          fp32      other convs: exact expansion + ``F.conv2d``
                                      time: im2col + the bitmap SpMM measured 1.5-4x slower than
                                      oneDNN's direct conv even at 90% sparsity)
 CPU        sparse          other     exact expansion + ``F.conv2d``
+CUDA       unstructured    any       pointwise convs: ``prunekit.ops.sparse_conv1x1_tiles`` on the tiled
+                                     bitmap layout built at ``.to()`` (per image y = W x through the
+                                     tensor-core GEMM; fp32: CUDA cores up to 16 pixels, else an
+                                     exact expansion + cuDNN)
+CUDA       unstructured    any       other convs: the dense weight, rebuilt on the GPU at ``.to()``
 CUDA       2:4             any       ``decompress_24`` + ``F.conv2d`` (saves memory, not time)
-CUDA       unstructured    any       the dense weight, rebuilt on the GPU at ``.to()``
 any        dense           any       ``F.conv2d``
 =========  ==============  ========  ==================================================================
 
 ``format="auto"`` on CPU picks a sparse format only for fp32 pointwise convs at or above the
 measured break-even sparsity (``nn.auto.BREAK_EVEN_SPARSITY["conv1x1"]``): "2:4" for a valid 2:4
 pattern (groups of four along the flattened input dimension) the layout holds, else
-"unstructured"; every other conv stays dense (no sparse kernel beats oneDNN there), and so does
-every conv on CUDA. Grouped and depthwise convolutions are not supported (they are not pruned
-either).
+"unstructured"; every other conv stays dense (no sparse kernel beats oneDNN there). On CUDA the
+same for pointwise convs with the break-even measured on that GPU architecture
+(``nn.auto.BREAK_EVEN_SPARSITY_CUDA["<arch>"]["conv1x1"]``; dense where nothing is measured).
+Grouped and depthwise convolutions are not supported (they are not pruned either).
 """
 
 from __future__ import annotations
@@ -151,7 +156,18 @@ class SparseConv2d(SparseWeightModule):
                 conv.bias.copy_(self.bias)
         return conv
 
+    def _runs_tiles(self) -> bool:
+        return self.pointwise
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._buffers["runtime_tile_values"] is not None:
+            tiles = self._tile_tensors(x)
+            if tiles is not None:
+                values, bitmap, offsets, bias = tiles
+                image = x.unsqueeze(0) if x.dim() == 3 else x  # unbatched (C, H, W)
+                y = torch.ops.prunekit.sparse_conv1x1_tiles(image, values, bitmap, offsets, self.out_channels,
+                                                            self.in_channels, bias, 0)
+                return y.squeeze(0) if x.dim() == 3 else y
         tensors = self._kernel_tensors(x, _X_DTYPES) if self.pointwise else None
         if tensors is None:
             return self._dense_forward(x)

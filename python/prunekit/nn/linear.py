@@ -14,8 +14,14 @@ CPU        unstructured    fp32, bf16       ``prunekit.ops.sparse_linear_csr16``
                                             CPU has it); fp32 accumulation
 CPU        2:4             fp32, bf16       the same kernel on the bitmap view of the 2:4 values
 CPU        sparse          other (fp16)     exact expansion + ``F.linear`` (correct, not faster)
-CUDA       2:4             fp16/bf16/fp32   ``decompress_24`` + ``F.linear`` (saves memory, not time)
-CUDA       unstructured    any              the dense weight, rebuilt on the GPU at ``.to()``
+CUDA       unstructured    fp16/bf16/fp32   ``prunekit.ops.sparse_linear_tiles`` on the tiled bitmap
+                                            layout built at ``.to()``: decode kernels up to 16 rows
+                                            (CUDA cores at high sparsity, tensor cores otherwise),
+                                            a pipelined tensor-core GEMM above (fp32: an exact
+                                            expansion + cuBLAS above 16 rows)
+CUDA       2:4             fp16/bf16        ``sparse_linear_24`` (CUTLASS sparse tensor cores; small
+                                            batches by a decode kernel) where the build has it
+CUDA       2:4             other            ``decompress_24`` + ``F.linear`` (saves memory, not time)
 any        dense           any              ``F.linear``
 =========  ==============  ===============  ==========================================================
 
@@ -24,8 +30,9 @@ any        dense           any              ``F.linear``
 weight dtype and the rows per call (fp32: 0.5 at <= 4 rows, 0.6 at <= 128, 0.7 above; bf16, whose
 dense GEMM runs on AMX: 0.5 at <= 4 rows, 0.85 at <= 16, never above; where prunekit's bf16 path
 runs on AMX too, 0.5 at <= 16 rows, 0.8 at <= 128 and 0.85 above), "2:4" for a valid 2:4
-pattern the layout holds, else "unstructured"; otherwise "dense", and always "dense" on CUDA
-(no prunekit sparse GEMM there yet). Explicit formats always compress.
+pattern the layout holds, else "unstructured"; otherwise "dense". On CUDA the same rule with the
+break-even measured on that GPU architecture (``nn.auto.BREAK_EVEN_SPARSITY_CUDA``): "dense" on a
+GPU where nothing has been measured yet. Explicit formats always compress.
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ import torch.nn.functional as F
 from .. import formats
 from .._names import dtype_name
 from .auto import WeightStats, choose_format, csr16_runs
-from .base import FORMATS, SparseWeightModule, held_dtype
+from .base import FORMATS, SparseWeightModule, _tensor_attribute, cuda_kernels, held_dtype
 
 _X_DTYPES = (torch.float32, torch.bfloat16)
+_LINEAR24_DTYPES = (torch.float16, torch.bfloat16)  # sparse_linear_24's tensor-core kernels
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -119,7 +127,24 @@ class SparseLinear(SparseWeightModule):
                 linear.bias.copy_(self.bias)
         return linear
 
+    def _runs_linear24(self, values: torch.Tensor) -> bool:
+        return values.dtype in _LINEAR24_DTYPES and cuda_kernels("sparse_linear_24")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._buffers["runtime_tile_values"] is not None:
+            tiles = self._tile_tensors(x)
+            if tiles is not None:
+                values, bitmap, offsets, bias = tiles
+                return torch.ops.prunekit.sparse_linear_tiles(x, values, bitmap, offsets, self.out_features,
+                                                              self.in_features, bias)
+        elif x.is_cuda and self.format == "2:4":
+            values = _tensor_attribute(self, "values")
+            if x.dtype == values.dtype and self._runs_linear24(values):
+                bias = _tensor_attribute(self, "bias")
+                return torch.ops.prunekit.sparse_linear_24(x, values, _tensor_attribute(self, "meta"),
+                                                           self.in_features,
+                                                           None if bias is None else bias.to(x.dtype),
+                                                           self._buffers["runtime_meta_sm90"])
         tensors = self._kernel_tensors(x, _X_DTYPES)
         if tensors is None:
             return F.linear(x, self.dense_matrix(), self.bias)

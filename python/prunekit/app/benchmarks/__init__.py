@@ -17,7 +17,7 @@ import time
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("linear", "conv", "sparsegpt", "formats", "cuda", "gemm24_cuda", "sparsegpt_cuda")
+FAMILIES = ("linear", "conv", "sparsegpt", "formats", "cuda", "gemm24_cuda", "sparse_cuda", "sparsegpt_cuda")
 SUMMARY_COLUMNS = ["benchmark", "case", "baseline", "speedup", "min", "max", "n"]
 
 
