@@ -1,5 +1,6 @@
-// SparseGPT's blocked solve for every device, from ATen ops: the block loop shared with the fused
-// kernels (sparsegpt_glue.h), and an in-block step that follows the CPU kernel's arithmetic (sub-
+// SparseGPT for every device, from ATen ops: the running Hessian (hessian_accumulate_: one GEMM per
+// batch, cuBLAS on CUDA), and the blocked solve: the block loop shared with the fused kernels
+// (sparsegpt_glue.h) and an in-block step that follows the CPU kernel's arithmetic (sub-
 // blocks of 16 columns updated column by column, a GEMM carrying their errors to the rest of the
 // block). Registered as the CompositeExplicitAutograd kernel of sparsegpt_solve_, so a device
 // without a fused kernel runs it; CPU and CUDA register their own (the tests reach this one through
@@ -71,6 +72,29 @@ at::Tensor blocked_solve(at::Tensor& weight, const at::Tensor& hinv, double spar
 
 namespace {
 
+void hessian_accumulate_(at::Tensor& hessian, const at::Tensor& x, int64_t n_seen) {
+  constexpr const char* op = "hessian_accumulate_";
+  check_dtype(hessian, op, "hessian", {at::kFloat, at::kDouble});
+  check_dim(hessian, op, "hessian", 2);
+  check_contiguous(hessian, op, "hessian");
+  TORCH_CHECK_VALUE(hessian.size(0) == hessian.size(1), "prunekit.", op,
+                    ": argument 'hessian' must be square, but got shape ", hessian.sizes());
+  check_dtype(x, op, "x", {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
+  check_dim(x, op, "x", 2);
+  TORCH_CHECK_VALUE(x.size(1) == hessian.size(0), "prunekit.", op, ": argument 'x' must have ", hessian.size(0),
+                    " columns (the Hessian's size), but got shape ", x.sizes());
+  check_same_device(hessian, "hessian", x, "x", op);
+  TORCH_CHECK_VALUE(n_seen >= 0, "prunekit.", op, ": argument 'n_seen' must be >= 0, but got ", n_seen);
+  const int64_t rows = x.size(0);
+  if (rows == 0) return;
+  const at::Tensor xs = x.to(hessian.scalar_type());
+  TORCH_CHECK_VALUE(xs.isfinite().all().item<bool>(), "prunekit.", op,
+                    ": argument 'x' must be finite, but it holds NaN or Inf (NaN activations?)");
+  const double total = double(n_seen) + double(rows);
+  // Running mean: old sum rescaled, new batch added with the same 2/n normalisation.
+  hessian.addmm_(xs.t(), xs, double(n_seen) / total, 2.0 / total);
+}
+
 // The in-block step from ATen ops, column by column as the CPU kernel's sub-blocks do.
 void aten_chunk_step(const Chunk& c) {
   const int64_t width = c.w.size(1);
@@ -104,6 +128,9 @@ at::Tensor sparsegpt_solve_generic(at::Tensor& weight, const at::Tensor& hinv, d
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(prunekit, CompositeExplicitAutograd, m) { m.impl("sparsegpt_solve_", &sparsegpt_solve_generic); }
+TORCH_LIBRARY_IMPL(prunekit, CompositeExplicitAutograd, m) {
+  m.impl("hessian_accumulate_", &hessian_accumulate_);
+  m.impl("sparsegpt_solve_", &sparsegpt_solve_generic);
+}
 
 }  // namespace prunekit::sparsegpt
