@@ -157,7 +157,8 @@ def sparse_conv1x1_tiles(x, tile_values, tile_bitmap, tile_offsets, out_channels
                                                    in_channels, bias, activation, kernel)
 
 
-def sparse_linear_24(x, values, meta, in_features: int, bias=None, meta_sm90=None, kernel: str = "auto") -> torch.Tensor:
+def sparse_linear_24(x, values, meta, in_features: int, bias=None, meta_sm90=None,
+                     kernel: str = "auto") -> torch.Tensor:
     """``F.linear(x, W, bias)`` with W in the 2:4 layout of :func:`compress_24` (``values``
     (out_features, in_features / 2), int16 ``meta``), on CPU and CUDA.
 

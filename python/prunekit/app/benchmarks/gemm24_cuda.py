@@ -65,12 +65,13 @@ def _weights(out_features: int, in_features: int):
     hopper = torch.cuda.get_device_capability() == (9, 0)
     meta_sm90 = ops.meta_24_to_sm90(meta) if hopper else None
     dense_copies = [dense.clone() for _ in range(_copies(dense.numel() * 2))]
+    sparse_bytes = values.numel() * 2 + meta.numel() * 2
     ours = [(values.clone(), meta.clone(), None if meta_sm90 is None else meta_sm90.clone())
-            for _ in range(_copies(values.numel() * 2 + meta.numel() * 2))]
+            for _ in range(_copies(sparse_bytes))]
     try:
         from torch.sparse import to_sparse_semi_structured
 
-        theirs = [to_sparse_semi_structured(dense.clone()) for _ in range(_copies(values.numel() * 2 + meta.numel() * 2))]
+        theirs = [to_sparse_semi_structured(dense.clone()) for _ in range(_copies(sparse_bytes))]
     except (RuntimeError, ValueError, NotImplementedError):
         theirs = None
     return dense_copies, ours, theirs
@@ -126,7 +127,8 @@ def run(quick: bool = False, *, progress: bool = False, on_row=None) -> list[dic
             for batch in batches:
                 x = torch.randn(batch, in_features, device="cuda", dtype=torch.bfloat16)
                 candidates = {
-                    "prunekit": [lambda w=w: ops.sparse_linear_24(x, w[0], w[1], in_features, None, w[2]) for w in ours],
+                    "prunekit": [lambda w=w: ops.sparse_linear_24(x, w[0], w[1], in_features, None, w[2])
+                                 for w in ours],
                     "cublas": [lambda w=w: F.linear(x, w) for w in dense],
                 }
                 if theirs is not None:
@@ -174,8 +176,10 @@ def describe(row: dict) -> str:
 def summarize(rows: list[dict]) -> list[dict]:
     """Speed-up over cuBLAS and over torch's semi-structured path per batch (geometric mean over
     the shapes)."""
-    return (summarize_speedups("gemm24_cuda", rows, ["batch"], "speedup", "cuBLAS dense (F.linear)")
-            + summarize_speedups("gemm24_cuda", rows, ["batch"], "speedup_vs_torch24", "torch to_sparse_semi_structured"))
+    vs_cublas = summarize_speedups("gemm24_cuda", rows, ["batch"], "speedup", "cuBLAS dense (F.linear)")
+    vs_torch = summarize_speedups("gemm24_cuda", rows, ["batch"], "speedup_vs_torch24",
+                                  "torch to_sparse_semi_structured")
+    return vs_cublas + vs_torch
 
 
 def bars_missed(rows: list[dict]) -> list[dict]:
