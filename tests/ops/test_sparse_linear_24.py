@@ -308,14 +308,17 @@ def test_llm_shape(batch):
 @needs_gpu
 @pytest.mark.parametrize("batch", [3, 16, 40, 130])
 def test_kernels_small_case_for_the_sanitizer(batch):
-    """One small case per kernel (small-batch, stream-K and persistent GEMM, the conversion),
-    with misaligned views of x and bias (copied to 16-byte alignment inside)."""
-    rows, cols = 96, 224
+    """One small case per kernel (small-batch, stream-K and persistent CUTLASS 3.x GEMMs with a
+    partial k tile and padded metadata rows, CUTLASS 2.x, the conversion), with misaligned views of
+    x and bias (copied to 16-byte alignment inside)."""
+    rows, cols = 96, 192
     dense, values, meta = weight_24(rows, cols, torch.float16, 0.3, device="cuda")
     x_store = torch.randn(batch * cols + 1, device="cuda").half()
     x = x_store[1:].view(batch, cols)
     bias = torch.randn(rows + 1, device="cuda").half()[1:]
-    assert_within_twice_dense(ops.sparse_linear_24(x, values, meta, cols, bias), x, dense, bias)
+    kernels = ["auto"] + (["cutlass_sm80"] if batch > 16 else [])
+    for kernel in kernels:
+        assert_within_twice_dense(ops.sparse_linear_24(x, values, meta, cols, bias, kernel=kernel), x, dense, bias)
     assert torch.equal(ops.meta_24_to_sm90(meta).cpu(), ref.meta_24_to_sm90(meta.cpu()))
 
 
