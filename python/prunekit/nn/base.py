@@ -157,7 +157,12 @@ class SparseWeightModule(nn.Module):
             self._build_tiles(weight_format.kernel_view(state, self.cols), strict)
         elif device.type == "cuda" and weight_format.name == "2:4" and self._runs_linear24(values):
             if torch.cuda.get_device_capability(device)[0] == 9:  # the CUTLASS 3.x kernel's own metadata layout
-                self.runtime_meta_sm90 = torch.ops.prunekit.meta_24_to_sm90(state["meta"])
+                try:
+                    self.runtime_meta_sm90 = torch.ops.prunekit.meta_24_to_sm90(state["meta"])
+                except (RuntimeError, ValueError):
+                    if strict:
+                        raise
+                    # after a move of unchecked tensors: sparse_linear_24 converts (and checks) per call
         elif not weight_format.expands_on(device.type):
             self.dense_weight = weight_format.to_dense(state, self.rows, self.cols)
         elif on_cpu_kernels and view is not None and self._USES_CSR16 and self.cols <= CSR16_MAX_COLUMNS:
