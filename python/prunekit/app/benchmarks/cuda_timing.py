@@ -27,9 +27,10 @@ def copy_count(nbytes: int) -> int:
     return max(2, min(MAX_COPIES, -(-L2_FLUSH_FACTOR * l2_bytes() // max(nbytes, 1))))
 
 
-def graph_us(calls: list[Callable[[], object]], replays: int = 20, warmup: int = 3) -> float:
+def graph_us(calls: list[Callable[[], object]], round_seconds: float = 0.02, warmup: int = 3) -> float:
     """Microseconds per call of ``calls`` (one call per weight copy), captured once into a CUDA
-    graph and replayed ``replays`` times between CUDA events; the best of three rounds."""
+    graph and replayed between CUDA events for about ``round_seconds`` (at least 3 and at most 50
+    replays); the best of three rounds."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -41,8 +42,12 @@ def graph_us(calls: list[Callable[[], object]], replays: int = 20, warmup: int =
     with torch.cuda.graph(graph):
         for call in calls:
             call()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     graph.replay()
+    end.record()
     torch.cuda.synchronize()
+    replays = max(3, min(50, int(round_seconds * 1e3 / max(start.elapsed_time(end), 1e-3))))
     best = float("inf")
     for _ in range(3):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
