@@ -75,8 +75,12 @@ def prune(model: nn.Module, config: PruneConfig | None = None, calib=None) -> Pr
 
     def solve(layer: PrunableLayer, stats: LayerInputStats | None) -> tuple[float, float] | None:
         """Prunes one layer in place; returns the numerator and denominator of its error."""
-        dense = layer.matrix().to(torch.float32)
-        weight = layer.matrix().to(torch.float32)
+        # Where the layer's statistics are (its block ran on PruneConfig.device), else on
+        # PruneConfig.device (a run without data), else where the layer is.
+        device = stats.hessian.device if stats is not None else (
+            torch.device(config.device) if config.device is not None else layer.weight.device)
+        dense = layer.matrix().to(device=device, dtype=torch.float32)
+        weight = layer.matrix().to(device=device, dtype=torch.float32)
         layer_stats = criteria.LayerStats(method.needs, criterion=method.name, layer=layer.name, inputs=stats,
                                           gradients=gradients.get(layer.name), generator=generator,
                                           device=weight.device)

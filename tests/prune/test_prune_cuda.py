@@ -89,3 +89,14 @@ def test_cpu_model_streamed_through_the_gpu_prunes_as_on_cpu(method, sparsity, e
     cuda_run = prune("llama", method, sparsity, extra, model_device="cpu", device="cuda")
     assert all(p.device.type == "cpu" for p in cuda_run[0].parameters())  # blocks went back home
     compare(method, rule, cpu_run, cuda_run)
+
+
+@pytest.mark.parametrize("method,sparsity", [("magnitude", 0.5), ("random", "2:4")])
+def test_data_free_methods_run_on_the_configured_device(method, sparsity):
+    cpu_model = tiny_model("opt")
+    prunekit.prune(cpu_model, PruneConfig(method=method, sparsity=sparsity, progress=False))
+    streamed = tiny_model("opt")
+    prunekit.prune(streamed, PruneConfig(method=method, sparsity=sparsity, progress=False, device="cuda"))
+    assert all(p.device.type == "cpu" for p in streamed.parameters())
+    for (name, expected), actual in zip(masks(cpu_model).items(), masks(streamed).values()):
+        assert torch.equal(expected, actual), name
