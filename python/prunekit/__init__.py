@@ -21,11 +21,11 @@ def build_info() -> dict:
 
     Returns a dict with the package ``version``, the ``torch_version`` it was built against,
     ``cuda_built`` and ``cuda_archs``, the CPU ISA variants compiled in (``cpu_isas_compiled``) and
-    those of them this CPU can run (``cpu_isas_runnable``), the best one this CPU supports (``cpu_isa_detected``) and the one the kernels use
-    (``cpu_isa_selected``), the CPU features seen at run time, the bf16 x bf16 GEMV variant in use
-    (``cpu_bf16_gemv``, None where bf16 inputs are widened to fp32), the bf16 x bf16 kernel for
-    more than 4 rows (``cpu_bf16_spmm``: "amx" on CPUs with AMX-BF16, else None), the compiler and
-    build type.
+    those of them this CPU can run (``cpu_isas_runnable``), the best one this CPU supports
+    (``cpu_isa_detected``) and the one the kernels use (``cpu_isa_selected``), the CPU features
+    seen at run time, the bf16 x bf16 GEMV variant in use (``cpu_bf16_gemv``, None where bf16
+    inputs are widened to fp32), the bf16 x bf16 kernel for more than 4 rows (``cpu_bf16_spmm``:
+    "amx" on CPUs with AMX-BF16, else None), the compiler and build type.
     """
     info = dict(_C.build_info())
     info["torch_runtime_version"] = torch.__version__
@@ -46,7 +46,7 @@ _check_torch_matches_build()
 from . import formats, ops  # noqa: E402  (registers the fake impls once _C has defined the ops)
 from .prune import PruneConfig, PruneReport, prune  # noqa: E402
 from .criteria import register_criterion  # noqa: E402  (PruneConfig(method=...) by name)
-from . import nn  # noqa: E402  (SparseLinear, SparseConv2d)
+from . import nn  # noqa: E402,F401  (SparseLinear, SparseConv2d)
 from .io import load, save  # noqa: E402  (compressed checkpoints)
 from .surgery import SparsifyConfig, SparsifyReport, sparsify_  # noqa: E402
 from .surgery.structured import (StructuredConfig, StructuredReport, prune_structured,  # noqa: E402  (structured)
