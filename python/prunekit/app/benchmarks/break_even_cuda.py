@@ -25,6 +25,7 @@ from .break_even import PARITY
 from .common import progress_bar
 from .cuda_timing import copy_count, gpu_arch, graph_us
 from .shapes import LLAMA_7B, MOBILENET_V1_POINTWISE
+from .common import cuda_available as available  # noqa: F401  (the families' availability probe)
 
 NAME = "break_even_cuda"
 TITLE = "Sparse vs dense torch modules on CUDA across sparsity: where prunekit's GPU kernels break even"
@@ -38,16 +39,6 @@ ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512, 2048)
 CONV_IMAGES = (1, 8)
 SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 DTYPES = (torch.bfloat16, torch.float16)
-
-
-def available() -> tuple[bool, str]:
-    import prunekit
-
-    if not prunekit.build_info()["cuda_built"]:
-        return False, "prunekit was built without CUDA"
-    if not torch.cuda.is_available():
-        return False, "no CUDA device"
-    return True, ""
 
 
 def _weight(rows: int, cols: int, sparsity: float, generator: torch.Generator) -> torch.Tensor:

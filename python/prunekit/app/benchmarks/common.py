@@ -174,3 +174,15 @@ def compare_ms(fns: dict[str, Callable[[], object]], min_run_time: float = 0.3, 
         for name, fn in fns.items():
             best[name] = min(best[name], time_ms(fn, min_run_time / rounds))
     return best
+
+
+def cuda_available() -> tuple[bool, str]:
+    """(True, "") when prunekit's CUDA kernels can run here, else (False, why not): the probe of
+    every CUDA benchmark family."""
+    import prunekit
+
+    if not prunekit.build_info()["cuda_built"]:
+        return False, "prunekit was built without CUDA"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    return True, ""

@@ -4,27 +4,16 @@ torch.sparse._semi_structured_conversions and a topk mask), side by side in one 
 
 from __future__ import annotations
 
-import torch
 
 from . import formats
 from .common import summarize_speedups
 from .shapes import LLAMA_7B, SMALL_LINEAR
+from .common import cuda_available as available  # noqa: F401  (the families' availability probe)
 
 QUICK = formats.QUICK
 NAME = "formats_cuda"
 TITLE = "2:4 conversions and N:M masks vs torch (CUDA)"
 COLUMNS = formats.COLUMNS
-
-
-def available() -> tuple[bool, str]:
-    """(True, "") when the CUDA kernels can run here, else (False, why not)."""
-    import prunekit
-
-    if not prunekit.build_info()["cuda_built"]:
-        return False, "prunekit was built without CUDA"
-    if not torch.cuda.is_available():
-        return False, "no CUDA device"
-    return True, ""
 
 
 def run(quick: bool = False, *, progress: bool = False, on_row=None) -> list[dict]:

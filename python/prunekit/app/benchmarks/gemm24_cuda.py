@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .common import compare_ms, progress_bar, summarize_speedups, time_ms
 from .shapes import LLAMA_7B, LLAMA_70B
+from .common import cuda_available as available  # noqa: F401  (the families' availability probe)
 
 NAME = "gemm24_cuda"
 TITLE = "2:4 sparse linear vs cuBLAS dense and torch semi-structured (CUDA, bf16)"
@@ -32,19 +33,6 @@ DECODE_MAX_BATCH = 16
 DECODE_BAR, PREFILL_BAR, PREFILL_MIN_BATCH = 0.9, 1.2, 2048
 GRAPH_CALLS = 64  # calls per captured graph at decode batches
 MAX_COPIES = 16
-
-
-def available() -> tuple[bool, str]:
-    """(True, "") when the CUDA kernels can run here, else (False, why not)."""
-    import prunekit
-
-    if not prunekit.build_info()["cuda_built"]:
-        return False, "prunekit was built without CUDA"
-    if not torch.cuda.is_available():
-        return False, "no CUDA device"
-    if torch.cuda.get_device_capability()[0] < 8:
-        return False, "the 2:4 kernels need an sm_80 or newer GPU"
-    return True, ""
 
 
 def _copies(nbytes: int) -> int:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .common import progress_bar, summarize_speedups
 from .cuda_timing import copy_count, gpu_arch, graph_us
+from .common import cuda_available as available  # noqa: F401  (the families' availability probe)
 
 NAME = "sparse_cuda"
 TITLE = "Unstructured sparse linear on CUDA (tiled bitmap) vs cuBLAS dense"
@@ -22,17 +23,6 @@ SPARSITIES = (0.5, 0.7, 0.9)
 BATCHES = (1, 2, 4, 8, 16, 128, 2048)
 DECODE_KERNELS = ("simt", "mma")  # batch <= 16
 MAX_DECODE_BATCH = 16
-
-
-def available() -> tuple[bool, str]:
-    """(True, "") when prunekit's CUDA kernels can run here, else (False, why not)."""
-    import prunekit
-
-    if not prunekit.build_info()["cuda_built"]:
-        return False, "prunekit was built without CUDA"
-    if not torch.cuda.is_available():
-        return False, "no CUDA device"
-    return True, ""
 
 
 def _weight(rows: int, cols: int, sparsity: float, dtype: torch.dtype, seed: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ import time
 import torch
 
 from .common import progress_bar, summarize_speedups
+from .common import cuda_available as available  # noqa: F401  (the families' availability probe)
 
 QUICK = "a 1024x1024 layer, one run"
 NAME = "sparsegpt_cuda"
@@ -25,17 +26,6 @@ TITLE = "SparseGPT on CUDA vs the reference SparseGPT loop (plain torch, same GP
 COLUMNS = ["gpu", "shape", "tokens", "pattern", "prunekit_ms", "reference_ms", "time_ratio", "prunekit_err",
            "reference_err", "err_ratio", "factorisation_ms", "solve_ms", "sparsity"]
 PATTERNS = {"50%": (0.5, None), "2:4": (None, "2:4")}
-
-
-def available() -> tuple[bool, str]:
-    """(True, "") when prunekit's CUDA kernels can run here, else (False, why not)."""
-    import prunekit
-
-    if not prunekit.build_info()["cuda_built"]:
-        return False, "prunekit was built without CUDA"
-    if not torch.cuda.is_available():
-        return False, "no CUDA device"
-    return True, ""
 
 
 def reference_sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, n: int = 0, m: int = 0,
