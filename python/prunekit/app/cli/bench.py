@@ -20,12 +20,12 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         "bench", parents=[common], help="kernel microbenchmarks with speed-ups against dense torch",
         description="Time prunekit's kernels against dense torch side by side in one process: linear "
                     "(sparse_linear vs F.linear), conv (sparse 1x1 conv vs F.conv2d), sparsegpt (the solver vs "
-                    "the pure-PyTorch loop), formats (2:4 conversions vs torch's), cuda (when a GPU and a CUDA "
-                    "build are present); print a summary table of speed-up ratios.")
+                    "the pure-PyTorch loop), formats (2:4 conversions vs torch's), and the CUDA families (when a GPU "
+                    "and a CUDA build are present); print a summary table of speed-up ratios.")
     parser.add_argument("--quick", action="store_true", help="every benchmark once on small shapes (under a minute)")
     parser.add_argument("--json", action="store_true", help="print one JSON document to stdout (nothing else)")
     parser.add_argument("--only", action="append", metavar="NAME",
-                        help="run only these (repeatable or comma-separated): linear, conv, sparsegpt, formats, cuda")
+                        help="run only these (repeatable or comma-separated): " + ", ".join(benchmarks.FAMILIES))
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", metavar="DIR", help="also write report.json, report.md and a speed-up plot here")
     parser.add_argument("--overwrite", action="store_true", help="replace prunekit's files in an existing DIR")
