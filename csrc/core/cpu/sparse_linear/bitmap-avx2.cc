@@ -166,78 +166,137 @@ bool semi24_row(const void* values, const uint16_t* bm, int64_t offset, int64_t 
   return true;
 }
 
+// One row's dot products with B batch rows of x, walked two bitmap words per step: the state the
+// one-row and the two-row GEMVs share. Even and odd words accumulate apart: four FMA chains in
+// flight instead of two.
 template <int B, ValueType T>
-Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
-                 const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
-  const int64_t words = bitmap_words(k);
-  const int64_t full_words = k / kBitmapWordBits;
-  const uint32_t tail_bits = uint32_t(k % kBitmapWordBits);
-  const uint32_t tail_mask = (1u << tail_bits) - 1;
-  constexpr int value_shift = T == ValueType::kFloat32 ? 2 : 1;
-  const int64_t end = row_offsets[rows];
-  for (int64_t r = row_begin; r < row_end; ++r) {
-    const uint16_t* bm = bitmap + r * words;
-    int64_t offset = row_offsets[r];
-    const int64_t limit = row_offsets[r + 1];
-    if (k % kBitmapWordBits == 0 && limit - offset == k / 2 &&
-        semi24_row<B, T>(values, bm, offset, k, x, bias, y, rows, r)) {
-      continue;
-    }
-    // Even and odd words accumulate apart: four FMA chains in flight instead of two (a loop
-    // unrolled by hand: indexing the accumulators by the word's parity would keep them in memory).
-    __m256 low0[B], high0[B], low1[B], high1[B];
+struct RowDot {
+  static constexpr int kValueShift = T == ValueType::kFloat32 ? 2 : 1;
+  const void* values;
+  const uint16_t* bm;
+  const float* x;
+  int64_t k, offset, limit, end;
+  bool corrupt = false;
+  __m256 low0[B], high0[B], low1[B], high1[B];
+
+  [[gnu::always_inline]] RowDot(const void* v, const uint16_t* bitmap_row, const float* xs, int64_t cols,
+                                int64_t row_offset, int64_t row_limit, int64_t values_end)
+      : values(v), bm(bitmap_row), x(xs), k(cols), offset(row_offset), limit(row_limit), end(values_end) {
     for (int b = 0; b < B; ++b) low0[b] = high0[b] = low1[b] = high1[b] = _mm256_setzero_ps();
-    bool corrupt = false;
-    auto word_dot = [&](int64_t w, __m256* low, __m256* high) {
-      const uint32_t word = bm[w];
-      const bool tail = w == full_words;
-      if ((tail && (word & ~tail_mask)) || offset + __builtin_popcount(word) > limit) {
-        corrupt = true;
-        return;
-      }
-      const __m256 w_low = expand_byte<T>(values, offset, end, word & 0xff);
-      offset += __builtin_popcount(word & 0xff);
-      const __m256 w_high = expand_byte<T>(values, offset, end, word >> 8);
-      offset += __builtin_popcount(word >> 8);
-      const int64_t c = w * kBitmapWordBits;
-      if (!tail) {
-        for (int b = 0; b < B; ++b) {
-          low[b] = _mm256_fmadd_ps(w_low, _mm256_loadu_ps(x + b * k + c), low[b]);
-          high[b] = _mm256_fmadd_ps(w_high, _mm256_loadu_ps(x + b * k + c + 8), high[b]);
-        }
-      } else {  // columns past k: x is not read there (the bitmap marks none of them)
-        const int low_lanes = tail_bits < 8 ? int(tail_bits) : 8;
-        const __m256i low_valid = first_lanes(low_lanes), high_valid = first_lanes(int(tail_bits) - low_lanes);
-        for (int b = 0; b < B; ++b) {
-          low[b] = _mm256_fmadd_ps(w_low, _mm256_maskload_ps(x + b * k + c, low_valid), low[b]);
-          high[b] = _mm256_fmadd_ps(w_high, _mm256_maskload_ps(x + b * k + c + 8, high_valid), high[b]);
-        }
-      }
-    };
-    int64_t w = 0;
-    for (; w + 2 <= words && !corrupt; w += 2) {
-      // Far ahead of the data-dependent value reads (see bitmap-avx512.cc).
-      if ((w & 3) == 0)
-        __builtin_prefetch(static_cast<const char*>(values) + (offset << value_shift) + kValuePrefetchBytes);
-      word_dot(w, low0, high0);
-      if (!corrupt) word_dot(w + 1, low1, high1);
+  }
+
+  [[gnu::always_inline]] void word(int64_t w, __m256* low, __m256* high) {
+    const int64_t full_words = k / kBitmapWordBits;
+    const uint32_t tail_bits = uint32_t(k % kBitmapWordBits);
+    const uint32_t word = bm[w];
+    const bool tail = w == full_words;
+    if ((tail && (word & ~((1u << tail_bits) - 1))) || offset + __builtin_popcount(word) > limit) {
+      corrupt = true;
+      return;
     }
-    if (w < words && !corrupt) word_dot(w, low0, high0);
-    if (corrupt) return Status{StatusCode::kCorruptMeta, r, 0};
-    if (offset != limit) return Status{StatusCode::kCorruptMeta, r, 0};
+    const __m256 w_low = expand_byte<T>(values, offset, end, word & 0xff);
+    offset += __builtin_popcount(word & 0xff);
+    const __m256 w_high = expand_byte<T>(values, offset, end, word >> 8);
+    offset += __builtin_popcount(word >> 8);
+    const int64_t c = w * kBitmapWordBits;
+    if (!tail) {
+      for (int b = 0; b < B; ++b) {
+        low[b] = _mm256_fmadd_ps(w_low, _mm256_loadu_ps(x + b * k + c), low[b]);
+        high[b] = _mm256_fmadd_ps(w_high, _mm256_loadu_ps(x + b * k + c + 8), high[b]);
+      }
+    } else {  // columns past k: x is not read there (the bitmap marks none of them)
+      const int low_lanes = tail_bits < 8 ? int(tail_bits) : 8;
+      const __m256i low_valid = first_lanes(low_lanes), high_valid = first_lanes(int(tail_bits) - low_lanes);
+      for (int b = 0; b < B; ++b) {
+        low[b] = _mm256_fmadd_ps(w_low, _mm256_maskload_ps(x + b * k + c, low_valid), low[b]);
+        high[b] = _mm256_fmadd_ps(w_high, _mm256_maskload_ps(x + b * k + c + 8, high_valid), high[b]);
+      }
+    }
+  }
+
+  // Words w and w + 1 (w + 1 < bitmap_words(k)).
+  [[gnu::always_inline]] void step(int64_t w) {
+    // Far ahead of the data-dependent value reads (see bitmap-avx512.cc).
+    if ((w & 3) == 0) __builtin_prefetch(static_cast<const char*>(values) + (offset << kValueShift) + kPrefetchBytes);
+    word(w, low0, high0);
+    if (!corrupt) word(w + 1, low1, high1);
+  }
+
+  // The last word where the row has an odd number, then the sums into y; false if corrupt.
+  [[gnu::always_inline]] bool finish(int64_t w, const float* bias, float* y, int64_t rows, int64_t r) {
+    if (w < bitmap_words(k) && !corrupt) word(w, low0, high0);
+    if (corrupt || offset != limit) return false;
     __m256 sums[B];
     for (int b = 0; b < B; ++b)
       sums[b] = _mm256_add_ps(_mm256_add_ps(low0[b], high0[b]), _mm256_add_ps(low1[b], high1[b]));
     store_row_sums<B>(sums, bias, y, rows, r);
+    return true;
+  }
+
+  static constexpr int64_t kPrefetchBytes = kValuePrefetchBytes;
+};
+
+template <int B, ValueType T>
+Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
+                 const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
+  const int64_t words = bitmap_words(k);
+  const int64_t end = row_offsets[rows];
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const uint16_t* bm = bitmap + r * words;
+    const int64_t offset = row_offsets[r], limit = row_offsets[r + 1];
+    if (k % kBitmapWordBits == 0 && limit - offset == k / 2 &&
+        semi24_row<B, T>(values, bm, offset, k, x, bias, y, rows, r)) {
+      continue;
+    }
+    RowDot<B, T> row(values, bm, x, k, offset, limit, end);
+    int64_t w = 0;
+    for (; w + 2 <= words && !row.corrupt; w += 2) row.step(w);
+    if (!row.finish(w, bias, y, rows, r)) return Status{StatusCode::kCorruptMeta, r, 0};
   }
   return Status{};
+}
+
+// Batch 1: rows from the two halves of [row_begin, row_end) in lockstep, two value streams far
+// apart in flight instead of one (see bitmap-avx512.cc). 2:4 rows go one at a time through their
+// fixed-offset path, which reads x twice per value and gains nothing from a second stream. A
+// corrupt pair is walked again row by row, so that the status names the first corrupt row.
+template <ValueType T>
+Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
+                      const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
+  const int64_t words = bitmap_words(k);
+  const int64_t end = row_offsets[rows];
+  const int64_t half = (row_end - row_begin) / 2;
+  for (int64_t a = row_begin; a < row_begin + half; ++a) {
+    const int64_t b = a + half;
+    const bool semi24 = k % kBitmapWordBits == 0 && row_offsets[a + 1] - row_offsets[a] == k / 2 &&
+                        row_offsets[b + 1] - row_offsets[b] == k / 2;
+    if (semi24) {
+      if (!gemv_rows<1, T>(values, bitmap, row_offsets, rows, k, x, bias, y, a, a + 1).ok() ||
+          !gemv_rows<1, T>(values, bitmap, row_offsets, rows, k, x, bias, y, b, b + 1).ok()) {
+        return gemv_rows<1, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+      }
+      continue;
+    }
+    RowDot<1, T> row_a(values, bitmap + a * words, x, k, row_offsets[a], row_offsets[a + 1], end);
+    RowDot<1, T> row_b(values, bitmap + b * words, x, k, row_offsets[b], row_offsets[b + 1], end);
+    int64_t w = 0;
+    for (; w + 2 <= words && !(row_a.corrupt || row_b.corrupt); w += 2) {
+      row_a.step(w);
+      row_b.step(w);
+    }
+    if (!row_a.finish(w, bias, y, rows, a) || !row_b.finish(w, bias, y, rows, b)) {
+      return gemv_rows<1, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+    }
+  }
+  // The odd row out.
+  return gemv_rows<1, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin + 2 * half, row_end);
 }
 
 template <ValueType T>
 Status gemv_batch(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
                   const float* x, int64_t batch, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
   switch (batch) {
-    case 1: return gemv_rows<1, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
+    case 1: return gemv_row_pairs<T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     case 2: return gemv_rows<2, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     case 3: return gemv_rows<3, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
     default: return gemv_rows<4, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);
