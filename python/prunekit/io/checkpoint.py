@@ -141,6 +141,7 @@ def _collect(model: nn.Module, hf: bool) -> tuple[dict[str, torch.Tensor], dict[
         entry = module.weight_format.to_checkpoint(module.weight_state())
         if module.bias is not None:
             entry["bias"] = module.bias
+        entry.update(getattr(module, "lowrank_state", dict)())  # SparseLinear's low-rank compensation
         for key, tensor in entry.items():
             named[_join(name, key)] = tensor
     for key, tensor in model.state_dict(keep_vars=True).items():
@@ -387,10 +388,18 @@ def _build_sparse(weights: Path, name: str, spec: dict, tensors: dict[str, torch
     if has_bias != (bias is not None):
         raise CheckpointError(f"{owner}: expected {'a' if has_bias else 'no'} 'bias' tensor, but "
                               f"{'none' if bias is None else 'one'} is stored")
+    lowrank = {key: own.pop(key) for key in ("lowrank_a", "lowrank_b") if key in own}
+    rank = spec.get("lowrank_rank", 0)
+    if (len(lowrank) == 2) != bool(rank) or (lowrank and lowrank["lowrank_a"].shape[0] != rank):
+        raise CheckpointError(f"{owner}: its spec gives low-rank rank {rank}, but the stored low-rank factors are "
+                              f"{ {key: tuple(t.shape) for key, t in lowrank.items()} }")
     try:
         cls = SparseWeightModule.checkpoint_class(kind)
         state = formats.get(fmt).from_checkpoint(own, owner)
-        return cls.from_checkpoint_spec(spec, state, bias, dtype)
+        module = cls.from_checkpoint_spec(spec, state, bias, dtype)
+        if lowrank:
+            module.set_lowrank(lowrank["lowrank_a"], lowrank["lowrank_b"])
+        return module
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"{owner}: its spec is incomplete: {error!r}") from None
     except ValueError as error:

@@ -8,8 +8,8 @@ from .auto import (BREAK_EVEN_SPARSITY, BREAK_EVEN_SPARSITY_AMX, BREAK_EVEN_SPAR
                    SEMI24_MIN_FILL, WeightStats, break_even_sparsity, choose_format, cuda_arch)
 from .base import FORMATS, SparseWeightModule
 from .conv import SparseConv2d
-from .linear import SparseLinear, is_hf_conv1d
+from .linear import LowRankLinear, SparseLinear, is_hf_conv1d
 
 __all__ = ["BREAK_EVEN_SPARSITY", "BREAK_EVEN_SPARSITY_AMX", "BREAK_EVEN_SPARSITY_CUDA", "DEFAULT_ROWS", "FORMATS",
-           "SEMI24_MIN_FILL", "SparseConv2d", "SparseLinear", "SparseWeightModule", "WeightStats",
+           "LowRankLinear", "SEMI24_MIN_FILL", "SparseConv2d", "SparseLinear", "SparseWeightModule", "WeightStats",
            "break_even_sparsity", "choose_format", "cuda_arch", "is_hf_conv1d"]

@@ -56,6 +56,74 @@ def is_hf_conv1d(module: nn.Module) -> bool:
             and isinstance(getattr(module, "weight", None), torch.Tensor))
 
 
+def _check_lowrank(owner: str, lowrank_a: torch.Tensor, lowrank_b: torch.Tensor, in_features: int,
+                   out_features: int) -> None:
+    if not isinstance(lowrank_a, torch.Tensor) or not isinstance(lowrank_b, torch.Tensor):
+        raise ValueError(f"{owner}: arguments 'lowrank_a' and 'lowrank_b' must be tensors, but got "
+                         f"{type(lowrank_a).__name__} and {type(lowrank_b).__name__}")
+    if lowrank_a.dim() != 2 or lowrank_b.dim() != 2 or lowrank_a.shape[1] != in_features or \
+            lowrank_b.shape[0] != out_features or lowrank_a.shape[0] != lowrank_b.shape[1]:
+        raise ValueError(f"{owner}: arguments 'lowrank_a' and 'lowrank_b' must have shapes (rank, {in_features}) and "
+                         f"({out_features}, rank), but got {tuple(lowrank_a.shape)} and {tuple(lowrank_b.shape)}")
+    rank = lowrank_a.shape[0]
+    if not 1 <= rank <= min(in_features, out_features):
+        raise ValueError(f"{owner}: the low-rank factors' rank must be in [1, {min(in_features, out_features)}], "
+                         f"but got {rank}")
+    if not lowrank_a.dtype.is_floating_point or lowrank_a.dtype != lowrank_b.dtype:
+        raise ValueError(f"{owner}: arguments 'lowrank_a' and 'lowrank_b' must share one floating dtype, but got "
+                         f"{lowrank_a.dtype} and {lowrank_b.dtype}")
+
+
+class LowRankLinear(nn.Linear):
+    """An ``nn.Linear`` with a low-rank branch beside its (masked, pruned) weight:
+    ``y = x W^T + b + (x A^T) B^T`` with ``lowrank_a`` A (rank, in) and ``lowrank_b`` B (out, rank).
+
+    What :func:`prunekit.prune` puts in place of a pruned ``nn.Linear`` when asked for low-rank
+    compensation (``PruneConfig(compensate=...)``); :func:`prunekit.sparsify_` turns it into a
+    :class:`SparseLinear` carrying the factors. It is an ``nn.Linear`` (``isinstance`` checks,
+    ``weight`` and ``bias`` as usual); the factors are parameters, so ``state_dict`` holds them.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(in_features, out_features):
+            raise ValueError(f"LowRankLinear: argument 'rank' must be an int in [1, {min(in_features, out_features)}], "
+                             f"but got {rank!r}")
+        self.lowrank_a = nn.Parameter(torch.zeros(rank, in_features, device=device, dtype=self.weight.dtype))
+        self.lowrank_b = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=self.weight.dtype))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, lowrank_a: torch.Tensor, lowrank_b: torch.Tensor) -> "LowRankLinear":
+        """A LowRankLinear sharing ``linear``'s weight and bias parameters (not copies) and holding
+        the factors (copied, in the weight's dtype and device)."""
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"LowRankLinear.from_linear: argument 'linear' must be an nn.Linear, but got "
+                             f"{type(linear).__name__}")
+        _check_lowrank("LowRankLinear.from_linear", lowrank_a, lowrank_b, linear.in_features, linear.out_features)
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.in_features, module.out_features = linear.in_features, linear.out_features
+        module.weight = linear.weight
+        module.bias = linear.bias
+        weight = linear.weight
+        module.lowrank_a = nn.Parameter(lowrank_a.detach().to(weight.device, weight.dtype).clone(),
+                                        requires_grad=weight.requires_grad)
+        module.lowrank_b = nn.Parameter(lowrank_b.detach().to(weight.device, weight.dtype).clone(),
+                                        requires_grad=weight.requires_grad)
+        module.train(linear.training)
+        return module
+
+    @property
+    def rank(self) -> int:
+        return self.lowrank_a.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.lowrank_a), self.lowrank_b)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}"
+
+
 class SparseLinear(SparseWeightModule):
     """``y = x W^T + b`` with W (out_features, in_features) held compressed.
 
@@ -80,6 +148,8 @@ class SparseLinear(SparseWeightModule):
         self.source = source
         self._init_weight(format, self.out_features, self.in_features, held_dtype(format, tensors, dtype), tensors,
                           bias, (self.out_features, self.in_features))
+        self.register_parameter("lowrank_a", None)
+        self.register_parameter("lowrank_b", None)
 
     @classmethod
     def from_dense(cls, module: nn.Module, format: str = "auto", *, break_even: float | None = None,
@@ -96,8 +166,11 @@ class SparseLinear(SparseWeightModule):
             format, _ = choose_format(WeightStats.of(matrix), "linear", break_even=break_even, rows=rows)
         tensors = formats.get(format).compress(matrix, "SparseLinear.from_dense")
         bias = module.bias.detach().clone() if getattr(module, "bias", None) is not None else None
-        return cls(matrix.shape[1], matrix.shape[0], format=format, tensors=tensors, bias=bias, dtype=matrix.dtype,
-                   source=source)
+        sparse = cls(matrix.shape[1], matrix.shape[0], format=format, tensors=tensors, bias=bias, dtype=matrix.dtype,
+                     source=source)
+        if isinstance(module, LowRankLinear):  # the low-rank compensation travels with the weight
+            sparse.set_lowrank(module.lowrank_a, module.lowrank_b)
+        return sparse
 
     @staticmethod
     def _matrix(module: nn.Module, owner: str) -> tuple[torch.Tensor, str]:
@@ -125,12 +198,52 @@ class SparseLinear(SparseWeightModule):
             linear.weight.copy_(weight)
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
+        lowrank = self.lowrank_state()
+        if lowrank:  # a LowRankLinear computes the same function, branch included
+            return LowRankLinear.from_linear(linear, lowrank["lowrank_a"], lowrank["lowrank_b"])
         return linear
+
+    # --- low-rank compensation -----------------------------------------------------------------
+    def set_lowrank(self, lowrank_a: torch.Tensor | None, lowrank_b: torch.Tensor | None) -> None:
+        """Adds (or with None, None removes) the low-rank branch ``y += (x A^T) B^T``: ``lowrank_a``
+        A (rank, in), ``lowrank_b`` B (out, rank), stored in the weight's dtype on its device."""
+        if lowrank_a is None and lowrank_b is None:
+            self.lowrank_a = self.lowrank_b = None
+            return
+        _check_lowrank("SparseLinear.set_lowrank", lowrank_a, lowrank_b, self.in_features, self.out_features)
+        values = getattr(self, self.weight_format.values_name)
+        self.lowrank_a = nn.Parameter(lowrank_a.detach().to(values.device, self.weight_dtype).clone(),
+                                      requires_grad=False)
+        self.lowrank_b = nn.Parameter(lowrank_b.detach().to(values.device, self.weight_dtype).clone(),
+                                      requires_grad=False)
+
+    def lowrank_state(self) -> dict[str, torch.Tensor]:
+        """{"lowrank_a": A, "lowrank_b": B} when the module has a low-rank branch, else {}."""
+        lowrank_a = self._parameters.get("lowrank_a")
+        if lowrank_a is None:
+            return {}
+        return {"lowrank_a": lowrank_a, "lowrank_b": self._parameters["lowrank_b"]}
+
+    @property
+    def lowrank_rank(self) -> int:
+        """The rank of the low-rank branch (0: none)."""
+        lowrank_a = self._parameters.get("lowrank_a")
+        return 0 if lowrank_a is None else lowrank_a.shape[0]
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super()._state_tensors(), **self.lowrank_state()}
 
     def _runs_linear24(self, values: torch.Tensor) -> bool:
         return values.dtype in _LINEAR24_DTYPES and cuda_kernels("sparse_linear_24")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._forward_weight(x)
+        lowrank_a = self._parameters.get("lowrank_a")
+        if lowrank_a is None:
+            return y
+        return y + F.linear(F.linear(x, lowrank_a.to(x.dtype)), self._parameters["lowrank_b"].to(x.dtype))
+
+    def _forward_weight(self, x: torch.Tensor) -> torch.Tensor:
         if self._buffers["runtime_tile_values"] is not None:
             tiles = self._tile_tensors(x)
             if tiles is not None:
@@ -158,9 +271,12 @@ class SparseLinear(SparseWeightModule):
 
     def checkpoint_spec(self) -> dict:
         """What a checkpoint records about this module besides its tensors."""
-        return {"class": "SparseLinear", "format": self.format, "in_features": self.in_features,
+        spec = {"class": "SparseLinear", "format": self.format, "in_features": self.in_features,
                 "out_features": self.out_features, "bias": self.bias is not None,
                 "dtype": dtype_name(self.weight_dtype), "source": self.source}
+        if self.lowrank_rank:
+            spec["lowrank_rank"] = self.lowrank_rank
+        return spec
 
     @classmethod
     def from_checkpoint_spec(cls, spec, state, bias, dtype) -> "SparseLinear":
@@ -180,5 +296,6 @@ class SparseLinear(SparseWeightModule):
 
     def extra_repr(self) -> str:
         source = ", source='conv1d'" if self.source == "conv1d" else ""
+        lowrank = f", lowrank_rank={self.lowrank_rank}" if self.lowrank_rank else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"{self._weight_repr()}{source}")
+                f"{self._weight_repr()}{source}{lowrank}")

@@ -21,7 +21,7 @@ import torch.nn as nn
 from ..calibrate.pipeline import is_prunable
 from ..formats.semi24 import first_dense_group, layout_problem
 from ..nn import FORMATS, SparseConv2d, SparseLinear
-from ..nn.linear import is_hf_conv1d
+from ..nn.linear import LowRankLinear, is_hf_conv1d
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _direct_weight_readers(model: nn.Module) -> set[str]:
 
 def _plain_forward(module: nn.Module) -> bool:
     """The module computes exactly what its base class computes (no overridden forward)."""
-    if is_hf_conv1d(module):
+    if is_hf_conv1d(module) or type(module) is LowRankLinear:  # SparseLinear carries the low-rank branch
         return True
     base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
     return type(module).forward is base.forward and (base is nn.Linear
