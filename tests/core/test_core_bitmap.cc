@@ -90,18 +90,32 @@ void check_variant(const Variant& v, std::mt19937& rng) {
         EXPECT(close(y[r * cols_x + p], expected));
       }
   }
-  // Half-dense rows, 2:4 or not (AVX2 takes a fixed-offset path for 2:4 rows), values exact-size.
+  // Half-dense rows, 2:4 or not (AVX2 and NEON take a fixed-offset path for 2:4 rows), values
+  // exact-size, fp32 and bf16.
   for (int64_t k : {8, 16, 48, 256}) {
     Sparse s = make_half_dense(5, k, rng);
+    const int64_t nnz = s.offsets[5];
+    std::unique_ptr<uint16_t[]> halves(new uint16_t[nnz]);
+    for (int64_t i = 0; i < nnz; ++i) halves[i] = to_bf16(s.values[i]);
+    std::vector<float> rounded(s.dense);  // the weight as the bf16 kernels see it
+    for (auto& e : rounded) e = from_bf16(to_bf16(e));
     std::vector<float> bias(5, 0.5f);
     for (int64_t batch : {1, 2, 3, 4}) {
-      std::vector<float> x(batch * k), y = poisoned(batch * 5);
+      std::vector<float> x(batch * k), y = poisoned(batch * 5), y16 = poisoned(batch * 5);
       for (auto& e : x) e = float(rng() % 11) - 5.0f;
       EXPECT(v.gemv({s.values.get(), ValueType::kFloat32, s.bitmap.data(), s.offsets.data(), 5, k},
                     {x.data(), batch, bias.data(), y.data()}, {0, 5})
                  .ok());
+      EXPECT(v.gemv({halves.get(), ValueType::kBFloat16, s.bitmap.data(), s.offsets.data(), 5, k},
+                    {x.data(), batch, bias.data(), y16.data()}, {0, 5})
+                 .ok());
       for (int64_t b = 0; b < batch; ++b)
-        for (int64_t r = 0; r < 5; ++r) EXPECT(close(y[b * 5 + r], expected_dot(s, x, bias, k, b, r)));
+        for (int64_t r = 0; r < 5; ++r) {
+          EXPECT(close(y[b * 5 + r], expected_dot(s, x, bias, k, b, r)));
+          float expected = bias[r];
+          for (int64_t c = 0; c < k; ++c) expected += rounded[r * k + c] * x[b * k + c];
+          EXPECT(close(y16[b * 5 + r], expected));
+        }
     }
   }
   // A mark past k (offsets counting it, so only the mark itself is wrong) is reported by every
@@ -144,6 +158,19 @@ void check_variant(const Variant& v, std::mt19937& rng) {
     for (int64_t i = 0; i < nnz; ++i) halves[i] = to_bf16(s.values[i]);
     std::vector<float> rounded(s.dense);  // the weight as the kernels see it
     for (auto& e : rounded) e = from_bf16(to_bf16(e));
+    for (int64_t batch : {1, 2, 4}) {  // the GEMV widens bf16 values in registers
+      std::vector<float> x(batch * k), y = poisoned(batch * rows);
+      for (auto& e : x) e = float(rng() % 11) - 5.0f;
+      EXPECT(v.gemv({halves.get(), ValueType::kBFloat16, s.bitmap.data(), s.offsets.data(), rows, k},
+                    {x.data(), batch, nullptr, y.data()}, {0, rows})
+                 .ok());
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t r = 0; r < rows; ++r) {
+          float expected = 0.0f;
+          for (int64_t c = 0; c < k; ++c) expected += rounded[r * k + c] * x[b * k + c];
+          EXPECT(close(y[b * rows + r], expected));
+        }
+    }
     for (int64_t cols_x : {3, 16, 40}) {
       std::vector<float> x(k * cols_x), y = poisoned(rows * cols_x);
       for (auto& e : x) e = float(rng() % 11) - 5.0f;
