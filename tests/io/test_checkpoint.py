@@ -92,7 +92,7 @@ def test_hf_round_trip_is_bit_identical_and_small(arch, sparsity, tmp_path):
     weights = prunekit.save(sparse, tmp_path / "ckpt")
     assert weights == tmp_path / "ckpt" / WEIGHTS_NAME
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["model_type"] == dense.config.model_type
-    loaded = prunekit.load(tmp_path / "ckpt")
+    loaded = prunekit.load(tmp_path / "ckpt", format="saved")  # the formats it ran in (explicit ones)
     assert type(loaded) is type(sparse) and not loaded.training
     assert torch.equal(hf_output(loaded, arch), expected)
     loaded_modules = {n: m.format for n, m in loaded.named_modules() if isinstance(m, SparseLinear)}
@@ -120,14 +120,14 @@ def test_cnn_round_trip_into_a_skeleton(skeleton_cls, sparsity, tmp_path):
         expected = model(x)
     path = prunekit.save(model, tmp_path / "cnn.safetensors")
     skeleton = skeleton_cls().eval()  # other random weights, dense modules
-    loaded = prunekit.load(path, model=skeleton)
+    loaded = prunekit.load(path, model=skeleton, format="saved")
     assert loaded is skeleton
     assert {n for n, m in loaded.named_modules() if isinstance(m, SparseConv2d)} == \
         {n for n, m in model.named_modules() if isinstance(m, SparseConv2d)}
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
     assert path.stat().st_size < dense_bytes
-    again = prunekit.load(path, model=skeleton)  # into an already sparsified skeleton
+    again = prunekit.load(path, model=skeleton, format="saved")  # into an already sparsified skeleton
     with torch.no_grad():
         assert torch.equal(again(x), expected)
 
@@ -138,12 +138,12 @@ def test_fp32_fp16_and_tied_weights_round_trip(tmp_path):
     model.lm_head.weight = model.model.embed_tokens.weight  # tied: stored once
     prunekit.sparsify_(model, SparsifyConfig(format="unstructured"))
     expected = hf_output(model, "llama")
-    loaded = prunekit.load(prunekit.save(model, tmp_path / "fp32"))
+    loaded = prunekit.load(prunekit.save(model, tmp_path / "fp32"), format="saved")
     assert torch.equal(hf_output(loaded, "llama"), expected)
     assert "lm_head.weight" in read_info(tmp_path / "fp32")["aliases"]
     half = copy.deepcopy(model).half()  # fp16 sparse modules (exact expansion on CPU)
     prunekit.save(half, tmp_path / "half.safetensors")
-    loaded = prunekit.load(tmp_path / "half.safetensors")  # an HF model saved as one file rebuilds too
+    loaded = prunekit.load(tmp_path / "half.safetensors", format="saved")  # an HF model saved as one file rebuilds too
     assert loaded.model.layers[0].mlp.up_proj.weight_dtype == torch.float16
     assert torch.equal(loaded.model.layers[0].mlp.up_proj.values, half.model.layers[0].mlp.up_proj.values)
 
@@ -167,7 +167,7 @@ def test_plain_module_with_tied_parameters(tmp_path):
     prunekit.sparsify_(model, SparsifyConfig(format="unstructured"))
     path = prunekit.save(model, tmp_path / "tied")
     skeleton = Tied()
-    prunekit.load(path, model=skeleton)
+    prunekit.load(path, model=skeleton, format="saved")
     assert skeleton.a.weight is skeleton.b.weight
     x = torch.randn(3, 32)
     assert torch.equal(skeleton(x), model(x))
@@ -176,7 +176,7 @@ def test_plain_module_with_tied_parameters(tmp_path):
 def test_memory_mapping_and_copy_on_write(tmp_path):
     _, sparse = sparse_hf("opt", 0.9)
     path = prunekit.save(sparse, tmp_path / "ckpt")
-    loaded = prunekit.load(tmp_path / "ckpt")
+    loaded = prunekit.load(tmp_path / "ckpt", format="saved")
     maps = Path("/proc/self/maps")
     if maps.exists():
         assert str(path) in maps.read_text()
@@ -184,9 +184,9 @@ def test_memory_mapping_and_copy_on_write(tmp_path):
     original = layer.values.clone()
     with torch.no_grad():
         layer.values.zero_()  # copy-on-write: the file keeps its bytes
-    again = prunekit.load(tmp_path / "ckpt")
+    again = prunekit.load(tmp_path / "ckpt", format="saved")
     assert torch.equal(again.model.decoder.layers[0].fc1.values, original)
-    in_ram = prunekit.load(tmp_path / "ckpt", mmap=False)
+    in_ram = prunekit.load(tmp_path / "ckpt", mmap=False, format="saved")
     del again, loaded
     path.unlink()
     assert torch.equal(hf_output(in_ram, "opt"), hf_output(sparse, "opt"))  # no longer needs the file
@@ -365,8 +365,8 @@ def test_wrong_version_and_foreign_files(cnn_checkpoint, tmp_path):
     _, path = cnn_checkpoint
     skeleton = ResNetish().eval()
     newer = rewrite(path, tmp_path / "v2.safetensors", metadata={"format_version": str(FORMAT_VERSION + 1)})
-    with pytest.raises(CheckpointError, match=r"format_version '2', but this prunekit reads version 1 \(written by "
-                                              r"a newer prunekit: upgrade prunekit\)"):
+    with pytest.raises(CheckpointError, match=r"format_version '3', but this prunekit reads versions \['1', '2'\] "
+                                              r"\(written by a newer prunekit: upgrade prunekit\)"):
         prunekit.load(newer, model=skeleton)
     foreign = tmp_path / "foreign.safetensors"
     save_file({"weight": torch.zeros(2)}, foreign)
@@ -470,4 +470,4 @@ def test_whole_checkpoint_of_llm_shaped_models_meets_the_size_bars(arch, sparsit
     assert file_ratio <= (0.3 if sparsity == 0.9 else 0.6), file_ratio
     ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert torch.equal(prunekit.load(tmp_path / "ckpt")(input_ids=ids).logits, sparse(input_ids=ids).logits)
+        assert torch.equal(prunekit.load(tmp_path / "ckpt", format="saved")(input_ids=ids).logits, sparse(input_ids=ids).logits)

@@ -99,6 +99,13 @@ class WeightFormat:
         exactly, or None where the format has no such view. Default: None."""
         return None
 
+    def checkpoint_nbytes(self, rows: int, cols: int, dtype: torch.dtype, nonzeros: int, is_24: bool) -> int | None:
+        """Bytes of this format's checkpoint entry (:meth:`to_checkpoint`) for a (rows, cols)
+        ``dtype`` weight with ``nonzeros`` nonzeros (``is_24``: at most two in every group of four
+        along the columns), or None where the format cannot hold it exactly. Default: None (the
+        format is not a checkpoint storage)."""
+        return None
+
     def expands_on(self, device_type: str) -> bool:
         """Whether :meth:`to_dense` runs a decompression kernel on ``device_type``; where it
         does not, a module keeps the dense weight, built once when it moves there."""

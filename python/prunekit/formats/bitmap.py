@@ -168,6 +168,11 @@ class BitmapFormat(WeightFormat):
     def to_dense(self, state: State, rows: int, cols: int) -> torch.Tensor:
         return self.kernel_view(state, cols).to_dense()
 
+    def checkpoint_nbytes(self, rows, cols, dtype, nonzeros, is_24):
+        if dtype not in DTYPES:
+            return None
+        return nonzeros * dtype.itemsize + rows * ((cols + 15) // 16) * 2  # values + int16 bitmap
+
     def expected_state(self, rows, cols, dtype, state, weight_shape=None):
         words = (cols + 15) // 16
         shapes = {"bitmap": ((rows, words), torch.int16), "row_offsets": ((rows + 1,), torch.int64)}

@@ -131,6 +131,11 @@ class Csr16Format(WeightFormat):
     def to_dense(self, state: State, rows: int, cols: int) -> torch.Tensor:
         return Csr16Weight(state["values"], state["col_indices"], state["row_offsets"], cols).to_dense()
 
+    def checkpoint_nbytes(self, rows, cols, dtype, nonzeros, is_24):
+        if dtype not in DTYPES or not 1 <= cols <= MAX_COLUMNS:
+            return None
+        return nonzeros * (dtype.itemsize + 2) + (rows + 1) * 8  # values, int16 indices, int64 offsets
+
     def expected_state(self, rows, cols, dtype, state, weight_shape=None):
         shapes = {"row_offsets": ((rows + 1,), torch.int64)}
         offsets = state.get("row_offsets")

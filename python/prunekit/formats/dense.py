@@ -24,6 +24,9 @@ class DenseFormat(WeightFormat):
     def to_dense(self, state: State, rows: int, cols: int) -> torch.Tensor:
         return state["weight"].detach().reshape(rows, cols)
 
+    def checkpoint_nbytes(self, rows, cols, dtype, nonzeros, is_24):
+        return rows * cols * dtype.itemsize
+
     def expected_state(self, rows, cols, dtype, state, weight_shape=None):
         return {"weight": (tuple(weight_shape) if weight_shape is not None else (rows, cols), dtype)}
 

@@ -182,6 +182,13 @@ class Semi24Format(WeightFormat):
     def to_dense(self, state: State, rows: int, cols: int) -> torch.Tensor:
         return torch.ops.prunekit.decompress_24(state["values"], state["meta"])
 
+    def checkpoint_nbytes(self, rows, cols, dtype, nonzeros, is_24):
+        if not is_24 or layout_problem(rows, cols, dtype) is not None:
+            return None
+        layout = semi24_layout(dtype)
+        meta_rows, meta_cols = layout.meta_shape(rows, cols)
+        return rows * (cols // 2) * dtype.itemsize + meta_rows * meta_cols * layout.meta_dtype.itemsize
+
     def expected_state(self, rows, cols, dtype, state, weight_shape=None):
         layout = semi24_layout(dtype)
         return {"values": (layout.values_shape(rows, cols), dtype),

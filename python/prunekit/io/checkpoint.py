@@ -1,24 +1,48 @@
 """Lossless compressed checkpoints: ``prunekit.save(model, path)`` / ``prunekit.load(path)``.
 
-The format (version 1) is one safetensors file; no pickle anywhere. Its ``__metadata__`` holds
+What is stored and what runs are separate choices. :func:`save` writes every pruned layer in its
+smallest exact storage format (:func:`prunekit.formats.smallest_storage`: "2:4", the
+"unstructured" bitmap, "csr16" above ~94% sparsity, or "dense" where no compressed entry is
+smaller), whatever format the module held and whichever kernel the saving machine would run;
+:func:`load` picks each layer's runtime format for the machine it loads on (``format="auto"``:
+:func:`prunekit.nn.choose_format` with that machine's break-even table) and converts exactly.
+
+Which layers are compressed (``save(compress=...)``):
+
+- ``"pruned"`` (default): every SparseLinear / SparseConv2d, and every plain prunable layer
+  (nn.Linear, nn.Conv2d with groups=1, transformers Conv1D; fp32, bf16 or fp16) whose smallest
+  exact compressed entry is smaller than its dense weight (bf16 bitmap: from ~6.3% zeros; fp32:
+  from ~3.2%), unless its weight is shared with another tensor (tied embeddings) or the module is
+  reachable under several names or holds more than its weight, bias and low-rank factors;
+- ``"sparse"``: only the sparse modules (in their smallest exact format);
+- ``"held"``: the sparse modules in the format each holds (version 1's rule); nothing else.
+
+The format (version 2) is one safetensors file; no pickle anywhere. Its ``__metadata__`` holds
 JSON strings:
 
-- ``format`` = "prunekit.checkpoint", ``format_version`` = "1", ``prunekit_version``,
+- ``format`` = "prunekit.checkpoint", ``format_version`` = "2", ``prunekit_version``,
   ``torch_version``;
 - ``model``: the model's class name and, for Hugging Face models, the class, the full config and
   the attention implementation, so that :func:`load` can rebuild the model without a skeleton;
-- ``modules``: per SparseLinear / SparseConv2d, its class, format, sizes, dtype and geometry;
-  ``module_aliases``: further names of a sparse module registered under several names;
+- ``modules``: per compressed layer its sparse module class (SparseLinear / SparseConv2d, whose
+  geometry keys it carries), ``format`` (the stored format), ``held`` (what ran when it was saved:
+  a format, or "plain" for an ordinary module, whose class is ``plain_class``), ``swappable``
+  (False where a sparse module may not replace it: an overridden forward, a parent reading the
+  weight directly), ``auto`` (the ``rows`` / ``break_even`` of the ``sparsify_`` call that chose
+  "auto", when there was one), sizes, dtype and geometry; ``module_aliases``: further names of a
+  sparse module registered under several names;
 - ``tensors``: per stored tensor its dtype, shape and CRC-32; ``aliases``: state_dict keys whose
   tensor is stored under another key (tied weights, stored once);
 - ``nonpersistent``: floating-point buffers outside state_dict (e.g. rotary ``inv_freq``) that
   are stored because a dtype change of the model changes them.
 
-Tensors: each sparse module's compressed tensors under ``<module>.<name>``, as its format
-writes them (:meth:`prunekit.formats.WeightFormat.to_checkpoint`; unstructured: ``values``,
-``bitmap``, its ``row_offsets`` recomputed from the bitmap on load; 2:4: ``values`` and ``meta``
-in torch's CUTLASS layout; dense: ``weight``), and ``bias``; every other state_dict entry under
-its key, bit for bit.
+Tensors: each compressed layer's tensors under ``<module>.<name>``, as its stored format writes
+them (:meth:`prunekit.formats.WeightFormat.to_checkpoint`; unstructured: ``values``, ``bitmap``,
+its ``row_offsets`` recomputed from the bitmap on load; 2:4: ``values`` and ``meta`` in torch's
+CUTLASS layout; csr16: ``values``, ``col_indices``, ``row_offsets``; dense: ``weight``), its
+``bias`` and low-rank factors; every other state_dict entry under its key, bit for bit. Version 1
+files (every sparse module stored in the format it held, no plain layers compressed) load as
+before: their ``held`` is their ``format``.
 
 A Hugging Face model saved to a path that does not end in ".safetensors" becomes a directory
 holding ``config.json`` (for tools) and ``model.prunekit.safetensors`` (self-contained; the
@@ -26,30 +50,43 @@ config inside it is the one :func:`load` uses).
 
 Loading parses and checks the header (format name and version, JSON, dtypes and shapes against
 byte spans, the file's exact length), memory-maps the file (``mmap=True``: tensors are
-copy-on-write views of the file, so in-place changes never reach it), checks every tensor's
-dtype, shape and CRC-32 against the header (``verify=True``) and each sparse module's tensors
-against its format, and checks the model's structure (sparse module geometry, state_dict keys,
-shapes) before changing anything in the model.
+copy-on-write views of the file, so in-place changes never reach it; a layer converted to another
+runtime format gets new tensors), checks every tensor's dtype, shape and CRC-32 against the header
+(``verify=True``) and each layer's tensors against its format, and checks the model's structure
+(layer geometry, state_dict keys, shapes) before changing anything in the model. A layer whose
+runtime format has no kernel on this machine (:func:`prunekit.nn.auto.cpu_format_problem`) loads
+as a plain dense module, exactly, with a warning.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .. import formats
-from ..nn import SparseWeightModule
+from ..calibrate.pipeline import is_prunable
+from ..nn import SparseConv2d, SparseLinear, SparseWeightModule
+from ..nn.auto import WeightStats, choose_format, cpu_format_problem
+from ..nn.base import HELD_FORMATS
+from ..nn.linear import LowRankLinear, is_hf_conv1d
+from ..surgery.sparsify import AUTO_REQUEST_ATTRIBUTE as AUTO_ATTRIBUTE
+from ..surgery.sparsify import _direct_weight_readers, _plain_forward
 from . import safetensors_file as stf
 from .safetensors_file import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "prunekit.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # the format versions load reads
+COMPRESS_MODES = ("pruned", "sparse", "held")
+LOAD_FORMATS = ("auto", "saved", "2:4", "unstructured", "dense")
 WEIGHTS_NAME = "model.prunekit.safetensors"
 CONFIG_NAME = "config.json"
 # The JSON metadata keys with the JSON type of each (and of the entries of the mappings that hold specs).
@@ -71,8 +108,9 @@ def _hf_pretrained(model: nn.Module) -> bool:
     return isinstance(model, transformers.PreTrainedModel)
 
 
-def save(model: nn.Module, path, *, overwrite: bool = False) -> Path:
-    """Saves ``model`` (sparse modules compressed, everything else as is) losslessly.
+def save(model: nn.Module, path, *, overwrite: bool = False, compress: str = "pruned") -> Path:
+    """Saves ``model`` losslessly, every pruned layer in its smallest exact format (``compress``:
+    which layers, see the module docstring: "pruned" (default), "sparse" or "held").
 
     ``path``: a file; for a Hugging Face ``PreTrainedModel`` a directory (config.json +
     model.prunekit.safetensors) unless it ends in ".safetensors". An existing file, or a
@@ -83,6 +121,8 @@ def save(model: nn.Module, path, *, overwrite: bool = False) -> Path:
         raise TypeError(f"save: argument 'model' must be a torch.nn.Module, but got {type(model).__name__}")
     if not isinstance(path, (str, Path)) and not hasattr(path, "__fspath__"):
         raise TypeError(f"save: argument 'path' must be a str or os.PathLike, but got {type(path).__name__}")
+    if compress not in COMPRESS_MODES:
+        raise ValueError(f"save: argument 'compress' must be one of {COMPRESS_MODES}, but got {compress!r}")
     path = Path(path)
     hf = _hf_pretrained(model)
     as_directory = hf and path.suffix != ".safetensors"
@@ -104,7 +144,7 @@ def save(model: nn.Module, path, *, overwrite: bool = False) -> Path:
         if not path.parent.is_dir():
             raise CheckpointError(f"save: the directory of argument 'path' must exist, but {path.parent} does not")
         weights = path
-    tensors, metadata = _collect(model, hf)
+    tensors, metadata = _collect(model, hf, compress)
     if as_directory:
         path.mkdir(parents=True, exist_ok=True)
     stf.write(weights, tensors, metadata, overwrite=overwrite)
@@ -121,7 +161,7 @@ def _cpu(key: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.cpu().contiguous()
 
 
-def _collect(model: nn.Module, hf: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _collect(model: nn.Module, hf: bool, compress: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     sparse: dict[str, SparseWeightModule] = {}
     module_aliases: dict[str, str] = {}
     first_name: dict[int, str] = {}
@@ -132,18 +172,22 @@ def _collect(model: nn.Module, hf: bool) -> tuple[dict[str, torch.Tensor], dict[
                 continue
             first_name[id(module)] = name
             sparse[name] = module
-    sparse_names = set(sparse) | set(module_aliases)
 
     named: dict[str, torch.Tensor] = {}
     modules = {}
     for name, module in sparse.items():
-        modules[name] = module.checkpoint_spec()
-        entry = module.weight_format.to_checkpoint(module.weight_state())
-        if module.bias is not None:
-            entry["bias"] = module.bias
-        entry.update(getattr(module, "lowrank_state", dict)())  # SparseLinear's low-rank compensation
+        spec, entry = _sparse_entry(name, module, compress)
+        modules[name] = spec
         for key, tensor in entry.items():
             named[_join(name, key)] = tensor
+    if compress == "pruned":
+        for name, module in _plain_layers(model).items():
+            layer = _plain_entry(name, module, model)
+            if layer is not None:
+                modules[name], entry = layer
+                for key, tensor in entry.items():
+                    named[_join(name, key)] = tensor
+    sparse_names = set(modules) | set(module_aliases)
     for key, tensor in model.state_dict(keep_vars=True).items():
         if _owner(key) not in sparse_names:
             named[key] = tensor
@@ -191,6 +235,90 @@ def _collect(model: nn.Module, hf: bool) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, metadata
 
 
+def _sparse_entry(name: str, module: SparseWeightModule, compress: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The spec and tensors of a sparse module: its weight in the smallest exact format (or, for
+    compress="held", in the one it holds), its bias and low-rank factors."""
+    held = module.format
+    spec = module.checkpoint_spec()
+    state = module.weight_state()
+    stored = held
+    if compress != "held":
+        matrix = module.dense_matrix().detach().cpu()
+        stored, _ = formats.smallest_storage(matrix)
+        if stored != held:
+            state = formats.get(stored).compress(matrix, f"save: module '{name}'", tuple(module.weight_shape))
+    spec.update(format=stored, held=held, swappable=True)
+    request = getattr(module, AUTO_ATTRIBUTE, None)
+    if isinstance(request, dict):
+        spec["auto"] = dict(request)
+    entry = formats.get(stored).to_checkpoint(state)
+    if module.bias is not None:
+        entry["bias"] = module.bias
+    entry.update(getattr(module, "lowrank_state", dict)())  # SparseLinear's low-rank compensation
+    return spec, entry
+
+
+_PLAIN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _plain_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The ordinary prunable layers a checkpoint may compress: reachable under one name, holding
+    nothing but their weight, bias (and a LowRankLinear's factors), a floating-point weight with
+    data that no other tensor of the model shares."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    identities = Counter(_identity(t) for t in model.state_dict(keep_vars=True).values())
+    layers = {}
+    for name, module in model.named_modules():
+        if (not name or isinstance(module, SparseWeightModule) or not is_prunable(module) or module._modules
+                or len(names[id(module)]) > 1):
+            continue
+        own = set(module.state_dict(keep_vars=True))
+        allowed = {"weight", "bias"} | ({"lowrank_a", "lowrank_b"} if type(module) is LowRankLinear else set())
+        weight = module.weight
+        if (not own <= allowed or not isinstance(weight, torch.Tensor) or weight.device.type == "meta"
+                or weight.dtype not in _PLAIN_DTYPES or identities[_identity(weight)] > 1):
+            continue
+        layers[name] = module
+    return layers
+
+
+def _identity(tensor: torch.Tensor) -> tuple:
+    if tensor.device.type == "meta" or not tensor.numel():
+        return ("unique", id(tensor))
+    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+            tuple(tensor.stride()), tensor.dtype)
+
+
+def _plain_entry(name: str, module: nn.Module, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """The spec and tensors of an ordinary layer stored compressed, or None where no compressed
+    entry is smaller than its dense weight."""
+    cls = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
+    matrix = cls._matrix(module, "save")[0].detach().cpu()
+    nonzeros = int(torch.count_nonzero(matrix))
+    if nonzeros == matrix.numel():
+        return None
+    stored, _ = formats.smallest_storage(matrix, nonzeros)
+    if stored == "dense":
+        return None
+    owner = f"save: module '{name}'"
+    layer = cls.from_dense(module, stored if stored in HELD_FORMATS else "unstructured")
+    state = layer.weight_state() if stored == layer.format else formats.get(stored).compress(
+        matrix, owner, tuple(layer.weight_shape))
+    spec = layer.checkpoint_spec()
+    spec.update(format=stored, held="plain", plain_class=type(module).__name__,
+                swappable=_plain_forward(module) and name not in _direct_weight_readers(model))
+    request = getattr(module, AUTO_ATTRIBUTE, None)
+    if isinstance(request, dict):
+        spec["auto"] = dict(request)
+    entry = formats.get(stored).to_checkpoint(state)
+    if layer.bias is not None:
+        entry["bias"] = module.bias
+    entry.update(getattr(layer, "lowrank_state", dict)())
+    return spec, entry
+
+
 def _join(name: str, key: str) -> str:
     return f"{name}.{key}" if name else key
 
@@ -222,12 +350,12 @@ def read_info(path) -> dict:
         raise CheckpointError(f"load: {weights} is not a prunekit checkpoint: expected metadata "
                               f"format={FORMAT_NAME!r}, but got {metadata.get('format')!r}")
     version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
+    if version not in [str(v) for v in READ_VERSIONS]:
         newer = version is not None and version.isdigit() and int(version) > FORMAT_VERSION
         hint = " (written by a newer prunekit: upgrade prunekit)" if newer else ""
         raise CheckpointError(f"load: {weights} has checkpoint format_version {version!r}, but this prunekit reads "
-                              f"version {FORMAT_VERSION!r}{hint}")
-    info = {"path": str(weights), "bytes": weights.stat().st_size, "format_version": FORMAT_VERSION,
+                              f"versions {[str(v) for v in READ_VERSIONS]}{hint}")
+    info = {"path": str(weights), "bytes": weights.stat().st_size, "format_version": int(version),
             "prunekit_version": metadata.get("prunekit_version"), "torch_version": metadata.get("torch_version")}
     for key in _JSON_KEYS:
         try:
@@ -278,7 +406,8 @@ def _read_tensors(weights: Path, info: dict, *, mmap: bool, verify: bool) -> dic
 
 # ----------------------------------------------------------------------------- load
 
-def load(path, model: nn.Module | None = None, *, mmap: bool = True, verify: bool = True) -> nn.Module:
+def load(path, model: nn.Module | None = None, *, mmap: bool = True, verify: bool = True, format: str = "auto",
+         rows: int | None = None) -> nn.Module:
     """Loads a checkpoint written by :func:`save`.
 
     - ``path``: the file, or the directory of a Hugging Face checkpoint.
@@ -288,6 +417,18 @@ def load(path, model: nn.Module | None = None, *, mmap: bool = True, verify: boo
       need the skeleton.
     - ``mmap``: tensors stay copy-on-write memory maps of the file (else they are read into RAM).
     - ``verify``: check every tensor's CRC-32 (reads every byte once).
+    - ``format``: the runtime format of each compressed layer. "auto" (default): what
+      :func:`prunekit.nn.choose_format` picks on this machine (its kind of CPU kernels' break-even
+      table; with the ``rows`` / ``break_even`` of the ``sparsify_`` call when one was recorded);
+      a layer it keeps dense becomes an ordinary dense module, as ``sparsify_`` leaves it.
+      "saved": the format each layer ran in when saved (an ordinary module stays one). "2:4",
+      "unstructured": that format for every compressed layer that may be swapped (2:4 where the
+      layout holds the weight, "unstructured" where only its size does not fit; a layer that is not
+      2:4 is an error). "dense": ordinary dense modules. Layers saved as ordinary modules whose
+      place a sparse module may not take (``swappable`` false) always load as ordinary modules. A
+      format without a kernel on this machine loads dense (exactly) with a warning.
+    - ``rows``: rows per call for "auto" (default: the recorded ``sparsify_`` rows, else
+      :data:`prunekit.nn.DEFAULT_ROWS`).
 
     Returns the model (the skeleton itself when given, changed in place, in eval mode if it was
     rebuilt). Every check runs before the model changes: a bad checkpoint or a mismatching
@@ -298,6 +439,10 @@ def load(path, model: nn.Module | None = None, *, mmap: bool = True, verify: boo
         raise TypeError(f"load: argument 'path' must be a str or os.PathLike, but got {type(path).__name__}")
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"load: argument 'model' must be a torch.nn.Module or None, but got {type(model).__name__}")
+    if format not in LOAD_FORMATS:
+        raise ValueError(f"load: argument 'format' must be one of {LOAD_FORMATS}, but got {format!r}")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ValueError(f"load: argument 'rows' must be an int >= 1 or None, but got {rows!r}")
     weights = _weights_path(Path(path))
     info = read_info(weights)
     model_info = info["model"]
@@ -307,7 +452,7 @@ def load(path, model: nn.Module | None = None, *, mmap: bool = True, verify: boo
     else:
         _check_architecture(weights, model_info, model)
     tensors = _read_tensors(weights, info, mmap=mmap, verify=verify)
-    _load_into(weights, info, tensors, model)
+    _load_into(weights, info, tensors, model, format, rows)
     if rebuilt:
         model.eval()
     return model
@@ -372,9 +517,20 @@ def _module_tensors(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, to
             if key.startswith(prefix) and "." not in key[len(prefix):]}
 
 
+def _matrix_geometry(kind: str, spec: dict) -> tuple[int, int, tuple[int, ...]]:
+    """(rows, cols, weight shape) of the weight matrix a spec of a ``kind`` module describes."""
+    if kind == "SparseLinear":
+        rows, cols = int(spec["out_features"]), int(spec["in_features"])
+        return rows, cols, (rows, cols)
+    kh, kw = (int(k) for k in spec["kernel_size"])
+    rows, channels = int(spec["out_channels"]), int(spec["in_channels"])
+    return rows, channels * kh * kw, (rows, channels, kh, kw)
+
+
 def _build_sparse(weights: Path, name: str, spec: dict, tensors: dict[str, torch.Tensor]) -> SparseWeightModule:
-    """The sparse module a spec and its stored tensors describe: the module class and the format
-    each read their part (geometry; the weight's tensors) and check it."""
+    """The sparse module a spec and its stored tensors describe, holding the stored format (a
+    stored format no module holds, e.g. "csr16", is converted exactly to "unstructured"): the
+    module class and the format each read their part (geometry; the weight's tensors) and check it."""
     owner = f"load: sparse module '{name}' in {weights}"
     try:
         kind, fmt = spec["class"], spec["format"]
@@ -393,9 +549,21 @@ def _build_sparse(weights: Path, name: str, spec: dict, tensors: dict[str, torch
     if (len(lowrank) == 2) != bool(rank) or (lowrank and lowrank["lowrank_a"].shape[0] != rank):
         raise CheckpointError(f"{owner}: its spec gives low-rank rank {rank}, but the stored low-rank factors are "
                               f"{ {key: tuple(t.shape) for key, t in lowrank.items()} }")
+    if not isinstance(fmt, str):
+        raise CheckpointError(f"{owner}: its spec's format must be a format name (one of {list(formats.names())}), "
+                              f"but got {fmt!r}")
+    if fmt not in formats.names():
+        raise CheckpointError(f"{owner}: its weight is stored in format {fmt!r}, which this prunekit cannot read "
+                              f"(it reads {list(formats.names())}): upgrade prunekit")
     try:
         cls = SparseWeightModule.checkpoint_class(kind)
-        state = formats.get(fmt).from_checkpoint(own, owner)
+        stored_format = formats.get(fmt)
+        state = stored_format.from_checkpoint(own, owner)
+        if fmt not in HELD_FORMATS:  # a storage-only format: exactly to the bitmap format
+            rows, cols, weight_shape = _matrix_geometry(kind, spec)
+            stored_format.check_state(owner, state, rows, cols, dtype, weight_shape)
+            matrix = stored_format.to_dense(state, rows, cols)
+            spec, state = {**spec, "format": "unstructured"}, formats.get("unstructured").compress(matrix, owner)
         module = cls.from_checkpoint_spec(spec, state, bias, dtype)
         if lowrank:
             module.set_lowrank(lowrank["lowrank_a"], lowrank["lowrank_b"])
@@ -405,6 +573,86 @@ def _build_sparse(weights: Path, name: str, spec: dict, tensors: dict[str, torch
     except ValueError as error:
         message = str(error)
         raise CheckpointError(message if message.startswith(owner) else f"{owner}: {message}") from None
+
+
+def _kernel_family(module: SparseWeightModule) -> str:
+    if isinstance(module, SparseLinear):
+        return "linear"
+    return "conv1x1" if getattr(module, "pointwise", False) else "conv"
+
+
+def _runtime_format(weights: Path, name: str, spec: dict, module: SparseWeightModule, policy: str,
+                    rows: int | None) -> str:
+    """What layer ``name`` runs in after loading: "2:4", "unstructured", "dense" (a sparse module
+    holding it dense) or "plain" (an ordinary dense module), by ``policy`` (load's ``format``)."""
+    held = spec.get("held", spec["format"])
+    if held == "plain" and not spec.get("swappable", True):
+        return "plain"
+    if policy == "saved":
+        target = held
+    elif policy == "dense":
+        target = "plain"
+    else:
+        stats = WeightStats.of(module.dense_matrix())
+        if policy == "auto":
+            request = spec.get("auto") if isinstance(spec.get("auto"), dict) else {}
+            chosen, _ = choose_format(stats, _kernel_family(module), break_even=request.get("break_even"),
+                                      rows=rows if rows is not None else request.get("rows"))
+            target = "plain" if chosen == "dense" else chosen
+        elif policy == "2:4":
+            if not stats.is_24:
+                raise CheckpointError(f"load: argument 'format' is '2:4', but layer '{name}' in {weights} is not 2:4 "
+                                      "(more than two nonzeros in a group of four); load it with format='auto' or "
+                                      "'unstructured'")
+            target = "2:4" if stats.semi24_problem is None else "unstructured"
+        else:
+            target = policy
+    if target in ("2:4", "unstructured"):
+        problem = cpu_format_problem(target)
+        if problem is not None:
+            warnings.warn(f"load: layer '{name}' of {weights} would run in format {target!r}, but {problem}; it "
+                          "runs as a dense module instead (exactly the same weights)", RuntimeWarning, stacklevel=4)
+            target = "plain"
+    return target
+
+
+def _in_format(module: SparseWeightModule, fmt: str) -> SparseWeightModule:
+    """``module`` holding its weight in ``fmt`` (itself when it does): exactly the same weight, bias
+    and low-rank factors."""
+    if module.format == fmt:
+        return module
+    state = formats.get(fmt).compress(module.dense_matrix(), f"load: {type(module).__name__}",
+                                      tuple(module.weight_shape))
+    spec = {**module.checkpoint_spec(), "format": fmt}
+    converted = type(module).from_checkpoint_spec(spec, state, module.bias, module.weight_dtype)
+    lowrank = getattr(module, "lowrank_state", dict)()
+    if lowrank:
+        converted.set_lowrank(lowrank["lowrank_a"], lowrank["lowrank_b"])
+    return converted
+
+
+def _plain_state(module: SparseWeightModule, target: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The state_dict to assign to an ordinary module ``target`` for the weight ``module`` holds,
+    in ``target``'s own layout (Conv1D: transposed; Conv2d: 4-D), or None where ``target``'s
+    state does not have exactly those tensors."""
+    if isinstance(target, SparseWeightModule):
+        return None
+    matrix = module.dense_matrix()
+    current = target.state_dict(keep_vars=True)
+    weight = current.get("weight")
+    if not isinstance(weight, torch.Tensor):
+        return None
+    if is_hf_conv1d(target):
+        dense = matrix.t().contiguous()
+    else:
+        dense = matrix.reshape(module.weight_shape)
+    state = {"weight": dense}
+    if module.bias is not None:
+        state["bias"] = module.bias
+    state.update(getattr(module, "lowrank_state", dict)())
+    if set(state) != set(current) or any(tuple(current[key].shape) != tuple(t.shape) for key, t in state.items()):
+        return None
+    return state
 
 
 def _check_fits(weights: Path, name: str, target: nn.Module, built: SparseWeightModule) -> None:
@@ -422,22 +670,44 @@ def _check_fits(weights: Path, name: str, target: nn.Module, built: SparseWeight
                               f"but it {'has none' if built.bias is not None else 'has one'}")
 
 
-def _load_into(weights: Path, info: dict, tensors: dict[str, torch.Tensor], model: nn.Module) -> None:
+def _load_into(weights: Path, info: dict, tensors: dict[str, torch.Tensor], model: nn.Module, policy: str = "saved",
+               rows: int | None = None) -> None:
     specs, module_aliases = info["modules"], info["module_aliases"]
     aliases, nonpersistent = info["aliases"], set(info["nonpersistent"])
     sparse_names = set(specs) | set(module_aliases)
-    # 1. sparse modules, built and checked against the skeleton
-    built: dict[str, SparseWeightModule] = {}
+    # 1. compressed layers, built in their runtime format and checked against the skeleton
+    built: dict[str, nn.Module] = {}  # name -> the module to put at its places
+    assigned: dict[str, tuple[nn.Module, dict[str, torch.Tensor]]] = {}  # place -> (ordinary module, its state)
     for name, spec in specs.items():
         module = _build_sparse(weights, name, spec, _module_tensors(name, tensors))
-        for place in [name] + [alias for alias, target in module_aliases.items() if target == name]:
+        places = [name] + [alias for alias, target in module_aliases.items() if target == name]
+        targets = {}
+        for place in places:
             try:
                 target = model.get_submodule(place) if place else model
             except AttributeError:
                 raise CheckpointError(f"load: argument 'model' must have a module '{place}' (a sparse module in "
                                       f"{weights}), but it has none: another architecture or configuration?") from None
             _check_fits(weights, place, target, module)
-        built[name] = module
+            targets[place] = target
+        runtime = _runtime_format(weights, name, spec, module, policy, rows)
+        request = spec.get("auto") if isinstance(spec.get("auto"), dict) else None
+        if runtime != "plain":
+            built[name] = _in_format(module, runtime)
+        else:
+            for place, target in targets.items():
+                state = _plain_state(module, target)
+                if state is not None:
+                    assigned[place] = (target, state)
+            if len(assigned.keys() & set(places)) != len(places):  # a place the skeleton cannot take it in
+                for place in places:
+                    assigned.pop(place, None)
+                built[name] = module.to_dense()
+        if request is not None and name in built:
+            setattr(built[name], AUTO_ATTRIBUTE, dict(request))
+        elif request is not None:
+            for place in places:
+                setattr(assigned[place][0], AUTO_ATTRIBUTE, dict(request))
     # 2. everything else against the skeleton's state_dict
     stored = {key: t for key, t in tensors.items() if _owner(key) not in sparse_names and key not in nonpersistent}
     for alias, key in aliases.items():
@@ -475,6 +745,8 @@ def _load_into(weights: Path, info: dict, tensors: dict[str, torch.Tensor], mode
         module.train(model.training)
         for place in [name] + [alias for alias, target in module_aliases.items() if target == name]:
             _set_submodule(model, place, module)
+    for place, (target, state) in assigned.items():
+        target.load_state_dict(state, strict=True, assign=True)
     model.load_state_dict(stored, strict=False, assign=True)
     for key, (module, buffer_name) in buffers.items():
         module._buffers[buffer_name] = tensors[key]

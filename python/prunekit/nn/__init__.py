@@ -4,12 +4,14 @@ running it through the prunekit ops. Build them with ``from_dense(module, format
 swap a whole pruned model at once with :func:`prunekit.sparsify_`. The "auto" choice lives in
 :mod:`prunekit.nn.auto`, what the modules share in :mod:`prunekit.nn.base`."""
 
-from .auto import (BREAK_EVEN_SPARSITY, BREAK_EVEN_SPARSITY_AMX, BREAK_EVEN_SPARSITY_CUDA, DEFAULT_ROWS,
-                   SEMI24_MIN_FILL, WeightStats, break_even_sparsity, choose_format, cuda_arch)
+from .auto import (BREAK_EVEN_SPARSITY, BREAK_EVEN_SPARSITY_AMX, BREAK_EVEN_SPARSITY_BY_ISA, BREAK_EVEN_SPARSITY_CUDA,
+                   DEFAULT_ROWS, SEMI24_MIN_FILL, WeightStats, break_even_sparsity, choose_format, cpu_kernel_kind,
+                   cuda_arch)
 from .base import FORMATS, SparseWeightModule
 from .conv import SparseConv2d
 from .linear import LowRankLinear, SparseLinear, is_hf_conv1d
 
-__all__ = ["BREAK_EVEN_SPARSITY", "BREAK_EVEN_SPARSITY_AMX", "BREAK_EVEN_SPARSITY_CUDA", "DEFAULT_ROWS", "FORMATS",
-           "LowRankLinear", "SEMI24_MIN_FILL", "SparseConv2d", "SparseLinear", "SparseWeightModule", "WeightStats",
-           "break_even_sparsity", "choose_format", "cuda_arch", "is_hf_conv1d"]
+__all__ = ["BREAK_EVEN_SPARSITY", "BREAK_EVEN_SPARSITY_AMX", "BREAK_EVEN_SPARSITY_BY_ISA", "BREAK_EVEN_SPARSITY_CUDA",
+           "DEFAULT_ROWS", "FORMATS", "LowRankLinear", "SEMI24_MIN_FILL", "SparseConv2d", "SparseLinear",
+           "SparseWeightModule", "WeightStats", "break_even_sparsity", "choose_format", "cpu_kernel_kind", "cuda_arch",
+           "is_hf_conv1d"]

@@ -1,13 +1,21 @@
 """``format="auto"``: which format a weight is held in, and which CPU kernel runs it.
 
 Batch 1 is the workload prunekit targets; the rows per call (tokens of a sequence) move every
-threshold here. The tables are measured by bench/bench_break_even.py and the CSR16-vs-bitmap runs
-(figures in docs/performance.md); each is ((max rows, entry), ...) in increasing rows, None rows
-= any more.
+threshold here. The break-even tables are per kind of CPU kernels, the ISA whose kernels will run
+(``build_info()["cpu_isa_selected"]``: "avx512", "avx2", "neon", "scalar"); one machine's table
+is never applied to another kind. They are measured by ``bench/bench_break_even.py`` (``--isa``
+forces a kind; figures in docs/performance.md and bench/results/break_even_cpu*.md); each is
+((max rows, entry), ...) in increasing rows, None rows = any more.
+
+A kind without a table (nothing measured for it yet: today "neon" and "scalar", and "avx2" until
+its table is filled in) keeps every weight dense, unless ``PRUNEKIT_AUTO=measure``: then a short
+measurement on this machine (:mod:`prunekit.nn.measure`, a few seconds, cached per machine under
+the prunekit cache directory) gives the table, for every kind.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -18,16 +26,30 @@ from ..formats.semi24 import first_dense_group, layout_problem
 # From which sparsity the sparse module beats dense torch, per CPU kernel family and weight dtype,
 # with the weight coming from memory as in a model's forward; None: the kernel never wins there.
 # "conv" (any non-pointwise conv) has no entry: im2col + the bitmap SpMM loses to oneDNN's conv.
+# Measured with the AVX-512 kernels (Xeon, AVX-512 BF16; bench/results/break_even_cpu.md).
 BREAK_EVEN_SPARSITY = {
     "linear": {torch.float32: ((4, 0.5), (128, 0.6), (None, 0.7)),
                torch.bfloat16: ((4, 0.5), (16, 0.85), (None, None))},
     "conv1x1": {torch.float32: ((None, 0.6),)},
     "conv": {},
 }
+# The tables per kind of CPU kernels (the selected ISA). "avx2": measured by forcing the AVX2
+# kernels, with torch's dense kernels held to AVX2 too (bench/bench_break_even.py --isa avx2);
+# empty until that run on a quiet machine is pasted here, and an empty table keeps dense.
+BREAK_EVEN_SPARSITY_BY_ISA: dict[str, dict[str, dict[torch.dtype, tuple]]] = {
+    "avx512": BREAK_EVEN_SPARSITY,
+    "avx2": {},
+}
 # bf16 linear where prunekit's bf16 path runs on AMX (> 4 rows, build_info()["cpu_bf16_spmm"]):
 # it does not skip zeros but matches dense AMX, so sparse wins lower; above 128 rows unmeasured.
 BREAK_EVEN_SPARSITY_AMX = {"linear": {torch.bfloat16: ((16, 0.5), (128, 0.8), (None, 0.85))}}
 DEFAULT_ROWS = 16  # rows per call "auto" assumes: one sentence / a short prompt at batch 1
+AUTO_ENV = "PRUNEKIT_AUTO"  # "tables" (default): the measured tables; "measure": this machine's own
+AUTO_MODES = ("tables", "measure")
+
+# The formats prunekit's CPU kernels run, per kind of CPU kernels (the bitmap kernels run a 2:4
+# weight through its bitmap view). A format a kind does not list is loaded dense (exactly).
+CPU_KERNEL_FORMATS = {isa: ("unstructured", "2:4") for isa in ("avx512", "avx2", "neon", "scalar")}
 
 # From which sparsity prunekit's CUDA kernels beat cuBLAS, per GPU architecture ("sm80", "sm90": the
 # compute capability, :func:`cuda_arch`), kernel family ("linear": unstructured weights on the
@@ -46,16 +68,68 @@ def _bf16_spmm_on_amx() -> bool:
     return build_info()["cpu_bf16_spmm"] == "amx"
 
 
-def break_even_sparsity(kernel: str, dtype: torch.dtype, rows: int | None = None) -> float | None:
+def cpu_kernel_kind() -> str:
+    """The kind of CPU kernels that run here: the selected ISA ("avx512", "avx2", "neon",
+    "scalar"; ``prunekit._C._set_cpu_isa`` forces one)."""
+    from .. import build_info
+
+    return build_info()["cpu_isa_selected"]
+
+
+def auto_mode() -> str:
+    """``$PRUNEKIT_AUTO``: "tables" (default) or "measure" (see the module docstring)."""
+    mode = os.environ.get(AUTO_ENV, "").strip().lower() or "tables"
+    if mode not in AUTO_MODES:
+        raise ValueError(f"environment variable {AUTO_ENV} must be one of {AUTO_MODES} (or unset), but got "
+                         f"{os.environ.get(AUTO_ENV)!r}")
+    return mode
+
+
+def cpu_break_even_tables(kind: str | None = None) -> tuple[dict | None, str]:
+    """(tables, source) of the CPU break-even for the kernel ``kind`` (default: this machine's,
+    :func:`cpu_kernel_kind`): under ``PRUNEKIT_AUTO=measure`` this machine's own measurement
+    (cached), else the measured table of the kind; (None, why) where there is none."""
+    kind = cpu_kernel_kind() if kind is None else kind
+    if auto_mode() == "measure":
+        from .measure import measured_tables
+
+        return measured_tables(kind), f"measured on this machine ({kind} kernels)"
+    tables = BREAK_EVEN_SPARSITY_BY_ISA.get(kind)
+    if not tables:
+        return None, (f"no break-even table for prunekit's {kind} CPU kernels yet (set {AUTO_ENV}=measure to "
+                      "measure this machine once)")
+    return tables, f"the {kind} table"
+
+
+def break_even_sparsity(kernel: str, dtype: torch.dtype, rows: int | None = None,
+                        kind: str | None = None) -> float | None:
     """The measured break-even sparsity of the CPU ``kernel`` ("linear", "conv1x1", "conv") for
-    ``dtype`` weights at ``rows`` rows per call (default :data:`DEFAULT_ROWS`); None where the
-    sparse kernel does not beat dense torch (or there is no kernel). bf16 linear uses
-    :data:`BREAK_EVEN_SPARSITY_AMX` where prunekit's AMX path runs."""
+    ``dtype`` weights at ``rows`` rows per call (default :data:`DEFAULT_ROWS`) on the kernel
+    ``kind`` (default: the one that runs here); None where the sparse kernel does not beat dense
+    torch, there is no kernel, or the kind has no table (:func:`cpu_break_even_tables`). bf16
+    linear uses :data:`BREAK_EVEN_SPARSITY_AMX` where prunekit's AMX path runs."""
     rows = DEFAULT_ROWS if rows is None else int(rows)
-    table = BREAK_EVEN_SPARSITY[kernel].get(dtype, ())
-    if dtype in BREAK_EVEN_SPARSITY_AMX.get(kernel, {}) and _bf16_spmm_on_amx():
+    kind = cpu_kernel_kind() if kind is None else kind
+    tables, _ = cpu_break_even_tables(kind)
+    if tables is None:
+        return None
+    table = tables.get(kernel, {}).get(dtype, ())
+    if (kind == "avx512" and auto_mode() == "tables" and dtype in BREAK_EVEN_SPARSITY_AMX.get(kernel, {})
+            and _bf16_spmm_on_amx()):
         table = BREAK_EVEN_SPARSITY_AMX[kernel][dtype]
     return _for_rows(table, rows)
+
+
+def cpu_format_problem(fmt: str, dtype: torch.dtype | None = None, kind: str | None = None) -> str | None:
+    """Why the CPU kernels of ``kind`` (default: this machine's) cannot run a ``fmt`` weight, or
+    None where they can (or ``fmt`` is "dense"). A module holding such a format would compute
+    through an exact expansion on every call; a checkpoint loads it dense instead."""
+    if fmt == "dense":
+        return None
+    kind = cpu_kernel_kind() if kind is None else kind
+    if fmt not in CPU_KERNEL_FORMATS.get(kind, ()):
+        return f"prunekit has no {kind} CPU kernel for format {fmt!r}"
+    return None
 
 
 def cuda_arch(device: torch.device | None = None) -> str:
@@ -178,7 +252,8 @@ def choose_format(stats: WeightStats, kernel: str, *, break_even: float | None =
     weight's device (``break_even`` when given; else measured, for the dtype and ``rows``, the rows
     per call, default :data:`DEFAULT_ROWS`): "2:4" for a valid 2:4 pattern the layout holds (and
     not much sparser than 2:4), else "unstructured"; otherwise "dense". On CPU the measured
-    break-even is :func:`break_even_sparsity`'s; on CUDA the GPU architecture's entry of
+    break-even is :func:`break_even_sparsity`'s for the kind of CPU kernels that runs here (dense
+    where that kind has no table, :func:`cpu_break_even_tables`); on CUDA the GPU architecture's entry of
     :data:`BREAK_EVEN_SPARSITY_CUDA` (dense where the GPU has none: nothing measured there yet);
     on other devices always "dense".
     """
@@ -193,15 +268,20 @@ def choose_format(stats: WeightStats, kernel: str, *, break_even: float | None =
         threshold = _checked_break_even(break_even)
     else:
         rows = _checked_rows(rows)
+        tables, source = cpu_break_even_tables()
+        if tables is None:
+            return "dense", f"{source}; dense"
         threshold = break_even_sparsity(kernel, stats.dtype, rows)
         if threshold is None:
             return "dense", (f"the CPU {kernel} kernel does not beat dense torch on {dtype} weights at "
-                             f"{rows} rows per call")
+                             f"{rows} rows per call ({source})")
     versus = f"break-even {threshold:.2f} of the CPU {kernel} kernel ({dtype})"
     if stats.sparsity < threshold:
         return "dense", f"sparsity {stats.sparsity:.3f} < {versus}"
-    if _holds_24(stats):
+    if _holds_24(stats) and cpu_format_problem("2:4") is None:
         return "2:4", "valid 2:4 pattern (bitmap kernel on CPU, CUTLASS layout on disk and on CUDA)"
+    if cpu_format_problem("unstructured") is not None:
+        return "dense", cpu_format_problem("unstructured")
     return "unstructured", f"sparsity {stats.sparsity:.3f} >= {versus}"
 
 

@@ -23,6 +23,8 @@ from ..formats.semi24 import first_dense_group, layout_problem
 from ..nn import FORMATS, SparseConv2d, SparseLinear
 from ..nn.linear import LowRankLinear, is_hf_conv1d
 
+AUTO_REQUEST_ATTRIBUTE = "_prunekit_auto"  # the rows / break_even of an "auto" call, on each module it decided
+
 
 @dataclass(frozen=True)
 class SparsifyConfig:
@@ -296,6 +298,8 @@ def _sparsify(model: nn.Module, candidates: list, config: SparsifyConfig, select
                 chosen, reason = cls.auto_format(module, break_even=config.break_even, rows=config.rows)
                 if chosen == "dense":
                     report.kept_dense[name] = reason
+                    # what prunekit.save records, so that load makes the same "auto" choice on its machine
+                    setattr(module, AUTO_REQUEST_ATTRIBUTE, {"rows": config.rows, "break_even": config.break_even})
                     continue
             if chosen == "2:4":
                 problem = _semi24_layout_problem(module, cls)
@@ -306,6 +310,8 @@ def _sparsify(model: nn.Module, candidates: list, config: SparsifyConfig, select
         except ValueError as error:
             raise ValueError(f"sparsify_: module '{name}' ({type(module).__name__}): {error}") from error
         sparse.train(module.training)
+        if config.format == "auto":
+            setattr(sparse, AUTO_REQUEST_ATTRIBUTE, {"rows": config.rows, "break_even": config.break_even})
         replacements[id(module)] = sparse
         report.swapped[name] = sparse.format
         report.swapped_bytes_before += _module_bytes(module)
