@@ -46,11 +46,14 @@ _check_torch_matches_build()
 from . import formats, ops  # noqa: E402  (registers the fake impls once _C has defined the ops)
 from .prune import PruneConfig, PruneReport, prune  # noqa: E402
 from .criteria import register_criterion  # noqa: E402  (PruneConfig(method=...) by name)
+from .solvers.lowrank import LowRank  # noqa: E402  (PruneConfig(compensate=LowRank(...)))
 from . import nn  # noqa: E402,F401  (SparseLinear, SparseConv2d)
 from .io import load, save  # noqa: E402  (compressed checkpoints)
 from .surgery import SparsifyConfig, SparsifyReport, sparsify_  # noqa: E402
 from .surgery.structured import (StructuredConfig, StructuredReport, prune_structured,  # noqa: E402  (structured)
                                  register_importance)
+
+from .streaming import prune_pretrained  # noqa: E402  (models larger than memory)
 
 __version__ = _C.build_info()["version"]
 __all__ = ["build_info", "formats", "ops", "__version__", "prune", "PruneConfig", "PruneReport"]
@@ -58,3 +61,5 @@ __all__ = ["build_info", "formats", "ops", "__version__", "prune", "PruneConfig"
 __all__ += ["sparsify_", "SparsifyConfig", "SparsifyReport", "save", "load"]
 __all__ += ["prune_structured", "StructuredConfig", "StructuredReport", "register_importance"]
 __all__ += ["register_criterion"]
+__all__ += ["LowRank"]
+__all__ += ["prune_pretrained"]

@@ -29,7 +29,9 @@ from .calibrate.pipeline import (CalibrationBatch, LayerInputStats, PrunableLaye
 from .distributed import SingleProcessStrategy, strategy_for
 from .prune_config import PruneConfig
 from .prune_report import LayerReport, PruneReport
+from .solvers.admm import update_from_config
 from .solvers.dsnot import dsnot
+from .solvers.post_solve import PostSolve
 from .solvers.magnitude import magnitude_scores
 
 __all__ = ["prune", "PruneConfig", "PruneReport", "LayerReport"]
@@ -45,6 +47,12 @@ def prune(model: nn.Module, config: PruneConfig | None = None, calib=None) -> Pr
     criterion that needs no statistics), in which case no reconstruction error is reported. Bad
     arguments raise ValueError before the model is modified.
     """
+    return _prune(model, config, calib)
+
+
+def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=None) -> PruneReport:
+    """:func:`prune`; ``block_loader``: the blocks are streamed (see :func:`walk_blocks` and
+    :func:`prunekit.prune_pretrained`)."""
     started = time.perf_counter()
     config = _checked_arguments(model, config)
     method = config.criterion
@@ -62,7 +70,8 @@ def prune(model: nn.Module, config: PruneConfig | None = None, calib=None) -> Pr
                          calibration_items=0 if items is None else len(items))
 
     with strategy.guard("the sparsity allocation"):
-        sparsities = _allocate(model, layers, items, config, strategy)
+        sparsities = _allocate(model, layers, items, config, strategy,
+                               None if block_loader is None else block_loader.reading())
     logger.info("prune: %s at %s (%s allocation) over %d layers%s", method.name, report.sparsity,
                 report.allocation, len(layers), strategy.describe())
 
@@ -87,6 +96,8 @@ def prune(model: nn.Module, config: PruneConfig | None = None, calib=None) -> Pr
         pruned = method.prune(weight, layer_stats, sparsity=None if config.pattern is not None else
                               sparsities[layer.name], pattern=config.pattern, refine=_refiner(config, layer, stats),
                               name=layer.name, options=options)
+        if config.update is not None and stats is not None:  # a weight update on the method's support
+            pruned = update_from_config(config, dense, pruned, stats.hessian, layer.name)
         error_terms = None if stats is None else _error_terms(dense, pruned, stats.hessian)
         layer.set_matrix(pruned)
         return error_terms
@@ -95,15 +106,23 @@ def prune(model: nn.Module, config: PruneConfig | None = None, calib=None) -> Pr
     # process solves every layer; so does a run without data (cheap). Otherwise the strategy may
     # spread a block's solves over processes.
     replicated = items is None or "generator" in method.needs
-    for what, block, step_layers, step_stats in _steps(model, layers, items, config, strategy):
+    post = PostSolve(model, refine_block="block" in config.refinements, compensate=config.compensate,
+                     steps=config.block_refine_steps, lr=config.block_refine_lr,
+                     validation=config.block_refine_validation, world=getattr(strategy, "world", 1))
+    for what, block, step_layers, step_stats in _steps(model, layers, items, config, strategy, block_loader,
+                                                       post.after_block):
+        post.before_solve(step_layers)
         terms = strategy.solve(list(step_layers), lambda name: solve(step_layers[name], step_stats.get(name)),
                                outputs={name: layer.weight.detach() for name, layer in step_layers.items()},
                                cost=lambda name: method.cost(*step_layers[name].matrix().shape),
                                replicated=replicated, what=what)
+        post.after_solve(block, step_layers, step_stats)
         for name, layer in step_layers.items():
             report.add_layer(name, layer.shape, layer.weight.numel(), int((layer.matrix() == 0).sum()),
                              sparsities[name], terms[name], block)
 
+    report.block_refinement = [dataclasses.asdict(result) for result in post.refinements]
+    report.compensation = post.compensation
     order = {name: i for i, name in enumerate(layers)}
     report.layers.sort(key=lambda layer: order[layer.name])
     report.seconds = time.perf_counter() - started
@@ -199,6 +218,8 @@ def _run_facts(layers: dict[str, PrunableLayer], items: list | None, config: Pru
     settings["loss_fn"] = None if config.loss_fn is None else getattr(config.loss_fn, "__qualname__", "custom")
     samples = []
     for layer in layers.values():
+        if layer.weight.device.type == "meta":  # streamed: not loaded yet
+            continue
         flat = layer.weight.detach().reshape(-1)
         samples.append(float(flat[:: max(1, flat.numel() // 64)].to(torch.float64).sum()))
     return {"the prunable layers": [(name, layer.shape) for name, layer in layers.items()],
@@ -210,7 +231,7 @@ def _run_facts(layers: dict[str, PrunableLayer], items: list | None, config: Pru
 # ----------------------------------------------------------------------------- allocation
 
 def _allocate(model: nn.Module, layers: dict[str, PrunableLayer], items: list | None, config: PruneConfig,
-              strategy: SingleProcessStrategy) -> dict[str, float]:
+              strategy: SingleProcessStrategy, block_loader=None) -> dict[str, float]:
     allocation = config.effective_allocation
     if allocation == "uniform":
         return uniform_allocation({n: l.weight.numel() for n, l in layers.items()}, config.target_sparsity)
@@ -218,7 +239,8 @@ def _allocate(model: nn.Module, layers: dict[str, PrunableLayer], items: list | 
         scores = {name: magnitude_scores(layer.matrix()) for name, layer in layers.items()}
         return global_allocation(scores, config.target_sparsity, min_keep=config.min_keep)
     walk = walk_blocks(model, items, layers, sequential=False, device=config.device, blocks_path=config.blocks,
-                       progress=config.progress, description="prunekit OWL statistics", strategy=strategy)
+                       progress=config.progress, description="prunekit OWL statistics", strategy=strategy,
+                       block_loader=block_loader)
     return owl_layer_sparsities(walk, config.target_sparsity, outlier_threshold=config.owl_threshold,
                                 lam=config.owl_lambda)
 
@@ -234,20 +256,26 @@ def _default_loss(method: str):
 
 
 def _steps(model: nn.Module, layers: dict[str, PrunableLayer], items: list | None, config: PruneConfig,
-           strategy: SingleProcessStrategy) -> Iterator[tuple[str, str | None, dict, dict]]:
+           strategy: SingleProcessStrategy, block_loader=None,
+           after_block=None) -> Iterator[tuple[str, str | None, dict, dict]]:
     """(what, block, layers, input statistics by name) per step: each block of the calibration
-    walk, or every layer at once without calibration data."""
+    walk, or every layer at once without calibration data. ``after_block``: the walk's hook after
+    a block's layers are solved (block refinement)."""
     if items is None:
+        if block_loader is not None:  # streamed: one block's weights at a time
+            yield from block_loader.steps_without_data(layers)
+            return
         yield "pruning without calibration data", None, layers, {}
         return
     for step in walk_blocks(model, items, layers, sequential=config.sequential, device=config.device,
-                            blocks_path=config.blocks, progress=config.progress, strategy=strategy):
+                            blocks_path=config.blocks, progress=config.progress, strategy=strategy,
+                            block_loader=block_loader, after_block=after_block):
         yield f"pruning the layers of {step.name}", step.name if step.index >= 0 else None, step.layers, step.stats
 
 
 def _refiner(config: PruneConfig, layer: PrunableLayer, stats: LayerInputStats | None):
     """``refine(weight, keep) -> keep`` for the criterion's masks, or None."""
-    if config.refine is None:
+    if "dsnot" not in config.refinements:
         return None
 
     def refine(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -286,7 +286,8 @@ def _outside_blocks_on(model: nn.Module, blocks_name: str, device: torch.device)
             continue
         for store in (module._parameters, module._buffers):
             for key, tensor in store.items():
-                if tensor is not None and tensor.device != device:
+                # meta: a tensor a streaming block loader has not loaded (not needed before the blocks)
+                if tensor is not None and tensor.device != device and tensor.device.type != "meta":
                     moved.append((store, key, tensor.device))
                     if isinstance(tensor, nn.Parameter):
                         tensor.data = tensor.data.to(device)
@@ -327,15 +328,18 @@ def _block_output(output) -> torch.Tensor:
 
 def capture_block_inputs(model: nn.Module, blocks_name: str, blocks: nn.ModuleList,
                          batches: list[CalibrationBatch], device: torch.device,
-                         indices: list[int] | None = None) -> list[BlockInput]:
+                         indices: list[int] | None = None,
+                         keep: Callable[[BlockInput], BlockInput] | None = None) -> list[BlockInput]:
     """The first block's inputs (hidden states, other args, kwargs) for every calibration batch.
-    ``indices``: the batches' positions in the caller's calibration list (for error messages)."""
+    ``indices``: the batches' positions in the caller's calibration list (for error messages);
+    ``keep``: stores each captured input (e.g. offloads its hidden states to disk)."""
     captured: list[BlockInput] = []
     current_mask: list = [None]
 
     def pre_hook(module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append(BlockInput(hidden.detach(), tuple(args[1:]), dict(kwargs), current_mask[0]))
+        captured_input = BlockInput(hidden.detach(), tuple(args[1:]), dict(kwargs), current_mask[0])
+        captured.append(keep(captured_input) if keep is not None else captured_input)
         raise _StopForward
 
     handle = blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
@@ -380,7 +384,8 @@ class CalibrationStep:
 def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLayer], *,
                 sequential: bool = True, device=None, blocks_path: str | None = None,
                 progress: bool = True, description: str = "prunekit",
-                strategy: SingleProcessStrategy | None = None) -> Iterator[CalibrationStep]:
+                strategy: SingleProcessStrategy | None = None, block_loader=None,
+                after_block: Callable | None = None) -> Iterator[CalibrationStep]:
     """Yields one :class:`CalibrationStep` per block that holds some of ``layers`` (then one for
     the layers outside the blocks, if any), with statistics gathered; the caller prunes the step's
     layers before asking for the next step, and the next block sees the pruned outputs
@@ -397,6 +402,18 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
     rank's step holds the statistics of all items. The caller must leave the step's layers
     identical on every rank (see :func:`prunekit.prune`). A rank failing raises DistributedError
     on every rank.
+
+    ``block_loader`` (streaming, :mod:`prunekit.streaming`): the blocks' weights are not in memory.
+    ``block_loader.block(index, block)`` is a context manager around each block's turn (loads it;
+    on a clean exit writes and releases it, on an error releases it); ``block_loader.keep`` stores
+    each captured input; ``block_loader.outside(model, blocks_name, blocks, inputs, sequential)``
+    is a context manager around the statistics pass of the layers outside the blocks, which then
+    run on the last block's outputs (``inputs``) instead of the blocks.
+
+    ``after_block(step, block, inputs, dense_outputs)``: called once the caller has pruned a
+    block's layers, before the block's outputs become the next block's inputs, with the block's
+    inputs (:class:`BlockInput`) and its dense outputs on them (block refinement, see
+    :mod:`prunekit.solvers.block_refine`).
     """
     strategy = strategy if strategy is not None else SingleProcessStrategy()
     batches = [CalibrationBatch.from_item(item, i) for i, item in enumerate(calib)]
@@ -423,18 +440,27 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
             logger.info("calibrating %d blocks of %s block by block (%s)", last + 1, blocks_name,
                         "sequential" if sequential else "one-shot")
             with strategy.guard(f"capturing the inputs of {blocks_name}[0]"):
-                inputs = capture_block_inputs(model, blocks_name, blocks, batches, device, indices)
+                inputs = capture_block_inputs(model, blocks_name, blocks, batches, device, indices,
+                                              keep=None if block_loader is None else block_loader.keep)
+            # streamed: the layers outside the blocks calibrate on the last block's outputs
+            keep_last_outputs = block_loader is not None and bool(remaining)
             bar = tqdm(range(last + 1), desc=f"{description}: blocks", disable=None if progress else True)
             for index in bar:
                 block = blocks[index]
-                block_home = model_device(block)
-                block.to(device)
-                try:
-                    yield from _walk_one_block(f"{blocks_name}.{index}", index, block, block_layers[index],
-                                               inputs, sequential, is_last=index == last, strategy=strategy)
-                finally:
-                    block.to(block_home)
+                with contextlib.nullcontext() if block_loader is None else block_loader.block(index, block):
+                    block_home = model_device(block)
+                    block.to(device)
+                    try:
+                        yield from _walk_one_block(f"{blocks_name}.{index}", index, block, block_layers[index],
+                                                   inputs, sequential, is_last=index == last and not keep_last_outputs,
+                                                   strategy=strategy, after_block=after_block)
+                    finally:
+                        block.to(block_home)
             bar.close()
+            if keep_last_outputs:
+                with block_loader.outside(model, blocks_name, blocks, inputs, sequential):
+                    yield from _walk_whole_model(model, batches, remaining, home, strategy, indices)
+                return
             del inputs
     if remaining:
         yield from _walk_whole_model(model, batches, remaining, home, strategy, indices)
@@ -442,11 +468,12 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
 
 def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, PrunableLayer],
                     inputs: list[BlockInput], sequential: bool, is_last: bool,
-                    strategy: SingleProcessStrategy) -> Iterator[CalibrationStep]:
+                    strategy: SingleProcessStrategy, after_block: Callable | None = None) -> Iterator[CalibrationStep]:
     step = CalibrationStep(name, index, layers, {n: LayerInputStats(layer) for n, layer in layers.items()})
     token_mask: list = [None]
     need_outputs = not is_last
-    dense_outputs: list[torch.Tensor] | None = [] if (need_outputs and not sequential) else None
+    keep_dense = (need_outputs and not sequential) or after_block is not None
+    dense_outputs: list[torch.Tensor] | None = [] if keep_dense else None
     with strategy.guard(f"the statistics pass of {name}"), torch.no_grad(), \
             _collect_inputs(layers.values(), step.stats, token_mask):
         for item in inputs:
@@ -456,12 +483,15 @@ def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, P
                 dense_outputs.append(output.detach())
     strategy.reduce_statistics(step.stats.values())
     yield step
+    if after_block is not None:
+        with strategy.guard(f"after pruning {name}"):
+            after_block(step, block, inputs, dense_outputs)
     if not need_outputs:
         return
     step.stats.clear()  # the Hessians are not needed past pruning
     with strategy.guard(f"the output pass of {name}"), torch.no_grad():
         for i, item in enumerate(inputs):
-            if dense_outputs is not None:
+            if not sequential:
                 item.hidden = dense_outputs[i]
                 dense_outputs[i] = None
             else:  # outputs of the pruned block replace the inputs one by one
