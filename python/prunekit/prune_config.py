@@ -10,10 +10,12 @@ import torch
 
 from . import criteria
 from .allocation import ALLOCATIONS
+from .solvers.block_refine import check_block_refine_options
+from .solvers.lowrank import LowRank
 from .solvers.masks import check_sparsity
 from .solvers.patterns import parse_pattern
 
-REFINEMENTS = (None, "dsnot")
+REFINEMENTS = (None, "dsnot", "block")  # and ("dsnot", "block"): masks refined, then the block
 
 
 @dataclass
@@ -32,7 +34,18 @@ class PruneConfig:
       all layers, each keeping at least ``min_keep``), "owl" (outlier-weighted sparsity per
       block, within ``sparsity`` +- ``owl_lambda``, outliers above ``owl_threshold`` times the
       mean of |W| * ||X||). "global" and "owl" are unstructured only.
-    - ``refine``: None or "dsnot" (prune-and-grow on the masks of criteria; not for solvers).
+    - ``refine``: None, "dsnot" (prune-and-grow on the masks of criteria; not for solvers),
+      "block" (after a block's layers are solved, ``block_refine_steps`` Adam steps at
+      ``block_refine_lr`` on the weights they kept, masks fixed, towards the dense block's outputs
+      on the calibration inputs; the step with the lowest error on the held-out share
+      ``block_refine_validation`` of the items is kept; any method; one process), or
+      ("dsnot", "block"): both, in that order. See :mod:`prunekit.solvers.block_refine`.
+    - ``compensate``: None, or a :class:`prunekit.LowRank` (an int r is ``LowRank(rank=r)``):
+      after pruning (and refinement), each pruned ``nn.Linear`` gets a rank-r correction of its
+      error fitted in the eigenspace of its calibration inputs (EoRA) and becomes a
+      :class:`prunekit.nn.LowRankLinear`, which :func:`prunekit.sparsify_` turns into a
+      SparseLinear carrying the factors. ``LowRank(budget=0.05)`` sizes each layer's rank to 5%
+      of its dense weight bytes. See :mod:`prunekit.solvers.lowrank`.
     - ``ignore``: fnmatch patterns of layer names not to prune; a pattern naming a module also
       covers the layers inside it ("model.layers.0", "*.q_proj", "lm_head").
     - ``sequential``: later blocks calibrate on the pruned outputs of earlier ones (True) or on
@@ -57,7 +70,11 @@ class PruneConfig:
     method: str | Callable = "wanda"
     sparsity: float | str | tuple = 0.5
     allocation: str = "uniform"
-    refine: str | None = None
+    refine: str | tuple | None = None
+    block_refine_steps: int = 20
+    block_refine_lr: float = 1e-4
+    block_refine_validation: float = 0.125
+    compensate: LowRank | int | None = None
     ignore: Sequence[str] = ()
     sequential: bool = True
     nsamples: int | None = None
@@ -90,8 +107,18 @@ class PruneConfig:
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"PruneConfig.allocation: expected one of {', '.join(ALLOCATIONS)}, "
                              f"but got {self.allocation!r}")
-        if self.refine not in REFINEMENTS:
-            raise ValueError(f"PruneConfig.refine: expected None or 'dsnot', but got {self.refine!r}")
+        if isinstance(self.refine, list):
+            self.refine = tuple(self.refine)
+        if self.refine not in REFINEMENTS and self.refine != ("dsnot", "block"):
+            raise ValueError(f"PruneConfig.refine: expected None, 'dsnot', 'block' or ('dsnot', 'block'), but got "
+                             f"{self.refine!r}")
+        check_block_refine_options(self.block_refine_steps, self.block_refine_lr, self.block_refine_validation,
+                                   "PruneConfig.block_refine_")
+        if isinstance(self.compensate, int) and not isinstance(self.compensate, bool):
+            self.compensate = LowRank(rank=self.compensate)
+        if self.compensate is not None and not isinstance(self.compensate, LowRank):
+            raise ValueError(f"PruneConfig.compensate: expected None, an int rank or a prunekit.LowRank, but got "
+                             f"{self.compensate!r}")
         if isinstance(self.ignore, str):
             self.ignore = (self.ignore,)
         self.ignore = tuple(self.ignore)
@@ -100,7 +127,7 @@ class PruneConfig:
         elif self.effective_allocation != "uniform":
             raise ValueError(f"PruneConfig.allocation: {self.effective_allocation!r} allocation needs an "
                              f"unstructured sparsity, but got the N:M pattern {self.sparsity!r}")
-        if self.refine == "dsnot" and not criterion.refinable:
+        if "dsnot" in self.refinements and not criterion.refinable:
             refinable = [name for name in criteria.names() if criteria.resolve(name).refinable]
             raise ValueError(f"PruneConfig.refine: 'dsnot' refines the masks of criteria ({', '.join(refinable)}, "
                              f"or any registered criterion); {criterion.name} updates weights, so it cannot be "
@@ -155,4 +182,11 @@ class PruneConfig:
     @property
     def needs_calibration(self) -> bool:
         return (bool(self.criterion.needs & criteria.CALIBRATION_STATISTICS) or self.effective_allocation == "owl"
-                or self.refine is not None)
+                or self.refine is not None or self.compensate is not None)
+
+    @property
+    def refinements(self) -> tuple[str, ...]:
+        """The refinements asked for, in the order they run: (), ("dsnot",), ("block",) or both."""
+        if self.refine is None:
+            return ()
+        return (self.refine,) if isinstance(self.refine, str) else tuple(self.refine)

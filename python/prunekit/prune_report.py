@@ -31,6 +31,10 @@ class PruneReport:
     layers: list[LayerReport] = field(default_factory=list)
     calibration_items: int = 0
     seconds: float = 0.0
+    block_refinement: list = field(default_factory=list)
+    """Per refined block (refine="block"): its output error before and after, the step kept."""
+    compensation: dict = field(default_factory=dict)
+    """Per layer (compensate=...): the rank, bytes added, reconstruction error before and after."""
     _error_sums: list = field(default_factory=lambda: [0.0, 0.0], repr=False)
 
     def add_layer(self, name: str, shape: tuple[int, ...], numel: int, zeros: int, target_sparsity: float,
@@ -85,6 +89,8 @@ class PruneReport:
             "total_reconstruction_error": self.total_reconstruction_error,
             "mean_reconstruction_error": self.mean_reconstruction_error,
             "layers": [dataclasses.asdict(layer) | {"shape": list(layer.shape)} for layer in self.layers],
+            "block_refinement": self.block_refinement,
+            "compensation": self.compensation,
         }
 
     def to_json(self, **kwargs) -> str:

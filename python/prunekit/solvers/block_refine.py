@@ -1,0 +1,167 @@
+"""Block-level refinement (``PruneConfig(refine="block")``): after a block's layers are pruned, a
+few optimiser steps on the weights they kept, masks fixed, so that the pruned block reproduces
+the dense block's outputs on the calibration inputs (the block-local reconstruction of Wanda++).
+
+Layer-wise solvers (Wanda, SparseGPT, ADMM) each minimise their own layer's output error on the
+dense inputs of that layer; the block as a whole (attention softmax, gating, residuals) is not
+what they fit. Here the block runs forward and backward over the calibration inputs, one item per
+step, with Adam on its pruned layers' weights; gradients at pruned positions are zeroed and the
+mask is re-applied after every step, so pruned weights stay exactly zero and the sparsity and N:M
+patterns are unchanged. Only the block is resident (its weights, Adam's two moments, one item's
+activations).
+
+Overfitting: the calibration text is usually narrow (e.g. docstrings) and the model is used on
+other text. A share of the calibration items (``validation``) is held out: the loss on them is
+measured before the first step and after every step, and the weights of the step with the lowest
+held-out loss are kept (the pruned weights themselves when no step improves on them, with an
+info log).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BlockRefineResult", "check_block_refine_options", "refine_block"]
+
+
+@dataclass
+class BlockRefineResult:
+    """What :func:`refine_block` did: the relative output error (||f_s(x) - f(x)||^2 over
+    ||f(x)||^2, summed over items) on the training and the held-out items before the first step
+    and with the kept weights, and the step whose weights were kept (0: the pruned weights)."""
+
+    block: str
+    steps: int
+    kept_step: int
+    train_before: float
+    train_after: float
+    validation_before: float | None
+    validation_after: float | None
+
+
+def check_block_refine_options(steps, lr, validation, prefix: str = "block_refine_") -> None:
+    """ValueError naming the option for a step count, learning rate or validation share out of range."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10000:
+        raise ValueError(f"{prefix}steps: expected an int in [1, 10000], but got {steps!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= 1:
+        raise ValueError(f"{prefix}lr: expected a learning rate in (0, 1], but got {lr!r}")
+    if (isinstance(validation, bool) or not isinstance(validation, (int, float))
+            or not 0 <= validation < 1):
+        raise ValueError(f"{prefix}validation: expected a share of the calibration items in [0, 1), but got "
+                         f"{validation!r}")
+
+
+def _output(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise ValueError(f"refine='block': a block returned {type(output).__name__}; expected a tensor or a tuple "
+                     "starting with the hidden states")
+
+
+def _rows(tensor: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    if token_mask is not None and tensor.dim() == 3 and tuple(tensor.shape[:2]) == tuple(token_mask.shape):
+        return tensor[token_mask]
+    return tensor
+
+
+def refine_block(block: nn.Module, weights: Mapping[str, nn.Parameter], inputs: Sequence,
+                 targets: Sequence[torch.Tensor], *, steps: int, lr: float, validation: float = 0.125,
+                 name: str = "block", run: Callable | None = None) -> BlockRefineResult:
+    """Refines the pruned ``weights`` (name -> parameter of ``block``; zeros are the mask) in place
+    so that ``block`` maps ``inputs`` closer to ``targets`` (the dense block's outputs).
+
+    ``inputs``: items with ``hidden``, ``args``, ``kwargs`` and ``token_mask`` (the calibration
+    walk's :class:`~prunekit.calibrate.pipeline.BlockInput`); ``targets[i]`` is the dense output
+    for ``inputs[i]``. ``validation``: the share of items held out to choose the kept step (at
+    least one item when there are two or more; none with a single item). ``run(block, item)``
+    overrides how the block is called. Every other parameter of the block stays frozen."""
+    check_block_refine_options(steps, lr, validation)
+    if len(inputs) != len(targets) or not inputs:
+        raise ValueError(f"refine='block': {name}: expected one dense output per calibration input, but got "
+                         f"{len(inputs)} inputs and {len(targets)} outputs")
+    if not weights:
+        raise ValueError(f"refine='block': {name}: expected at least one pruned weight to refine, but got none")
+    for key, weight in weights.items():
+        if not weight.dtype.is_floating_point:
+            raise ValueError(f"refine='block': {name}: weight {key} has dtype {weight.dtype}; expected floating point")
+    run = run if run is not None else (lambda module, item: _output(module(item.hidden, *item.args, **item.kwargs)))
+    held_out = 0 if len(inputs) < 2 or validation == 0 else max(1, round(len(inputs) * validation))
+    train_items = list(range(len(inputs) - held_out))
+    validation_items = list(range(len(inputs) - held_out, len(inputs)))
+
+    masks = {key: weight.detach() != 0 for key, weight in weights.items()}
+    trainable = {id(weight) for weight in weights.values()}
+    previous = {parameter: parameter.requires_grad for parameter in block.parameters()}
+    scales = [float(_rows(target, inputs[i].token_mask).float().pow(2).sum()) for i, target in enumerate(targets)]
+
+    def loss_of(indices: list[int], grad: bool) -> float:
+        total, scale = 0.0, sum(scales[i] for i in indices) or 1.0
+        for i in indices:
+            with torch.set_grad_enabled(grad):
+                output = _rows(run(block, inputs[i]), inputs[i].token_mask)
+                target = _rows(targets[i], inputs[i].token_mask)
+                loss = (output.float() - target.float()).pow(2).sum() / scale
+            if grad:
+                loss.backward()
+            total += float(loss.detach())
+        if not math.isfinite(total):
+            raise ValueError(f"refine='block': {name}: the output error became {total} (NaN or Inf); lower "
+                             f"PruneConfig.block_refine_lr (now {lr}) or check the calibration data")
+        return total
+
+    try:
+        for parameter in block.parameters():
+            parameter.requires_grad_(id(parameter) in trainable)
+        best_state = {key: weight.detach().clone() for key, weight in weights.items()}
+        train_before = loss_of(train_items, grad=False)
+        validation_before = loss_of(validation_items, grad=False) if validation_items else None
+        best = validation_before if validation_before is not None else train_before
+        kept_step, train_kept = 0, train_before
+        optimizer = torch.optim.Adam(list(weights.values()), lr=lr)
+        for step in range(1, steps + 1):
+            optimizer.zero_grad(set_to_none=True)
+            item = train_items[(step - 1) % len(train_items)]
+            loss_of([item], grad=True)
+            with torch.no_grad():
+                for key, weight in weights.items():
+                    if weight.grad is not None:
+                        weight.grad.mul_(masks[key])
+            optimizer.step()
+            with torch.no_grad():
+                for key, weight in weights.items():
+                    weight.mul_(masks[key])
+            current = loss_of(validation_items, grad=False) if validation_items else None
+            if current is None and step == steps:
+                current = loss_of(train_items, grad=False)
+            if current is not None and current < best:
+                best, kept_step = current, step
+                best_state = {key: weight.detach().clone() for key, weight in weights.items()}
+        with torch.no_grad():
+            for key, weight in weights.items():
+                weight.copy_(best_state[key])
+        if kept_step:
+            train_kept = loss_of(train_items, grad=False)
+    finally:
+        for parameter, requires_grad in previous.items():
+            parameter.requires_grad_(requires_grad)
+            parameter.grad = None
+    result = BlockRefineResult(name, steps, kept_step, train_before, train_kept, validation_before,
+                               best if validation_items else None)
+    if kept_step == 0:
+        logger.info("refine='block': %s: no step lowered the held-out output error (%.4g); kept the pruned weights",
+                    name, best)
+    else:
+        logger.info("refine='block': %s: output error %.4g -> %.4g (train), %s (held out), kept step %d of %d",
+                    name, train_before, train_kept, "-" if validation_before is None else
+                    f"{validation_before:.4g} -> {best:.4g}", kept_step, steps)
+    return result
