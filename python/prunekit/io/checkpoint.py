@@ -496,7 +496,10 @@ def _rebuild_hf(weights: Path, model_info: dict) -> nn.Module:
         config._attn_implementation = hf["attn_implementation"]
     no_init = _no_init_weights()
     with no_init():
-        return cls(config)
+        model = cls(config)
+    from ..surgery.slicing import restore_sliced_from_config  # a SliceGPT-sliced model (slice_)
+
+    return restore_sliced_from_config(model)
 
 
 def _no_init_weights():

@@ -36,7 +36,8 @@ from .modules import (ResidualRMSNorm, linear_matrix, set_embedding, set_linear,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["slice_", "SliceReport", "kept_dim", "restore_sliced_structure", "CONFIG_KEY", "BASES"]
+__all__ = ["slice_", "SliceReport", "kept_dim", "restore_sliced_structure", "restore_sliced_from_config", "CONFIG_KEY",
+           "BASES"]
 
 CONFIG_KEY = "prunekit_slicing"
 SPEC_FORMAT = 1
@@ -252,7 +253,11 @@ def _plan(model: nn.Module, ratio, bases: str, round_to) -> _Plan:
     if len(blocks) == 0:
         raise SlicingError("model: expected at least one decoder block, but the block list is empty")
     ratios = _block_ratios(ratio, len(blocks))
-    return _Plan(family, hidden, ratios, _block_dims(ratios, hidden, round_to), bases, round_to)
+    dims = _block_dims(ratios, hidden, round_to)
+    if family.name == "gpt2" and dims[0] != dims[-1]:
+        raise SlicingError(f"ratio: GPT2Model reshapes its output to the embedding's width, so the first and last "
+                           f"blocks must keep the same width, but got {dims[0]} and {dims[-1]} from {ratio!r}")
+    return _Plan(family, hidden, ratios, dims, bases, round_to)
 
 
 def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to: int = 8, device=None,
@@ -532,3 +537,12 @@ def restore_sliced_structure(model: nn.Module, spec: dict) -> None:
     empty_like_linear(head, head.weight.shape[0], head_dim, family.head)
     parent, _, child = family.final_norm.rpartition(".")
     setattr(model.get_submodule(parent), child, ResidualRMSNorm(hidden, final_eps))
+
+
+def restore_sliced_from_config(model: nn.Module) -> nn.Module:
+    """``model`` with the sliced structure its config records (``config.prunekit_slicing``), or
+    unchanged when it records none: what :func:`prunekit.load` calls on a rebuilt model."""
+    spec = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    if spec:
+        restore_sliced_structure(model, spec)
+    return model
