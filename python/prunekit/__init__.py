@@ -55,6 +55,10 @@ from .surgery.structured import (StructuredConfig, StructuredReport, prune_struc
 
 from .streaming import prune_pretrained  # noqa: E402  (models larger than memory)
 
+from .surgery.layers import LayerPruneReport, prune_layers  # noqa: E402  (whole blocks or sublayers)
+from .recovery import RecoveryReport, recover  # noqa: E402  (training after pruning)
+from .surgery.slicing import SliceReport, slice_  # noqa: E402  (SliceGPT)
+
 __version__ = _C.build_info()["version"]
 __all__ = ["build_info", "formats", "ops", "__version__", "prune", "PruneConfig", "PruneReport"]
 # prunekit.nn stays out of __all__: a star import would shadow torch.nn
@@ -63,3 +67,5 @@ __all__ += ["prune_structured", "StructuredConfig", "StructuredReport", "registe
 __all__ += ["register_criterion"]
 __all__ += ["LowRank"]
 __all__ += ["prune_pretrained"]
+__all__ += ["prune_layers", "LayerPruneReport", "recover", "RecoveryReport"]
+__all__ += ["slice_", "SliceReport"]

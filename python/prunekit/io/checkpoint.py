@@ -497,9 +497,10 @@ def _rebuild_hf(weights: Path, model_info: dict) -> nn.Module:
     no_init = _no_init_weights()
     with no_init():
         model = cls(config)
+    from ..surgery.layers import apply_recorded_removals  # a sublayer-pruned model (prune_layers)
     from ..surgery.slicing import restore_sliced_from_config  # a SliceGPT-sliced model (slice_)
 
-    return restore_sliced_from_config(model)
+    return restore_sliced_from_config(apply_recorded_removals(model))
 
 
 def _no_init_weights():

@@ -1,0 +1,519 @@
+"""Recovery training after pruning: ``prunekit.recover(model, data, ...)``.
+
+A short training on text or batches that keeps what pruning did: every weight that is exactly
+zero when training starts (unstructured or N:M masks, and whatever structured pruning, slicing or
+layer removal left) is exactly zero afterwards, and removed structure stays removed (training
+never adds modules or resizes them). What trains (``train``):
+
+- ``"all"``: every remaining weight, with a masked optimiser: the masks are the nonzeros at the
+  start; gradients are masked before the optimiser step and the weights re-masked after it, so
+  AdamW's moments and weight decay cannot move a pruned weight.
+- ``"norms"``: normalisation weights and biases only (PERP, Zimmermann et al. 2023): a few
+  thousand parameters; the sparsity pattern is untouched by construction.
+- ``"lora"``: low-rank adapters on the linear layers of the blocks, merged into the weights
+  afterwards. The adapter is *constrained* to the sparsity pattern: a layer computes
+  ``(W + M * (s B A)) x`` with ``M`` its mask, so the merged weight ``W + M * (s B A)`` keeps
+  every pruned weight exactly zero and is exactly the function that was trained (merging an
+  unconstrained adapter and re-masking would change the function). Dense layers (no zeros) use the
+  plain low-rank path ``W x + s B (A x)``.
+
+The loss is a causal LM's next-token cross-entropy (``labels`` in a batch override the targets;
+-100 skips a token), or ``loss_fn(model, batch) -> scalar`` for other models.
+
+Under ``torch.distributed`` (a process group of more than one rank, as for calibration) every
+rank trains on its shard of the batches and the gradients are all-reduced (averaged) before each
+step, so every rank keeps identical weights; rank 0 shows the progress bar and writes the
+checkpoint.
+
+Failure is safe: a non-finite loss or weight (a learning rate that diverges), an exception or an
+interrupt restores the weights as they were before training and raises; a checkpoint is written
+only at the end, atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import distributed as dist_
+from ._measure import causal_lm_nll, count_parameters, forward_seconds, perplexity
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["recover", "RecoveryReport", "TRAIN_MODES", "text_batches", "zero_masks"]
+
+TRAIN_MODES = ("all", "norms", "lora")
+
+
+# ----------------------------------------------------------------------------- data
+
+def text_batches(tokenizer, text: str | os.PathLike | Sequence[str], seqlen: int = 128, batch_size: int = 4,
+                 seed: int = 0, what: str = "data") -> list[dict]:
+    """Training batches from text: ``text`` is a file path or a list of paragraphs; the tokens (a
+    BOS first where the tokenizer has one, paragraphs joined by blank lines) are cut into
+    consecutive windows of ``seqlen`` tokens, shuffled (seeded) and grouped ``batch_size`` per
+    batch (the last batch may be smaller). Text shorter than one window raises ValueError."""
+    if seqlen < 2 or batch_size < 1:
+        raise ValueError(f"{what}: expected seqlen >= 2 and batch_size >= 1, but got seqlen={seqlen} and "
+                         f"batch_size={batch_size}")
+    if isinstance(text, (str, os.PathLike)):
+        path = os.fspath(text)
+        try:
+            with open(path, encoding="utf-8") as file:
+                content = file.read()
+        except FileNotFoundError:
+            raise ValueError(f"{what}: no such file: {path!r}") from None
+        except IsADirectoryError:
+            raise ValueError(f"{what}: {path!r} is a directory; expected a text file") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"{what}: cannot read {path!r} as UTF-8 text: {error}") from None
+        paragraphs = [" ".join(block.split()) for block in content.split("\n\n")]
+        source = repr(path)
+    else:
+        paragraphs = [" ".join(str(p).split()) for p in text]
+        source = "the text"
+    paragraphs = [p for p in paragraphs if p]
+    if not paragraphs:
+        raise ValueError(f"{what}: {source} is empty; expected some text to train on")
+    ids = tokenizer("\n\n".join(paragraphs), return_tensors="pt", add_special_tokens=False,
+                    verbose=False)["input_ids"][0]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None:
+        ids = torch.cat([torch.tensor([bos]), ids])
+    if len(ids) < seqlen:
+        raise ValueError(f"{what}: {source} is too short for one batch: it has {len(ids)} tokens, but one training "
+                         f"window needs seqlen={seqlen} tokens")
+    windows = ids[: len(ids) // seqlen * seqlen].view(-1, seqlen)
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))
+    windows = windows[order]
+    return [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows.split(batch_size)]
+
+
+def _check_batches(data, what: str = "data") -> list:
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise ValueError(f"{what}: a text file needs tokenizer=...; got a path without a tokenizer")
+    try:
+        batches = list(data)
+    except TypeError:
+        raise ValueError(f"{what}: expected a list of batches (dicts of tensors), a text file or a list of "
+                         f"paragraphs, but got {type(data).__name__}") from None
+    if not batches:
+        raise ValueError(f"{what}: expected at least one batch to train on, but got none (empty data)")
+    for index, batch in enumerate(batches):
+        if isinstance(batch, Mapping) and isinstance(batch.get("input_ids"), torch.Tensor):
+            ids = batch["input_ids"]
+            if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
+                raise ValueError(f"{what}: batch {index} is too short for one training step: input_ids has shape "
+                                 f"{tuple(ids.shape)}; expected (batch >= 1, tokens >= 2)")
+    return batches
+
+
+# ----------------------------------------------------------------------------- masks and adapters
+
+def zero_masks(model: nn.Module, parameters: Mapping[str, nn.Parameter] | None = None) -> dict[str, torch.Tensor]:
+    """The nonzero masks (bool, True = kept) of the weight matrices (2 dims or more) that hold at
+    least one exact zero: the sparsity pattern training must keep."""
+    parameters = dict(model.named_parameters()) if parameters is None else parameters
+    masks = {}
+    for name, param in parameters.items():
+        if param.dim() >= 2:
+            zeros = param.detach() == 0
+            if bool(zeros.any()):
+                masks[name] = ~zeros
+    return masks
+
+
+class MaskedLoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a low-rank adapter ``s B A`` (``s = alpha / rank``), restricted to
+    the linear's nonzeros when it has a mask: ``y = (W + M * (s B A)) x + b``. ``merged()`` is the
+    linear with that weight, exactly the function trained."""
+
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float, mask: torch.Tensor | None, generator):
+        super().__init__()
+        self.linear = linear
+        out_features, in_features = linear.weight.shape
+        rank = min(rank, out_features, in_features)
+        self.scale = alpha / rank
+        weight = linear.weight
+        self.lora_a = nn.Parameter(torch.randn(rank, in_features, generator=generator, dtype=torch.float32)
+                                   .to(weight.dtype).to(weight.device) / math.sqrt(in_features))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank, dtype=weight.dtype, device=weight.device))
+        self.register_buffer("mask", mask, persistent=False)
+
+    def delta(self) -> torch.Tensor:
+        delta = self.scale * (self.lora_b @ self.lora_a)
+        return delta if self.mask is None else delta.masked_fill(~self.mask, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:
+            return self.linear(x) + self.scale * F.linear(F.linear(x, self.lora_a), self.lora_b)
+        return F.linear(x, self.linear.weight + self.delta(), self.linear.bias)
+
+    @torch.no_grad()
+    def merge_(self) -> nn.Linear:
+        self.linear.weight.add_(self.delta().to(self.linear.weight.dtype))
+        return self.linear
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _embedding_parameters(model: nn.Module) -> set[int]:
+    ids = set()
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        if module is not None:
+            ids.update(id(p) for p in module.parameters())
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            ids.update(id(p) for p in module.parameters())
+    return ids
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)) or \
+        "norm" in type(module).__name__.lower()
+
+
+def _select_trainable(model: nn.Module, train: str, train_embeddings: bool) -> dict[str, nn.Parameter]:
+    embeddings = set() if train_embeddings else _embedding_parameters(model)
+    if train == "all":
+        return {n: p for n, p in model.named_parameters() if id(p) not in embeddings}
+    if train == "norms":
+        chosen = {}
+        for module_name, module in model.named_modules():
+            for name, param in module.named_parameters(recurse=False):
+                if (_is_norm(module) or name == "bias") and id(param) not in embeddings:
+                    chosen[f"{module_name}.{name}" if module_name else name] = param
+        return chosen
+    return {}
+
+
+def _lora_targets(model: nn.Module) -> list[str]:
+    """The nn.Linear layers an adapter goes on: every one but the output embedding (LM head)."""
+    output = getattr(model, "get_output_embeddings", lambda: None)()
+    return [name for name, module in model.named_modules()
+            if type(module) is nn.Linear and module is not output]
+
+
+# ----------------------------------------------------------------------------- report
+
+@dataclass
+class RecoveryReport:
+    """What :func:`recover` did (JSON-serialisable through ``to_dict``)."""
+
+    train: str
+    steps: int
+    lr: float
+    batches: int
+    tokens_per_step: float
+    trainable_parameters: int
+    masked_weights: int
+    """Weights held at exactly zero by the masks (the pruned ones)."""
+    parameters: int
+    loss_first: float | None = None
+    loss_last: float | None = None
+    """Mean training loss over the first / last tenth of the steps."""
+    losses: list = field(default_factory=list)
+    pruned_weights_still_zero: bool = True
+    forward_seconds_before: float | None = None
+    forward_seconds_after: float | None = None
+    perplexity_before: float | None = None
+    perplexity_after: float | None = None
+    world_size: int = 1
+    seconds: float = 0.0
+    checkpoint: str | None = None
+    lora: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        text = (f"recover ({self.train}): {self.steps} steps at lr {self.lr:g}, "
+                f"{self.trainable_parameters:,} trainable parameters, {self.masked_weights:,} pruned weights kept "
+                f"at zero "
+                f"({'ok' if self.pruned_weights_still_zero else 'VIOLATED'}); loss {self.loss_first:.4f} -> "
+                f"{self.loss_last:.4f}; {self.seconds:.1f} s")
+        if self.perplexity_before is not None:
+            text += f"; perplexity {self.perplexity_before:.2f} -> {self.perplexity_after:.2f}"
+        return text
+
+
+class RecoveryError(ValueError):
+    """Training went wrong (a non-finite loss or weight); the weights were restored."""
+
+
+# ----------------------------------------------------------------------------- recover
+
+def _check_arguments(train, steps, lr, lora_rank, lora_alpha, weight_decay, max_grad_norm, warmup_steps,
+                     accumulation):
+    if train not in TRAIN_MODES:
+        raise ValueError(f"recover: train: expected one of {', '.join(TRAIN_MODES)}, but got {train!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"recover: steps: expected an integer >= 1, but got {steps!r}")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"recover: lr: expected a finite learning rate > 0, but got {lr!r}")
+    if not isinstance(lora_rank, int) or lora_rank < 1:
+        raise ValueError(f"recover: lora_rank: expected an integer >= 1, but got {lora_rank!r}")
+    if not math.isfinite(lora_alpha) or lora_alpha <= 0:
+        raise ValueError(f"recover: lora_alpha: expected a finite value > 0, but got {lora_alpha!r}")
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"recover: weight_decay: expected a finite value >= 0, but got {weight_decay!r}")
+    if max_grad_norm is not None and (not math.isfinite(max_grad_norm) or max_grad_norm <= 0):
+        raise ValueError(f"recover: max_grad_norm: expected a finite value > 0 or None, but got {max_grad_norm!r}")
+    if warmup_steps is not None and (not isinstance(warmup_steps, int) or warmup_steps < 0):
+        raise ValueError(f"recover: warmup_steps: expected an integer >= 0 or None, but got {warmup_steps!r}")
+    if not isinstance(accumulation, int) or accumulation < 1:
+        raise ValueError(f"recover: accumulation: expected an integer >= 1, but got {accumulation!r}")
+
+
+def _lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _tokens(batch) -> int:
+    if isinstance(batch, Mapping):
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor):
+            return int(mask.sum())
+        ids = batch.get("input_ids")
+        if isinstance(ids, torch.Tensor):
+            return ids.numel()
+    return 0
+
+
+def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train: str = "all",
+            tokenizer=None, seqlen: int = 128, batch_size: int = 4, accumulation: int = 1,
+            lora_rank: int = 16, lora_alpha: float = 32.0, weight_decay: float = 0.0,
+            max_grad_norm: float | None = 1.0, warmup_steps: int | None = None, train_embeddings: bool = False,
+            loss_fn: Callable | None = None, eval_batches=None, time_batch=None, seed: int = 0,
+            progress: bool = True, checkpoint: str | os.PathLike | None = None,
+            distributed: bool | None = None, process_group=None) -> RecoveryReport:
+    """Trains ``model`` briefly, in place, keeping every weight that is exactly zero now at zero.
+
+    - ``data``: a list of batches (dicts of tensors for ``model(**batch)``; causal LMs need
+      ``input_ids``), or, with ``tokenizer``, a text file path or a list of paragraphs (cut into
+      windows of ``seqlen`` tokens, ``batch_size`` per batch: :func:`text_batches`).
+    - ``steps`` optimiser steps of AdamW (``lr`` peak; linear warm-up over ``warmup_steps``,
+      default a tenth of the steps, then cosine decay), ``accumulation`` batches per step, the
+      batches taken in order, cycling. Gradients clipped to ``max_grad_norm``.
+    - ``train``: "all" | "norms" | "lora" (see the module docstring); embeddings and the LM head
+      train only with ``train_embeddings`` (mode "all").
+    - ``eval_batches``: held-out batches; their perplexity before and after goes in the report.
+      ``time_batch``: a batch whose dense forward time before and after goes in the report
+      (default: the first training batch).
+    - ``checkpoint``: a directory written at the end (rank 0, atomically): ``save_pretrained``
+      for a Hugging Face model whose structure transformers describes, else ``prunekit.save``.
+    - ``distributed``: None trains data-parallel over the process group when one with more than
+      one rank is initialised (True insists, False never).
+
+    Returns a :class:`RecoveryReport`. Bad input raises ValueError before anything changes; a
+    non-finite loss or weight raises :class:`RecoveryError` with the weights restored.
+    """
+    _check_arguments(train, steps, lr, lora_rank, float(lora_alpha), float(weight_decay),
+                     None if max_grad_norm is None else float(max_grad_norm), warmup_steps, accumulation)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"recover: model: expected a torch.nn.Module, but got {type(model).__name__}")
+    from .nn import SparseWeightModule
+
+    if train != "norms" and any(isinstance(m, SparseWeightModule) for m in model.modules()):
+        raise ValueError(f"recover: model: train={train!r} needs dense (masked) weights, but the model holds "
+                         "compressed sparse modules (SparseLinear/SparseConv2d); recover before sparsify_, or "
+                         "use train='norms'")
+    if tokenizer is not None and (isinstance(data, (str, os.PathLike)) or
+                                  (isinstance(data, (list, tuple)) and data and isinstance(data[0], str))):
+        batches = text_batches(tokenizer, data, seqlen, batch_size, seed)
+    else:
+        batches = _check_batches(data)
+    if loss_fn is None and not all(isinstance(b, Mapping) and "input_ids" in b for b in batches):
+        raise ValueError("recover: data: without loss_fn every batch must be a dict holding input_ids (a causal "
+                         "LM's next-token loss); pass loss_fn(model, batch) for other models")
+    strategy = dist_.strategy_for(distributed, process_group)
+    shard = strategy.shard(batches) if strategy.world > 1 else batches
+    strategy.agree({"steps": steps, "lr": lr, "train": train, "batches": len(batches), "accumulation": accumulation,
+                    "parameters": [(n, tuple(p.shape)) for n, p in model.named_parameters()]}, "recover")
+
+    started = time.perf_counter()
+    report = RecoveryReport(train=train, steps=steps, lr=float(lr), batches=len(batches),
+                            tokens_per_step=accumulation * strategy.world * sum(map(_tokens, shard)) / len(shard),
+                            trainable_parameters=0, masked_weights=0, parameters=count_parameters(model),
+                            world_size=strategy.world)
+    timing_batch = time_batch if time_batch is not None else batches[0]
+    with strategy.guard("measuring the model before recovery"):
+        report.forward_seconds_before = forward_seconds(model, timing_batch)
+        if eval_batches is not None:
+            report.perplexity_before = perplexity(model, eval_batches)
+
+    all_params = dict(model.named_parameters())
+    trainable = _select_trainable(model, train, train_embeddings)
+    masks = zero_masks(model, {n: p for n, p in all_params.items()})  # every zero, trained or not
+    report.masked_weights = int(sum(int((~m).sum()) for m in masks.values()))
+    snapshot = {name: param.detach().clone() for name, param in (trainable if train != "lora" else {}).items()}
+    requires_grad = {name: param.requires_grad for name, param in all_params.items()}
+    was_training = model.training
+    adapters: dict[str, MaskedLoRALinear] = {}
+    hooks = []
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        for param in all_params.values():
+            param.requires_grad_(False)
+        if train == "lora":
+            for name in _lora_targets(model):
+                linear = model.get_submodule(name)
+                adapters[name] = MaskedLoRALinear(linear, lora_rank, float(lora_alpha), masks.get(f"{name}.weight"),
+                                                  generator)
+                _set_submodule(model, name, adapters[name])
+            trainable = {f"{name}.{p}": getattr(a, p) for name, a in adapters.items() for p in ("lora_a", "lora_b")}
+            report.lora = {"rank": lora_rank, "alpha": float(lora_alpha), "layers": len(adapters),
+                           "constrained_to_mask": True}
+        if not trainable:
+            raise ValueError(f"recover: train={train!r} finds no parameters to train in {type(model).__name__}")
+        for name, param in trainable.items():
+            param.requires_grad_(True)
+            if name in masks:
+                hooks.append(param.register_hook(lambda grad, mask=masks[name]: grad.masked_fill(~mask, 0)))
+        report.trainable_parameters = sum(p.numel() for p in trainable.values())
+        _train_loop(model, shard, trainable, masks, report, strategy, steps=steps, lr=float(lr),
+                    accumulation=accumulation, weight_decay=float(weight_decay), max_grad_norm=max_grad_norm,
+                    warmup=warmup_steps if warmup_steps is not None else steps // 10, loss_fn=loss_fn,
+                    progress=progress)
+        bad = [f"{name} (adapter)" for name, adapter in adapters.items()
+               if not bool(torch.isfinite(adapter.delta()).all())]
+        bad += [name for name, param in trainable.items() if not bool(torch.isfinite(param).all())]
+        if bad:
+            raise RecoveryError(f"recover: lr={lr:g}: training made weights non-finite ({', '.join(bad[:3])}); "
+                                "the weights are restored; try a smaller lr")
+        for name, adapter in adapters.items():
+            _set_submodule(model, name, adapter.merge_())
+        adapters = {}
+    except BaseException:
+        for name, adapter in adapters.items():
+            _set_submodule(model, name, adapter.linear)
+        with torch.no_grad():
+            for name, value in snapshot.items():
+                all_params[name].copy_(value)
+        raise
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for name, param in all_params.items():
+            param.requires_grad_(requires_grad[name])
+        model.train(was_training)
+    del snapshot
+    report.pruned_weights_still_zero = all(
+        bool((all_params[name].detach()[~mask] == 0).all()) for name, mask in masks.items())
+    with strategy.guard("measuring the model after recovery"):
+        report.forward_seconds_after = forward_seconds(model, timing_batch)
+        if eval_batches is not None:
+            report.perplexity_after = perplexity(model, eval_batches)
+    if checkpoint is not None:
+        save_trained(model, checkpoint, strategy, tokenizer=tokenizer)
+        report.checkpoint = os.fspath(checkpoint)
+    report.seconds = time.perf_counter() - started
+    logger.info("%s", report.summary())
+    return report
+
+
+def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr, accumulation, weight_decay,
+                max_grad_norm, warmup, loss_fn, progress):
+    from tqdm.auto import tqdm
+
+    params = list(trainable.values())
+    masked = [(param, masks[name]) for name, param in trainable.items() if name in masks]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    model.train()
+    losses = []
+    position = 0
+    bar = tqdm(total=steps, desc="prunekit recover", disable=None if progress and strategy.is_main else True,
+               leave=False)
+    try:
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * _lr_factor(step, steps, warmup)
+            optimizer.zero_grad(set_to_none=True)
+            totals = torch.zeros(2, dtype=torch.float64)  # loss sum, token count (or batch count)
+            with strategy.guard(f"recovery step {step}"):
+                for _ in range(accumulation):
+                    batch = batches[position % len(batches)]
+                    position += 1
+                    if loss_fn is None:
+                        nll, count = causal_lm_nll(model, batch)
+                        if count == 0:
+                            raise ValueError(f"recover: data: batch {position % len(batches)} holds no target tokens")
+                        loss = nll / count
+                        totals += torch.tensor([float(nll), count], dtype=torch.float64)
+                    else:
+                        loss = loss_fn(model, batch)
+                        totals += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+                    if torch.isfinite(loss):
+                        (loss / accumulation).backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            if strategy.world > 1:
+                flat = torch.cat([g.reshape(-1).float() for g in grads] + [totals.float()])
+                strategy.all_reduce_sum_(flat, what=f"the gradients of recovery step {step}")
+                offset = 0
+                for param, grad in zip(params, grads):
+                    param.grad = flat[offset: offset + grad.numel()].view_as(grad).to(grad.dtype) / strategy.world
+                    offset += grad.numel()
+                totals = flat[offset:].double()
+            mean_loss = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+            if not math.isfinite(mean_loss):
+                raise RecoveryError(f"recover: lr={lr:g}: the training loss became {mean_loss} at step {step}; the "
+                                    "weights are restored; try a smaller lr (or check the data)")
+            if max_grad_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                if not math.isfinite(float(norm)):
+                    raise RecoveryError(f"recover: lr={lr:g}: the gradients became non-finite at step {step}; the "
+                                        "weights are restored; try a smaller lr")
+            optimizer.step()
+            with torch.no_grad():
+                for param, mask in masked:
+                    param.masked_fill_(~mask, 0)
+            losses.append(mean_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
+    finally:
+        bar.close()
+    tenth = max(1, len(losses) // 10)
+    report.loss_first = sum(losses[:tenth]) / tenth
+    report.loss_last = sum(losses[-tenth:]) / tenth
+    every = max(1, len(losses) // 100)
+    report.losses = [[i, losses[i]] for i in range(0, len(losses), every)]
+
+
+def save_trained(model: nn.Module, path: str | os.PathLike, strategy=None, tokenizer=None) -> str:
+    """Writes ``model`` to the directory ``path`` once (rank 0), atomically: ``save_pretrained``
+    for a Hugging Face model whose config describes it, else a prunekit checkpoint
+    (``prunekit.save``: compressed sparse modules, removed sublayers). Returns the format used."""
+    from .io import save
+    from .nn import SparseWeightModule
+
+    hf = hasattr(model, "save_pretrained") and hasattr(model, "config")
+    describable = hf and not any(isinstance(m, SparseWeightModule) for m in model.modules()) and \
+        not getattr(model.config, "prunekit_removed_sublayers", None)
+
+    def write(target: str) -> None:
+        if describable:
+            model.save_pretrained(target)
+        else:
+            save(model, target)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(target)
+
+    dist_.save_checkpoint(path, write, strategy)
+    return "hf" if describable else "prunekit"
+
