@@ -64,6 +64,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="device the blocks run on (default: where the model is)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace prunekit's files in an existing DIR")
+    parser.add_argument("--in-memory", action="store_true",
+                        help="load the whole model before pruning (default: stream it block by block from its "
+                             "safetensors files where possible; see prunekit.prune_pretrained)")
     parser.set_defaults(run=run)
 
 
@@ -79,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
         evaluation.read_text_file(args.eval_data, "--eval-data")
     if not distributed.init_from_env():  # a single process (no torchrun)
         out = reports.prepare_output_dir(args.out, args.overwrite, PRUNE_FILES)
+        if not args.in_memory:
+            from .prune_streamed import run_streamed, streaming_blocker
+
+            blocker = streaming_blocker(args, config_kwargs)
+            if blocker is None:
+                return run_streamed(args, sparsity, config_kwargs, out)
+            logger.info("pruning in memory: %s", blocker)
         return _prune_run(args, sparsity, config_kwargs, out, torchrun=False)
     # Under torchrun: rank 0 prepares --out; every rank learns whether that failed, and stops if so.
     try:
