@@ -168,26 +168,35 @@ class DenseStatistics:
 # ----------------------------------------------------------------------------- greedy generation
 
 @torch.no_grad()
-def greedy_generate(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int) -> tuple[list[int], float]:
+def greedy_generate(model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int,
+                    step_seconds: list | None = None) -> tuple[list[int], float]:
     """Greedy decoding at batch 1 with the KV cache, one forward per token (what
     ``model.generate(do_sample=False, max_new_tokens=new_tokens)`` computes, without stopping at
     the end-of-sequence token and without its per-step Python machinery): (the new token ids,
-    seconds from the prompt to the last token)."""
+    seconds from the prompt to the last token). ``step_seconds``: a list that receives the
+    seconds of each step (the prompt's forward first)."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"greedy_generate: input_ids must be (1, prompt length), but got {tuple(input_ids.shape)}")
     if new_tokens < 1:
         raise ValueError(f"greedy_generate: new_tokens must be >= 1, but got {new_tokens}")
     cache = _cache_keyword(model)
-    started = time.perf_counter()
+    started = last = time.perf_counter()
     out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     tokens = [token]
     for _ in range(new_tokens - 1):
+        if step_seconds is not None:
+            now = time.perf_counter()
+            step_seconds.append(now - last)
+            last = now
         out = model(input_ids=token, use_cache=True, logits_to_keep=1, **{cache: getattr(out, cache)})
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(token)
     ids = torch.cat(tokens, dim=1)[0].tolist()  # reading the ids waits for the last token
-    return ids, time.perf_counter() - started
+    finished = time.perf_counter()
+    if step_seconds is not None:
+        step_seconds.append(finished - last)
+    return ids, finished - started
 
 
 def _cache_keyword(model: torch.nn.Module) -> str:
@@ -204,16 +213,26 @@ def compare_generation(dense: torch.nn.Module, sparse: torch.nn.Module, input_id
     for model in (dense, sparse):
         greedy_generate(model, input_ids, 2)
     seconds: dict[str, list[float]] = {"dense": [], "sparse": []}
+    steps: dict[str, list[float]] = {"dense": [], "sparse": []}
+    prompt: dict[str, list[float]] = {"dense": [], "sparse": []}
     tokens: dict[str, list[int]] = {}
     for _ in range(repeats):
         for key, model in (("dense", dense), ("sparse", sparse)):
-            tokens[key], elapsed = greedy_generate(model, input_ids, new_tokens)
+            step_seconds: list[float] = []
+            tokens[key], elapsed = greedy_generate(model, input_ids, new_tokens, step_seconds)
             seconds[key].append(elapsed)
+            prompt[key].append(step_seconds[0])
+            steps[key] += step_seconds[1:]
     dense_s, sparse_s = statistics.median(seconds["dense"]), statistics.median(seconds["sparse"])
     first_difference = next((i for i, (a, b) in enumerate(zip(tokens["dense"], tokens["sparse"])) if a != b), None)
+    decode_ms = {key: 1e3 * statistics.median(values) if values else None for key, values in steps.items()}
     return {"new_tokens": new_tokens, "prompt_tokens": int(input_ids.shape[1]), "repeats": repeats,
             "dense_s": dense_s, "sparse_s": sparse_s, "dense_tokens_per_s": new_tokens / dense_s,
             "sparse_tokens_per_s": new_tokens / sparse_s, "speedup": dense_s / sparse_s,
+            "round_speedups": [d / s for d, s in zip(seconds["dense"], seconds["sparse"])],
+            "dense_prompt_ms": 1e3 * statistics.median(prompt["dense"]),
+            "sparse_prompt_ms": 1e3 * statistics.median(prompt["sparse"]),
+            "dense_decode_ms": decode_ms["dense"], "sparse_decode_ms": decode_ms["sparse"],
             "same_tokens": first_difference is None, "first_difference": first_difference,
             "dense_token_ids": tokens["dense"], "sparse_token_ids": tokens["sparse"]}
 
