@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..calibrate.pipeline import BlockInput, find_blocks, is_prunable
+from ..distributed import SingleProcessStrategy, strategy_for
 from ..prune import PruneConfig, PruneReport, _prune, _select_layers
 from .offload import ActivationStore
 from .source import INDEX_FILE, SafetensorsSource, SourceError
@@ -85,23 +86,31 @@ def prune_pretrained(path: str | os.PathLike, config: PruneConfig | None = None,
                          "PruneConfig.ignore or prune sequentially")
     if config.device is None:
         config = dataclasses.replace(config, device="cpu")
-    writer = OutputWriter(out, units=len(streamed.blocks) + 1)
+    # Under torch.distributed every rank streams the blocks (one at a time) over its share of the
+    # calibration items; rank 0 alone writes, and every rank learns whether that worked.
+    strategy = strategy_for(config.distributed, config.process_group, argument="PruneConfig.distributed")
+    writer = None
+    with strategy.guard("creating the output's staging directory"):
+        if strategy.is_main:
+            writer = OutputWriter(out, units=len(streamed.blocks) + 1)
     store = ActivationStore(offload_dir) if offload_dir is not None else None
     try:
-        streamed.writer = writer
-        streamed.store = store
+        streamed.writer, streamed.store, streamed.strategy = writer, store, strategy
         streamed.load_prologue()
         report = _prune(model, config, calib, block_loader=streamed)
         streamed.finish()
-        _write_other_files(source, writer, save if save == "auto" else (save or compute_dtype))
-        writer.commit()
+        with strategy.guard("writing the output's other files and renaming it"):
+            if writer is not None:
+                _write_other_files(source, writer, save if save == "auto" else (save or compute_dtype))
+                writer.commit()
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
     finally:
         if store is not None:
             store.close()
-    logger.info("prune_pretrained: wrote %s (%d shards)", out, writer.units)
+    logger.info("prune_pretrained: wrote %s (%d shards)%s", out, len(streamed.blocks) + 1, strategy.describe())
     return report
 
 
@@ -189,8 +198,10 @@ class StreamedModel:
             raise ValueError(f"prune_pretrained: {type(model).__name__} has no block list (a ModuleList of repeated "
                              "blocks) to stream; pass blocks='...' naming it, or prune in memory")
         self.blocks_name, self.blocks = found
-        self.writer: OutputWriter | None = None
+        self.writer: OutputWriter | None = None  # None on ranks other than 0
         self.store: ActivationStore | None = None
+        self.strategy = SingleProcessStrategy()
+        self.written: set[int] = set()
         self.writing = True
         self._output_kind: tuple | None = None
         # Each parameter once (tied ones share a Parameter object) under its first name, with every
@@ -303,10 +314,13 @@ class StreamedModel:
         return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
     def _write(self, unit: int) -> None:
-        if self.writer is None or not self.writing or unit in self.writer.written:
+        if not self.writing or unit in self.written:
             return
         what = f"{self.blocks_name}.{unit}" if unit < len(self.blocks) else "the layers outside the blocks"
-        self.writer.write_unit(unit, self._unit_tensors(unit), what)
+        with self.strategy.guard(f"writing {what}"):  # every rank enters, rank 0 writes
+            if self.writer is not None:
+                self.writer.write_unit(unit, self._unit_tensors(unit), what)
+        self.written.add(unit)
 
     def finish(self) -> None:
         """Writes every unit not written yet: blocks the walk did not reach (nothing to prune in
