@@ -4,7 +4,7 @@ directory of sharded bf16 safetensors (one shard per block), never holding more 
 The model is for memory measurements of streamed pruning (bench/bench_streaming.py): its float32
 size is several times the peak memory of a streamed run. Nothing about its quality is meaningful.
 
-    python bench/make_synthetic_llama.py build/synthetic-llama            # ~1.5B parameters, 3 GB on disk
+    python bench/make_synthetic_llama.py build/synthetic-llama            # 1.1B parameters, 2.1 GiB on disk
     python bench/make_synthetic_llama.py /tmp/small --layers 4 --hidden 512 --intermediate 1408 --vocab 4096
 """
 
@@ -94,9 +94,9 @@ def parameter_count(config: dict) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output directory (must not exist)")
-    parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--intermediate", type=int, default=5632)
+    parser.add_argument("--layers", type=int, default=96)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--intermediate", type=int, default=2816)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--kv-heads", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=16384)

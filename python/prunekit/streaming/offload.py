@@ -52,6 +52,13 @@ class OffloadedBlockInput(BlockInput):
         self._spec: tuple[tuple[int, ...], torch.dtype, torch.device] | None = None
         super().__init__(item.hidden, item.args, item.kwargs, item.token_mask)
 
+    def __del__(self):
+        # a finished walk's activations need no disk space until the store is closed
+        try:
+            os.unlink(self._path)
+        except (OSError, AttributeError):
+            pass
+
     @property
     def hidden(self) -> torch.Tensor:
         shape, dtype, device = self._spec
