@@ -470,4 +470,5 @@ def test_whole_checkpoint_of_llm_shaped_models_meets_the_size_bars(arch, sparsit
     assert file_ratio <= (0.3 if sparsity == 0.9 else 0.6), file_ratio
     ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert torch.equal(prunekit.load(tmp_path / "ckpt", format="saved")(input_ids=ids).logits, sparse(input_ids=ids).logits)
+        assert torch.equal(prunekit.load(tmp_path / "ckpt", format="saved")(input_ids=ids).logits,
+                           sparse(input_ids=ids).logits)

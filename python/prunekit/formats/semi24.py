@@ -126,19 +126,33 @@ def from_semi24(values: torch.Tensor, meta: torch.Tensor) -> BitmapWeight:
     if tuple(meta.shape) != layout.meta_shape(rows, cols):
         raise ValueError(f"from_semi24: meta must have shape {list(layout.meta_shape(rows, cols))} for values of "
                          f"shape {list(values.shape)}, but got {list(meta.shape)}")
-    positions = group_columns(meta, rows, cols, values.dtype)
-    ascending = positions[..., 0] < positions[..., 1]
-    if not bool(ascending.all()):
-        row, group = (int(i) for i in (~ascending).nonzero()[0])
+    row_offsets = torch.arange(rows + 1, dtype=torch.int64) * half
+    bitmap = _marks_bitmap(meta, rows, half)
+    if bitmap is None:  # corrupt metadata: find and name the first bad group
+        positions = group_columns(meta, rows, cols, values.dtype)
+        ascending = positions[..., 0] < positions[..., 1]
+        bad = (~ascending).nonzero()
+        row, group = (int(i) for i in bad[0]) if bad.numel() else (0, 0)
         raise ValueError(f"from_semi24: meta must encode two distinct ascending columns per group, but the group at "
                          f"row {row}, columns {4 * group}..{4 * group + 3} does not (corrupt or foreign metadata)")
-    marked = torch.zeros(rows, cols, dtype=torch.bool)
-    marked.scatter_(1, positions.reshape(rows, -1), True)
-    words = (cols + 15) // 16
-    bits = (marked.reshape(rows, words, 16).long() << torch.arange(16)).sum(-1)
-    bitmap = torch.where(bits >= 2**15, bits - 2**16, bits).to(torch.int16)
-    row_offsets = torch.arange(rows + 1, dtype=torch.int64) * half
     return BitmapWeight(values.contiguous().reshape(-1), bitmap, row_offsets, cols)
+
+
+def _marks_bitmap(meta: torch.Tensor, rows: int, half: int) -> torch.Tensor | None:
+    """The int16 bitmap of the positions ``meta`` names (two per group of four), or None when the
+    metadata is not two distinct ascending columns per group. Places the stored values' ordinals
+    1..half of each row with the ``decompress_24`` op and reads them back with ``compress_bitmap``
+    (both exact, in C++): the ordinals come back in column order exactly when every group names
+    two distinct columns in ascending order, so the stored values pack as the bitmap says."""
+    ordinals = torch.arange(1, half + 1, dtype=torch.float32).expand(rows, half).contiguous()
+    try:
+        placed = torch.ops.prunekit.decompress_24(ordinals, meta)
+    except (RuntimeError, ValueError):
+        return None
+    read_back, bitmap, offsets = torch.ops.prunekit.compress_bitmap(placed)
+    if read_back.numel() != rows * half or not torch.equal(read_back.view(rows, half), ordinals):
+        return None
+    return bitmap
 
 
 def to_semi24(weight: BitmapWeight) -> tuple[torch.Tensor, torch.Tensor]:
