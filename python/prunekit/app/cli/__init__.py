@@ -17,12 +17,14 @@ from prunekit._names import one_line
 
 from . import bench, demo, info, prune
 from . import eval as evaluate
+from . import slice as slice_command
 from .common import EXIT_INTERNAL, EXIT_USAGE, Parser, logging_configured
 
 __all__ = ["build_parser", "main"]
 
 # In the order `prunekit --help` lists them.
 COMMANDS = (info, demo, prune, evaluate, bench)
+COMMANDS += (slice_command,)
 
 
 def build_parser() -> argparse.ArgumentParser:
