@@ -130,10 +130,15 @@ def _cpu_us(modules: list[nn.Module], x: torch.Tensor) -> float:
                 return elapsed / calls / 1e3
 
 
-def measure(kind: str, *, shape: tuple[int, int] = SHAPE, sparsities=SPARSITIES, rows_per_call=ROWS,
-            dtypes=DTYPES) -> list[dict]:
+def measure(kind: str, *, shape: tuple[int, int] | None = None, sparsities=None, rows_per_call=None,
+            dtypes=None) -> list[dict]:
     """One row per (dtype, sparsity, rows): CPU microseconds per call of SparseLinear
-    (unstructured) and of nn.Linear, on 1 thread, with the ``kind`` kernels selected."""
+    (unstructured) and of nn.Linear, on 1 thread, with the ``kind`` kernels selected (defaults:
+    :data:`SHAPE`, :data:`SPARSITIES`, :data:`ROWS`, :data:`DTYPES`)."""
+    shape = SHAPE if shape is None else shape
+    sparsities = SPARSITIES if sparsities is None else sparsities
+    rows_per_call = ROWS if rows_per_call is None else rows_per_call
+    dtypes = DTYPES if dtypes is None else dtypes
     from .. import _C, build_info
     from .linear import SparseLinear
 
