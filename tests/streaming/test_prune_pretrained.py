@@ -56,7 +56,7 @@ CASES = [
 def test_streamed_equals_in_memory(tmp_path, arch, settings, options):
     source = _save(tiny_model(arch), tmp_path / "in")
     before = _digest(source)
-    calib = None if options.get("no_calib") else calibration(arch)
+    calib = None if options.get("no_calib") else calibration(arch, batches=2)
     config = prunekit.PruneConfig(progress=False, **settings)
     offload = tmp_path / "activations" if options.get("offload") else None
     if offload is not None:
@@ -71,6 +71,24 @@ def test_streamed_equals_in_memory(tmp_path, arch, settings, options):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in", "out"] + (["activations"] if offload else []))
     if offload is not None:
         assert list(offload.iterdir()) == [], "offloaded activations left behind"
+
+
+def test_offloaded_activations_live_in_files(tmp_path):
+    from prunekit.calibrate.pipeline import BlockInput
+    from prunekit.streaming.offload import ActivationStore
+
+    store = ActivationStore(tmp_path)
+    hidden = torch.randn(2, 5, 7)
+    item = store.keep(BlockInput(hidden, (), {"position_ids": torch.arange(5)}, None))
+    assert "hidden" not in vars(item) and len(list(store.root.iterdir())) == 1
+    assert torch.equal(item.hidden, hidden)
+    item.hidden = hidden.to(torch.bfloat16) * 2  # the walk assigns the block's outputs in place
+    assert item.hidden.dtype == torch.bfloat16 and torch.equal(item.hidden, (hidden * 2).to(torch.bfloat16))
+    assert (store.root / "item-000001.bin").stat().st_size == hidden.numel() * 2
+    store.close()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="'offload_dir' must be an existing directory"):
+        ActivationStore(tmp_path / "missing")
 
 
 def test_tied_embeddings_single_file_bf16_source(tmp_path):
