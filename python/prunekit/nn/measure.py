@@ -4,11 +4,12 @@ For a CPU whose kind of kernels has no measured table (:data:`prunekit.nn.auto.B
 or when asked for everywhere: SparseLinear holding an unstructured weight against nn.Linear, one
 1024 x 1024 shape, fp32 and bf16, the sparsities of :data:`SPARSITIES` and the rows per call of
 :data:`ROWS`, on 1 thread in thread CPU time with the weights cold (copies past the L2), as the
-full benchmark (``bench/bench_break_even.py``) does in about 17 minutes; this takes a few seconds
-once per machine. The result is cached in ``$PRUNEKIT_CACHE`` (default ``~/.cache/prunekit``)
-under ``auto/``, keyed by the CPU model, the kind of kernels, the CPU features and the prunekit
-and torch versions; a cache directory that cannot be written only costs the measurement again in
-the next process (with a warning). Pointwise convolutions are not measured: they stay dense.
+full benchmark (``bench/bench_break_even.py``) does in about 17 minutes. This takes about 10 to 40
+seconds (more on a busy machine), once per machine: the result is cached in ``$PRUNEKIT_CACHE``
+(default ``~/.cache/prunekit``) under ``auto/``, keyed by the CPU model, the kind of kernels, the
+CPU features and the prunekit and torch versions; a cache directory that cannot be written only
+costs the measurement again in the next process (with a warning). Pointwise convolutions are not
+measured: they stay dense.
 """
 
 from __future__ import annotations
