@@ -39,6 +39,10 @@ class SparsifyConfig:
       break-even (default ``prunekit.nn.DEFAULT_ROWS``: one sentence or short prompt at batch 1;
       ``rows=1`` for token-by-token decoding).
     - ``break_even``: a sparsity in [0, 1] that replaces the measured "auto" threshold.
+
+    With "auto", each module it decides (swapped, or kept dense) records ``rows`` and
+    ``break_even``; :func:`prunekit.save` keeps them, so that :func:`prunekit.load` makes the same
+    choice with the table of the machine it loads on.
     """
 
     format: str = "auto"
