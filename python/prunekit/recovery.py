@@ -455,10 +455,10 @@ def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr
                         if count == 0:
                             raise ValueError(f"recover: data: batch {position % len(batches)} holds no target tokens")
                         loss = nll / count
-                        totals += torch.tensor([float(nll), count], dtype=torch.float64)
+                        totals += torch.tensor([float(nll.detach()), count], dtype=torch.float64)
                     else:
                         loss = loss_fn(model, batch)
-                        totals += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+                        totals += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
                     if torch.isfinite(loss):
                         (loss / accumulation).backward()
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]

@@ -17,6 +17,7 @@ from prunekit._names import one_line
 
 from . import bench, demo, info, prune
 from . import eval as evaluate
+from . import prune_layers, recover
 from . import slice as slice_command
 from .common import EXIT_INTERNAL, EXIT_USAGE, Parser, logging_configured
 
@@ -24,6 +25,7 @@ __all__ = ["build_parser", "main"]
 
 # In the order `prunekit --help` lists them.
 COMMANDS = (info, demo, prune, evaluate, bench)
+COMMANDS += (prune_layers, recover)
 COMMANDS += (slice_command,)
 
 

@@ -1,0 +1,129 @@
+"""``prunekit recover``: a short training of a pruned model on a text file that keeps every pruned
+weight exactly zero (alone or data-parallel under torchrun), with the perplexity before and after,
+the trained checkpoint and a report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+from prunekit import distributed
+from prunekit.hf import load_model, resolve_model
+from prunekit.recovery import TRAIN_MODES, recover, text_batches
+
+from .. import evaluation
+from .. import report as reports
+from ..benchmarks.common import machine_info
+from .common import DTYPES, UsageError, positive_int
+from .data import evaluation_batches
+from .prune_layers import write_report
+
+logger = logging.getLogger(__name__)
+
+FILES = ("model", "report.json", "report.md")
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, but got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, but got {text!r}")
+    return value
+
+
+def add_parser(commands, common: argparse.ArgumentParser) -> None:
+    """Adds the ``recover`` command and its options to ``commands``."""
+    parser = commands.add_parser(
+        "recover", parents=[common], help="train a pruned model briefly, keeping its pruned weights at zero",
+        description="Train MODEL (a pruned Hugging Face folder or prunekit checkpoint) for --steps steps on the text "
+                    "of --data, keeping every weight that is zero now at exactly zero, and write DIR/model, "
+                    "report.json and report.md. --train all: every remaining weight (masked AdamW); norms: norm "
+                    "weights and biases only; lora: low-rank adapters constrained to the sparsity pattern, merged "
+                    "afterwards. Launch under torchrun for data parallelism: torchrun --nproc-per-node 2 -m prunekit "
+                    "recover ...")
+    parser.add_argument("model", metavar="MODEL", help="local model directory, hub id, or a packaged name (smollm2)")
+    parser.add_argument("--data", required=True, type=Path, metavar="FILE", help="training text (UTF-8)")
+    parser.add_argument("--steps", required=True, type=positive_int, help="optimiser steps")
+    parser.add_argument("--train", default="all", choices=TRAIN_MODES, help="what trains (default all)")
+    parser.add_argument("--lr", type=positive_float, default=None,
+                        help="peak learning rate (default 1e-4 for all, 1e-3 for norms and lora)")
+    parser.add_argument("--seqlen", type=positive_int, default=128, help="tokens per sequence (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="sequences per step (default 4)")
+    parser.add_argument("--accumulation", type=positive_int, default=1, help="batches per step (default 1)")
+    parser.add_argument("--lora-rank", type=positive_int, default=16, help="adapter rank (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the window order and adapters (default 0)")
+    parser.add_argument("--eval-data", type=Path, metavar="FILE",
+                        help="held-out text for the before/after perplexity (default: standard-library docstrings)")
+    parser.add_argument("--eval-samples", type=positive_int, default=64, help="evaluation sequences (default 64)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the before/after perplexity")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype to load and train in")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace prunekit's files in an existing DIR")
+    parser.set_defaults(run=run)
+
+
+def default_lr(train: str) -> float:
+    return 1e-4 if train == "all" else 1e-3
+
+
+def run(args: argparse.Namespace) -> int:
+    paragraphs = evaluation.read_text_file(args.data, "--data")
+    if args.eval_data is not None and not args.no_eval:
+        evaluation.read_text_file(args.eval_data, "--eval-data")
+    source = resolve_model(args.model)
+    if os.path.abspath(args.out) == os.path.abspath(source):
+        raise UsageError(f"--out: {args.out!r} is MODEL's own directory; the input model is never overwritten")
+    started = time.perf_counter()
+    lr = args.lr if args.lr is not None else default_lr(args.train)
+    torchrun = distributed.init_from_env()
+    try:
+        error = None
+        if not torchrun or distributed.is_main_process():
+            try:
+                reports.prepare_output_dir(args.out, args.overwrite, FILES)
+            except ValueError as caught:
+                error = caught
+        if torchrun:
+            distributed.check(error, "preparing --out")
+        elif error is not None:
+            raise error
+        out = Path(args.out)
+        model, tokenizer, causal = load_model(args.model, args.dtype)
+        if not causal or tokenizer is None:
+            raise UsageError(f"MODEL: recover trains a causal LM with a tokenizer on --data, but {args.model!r} is a "
+                             f"{type(model).__name__}{'' if tokenizer is not None else ' without a tokenizer'}")
+        batches = text_batches(tokenizer, paragraphs, args.seqlen, args.batch_size, args.seed, what="--data")
+        eval_batches, eval_source = (None, None) if args.no_eval else evaluation_batches(
+            args.eval_data, model, tokenizer, causal, args.eval_samples, args.seqlen, args.seed, 8)
+        report = recover(model, batches, steps=args.steps, lr=lr, train=args.train, accumulation=args.accumulation,
+                         lora_rank=args.lora_rank, eval_batches=eval_batches, seed=args.seed,
+                         progress=not args.quiet, checkpoint=out / "model", tokenizer=tokenizer)
+        if not torchrun or distributed.is_main_process():
+            result = {"command": "recover", "model": args.model, "model_class": type(model).__name__,
+                      "data": os.fspath(args.data), "evaluation": eval_source, "recover": report.to_dict(),
+                      "machine": machine_info(), "seconds": time.perf_counter() - started}
+            write_report(out, result, f"prunekit recover: {args.model}", _sections(result))
+            print(report.summary())
+            print(f"wrote {', '.join(os.fspath(out / f) for f in FILES)}")
+    finally:
+        if torchrun:
+            distributed.shutdown()
+    return 0
+
+
+def _sections(result: dict) -> list[tuple[str, str]]:
+    report = result["recover"]
+    columns = [("train", "train", ""), ("steps", "steps", ""), ("lr", "lr", "g"),
+               ("trainable_parameters", "trainable", ","), ("masked_weights", "pruned weights kept at 0", ","),
+               ("pruned_weights_still_zero", "all still 0", ""), ("loss_first", "loss first", ".4f"),
+               ("loss_last", "loss last", ".4f"), ("perplexity_before", "perplexity before", ".2f"),
+               ("perplexity_after", "after", ".2f"), ("forward_seconds_before", "forward s before", ".4f"),
+               ("forward_seconds_after", "after", ".4f"), ("seconds", "seconds", ".1f")]
+    return [("", f"Model `{result['model']}` ({result['model_class']}) trained on `{result['data']}`; perplexity on "
+                 f"{result['evaluation'] or '-'}; checkpoint `model/`."),
+            ("Result", reports.markdown_table([report], columns))]

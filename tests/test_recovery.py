@@ -1,0 +1,258 @@
+"""Recovery training (prunekit.recover): the sparsity pattern kept exactly for every training mode,
+LoRA adapters constrained to the mask and merged exactly, data-parallel training equal to one
+process, failures that restore the weights, and the ``prunekit recover`` command."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import prunekit
+from prunekit.app.cli import main as cli_main
+from prunekit.recovery import MaskedLoRALinear, RecoveryError, recover, text_batches, zero_masks
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import tiny_models  # noqa: E402
+
+WORDS = ("the cat sat on a mat and then it ran to see what was in big red box near old tree while dog "
+         "slept under warm sun by river where fish swim fast but bird sings loud every day so we all go home "
+         "now after long walk through green field with tall grass").split()
+TEXT = " ".join(WORDS[(i * 7 + i // 3) % len(WORDS)] for i in range(3000))
+
+
+def word_tokenizer():
+    """A word-level tokenizer over WORDS (ids below the tiny models' vocabulary), no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {word: i for i, word in enumerate(["[UNK]", "[BOS]"] + sorted(set(WORDS)))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", bos_token="[BOS]",
+                                                pad_token="[UNK]")
+
+
+def pruned_llama(sparsity=0.5, seed=0):
+    model = tiny_models.tiny_model("llama", seed=seed)
+    prunekit.prune(model, prunekit.PruneConfig(method="wanda", sparsity=sparsity),
+                   tiny_models.calibration("llama"))
+    return model
+
+
+def batches(count=4, seed=5):
+    return tiny_models.calibration("llama", batches=count, batch_size=2, seq=16, seed=seed)
+
+
+def snapshot(model):
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("sparsity", [0.5, "2:4"])
+def test_all_weights_train_and_pruned_weights_stay_exactly_zero(sparsity):
+    model = pruned_llama(sparsity)
+    masks = zero_masks(model)
+    assert masks, "the pruned model has zeros to keep"
+    before = snapshot(model)
+    report = recover(model, batches(), steps=12, lr=3e-3, train="all", eval_batches=batches(),
+                     progress=False)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert torch.equal(params[name].detach() == 0, ~mask | (params[name].detach() == 0))
+        assert bool((params[name].detach()[~mask] == 0).all()), name
+    changed = [n for n in masks if not torch.equal(params[n].detach(), before[n])]
+    assert changed, "the remaining weights train"
+    assert report.pruned_weights_still_zero and report.masked_weights == sum(int((~m).sum()) for m in masks.values())
+    assert report.loss_last < report.loss_first
+    assert report.perplexity_after < report.perplexity_before
+    embedding = model.get_input_embeddings().weight
+    assert torch.equal(embedding.detach(), before["model.embed_tokens.weight"]), "embeddings are left alone"
+    assert not model.training and all(p.requires_grad for p in model.parameters())
+    json.dumps(report.to_dict())
+
+
+def test_norms_mode_trains_only_norms_and_biases():
+    model = pruned_llama()
+    before = snapshot(model)
+    report = recover(model, batches(), steps=5, lr=1e-2, train="norms", progress=False)
+    after = model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all("norm" in name for name in changed), changed
+    assert report.trainable_parameters == sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
+
+
+def test_masked_lora_merge_is_exactly_the_trained_function():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(24, 16)
+    mask = torch.rand(16, 24) > 0.5
+    with torch.no_grad():
+        linear.weight.masked_fill_(~mask, 0)
+    adapter = MaskedLoRALinear(linear, rank=4, alpha=8.0, mask=mask, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        adapter.lora_b.normal_()
+    x = torch.randn(5, 24)
+    expected = adapter(x)
+    merged = adapter.merge_()
+    torch.testing.assert_close(merged(x), expected, rtol=0, atol=0)
+    assert bool((merged.weight[~mask] == 0).all())
+    dense = MaskedLoRALinear(torch.nn.Linear(24, 16), 4, 8.0, None, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        dense.lora_b.normal_()
+    expected = dense(x)
+    torch.testing.assert_close(dense.merge_()(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_mode_merges_adapters_and_keeps_the_pattern():
+    model = pruned_llama()
+    masks = zero_masks(model)
+    parameters = prunekit._measure.count_parameters(model)
+    report = recover(model, batches(), steps=8, lr=5e-3, train="lora", lora_rank=4, progress=False)
+    assert not any(isinstance(m, MaskedLoRALinear) for m in model.modules())
+    assert prunekit._measure.count_parameters(model) == parameters
+    params = dict(model.named_parameters())
+    assert all(bool((params[name].detach()[~mask] == 0).all()) for name, mask in masks.items())
+    assert report.lora["constrained_to_mask"] and report.loss_last < report.loss_first
+
+
+def test_a_diverging_learning_rate_stops_with_the_weights_restored(tmp_path):
+    for train in ("all", "lora"):
+        model = pruned_llama()
+        before = snapshot(model)
+        with pytest.raises(RecoveryError, match="lr=1e\\+30.*restored"):
+            recover(model, batches(), steps=6, lr=1e30, train=train, progress=False, checkpoint=tmp_path / "ckpt")
+        after = model.state_dict()
+        assert all(torch.equal(before[name], after[name]) for name in before)
+        assert not any(isinstance(m, MaskedLoRALinear) for m in model.modules())
+        assert not (tmp_path / "ckpt").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_nan_loss_midway_restores_the_weights():
+    model = pruned_llama()
+    before = snapshot(model)
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(1)
+        loss = model(**batch).logits.float().pow(2).mean()
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    with pytest.raises(RecoveryError, match="loss became nan at step 2"):
+        recover(model, batches(), steps=5, lr=1e-3, loss_fn=loss_fn, progress=False)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_bad_input_is_refused_before_training():
+    model = pruned_llama()
+    before = snapshot(model)
+    tokenizer = word_tokenizer()
+    cases = [
+        (dict(data=[]), "data: expected at least one batch.*empty"),
+        (dict(data=["the cat"], tokenizer=tokenizer, seqlen=64), "too short for one batch: it has 3 tokens"),
+        (dict(data=[""], tokenizer=tokenizer), "empty"),
+        (dict(data=[{"input_ids": torch.zeros(2, 1, dtype=torch.long)}]), "too short for one training step"),
+        (dict(data=batches(), train="bias"), "train: expected one of all, norms, lora"),
+        (dict(data=batches(), steps=0), "steps: expected an integer >= 1"),
+        (dict(data=batches(), lr=-1.0), "lr: expected a finite learning rate > 0"),
+        (dict(data=batches(), lr=float("nan")), "lr"),
+        (dict(data=[torch.zeros(3)]), "without loss_fn every batch must be a dict"),
+    ]
+    for kwargs, message in cases:
+        kwargs.setdefault("steps", 2)
+        with pytest.raises(ValueError, match=message):
+            recover(model, progress=False, **kwargs)
+    with pytest.raises(ValueError, match="no such file"):
+        recover(model, "/nonexistent/recovery.txt", tokenizer=tokenizer, steps=1)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_text_batches_and_checkpoint(tmp_path):
+    tokenizer = word_tokenizer()
+    path = tmp_path / "train.txt"
+    path.write_text(TEXT)
+    windows = text_batches(tokenizer, path, seqlen=32, batch_size=3)
+    assert all(b["input_ids"].shape[1] == 32 for b in windows) and windows[0]["input_ids"].shape[0] == 3
+    assert sum(b["input_ids"].shape[0] for b in windows) == (len(TEXT.split()) + 1) // 32
+    model = pruned_llama()
+    report = recover(model, path, tokenizer=tokenizer, seqlen=32, batch_size=3, steps=3, lr=1e-3, progress=False,
+                     checkpoint=tmp_path / "out")
+    assert report.checkpoint == os.fspath(tmp_path / "out")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "train.txt"]
+
+
+def test_recover_after_layer_pruning_and_sparsify_refusal():
+    model = tiny_models.tiny_model("llama")
+    prunekit.prune_layers(model, indices=["0.mlp"], unit="sublayer")
+    report = recover(model, batches(2), steps=6, lr=3e-3, eval_batches=batches(2), progress=False)
+    assert report.perplexity_after < report.perplexity_before
+    sparse = pruned_llama()
+    prunekit.sparsify_(sparse, prunekit.SparsifyConfig(format="unstructured"))
+    with pytest.raises(ValueError, match="compressed sparse modules"):
+        recover(sparse, batches(), steps=1)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_data_parallel_recovery_matches_one_process(tmp_path):
+    """Two gloo ranks, one batch each per step, equal one process accumulating both batches."""
+    port = _free_port()
+    processes = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1",
+                   CUDA_VISIBLE_DEVICES="", PRUNEKIT_DIST_TIMEOUT="60")
+        processes.append(subprocess.Popen([sys.executable, str(HERE / "_recovery_worker.py"), str(tmp_path)], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=HERE))
+    logs = [p.communicate(timeout=240)[0].decode(errors="replace") for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = pruned_llama()
+        recover(model, batches(), steps=4, lr=1e-3, accumulation=2, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    expected = {n: p.detach() for n, p in model.named_parameters()}
+    for result in results:
+        assert result["world_size"] == 2 and result["still_zero"]
+        for name, value in result["weights"].items():
+            torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(results[0]["weights"][n], results[1]["weights"][n]) for n in expected)
+    assert (tmp_path / "checkpoint").is_dir() and (tmp_path / "checkpoint" / "config.json").is_file()
+
+
+def test_cli_recover_trains_and_writes_a_report(tmp_path, capsys):
+    tokenizer = word_tokenizer()
+    model_dir = tmp_path / "pruned"
+    pruned_llama().save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "train.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "out"
+    code = cli_main(["recover", os.fspath(model_dir), "--data", os.fspath(data), "--steps", "3", "--seqlen", "32",
+                     "--eval-data", os.fspath(data), "--eval-samples", "4", "--out", os.fspath(out), "--quiet"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())["recover"]
+    assert report["steps"] == 3 and report["pruned_weights_still_zero"] and report["perplexity_after"] is not None
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out / "model")
+    assert prunekit.recovery.zero_masks(reloaded).keys() == zero_masks(pruned_llama()).keys()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code = cli_main(["recover", os.fspath(model_dir), "--data", os.fspath(empty), "--steps", "3", "--out",
+                     os.fspath(tmp_path / "never")])
+    assert code == 2 and "--data" in capsys.readouterr().err and not (tmp_path / "never").exists()
+    code = cli_main(["recover", os.fspath(model_dir), "--data", os.fspath(data), "--steps", "2", "--lr", "1e30",
+                     "--no-eval", "--out", os.fspath(tmp_path / "diverged"), "--quiet"])
+    assert code == 2 and "restored" in capsys.readouterr().err
+    assert not (tmp_path / "diverged" / "model").exists()
