@@ -249,3 +249,35 @@ def test_storage_only_formats_and_explicit_runtime_formats(tmp_path):
         prunekit.load(path, model=masked_model(), format="csr16")
     with pytest.raises(ValueError, match=r"load: argument 'rows' must be an int >= 1 or None, but got 0"):
         prunekit.load(path, model=masked_model(), rows=0)
+
+
+def test_low_rank_layers_keep_their_factors_in_every_runtime_format(tmp_path):
+    """A pruned LowRankLinear is stored compressed with its factors; it loads back as a
+    LowRankLinear (dense) or a SparseLinear with the low-rank branch, computing the same."""
+    from prunekit.nn import LowRankLinear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    with torch.no_grad():
+        linear.weight[torch.rand(32, 64) < 0.6] = 0
+    model = nn.Sequential(LowRankLinear.from_linear(linear, torch.randn(4, 64) * 0.1, torch.randn(32, 4) * 0.1))
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        expected = model(x)
+    path = prunekit.save(model, tmp_path / "lowrank.safetensors")
+    spec = read_info(path)["modules"]["0"]
+    assert (spec["format"], spec["held"], spec["plain_class"], spec["lowrank_rank"]) == (
+        "unstructured", "plain", "LowRankLinear", 4)
+    skeleton = nn.Sequential(LowRankLinear.from_linear(nn.Linear(64, 32), torch.zeros(4, 64), torch.zeros(32, 4)))
+    loaded = prunekit.load(path, model=skeleton, format="saved")
+    assert loaded[0] is skeleton[0]  # assigned in place
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+    replaced = prunekit.load(path, model=nn.Sequential(nn.Linear(64, 32)), format="dense")
+    assert type(replaced[0]) is LowRankLinear
+    with torch.no_grad():
+        assert torch.equal(replaced(x), expected)
+    sparse = prunekit.load(path, model=nn.Sequential(nn.Linear(64, 32)), format="unstructured")
+    assert isinstance(sparse[0], SparseLinear) and sparse[0].lowrank_rank == 4
+    with torch.no_grad():
+        assert torch.allclose(sparse(x), expected, atol=1e-5)
