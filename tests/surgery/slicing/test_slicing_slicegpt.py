@@ -249,3 +249,35 @@ def test_calibration_that_does_not_fit_is_refused_before_any_change():
     with pytest.raises(ValueError, match="calib: item 0 does not fit"):
         slice_(model, 0.25, [{"input_ids": torch.full((2, 4), 1000)}], progress=False)  # ids past the vocabulary
     _assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("bases", slicing.BASES)
+def test_keep_embeddings_leaves_a_tied_head_tied(bases, tmp_path):
+    model = tiny_model("llama")
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    calib = calibration("llama")
+    ids = calib[0]["input_ids"]
+    dense = _logits(model, ids)
+    embedding = model.model.embed_tokens.weight
+    exact = tiny_model("llama")
+    exact.config.tie_word_embeddings = True
+    exact.tie_weights()
+    slice_(exact, 0.0, calib, bases=bases, keep_embeddings=True, progress=False)
+    torch.testing.assert_close(_logits(exact, ids), dense, atol=2e-5, rtol=1e-5)
+    report = slice_(model, 0.25, calib, bases=bases, keep_embeddings=True, progress=False)
+    assert not report.head_untied and model.config.tie_word_embeddings
+    assert model.lm_head.weight is model.model.embed_tokens.weight is embedding  # untouched
+    assert report.dims["embedding"] == report.dims["head"] == HIDDEN
+    assert report.dims["blocks"][0]["in"] == HIDDEN and report.dims["blocks"][-1]["out"] == HIDDEN
+    assert report.dims["blocks"][1]["in"] == HIDDEN * 3 // 4
+    assert report.params_after < report.params_before
+    prunekit.save(model, tmp_path / "sliced")
+    loaded = prunekit.load(tmp_path / "sliced")
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert torch.equal(_logits(loaded, ids), _logits(model, ids))
+
+
+def test_keep_embeddings_needs_rms_norms():
+    with pytest.raises(SlicingError, match="keep_embeddings: expected a model with RMS norms, but opt models"):
+        slice_(tiny_model("opt"), 0.25, calibration("opt"), keep_embeddings=True)

@@ -44,6 +44,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--bases", default="sublayer", choices=BASES,
                         help="sublayer: a basis at every boundary, two shortcut rotations per block (the paper); "
                              "block: one basis per block, one shortcut (fewer parameters) (default sublayer)")
+    parser.add_argument("--keep-embeddings", action="store_true",
+                        help="leave the embeddings, final norm and LM head as they are (a tied head stays tied); the "
+                             "first block reads and the last writes the full width (RMS-norm models)")
     parser.add_argument("--round-to", type=positive_int, default=8,
                         help="kept widths are multiples of this (default 8)")
     parser.add_argument("--calib", type=Path, metavar="FILE", help="calibration text file (UTF-8)")
@@ -134,7 +137,8 @@ def _slice_run(args, ratio, model, tokenizer, causal: bool, out: Path, started: 
                       f"{torch.get_num_threads()} threads; indicative: measured on a machine others may share)",
               "dense_ms": forward_ms(model, args.seqlen, args.time_runs, vocab)}
     logger.info("slicing %s at ratio %s (%s bases)", args.model, ratio, args.bases)
-    report = prunekit.slice_(model, ratio, calib, bases=args.bases, round_to=args.round_to, device=args.device,
+    report = prunekit.slice_(model, ratio, calib, bases=args.bases, round_to=args.round_to,
+                             keep_embeddings=args.keep_embeddings, device=args.device,
                              progress=not args.quiet)
     if quality is not None:
         with torch.no_grad():
@@ -152,7 +156,8 @@ def _slice_run(args, ratio, model, tokenizer, causal: bool, out: Path, started: 
         shutil.rmtree(partial, ignore_errors=True)
         raise
     result = {"command": "slice", "model": args.model, "model_class": type(model).__name__,
-              "config": {"ratio": ratio, "bases": args.bases, "round_to": args.round_to, "dtype": args.dtype},
+              "config": {"ratio": ratio, "bases": args.bases, "round_to": args.round_to,
+                         "keep_embeddings": args.keep_embeddings, "dtype": args.dtype},
               "calibration": calib_info, "quality": quality, "forward_time": timing,
               "checkpoint": {"path": "model", "format": "prunekit checkpoint of a sliced model (prunekit.load)"},
               "slice": report.to_dict(), "machine": machine_info(), "seconds": time.perf_counter() - started}

@@ -235,33 +235,54 @@ class _Plan:
     family: Family
     hidden: int
     ratios: list[float]
-    dims: list[int]
+    dims: list[int]  # the sliced width of each block's input (and middle)
     bases: str
     round_to: int
+    keep_embeddings: bool
+
+    @property
+    def embedding(self) -> int:
+        return self.hidden if self.keep_embeddings else self.dims[0]
+
+    @property
+    def head(self) -> int:
+        return self.hidden if self.keep_embeddings else self.dims[-1]
+
+    def layer(self, index: int) -> dict:
+        """The kept widths of block ``index``'s input, middle and output boundaries."""
+        last = index == len(self.dims) - 1
+        width_in = self.embedding if index == 0 else self.dims[index]
+        width_mid = self.hidden if (index == 0 and self.keep_embeddings and self.bases == "block") else self.dims[index]
+        return {"in": width_in, "mid": width_mid, "out": self.head if last else self.dims[index + 1]}
 
 
-def _plan(model: nn.Module, ratio, bases: str, round_to) -> _Plan:
+def _plan(model: nn.Module, ratio, bases: str, round_to, keep_embeddings: bool) -> _Plan:
     if not isinstance(model, nn.Module):
         raise TypeError(f"slice_: argument 'model' must be a torch.nn.Module, but got {type(model).__name__}")
     if bases not in BASES:
         raise SlicingError(f"bases: expected one of {BASES}, but got {bases!r}")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise SlicingError(f"round_to: expected a positive int, but got {round_to!r}")
+    if not isinstance(keep_embeddings, bool):
+        raise SlicingError(f"keep_embeddings: expected a bool, but got {keep_embeddings!r}")
     family = resolve_family(model)
+    if keep_embeddings and family.layer_norm:
+        raise SlicingError(f"keep_embeddings: expected a model with RMS norms, but {family.name} models normalise with "
+                           "LayerNorm, whose mean subtraction is folded by centring the embeddings (so they change)")
     hidden = int(model.config.hidden_size)
     blocks = model.get_submodule(family.blocks)
     if len(blocks) == 0:
         raise SlicingError("model: expected at least one decoder block, but the block list is empty")
     ratios = _block_ratios(ratio, len(blocks))
     dims = _block_dims(ratios, hidden, round_to)
-    if family.name == "gpt2" and dims[0] != dims[-1]:
+    if family.name == "gpt2" and dims[0] != dims[-1] and not keep_embeddings:
         raise SlicingError(f"ratio: GPT2Model reshapes its output to the embedding's width, so the first and last "
                            f"blocks must keep the same width, but got {dims[0]} and {dims[-1]} from {ratio!r}")
-    return _Plan(family, hidden, ratios, dims, bases, round_to)
+    return _Plan(family, hidden, ratios, dims, bases, round_to, keep_embeddings)
 
 
-def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to: int = 8, device=None,
-           progress: bool = True) -> SliceReport:
+def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to: int = 8,
+           keep_embeddings: bool = False, device=None, progress: bool = True) -> SliceReport:
     """Slices ``model`` in place with SliceGPT and returns a :class:`SliceReport`.
 
     - ``model``: a Hugging Face causal LM of a Llama (Llama, Mistral, Qwen2, SmolLM2), OPT
@@ -275,15 +296,18 @@ def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to:
     - ``bases``: "sublayer" (the paper: a basis at every boundary, two shortcut rotations per
       block) or "block" (the attention's input and output share the block's input basis: one
       shortcut per block, fewer parameters, the middle boundary sliced in the input's basis).
+    - ``keep_embeddings``: leave the embeddings, the final norm and the LM head as they are (a tied
+      head stays tied: no second vocabulary-sized matrix); the first block then reads and the last
+      block writes the full width, in the original basis (RMS-norm models only).
     - ``device``: where each block runs (default: where the model is); ``progress``: a bar.
 
-    A tied LM head is untied (it reads the last basis, the embedding writes the first). The
+    Otherwise a tied LM head is untied (it reads the last basis, the embedding writes the first). The
     Hugging Face config records the structure (``config.prunekit_slicing``) so that
     :func:`prunekit.load` rebuilds the sliced model from a :func:`prunekit.save` checkpoint.
     Every check runs before the model changes, and a failure part way restores the model.
     """
     started = time.perf_counter()
-    plan = _plan(model, ratio, bases, round_to)
+    plan = _plan(model, ratio, bases, round_to, keep_embeddings)
     if not isinstance(calib, (list, tuple)) or len(calib) == 0:
         raise SlicingError(f"calib: expected a non-empty list of model inputs, but got "
                            f"{type(calib).__name__ if not isinstance(calib, (list, tuple)) else 'an empty list'}")
@@ -294,6 +318,7 @@ def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to:
     block_params_before, params_before = _params(blocks), _params(model)
     head_tied = model.get_submodule(plan.family.head).weight is \
         model.get_submodule(plan.family.embeddings[0]).weight
+    untie = head_tied and not plan.keep_embeddings
     inputs = capture_block_inputs(model, plan.family.blocks, blocks, batches, device)  # the model is unchanged
     journal = _Journal()
     try:
@@ -302,7 +327,7 @@ def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to:
             spec = _spec(model, plan, biases_created)
             config_updates = {CONFIG_KEY: [None, "(the sliced structure)"]}
             journal.set_config(model.config, CONFIG_KEY, spec)
-            if getattr(model.config, "tie_word_embeddings", False):
+            if untie and getattr(model.config, "tie_word_embeddings", False):
                 journal.set_config(model.config, "tie_word_embeddings", False)
                 config_updates["tie_word_embeddings"] = [True, False]
     except BaseException:
@@ -310,14 +335,13 @@ def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to:
         raise
     tokens = sum(int(item.token_mask.sum()) if item.token_mask is not None else item.hidden.shape[:-1].numel()
                  for item in inputs)
-    layer_dims = [{"in": plan.dims[i], "mid": plan.dims[i], "out": plan.dims[min(i + 1, len(plan.dims) - 1)]}
-                  for i in range(len(plan.dims))]
+    layer_dims = [plan.layer(i) for i in range(len(plan.dims))]
     report = SliceReport(
         family=plan.family.name, ratio=ratio if isinstance(ratio, (int, float)) else list(plan.ratios),
         bases=plan.bases, round_to=plan.round_to, hidden_size=plan.hidden,
-        dims={"embedding": plan.dims[0], "blocks": layer_dims, "head": plan.dims[-1]},
+        dims={"embedding": plan.embedding, "blocks": layer_dims, "head": plan.head},
         block_params_before=block_params_before, block_params_after=_params(blocks), params_before=params_before,
-        params_after=_params(model), shortcuts=shortcuts, head_untied=head_tied, biases_created=biases_created,
+        params_after=_params(model), shortcuts=shortcuts, head_untied=untie, biases_created=biases_created,
         config_updates=config_updates, calibration_tokens=tokens, explained_variance=explained,
         seconds=time.perf_counter() - started)
     logger.info("sliced %s: %d -> %d block parameters (%.1f%% fewer)", type(model).__name__, block_params_before,
@@ -356,17 +380,22 @@ def _slice(model: nn.Module, plan: _Plan, inputs: list, journal: _Journal, devic
     if family.layer_norm:  # the folded model's stream is zero-mean: so are the captured inputs
         for item in inputs:
             item.hidden = item.hidden - item.hidden.mean(dim=-1, keepdim=True)
-    covariance = sum(_covariance(item.hidden, item.token_mask) for item in inputs)
-    basis, values = _principal_basis(covariance, f"the input of {family.blocks}.0")
-    kept = plan.dims[0]
-    explained["embedding"] = _explained(values, kept)
+    if plan.keep_embeddings:  # the first boundary stays in the original basis, full width
+        basis, kept = torch.eye(hidden, dtype=torch.float64, device=device), hidden
+        embeddings = []
+    else:
+        covariance = sum(_covariance(item.hidden, item.token_mask) for item in inputs)
+        basis, values = _principal_basis(covariance, f"the input of {family.blocks}.0")
+        kept = plan.embedding
+        explained["embedding"] = _explained(values, kept)
     for name, embedding in zip(family.embeddings, embeddings):
         weight = embedding.weight.double()
         if family.layer_norm:
             weight = weight - weight.mean(dim=1, keepdim=True)
         set_embedding(embedding, (weight @ basis[:, :kept].to(weight.device)).to(dtype), journal.set)
-    for item in inputs:
-        item.hidden = item.hidden @ basis[:, :kept].to(item.hidden)
+    if not plan.keep_embeddings:
+        for item in inputs:
+            item.hidden = item.hidden @ basis[:, :kept].to(item.hidden)
 
     bar = tqdm(range(len(blocks)), desc="prunekit slice: blocks", disable=None if progress else True)
     for index in bar:
@@ -380,6 +409,8 @@ def _slice(model: nn.Module, plan: _Plan, inputs: list, journal: _Journal, devic
         finally:
             layer.to(home)
     bar.close()
+    if plan.keep_embeddings:  # the last boundary is in the original basis: norm and head stay
+        return explained, biases_created, shortcuts
 
     final_norm = model.get_submodule(family.final_norm)
     head = model.get_submodule(family.head)
@@ -424,7 +455,7 @@ def _slice_block(layer: nn.Module, index: int, prefix: str, plan: _Plan, inputs:
             covariance = covariance + _covariance(middle, item.token_mask)
             middles.append(middle)
         mid_basis_full, values = _principal_basis(covariance, f"the middle of {prefix}")
-        mid_kept = kept
+        mid_kept = plan.layer(index)["mid"]
         explained[f"{prefix}.mid"] = _explained(values, mid_kept)
         mid_basis = mid_basis_full[:, :mid_kept].to(device)
         set_linear_journaled(attn_output, mid_basis.t() @ matrix, None if bias is None else bias @ mid_basis,
@@ -451,9 +482,12 @@ def _slice_block(layer: nn.Module, index: int, prefix: str, plan: _Plan, inputs:
         output = item.hidden @ mid_basis.t().to(item.hidden) + layer.mlp_branch(item.hidden)
         covariance = covariance + _covariance(output, item.token_mask)
         outputs.append(output)
-    out_basis_full, values = _principal_basis(covariance, f"the output of {prefix}")
-    out_kept = plan.dims[min(index + 1, len(plan.dims) - 1)]
-    explained[f"{prefix}.out"] = _explained(values, out_kept)
+    out_kept = plan.layer(index)["out"]
+    if plan.keep_embeddings and index == len(plan.dims) - 1:  # the LM head reads the original basis
+        out_basis_full = torch.eye(plan.hidden, dtype=torch.float64, device=device)
+    else:
+        out_basis_full, values = _principal_basis(covariance, f"the output of {prefix}")
+        explained[f"{prefix}.out"] = _explained(values, out_kept)
     out_basis = out_basis_full[:, :out_kept].to(device)
     set_linear_journaled(mlp_output, out_basis.t() @ matrix, None if bias is None else bias @ out_basis,
                          f"{prefix}.{family.mlp_output}")
@@ -472,13 +506,13 @@ def _spec(model: nn.Module, plan: _Plan, biases_created: list[str]) -> dict:
     layers = []
     for index, layer in enumerate(blocks):
         layers.append({
-            "in": plan.dims[index], "mid": plan.dims[index], "out": plan.dims[min(index + 1, len(plan.dims) - 1)],
-            "attn_shortcut": layer.attn_shortcut is not None, "mlp_shortcut": layer.mlp_shortcut is not None,
+            **plan.layer(index), "attn_shortcut": layer.attn_shortcut is not None,
+            "mlp_shortcut": layer.mlp_shortcut is not None,
             "eps": [getattr(layer, family.attn_norm).eps, getattr(layer, family.mlp_norm).eps]})
     return {"format": SPEC_FORMAT, "method": "slicegpt", "family": family.name, "hidden_size": plan.hidden,
-            "ratio": plan.ratios, "bases": plan.bases, "round_to": plan.round_to, "embedding": plan.dims[0],
-            "layers": layers, "head": plan.dims[-1],
-            "final_eps": model.get_submodule(family.final_norm).eps, "biases_created": list(biases_created)}
+            "ratio": plan.ratios, "bases": plan.bases, "round_to": plan.round_to, "embedding": plan.embedding,
+            "layers": layers, "head": plan.head, "keep_embeddings": plan.keep_embeddings,
+            "final_eps": norm_eps(model.get_submodule(family.final_norm)), "biases_created": list(biases_created)}
 
 
 def restore_sliced_structure(model: nn.Module, spec: dict) -> None:
@@ -508,7 +542,8 @@ def restore_sliced_structure(model: nn.Module, spec: dict) -> None:
         new_bias = None if bias is None else bias.new_empty(out_features)
         set_linear(module, weight.new_empty(out_features, in_features), new_bias)
 
-    for name in family.embeddings:
+    keep_embeddings = bool(spec.get("keep_embeddings", False))
+    for name in () if keep_embeddings else family.embeddings:
         embedding = model.get_submodule(name)
         set_embedding(embedding, embedding.weight.new_empty(embedding.weight.shape[0], embedding_dim))
     for index, (layer, dims) in enumerate(zip(blocks, layers)):
@@ -534,6 +569,10 @@ def restore_sliced_structure(model: nn.Module, spec: dict) -> None:
                 setattr(layer, name, _shortcut_linear(weight.new_empty(size_in, size_out), weight.dtype,
                                                       weight.device))
     head = model.get_submodule(family.head)
+    if keep_embeddings:
+        if getattr(model.config, "tie_word_embeddings", False):  # so that load ties them again after loading
+            head.weight = model.get_submodule(family.embeddings[0]).weight
+        return
     empty_like_linear(head, head.weight.shape[0], head_dim, family.head)
     parent, _, child = family.final_norm.rpartition(".")
     setattr(model.get_submodule(parent), child, ResidualRMSNorm(hidden, final_eps))
