@@ -217,3 +217,26 @@ def test_bad_input_leaves_the_model_unchanged():
         assert torch.equal(value, state[key]), key
     assert model.config.num_hidden_layers == BLOCKS
     assert not any(isinstance(m, (RemovedAttention, RemovedMLP)) for m in model.modules())
+
+
+def test_cli_prune_layers_writes_reloadable_models(tmp_path, capsys):
+    from prunekit.app.cli import main as cli_main
+
+    source = tmp_path / "tiny"
+    deep_tiny("llama").save_pretrained(source)
+    common = ["--nsamples", "4", "--seqlen", "16", "--eval-samples", "2", "--quiet"]
+    assert cli_main(["prune-layers", str(source), "--ratio", "0.25", "--out", str(tmp_path / "blocks")] + common) == 0
+    result = json.loads((tmp_path / "blocks" / "report.json").read_text())
+    assert result["prune_layers"]["blocks_after"] == BLOCKS - 1 and result["checkpoint"]["format"].startswith("Hugging")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "blocks" / "model")
+    assert reloaded.config.num_hidden_layers == BLOCKS - 1
+    assert "## Scores" in (tmp_path / "blocks" / "report.md").read_text()
+    assert cli_main(["prune-layers", str(source), "--unit", "sublayer", "--indices", "1.attention,2.mlp", "--out",
+                     str(tmp_path / "sub")] + common) == 0
+    loaded = prunekit.load(tmp_path / "sub" / "model")
+    assert sum(isinstance(m, (RemovedAttention, RemovedMLP)) for m in loaded.modules()) == 2
+    assert cli_main(["prune-layers", str(source), "--indices", "9", "--out", str(tmp_path / "bad")] + common) == 2
+    assert "indices: expected block indices in [0, 3], but got 9" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "model").exists()
+    assert cli_main(["prune-layers", str(source), "--ratio", "1.5", "--out", str(tmp_path / "bad2")] + common) == 2
+    assert "--ratio" in capsys.readouterr().err and not (tmp_path / "bad2").exists()

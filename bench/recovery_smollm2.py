@@ -1,0 +1,116 @@
+"""Quality of layer pruning and recovery training on SmolLM2-135M under the preamble's protocol
+(perplexity on 64 x 128-token windows of the held-out novel; calibration on standard-library
+docstrings), written as JSON lines to bench/results/recovery_smollm2.jsonl (one line per run) for
+bench/results/recovery_smollm2.md.
+
+Training text: prose docstrings of standard-library modules outside the evaluation set (the
+calibration modules and the others in TRAIN_MODULES), never the novel.
+
+    python bench/recovery_smollm2.py wanda --train all --steps 60 --lr 2e-4
+    python bench/recovery_smollm2.py layers --unit block --ratio 0.25 --steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import prunekit
+from prunekit.app.benchmarks.common import machine_info
+from prunekit.app.evaluation import (CALIBRATION_MODULES, EVALUATION_MODULES, docstring_paragraphs,
+                                     lm_quality_batches, perplexity)
+from prunekit.hf import load_model
+from prunekit.recovery import text_batches, zero_masks
+
+RESULTS = Path(__file__).resolve().parent / "results" / "recovery_smollm2.jsonl"
+TRAIN_MODULES = CALIBRATION_MODULES + (
+    "configparser", "contextlib", "enum", "pickle", "tempfile", "difflib", "glob", "xml.etree.ElementTree",
+    "sched", "queue", "weakref", "copy", "pprint", "calendar", "locale", "gettext", "codecs", "hashlib", "base64",
+    "html.parser", "mailbox", "smtplib", "imaplib", "optparse", "shlex", "cmd", "pdb", "timeit", "trace", "ast",
+    "tokenize", "pkgutil", "runpy", "sqlite3", "socket", "ssl", "selectors", "socketserver", "http.server",
+    "xmlrpc.client", "plistlib", "sysconfig", "platform", "traceback", "warnings", "abc", "numbers", "operator",
+    "bisect", "array", "math", "cmath", "ipaddress", "uuid", "secrets", "hmac", "gzip", "bz2", "lzma", "zlib",
+    "filecmp", "fnmatch", "linecache", "stat", "tomllib", "wave", "colorsys", "imaplib", "nntplib", "ftplib")
+
+
+def training_paragraphs() -> list[str]:
+    assert not set(TRAIN_MODULES) & set(EVALUATION_MODULES)
+    modules = []
+    for name in dict.fromkeys(TRAIN_MODULES):
+        try:
+            __import__(name)
+            modules.append(name)
+        except ImportError:
+            pass
+    return docstring_paragraphs(modules)
+
+
+def record(row: dict) -> None:
+    row.update(machine=machine_info(), commit=os.popen("git rev-parse --short HEAD").read().strip(),
+               threads=torch.get_num_threads())
+    RESULTS.parent.mkdir(exist_ok=True)
+    with open(RESULTS, "a") as file:
+        file.write(json.dumps(row) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if k != "machine"}), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("wanda", "layers"))
+    parser.add_argument("--train", default="all", choices=("all", "norms", "lora"))
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--unit", default="block", choices=("block", "sublayer"))
+    parser.add_argument("--ratio", type=float, default=0.25)
+    parser.add_argument("--budget", default="units", choices=("units", "parameters"))
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", default="/tmp/prunekit-recovery-wanda50.pt",
+                        help="the Wanda 50%% state dict, reused between runs")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tokenizer, _ = load_model("smollm2")
+    calib, heldout = lm_quality_batches(tokenizer)
+    row = {"part": args.part}
+    if args.part == "wanda":
+        if os.path.isfile(args.cache):
+            model.load_state_dict(torch.load(args.cache))
+        else:
+            started = time.perf_counter()
+            prunekit.prune(model, prunekit.PruneConfig(method="wanda", sparsity=0.5), calib)
+            row["prune_seconds"] = time.perf_counter() - started
+            torch.save(model.state_dict(), args.cache)
+        row["method"] = "wanda 0.5"
+    else:
+        row["dense_perplexity"] = perplexity(model, heldout)
+        report = prunekit.prune_layers(model, args.ratio, calib, args.unit, budget=args.budget, rounds=args.rounds,
+                                       progress=False)
+        row.update(method=f"prune_layers {args.unit} {args.ratio} ({args.budget}, {args.rounds} rounds)",
+                   layer_report=report.to_dict())
+    masks = zero_masks(model)
+    if args.steps == 0:
+        row["pruned_perplexity"] = perplexity(model, heldout)
+    else:
+        batches = text_batches(tokenizer, training_paragraphs(), seqlen=128, batch_size=args.batch_size, seed=0)
+        report = prunekit.recover(model, batches, steps=args.steps, lr=args.lr, train=args.train,
+                                  eval_batches=heldout, time_batch=calib[0], progress=False)
+        params = dict(model.named_parameters())
+        still_zero = all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
+        row.update(train=args.train, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                   training_windows=sum(len(b["input_ids"]) for b in batches), recover=report.to_dict(),
+                   pruned_perplexity=report.perplexity_before, recovered_perplexity=report.perplexity_after,
+                   still_zero=still_zero,
+                   pruned_weights=int(sum(int((~m).sum()) for m in masks.values())))
+    record(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
