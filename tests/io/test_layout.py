@@ -123,3 +123,19 @@ def test_each_module_round_trips_through_its_format_entry(name):
     assert set(state) == set(fmt.state_names)
     for key, tensor in module.weight_state().items():
         assert torch.equal(state[key], tensor), key
+
+
+def test_the_version_1_fixture_loads_with_this_machines_runtime_formats():
+    """load's default ("auto") picks each layer's runtime format here; the weights stay exact."""
+    dense = layout_model()
+    loaded = prunekit.load(FIXTURE, model=LayoutModel())
+    for name in FORMATS:
+        module, original = getattr(loaded, name), getattr(dense, name)
+        weight = module.dense_matrix() if isinstance(module, (SparseLinear, SparseConv2d)) else module.weight
+        assert torch.equal(weight.reshape(original.weight.shape), original.weight), name
+    x = torch.randn(2, 40)
+    expected = dense.bitmap(x)
+    if type(loaded.bitmap) is nn.Linear:  # kept dense by this machine's table: the very same computation
+        assert torch.equal(loaded.bitmap(x), expected)
+    else:
+        assert torch.allclose(loaded.bitmap(x), expected, atol=1e-5)
