@@ -24,8 +24,9 @@ import torch.nn as nn
 from . import criteria
 from .allocation import global_allocation, owl_layer_sparsities, uniform_allocation
 from .calibrate.gradients import gradient_norms, language_model_loss
-from .calibrate.pipeline import (CalibrationBatch, LayerInputStats, PrunableLayer, find_prunable_layers,
-                                 walk_blocks)
+from .calibrate.pipeline import (INPUT_STATISTICS, CalibrationBatch, LayerInputStats, PrunableLayer,
+                                 find_prunable_layers, walk_blocks)
+from .calibrate.timing import StageTimer
 from .distributed import SingleProcessStrategy, strategy_for
 from .prune_config import PruneConfig
 from .prune_report import LayerReport, PruneReport
@@ -69,16 +70,21 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
                          refine=config.refine, sequential=config.sequential,
                          calibration_items=0 if items is None else len(items))
 
-    with strategy.guard("the sparsity allocation"):
+    timer = StageTimer()
+    needs, error_kind = _statistics_needed(config, method)
+    report.reconstruction_error_kind = error_kind if items is not None else None
+    walk_items = items if (needs or _walk_needed(config)) else None  # nothing to gather: no forwards
+    with strategy.guard("the sparsity allocation"), timer.stage("allocation"):
         sparsities = _allocate(model, layers, items, config, strategy,
-                               None if block_loader is None else block_loader.reading())
+                               None if block_loader is None else block_loader.reading(), timer)
     logger.info("prune: %s at %s (%s allocation) over %d layers%s", method.name, report.sparsity,
                 report.allocation, len(layers), strategy.describe())
 
     gradients = {}
     if "gradients" in method.needs:
-        gradients = gradient_norms(model, layers, items, config.loss_fn or _default_loss(method.name),
-                                   strategy=strategy, loss_name="PruneConfig.loss_fn")
+        with timer.stage("gradients"):
+            gradients = gradient_norms(model, layers, items, config.loss_fn or _default_loss(method.name),
+                                       strategy=strategy, loss_name="PruneConfig.loss_fn")
     generator = torch.Generator().manual_seed(config.seed)
     options = {option: getattr(config, option) for option in method.options}
 
@@ -86,7 +92,7 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
         """Prunes one layer in place; returns the numerator and denominator of its error."""
         # Where the layer's statistics are (its block ran on PruneConfig.device), else on
         # PruneConfig.device (a run without data), else where the layer is.
-        device = stats.hessian.device if stats is not None else (
+        device = stats.device if stats is not None else (
             torch.device(config.device) if config.device is not None else layer.weight.device)
         dense = layer.matrix().to(device=device, dtype=torch.float32)
         weight = layer.matrix().to(device=device, dtype=torch.float32)
@@ -98,25 +104,34 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
                               name=layer.name, options=options)
         if config.update is not None and stats is not None:  # a weight update on the method's support
             pruned = update_from_config(config, dense, pruned, stats.hessian, layer.name)
-        error_terms = None if stats is None else _error_terms(dense, pruned, stats.hessian)
+        error_terms = None
+        if stats is not None and error_kind is not None:
+            with timer.stage("errors"):
+                error_terms = _error_terms(dense, pruned, stats, error_kind)
         layer.set_matrix(pruned)
         return error_terms
 
     # A criterion drawing random numbers takes them from one generator in layer order, so every
     # process solves every layer; so does a run without data (cheap). Otherwise the strategy may
     # spread a block's solves over processes.
-    replicated = items is None or "generator" in method.needs
+    replicated = walk_items is None or "generator" in method.needs
+
+    def timed_solve(layer: PrunableLayer, stats: LayerInputStats | None) -> tuple[float, float] | None:
+        with timer.stage("solves"):
+            return solve(layer, stats)
+
     post = PostSolve(model, refine_block="block" in config.refinements, compensate=config.compensate,
                      steps=config.block_refine_steps, lr=config.block_refine_lr,
                      validation=config.block_refine_validation, world=getattr(strategy, "world", 1))
-    for what, block, step_layers, step_stats in _steps(model, layers, items, config, strategy, block_loader,
-                                                       post.after_block):
+    for what, block, step_layers, step_stats in _steps(model, layers, walk_items, config, strategy, block_loader,
+                                                       post.after_block, needs, timer):
         post.before_solve(step_layers)
-        terms = strategy.solve(list(step_layers), lambda name: solve(step_layers[name], step_stats.get(name)),
+        terms = strategy.solve(list(step_layers), lambda name: timed_solve(step_layers[name], step_stats.get(name)),
                                outputs={name: layer.weight.detach() for name, layer in step_layers.items()},
                                cost=lambda name: method.cost(*step_layers[name].matrix().shape),
                                replicated=replicated, what=what)
-        post.after_solve(block, step_layers, step_stats)
+        with timer.stage("solves"):
+            post.after_solve(block, step_layers, step_stats)
         for name, layer in step_layers.items():
             report.add_layer(name, layer.shape, layer.weight.numel(), int((layer.matrix() == 0).sum()),
                              sparsities[name], terms[name], block)
@@ -126,6 +141,9 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
     order = {name: i for i, name in enumerate(layers)}
     report.layers.sort(key=lambda layer: order[layer.name])
     report.seconds = time.perf_counter() - started
+    report.timings = {stage: round(seconds, 4) for stage, seconds in timer.seconds.items()}
+    report.timings["other"] = round(max(report.seconds - sum(timer.seconds.values()), 0.0), 4)
+    report.timings["total"] = round(report.seconds, 4)
     logger.info("prune: %d/%d weights pruned (%.4f), total reconstruction error %s in %.1f s",
                 report.total_pruned, report.total_params, report.total_sparsity,
                 report.total_reconstruction_error, report.seconds)
@@ -231,7 +249,7 @@ def _run_facts(layers: dict[str, PrunableLayer], items: list | None, config: Pru
 # ----------------------------------------------------------------------------- allocation
 
 def _allocate(model: nn.Module, layers: dict[str, PrunableLayer], items: list | None, config: PruneConfig,
-              strategy: SingleProcessStrategy, block_loader=None) -> dict[str, float]:
+              strategy: SingleProcessStrategy, block_loader=None, timer: StageTimer | None = None) -> dict[str, float]:
     allocation = config.effective_allocation
     if allocation == "uniform":
         return uniform_allocation({n: l.weight.numel() for n, l in layers.items()}, config.target_sparsity)
@@ -240,7 +258,7 @@ def _allocate(model: nn.Module, layers: dict[str, PrunableLayer], items: list | 
         return global_allocation(scores, config.target_sparsity, min_keep=config.min_keep)
     walk = walk_blocks(model, items, layers, sequential=False, device=config.device, blocks_path=config.blocks,
                        progress=config.progress, description="prunekit OWL statistics", strategy=strategy,
-                       block_loader=block_loader)
+                       block_loader=block_loader, needs={"input_norms"}, timer=timer)
     return owl_layer_sparsities(walk, config.target_sparsity, outlier_threshold=config.owl_threshold,
                                 lam=config.owl_lambda)
 
@@ -256,8 +274,9 @@ def _default_loss(method: str):
 
 
 def _steps(model: nn.Module, layers: dict[str, PrunableLayer], items: list | None, config: PruneConfig,
-           strategy: SingleProcessStrategy, block_loader=None,
-           after_block=None) -> Iterator[tuple[str, str | None, dict, dict]]:
+           strategy: SingleProcessStrategy, block_loader=None, after_block=None,
+           needs: frozenset[str] | None = None,
+           timer: StageTimer | None = None) -> Iterator[tuple[str, str | None, dict, dict]]:
     """(what, block, layers, input statistics by name) per step: each block of the calibration
     walk, or every layer at once without calibration data. ``after_block``: the walk's hook after
     a block's layers are solved (block refinement)."""
@@ -269,7 +288,7 @@ def _steps(model: nn.Module, layers: dict[str, PrunableLayer], items: list | Non
         return
     for step in walk_blocks(model, items, layers, sequential=config.sequential, device=config.device,
                             blocks_path=config.blocks, progress=config.progress, strategy=strategy,
-                            block_loader=block_loader, after_block=after_block):
+                            block_loader=block_loader, after_block=after_block, needs=needs, timer=timer):
         yield f"pruning the layers of {step.name}", step.name if step.index >= 0 else None, step.layers, step.stats
 
 
@@ -285,9 +304,40 @@ def _refiner(config: PruneConfig, layer: PrunableLayer, stats: LayerInputStats |
     return refine
 
 
-def _error_terms(dense: torch.Tensor, pruned: torch.Tensor, hessian: torch.Tensor) -> tuple[float, float]:
-    """(tr(dW H dW^T), tr(W H W^T)): ||X dW^T||^2 and ||X W^T||^2 up to the same factor 2/n."""
-    hessian = hessian.to(torch.float32)
+def _statistics_needed(config: PruneConfig, method) -> tuple[frozenset[str], str | None]:
+    """The input statistics the run reads (names of INPUT_STATISTICS) and the kind of its
+    reconstruction errors ("exact", "diagonal" or None): only what the method, the refinements,
+    the update and the report ask for."""
+    needs = set(method.needs & INPUT_STATISTICS)
+    if "dsnot" in config.refinements:
+        needs |= {"input_mean", "input_var", "input_norms", "hessian"}
+    if _walk_needed(config):  # DSnoT, a weight update, compensation and block refinement read H
+        needs |= {"hessian"}
+    kind = config.report_errors
+    if kind == "auto":
+        kind = "exact" if "hessian" in needs else "diagonal"
+    if kind == "exact":
+        needs.add("hessian")
+    elif kind == "diagonal":
+        needs.add("input_norms")
+    return frozenset(needs), kind
+
+
+def _walk_needed(config: PruneConfig) -> bool:
+    """Whether the calibration walk runs for something other than input statistics."""
+    return any(getattr(config, option, None) is not None for option in ("refine", "update", "compensate"))
+
+
+def _error_terms(dense: torch.Tensor, pruned: torch.Tensor, stats: LayerInputStats, kind: str) -> tuple[float, float]:
+    """(tr(dW H dW^T), tr(W H W^T)): ||X dW^T||^2 and ||X W^T||^2 up to the same factor 2/n;
+    with ``kind`` "diagonal", H's off-diagonal entries are left out (no Hessian needed)."""
+    if kind == "diagonal":
+        diagonal = stats.hessian_diagonal.to(device=dense.device, dtype=torch.float32)
+        delta = dense - pruned
+        numerator = float((delta.square() * diagonal).sum())
+        denominator = float((dense.square() * diagonal).sum())
+        return max(numerator, 0.0), denominator
+    hessian = stats.hessian.to(torch.float32)
     delta = dense - pruned
     numerator = float(((delta @ hessian) * delta).sum())
     denominator = float(((dense @ hessian) * dense).sum())

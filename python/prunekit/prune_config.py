@@ -16,6 +16,7 @@ from .solvers.masks import check_sparsity
 from .solvers.patterns import parse_pattern
 
 REFINEMENTS = (None, "dsnot", "block")  # and ("dsnot", "block"): masks refined, then the block
+REPORT_ERRORS = ("auto", "exact", "diagonal", None)
 
 
 @dataclass
@@ -58,6 +59,10 @@ class PruneConfig:
       ``gblm_loss`` is its deprecated name (one release, with a DeprecationWarning).
     - ``device``: where blocks run (default: where the model is); ``blocks``: the name of the
       model's block list when it is not found automatically; ``progress``: show a progress bar.
+    - ``report_errors``: the per-layer reconstruction errors of the report: "exact" (from each
+      input's Hessian, built for this if the method needs none), "diagonal" (an estimate from the
+      Hessian's diagonal, as if input features were uncorrelated: nearly free), None (none), or
+      "auto" (default): "exact" where the run builds Hessians anyway, else "diagonal".
     - ``distributed``: spread the run over the ranks of a torch.distributed process group
       (``process_group``, default: the default group). None: when one with more than one rank is
       initialised; True: insist; False: never. Every rank calls :func:`prune` with the same model,
@@ -91,6 +96,7 @@ class PruneConfig:
     device: str | torch.device | None = None
     blocks: str | None = None
     progress: bool = True
+    report_errors: str | None = "auto"
     distributed: bool | None = None
     process_group: object | None = None
     gblm_loss: InitVar[Callable | None] = None
@@ -145,6 +151,9 @@ class PruneConfig:
             raise ValueError(f"PruneConfig.blocksize: expected >= 1, but got {self.blocksize}")
         if self.percdamp < 0:
             raise ValueError(f"PruneConfig.percdamp: expected >= 0, but got {self.percdamp}")
+        if self.report_errors not in REPORT_ERRORS:
+            raise ValueError(f"PruneConfig.report_errors: expected one of {', '.join(map(repr, REPORT_ERRORS))}, "
+                             f"but got {self.report_errors!r}")
         if self.distributed not in (None, True, False):
             raise ValueError(f"PruneConfig.distributed: expected None, True or False, but got {self.distributed!r}")
 

@@ -15,7 +15,10 @@ class LayerReport:
     target_sparsity: float
     sparsity: float
     reconstruction_error: float | None
-    """||X W^T - X W_s^T||^2 / ||X W^T||^2 over the layer's calibration inputs (None without data)."""
+    """||X W^T - X W_s^T||^2 / ||X W^T||^2 over the layer's calibration inputs (None without data);
+    with ``PruneReport.reconstruction_error_kind`` "diagonal", its estimate from the diagonal of
+    X^T X alone: sum_ij dW_ij^2 ||X_j||^2 / sum_ij W_ij^2 ||X_j||^2 (the inputs' cross terms left
+    out, as if the input features were uncorrelated)."""
     block: str | None = None
 
 
@@ -31,6 +34,14 @@ class PruneReport:
     layers: list[LayerReport] = field(default_factory=list)
     calibration_items: int = 0
     seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+    """Wall-clock seconds per stage of the run (exclusive): "allocation", "gradients",
+    "calibration_forwards" (block forwards, the capture of the first block's inputs included),
+    "statistics" (Hessians, norms, feature sums, their reduction), "solves" (criteria, solvers,
+    refinements), "errors" (reconstruction errors), "other" (the rest), "total"."""
+    reconstruction_error_kind: str | None = None
+    """"exact" (from the Hessian), "diagonal" (from the Hessian's diagonal: see
+    :attr:`LayerReport.reconstruction_error`) or None (not computed)."""
     block_refinement: list = field(default_factory=list)
     """Per refined block (refine="block"): its output error before and after, the step kept."""
     compensation: dict = field(default_factory=dict)
@@ -83,6 +94,8 @@ class PruneReport:
             "sequential": self.sequential,
             "calibration_items": self.calibration_items,
             "seconds": self.seconds,
+            "timings": self.timings,
+            "reconstruction_error_kind": self.reconstruction_error_kind,
             "total_params": self.total_params,
             "total_pruned": self.total_pruned,
             "total_sparsity": self.total_sparsity,
@@ -104,6 +117,9 @@ class PruneReport:
             lines.append(f"{layer.name:<48} {'x'.join(map(str, layer.shape)):>16} {layer.target_sparsity:>7.4f} "
                          f"{layer.sparsity:>8.4f} {error:>10}")
         total_error = self.total_reconstruction_error
+        kind = "" if self.reconstruction_error_kind in (None, "exact") else f" ({self.reconstruction_error_kind})"
         lines.append(f"total: {self.total_pruned}/{self.total_params} pruned ({self.total_sparsity:.4f}), "
-                     f"reconstruction error {'-' if total_error is None else f'{total_error:.4g}'}")
+                     f"reconstruction error {'-' if total_error is None else f'{total_error:.4g}'}{kind}")
+        if self.timings:
+            lines.append("seconds: " + ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in self.timings.items()))
         return "\n".join(lines)

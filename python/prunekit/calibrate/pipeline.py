@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..distributed import SingleProcessStrategy
-from .hessian import HessianAccumulator
+from .hessian import HessianAccumulator, HessianDiagonalAccumulator
+from .timing import StageTimer, stage
 
 logger = logging.getLogger(__name__)
 
@@ -111,29 +112,82 @@ def find_prunable_layers(model: nn.Module) -> dict[str, PrunableLayer]:
 
 # ----------------------------------------------------------------------------- statistics
 
-class LayerInputStats:
-    """Running statistics of a layer's inputs: the Hessian H = 2/n sum x x^T (through
-    :class:`HessianAccumulator`) and the feature sums, from which the L2 norm, mean and variance
-    of every input feature follow."""
+INPUT_STATISTICS = frozenset({"hessian", "input_norms", "input_mean", "input_var"})
+"""What :class:`LayerInputStats` can gather (``needs``); by default all of it."""
 
-    def __init__(self, layer: PrunableLayer, device=None):
+
+class LayerInputStats:
+    """Running statistics of a layer's inputs, only those in ``needs`` (default: all of
+    :data:`INPUT_STATISTICS`): the Hessian H = 2/n sum x x^T (through
+    :class:`HessianAccumulator`), or only its diagonal (:class:`HessianDiagonalAccumulator`,
+    bit-identical to the full Hessian's) when the norms or the variance are needed without H, and
+    the feature sums for the mean and variance. The L2 norm, mean and variance of every input
+    feature follow from these. Reading a statistic that was not gathered raises ValueError."""
+
+    def __init__(self, layer: PrunableLayer, device=None, needs: Iterable[str] | None = None):
         self.layer = layer
+        self.needs = INPUT_STATISTICS if needs is None else frozenset(needs)
+        unknown = sorted(self.needs - INPUT_STATISTICS)
+        if unknown:
+            raise ValueError(f"LayerInputStats: needs: expected names among {sorted(INPUT_STATISTICS)}, but got "
+                             f"{unknown}")
         features = layer.in_features
-        device = device if device is not None else layer.weight.device
-        self.accumulator = HessianAccumulator(features, device=device)
-        self.feature_sum = torch.zeros(features, dtype=torch.float64, device=device)
+        self.device = torch.device(device) if device is not None else layer.weight.device
+        self.accumulator = HessianAccumulator(features, device=self.device) if "hessian" in self.needs else None
+        self.diagonal_accumulator = None
+        if self.accumulator is None and self.needs & {"input_norms", "input_var"}:
+            self.diagonal_accumulator = HessianDiagonalAccumulator(features, device=self.device)
+        self.feature_sum = (torch.zeros(features, dtype=torch.float64, device=self.device)
+                            if self.needs & {"input_mean", "input_var"} else None)
+        self._rows_seen = 0
+        self.readers = 1  # the layers reading these statistics (see _SharedInputs)
+        self._factor: list = []  # [percdamp, factor, reads left] while layers sharing it still need it
+
+    def inverse_hessian_factor(self, percdamp: float, name: str | None = None) -> torch.Tensor:
+        """SparseGPT's damped inverse-Hessian factor (:func:`prunekit.solvers.inverse_hessian_factor`)
+        of these statistics, computed once for the ``readers`` layers that share them and dropped
+        after the last one read it. Dead-input columns are not zeroed here (the solver does)."""
+        from ..solvers.sparsegpt import inverse_hessian_factor
+
+        if self._factor and self._factor[0] == percdamp:
+            factor = self._factor[1]
+        else:
+            factor = inverse_hessian_factor(self.hessian, percdamp=percdamp, name=name or self.layer.name)
+            self._factor = [percdamp, factor, self.readers]
+        self._factor[2] -= 1
+        if self._factor[2] <= 0:
+            self._factor = []
+        return factor
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
         rows = self.layer.input_rows(x.detach(), token_mask)
         if rows.shape[0] == 0:
             return
+        rows = rows.to(self.device)
+        if self.feature_sum is not None:
+            # A sum in float64 of finite inputs is finite: one cheap pass doubles as the finiteness
+            # check (the exact check runs only to confirm a non-finite sum).
+            feature_sum = rows.sum(dim=0, dtype=torch.float64)
+            if not bool(torch.isfinite(feature_sum).all()):
+                self._check_finite(rows)
+        elif self.accumulator is None and self.diagonal_accumulator is None:
+            self._check_finite(rows)
+        accumulator = self.accumulator if self.accumulator is not None else self.diagonal_accumulator
+        if accumulator is not None:
+            try:
+                accumulator.add(rows)
+            except ValueError:  # hessian_accumulate_ refuses non-finite inputs: name the layer
+                self._check_finite(rows)
+                raise
+        if self.feature_sum is not None:
+            self.feature_sum += feature_sum
+        self._rows_seen += rows.shape[0]
+
+    def _check_finite(self, rows: torch.Tensor) -> None:
         if not bool(torch.isfinite(rows).all()):
             raise CalibrationError(f"calibration: the input of layer {self.layer.name} holds NaN or Inf "
-                             "activations (check the calibration data and the model's numerics)")
-        rows = rows.to(self.accumulator.hessian.device)
-        self.accumulator.add(rows)
-        self.feature_sum += rows.sum(dim=0, dtype=torch.float64)
+                                   "activations (check the calibration data and the model's numerics)")
 
     @torch.no_grad()
     def combine(self, sum_: Callable[[torch.Tensor, str], torch.Tensor]) -> None:
@@ -142,39 +196,164 @@ class LayerInputStats:
         :meth:`HessianAccumulator.combine`): afterwards every process holds the statistics of the
         union of all their inputs."""
         what = f"the statistics reduction of layer {self.layer.name}"
-        self.accumulator.combine(sum_, what)
-        sum_(self.feature_sum, what)
+        if self.accumulator is not None:
+            self.accumulator.combine(sum_, what)
+        if self.diagonal_accumulator is not None:
+            self.diagonal_accumulator.combine(sum_, what)
+        if self.feature_sum is not None:
+            sum_(self.feature_sum, what)
+        if self.accumulator is None and self.diagonal_accumulator is None:
+            count = torch.tensor([self._rows_seen], dtype=torch.int64)
+            sum_(count, f"{what} (sample counts)")
+            self._rows_seen = int(count[0])
+
+    def _gathered(self, what: str):
+        raise ValueError(f"LayerInputStats ({self.layer.name}): {what} was not gathered (gathered: "
+                         f"{sorted(self.needs)}); pass needs including {what!r}")
 
     @property
     def n_samples(self) -> int:
-        return self.accumulator.n_samples
+        if self.accumulator is not None:
+            return self.accumulator.n_samples
+        if self.diagonal_accumulator is not None:
+            return self.diagonal_accumulator.n_samples
+        return self._rows_seen
 
     @property
     def hessian(self) -> torch.Tensor:
+        if self.accumulator is None:
+            self._gathered("hessian")
         return self.accumulator.hessian
+
+    @property
+    def hessian_diagonal(self) -> torch.Tensor:
+        """(in,) the diagonal of H = 2/n X^T X (bit-identical whether H itself was gathered or not)."""
+        if self.accumulator is not None:
+            return torch.diagonal(self.accumulator.hessian)
+        if self.diagonal_accumulator is None:
+            self._gathered("input_norms")
+        return self.diagonal_accumulator.diagonal
 
     @property
     def input_norms(self) -> torch.Tensor:
         """||X_j||_2 over all calibration rows."""
-        return (torch.diagonal(self.hessian).clamp_min(0) * (self.n_samples / 2)).sqrt().to(torch.float32)
+        return (self.hessian_diagonal.clamp_min(0) * (self.n_samples / 2)).sqrt().to(torch.float32)
 
     @property
     def input_mean(self) -> torch.Tensor:
+        if self.feature_sum is None:
+            self._gathered("input_mean")
         return (self.feature_sum / max(self.n_samples, 1)).to(torch.float32)
 
     @property
     def input_var(self) -> torch.Tensor:
-        second_moment = torch.diagonal(self.hessian).to(torch.float64) / 2
+        if self.feature_sum is None:
+            self._gathered("input_var")
+        second_moment = self.hessian_diagonal.to(torch.float64) / 2
         return (second_moment - (self.feature_sum / max(self.n_samples, 1)) ** 2).clamp_min(0).to(torch.float32)
 
 
+class _SharedInputs:
+    """Feeds every layer's input into its statistics during a block's statistics pass, once per
+    distinct input: layers that read the same input tensor (q/k/v of an attention block, gate/up
+    of an MLP) share one :class:`LayerInputStats`.
+
+    Sharing is decided on the first pass: a layer whose input is the very tensor object (same
+    version: not modified in between) that an earlier layer of the same pass read, with the same
+    row layout (Linear or Conv1D, same width), joins that layer. Every later pass checks that this
+    still holds, and that every layer ran exactly once; if not, ``consistent`` turns False and the
+    caller gathers the block's statistics again layer by layer. Statistics gathered once for a
+    group are bit-identical to each member's own: the same rows go through the same operations.
+    """
+
+    def __init__(self, layers: Mapping[str, PrunableLayer], make_stats: Callable[[PrunableLayer], LayerInputStats],
+                 token_mask_ref: list, share: bool, timer=None):
+        self.layers = dict(layers)
+        self.make_stats = make_stats
+        self.token_mask_ref = token_mask_ref
+        self.share = share
+        self.timer = timer
+        self.leader: dict[str, str] = {}  # member -> the layer whose statistics it reads
+        self.own: dict[str, LayerInputStats] = {}
+        self.consistent = True
+        self._first_pass = True
+        self._pass_inputs: dict[str, tuple[torch.Tensor, int]] = {}
+        self._calls: dict[str, int] = {}
+
+    @property
+    def stats(self) -> dict[str, LayerInputStats]:
+        """Every layer's statistics by name (members map to their leader's object)."""
+        for group in self.groups():
+            self.own[group[0]].readers = len(group)
+        return {name: self.own[self.leader.get(name, name)] for name in self.layers if self.leader.get(name, name)
+                in self.own}
+
+    def distinct(self) -> list[LayerInputStats]:
+        return list(self.own.values())
+
+    def groups(self) -> list[list[str]]:
+        """The layers sharing statistics, leader first (groups of one included)."""
+        members: dict[str, list[str]] = {name: [name] for name in self.own}
+        for member, leader in self.leader.items():
+            members[leader].append(member)
+        return list(members.values())
+
+    def _compatible(self, leader: str, member: str) -> bool:
+        a, b = self.layers[leader], self.layers[member]
+        return a.kind in ("linear", "conv1d") and b.kind in ("linear", "conv1d") and a.in_features == b.in_features
+
+    def on_input(self, name: str, x: torch.Tensor) -> None:
+        self._calls[name] = self._calls.get(name, 0) + 1
+        version = x._version
+        if self.share and self._first_pass and name not in self.own and name not in self.leader:
+            for other, (seen, seen_version) in self._pass_inputs.items():
+                if seen is x and seen_version == version and other in self.own and self._compatible(other, name):
+                    self.leader[name] = other
+                    break
+        leader = self.leader.get(name)
+        if leader is not None:
+            seen = self._pass_inputs.get(leader)
+            if seen is None or seen[0] is not x or seen[1] != version:
+                self.consistent = False
+            return
+        if name not in self.own:
+            self.own[name] = self.make_stats(self.layers[name])
+        self.own[name].add(x, self.token_mask_ref[0])
+        self._pass_inputs[name] = (x, version)
+
+    def end_pass(self) -> None:
+        if self.leader and any(self._calls.get(name, 0) != 1 for name in self.layers if name in self.leader
+                               or name in self.leader.values()):
+            self.consistent = False
+        self._first_pass = False
+        self._pass_inputs.clear()
+        self._calls.clear()
+
+    @contextlib.contextmanager
+    def hooks(self):
+        """Forward hooks feeding each layer's input while the context is open."""
+        handles = []
+        for layer in self.layers.values():
+            def hook(module, args, output, name=layer.name):
+                with stage(self.timer, "statistics"):
+                    self.on_input(name, args[0])
+            handles.append(layer.module.register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 @contextlib.contextmanager
-def _collect_inputs(layers: Iterable[PrunableLayer], stats: dict[str, LayerInputStats], token_mask_ref: list):
-    """Forward hooks feeding each layer's input into its stats while the context is open."""
+def _collect_inputs(layers: Iterable[PrunableLayer], stats: dict[str, LayerInputStats], token_mask_ref: list,
+                    timer: StageTimer | None = None):
+    """Forward hooks feeding each layer's input into its own stats while the context is open."""
     handles = []
     for layer in layers:
         def hook(module, args, output, layer=layer):
-            stats[layer.name].add(args[0], token_mask_ref[0])
+            with stage(timer, "statistics"):
+                stats[layer.name].add(args[0], token_mask_ref[0])
         handles.append(layer.module.register_forward_hook(hook))
     try:
         yield
@@ -379,13 +558,16 @@ class CalibrationStep:
     index: int
     layers: dict[str, PrunableLayer]
     stats: dict[str, LayerInputStats] = field(default_factory=dict)
+    shared: list[list[str]] = field(default_factory=list)
+    """Groups of layers whose ``stats`` are one object (they read the same input)."""
 
 
 def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLayer], *,
                 sequential: bool = True, device=None, blocks_path: str | None = None,
                 progress: bool = True, description: str = "prunekit",
                 strategy: SingleProcessStrategy | None = None, block_loader=None,
-                after_block: Callable | None = None) -> Iterator[CalibrationStep]:
+                after_block: Callable | None = None, needs: Iterable[str] | None = None,
+                share_inputs: bool = True, timer: StageTimer | None = None) -> Iterator[CalibrationStep]:
     """Yields one :class:`CalibrationStep` per block that holds some of ``layers`` (then one for
     the layers outside the blocks, if any), with statistics gathered; the caller prunes the step's
     layers before asking for the next step, and the next block sees the pruned outputs
@@ -414,8 +596,18 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
     block's layers, before the block's outputs become the next block's inputs, with the block's
     inputs (:class:`BlockInput`) and its dense outputs on them (block refinement, see
     :mod:`prunekit.solvers.block_refine`).
+
+    ``needs``: the statistics to gather (names among :data:`INPUT_STATISTICS`; default all):
+    without "hessian", no Hessian is built. ``share_inputs``: layers of a block that read the
+    same input tensor (q/k/v, gate/up) share one statistics object in the step (one process
+    only; see :class:`_SharedInputs`). ``timer``: a :class:`StageTimer` that receives the
+    seconds of the block forwards ("calibration_forwards") and of the statistics
+    ("statistics").
     """
     strategy = strategy if strategy is not None else SingleProcessStrategy()
+    needs = INPUT_STATISTICS if needs is None else frozenset(needs)
+    # Shared statistics are decided per process; a process group reduces them layer by layer.
+    share_inputs = share_inputs and type(strategy) is SingleProcessStrategy
     batches = [CalibrationBatch.from_item(item, i) for i, item in enumerate(calib)]
     if not batches:
         raise ValueError("calib: expected at least one calibration input, but got none")
@@ -439,7 +631,7 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
         if last >= 0:
             logger.info("calibrating %d blocks of %s block by block (%s)", last + 1, blocks_name,
                         "sequential" if sequential else "one-shot")
-            with strategy.guard(f"capturing the inputs of {blocks_name}[0]"):
+            with strategy.guard(f"capturing the inputs of {blocks_name}[0]"), stage(timer, "calibration_forwards"):
                 inputs = capture_block_inputs(model, blocks_name, blocks, batches, device, indices,
                                               keep=None if block_loader is None else block_loader.keep)
             # streamed: the layers outside the blocks calibrate on the last block's outputs
@@ -453,35 +645,51 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
                     try:
                         yield from _walk_one_block(f"{blocks_name}.{index}", index, block, block_layers[index],
                                                    inputs, sequential, is_last=index == last and not keep_last_outputs,
-                                                   strategy=strategy, after_block=after_block)
+                                                   strategy=strategy, after_block=after_block, needs=needs,
+                                                   share_inputs=share_inputs, timer=timer)
                     finally:
                         block.to(block_home)
             bar.close()
             if keep_last_outputs:
                 with block_loader.outside(model, blocks_name, blocks, inputs, sequential):
-                    yield from _walk_whole_model(model, batches, remaining, home, strategy, indices)
+                    yield from _walk_whole_model(model, batches, remaining, home, strategy, indices, needs, timer)
                 return
             del inputs
     if remaining:
-        yield from _walk_whole_model(model, batches, remaining, home, strategy, indices)
+        yield from _walk_whole_model(model, batches, remaining, home, strategy, indices, needs, timer)
 
 
 def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, PrunableLayer],
                     inputs: list[BlockInput], sequential: bool, is_last: bool,
-                    strategy: SingleProcessStrategy, after_block: Callable | None = None) -> Iterator[CalibrationStep]:
-    step = CalibrationStep(name, index, layers, {n: LayerInputStats(layer) for n, layer in layers.items()})
-    token_mask: list = [None]
+                    strategy: SingleProcessStrategy, after_block: Callable | None = None,
+                    needs: frozenset[str] = INPUT_STATISTICS, share_inputs: bool = True,
+                    timer: StageTimer | None = None) -> Iterator[CalibrationStep]:
     need_outputs = not is_last
     keep_dense = (need_outputs and not sequential) or after_block is not None
-    dense_outputs: list[torch.Tensor] | None = [] if keep_dense else None
-    with strategy.guard(f"the statistics pass of {name}"), torch.no_grad(), \
-            _collect_inputs(layers.values(), step.stats, token_mask):
-        for item in inputs:
-            token_mask[0] = item.token_mask
-            output = _block_output(block(item.hidden, *item.args, **item.kwargs))
-            if dense_outputs is not None:
-                dense_outputs.append(output.detach())
-    strategy.reduce_statistics(step.stats.values())
+    share = share_inputs
+    while True:
+        token_mask: list = [None]
+        feed = _SharedInputs(layers, lambda layer: LayerInputStats(layer, needs=needs), token_mask, share, timer)
+        dense_outputs: list[torch.Tensor] | None = [] if keep_dense else None
+        with strategy.guard(f"the statistics pass of {name}"), torch.no_grad(), feed.hooks(), \
+                stage(timer, "calibration_forwards"):
+            for item in inputs:
+                token_mask[0] = _effective_token_mask(item.token_mask)
+                output = _block_output(block(item.hidden, *item.args, **item.kwargs))
+                feed.end_pass()
+                if dense_outputs is not None:
+                    dense_outputs.append(output.detach())
+        if feed.consistent:
+            break
+        # A layer read another input than its group's on some item: gather again layer by layer.
+        logger.info("%s: layers reading one input differ between calibration items; statistics per layer", name)
+        share = False
+    if share and any(len(group) > 1 for group in feed.groups()):
+        logger.debug("%s: shared input statistics: %s", name, [group for group in feed.groups() if len(group) > 1])
+    step = CalibrationStep(name, index, layers, feed.stats)
+    step.shared = feed.groups()
+    with stage(timer, "statistics"):
+        strategy.reduce_statistics(feed.distinct())
     yield step
     if after_block is not None:
         with strategy.guard(f"after pruning {name}"):
@@ -489,7 +697,7 @@ def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, P
     if not need_outputs:
         return
     step.stats.clear()  # the Hessians are not needed past pruning
-    with strategy.guard(f"the output pass of {name}"), torch.no_grad():
+    with strategy.guard(f"the output pass of {name}"), torch.no_grad(), stage(timer, "calibration_forwards"):
         for i, item in enumerate(inputs):
             if not sequential:
                 item.hidden = dense_outputs[i]
@@ -498,17 +706,25 @@ def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, P
                 item.hidden = _block_output(block(item.hidden, *item.args, **item.kwargs)).detach()
 
 
+def _effective_token_mask(token_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The token mask, or None when it keeps every token (no copy of the rows is needed then)."""
+    if token_mask is None or bool(token_mask.all()):
+        return None
+    return token_mask
+
+
 def _walk_whole_model(model: nn.Module, batches: list[CalibrationBatch], layers: dict[str, PrunableLayer],
                       device: torch.device, strategy: SingleProcessStrategy,
-                      indices: list[int]) -> Iterator[CalibrationStep]:
+                      indices: list[int], needs: frozenset[str] = INPUT_STATISTICS,
+                      timer: StageTimer | None = None) -> Iterator[CalibrationStep]:
     logger.info("calibrating %d layers outside any block list with whole-model forwards", len(layers))
-    step = CalibrationStep("model", -1, layers, {n: LayerInputStats(layer) for n, layer in layers.items()})
+    step = CalibrationStep("model", -1, layers, {n: LayerInputStats(layer, needs=needs) for n, layer in layers.items()})
     token_mask: list = [None]
     with strategy.guard("the whole-model statistics pass"), torch.no_grad(), _no_cache(model), \
-            _collect_inputs(layers.values(), step.stats, token_mask):
+            _collect_inputs(layers.values(), step.stats, token_mask, timer), stage(timer, "calibration_forwards"):
         for index, batch in zip(indices, batches):
             batch = batch.to(device)
-            token_mask[0] = batch.token_mask
+            token_mask[0] = _effective_token_mask(batch.token_mask)
             try:
                 model(*batch.args, **batch.kwargs)
             except CalibrationError:

@@ -35,7 +35,7 @@ def wanda(weight: torch.Tensor, stats) -> torch.Tensor:
 def sparsegpt_solve(weight: torch.Tensor, stats, *, sparsity, pattern, name, blocksize, percdamp) -> torch.Tensor:
     """OBS weight reconstruction on the layer Hessian."""
     pruned, _ = sparsegpt(weight, stats.hessian, sparsity=sparsity, pattern=pattern, blocksize=blocksize,
-                          percdamp=percdamp, name=name)
+                          percdamp=percdamp, name=name, factor=lambda: stats.inverse_hessian_factor(percdamp))
     return pruned
 
 

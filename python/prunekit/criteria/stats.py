@@ -58,6 +58,16 @@ class LayerStats:
     def hessian(self) -> torch.Tensor:
         return self._input("hessian")
 
+    def inverse_hessian_factor(self, percdamp: float) -> torch.Tensor:
+        """SparseGPT's damped inverse-Hessian factor of ``hessian``
+        (:func:`prunekit.solvers.inverse_hessian_factor`), computed once for the layers that read
+        the same input (q/k/v, gate/up) where the statistics are shared."""
+        inputs = self._need("hessian", self._inputs)
+        if hasattr(inputs, "inverse_hessian_factor"):
+            return inputs.inverse_hessian_factor(percdamp, self._layer)
+        from ..solvers.sparsegpt import inverse_hessian_factor
+        return inverse_hessian_factor(self.hessian, percdamp=percdamp, name=self._layer)
+
     @property
     def gradients(self) -> torch.Tensor:
         gradients = self._need("gradients", self._gradients)

@@ -123,6 +123,7 @@ def sparsegpt(
     blocksize: int = 128,
     percdamp: float = 0.01,
     name: str = "layer",
+    factor=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune ``weight`` (out_features, in_features) with SparseGPT given its layer Hessian.
 
@@ -130,7 +131,9 @@ def sparsegpt(
     :class:`prunekit.calibrate.HessianAccumulator`). ``pattern`` None means unstructured at
     ``sparsity`` (default 0.5; the exact count round(sparsity * numel) is pruned); ``(n, m)`` or
     ``"n:m"`` keeps n of every m consecutive inputs (``sparsity``, if given, must equal 1 - n/m).
-    The math runs in fp32 whatever the input dtype. Inputs are not modified.
+    The math runs in fp32 whatever the input dtype. Inputs are not modified. ``factor``: a callable
+    returning ``inverse_hessian_factor(hessian, percdamp=percdamp)`` computed once for the layers
+    that share this Hessian (their results are those of computing it here).
 
     Returns ``(pruned_weight, keep_mask)``, the weight in its input dtype.
     """
@@ -155,6 +158,12 @@ def sparsegpt(
     if m and blocksize % m:
         blocksize = max(m, blocksize // m * m)  # N:M groups must not straddle blocks
     work = weight.detach().to(torch.float32, copy=True).contiguous()
-    hinv = inverse_hessian_factor(hessian, work, percdamp=percdamp, name=name)
+    if factor is None:
+        hinv = inverse_hessian_factor(hessian, work, percdamp=percdamp, name=name)
+    else:
+        hinv = factor()
+        dead = torch.diagonal(hessian).to(torch.float32) == 0  # as inverse_hessian_factor zeroes them
+        if bool(dead.any()):
+            work[:, dead] = 0
     keep = torch.ops.prunekit.sparsegpt_solve_(work, hinv, sparsity, n, m, blocksize)
     return work.to(weight.dtype), keep

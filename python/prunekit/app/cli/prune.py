@@ -12,6 +12,7 @@ from pathlib import Path
 import prunekit
 from prunekit import criteria, distributed
 from prunekit.allocation import ALLOCATIONS
+from prunekit.calibrate.timing import StageTimer
 from prunekit.hf import load_model, resolve_model
 from prunekit.surgery import SparsifyConfig
 
@@ -107,37 +108,44 @@ def run(args: argparse.Namespace) -> int:
 def _prune_run(args, sparsity, config_kwargs, out: Path, torchrun: bool) -> int:
     started = time.perf_counter()
     is_main = not torchrun or distributed.is_main_process()
-    model, tokenizer, causal = load_model(args.model, args.dtype)
-    calib, calib_info = calibration_batches(args, model, tokenizer, causal)
+    stages = StageTimer()  # loading, evaluation, pruning, sparsify, saving
+    with stages.stage("loading"):
+        model, tokenizer, causal = load_model(args.model, args.dtype)
+        calib, calib_info = calibration_batches(args, model, tokenizer, causal)
     ignore = list(args.ignore) if args.ignore is not None else _default_ignore(model)
     config = prunekit.PruneConfig(ignore=ignore, **config_kwargs)
     quality = None
     if not args.no_eval:
-        eval_batches, eval_source = evaluation_batches(args.eval_data, model, tokenizer, causal, args.eval_samples,
-                                                       args.seqlen, args.seed, args.batch_size)
-        quality = {"source": eval_source}
-        if causal:
-            quality.update(metric="perplexity", dense=evaluation.perplexity(model, eval_batches, not args.quiet))
-        else:
-            dense_embeddings = evaluation.sentence_embeddings(model, eval_batches, not args.quiet)
-            quality.update(metric="mean_cosine", dense=1.0)
+        with stages.stage("evaluation"):
+            eval_batches, eval_source = evaluation_batches(args.eval_data, model, tokenizer, causal, args.eval_samples,
+                                                           args.seqlen, args.seed, args.batch_size)
+            quality = {"source": eval_source}
+            if causal:
+                quality.update(metric="perplexity", dense=evaluation.perplexity(model, eval_batches, not args.quiet))
+            else:
+                dense_embeddings = evaluation.sentence_embeddings(model, eval_batches, not args.quiet)
+                quality.update(metric="mean_cosine", dense=1.0)
     logger.info("pruning with %s at %s (%s allocation)", args.method, sparsity, args.allocation)
-    report = prunekit.prune(model, config, calib)
+    with stages.stage("pruning"):
+        report = prunekit.prune(model, config, calib)
     if quality is not None:
-        if causal:
-            quality["pruned"] = evaluation.perplexity(model, eval_batches, not args.quiet)
-        else:
-            fidelity = evaluation.embedding_fidelity(model, dense_embeddings, eval_batches, not args.quiet)
-            quality.update(pruned=fidelity["mean_cosine"], min_cosine=fidelity["min_cosine"])
+        with stages.stage("evaluation"):
+            if causal:
+                quality["pruned"] = evaluation.perplexity(model, eval_batches, not args.quiet)
+            else:
+                fidelity = evaluation.embedding_fidelity(model, dense_embeddings, eval_batches, not args.quiet)
+                quality.update(pruned=fidelity["mean_cosine"], min_cosine=fidelity["min_cosine"])
     checkpoint = {"path": "model"}
     if args.sparsify:
-        summary = prunekit.sparsify_(model, SparsifyConfig(format=args.format))
+        with stages.stage("sparsify"):
+            summary = prunekit.sparsify_(model, SparsifyConfig(format=args.format))
         logger.info("%s", summary)
         checkpoint["format"] = "prunekit compressed (prunekit.load)"
         checkpoint["sparsify"] = summary.to_dict()
     else:
         checkpoint["format"] = "Hugging Face, masked dense weights (from_pretrained)"
-    _save_checkpoint(model, tokenizer, out / "model", args.sparsify, torchrun)  # every rank takes part
+    with stages.stage("saving"):
+        _save_checkpoint(model, tokenizer, out / "model", args.sparsify, torchrun)  # every rank takes part
     if is_main:
         result = {
             "command": "prune", "model": args.model, "model_class": type(model).__name__, "causal_lm": causal,
@@ -145,10 +153,25 @@ def _prune_run(args, sparsity, config_kwargs, out: Path, torchrun: bool) -> int:
                        "refine": args.refine, "ignore": ignore, "seed": args.seed, "dtype": args.dtype},
             "calibration": calib_info, "quality": quality, "checkpoint": checkpoint, "prune": report.to_dict(),
             "machine": machine_info(), "seconds": time.perf_counter() - started,
+            "timings": run_timings(stages.seconds, report.timings, time.perf_counter() - started),
         }
         result["files"] = _write_prune_report(out, result)
         _print_prune_summary(result, report, out)
     return 0
+
+
+def run_timings(stages: dict[str, float], prune_timings: dict[str, float], total: float) -> dict[str, float]:
+    """The command's seconds per stage: loading, evaluation, the pruning's own stages
+    (PruneReport.timings, "prune_" prefixed), sparsify, saving, the rest, total."""
+    timings = {"loading": stages.get("loading", 0.0), "evaluation": stages.get("evaluation", 0.0)}
+    timings.update({f"prune_{stage}": seconds for stage, seconds in prune_timings.items() if stage != "total"})
+    timings["prune_total"] = stages.get("pruning", prune_timings.get("total", 0.0))
+    for stage in ("sparsify", "saving"):
+        if stage in stages:
+            timings[stage] = stages[stage]
+    timings["other"] = max(total - sum(stages.values()), 0.0)
+    timings["total"] = total
+    return {stage: round(seconds, 3) for stage, seconds in timings.items()}
 
 
 def _default_ignore(model) -> list[str]:
@@ -189,6 +212,10 @@ def _write_prune_report(out: Path, result: dict) -> list[str]:
                     ("method", "method", ""), ("sparsity", "sparsity", ""), ("allocation", "allocation", ""),
                     ("refine", "refine", ""), ("total_sparsity", "achieved sparsity", ".4f"),
                     ("total_reconstruction_error", "layer rel. error", ".4g"), ("seconds", "seconds", ".1f")]))]
+    if result.get("timings"):
+        sections.append(("Time", reports.markdown_table(
+            [{"stage": stage, "seconds": seconds} for stage, seconds in result["timings"].items()],
+            [("stage", "stage", ""), ("seconds", "seconds", ".2f")])))
     plots = {reports.LAYERS_PNG: lambda path: reports.plot_layers(
         path, {f"{prune_report['method']} {prune_report['sparsity']}": prune_report})}
     if quality is not None:
