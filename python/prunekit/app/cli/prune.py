@@ -100,6 +100,13 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as caught:
                 error = caught
         distributed.check(error, "preparing --out")
+        if not args.in_memory:
+            from .prune_streamed import run_streamed, streaming_blocker
+
+            blocker = streaming_blocker(args, config_kwargs)
+            if blocker is None:  # every rank streams the blocks; rank 0 writes
+                return run_streamed(args, sparsity, config_kwargs, Path(args.out), torchrun=True)
+            logger.info("pruning in memory: %s", blocker)
         return _prune_run(args, sparsity, config_kwargs, Path(args.out), torchrun=True)
     finally:
         distributed.shutdown()

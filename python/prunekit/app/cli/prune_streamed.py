@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import prunekit
+from prunekit import distributed
 from prunekit.hf import CAUSAL_SUFFIXES, load_model, resolve_model
 from prunekit.streaming import build_skeleton
 from prunekit.streaming.source import INDEX_FILE, SINGLE_FILE
@@ -65,8 +66,9 @@ def _tokenizer(directory: Path):
     return tokenizer
 
 
-def run_streamed(args, sparsity, config_kwargs: dict, out: Path) -> int:
-    """The streamed counterpart of ``prune._prune_run`` (single process)."""
+def run_streamed(args, sparsity, config_kwargs: dict, out: Path, torchrun: bool = False) -> int:
+    """The streamed counterpart of ``prune._prune_run``; under torchrun every rank streams the
+    blocks over its share of the calibration items and rank 0 writes the checkpoint and report."""
     from .prune import _default_ignore, _print_prune_summary, _write_prune_report
 
     started = time.perf_counter()
@@ -102,6 +104,8 @@ def run_streamed(args, sparsity, config_kwargs: dict, out: Path) -> int:
             fidelity = evaluation.embedding_fidelity(pruned, dense_embeddings, eval_batches, not args.quiet)
             quality.update(pruned=fidelity["mean_cosine"], min_cosine=fidelity["min_cosine"])
         del pruned
+    if torchrun and not distributed.is_main_process():
+        return 0
     result = {
         "command": "prune", "model": args.model, "model_class": type(skeleton).__name__, "causal_lm": causal,
         "config": {"method": args.method, "sparsity": sparsity, "allocation": args.allocation, "refine": args.refine,
