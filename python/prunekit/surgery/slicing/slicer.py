@@ -175,8 +175,9 @@ def _covariance(hidden: torch.Tensor, token_mask: torch.Tensor | None) -> torch.
     rows = hidden.reshape(-1, hidden.shape[-1])
     if token_mask is not None:
         rows = rows[token_mask.reshape(-1).to(rows.device)]
-    rows = rows.double()
-    return rows.t() @ rows
+    if rows.dtype != torch.float64:  # a float32 product per batch (fast), summed over batches in float64
+        rows = rows.float()
+    return (rows.t() @ rows).double()
 
 
 def _principal_basis(covariance: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
