@@ -204,7 +204,8 @@ def _free_port() -> int:
 
 
 def test_data_parallel_recovery_matches_one_process(tmp_path):
-    """Two gloo ranks, one batch each per step, equal one process accumulating both batches."""
+    """Two gloo ranks, one batch each per step, equal one process accumulating both batches; the
+    layer scores of prune_layers, sharded and reduced, equal one process's."""
     port = _free_port()
     processes = []
     for rank in range(2):
@@ -220,12 +221,15 @@ def test_data_parallel_recovery_matches_one_process(tmp_path):
     torch.set_num_threads(1)
     try:
         model = pruned_llama()
+        scores = prunekit.surgery.layers.score_layers(model, batches(), sublayers=True)
         recover(model, batches(), steps=4, lr=1e-3, accumulation=2, progress=False)
     finally:
         torch.set_num_threads(threads)
     expected = {n: p.detach() for n, p in model.named_parameters()}
     for result in results:
         assert result["world_size"] == 2 and result["still_zero"]
+        for got, want in zip(result["scores"], scores):  # prune_layers' scores: shards reduced
+            assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-4) for k in want)
         for name, value in result["weights"].items():
             torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5)
     assert all(torch.equal(results[0]["weights"][n], results[1]["weights"][n]) for n in expected)
