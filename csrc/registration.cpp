@@ -36,6 +36,12 @@ TORCH_LIBRARY(prunekit, m) {
   // SparseGPT blocked OBS solve in place on fp32 weight given the upper Cholesky factor of H^-1; returns the keep-mask.
   m.def("sparsegpt_solve_(Tensor(a!) weight, Tensor hinv, float sparsity, int n, int m, int blocksize) -> Tensor",
         tags);
+  // ADMM reconstruction: min_B tr((B - W) H (B - W)^T) on a sparse support (fixed keep, or projected to the sparsity /
+  // n:m along a cubic schedule), then conjugate gradients on it; inverse = (H + rho I)^-1. Returns (pruned, keep).
+  m.def(
+      "admm_solve(Tensor weight, Tensor hessian, Tensor inverse, Tensor? keep, float sparsity, int n, int m, "
+      "bool per_row, float rho, int iterations, int prune_iterations, int pcg_iterations) -> (Tensor, Tensor)",
+      tags);
   // y = x W^T + b with W in the 2:4 layout of compress_24 (fp16/bf16/fp32, fp32 accumulation); meta_sm90 optionally
   // precomputed by meta_24_to_sm90; kernel "auto" | "decode" | "cutlass_sm80" | "cutlass_sm90" | "dense".
   m.def(

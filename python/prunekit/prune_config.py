@@ -10,12 +10,15 @@ import torch
 
 from . import criteria
 from .allocation import ALLOCATIONS
+from .solvers.admm import check_admm_options
 from .solvers.block_refine import check_block_refine_options
 from .solvers.lowrank import LowRank
 from .solvers.masks import check_sparsity
 from .solvers.patterns import parse_pattern
+from .solvers.ria import check_power
 
 REFINEMENTS = (None, "dsnot", "block")  # and ("dsnot", "block"): masks refined, then the block
+UPDATES = (None, "admm")
 REPORT_ERRORS = ("auto", "exact", "diagonal", None)
 
 
@@ -54,6 +57,17 @@ class PruneConfig:
     - ``nsamples``: use at most this many calibration items (None: all).
     - ``seed``: seeds the generator of criteria that draw random numbers ("random").
     - ``blocksize``, ``percdamp``: SparseGPT's column block size and Hessian damping.
+    - ``update``: None, or "admm": after the method's mask, reconstruct the kept weights by ADMM
+      on the fixed support (minimising ||X W^T - X W_s^T||^2; e.g. method="ria", update="admm").
+    - ``admm_rho``, ``admm_iterations``, ``admm_prune_iterations``, ``admm_pcg_iterations``,
+      ``admm_percdamp``, ``admm_per_row``: the ADMM solver's options (method="admm" and
+      update="admm"): the penalty rho relative to the scaled Hessian's unit diagonal, the ADMM
+      steps, those of them along which the sparsity rises (cubic schedule; method="admm" only),
+      the conjugate-gradient steps on the final support, the ridge damping relative to the
+      diagonal (larger stays closer to the dense weights: a regulariser when the calibration text
+      is unlike the text the model will see) and whether unstructured masks compare weights per
+      output row. See :mod:`prunekit.solvers.admm`.
+    - ``ria_power``: the exponent of ||X|| in RIA's score (method="ria"; the paper's 0.5).
     - ``loss_fn``: callable(model, batch) -> scalar loss for the gradients of criteria that need
       them (gblm); by default the model's own loss with labels = input_ids (causal LMs).
       ``gblm_loss`` is its deprecated name (one release, with a DeprecationWarning).
@@ -86,6 +100,14 @@ class PruneConfig:
     seed: int = 0
     blocksize: int = 128
     percdamp: float = 0.01
+    update: str | None = None
+    admm_rho: float = 1.0
+    admm_iterations: int = 30
+    admm_prune_iterations: int = 20
+    admm_pcg_iterations: int = 20
+    admm_percdamp: float = 0.01
+    admm_per_row: bool = True
+    ria_power: float = 0.5
     min_keep: float = 0.01
     owl_threshold: float = 5.0
     owl_lambda: float = 0.08
@@ -151,6 +173,14 @@ class PruneConfig:
             raise ValueError(f"PruneConfig.blocksize: expected >= 1, but got {self.blocksize}")
         if self.percdamp < 0:
             raise ValueError(f"PruneConfig.percdamp: expected >= 0, but got {self.percdamp}")
+        if self.update not in UPDATES:
+            raise ValueError(f"PruneConfig.update: expected None or 'admm', but got {self.update!r}")
+        check_admm_options(rho=self.admm_rho, iterations=self.admm_iterations,
+                           prune_iterations=self.admm_prune_iterations, pcg_iterations=self.admm_pcg_iterations,
+                           percdamp=self.admm_percdamp, prefix="PruneConfig.admm_")
+        if not isinstance(self.admm_per_row, bool):
+            raise ValueError(f"PruneConfig.admm_per_row: expected True or False, but got {self.admm_per_row!r}")
+        check_power(self.ria_power, "PruneConfig.ria_power")
         if self.report_errors not in REPORT_ERRORS:
             raise ValueError(f"PruneConfig.report_errors: expected one of {', '.join(map(repr, REPORT_ERRORS))}, "
                              f"but got {self.report_errors!r}")
@@ -191,7 +221,7 @@ class PruneConfig:
     @property
     def needs_calibration(self) -> bool:
         return (bool(self.criterion.needs & criteria.CALIBRATION_STATISTICS) or self.effective_allocation == "owl"
-                or self.refine is not None or self.compensate is not None)
+                or self.refine is not None or self.update is not None or self.compensate is not None)
 
     @property
     def refinements(self) -> tuple[str, ...]:

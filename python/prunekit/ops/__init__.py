@@ -25,6 +25,7 @@ __all__ = [
     "decompress_tiles",
     "sparse_linear_tiles",
     "sparse_conv1x1_tiles",
+    "admm_solve",
 ]
 
 
@@ -187,3 +188,21 @@ def meta_24_to_sm90(meta: torch.Tensor) -> torch.Tensor:
     permutation of the 16-bit words, padding zero). CPU and CUDA.
     """
     return torch.ops.prunekit.meta_24_to_sm90(meta)
+
+
+def admm_solve(weight: torch.Tensor, hessian: torch.Tensor, inverse: torch.Tensor, keep: torch.Tensor | None,
+               sparsity: float, n: int, m: int, per_row: bool, rho: float, iterations: int, prune_iterations: int,
+               pcg_iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ADMM reconstruction of a sparse weight: min_B tr((B - W) H (B - W)^T) over B on a sparse
+    support, then conjugate gradients on that support. Returns ``(pruned, keep)``.
+
+    ``weight`` (rows, cols) and the symmetric positive definite ``hessian`` (cols, cols) are fp32
+    on one device; ``inverse`` is (hessian + rho I)^-1. ``keep`` (bool, the weight's shape) fixes
+    the support; None projects onto the ``sparsity`` (exactly round(sparsity * numel) pruned by
+    |B + U|, per row when ``per_row``, reached along a cubic schedule over ``prune_iterations``)
+    or onto n of every m inputs (``m`` > 0). ``iterations`` ADMM steps, ``pcg_iterations``
+    conjugate-gradient steps (Jacobi preconditioner). See :mod:`prunekit.solvers.admm`, which
+    scales and factorises the Hessian.
+    """
+    return torch.ops.prunekit.admm_solve(weight, hessian, inverse, keep, sparsity, n, m, per_row, rho, iterations,
+                                         prune_iterations, pcg_iterations)

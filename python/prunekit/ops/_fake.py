@@ -189,3 +189,16 @@ def _meta_24_to_sm90_fake(meta: torch.Tensor) -> torch.Tensor:
     _check_multiple(cols, 2, "meta_24_to_sm90", "the number of columns of 'meta'")
     # CUTLASS 3's metadata extents: rows padded to 64, columns (16 per meta element) to 128, 8 per byte.
     return meta.new_empty((-(-rows // 64) * 64, -(-(16 * cols) // 128) * 16), dtype=torch.uint8)
+
+
+@torch.library.register_fake("prunekit::admm_solve")
+def _admm_solve_fake(weight, hessian, inverse, keep, sparsity: float, n: int, m: int, per_row: bool, rho: float,
+                     iterations: int, prune_iterations: int, pcg_iterations: int):
+    _check_same_device("admm_solve", "weight", weight=weight, hessian=hessian, inverse=inverse, keep=keep)
+    cols = weight.shape[1]
+    for name, tensor in (("hessian", hessian), ("inverse", inverse)):
+        torch._check(tuple(tensor.shape) == (cols, cols), lambda: f"prunekit.admm_solve: argument '{name}' must be "
+                     f"({cols}, {cols}) to match weight {list(weight.shape)}, but got {list(tensor.shape)}")
+    if m > 0:
+        _check_multiple(cols, m, "admm_solve", "the number of columns of 'weight'")
+    return torch.empty_like(weight), torch.empty_like(weight, dtype=torch.bool)

@@ -337,3 +337,80 @@ def meta_24_to_sm90(meta: torch.Tensor) -> torch.Tensor:
     # Each code owns its own nibble: adding is or-ing.
     out.index_add_(0, (bit // 8).reshape(-1), (codes << (bit % 8)).reshape(-1))
     return out.to(torch.uint8).reshape(rows_padded, cols_padded // 8)
+
+
+def _admm_keep(scores: torch.Tensor, sparsity: float, n: int, m: int, per_row: bool) -> torch.Tensor:
+    """The keep-mask of an ADMM projection: N:M (n largest of every m, ties to the lower index),
+    else exactly round(sparsity * numel) smallest pruned, across the layer or per row (Wanda's
+    grouping: count // rows per row, the remainder to the rows with the smallest next score)."""
+    if m > 0:
+        return nm_mask(scores, n, m)
+    rows, cols = scores.shape
+    count = min(scores.numel(), int(round(sparsity * scores.numel())))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if count == 0:
+        return keep
+    if not per_row:
+        order = torch.sort(scores.reshape(-1), stable=True).indices
+        keep.view(-1)[order[:count]] = False
+        return keep
+    per, extra = divmod(count, rows)
+    values, order = torch.sort(scores, dim=1, stable=True)
+    keep.scatter_(1, order[:, :per], False)
+    if extra:
+        chosen = torch.sort(values[:, per], stable=True).indices[:extra]
+        keep[chosen, order[chosen, per]] = False
+    return keep
+
+
+def admm_solve(weight: torch.Tensor, hessian: torch.Tensor, inverse: torch.Tensor, keep: torch.Tensor | None,
+               sparsity: float, n: int, m: int, per_row: bool, rho: float, iterations: int, prune_iterations: int,
+               pcg_iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ADMM for min_B tr((B - W) H (B - W)^T) over B with a sparse support, then a least-squares
+    solve on that support by preconditioned conjugate gradients (per row, Jacobi preconditioner).
+
+    ``inverse`` is (H + rho I)^-1. The scaled ADMM iterates Z = P(B + U), U += B - Z,
+    B = (W H + rho (Z - U)) inverse; P keeps ``keep`` when given, else the largest |B + U| at the
+    sparsity of a cubic schedule over the first ``prune_iterations`` iterations (the target after
+    them; N:M projects to n:m from the start). The support is that of the last projection (of W
+    without iterations). Returns (pruned weight, keep-mask)."""
+    weight, hessian, inverse = weight.double(), hessian.double(), inverse.double()
+
+    def project(candidate: torch.Tensor, step: int) -> torch.Tensor:
+        if keep is not None:
+            return keep
+        if m == 0 and step < prune_iterations:
+            level = sparsity * (1 - (1 - (step + 1) / prune_iterations) ** 3)
+        else:
+            level = sparsity
+        return _admm_keep(candidate.abs(), level, n, m, per_row)
+
+    target = weight @ hessian
+    current = weight.clone()
+    dual = torch.zeros_like(weight)
+    support = project(weight, prune_iterations)
+    pruned = weight * support
+    for step in range(iterations):
+        candidate = current + dual
+        support = project(candidate, step)
+        pruned = candidate * support
+        dual = dual + current - pruned
+        current = (target + rho * (pruned - dual)) @ inverse
+    # Preconditioned conjugate gradients on the support, each row its own system.
+    diag = torch.diagonal(hessian)
+    residual = (target - pruned @ hessian) * support
+    preconditioned = residual / diag
+    direction = preconditioned.clone()
+    product = (residual * preconditioned).sum(1)
+    for _ in range(pcg_iterations):
+        curvature_direction = (direction @ hessian) * support
+        curvature = (direction * curvature_direction).sum(1)
+        alpha = torch.where(curvature > 0, product / torch.where(curvature > 0, curvature, 1), 0)
+        pruned = pruned + alpha.unsqueeze(1) * direction
+        residual = residual - alpha.unsqueeze(1) * curvature_direction
+        preconditioned = residual / diag
+        new_product = (residual * preconditioned).sum(1)
+        beta = torch.where(product > 0, new_product / torch.where(product > 0, product, 1), 0)
+        direction = preconditioned + beta.unsqueeze(1) * direction
+        product = new_product
+    return (pruned * support).float(), support

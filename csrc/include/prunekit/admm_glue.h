@@ -1,0 +1,49 @@
+// ADMM reconstruction as ATen glue shared by every device (csrc/generic/admm_ops.cpp defines it):
+// the argument checks and the loop (projection, one GEMM per ADMM step, conjugate gradients on
+// the final support). A device plugs in its projection and conjugate-gradient update: ATen ops
+// (the CompositeExplicitAutograd kernel) or fused row loops (csrc/cpu/admm_ops.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <optional>
+#include <tuple>
+
+namespace prunekit::admm {
+
+// What the projection keeps: `fixed` when given, else n of every m (m > 0), else all but the
+// `count` smallest |entries|, compared per row (count / rows each, the remainder to the rows with
+// the smallest next entry) or across the layer. Ties prune the lower index first.
+struct Target {
+  const at::Tensor* fixed;
+  int64_t count, n, m;
+  bool per_row;
+};
+
+// Projects `current` (B + U): writes `keep`, `signed_split` (current on the support, -current off
+// it: Z - U) and leaves the new dual (current off the support, zero on it) in `current`.
+using ProjectStep = std::function<void(at::Tensor& current, at::Tensor& signed_split, at::Tensor& keep,
+                                       const Target& target)>;
+
+// One conjugate-gradient update for every row after `curved` = direction H (not yet masked): the
+// step along `direction`, the new residual, preconditioned residual and direction, `product` the
+// rows' residual . preconditioned.
+struct CgState {
+  at::Tensor pruned, residual, direction, curved, product;
+  const at::Tensor& support;
+  const at::Tensor& inverse_diag;
+};
+using CgStep = std::function<void(CgState& state)>;
+
+void check_admm_args(const at::Tensor& weight, const at::Tensor& hessian, const at::Tensor& inverse,
+                     const std::optional<at::Tensor>& keep, double sparsity, int64_t n, int64_t m, double rho,
+                     int64_t iterations, int64_t prune_iterations, int64_t pcg_iterations);
+
+std::tuple<at::Tensor, at::Tensor> admm_loop(const at::Tensor& weight, const at::Tensor& hessian,
+                                             const at::Tensor& inverse, const std::optional<at::Tensor>& keep,
+                                             double sparsity, int64_t n, int64_t m, bool per_row, double rho,
+                                             int64_t iterations, int64_t prune_iterations, int64_t pcg_iterations,
+                                             const ProjectStep& project, const CgStep& cg_step);
+
+}  // namespace prunekit::admm
