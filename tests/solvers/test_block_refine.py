@@ -180,3 +180,14 @@ def test_rank_too_large_names_the_layer():
     with pytest.raises(ValueError, match=r"layer model.layers.0.self_attn.k_proj \(32 x 64\) allows a rank of at "
                                          "most 32, but got rank=33"):
         prunekit.prune(model, prunekit.PruneConfig(compensate=33, progress=False), calibration("llama"))
+
+
+def test_one_shot_refine_block_sees_the_dense_inputs():
+    # One-shot: every block calibrates and refines on the dense model's activations; the walk's
+    # dense outputs are the targets and, unchanged, the next block's inputs.
+    plain, _ = _prune_copy("llama", method="wanda", sparsity=0.5, sequential=False)
+    refined, report = _prune_copy("llama", method="wanda", sparsity=0.5, sequential=False, refine="block",
+                                  block_refine_lr=1e-3, block_refine_steps=5)
+    for name, zeros in _zeros(plain).items():  # the same inputs in every block: the same masks
+        assert torch.equal(zeros, _zeros(refined)[name]), name
+    assert len(report.block_refinement) == 2

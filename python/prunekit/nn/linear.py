@@ -33,6 +33,11 @@ runs on AMX too, 0.5 at <= 16 rows, 0.8 at <= 128 and 0.85 above), "2:4" for a v
 pattern the layout holds, else "unstructured"; otherwise "dense". On CUDA the same rule with the
 break-even measured on that GPU architecture (``nn.auto.BREAK_EVEN_SPARSITY_CUDA``): "dense" on a
 GPU where nothing has been measured yet. Explicit formats always compress.
+
+Low-rank compensation (``PruneConfig(compensate=...)``, :mod:`prunekit.solvers.lowrank`): a pruned
+``nn.Linear`` becomes a :class:`LowRankLinear` (``y = x W^T + b + (x A^T) B^T``); ``from_dense``
+carries its factors into the SparseLinear, whose forward adds the branch beside the sparse kernel
+(``set_lowrank``, ``lowrank_state``; checkpoints store ``lowrank_a`` and ``lowrank_b``).
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ __all__ = ["BlockRefineResult", "check_block_refine_options", "refine_block"]
 @dataclass
 class BlockRefineResult:
     """What :func:`refine_block` did: the relative output error (||f_s(x) - f(x)||^2 over
-    ||f(x)||^2, summed over items) on the training and the held-out items before the first step
-    and with the kept weights, and the step whose weights were kept (0: the pruned weights)."""
+    ||f(x)||^2) on the first training item and on the held-out items before the first step and
+    with the kept weights, and the step whose weights were kept (0: the pruned weights)."""
 
     block: str
     steps: int
@@ -123,15 +123,18 @@ def refine_block(block: nn.Module, weights: Mapping[str, nn.Parameter], inputs: 
         for parameter in block.parameters():
             parameter.requires_grad_(id(parameter) in trainable)
         best_state = {key: weight.detach().clone() for key, weight in weights.items()}
-        train_before = loss_of(train_items, grad=False)
+        first = train_items[:1]  # the training error is followed on the first item (a forward per measure)
+        train_before = None
         validation_before = loss_of(validation_items, grad=False) if validation_items else None
-        best = validation_before if validation_before is not None else train_before
-        kept_step, train_kept = 0, train_before
+        best = validation_before if validation_before is not None else loss_of(train_items, grad=False)
+        kept_step = 0
         optimizer = torch.optim.Adam(list(weights.values()), lr=lr)
         for step in range(1, steps + 1):
             optimizer.zero_grad(set_to_none=True)
             item = train_items[(step - 1) % len(train_items)]
-            loss_of([item], grad=True)
+            loss = loss_of([item], grad=True)
+            if step == 1:
+                train_before = loss  # before the first update, on the first item
             with torch.no_grad():
                 for key, weight in weights.items():
                     if weight.grad is not None:
@@ -149,8 +152,7 @@ def refine_block(block: nn.Module, weights: Mapping[str, nn.Parameter], inputs: 
         with torch.no_grad():
             for key, weight in weights.items():
                 weight.copy_(best_state[key])
-        if kept_step:
-            train_kept = loss_of(train_items, grad=False)
+        train_kept = loss_of(first, grad=False) if kept_step else train_before
     finally:
         for parameter, requires_grad in previous.items():
             parameter.requires_grad_(requires_grad)
