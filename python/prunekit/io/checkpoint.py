@@ -585,7 +585,7 @@ def _kernel_family(module: SparseWeightModule) -> str:
     return "conv1x1" if getattr(module, "pointwise", False) else "conv"
 
 
-def _runtime_format(weights: Path, name: str, spec: dict, module: SparseWeightModule, policy: str,
+def _runtime_format(weights: Path, name: str, spec: dict, module: SparseWeightModule, matrix, policy: str,
                     rows: int | None) -> str:
     """What layer ``name`` runs in after loading: "2:4", "unstructured", "dense" (a sparse module
     holding it dense) or "plain" (an ordinary dense module), by ``policy`` (load's ``format``)."""
@@ -597,7 +597,7 @@ def _runtime_format(weights: Path, name: str, spec: dict, module: SparseWeightMo
     elif policy == "dense":
         target = "plain"
     else:
-        stats = WeightStats.of(module.dense_matrix())
+        stats = WeightStats.of(matrix())
         if policy == "auto":
             request = spec.get("auto") if isinstance(spec.get("auto"), dict) else {}
             chosen, _ = choose_format(stats, _kernel_family(module), break_even=request.get("break_even"),
@@ -620,12 +620,12 @@ def _runtime_format(weights: Path, name: str, spec: dict, module: SparseWeightMo
     return target
 
 
-def _in_format(module: SparseWeightModule, fmt: str) -> SparseWeightModule:
-    """``module`` holding its weight in ``fmt`` (itself when it does): exactly the same weight, bias
-    and low-rank factors."""
+def _in_format(module: SparseWeightModule, matrix, fmt: str) -> SparseWeightModule:
+    """``module`` holding its weight in ``fmt`` (itself when it does): exactly the same weight
+    (``matrix()``), bias and low-rank factors."""
     if module.format == fmt:
         return module
-    state = formats.get(fmt).compress(module.dense_matrix(), f"load: {type(module).__name__}",
+    state = formats.get(fmt).compress(matrix(), f"load: {type(module).__name__}",
                                       tuple(module.weight_shape))
     spec = {**module.checkpoint_spec(), "format": fmt}
     converted = type(module).from_checkpoint_spec(spec, state, module.bias, module.weight_dtype)
@@ -635,21 +635,20 @@ def _in_format(module: SparseWeightModule, fmt: str) -> SparseWeightModule:
     return converted
 
 
-def _plain_state(module: SparseWeightModule, target: nn.Module) -> dict[str, torch.Tensor] | None:
+def _plain_state(module: SparseWeightModule, matrix, target: nn.Module) -> dict[str, torch.Tensor] | None:
     """The state_dict to assign to an ordinary module ``target`` for the weight ``module`` holds,
     in ``target``'s own layout (Conv1D: transposed; Conv2d: 4-D), or None where ``target``'s
     state does not have exactly those tensors."""
     if isinstance(target, SparseWeightModule):
         return None
-    matrix = module.dense_matrix()
     current = target.state_dict(keep_vars=True)
     weight = current.get("weight")
     if not isinstance(weight, torch.Tensor):
         return None
     if is_hf_conv1d(target):
-        dense = matrix.t().contiguous()
+        dense = matrix().t().contiguous()
     else:
-        dense = matrix.reshape(module.weight_shape)
+        dense = matrix().reshape(module.weight_shape)
     state = {"weight": dense}
     if module.bias is not None:
         state["bias"] = module.bias
@@ -674,6 +673,18 @@ def _check_fits(weights: Path, name: str, target: nn.Module, built: SparseWeight
                               f"but it {'has none' if built.bias is not None else 'has one'}")
 
 
+def _once(compute):
+    """``compute`` as a function that computes on its first call and then returns that result."""
+    results = []
+
+    def once():
+        if not results:
+            results.append(compute())
+        return results[0]
+
+    return once
+
+
 def _load_into(weights: Path, info: dict, tensors: dict[str, torch.Tensor], model: nn.Module, policy: str = "saved",
                rows: int | None = None) -> None:
     specs, module_aliases = info["modules"], info["module_aliases"]
@@ -694,13 +705,14 @@ def _load_into(weights: Path, info: dict, tensors: dict[str, torch.Tensor], mode
                                       f"{weights}), but it has none: another architecture or configuration?") from None
             _check_fits(weights, place, target, module)
             targets[place] = target
-        runtime = _runtime_format(weights, name, spec, module, policy, rows)
+        matrix = _once(module.dense_matrix)  # the exact dense weight, expanded at most once
+        runtime = _runtime_format(weights, name, spec, module, matrix, policy, rows)
         request = spec.get("auto") if isinstance(spec.get("auto"), dict) else None
         if runtime != "plain":
-            built[name] = _in_format(module, runtime)
+            built[name] = _in_format(module, matrix, runtime)
         else:
             for place, target in targets.items():
-                state = _plain_state(module, target)
+                state = _plain_state(module, matrix, target)
                 if state is not None:
                     assigned[place] = (target, state)
             if len(assigned.keys() & set(places)) != len(places):  # a place the skeleton cannot take it in
