@@ -333,6 +333,8 @@ def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to:
                 config_updates["tie_word_embeddings"] = [True, False]
     except BaseException:
         journal.undo()
+        if device != home:  # the restored weights of the block that failed were moved with it
+            blocks.to(home)
         raise
     tokens = sum(int(item.token_mask.sum()) if item.token_mask is not None else item.hidden.shape[:-1].numel()
                  for item in inputs)
