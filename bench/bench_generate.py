@@ -32,6 +32,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -124,6 +125,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=None, choices=("float32", "bfloat16"),
                         help="default: float32, and bfloat16 where the CPU has bf16 arithmetic")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler trace")
+    parser.add_argument("--nsamples", type=int, default=None,
+                        help="calibration windows of 128 tokens (default 64, --quick 16)")
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="directory for the results (default bench/results)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sparsities = [s if ":" in s else float(s) for s in args.sparsities] if args.sparsities else \
@@ -132,7 +136,8 @@ def main() -> None:
     repeats = args.repeats or (2 if args.quick else 5)
 
     model, tokenizer = load_smollm2()
-    calib, _ = evaluation.lm_quality_batches(tokenizer, nsamples=16 if args.quick else 64, eval_windows=1)
+    nsamples = args.nsamples or (16 if args.quick else 64)
+    calib, _ = evaluation.lm_quality_batches(tokenizer, nsamples=nsamples, eval_windows=1)
     prompt_ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     started = time.perf_counter()
     dense_statistics = DenseStatistics(model, calib)
@@ -195,8 +200,9 @@ def write(rows: list[dict], profiles: dict, args, names: list[str]) -> None:
 
     machine = machine_info()
     name = f"generate_smollm2{'_quick' if args.quick else ''}"
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps({"machine": machine, "prompt": PROMPT, "rows": rows,
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps({"machine": machine, "prompt": PROMPT, "rows": rows,
                                                           "profile": profiles}, indent=2) + "\n")
     text = ["# SmolLM2-135M greedy generation, batch 1, KV cache: sparse against masked dense", "",
             "Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "",
@@ -214,8 +220,8 @@ def write(rows: list[dict], profiles: dict, args, names: list[str]) -> None:
                  f"{100 * profile['not_in_ops_share']:.0f}% outside any op (Python, module calls).", "",
                  markdown_table(profile["top"], [("op", "op", ""), ("calls", "calls", ""),
                                                  ("self_ms", "self ms", ".2f")]), ""]
-    (RESULTS_DIR / f"{name}.md").write_text("\n".join(text))
-    print("wrote", RESULTS_DIR / f"{name}.json", RESULTS_DIR / f"{name}.md")
+    (results / f"{name}.md").write_text("\n".join(text))
+    print("wrote", results / f"{name}.json", results / f"{name}.md")
 
 
 if __name__ == "__main__":

@@ -274,8 +274,11 @@ def run_llm_demo(out: str | Path | None, quick: bool = False, progress: bool = F
     repeats = repeats if repeats is not None else (1 if quick else 3)
     model, tokenizer = loaded if loaded is not None else load_smollm2()
     nsamples, eval_windows = (16, 8) if quick else (64, 64)
+    sources = ("Python standard-library docstrings", "Alice's Adventures in Wonderland (another domain)")
     if batches is None:
         batches = evaluation.lm_quality_batches(tokenizer, nsamples=nsamples, eval_windows=eval_windows, seed=seed)
+    else:
+        sources = ("the given calibration batches", "the given evaluation batches")
     calib, held_out = batches
     if tokenizer is not None:
         prompt_ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
@@ -348,9 +351,9 @@ def run_llm_demo(out: str | Path | None, quick: bool = False, progress: bool = F
                         "folder, loaded offline" if loaded is None else "given",
         "data": {
             "calibration": f"{len(calib)} batches, {sum(int(b['input_ids'].numel()) for b in calib)} tokens of "
-                           "Python standard-library docstrings",
+                           f"{sources[0]}",
             "evaluation": f"{len(held_out)} batches, {sum(int(b['input_ids'].numel()) for b in held_out)} tokens "
-                          "of Alice's Adventures in Wonderland (another domain)",
+                          f"of {sources[1]}",
             "calibration_mode": "one-shot: every layer calibrated on the dense model's activations "
                                 "(PruneConfig(sequential=False)), statistics gathered once for all runs",
         },
