@@ -73,8 +73,9 @@ def test_bf16_llama_checkpoint_is_small_and_exact_with_each_cpu_table(sparsity, 
     bit-identical, each layer running in the format sparsify_ picked on that machine. At 1 row per
     call (token-by-token decoding) the AVX-512 table runs these bf16 layers sparse; AVX2 has no
     table yet and keeps them dense. A checkpoint saved on the one loads as the other runs it."""
+    if not ISAS:
+        pytest.skip("needs prunekit's AVX2 or AVX-512 kernels")
     dense_bytes = dense_checkpoint_bytes(pruned_llama(sparsity), tmp_path / "dense.safetensors")
-    assert ISAS, "no x86 kernels here"
     sparsified, saved = {}, {}
     for isa in ISAS:
         cpu_isa(isa)
@@ -93,7 +94,8 @@ def test_bf16_llama_checkpoint_is_small_and_exact_with_each_cpu_table(sparsity, 
         assert torch.equal(logits(loaded), expected), isa
         sparsified[isa], saved[isa] = sparse, weights
     if set(ISAS) == {"avx2", "avx512"}:
-        assert set(layer_formats(sparsified["avx2"]).values()) == {"plain"}
+        if not auto.BREAK_EVEN_SPARSITY_BY_ISA["avx2"]:  # not measured yet: everything stays dense
+            assert set(layer_formats(sparsified["avx2"]).values()) == {"plain"}
         assert "plain" not in set(layer_formats(sparsified["avx512"]).values())
         cpu_isa("avx512")
         loaded = prunekit.load(saved["avx2"])  # saved where everything ran dense

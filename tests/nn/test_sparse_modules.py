@@ -24,6 +24,15 @@ def prune_(weight: torch.Tensor, pattern, generator=None) -> None:
 ON_AMX = prunekit.build_info()["cpu_bf16_spmm"] == "amx"
 
 
+@pytest.fixture(autouse=True)
+def avx512_auto_tables(monkeypatch):
+    """The "auto" cases here are those of the AVX-512 break-even table; "auto" takes the table of
+    the kind of CPU kernels that runs (tests/nn/test_auto_isa.py), so pin that kind."""
+    from prunekit.nn import auto
+
+    monkeypatch.setattr(auto, "cpu_kernel_kind", lambda: "avx512")
+
+
 def pruned_linear(in_features, out_features, pattern, dtype=torch.float32, bias=True, seed=0):
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

@@ -21,6 +21,15 @@ from tiny_models import calibration, tiny_model
 HF_ARCHITECTURES = ["llama", "opt", "gpt2", "bert"]
 
 
+@pytest.fixture(autouse=True)
+def avx512_auto_tables(monkeypatch):
+    """The "auto" cases here are those of the AVX-512 break-even table; "auto" takes the table of
+    the kind of CPU kernels that runs (tests/nn/test_auto_isa.py), so pin that kind."""
+    from prunekit.nn import auto
+
+    monkeypatch.setattr(auto, "cpu_kernel_kind", lambda: "avx512")
+
+
 def hf_output(model, batch):
     with torch.no_grad():
         output = model(**batch)
