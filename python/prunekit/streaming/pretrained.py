@@ -41,8 +41,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msg
 
 def prune_pretrained(path: str | os.PathLike, config: PruneConfig | None = None, calib=None,
                      out: str | os.PathLike | None = None, *, dtype: torch.dtype | str = torch.float32,
-                     save_dtype: torch.dtype | str | None = None, offload_dir: str | os.PathLike | None = None,
-                     blocks: str | None = None) -> PruneReport:
+                     save_dtype: torch.dtype | str | None = None,
+                     offload_dir: str | os.PathLike | None = None) -> PruneReport:
     """Prunes the Hugging Face model in directory ``path`` block by block, never holding more than
     one block's weights, and writes the pruned model (masked dense safetensors shards) to the new
     directory ``out``. Returns the :class:`PruneReport`; the result equals ``prunekit.prune`` on the
@@ -57,8 +57,6 @@ def prune_pretrained(path: str | os.PathLike, config: PruneConfig | None = None,
       (default ``dtype``; "auto": each tensor's dtype in the input).
     - ``offload_dir``: keep the calibration activations in files under this directory (one item's
       in memory at a time) instead of in memory.
-    - ``blocks``: the name of the block list when it is not found automatically (as
-      ``PruneConfig.blocks``).
 
     Bad input raises ValueError before the output is created: a missing or truncated shard, a
     tensor whose shape disagrees with the config, ``out`` existing. An error while running (a full
@@ -78,7 +76,7 @@ def prune_pretrained(path: str | os.PathLike, config: PruneConfig | None = None,
     source.check_index()
     model = build_skeleton(source.directory, compute_dtype)
     streamed = StreamedModel(source, model, compute_dtype, save_dtype=save or compute_dtype,
-                             blocks_path=blocks or config.blocks)
+                             blocks_path=config.blocks)
     selected = _select_layers(model, config.ignore, config.pattern, config.sparsity)
     outside = [name for name in selected if not streamed.in_blocks(name)]
     if outside and not config.sequential and calib is not None:
@@ -90,12 +88,12 @@ def prune_pretrained(path: str | os.PathLike, config: PruneConfig | None = None,
     # Under torch.distributed every rank streams the blocks (one at a time) over its share of the
     # calibration items; rank 0 alone writes, and every rank learns whether that worked.
     strategy = strategy_for(config.distributed, config.process_group, argument="PruneConfig.distributed")
-    writer = None
-    with strategy.guard("creating the output's staging directory"):
-        if strategy.is_main:
-            writer = OutputWriter(out, units=len(streamed.blocks) + 1)
     store = ActivationStore(offload_dir) if offload_dir is not None else None
+    writer = None
     try:
+        with strategy.guard("creating the output's staging directory"):
+            if strategy.is_main:
+                writer = OutputWriter(out, units=len(streamed.blocks) + 1)
         streamed.writer, streamed.store, streamed.strategy = writer, store, strategy
         streamed.load_prologue()
         report = _prune(model, config, calib, block_loader=streamed)
