@@ -62,7 +62,8 @@ class PruneConfig:
     - ``admm_rho``, ``admm_iterations``, ``admm_prune_iterations``, ``admm_pcg_iterations``,
       ``admm_percdamp``, ``admm_per_row``: the ADMM solver's options (method="admm" and
       update="admm"): the penalty rho relative to the scaled Hessian's unit diagonal, the ADMM
-      steps, those of them along which the sparsity rises (cubic schedule; method="admm" only),
+      steps, those of them (at most all) along which the sparsity rises (cubic schedule;
+      method="admm" only),
       the conjugate-gradient steps on the final support, the ridge damping relative to the
       diagonal (larger stays closer to the dense weights: a regulariser when the calibration text
       is unlike the text the model will see) and whether unstructured masks compare weights per

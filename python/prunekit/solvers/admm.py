@@ -38,9 +38,6 @@ def check_admm_options(*, rho, iterations, prune_iterations, pcg_iterations, per
                           ("pcg_iterations", pcg_iterations)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ITERATIONS:
             raise ValueError(f"{prefix}{option}: expected an integer in [0, {MAX_ITERATIONS}], but got {value!r}")
-    if prune_iterations > iterations:
-        raise ValueError(f"{prefix}prune_iterations: expected at most iterations ({iterations}), but got "
-                         f"{prune_iterations}")
     if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not math.isfinite(percdamp) or \
             percdamp < 0:
         raise ValueError(f"{prefix}percdamp: expected a finite number >= 0, but got {percdamp!r}")
@@ -129,6 +126,7 @@ def admm(
     _check_inputs(weight, hessian, keep, name)
     check_admm_options(rho=rho, iterations=iterations, prune_iterations=prune_iterations,
                        pcg_iterations=pcg_iterations, percdamp=percdamp, prefix=f"admm({name}): ")
+    prune_iterations = min(prune_iterations, iterations)
     nm = parse_pattern(pattern)
     if nm is None:
         sparsity = 0.5 if sparsity is None else float(sparsity)
