@@ -7,7 +7,9 @@ or kept dense, the formats the loaded model runs, and whether its outputs are bi
 Sizes are deterministic, so any machine can run it (timings are not measured).
 
     python bench/bench_checkpoint_size.py                  # the Llama-shaped model (about a minute)
-    python bench/bench_checkpoint_size.py --model smollm2  # also SmolLM2-135M (Wanda, its calibration text)
+    python bench/bench_checkpoint_size.py --model smollm2  # SmolLM2-135M (Wanda, its calibration text)
+    python bench/bench_checkpoint_size.py --model smollm2 --method magnitude --isas avx512   # quicker: the
+        # sizes depend only on how many weights each layer keeps, not on which, nor on the ISA
 
 Writes bench/results/checkpoint_size[_smollm2].{json,md}.
 """
@@ -29,7 +31,7 @@ from prunekit.io import read_info
 from prunekit.nn import SparseWeightModule
 from prunekit.surgery import SparsifyConfig
 
-COLUMNS = ["model", "pruning", "isa", "rows", "swapped", "kept_dense", "stored_formats", "loaded_formats",
+COLUMNS = ["model", "method", "pruning", "isa", "rows", "swapped", "kept_dense", "stored_formats", "loaded_formats",
            "dense_mb", "checkpoint_mb", "ratio", "bit_identical"]
 TITLE = "Whole checkpoint size after prune + sparsify_(auto) + save, bf16, per kind of CPU kernels"
 
@@ -72,15 +74,16 @@ def formats_of(model) -> dict[str, int]:
     return counts
 
 
-def measure(name: str, build, isas: list[str], directory: Path) -> list[dict]:
+def measure(name: str, build, isas: list[str], directory: Path, method: str | None = None) -> list[dict]:
     base, calib = build()
     vocab = base.config.vocab_size
     ids = torch.randint(0, vocab, (1, 16), generator=torch.Generator().manual_seed(3))
     rows = []
     for pruning in (0.5, "2:4"):
         pruned = copy.deepcopy(base)
-        method = "wanda" if calib is not None else "magnitude"
-        prunekit.prune(pruned, PruneConfig(method=method, sparsity=pruning, progress=False), calib)
+        chosen = method or ("wanda" if calib is not None else "magnitude")
+        prunekit.prune(pruned, PruneConfig(method=chosen, sparsity=pruning, progress=False),
+                       calib if chosen != "magnitude" else None)
         pruned = pruned.to(torch.bfloat16)
         dense = dense_bytes(pruned, directory / "dense.safetensors")
         for isa in isas:
@@ -98,8 +101,9 @@ def measure(name: str, build, isas: list[str], directory: Path) -> list[dict]:
                     loaded = prunekit.load(weights)
                     with torch.no_grad():
                         identical = torch.equal(loaded(input_ids=ids).logits, expected)
-                    row = {"model": name, "pruning": str(pruning), "isa": isa, "rows": rows_per_call or 16,
-                           "swapped": len(report.swapped), "kept_dense": len(report.kept_dense),
+                    row = {"model": name, "method": chosen, "pruning": str(pruning), "isa": isa,
+                           "rows": rows_per_call or 16, "swapped": len(report.swapped),
+                           "kept_dense": len(report.kept_dense),
                            "stored_formats": stored, "loaded_formats": formats_of(loaded), "dense_mb": dense / 1e6,
                            "checkpoint_mb": weights.stat().st_size / 1e6, "ratio": weights.stat().st_size / dense,
                            "bit_identical": identical}
@@ -114,11 +118,15 @@ def measure(name: str, build, isas: list[str], directory: Path) -> list[dict]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["llama_shaped", "smollm2"], default="llama_shaped")
+    parser.add_argument("--method", choices=["wanda", "magnitude"], help="pruning criterion (default: Wanda with "
+                        "calibration data)")
+    parser.add_argument("--isas", nargs="+", choices=["avx2", "avx512"], default=["avx2", "avx512"],
+                        help="kinds of CPU kernels whose tables are active in turn (default: both)")
     args = parser.parse_args()
-    isas = [isa for isa in ("avx2", "avx512") if isa in prunekit.build_info()["cpu_isas_runnable"]]
+    isas = [isa for isa in args.isas if isa in prunekit.build_info()["cpu_isas_runnable"]]
     builders = {"llama_shaped": llama_shaped, "smollm2": smollm2}
     with tempfile.TemporaryDirectory() as temporary:
-        rows = measure(args.model, builders[args.model], isas, Path(temporary))
+        rows = measure(args.model, builders[args.model], isas, Path(temporary), args.method)
     suffix = "" if args.model == "llama_shaped" else f"_{args.model}"
     machine = {**machine_info(), "isas_measured": isas}
     print("wrote", *write_results(RESULTS_DIR, f"checkpoint_size{suffix}", rows, COLUMNS, TITLE, machine))
