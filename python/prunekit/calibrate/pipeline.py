@@ -282,14 +282,18 @@ class _SharedInputs:
 
     @property
     def stats(self) -> dict[str, LayerInputStats]:
-        """Every layer's statistics by name (members map to their leader's object)."""
+        """Every layer's statistics by name (members map to their leader's object; a layer that
+        never ran has empty statistics, as without sharing)."""
+        for name, layer in self.layers.items():
+            if name not in self.own and name not in self.leader:
+                self.own[name] = self.make_stats(layer)
         for group in self.groups():
             self.own[group[0]].readers = len(group)
-        return {name: self.own[self.leader.get(name, name)] for name in self.layers if self.leader.get(name, name)
-                in self.own}
+        return {name: self.own[self.leader.get(name, name)] for name in self.layers}
 
     def distinct(self) -> list[LayerInputStats]:
-        return list(self.own.values())
+        """Each statistics object once, in layer order (processes reduce them in the same order)."""
+        return [self.own[name] for name in self.layers if name in self.own]
 
     def groups(self) -> list[list[str]]:
         """The layers sharing statistics, leader first (groups of one included)."""
@@ -304,8 +308,12 @@ class _SharedInputs:
 
     def on_input(self, name: str, x: torch.Tensor) -> None:
         self._calls[name] = self._calls.get(name, 0) + 1
-        version = x._version
-        if self.share and self._first_pass and name not in self.own and name not in self.leader:
+        try:
+            version = x._version
+        except RuntimeError:  # an inference tensor tracks no version: never shared
+            version = None
+        if self.share and version is not None and self._first_pass and name not in self.own and \
+                name not in self.leader:
             for other, (seen, seen_version) in self._pass_inputs.items():
                 if seen is x and seen_version == version and other in self.own and self._compatible(other, name):
                     self.leader[name] = other
@@ -313,7 +321,7 @@ class _SharedInputs:
         leader = self.leader.get(name)
         if leader is not None:
             seen = self._pass_inputs.get(leader)
-            if seen is None or seen[0] is not x or seen[1] != version:
+            if seen is None or seen[0] is not x or version is None or seen[1] != version:
                 self.consistent = False
             return
         if name not in self.own:

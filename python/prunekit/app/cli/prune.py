@@ -169,8 +169,9 @@ def _prune_run(args, sparsity, config_kwargs, out: Path, torchrun: bool) -> int:
 
 def run_timings(stages: dict[str, float], prune_timings: dict[str, float], total: float) -> dict[str, float]:
     """The command's seconds per stage: loading, evaluation, the pruning's own stages
-    (PruneReport.timings, "prune_" prefixed), sparsify, saving, the rest, total."""
-    timings = {"loading": stages.get("loading", 0.0), "evaluation": stages.get("evaluation", 0.0)}
+    (PruneReport.timings, "prune_" prefixed), sparsify, saving, the rest, total (a stage the run
+    did not have separately is left out: a streamed run loads and saves inside the pruning)."""
+    timings = {stage: stages[stage] for stage in ("loading", "evaluation") if stage in stages}
     timings.update({f"prune_{stage}": seconds for stage, seconds in prune_timings.items() if stage != "total"})
     timings["prune_total"] = stages.get("pruning", prune_timings.get("total", 0.0))
     for stage in ("sparsify", "saving"):

@@ -17,6 +17,7 @@ import torch
 
 import prunekit
 from prunekit import distributed
+from prunekit.calibrate.timing import StageTimer
 from prunekit.hf import CAUSAL_SUFFIXES, load_model, resolve_model
 from prunekit.streaming import build_skeleton
 from prunekit.streaming.source import INDEX_FILE, SINGLE_FILE
@@ -69,9 +70,10 @@ def _tokenizer(directory: Path):
 def run_streamed(args, sparsity, config_kwargs: dict, out: Path, torchrun: bool = False) -> int:
     """The streamed counterpart of ``prune._prune_run``; under torchrun every rank streams the
     blocks over its share of the calibration items and rank 0 writes the checkpoint and report."""
-    from .prune import _default_ignore, _print_prune_summary, _write_prune_report
+    from .prune import _default_ignore, _print_prune_summary, _write_prune_report, run_timings
 
     started = time.perf_counter()
+    stages = StageTimer()  # evaluation and pruning (which loads and writes the blocks as it streams)
     directory = Path(resolve_model(args.model))
     dtype = _compute_dtype(directory, args.dtype)
     skeleton = build_skeleton(directory, getattr(torch, dtype))  # no storage: names and config only
@@ -85,6 +87,7 @@ def run_streamed(args, sparsity, config_kwargs: dict, out: Path, torchrun: bool 
         eval_batches, eval_source = evaluation_batches(args.eval_data, skeleton, tokenizer, causal, args.eval_samples,
                                                        args.seqlen, args.seed, args.batch_size)
         quality = {"source": eval_source}
+        evaluation_started = time.perf_counter()
         dense, _, _ = load_model(str(directory), dtype)
         if causal:
             quality.update(metric="perplexity", dense=evaluation.perplexity(dense, eval_batches, not args.quiet))
@@ -93,10 +96,13 @@ def run_streamed(args, sparsity, config_kwargs: dict, out: Path, torchrun: bool 
             quality.update(metric="mean_cosine", dense=1.0)
         del dense
         gc.collect()
+        stages.seconds["evaluation"] = time.perf_counter() - evaluation_started
     logger.info("pruning with %s at %s (%s allocation), streamed block by block", args.method, sparsity,
                 args.allocation)
-    report = prunekit.prune_pretrained(directory, config, calib, out / "model", dtype=dtype)
+    with stages.stage("pruning"):
+        report = prunekit.prune_pretrained(directory, config, calib, out / "model", dtype=dtype)
     if quality is not None:
+        evaluation_started = time.perf_counter()
         pruned, _, _ = load_model(str(out / "model"), dtype)
         if causal:
             quality["pruned"] = evaluation.perplexity(pruned, eval_batches, not args.quiet)
@@ -104,6 +110,7 @@ def run_streamed(args, sparsity, config_kwargs: dict, out: Path, torchrun: bool 
             fidelity = evaluation.embedding_fidelity(pruned, dense_embeddings, eval_batches, not args.quiet)
             quality.update(pruned=fidelity["mean_cosine"], min_cosine=fidelity["min_cosine"])
         del pruned
+        stages.seconds["evaluation"] += time.perf_counter() - evaluation_started
     if torchrun and not distributed.is_main_process():
         return 0
     result = {
@@ -113,6 +120,7 @@ def run_streamed(args, sparsity, config_kwargs: dict, out: Path, torchrun: bool 
         "calibration": calib_info, "quality": quality, "streamed": True,
         "checkpoint": {"path": "model", "format": "Hugging Face, masked dense weights (from_pretrained)"},
         "prune": report.to_dict(), "machine": machine_info(), "seconds": time.perf_counter() - started,
+        "timings": run_timings(stages.seconds, report.timings, time.perf_counter() - started),
     }
     result["files"] = _write_prune_report(out, result)
     _print_prune_summary(result, report, out)

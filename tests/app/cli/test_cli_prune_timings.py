@@ -1,0 +1,28 @@
+"""prunekit prune's report says where the time went: loading, evaluation, the pruning's stages
+(calibration forwards, statistics, solves, errors), saving; streamed and in memory."""
+
+import json
+
+import pytest
+
+from _cli import run_many
+
+
+def test_prune_report_has_a_time_breakdown(tiny_llama_dir, tmp_path):
+    common = ["--method", "sparsegpt", "--sparsity", "0.5", "--nsamples", "8", "--seqlen", "16", "--eval-samples", "4"]
+    streamed, in_memory = run_many(["prune", tiny_llama_dir, *common, "--out", tmp_path / "streamed"],
+                                   ["prune", tiny_llama_dir, *common, "--in-memory", "--out", tmp_path / "memory"])
+    for result, out in ((streamed, tmp_path / "streamed"), (in_memory, tmp_path / "memory")):
+        assert result.returncode == 0, result.stderr
+        report = json.loads((out / "report.json").read_text())
+        timings = report["timings"]
+        assert {"evaluation", "prune_calibration_forwards", "prune_statistics", "prune_solves", "prune_errors",
+                "prune_total", "other", "total"} <= timings.keys(), timings
+        assert timings["total"] == pytest.approx(report["seconds"], abs=0.01)
+        assert report["prune"]["reconstruction_error_kind"] == "exact"
+        assert "## Time" in (out / "report.md").read_text()
+    in_memory_timings = json.loads((tmp_path / "memory" / "report.json").read_text())["timings"]
+    assert {"loading", "saving"} <= in_memory_timings.keys()
+    parts = sum(seconds for stage, seconds in in_memory_timings.items()
+                if stage not in ("total", "prune_total") and not stage.startswith("prune_"))
+    assert parts + in_memory_timings["prune_total"] == pytest.approx(in_memory_timings["total"], abs=0.05)
