@@ -50,7 +50,9 @@ def _worker_prunekit(args) -> dict:
 
     started = time.perf_counter()
     model, tokenizer, _ = load_model("smollm2")
-    calib, heldout = lm_quality_batches(tokenizer)
+    _, heldout = lm_quality_batches(tokenizer)
+    windows = torch.load(args.calib, weights_only=True)  # the peer's windows, batched as the protocol does
+    calib = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in windows.split(args.batch_size)]
     loaded = time.perf_counter()
     config = prunekit.PruneConfig(method=args.method, sparsity=args.sparsity, progress=False)
     report = prunekit.prune(model, config, calib)
@@ -93,7 +95,7 @@ def _worker_llmcompressor(args) -> dict:
                   max_seq_length=int(windows.shape[1]), pipeline="sequential", shuffle_calibration_samples=False)
     accepted = inspect.signature(oneshot).parameters
     if "batch_size" in accepted:
-        kwargs["batch_size"] = args.peer_batch_size
+        kwargs["batch_size"] = args.batch_size
     loaded = time.perf_counter()
     oneshot(**{key: value for key, value in kwargs.items() if key in accepted or "kwargs" in accepted})
     pruned = time.perf_counter()
@@ -102,7 +104,7 @@ def _worker_llmcompressor(args) -> dict:
     save_file({name: tensor for name, tensor in state.items() if name != "lm_head.weight"}, args.weights_out)
     return {"load_s": loaded - started, "prune_s": pruned - loaded, "threads": torch.get_num_threads(),
             "llmcompressor": metadata.version("llmcompressor"), "transformers": metadata.version("transformers"),
-            "torch": torch.__version__, "peer_batch_size": kwargs.get("batch_size")}
+            "torch": torch.__version__, "batch_size": kwargs.get("batch_size")}
 
 
 def _worker_main(args) -> None:
@@ -173,8 +175,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternating; the fastest counts")
     parser.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON", DEFAULT_PEER_PYTHON),
                         help=f"python of llm-compressor's environment (default {DEFAULT_PEER_PYTHON})")
-    parser.add_argument("--peer-batch-size", type=int, default=8,
-                        help="calibration windows per forward for the peer (prunekit's protocol uses 8)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="calibration windows per forward, both (prunekit's protocol uses 8)")
+    parser.add_argument("--windows", type=int, default=64,
+                        help="calibration windows (default 64, the protocol's; fewer for a smoke run)")
     parser.add_argument("--skip-peer", action="store_true", help="prunekit only (no comparison)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     # worker arguments
@@ -210,7 +214,7 @@ def main() -> int:
     calib, heldout = lm_quality_batches(tokenizer)
     dense_perplexity = perplexity(model, heldout)
     del model
-    windows = torch.cat([batch["input_ids"] for batch in calib])
+    windows = torch.cat([batch["input_ids"] for batch in calib])[: args.windows]
     rows = []
     with tempfile.TemporaryDirectory(prefix="prunekit-peer-") as tmp:
         work = Path(tmp)
@@ -224,13 +228,14 @@ def main() -> int:
                     if who == "llmcompressor" and args.skip_peer:
                         continue
                     if who == "prunekit":
-                        result = _run_worker(sys.executable, who, method, args, work, [])
+                        result = _run_worker(sys.executable, who, method, args, work,
+                                             ["--calib", os.fspath(calib_path), "--batch-size", str(args.batch_size)])
                     else:
                         weights = work / f"peer_{method}.safetensors"
                         result = _run_worker(args.peer_python, who, method, args, work,
                                              ["--calib", os.fspath(calib_path), "--model-dir", model_dir,
                                               "--weights-out", os.fspath(weights),
-                                              "--peer-batch-size", str(args.peer_batch_size)])
+                                              "--batch-size", str(args.batch_size)])
                         if who not in best or result["prune_s"] < best[who]["prune_s"]:
                             result["perplexity"], result["total_sparsity"] = _peer_perplexity(weights)
                     print(f"{method} {args.sparsity} {who}: prune {result['prune_s']:.1f} s "
@@ -247,13 +252,13 @@ def main() -> int:
                            llmcompressor_sparsity=peer["total_sparsity"], llmcompressor_process_s=peer["process_s"],
                            ratio=ours["prune_s"] / peer["prune_s"], llmcompressor=peer["llmcompressor"],
                            peer_transformers=peer["transformers"], peer_torch=peer["torch"],
-                           peer_batch_size=peer["peer_batch_size"])
+                           batch_size=peer["batch_size"])
             rows.append(row)
             print(json.dumps(row), flush=True)
 
     machine = machine_info()
     name = "peer_llmcompressor" + ("" if args.sparsity == "0.5" else "_" + args.sparsity.replace(":", "of").replace(
-        ".", "p"))
+        ".", "p")) + ("" if args.windows == 64 else f"_{args.windows}windows")
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{name}.json"
     json_path.write_text(json.dumps({"machine": machine, "threads": args.threads, "repeats": args.repeats,
@@ -275,7 +280,7 @@ def main() -> int:
             markdown_table(table_rows, columns), "", "prunekit's stages (PruneReport.timings):", "", *stages]
     if rows and "llmcompressor" in rows[0]:
         text += ["", f"Peer: llmcompressor {rows[0]['llmcompressor']}, transformers {rows[0]['peer_transformers']}, "
-                 f"torch {rows[0]['peer_torch']}, calibration batch size {rows[0]['peer_batch_size']}."]
+                 f"torch {rows[0]['peer_torch']}, calibration batch size {rows[0]['batch_size']}."]
     md_path = args.out / f"{name}.md"
     md_path.write_text("\n".join(text) + "\n")
     print("wrote", json_path, md_path)
