@@ -1,0 +1,123 @@
+"""SmolLM2-135M out-of-domain perplexity of the issue #24 recipes (RIA masks, ADMM reconstruction
+and weight updates, damping as a regulariser, OWL, 128 calibration windows) beside Wanda and
+SparseGPT, with prune times, on prunekit's LLM quality protocol (64 or 128 windows of 128 tokens
+of Python docstrings calibrate; 64 windows of the held-out novel evaluate).
+
+Every configuration is pruned from the same dense weights; rows are appended to
+bench/results/quality_smollm2_issue24.json as they finish (a rerun skips labels already there, so
+an interrupted run resumes) and the Markdown table is rewritten.
+
+    python bench/explore_smollm2_issue24.py                  # every configuration (about an hour)
+    python bench/explore_smollm2_issue24.py --only 'ria*@0.5*' 'sparsegpt@*'
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+NAME = "quality_smollm2_issue24"
+
+
+def configurations() -> list[tuple[str, dict, int]]:
+    """(label, PruneConfig keywords, calibration windows), baselines first at every sparsity."""
+    rows = []
+    for sparsity in (0.5, "2:4", 0.7):
+        at = f"@{sparsity}"
+        base = {"sparsity": sparsity}
+        rows += [(f"{method}{at}", {"method": method, **base}, 64) for method in ("wanda", "sparsegpt", "ria")]
+        for damp in (0.01, 0.1, 1.0):
+            update = {"update": "admm", "admm_iterations": 10, "admm_percdamp": damp}
+            rows += [(f"ria+admm(damp {damp}){at}", {"method": "ria", **base, **update}, 64),
+                     (f"wanda+admm(damp {damp}){at}", {"method": "wanda", **base, **update}, 64)]
+        rows += [(f"admm(damp {damp}){at}", {"method": "admm", **base, "admm_percdamp": damp}, 64)
+                 for damp in (0.01, 0.1)]
+        if sparsity == 0.7:
+            rows += [(f"ria owl{at}", {"method": "ria", **base, "allocation": "owl"}, 64),
+                     (f"ria owl+admm(damp 0.1){at}", {"method": "ria", **base, "allocation": "owl", "update": "admm",
+                                                      "admm_iterations": 10, "admm_percdamp": 0.1}, 64)]
+        rows += [(f"wanda 128 windows{at}", {"method": "wanda", **base}, 128),
+                 (f"sparsegpt 128 windows{at}", {"method": "sparsegpt", **base}, 128),
+                 (f"ria+admm(damp 0.1) 128 windows{at}", {"method": "ria", **base, "update": "admm",
+                                                          "admm_iterations": 10, "admm_percdamp": 0.1}, 128)]
+    return rows
+
+
+def markdown(rows: list[dict], dense: float, machine: dict) -> str:
+    lines = ["# SmolLM2-135M: issue #24 recipes, out-of-domain perplexity", "",
+             "Calibration: Python docstrings (64 or 128 windows x 128 tokens); evaluation: 64 windows of the "
+             "held-out novel (another domain). gap = ppl - dense ppl; ratio = gap over the smaller gap of Wanda "
+             "and SparseGPT (64 windows) at the same sparsity. Prune seconds only compare on a quiet machine.", "",
+             f"Dense perplexity {dense:.2f}. Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "",
+             "| configuration | PruneConfig | windows | perplexity | gap | ratio | prune s | x SparseGPT time |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        sparsity = row["label"].rsplit("@", 1)[1]
+        baselines = [r["ppl"] - dense for r in rows if r["label"] in (f"wanda@{sparsity}", f"sparsegpt@{sparsity}")]
+        seconds = [r["prune_seconds"] for r in rows if r["label"] == f"sparsegpt@{sparsity}"]
+        gap = row["ppl"] - dense
+        ratio = f"{gap / min(baselines):.2f}" if baselines and min(baselines) > 0 else "-"
+        times = f"{row['prune_seconds'] / seconds[0]:.2f}" if seconds else "-"
+        lines.append(f"| {row['label']} | `{json.dumps(row['config'])}` | {row['windows']} | {row['ppl']:.2f} | "
+                     f"{gap:.2f} | {ratio} | {row['prune_seconds']:.1f} | {times} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", help="fnmatch patterns on the labels (e.g. 'ria*@0.5')")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from _common import RESULTS_DIR, machine_info
+
+    import prunekit
+    from prunekit.app.evaluation import lm_quality_batches, perplexity
+    from prunekit.hf import load_model
+
+    model, tokenizer, _ = load_model("smollm2")
+    model.eval()
+    dense_state = copy.deepcopy(model.state_dict())
+    path = RESULTS_DIR / f"{NAME}.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    rows = saved.get("rows", [])
+    machine = machine_info()
+    batches = {}
+    with torch.no_grad():
+        dense = perplexity(model, lm_quality_batches(tokenizer)[1])
+    for label, config, windows in configurations():
+        if args.only and not any(fnmatch.fnmatchcase(label, pattern) for pattern in args.only):
+            continue
+        if any(row["label"] == label for row in rows):
+            continue
+        if windows not in batches:
+            batches[windows] = lm_quality_batches(tokenizer, nsamples=windows)
+        calib, held_out = batches[windows]
+        model.load_state_dict(dense_state)
+        started = time.perf_counter()
+        prunekit.prune(model, prunekit.PruneConfig(progress=False, **config), calib)
+        seconds = time.perf_counter() - started
+        with torch.no_grad():
+            ppl = perplexity(model, held_out)
+        rows.append({"label": label, "config": config, "windows": windows, "ppl": ppl, "prune_seconds": seconds})
+        print(json.dumps(rows[-1]), flush=True)
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps({"machine": machine, "dense": dense, "rows": rows}, indent=2) + "\n")
+        temporary.replace(path)
+        markdown_path = RESULTS_DIR / f"{NAME}.md"
+        temporary = markdown_path.with_suffix(".md.tmp")
+        temporary.write_text(markdown(rows, dense, machine))
+        temporary.replace(markdown_path)
+
+
+if __name__ == "__main__":
+    main()
