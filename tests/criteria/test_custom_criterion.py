@@ -24,7 +24,8 @@ prunekit.register_criterion(NAME, squared_input_norms)
 
 
 def run(model, arch="llama", **config):
-    return prunekit.prune(model, PruneConfig(progress=False, **config), calibration(arch))
+    # exact errors: these tests compare them across methods and refinements
+    return prunekit.prune(model, PruneConfig(progress=False, **{"report_errors": "exact", **config}), calibration(arch))
 
 
 def linear_weights(model) -> dict[str, torch.Tensor]:
