@@ -281,3 +281,17 @@ def test_keep_embeddings_leaves_a_tied_head_tied(bases, tmp_path):
 def test_keep_embeddings_needs_rms_norms():
     with pytest.raises(SlicingError, match="keep_embeddings: expected a model with RMS norms, but opt models"):
         slice_(tiny_model("opt"), 0.25, calibration("opt"), keep_embeddings=True)
+
+
+def test_normalized_pca_is_exact_at_zero_and_recorded():
+    calib = calibration("gpt2")
+    ids = calib[0]["input_ids"]
+    model = tiny_model("gpt2")
+    dense = _logits(model, ids)
+    slice_(model, 0.0, calib, pca="normalized", progress=False)
+    torch.testing.assert_close(_logits(model, ids), dense, atol=2e-5, rtol=1e-5)
+    sliced = tiny_model("llama")
+    slice_(sliced, 0.25, calibration("llama"), pca="normalized", progress=False)
+    assert sliced.config.prunekit_slicing["pca"] == "normalized"
+    with pytest.raises(SlicingError, match=r"pca: expected one of \('energy', 'normalized'\), but got 'tokens'"):
+        slice_(tiny_model("llama"), 0.25, calibration("llama"), pca="tokens")

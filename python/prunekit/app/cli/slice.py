@@ -17,6 +17,7 @@ import torch
 import prunekit
 from prunekit.hf import load_model, resolve_model
 from prunekit.surgery.slicing import BASES
+from prunekit.surgery.slicing.slicer import PCA_WEIGHTINGS
 
 from .. import evaluation
 from .. import report as reports
@@ -47,6 +48,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-embeddings", action="store_true",
                         help="leave the embeddings, final norm and LM head as they are (a tied head stays tied); the "
                              "first block reads and the last writes the full width (RMS-norm models)")
+    parser.add_argument("--pca", default="energy", choices=PCA_WEIGHTINGS,
+                        help="energy: the covariance sums x x^T (the paper); normalized: of x / |x|, every token "
+                             "weighs the same (default energy)")
     parser.add_argument("--round-to", type=positive_int, default=8,
                         help="kept widths are multiples of this (default 8)")
     parser.add_argument("--calib", type=Path, metavar="FILE", help="calibration text file (UTF-8)")
@@ -138,7 +142,7 @@ def _slice_run(args, ratio, model, tokenizer, causal: bool, out: Path, started: 
               "dense_ms": forward_ms(model, args.seqlen, args.time_runs, vocab)}
     logger.info("slicing %s at ratio %s (%s bases)", args.model, ratio, args.bases)
     report = prunekit.slice_(model, ratio, calib, bases=args.bases, round_to=args.round_to,
-                             keep_embeddings=args.keep_embeddings, device=args.device,
+                             keep_embeddings=args.keep_embeddings, pca=args.pca, device=args.device,
                              progress=not args.quiet)
     if quality is not None:
         with torch.no_grad():
@@ -157,7 +161,7 @@ def _slice_run(args, ratio, model, tokenizer, causal: bool, out: Path, started: 
         raise
     result = {"command": "slice", "model": args.model, "model_class": type(model).__name__,
               "config": {"ratio": ratio, "bases": args.bases, "round_to": args.round_to,
-                         "keep_embeddings": args.keep_embeddings, "dtype": args.dtype},
+                         "keep_embeddings": args.keep_embeddings, "pca": args.pca, "dtype": args.dtype},
               "calibration": calib_info, "quality": quality, "forward_time": timing,
               "checkpoint": {"path": "model", "format": "prunekit checkpoint of a sliced model (prunekit.load)"},
               "slice": report.to_dict(), "machine": machine_info(), "seconds": time.perf_counter() - started}

@@ -37,11 +37,13 @@ from .modules import (ResidualRMSNorm, linear_matrix, set_embedding, set_linear,
 logger = logging.getLogger(__name__)
 
 __all__ = ["slice_", "SliceReport", "kept_dim", "restore_sliced_structure", "restore_sliced_from_config", "CONFIG_KEY",
+           "PCA_WEIGHTINGS",
            "BASES"]
 
 CONFIG_KEY = "prunekit_slicing"
 SPEC_FORMAT = 1
 BASES = ("sublayer", "block")
+PCA_WEIGHTINGS = ("energy", "normalized")
 
 
 @dataclass
@@ -171,10 +173,15 @@ class _Journal:
 
 # ----------------------------------------------------------------------------- the math
 
-def _covariance(hidden: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+def _covariance(hidden: torch.Tensor, token_mask: torch.Tensor | None, normalized: bool = False) -> torch.Tensor:
+    """sum x x^T over the tokens (padding left out); ``normalized``: of x / |x| (every token weighs
+    the same, as the norms that feed the block's linears see it, rather than by its energy)."""
     rows = hidden.reshape(-1, hidden.shape[-1])
     if token_mask is not None:
         rows = rows[token_mask.reshape(-1).to(rows.device)]
+    if normalized:
+        rows = rows.float()
+        rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     if rows.dtype != torch.float64:  # a float32 product per batch (fast), summed over batches in float64
         rows = rows.float()
     return (rows.t() @ rows).double()
@@ -240,6 +247,7 @@ class _Plan:
     bases: str
     round_to: int
     keep_embeddings: bool
+    normalized: bool = False
 
     @property
     def embedding(self) -> int:
@@ -257,13 +265,15 @@ class _Plan:
         return {"in": width_in, "mid": width_mid, "out": self.head if last else self.dims[index + 1]}
 
 
-def _plan(model: nn.Module, ratio, bases: str, round_to, keep_embeddings: bool) -> _Plan:
+def _plan(model: nn.Module, ratio, bases: str, round_to, keep_embeddings: bool, pca: str) -> _Plan:
     if not isinstance(model, nn.Module):
         raise TypeError(f"slice_: argument 'model' must be a torch.nn.Module, but got {type(model).__name__}")
     if bases not in BASES:
         raise SlicingError(f"bases: expected one of {BASES}, but got {bases!r}")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise SlicingError(f"round_to: expected a positive int, but got {round_to!r}")
+    if pca not in PCA_WEIGHTINGS:
+        raise SlicingError(f"pca: expected one of {PCA_WEIGHTINGS}, but got {pca!r}")
     if not isinstance(keep_embeddings, bool):
         raise SlicingError(f"keep_embeddings: expected a bool, but got {keep_embeddings!r}")
     family = resolve_family(model)
@@ -279,11 +289,11 @@ def _plan(model: nn.Module, ratio, bases: str, round_to, keep_embeddings: bool) 
     if family.name == "gpt2" and dims[0] != dims[-1] and not keep_embeddings:
         raise SlicingError(f"ratio: GPT2Model reshapes its output to the embedding's width, so the first and last "
                            f"blocks must keep the same width, but got {dims[0]} and {dims[-1]} from {ratio!r}")
-    return _Plan(family, hidden, ratios, dims, bases, round_to, keep_embeddings)
+    return _Plan(family, hidden, ratios, dims, bases, round_to, keep_embeddings, pca == "normalized")
 
 
 def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to: int = 8,
-           keep_embeddings: bool = False, device=None, progress: bool = True) -> SliceReport:
+           keep_embeddings: bool = False, pca: str = "energy", device=None, progress: bool = True) -> SliceReport:
     """Slices ``model`` in place with SliceGPT and returns a :class:`SliceReport`.
 
     - ``model``: a Hugging Face causal LM of a Llama (Llama, Mistral, Qwen2, SmolLM2), OPT
@@ -300,6 +310,9 @@ def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to:
     - ``keep_embeddings``: leave the embeddings, the final norm and the LM head as they are (a tied
       head stays tied: no second vocabulary-sized matrix); the first block then reads and the last
       block writes the full width, in the original basis (RMS-norm models only).
+    - ``pca``: "energy" (the paper: the covariance sums x x^T, so tokens with large activations
+      dominate the basis) or "normalized" (of x / |x|: every token weighs the same, as the norms
+      feeding the linears see them).
     - ``device``: where each block runs (default: where the model is); ``progress``: a bar.
 
     Otherwise a tied LM head is untied (it reads the last basis, the embedding writes the first). The
@@ -308,7 +321,7 @@ def slice_(model: nn.Module, ratio, calib, *, bases: str = "sublayer", round_to:
     Every check runs before the model changes, and a failure part way restores the model.
     """
     started = time.perf_counter()
-    plan = _plan(model, ratio, bases, round_to, keep_embeddings)
+    plan = _plan(model, ratio, bases, round_to, keep_embeddings, pca)
     if not isinstance(calib, (list, tuple)) or len(calib) == 0:
         raise SlicingError(f"calib: expected a non-empty list of model inputs, but got "
                            f"{type(calib).__name__ if not isinstance(calib, (list, tuple)) else 'an empty list'}")
@@ -387,7 +400,7 @@ def _slice(model: nn.Module, plan: _Plan, inputs: list, journal: _Journal, devic
         basis, kept = torch.eye(hidden, dtype=torch.float64, device=device), hidden
         embeddings = []
     else:
-        covariance = sum(_covariance(item.hidden, item.token_mask) for item in inputs)
+        covariance = sum(_covariance(item.hidden, item.token_mask, plan.normalized) for item in inputs)
         basis, values = _principal_basis(covariance, f"the input of {family.blocks}.0")
         kept = plan.embedding
         explained["embedding"] = _explained(values, kept)
@@ -455,7 +468,7 @@ def _slice_block(layer: nn.Module, index: int, prefix: str, plan: _Plan, inputs:
         for item in inputs:
             middle = item.hidden @ in_basis.t().to(item.hidden) + layer.attention_branch(item.hidden, item.args,
                                                                                          item.kwargs)
-            covariance = covariance + _covariance(middle, item.token_mask)
+            covariance = covariance + _covariance(middle, item.token_mask, plan.normalized)
             middles.append(middle)
         mid_basis_full, values = _principal_basis(covariance, f"the middle of {prefix}")
         mid_kept = plan.layer(index)["mid"]
@@ -483,7 +496,7 @@ def _slice_block(layer: nn.Module, index: int, prefix: str, plan: _Plan, inputs:
     outputs, covariance = [], 0
     for item in inputs:
         output = item.hidden @ mid_basis.t().to(item.hidden) + layer.mlp_branch(item.hidden)
-        covariance = covariance + _covariance(output, item.token_mask)
+        covariance = covariance + _covariance(output, item.token_mask, plan.normalized)
         outputs.append(output)
     out_kept = plan.layer(index)["out"]
     if plan.keep_embeddings and index == len(plan.dims) - 1:  # the LM head reads the original basis
@@ -515,6 +528,7 @@ def _spec(model: nn.Module, plan: _Plan, biases_created: list[str]) -> dict:
     return {"format": SPEC_FORMAT, "method": "slicegpt", "family": family.name, "hidden_size": plan.hidden,
             "ratio": plan.ratios, "bases": plan.bases, "round_to": plan.round_to, "embedding": plan.embedding,
             "layers": layers, "head": plan.head, "keep_embeddings": plan.keep_embeddings,
+            "pca": "normalized" if plan.normalized else "energy",
             "final_eps": norm_eps(model.get_submodule(family.final_norm)), "biases_created": list(biases_created)}
 
 
