@@ -76,8 +76,10 @@ def channel_pruned(model, calib, method: str, max_block_params: int):
     mlp_per_block = 3 * config.hidden_size * config.intermediate_size
     per_block_other = block_params(model) // config.num_hidden_layers - mlp_per_block
     mlp_per_channel = 3 * config.hidden_size
-    kept = (max_block_params // config.num_hidden_layers - per_block_other) // mlp_per_channel
-    while True:  # FLAP's bias compensation adds a bias per down projection: step down until under the budget
+    # FLAP's bias compensation gives every down projection a bias (hidden_size parameters per block)
+    compensation = config.hidden_size if method == "flap" else 0
+    kept = (max_block_params // config.num_hidden_layers - per_block_other - compensation) // mlp_per_channel
+    while True:  # a safeguard: step down until under the budget
         copy_ = copy.deepcopy(model)
         sparsity = 1 - (kept + 0.25) / config.intermediate_size  # kept_units rounds half up: exactly `kept`
         started = time.perf_counter()
