@@ -41,6 +41,8 @@ VARIANTS = {  # name -> slice_ keyword arguments
     "block": {"bases": "block"},
     "sublayer, keep embeddings": {"bases": "sublayer", "keep_embeddings": True},
     "block, keep embeddings": {"bases": "block", "keep_embeddings": True},
+    "sublayer, normalized PCA": {"bases": "sublayer", "pca": "normalized"},
+    "sublayer, normalized PCA, keep embeddings": {"bases": "sublayer", "pca": "normalized", "keep_embeddings": True},
 }
 CHANNEL_METHODS = ("flap", "wanda")
 QUALITY_COLUMNS = [("method", "method", ""), ("variant", "variant", ""), ("block_params", "block params", ","),
