@@ -14,7 +14,7 @@ dense model and the sliced one generate the same prompt greedily with the KV cac
 for ``--repeats`` rounds (prunekit.app.demo_llm.compare_generation); the speed-up is the ratio of
 the median times; a batch-1 forward of 128 tokens (prefill) is timed the same way.
 
-    python bench/bench_slice.py --part quality            # writes bench/results/slicegpt_smollm2.{json,md}
+    python bench/bench_slice.py --part quality            # writes bench/results/slicegpt_smollm2_quality.{json,md}
     python bench/bench_slice.py --part timing --threads 2 # writes bench/results/slicegpt_smollm2_timing.{json,md}
 """
 
@@ -186,7 +186,7 @@ def main() -> None:
     model, tokenizer = load_smollm2()
     if args.part == "quality":
         quality(args, model, tokenizer, lambda rows: write(
-            "slicegpt_smollm2", "SliceGPT on SmolLM2-135M: parameters and perplexity", rows, QUALITY_COLUMNS,
+            "slicegpt_smollm2_quality", "SliceGPT on SmolLM2-135M: parameters and perplexity", rows, QUALITY_COLUMNS,
             "Perplexity on 64 x 128 held-out tokens of Alice in Wonderland after calibrating on 64 x 128 tokens of "
               "Python docstrings (`lm_quality_batches`). Channel pruning removes MLP channels until the decoder "
               "blocks hold at most the sliced model's block parameters. `python bench/bench_slice.py --part "
