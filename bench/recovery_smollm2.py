@@ -105,8 +105,10 @@ def main() -> int:
     parser.add_argument("--ratio", type=float, default=0.25)
     parser.add_argument("--budget", default="units", choices=("units", "parameters"))
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--indices", help="comma-separated units to remove instead of scoring by --ratio")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--wanda-in-script", action="store_true", help="prune with wanda_in_script()")
+    parser.add_argument("--skip-before", action="store_true", help="no perplexity before recovery (time)")
     parser.add_argument("--dense", action="store_true", help="measure the dense perplexity too (32.87)")
     parser.add_argument("--cache", default="/tmp/prunekit-recovery-wanda50.pt",
                         help="the Wanda 50%% state dict, reused between runs")
@@ -130,8 +132,12 @@ def main() -> int:
     else:
         if args.dense:
             row["dense_perplexity"] = perplexity(model, heldout)
-        report = prunekit.prune_layers(model, args.ratio, calib, args.unit, budget=args.budget, rounds=args.rounds,
-                                       progress=False)
+        if args.indices:  # the units a ratio run chose, without scoring again
+            indices = [int(i) if i.isdigit() else i for i in args.indices.split(",")]
+            report = prunekit.prune_layers(model, indices=indices, unit=args.unit, progress=False)
+        else:
+            report = prunekit.prune_layers(model, args.ratio, calib, args.unit, budget=args.budget,
+                                           rounds=args.rounds, progress=False)
         row.update(method=f"prune_layers {args.unit} {args.ratio} ({args.budget}, {args.rounds} rounds)",
                    layer_report=report.to_dict())
     masks = zero_masks(model)
@@ -140,7 +146,10 @@ def main() -> int:
     else:
         batches = text_batches(tokenizer, training_paragraphs(), seqlen=128, batch_size=args.batch_size, seed=0)
         report = prunekit.recover(model, batches, steps=args.steps, lr=args.lr, train=args.train,
-                                  eval_batches=heldout, time_batch=calib[0], progress=False)
+                                  eval_batches=None if args.skip_before else heldout, time_batch=calib[0],
+                                  progress=False)
+        if args.skip_before:
+            report.perplexity_after = perplexity(model, heldout)
         params = dict(model.named_parameters())
         still_zero = all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
         row.update(train=args.train, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
