@@ -41,8 +41,8 @@ at::Tensor keep_smallest_pruned(const at::Tensor& scores, int64_t count, bool pe
   if (count <= 0) return at::ones(scores.sizes(), scores.options().dtype(at::kBool));
   if (!per_row) return smallest_per_row(scores.reshape({1, -1}), count).view(scores.sizes()).logical_not_();
   const int64_t per = count / rows, extra = count % rows;
-  at::Tensor pruned = per > 0 ? smallest_per_row(scores, per)
-                              : at::zeros(scores.sizes(), scores.options().dtype(at::kBool));
+  at::Tensor pruned =
+      per > 0 ? smallest_per_row(scores, per) : at::zeros(scores.sizes(), scores.options().dtype(at::kBool));
   if (extra > 0) {
     // The next score of each row: the smallest not yet pruned, the first of equal ones.
     const auto next = at::min(at::where(pruned, std::numeric_limits<float>::infinity(), scores), /*dim=*/1);
@@ -92,8 +92,8 @@ void aten_cg_step(CgState& c) {
 }  // namespace
 
 void check_admm_args(const at::Tensor& weight, const at::Tensor& hessian, const at::Tensor& inverse,
-                const std::optional<at::Tensor>& keep, double sparsity, int64_t n, int64_t m, double rho,
-                int64_t iterations, int64_t prune_iterations, int64_t pcg_iterations) {
+                     const std::optional<at::Tensor>& keep, double sparsity, int64_t n, int64_t m, double rho,
+                     int64_t iterations, int64_t prune_iterations, int64_t pcg_iterations) {
   check_dtype(weight, kOp, "weight", {at::kFloat});
   check_dim(weight, kOp, "weight", 2);
   check_nonempty(weight, kOp, "weight");
@@ -143,7 +143,8 @@ std::tuple<at::Tensor, at::Tensor> admm_loop(const at::Tensor& weight, const at:
   check_admm_args(weight, hessian, inverse, keep, sparsity, n, m, rho, iterations, prune_iterations, pcg_iterations);
   TORCH_CHECK_VALUE(weight.isfinite().all().item<bool>() && hessian.isfinite().all().item<bool>() &&
                         inverse.isfinite().all().item<bool>(),
-                    "prunekit.", kOp, ": arguments 'weight', 'hessian' and 'inverse' must be finite, but one holds "
+                    "prunekit.", kOp,
+                    ": arguments 'weight', 'hessian' and 'inverse' must be finite, but one holds "
                     "NaN or Inf");
   const int64_t numel = weight.numel();
   auto target_at = [&](int64_t step) {
@@ -175,8 +176,7 @@ std::tuple<at::Tensor, at::Tensor> admm_loop(const at::Tensor& weight, const at:
     const at::Tensor inverse_diag = hessian.diagonal().reciprocal().unsqueeze(0).contiguous();
     at::Tensor residual = (target - at::mm(pruned, hessian)).mul_(on_support);
     at::Tensor direction = residual * inverse_diag;
-    CgState state{pruned, residual, direction, at::Tensor(), (residual * direction).sum(1), on_support,
-                  inverse_diag};
+    CgState state{pruned, residual, direction, at::Tensor(), (residual * direction).sum(1), on_support, inverse_diag};
     for (int64_t step = 0; step < pcg_iterations; ++step) {
       state.curved = at::mm(state.direction, hessian);
       cg_step(state);

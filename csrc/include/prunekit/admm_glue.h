@@ -23,8 +23,8 @@ struct Target {
 
 // Projects `current` (B + U): writes `keep`, `signed_split` (current on the support, -current off
 // it: Z - U) and leaves the new dual (current off the support, zero on it) in `current`.
-using ProjectStep = std::function<void(at::Tensor& current, at::Tensor& signed_split, at::Tensor& keep,
-                                       const Target& target)>;
+using ProjectStep =
+    std::function<void(at::Tensor& current, at::Tensor& signed_split, at::Tensor& keep, const Target& target)>;
 
 // One conjugate-gradient update for every row after `curved` = direction H (not yet masked): the
 // step along `direction`, the new residual, preconditioned residual and direction, `product` the
