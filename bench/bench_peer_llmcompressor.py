@@ -30,6 +30,9 @@ from pathlib import Path
 
 DEFAULT_PEER_PYTHON = "/opt/venv-llmc/bin/python"
 METHODS = ("wanda", "sparsegpt")
+# llm-compressor 0.14 matches ignore entries as regular expressions when prefixed "re:"; a bare
+# "lm_head" left SmolLM2's (tied) LM head pruned in a trial run.
+LM_HEAD = ["re:.*lm_head"]
 
 
 # ----------------------------------------------------------------------------- workers (subprocesses)
@@ -86,11 +89,11 @@ def _worker_llmcompressor(args) -> dict:
     if args.method == "wanda":
         from llmcompressor.modifiers.pruning import WandaPruningModifier
         recipe = WandaPruningModifier(sparsity=sparsity, mask_structure=structure, targets=["Linear"],
-                                      ignore=["lm_head"])
+                                      ignore=LM_HEAD)
     else:
         from llmcompressor.modifiers.pruning import SparseGPTModifier
         recipe = SparseGPTModifier(sparsity=sparsity, mask_structure=structure, targets=["Linear"],
-                                   ignore=["lm_head"], dampening_frac=0.01, block_size=128)
+                                   ignore=LM_HEAD, dampening_frac=0.01, block_size=128)
     kwargs = dict(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=int(windows.shape[0]),
                   max_seq_length=int(windows.shape[1]), pipeline="sequential", shuffle_calibration_samples=False)
     accepted = inspect.signature(oneshot).parameters
@@ -99,6 +102,8 @@ def _worker_llmcompressor(args) -> dict:
     loaded = time.perf_counter()
     oneshot(**{key: value for key, value in kwargs.items() if key in accepted or "kwargs" in accepted})
     pruned = time.perf_counter()
+    if bool((model.get_output_embeddings().weight == 0).float().mean() > 0.25):
+        raise RuntimeError("llm-compressor pruned the LM head (tied to the embeddings); check the ignore list")
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     from safetensors.torch import save_file
     save_file({name: tensor for name, tensor in state.items() if name != "lm_head.weight"}, args.weights_out)
