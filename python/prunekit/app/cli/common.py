@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
@@ -100,3 +101,32 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}")
     return value
+
+
+def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
+    """The before/after perplexity options of the commands that change a causal LM's structure or
+    weights (--eval-data, --eval-samples, --no-eval)."""
+    parser.add_argument("--eval-data", type=Path, metavar="FILE",
+                        help="held-out text for the before/after perplexity (default: standard-library docstrings)")
+    parser.add_argument("--eval-samples", type=positive_int, default=64, help="evaluation sequences (default 64)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the before/after perplexity")
+
+
+def prepare_output(args: argparse.Namespace, files, torchrun: bool) -> Path:
+    """Prepares --out for ``files`` (report.prepare_output_dir). Under torchrun rank 0 prepares it
+    and every rank learns whether that failed, and stops if so."""
+    from prunekit import distributed
+
+    from .. import report as reports
+
+    error = None
+    if not torchrun or distributed.is_main_process():
+        try:
+            reports.prepare_output_dir(args.out, args.overwrite, files)
+        except ValueError as caught:
+            error = caught
+    if torchrun:
+        distributed.check(error, "preparing --out")
+    elif error is not None:
+        raise error
+    return Path(args.out)

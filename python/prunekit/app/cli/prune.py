@@ -19,7 +19,7 @@ from prunekit.surgery import SparsifyConfig
 from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
-from .common import DTYPES, parse_sparsity, positive_int
+from .common import DTYPES, parse_sparsity, positive_int, prepare_output
 from .data import calibration_batches, evaluation_batches
 
 logger = logging.getLogger(__name__)
@@ -93,13 +93,7 @@ def run(args: argparse.Namespace) -> int:
         return _prune_run(args, sparsity, config_kwargs, out, torchrun=False)
     # Under torchrun: rank 0 prepares --out; every rank learns whether that failed, and stops if so.
     try:
-        error = None
-        if distributed.is_main_process():
-            try:
-                reports.prepare_output_dir(args.out, args.overwrite, PRUNE_FILES)
-            except ValueError as caught:
-                error = caught
-        distributed.check(error, "preparing --out")
+        prepare_output(args, PRUNE_FILES, torchrun=True)
         if not args.in_memory:
             from .prune_streamed import run_streamed, streaming_blocker
 

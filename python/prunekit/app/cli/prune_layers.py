@@ -19,7 +19,7 @@ from prunekit.surgery.layers import BUDGETS, UNITS
 from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
-from .common import DTYPES, UsageError, positive_int
+from .common import DTYPES, UsageError, add_perplexity_arguments, positive_int, prepare_output
 from .data import calibration_batches, evaluation_batches
 
 logger = logging.getLogger(__name__)
@@ -51,10 +51,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--seqlen", type=positive_int, default=128, help="tokens per sequence (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of calibration sampling (default 0)")
-    parser.add_argument("--eval-data", type=Path, metavar="FILE",
-                        help="held-out text for the before/after perplexity (default: standard-library docstrings)")
-    parser.add_argument("--eval-samples", type=positive_int, default=64, help="evaluation sequences (default 64)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the before/after perplexity")
+    add_perplexity_arguments(parser)
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype to load in (default float32)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace prunekit's files in an existing DIR")
@@ -87,17 +84,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     torchrun = distributed.init_from_env()
     try:
-        error = None
-        if not torchrun or distributed.is_main_process():
-            try:
-                out = reports.prepare_output_dir(args.out, args.overwrite, FILES)
-            except ValueError as caught:
-                error = caught
-        if torchrun:
-            distributed.check(error, "preparing --out")
-        elif error is not None:
-            raise error
-        out = Path(args.out)
+        out = prepare_output(args, FILES, torchrun)
         model, tokenizer, causal = load_model(args.model, args.dtype)
         if not causal:
             raise UsageError(f"MODEL: prune-layers needs a causal LM, but {args.model!r} is a "

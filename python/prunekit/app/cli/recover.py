@@ -17,7 +17,7 @@ from prunekit.recovery import TRAIN_MODES, recover, text_batches
 from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
-from .common import DTYPES, UsageError, positive_int
+from .common import DTYPES, UsageError, add_perplexity_arguments, positive_int, prepare_output
 from .data import evaluation_batches
 from .prune_layers import write_report
 
@@ -57,10 +57,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--accumulation", type=positive_int, default=1, help="batches per step (default 1)")
     parser.add_argument("--lora-rank", type=positive_int, default=16, help="adapter rank (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the window order and adapters (default 0)")
-    parser.add_argument("--eval-data", type=Path, metavar="FILE",
-                        help="held-out text for the before/after perplexity (default: standard-library docstrings)")
-    parser.add_argument("--eval-samples", type=positive_int, default=64, help="evaluation sequences (default 64)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the before/after perplexity")
+    add_perplexity_arguments(parser)
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype to load and train in")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace prunekit's files in an existing DIR")
@@ -82,17 +79,7 @@ def run(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else default_lr(args.train)
     torchrun = distributed.init_from_env()
     try:
-        error = None
-        if not torchrun or distributed.is_main_process():
-            try:
-                reports.prepare_output_dir(args.out, args.overwrite, FILES)
-            except ValueError as caught:
-                error = caught
-        if torchrun:
-            distributed.check(error, "preparing --out")
-        elif error is not None:
-            raise error
-        out = Path(args.out)
+        out = prepare_output(args, FILES, torchrun)
         model, tokenizer, causal = load_model(args.model, args.dtype)
         if not causal or tokenizer is None:
             raise UsageError(f"MODEL: recover trains a causal LM with a tokenizer on --data, but {args.model!r} is a "

@@ -22,7 +22,7 @@ from prunekit.surgery.slicing.slicer import PCA_WEIGHTINGS
 from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
-from .common import DTYPES, UsageError, positive_int
+from .common import DTYPES, UsageError, add_perplexity_arguments, positive_int
 from .data import calibration_batches, evaluation_batches
 
 logger = logging.getLogger(__name__)
@@ -58,10 +58,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--seqlen", type=positive_int, default=128, help="tokens per sequence (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of calibration sampling (default 0)")
-    parser.add_argument("--eval-data", type=Path, metavar="FILE",
-                        help="held-out text for the before/after perplexity (default: standard-library docstrings)")
-    parser.add_argument("--eval-samples", type=positive_int, default=64, help="evaluation sequences (default 64)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the before/after perplexity")
+    add_perplexity_arguments(parser)
     parser.add_argument("--time-runs", type=int, default=5,
                         help="batch-1 forwards of --seqlen tokens timed before and after (default 5; 0: none)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype to load and slice in (default "
