@@ -5,6 +5,7 @@ and times it, and the Markdown table."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import fnmatch
@@ -132,6 +133,27 @@ def markdown(rows: list[dict], quality: str, quality_title: str) -> str:
         lines.append(f"| {row['sparsity']} | {row['config']} | {row[quality]:.4f} | {row['gap']:.4f} | {ratio} | "
                      f"{row['prune_seconds']:.1f} | {time_ratio} | {lowrank} | {ranks} |")
     return "\n".join(lines)
+
+
+def argument_parser(doc: str, quick_help: str, results_name: str) -> argparse.ArgumentParser:
+    """The command line both quality scripts share."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--only", nargs="*", help="fnmatch patterns on 'label @ sparsity' (e.g. 'wanda @ 0.5')")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--refine-steps", type=int, default=None, help="PruneConfig.block_refine_steps")
+    parser.add_argument("--refine-lr", type=float, default=None, help="PruneConfig.block_refine_lr")
+    parser.add_argument("--merge", nargs="*", help="combine the rows of earlier runs (results .json or printed "
+                        ".jsonl) into the results instead of pruning")
+    parser.add_argument("--name", default=None, help=f"results name (default {results_name}[_quick])")
+    return parser
+
+
+def merge_rows(rows: list[dict], paths: list[str]) -> None:
+    """Adds the rows of earlier runs to ``rows``, in the order of :func:`configs`."""
+    rows.extend(read_rows(paths))
+    order = {(label(c), str(c["sparsity"])): i for i, c in enumerate(configs())}
+    rows.sort(key=lambda row: order.get((row["config"], row["sparsity"]), len(order)))
 
 
 def read_rows(paths: list[str]) -> list[dict]:

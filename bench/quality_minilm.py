@@ -14,7 +14,6 @@ from disjoint sets of modules (prunekit.app.demo's protocol). The pooler is neve
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,15 +26,7 @@ import _quality  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="50%% and 2:4 only, fewer sentences")
-    parser.add_argument("--only", nargs="*", help="fnmatch patterns on 'label @ sparsity' (e.g. 'wanda @ 0.5')")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--refine-steps", type=int, default=None, help="PruneConfig.block_refine_steps")
-    parser.add_argument("--refine-lr", type=float, default=None, help="PruneConfig.block_refine_lr")
-    parser.add_argument("--merge", nargs="*", help="combine the rows of earlier runs (results .json or printed "
-                        ".jsonl) into the results instead of pruning")
-    parser.add_argument("--name", default=None, help="results name (default quality_minilm[_quick])")
+    parser = _quality.argument_parser(__doc__, "50%% and 2:4 only, fewer sentences", "quality_minilm")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from _common import RESULTS_DIR, machine_info
@@ -84,9 +75,7 @@ def main() -> None:
         return table
 
     if args.merge:
-        rows.extend(_quality.read_rows(args.merge))
-        order = {(_quality.label(c), str(c["sparsity"])): i for i, c in enumerate(_quality.configs())}
-        rows.sort(key=lambda row: order.get((row["config"], row["sparsity"]), len(order)))
+        _quality.merge_rows(rows, args.merge)
     else:
         _quality.run(model, configs, calib, evaluate, base={"ignore": ["pooler"]}, on_row=write)
     table = write()
