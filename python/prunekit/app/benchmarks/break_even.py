@@ -23,12 +23,12 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import time
 
 import torch
 import torch.nn as nn
 
 from prunekit._names import dtype_name
+from prunekit.nn.measure import cpu_us_per_call
 from .common import copies_totalling, progress_bar
 from .shapes import MINILM_L6, MOBILENET_V1_POINTWISE
 
@@ -92,22 +92,6 @@ def _copies(make, cold_bytes: int) -> list[nn.Module]:
     from prunekit.surgery import model_bytes
 
     return copies_totalling(make, cold_bytes, model_bytes, MAX_COPIES)
-
-
-def _cpu_us(modules: list[nn.Module], x: torch.Tensor, min_time: float) -> float:
-    """Thread CPU time per call in microseconds, calling the modules in turn until ``min_time``
-    seconds and every module twice have passed (after one warm-up pass)."""
-    with torch.inference_mode():
-        for module in modules:
-            module(x)
-        calls, start = 0, time.thread_time_ns()
-        while True:
-            for module in modules:
-                module(x)
-            calls += len(modules)
-            elapsed = time.thread_time_ns() - start
-            if elapsed >= min_time * 1e9 and calls >= 2 * len(modules):
-                return elapsed / calls / 1e3
 
 
 def _cases(quick: bool):
@@ -180,8 +164,8 @@ def run(quick: bool = False, *, sparsities=None, min_time: float | None = None, 
                 for rows, x in inputs.items():
                     best = {"sparse": math.inf, "dense": math.inf}
                     for _ in range(rounds):
-                        best["sparse"] = min(best["sparse"], _cpu_us(sparse, x, min_time))
-                        best["dense"] = min(best["dense"], _cpu_us(dense, x, min_time))
+                        best["sparse"] = min(best["sparse"], cpu_us_per_call(sparse, x, min_time))
+                        best["dense"] = min(best["dense"], cpu_us_per_call(dense, x, min_time))
                     row = {"isa": kind, "kernel": kernel, "dtype": dtype_name(dtype), "shape": name, "rows": rows,
                            "sparsity": sparsity, "repeat": repeat, "sparse_us": best["sparse"],
                            "dense_us": best["dense"], "speedup": best["dense"] / best["sparse"]}
