@@ -7,7 +7,7 @@ device     format          dtypes           computation
 =========  ==============  ===============  ==========================================================
 CPU        unstructured    fp32, bf16       ``prunekit.ops.sparse_linear_csr16`` (CSR16 GEMV up to
                                             3-4 rows, SpMM above) where it beats the bitmap kernels
-                                            for the rows and sparsity (from 0.7; see
+                                            for the rows and sparsity (thresholds:
                                             ``nn.auto.CSR16_MIN_SPARSITY_BY_ROWS``), else
                                             ``prunekit.ops.sparse_linear`` (bitmap GEMV up to 4
                                             rows, SpMM above; bf16 x above 4 rows on AMX where the
@@ -26,13 +26,14 @@ any        dense           any              ``F.linear``
 =========  ==============  ===============  ==========================================================
 
 ``format="auto"`` picks, for the module's device and weight (see
-:func:`prunekit.nn.choose_format`): on CPU, at or above the measured break-even sparsity for the
-weight dtype and the rows per call (fp32: 0.5 at <= 4 rows, 0.6 at <= 128, 0.7 above; bf16, whose
-dense GEMM runs on AMX: 0.5 at <= 4 rows, 0.85 at <= 16, never above; where prunekit's bf16 path
-runs on AMX too, 0.5 at <= 16 rows, 0.8 at <= 128 and 0.85 above), "2:4" for a valid 2:4
-pattern the layout holds, else "unstructured"; otherwise "dense". On CUDA the same rule with the
-break-even measured on that GPU architecture (``nn.auto.BREAK_EVEN_SPARSITY_CUDA``): "dense" on a
-GPU where nothing has been measured yet. Explicit formats always compress.
+:func:`prunekit.nn.choose_format`): on CPU, at or above the break-even sparsity measured for the
+kind of CPU kernels that runs here, the weight dtype and the rows per call (the tables:
+``nn.auto.BREAK_EVEN_SPARSITY_BY_ISA``, and ``nn.auto.BREAK_EVEN_SPARSITY_AMX`` for bf16 where
+prunekit's bf16 path runs on AMX; a kind without a table keeps dense, see :mod:`prunekit.nn.auto`),
+"2:4" for a valid 2:4 pattern the layout holds, else "unstructured"; otherwise "dense". On CUDA
+the same rule with the break-even measured on that GPU architecture
+(``nn.auto.BREAK_EVEN_SPARSITY_CUDA``): "dense" on a GPU where nothing has been measured yet.
+Explicit formats always compress.
 
 Low-rank compensation (``PruneConfig(compensate=...)``, :mod:`prunekit.solvers.lowrank`): a pruned
 ``nn.Linear`` becomes a :class:`LowRankLinear` (``y = x W^T + b + (x A^T) B^T``); ``from_dense``
