@@ -48,6 +48,7 @@ def _worker_prunekit(args) -> dict:
     import torch
 
     import prunekit
+    from prunekit.app.cli.common import parse_sparsity
     from prunekit.app.evaluation import lm_quality_batches, perplexity
     from prunekit.hf import load_model
 
@@ -57,7 +58,7 @@ def _worker_prunekit(args) -> dict:
     windows = torch.load(args.calib, weights_only=True)  # the peer's windows, batched as the protocol does
     calib = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in windows.split(args.batch_size)]
     loaded = time.perf_counter()
-    config = prunekit.PruneConfig(method=args.method, sparsity=args.sparsity, progress=False)
+    config = prunekit.PruneConfig(method=args.method, sparsity=parse_sparsity(args.sparsity), progress=False)
     report = prunekit.prune(model, config, calib)
     pruned = time.perf_counter()
     result = {"load_s": loaded - started, "prune_s": pruned - loaded, "timings": report.timings,
