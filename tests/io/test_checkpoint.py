@@ -427,7 +427,7 @@ def test_another_architecture_is_refused(cnn_checkpoint, tmp_path):
         prunekit.load(tmp_path / "llama", model=opt)
     smaller = tiny_model("llama")
     smaller.model.layers = smaller.model.layers[:1]
-    with pytest.raises(CheckpointError, match=r"argument 'model' must have a module 'model.layers.1.self_attn.q_proj'"):
+    with pytest.raises(CheckpointError, match=r"argument 'model' must have a module 'model.layers.1\.\w+\.\w+'"):
         prunekit.load(tmp_path / "llama", model=smaller)
 
 

@@ -1,5 +1,6 @@
 """One rank of test_distributed_streaming.py (torchrun's environment variables): streams the tiny
-Llama in SOURCE into OUT with SparseGPT 50%, then a run whose rank 0 cannot write (disk full).
+Llama in SOURCE into OUT with SparseGPT 50%, then into OUT/../prunekit as a prunekit checkpoint,
+then a run whose rank 0 cannot write (disk full).
 
 Usage: python _dist_worker.py SOURCE OUT RESULT_DIR
 """
@@ -29,6 +30,7 @@ def main() -> int:
     config = prunekit.PruneConfig(method="sparsegpt", sparsity=0.5, progress=False)
     report = prunekit.prune_pretrained(source, config, calibration("llama"), out)
     result = {"total_pruned": report.total_pruned, "layers": [layer.name for layer in report.layers]}
+    prunekit.prune_pretrained(source, config, calibration("llama"), out.parent / "prunekit", out_format="prunekit")
 
     if rank == 0:  # rank 0's disk fills up at the second shard: every rank stops, nothing is left
         real, calls = stf.write, []

@@ -1,5 +1,6 @@
-"""`prunekit prune` streams a safetensors model directory by default; --in-memory gives the same
-checkpoint; settings a streamed run cannot do fall back to memory."""
+"""`prunekit prune` streams a safetensors model directory by default (with --sparsify: the prunekit
+checkpoint); --in-memory gives the same checkpoint; settings a streamed run cannot do fall back to
+memory."""
 
 import json
 import sys
@@ -9,7 +10,9 @@ import pytest
 import torch
 import transformers
 
+import prunekit
 from prunekit.app.cli import main
+from prunekit.io import read_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import tiny_model  # noqa: E402
@@ -35,6 +38,22 @@ def test_streamed_by_default_equals_in_memory(model_dir, tmp_path, capsys):
     assert streamed["config"]["ignore"] == in_memory["config"]["ignore"] == ["lm_head"]
     assert streamed["prune"]["total_pruned"] == in_memory["prune"]["total_pruned"]
     first, second = (transformers.AutoModelForCausalLM.from_pretrained(tmp_path / side / "model").state_dict()
+                     for side in ("streamed", "in-memory"))
+    for key, value in second.items():
+        assert torch.equal(first[key] == 0, value == 0), key
+        torch.testing.assert_close(first[key], value, atol=1e-5, rtol=0)
+
+
+def test_sparsify_streams_the_prunekit_checkpoint(model_dir, tmp_path):
+    streamed = _prune(model_dir, tmp_path / "streamed", "--sparsify")
+    in_memory = _prune(model_dir, tmp_path / "in-memory", "--sparsify", "--in-memory")
+    assert streamed["streamed"] is True and "streamed" not in in_memory
+    assert streamed["checkpoint"]["format"] == in_memory["checkpoint"]["format"] == \
+        "prunekit compressed (prunekit.load)"
+    stored = [{name: spec["format"] for name, spec in read_info(tmp_path / side / "model")["modules"].items()}
+              for side in ("streamed", "in-memory")]
+    assert stored[0] == stored[1] and len(stored[0]) == 14  # every projection of the 2 blocks, smallest-exact
+    first, second = (prunekit.load(tmp_path / side / "model", format="dense").state_dict()
                      for side in ("streamed", "in-memory"))
     for key, value in second.items():
         assert torch.equal(first[key] == 0, value == 0), key

@@ -1,6 +1,7 @@
 """prune_pretrained under torch.distributed (2 gloo ranks on 127.0.0.1): every rank streams the
-blocks over its share of the calibration items, rank 0 alone writes; the output equals the
-in-memory single-process run, and a write failing on rank 0 stops both ranks with no output."""
+blocks over its share of the calibration items, rank 0 alone writes; the output (Hugging Face
+shards, or the prunekit checkpoint) equals the in-memory single-process run, and a write failing
+on rank 0 stops both ranks with no output."""
 
 import json
 import os
@@ -13,6 +14,7 @@ import torch
 import transformers
 
 import prunekit
+from prunekit.io import read_info
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -23,6 +25,13 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _assert_close(model, reference) -> None:
+    got = model.state_dict()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(got[key] == 0, value == 0), key
+        assert float((got[key] - value).abs().max()) <= 1e-5, key
 
 
 def test_two_ranks_stream_and_rank0_writes(tmp_path):
@@ -45,10 +54,14 @@ def test_two_ranks_stream_and_rank0_writes(tmp_path):
     reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
     config = prunekit.PruneConfig(method="sparsegpt", sparsity=0.5, progress=False)
     expected = prunekit.prune(reference, config, calibration("llama"))
-    got = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
-    for key, value in reference.state_dict().items():
-        assert torch.equal(got[key] == 0, value == 0), key
-        assert float((got[key] - value).abs().max()) <= 1e-5, key
+    _assert_close(transformers.AutoModelForCausalLM.from_pretrained(out), reference)
+    # the prunekit checkpoint written by rank 0: the in-memory one's layers, formats and weights
+    prunekit.save(reference, tmp_path / "saved")
+    streamed, saved = read_info(tmp_path / "prunekit"), read_info(tmp_path / "saved")
+    assert {name: spec["format"] for name, spec in streamed["modules"].items()} == \
+        {name: spec["format"] for name, spec in saved["modules"].items()}
+    assert streamed["tensors"].keys() == saved["tensors"].keys() and streamed["model"] == saved["model"]
+    _assert_close(prunekit.load(tmp_path / "prunekit", format="dense"), reference)
     for rank in range(2):
         result = json.loads((results / f"rank{rank}.json").read_text())
         assert result["total_pruned"] == expected.total_pruned

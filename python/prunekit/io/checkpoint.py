@@ -42,7 +42,9 @@ its ``row_offsets`` recomputed from the bitmap on load; 2:4: ``values`` and ``me
 CUTLASS layout; csr16: ``values``, ``col_indices``, ``row_offsets``; dense: ``weight``), its
 ``bias`` and low-rank factors; every other state_dict entry under its key, bit for bit. Version 1
 files (every sparse module stored in the format it held, no plain layers compressed) load as
-before: their ``held`` is their ``format``.
+before: their ``held`` is their ``format``. The metadata's mappings are sorted by name, so a
+checkpoint collected part by part (:func:`collect_entries`; ``prunekit.prune_pretrained`` with
+``out_format="prunekit"`` writes one block at a time) is the same file as one collected at once.
 
 A Hugging Face model saved to a path that does not end in ".safetensors" becomes a directory
 holding ``config.json`` (for tools) and ``model.prunekit.safetensors`` (self-contained; the
@@ -60,10 +62,13 @@ as a plain dense module, exactly, with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -124,8 +129,7 @@ def save(model: nn.Module, path, *, overwrite: bool = False, compress: str = "pr
     if compress not in COMPRESS_MODES:
         raise ValueError(f"save: argument 'compress' must be one of {COMPRESS_MODES}, but got {compress!r}")
     path = Path(path)
-    hf = _hf_pretrained(model)
-    as_directory = hf and path.suffix != ".safetensors"
+    as_directory = _hf_pretrained(model) and path.suffix != ".safetensors"
     if as_directory:
         if path.exists() and not path.is_dir():
             raise CheckpointError(f"save: argument 'path' must be a directory for a Hugging Face model (or a name "
@@ -144,12 +148,12 @@ def save(model: nn.Module, path, *, overwrite: bool = False, compress: str = "pr
         if not path.parent.is_dir():
             raise CheckpointError(f"save: the directory of argument 'path' must exist, but {path.parent} does not")
         weights = path
-    tensors, metadata = _collect(model, hf, compress)
+    entries = collect_entries(model, compress)
     if as_directory:
         path.mkdir(parents=True, exist_ok=True)
-    stf.write(weights, tensors, metadata, overwrite=overwrite)
+    stf.write(weights, entries.tensors, checkpoint_metadata(model_info(model), entries), overwrite=overwrite)
     if as_directory:
-        stf.write_text(path / CONFIG_NAME, model.config.to_json_string(use_diff=False), overwrite=True)
+        stf.write_text(path / CONFIG_NAME, config_json(model), overwrite=True)
     return weights
 
 
@@ -161,12 +165,53 @@ def _cpu(key: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.cpu().contiguous()
 
 
-def _collect(model: nn.Module, hf: bool, compress: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+@dataclass
+class CheckpointEntries:
+    """What a checkpoint stores of a model, or of a part of it: the stored tensors (contiguous, on
+    the CPU) and their manifest (dtype, shape, CRC-32), the compressed layers' specs, the further
+    names of sparse modules and tensors (aliases), the stored non-persistent buffers. A streamed run
+    writes the tensors of each part as it goes and keeps the rest (:meth:`without_tensors`) for the
+    metadata (:func:`checkpoint_metadata`)."""
+
+    tensors: dict[str, torch.Tensor]
+    manifest: dict[str, dict]
+    modules: dict[str, dict]
+    module_aliases: dict[str, str]
+    aliases: dict[str, str]
+    nonpersistent: list[str]
+
+    def without_tensors(self) -> CheckpointEntries:
+        return dataclasses.replace(self, tensors={})
+
+    @classmethod
+    def merge(cls, parts: list[CheckpointEntries]) -> CheckpointEntries:
+        """The entries of disjoint parts of one model together (their tensors included)."""
+        merged = cls({}, {}, {}, {}, {}, [])
+        for part in parts:
+            for field in ("tensors", "manifest", "modules", "module_aliases", "aliases"):
+                mine, theirs = getattr(merged, field), getattr(part, field)
+                twice = mine.keys() & theirs.keys()
+                if twice:
+                    raise ValueError(f"save: the parts of a checkpoint must be disjoint, but {field} "
+                                     f"{sorted(twice)[:3]} are in two parts")
+                mine.update(theirs)
+            merged.nonpersistent += part.nonpersistent
+        return merged
+
+
+def collect_entries(model: nn.Module, compress: str = "pruned",
+                    part: Callable[[str], bool] | None = None) -> CheckpointEntries:
+    """What :func:`save` stores of ``model`` (``compress``: which layers, see the module docstring).
+    ``part(name)``, when given, selects the compressed layers (by module name) and the tensors (by
+    state_dict key) to collect, for a model held one part at a time (the rest may be on the meta
+    device): a streamed run collects one block at a time, so tensors shared by two parts (tied across
+    blocks) are stored once per part."""
+    within = part if part is not None else (lambda name: True)
     sparse: dict[str, SparseWeightModule] = {}
     module_aliases: dict[str, str] = {}
     first_name: dict[int, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if isinstance(module, SparseWeightModule):
+        if isinstance(module, SparseWeightModule) and within(name):
             if id(module) in first_name:
                 module_aliases[name] = first_name[id(module)]
                 continue
@@ -182,14 +227,14 @@ def _collect(model: nn.Module, hf: bool, compress: str) -> tuple[dict[str, torch
             named[_join(name, key)] = tensor
     if compress == "pruned":
         for name, module in _plain_layers(model).items():
-            layer = _plain_entry(name, module, model)
+            layer = _plain_entry(name, module, model) if within(name) else None
             if layer is not None:
                 modules[name], entry = layer
                 for key, tensor in entry.items():
                     named[_join(name, key)] = tensor
     sparse_names = set(modules) | set(module_aliases)
     for key, tensor in model.state_dict(keep_vars=True).items():
-        if _owner(key) not in sparse_names:
+        if _owner(key) not in sparse_names and within(key):
             named[key] = tensor
     nonpersistent = []
     for name, module in model.named_modules():
@@ -197,8 +242,8 @@ def _collect(model: nn.Module, hf: bool, compress: str) -> tuple[dict[str, torch
             continue
         for buffer_name in sorted(module._non_persistent_buffers_set):
             buffer = module._buffers.get(buffer_name)
-            if buffer is not None and buffer.is_floating_point():
-                key = _join(name, buffer_name)
+            key = _join(name, buffer_name)
+            if buffer is not None and buffer.is_floating_point() and within(key):
                 named[key] = buffer
                 nonpersistent.append(key)
 
@@ -218,21 +263,38 @@ def _collect(model: nn.Module, hf: bool, compress: str) -> tuple[dict[str, torch
         tensors[key] = _cpu(key, tensor)
     manifest = {key: {"dtype": stf.DTYPES.get(t.dtype, str(t.dtype)), "shape": list(t.shape), "crc32": stf.crc32(t)}
                 for key, t in tensors.items() if t.dtype in stf.DTYPES}
+    return CheckpointEntries(tensors, manifest, modules, module_aliases, aliases, nonpersistent)
 
+
+def config_json(model: nn.Module) -> str:
+    """The full config of a Hugging Face model as JSON: its checkpoint directory's config.json."""
+    return model.config.to_json_string(use_diff=False)
+
+
+def model_info(model: nn.Module) -> dict:
+    """The metadata ``model`` of a checkpoint of ``model``: its class and, for a Hugging Face model,
+    the class, the full config and the attention implementation."""
+    info = {"class": type(model).__name__, "module": type(model).__module__}
+    if _hf_pretrained(model):
+        info["hf"] = {"class": type(model).__name__, "config": json.loads(config_json(model)),
+                      "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+    return info
+
+
+def checkpoint_metadata(info: dict, entries: CheckpointEntries) -> dict[str, str]:
+    """The ``__metadata__`` of a checkpoint (see the module docstring) from its :func:`model_info`
+    and entries. Its mappings are sorted by name, whatever order the entries were collected in."""
     import prunekit
 
-    model_info = {"class": type(model).__name__, "module": type(model).__module__}
-    if hf:
-        model_info["hf"] = {"class": type(model).__name__,
-                            "config": json.loads(model.config.to_json_string(use_diff=False)),
-                            "attn_implementation": getattr(model.config, "_attn_implementation", None)}
-    metadata = {
+    def mapping(entries: dict) -> str:
+        return json.dumps(dict(sorted(entries.items())))
+
+    return {
         "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "prunekit_version": prunekit.__version__,
-        "torch_version": torch.__version__, "model": json.dumps(model_info), "modules": json.dumps(modules),
-        "module_aliases": json.dumps(module_aliases), "tensors": json.dumps(manifest), "aliases": json.dumps(aliases),
-        "nonpersistent": json.dumps(nonpersistent),
+        "torch_version": torch.__version__, "model": json.dumps(info), "modules": mapping(entries.modules),
+        "module_aliases": mapping(entries.module_aliases), "tensors": mapping(entries.manifest),
+        "aliases": mapping(entries.aliases), "nonpersistent": json.dumps(sorted(entries.nonpersistent)),
     }
-    return tensors, metadata
 
 
 def _sparse_entry(name: str, module: SparseWeightModule, compress: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import struct
 import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,6 +44,18 @@ class CheckpointError(ValueError):
     was expected and what was found."""
 
 
+@dataclass(frozen=True)
+class TensorSpan:
+    """Where one tensor's bytes are: its file, absolute byte span, dtype and shape."""
+
+    key: str
+    path: Path
+    begin: int
+    end: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The raw bytes of a contiguous CPU tensor, without a copy."""
     flat = tensor.reshape(-1)
@@ -54,31 +68,66 @@ def crc32(tensor: torch.Tensor) -> int:
     return zlib.crc32(tensor_bytes(tensor)) & 0xFFFFFFFF
 
 
+def _header(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], metadata: dict[str, str]) -> tuple[bytes, list[str]]:
+    """The first bytes of a safetensors file holding tensors of these (dtype, shape) with ``metadata``
+    (the length, then the JSON header, padded so that the data start 8-byte aligned), and the order
+    of the tensors' data: by decreasing element size, then key, so every tensor starts aligned to
+    its element size."""
+    order = sorted(specs, key=lambda k: (-specs[k][0].itemsize, k))
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for key in order:
+        dtype, shape = specs[key]
+        size = math.prod(shape) * dtype.itemsize
+        header[key] = {"dtype": DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
+    return struct.pack("<Q", len(blob)) + blob, order
+
+
 def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, overwrite: bool) -> None:
     """Writes ``tensors`` (contiguous CPU tensors) and ``metadata`` as a safetensors file at
-    ``path``, atomically (see the module docstring). Tensors are laid out by decreasing element
-    size, so every tensor starts aligned to its element size."""
+    ``path``, atomically (see the module docstring), laid out as :func:`_header` says."""
     for key, tensor in tensors.items():
         if tensor.dtype not in DTYPES:
             raise CheckpointError(f"save: tensor '{key}' has dtype {tensor.dtype}, which safetensors cannot store "
                                   f"(supported: {sorted(dtype_name(d) for d in DTYPES)})")
-    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    for key in order:
-        tensor = tensors[key]
-        size = tensor.numel() * tensor.element_size()
-        header[key] = {"dtype": DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                       "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
+    prefix, order = _header({key: (t.dtype, tuple(t.shape)) for key, t in tensors.items()}, metadata)
     with atomic_file(path, "wb", overwrite=overwrite) as file:
-        file.write(struct.pack("<Q", len(blob)))
-        file.write(blob)
+        file.write(prefix)
         for key in order:
             if tensors[key].numel():
                 file.write(tensor_bytes(tensors[key]))
+
+
+COPY_CHUNK_BYTES = 16 << 20  # what write_spans holds in memory at a time
+
+
+def write_spans(path: Path, spans: dict[str, TensorSpan], metadata: dict[str, str], *, overwrite: bool) -> None:
+    """Writes the safetensors file that :func:`write` would write for these tensors, each tensor's
+    bytes copied from its span of another file (:func:`tensor_spans`) in chunks of at most
+    :data:`COPY_CHUNK_BYTES`: a file of any size is assembled without holding a tensor in memory."""
+    prefix, order = _header({key: (span.dtype, span.shape) for key, span in spans.items()}, metadata)
+    largest = max((span.end - span.begin for span in spans.values()), default=0)
+    buffer = memoryview(bytearray(max(1, min(COPY_CHUNK_BYTES, largest))))
+    with atomic_file(path, "wb", overwrite=overwrite) as file, contextlib.ExitStack() as sources:
+        opened = {}
+        file.write(prefix)
+        for key in order:
+            span = spans[key]
+            if span.path not in opened:
+                opened[span.path] = sources.enter_context(open(span.path, "rb"))
+            source = opened[span.path]
+            source.seek(span.begin)
+            remaining = span.end - span.begin
+            while remaining:
+                got = source.readinto(buffer[:min(remaining, len(buffer))])
+                if not got:
+                    raise CheckpointError(f"save: {span.path} is truncated: tensor '{key}' needs bytes up to "
+                                          f"{span.end}, but the file ends before")
+                file.write(buffer[:got])
+                remaining -= got
 
 
 def write_text(path: Path, text: str, *, overwrite: bool) -> None:
@@ -200,3 +249,17 @@ def read_header(path: Path) -> tuple[dict, dict[str, str]]:
         raise CheckpointError(f"load: {path} is corrupt: expected {expected_size} bytes, but the file has {size} "
                               "(trailing data)")
     return header, metadata
+
+
+def tensor_spans(path: Path) -> dict[str, TensorSpan]:
+    """Where each tensor of the safetensors file at ``path`` is (after :func:`read_header`'s checks)."""
+    header, _ = read_header(path)
+    with open(path, "rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+    start = 8 + length
+    spans = {}
+    for key, entry in header.items():
+        begin, end = (int(v) for v in entry["data_offsets"])
+        spans[key] = TensorSpan(key, path, start + begin, start + end, DTYPE_OF_CODE[entry["dtype"]],
+                                tuple(int(d) for d in entry["shape"]))
+    return spans

@@ -5,9 +5,11 @@ such as rotary tables are real). The parameters outside the block list (embeddin
 are loaded first; then :func:`prunekit.prune` runs as always, with a block loader handed to its
 calibration walk (:func:`prunekit.calibrate.walk_blocks`): each block's weights are read from the
 safetensors files when its turn comes, calibrated and pruned by the same code as in memory, written
-to the output as one shard and released. The layers outside the blocks (an LM head) calibrate on
-the last block's outputs and are written last. The output is a Hugging Face directory (masked dense
-shards, index, config and the input's other files) written atomically; the input is only read.
+to the output and released. The layers outside the blocks (an LM head) calibrate on the last
+block's outputs and are written last. The output, written atomically, is a Hugging Face directory
+(masked dense shards, one per block, index, config and the input's other files) or a prunekit
+checkpoint (what ``prunekit.save`` writes, assembled from one staging file per block); the input is
+only read.
 
 Peak memory: one block in the compute dtype, the calibration activations (one item of them with
 ``offload_dir``), the parameters outside the blocks, and the statistics of one block's layers.
@@ -29,34 +31,41 @@ import torch.nn as nn
 
 from ..calibrate.pipeline import BlockInput, find_blocks, is_prunable
 from ..distributed import SingleProcessStrategy, strategy_for
+from ..io import checkpoint
 from ..prune import PruneConfig, PruneReport, _prune, _select_layers
 from .offload import ActivationStore
 from .source import INDEX_FILE, SafetensorsSource, SourceError
-from .writer import OutputWriter, check_output_path
+from .writer import CheckpointWriter, OutputWriter, ShardWriter, check_output_path
 
 logger = logging.getLogger(__name__)
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+OUT_FORMATS = ("hf", "prunekit")
 
 
 def prune_pretrained(path: str | os.PathLike, config: PruneConfig | None = None, calib=None,
                      out: str | os.PathLike | None = None, *, dtype: torch.dtype | str = torch.float32,
                      save_dtype: torch.dtype | str | None = None,
-                     offload_dir: str | os.PathLike | None = None) -> PruneReport:
+                     offload_dir: str | os.PathLike | None = None, out_format: str = "hf") -> PruneReport:
     """Prunes the Hugging Face model in directory ``path`` block by block, never holding more than
-    one block's weights, and writes the pruned model (masked dense safetensors shards) to the new
-    directory ``out``. Returns the :class:`PruneReport`; the result equals ``prunekit.prune`` on the
-    model loaded in ``dtype`` and saved with ``save_pretrained``.
+    one block's weights, and writes the pruned model to the new directory ``out``. Returns the
+    :class:`PruneReport`; the result equals ``prunekit.prune`` on the model loaded in ``dtype`` and
+    saved with ``save_pretrained`` (``out_format="hf"``, default: masked dense safetensors shards)
+    or with ``prunekit.save`` (``out_format="prunekit"``: config.json and model.prunekit.safetensors,
+    every pruned layer in its smallest exact format; load it with ``prunekit.load``).
 
     - ``config``, ``calib``: as for :func:`prunekit.prune` (calib: model inputs). Every method that
       runs with sequential calibration works (magnitude, wanda, sparsegpt, random, N:M, dsnot), with
       "uniform" or "owl" allocation (OWL streams the blocks twice: statistics, then pruning).
       "global" allocation and criteria needing gradients (gblm) need the whole model at once and
       are refused. Layers outside the blocks (an untied LM head) need ``sequential=True``.
-    - ``dtype``: the compute dtype the blocks are loaded in; ``save_dtype``: the dtype written
-      (default ``dtype``; "auto": each tensor's dtype in the input).
+    - ``dtype``: the compute dtype the blocks are loaded in; ``save_dtype``: the dtype the
+      parameters are written in (default ``dtype``; "auto": each tensor's dtype in the input).
     - ``offload_dir``: keep the calibration activations in files under this directory (one item's
       in memory at a time) instead of in memory.
+    - Both outputs also hold the input's other files (tokenizer, generation config). The prunekit
+      checkpoint is assembled at the end from one staging file per block (the disk holds it twice
+      for a moment); a buffer shared by two blocks (rare) is stored once per block.
 
     Bad input raises ValueError before the output is created: a missing or truncated shard, a
     tensor whose shape disagrees with the config, ``out`` existing. An error while running (a full
@@ -67,6 +76,9 @@ def prune_pretrained(path: str | os.PathLike, config: PruneConfig | None = None,
         raise ValueError(f"prune_pretrained: config must be a prunekit.PruneConfig, but got {type(config).__name__}")
     if out is None:
         raise ValueError("prune_pretrained: argument 'out' must name the output directory, but got None")
+    if out_format not in OUT_FORMATS:
+        raise ValueError(f"prune_pretrained: argument 'out_format' must be one of {OUT_FORMATS}, but got "
+                         f"{out_format!r}")
     compute_dtype = _dtype(dtype, "dtype")
     save = None if save_dtype is None else ("auto" if save_dtype == "auto" else _dtype(save_dtype, "save_dtype"))
     _check_supported(config)
@@ -93,15 +105,15 @@ def prune_pretrained(path: str | os.PathLike, config: PruneConfig | None = None,
     try:
         with strategy.guard("creating the output's staging directory"):
             if strategy.is_main:
-                writer = OutputWriter(out, units=len(streamed.blocks) + 1)
+                writer_class = ShardWriter if out_format == "hf" else CheckpointWriter
+                writer = writer_class(out, units=len(streamed.blocks) + 1)
         streamed.writer, streamed.store, streamed.strategy = writer, store, strategy
         streamed.load_prologue()
         report = _prune(model, config, calib, block_loader=streamed)
         streamed.finish()
         with strategy.guard("writing the output's other files and renaming it"):
             if writer is not None:
-                _write_other_files(source, writer, save if save == "auto" else (save or compute_dtype))
-                writer.commit()
+                _finish_output(source, model, writer, save or compute_dtype)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -109,7 +121,8 @@ def prune_pretrained(path: str | os.PathLike, config: PruneConfig | None = None,
     finally:
         if store is not None:
             store.close()
-    logger.info("prune_pretrained: wrote %s (%d shards)%s", out, len(streamed.blocks) + 1, strategy.describe())
+    logger.info("prune_pretrained: wrote %s (%s, %d blocks)%s", out, out_format, len(streamed.blocks),
+                strategy.describe())
     return report
 
 
@@ -180,6 +193,7 @@ def build_skeleton(directory: Path, dtype: torch.dtype) -> nn.Module:
     except Exception as error:
         raise SourceError(f"prune_pretrained: transformers cannot build the model of {os.fspath(directory)!r} from its "
                           f"config: {error}") from error
+    model.config.name_or_path = os.fspath(directory)  # as from_pretrained records it
     return model.eval()
 
 
@@ -197,7 +211,7 @@ class StreamedModel:
             raise ValueError(f"prune_pretrained: {type(model).__name__} has no block list (a ModuleList of repeated "
                              "blocks) to stream; pass blocks='...' naming it, or prune in memory")
         self.blocks_name, self.blocks = found
-        self.writer: OutputWriter | None = None  # None on ranks other than 0
+        self.writer: ShardWriter | CheckpointWriter | None = None  # None on ranks other than 0
         self.store: ActivationStore | None = None
         self.strategy = SingleProcessStrategy()
         self.written: set[int] = set()
@@ -227,6 +241,8 @@ class StreamedModel:
                 raise SourceError(f"prune_pretrained: the weights in {os.fspath(source.directory)!r} must hold "
                                   f"'{first}' (from config.json), but no shard has it")
             self.key_of[first] = stored[0]
+        # Every name of a parameter is written with the unit of its first name (tied ones once).
+        self._param_unit = {name: self.unit_of(first) for first, names in names_of.items() for name in names}
         self.buffers = {key: tensor for key, tensor in model.state_dict(keep_vars=True).items()
                         if not isinstance(tensor, nn.Parameter)}
         self._check_shapes()
@@ -258,10 +274,16 @@ class StreamedModel:
         return name.startswith(self.blocks_name + ".")
 
     def unit_of(self, name: str) -> int:
-        """The block index of a parameter or buffer, or len(blocks) (the rest of the model)."""
+        """The block index of a parameter, buffer or module, or len(blocks) (the rest of the model)."""
         if self.in_blocks(name):
             return int(name[len(self.blocks_name) + 1:].split(".", 1)[0])
         return len(self.blocks)
+
+    def written_with(self, name: str) -> int:
+        """The unit whose output holds a state_dict key or module ``name``: a parameter's is that of
+        its first name."""
+        unit = self._param_unit.get(name)
+        return self.unit_of(name) if unit is None else unit
 
     # -- loading and releasing
 
@@ -294,20 +316,39 @@ class StreamedModel:
                 module = self.model.get_submodule(owner) if owner else self.model
                 module._buffers[attr] = self.source.read(key, buffer.dtype if buffer.is_floating_point() else None)
 
-    def _unit_tensors(self, unit: int) -> dict[str, torch.Tensor]:
-        """The unit's tensors as written: loaded ones from the model, the rest read from the source."""
-        tensors = {}
+    def _saved_params(self, unit: int) -> dict[str, torch.Tensor]:
+        """The unit's parameters (by first name) as written: loaded ones from the model, the rest
+        read from the source, in the saved dtype."""
+        saved = {}
         for name in self.unit_params[unit]:
             param = self._param(name)
             key = self.key_of[name]
-            tensor = param.detach() if param.device.type != "meta" else self.source.read(key)
-            tensors[key] = self._saved(key, tensor)
+            saved[name] = self._saved(key, param.detach() if param.device.type != "meta" else self.source.read(key))
+        return saved
+
+    def _unit_tensors(self, unit: int) -> dict[str, torch.Tensor]:
+        """The unit's tensors in a Hugging Face shard: its parameters and stored buffers."""
+        tensors = {self.key_of[name]: tensor for name, tensor in self._saved_params(unit).items()}
         for key, buffer in self.buffers.items():
             if self.unit_of(key) == unit and key in self.source:
                 owner, _, attr = key.rpartition(".")
                 module = self.model.get_submodule(owner) if owner else self.model
                 tensors[key] = module._buffers[attr].detach()
         return tensors
+
+    def _unit_entries(self, unit: int) -> checkpoint.CheckpointEntries:
+        """The unit's entries in a prunekit checkpoint (what ``prunekit.save`` stores of its layers and
+        tensors), computed with its parameters in the model in the saved dtype; the model's own
+        parameters are put back afterwards."""
+        held = {name: self._param(name) for name in self.unit_params[unit]}
+        try:
+            for name, tensor in self._saved_params(unit).items():
+                self._set(name, tensor)
+            return checkpoint.collect_entries(self.model, part=lambda name: self.written_with(name) == unit)
+        finally:
+            for name, param in held.items():
+                for module, attr in self.places[name]:
+                    module._parameters[attr] = param
 
     def _saved(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         dtype = self.source.entries[key].dtype if self.save_dtype == "auto" else self.save_dtype
@@ -318,8 +359,10 @@ class StreamedModel:
             return
         what = f"{self.blocks_name}.{unit}" if unit < len(self.blocks) else "the layers outside the blocks"
         with self.strategy.guard(f"writing {what}"):  # every rank enters, rank 0 writes
-            if self.writer is not None:
+            if isinstance(self.writer, ShardWriter):
                 self.writer.write_unit(unit, self._unit_tensors(unit), what)
+            elif self.writer is not None:
+                self.writer.write_unit(unit, self._unit_entries(unit), what)
         self.written.add(unit)
 
     def finish(self) -> None:
@@ -479,18 +522,29 @@ class _ReplayBlock(nn.Module):
 
 # ----------------------------------------------------------------------------- the other files
 
-def _write_other_files(source: SafetensorsSource, writer: OutputWriter, save_dtype) -> None:
-    """config.json with the saved dtype, and every other file of the input (tokenizer, generation
-    config, ...) but its weights."""
-    config = json.loads((source.directory / "config.json").read_text(encoding="utf-8"))
-    if save_dtype != "auto":
-        name = str(save_dtype).removeprefix("torch.")
-        for key in ("dtype", "torch_dtype"):
-            if key in config or key == "dtype":
-                config[key] = name
-    writer.write_text("config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+def _finish_output(source: SafetensorsSource, model: nn.Module, writer: OutputWriter, save_dtype) -> None:
+    """config.json with the saved dtype (a prunekit checkpoint's: the model's full config, as
+    ``prunekit.save`` writes it), every other file of the input (tokenizer, generation config, ...)
+    but its weights, then the commit."""
+    name = None if save_dtype == "auto" else str(save_dtype).removeprefix("torch.")
+    if isinstance(writer, CheckpointWriter):
+        if name is not None:
+            model.config.dtype = save_dtype
+        text = checkpoint.config_json(model)
+    else:
+        config = json.loads((source.directory / "config.json").read_text(encoding="utf-8"))
+        if name is not None:
+            for key in ("dtype", "torch_dtype"):
+                if key in config or key == "dtype":
+                    config[key] = name
+        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    writer.write_text("config.json", text)
     skip = source.weight_file_names() | {"config.json", INDEX_FILE}
     for entry in sorted(source.directory.iterdir()):
         if entry.is_file() and entry.name not in skip and not entry.name.endswith(_WEIGHT_SUFFIXES) \
                 and not entry.name.startswith("."):
             writer.copy_file(entry)
+    if isinstance(writer, CheckpointWriter):
+        writer.commit(checkpoint.model_info(model))
+    else:
+        writer.commit()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,18 +27,6 @@ class SourceError(ValueError):
     what was found."""
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one tensor's bytes are: its file, absolute byte span, dtype and shape."""
-
-    key: str
-    path: Path
-    begin: int
-    end: int
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-
 class SafetensorsSource:
     """The tensors of a Hugging Face model directory (single or sharded safetensors), checked."""
 
@@ -53,20 +39,13 @@ class SafetensorsSource:
             raise SourceError(f"prune_pretrained: argument 'path' must hold config.json, but "
                               f"{os.fspath(self.directory)!r} has none")
         self.files = self._weight_files()
-        self.entries: dict[str, TensorEntry] = {}
+        self.entries: dict[str, stf.TensorSpan] = {}
         for path in self.files:
-            header, _ = stf.read_header(path)  # checks spans, dtypes and the exact file length
-            with open(path, "rb") as file:
-                (length,) = struct.unpack("<Q", file.read(8))
-            start = 8 + length
-            for key, entry in header.items():
+            for key, entry in stf.tensor_spans(path).items():  # checks spans, dtypes and the exact file length
                 if key in self.entries:
                     raise SourceError(f"prune_pretrained: tensor '{key}' must be stored once, but it is in both "
                                       f"{self.entries[key].path.name} and {path.name}")
-                begin, end = (int(v) for v in entry["data_offsets"])
-                shape = tuple(int(d) for d in entry["shape"])
-                dtype = stf.DTYPE_OF_CODE[entry["dtype"]]
-                self.entries[key] = TensorEntry(key, path, start + begin, start + end, dtype, shape)
+                self.entries[key] = entry
 
     def _weight_files(self) -> list[Path]:
         index = self.directory / INDEX_FILE

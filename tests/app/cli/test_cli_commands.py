@@ -77,8 +77,9 @@ def test_prune_writes_a_loadable_checkpoint_and_eval_reads_it(tiny_llama_dir, tm
 
 
 def test_prune_sparsify_into_a_used_directory_then_eval_in_process(tiny_llama_dir, tmp_path, capsys):
-    """--sparsify writes a prunekit checkpoint that eval loads (prunekit.load); --overwrite replaces
-    only prunekit's files (through prunekit.app.cli.main, no subprocess)."""
+    """--sparsify writes a prunekit checkpoint that eval loads (prunekit.load); --format unstructured
+    prunes in memory (sparsify_ swaps the layers), saying why; --overwrite replaces only prunekit's
+    files (through prunekit.app.cli.main, no subprocess)."""
     from prunekit.app.cli import main
 
     out = tmp_path / "sparse"
@@ -87,12 +88,12 @@ def test_prune_sparsify_into_a_used_directory_then_eval_in_process(tiny_llama_di
     (out / "notes.txt").write_text("not prunekit's: kept")
     assert main(["prune", str(tiny_llama_dir), "--method", "sparsegpt", "--sparsity", "0.5", "--nsamples", "8",
                  "--seqlen", "16", "--no-eval", "--sparsify", "--format", "unstructured", "--overwrite",
-                 "--out", str(out), "--seed", "3", "--quiet"]) == 0
+                 "--out", str(out), "--seed", "3", "--log-level", "info"]) == 0
+    assert "pruning in memory: --format unstructured makes sparsify_ swap" in capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
-    assert report["quality"] is None and report["config"]["seed"] == 3
+    assert report["quality"] is None and report["config"]["seed"] == 3 and "streamed" not in report
     assert len(report["checkpoint"]["sparsify"]["swapped"]) == 14  # every projection of the 2 blocks
     assert not (out / "model" / "stale").exists() and (out / "notes.txt").exists()
-    capsys.readouterr()
     assert main(["eval", str(out / "model"), "--reference", str(tiny_llama_dir), "--samples", "4", "--seqlen", "16",
                  "--quiet"]) == 0
     printed = capsys.readouterr().out

@@ -25,6 +25,8 @@ from .data import calibration_batches, evaluation_batches
 logger = logging.getLogger(__name__)
 
 PRUNE_FILES = ("model", "report.json", "report.md", "layers.png", "quality_vs_sparsity.png")
+CHECKPOINT_FORMATS = {"hf": "Hugging Face, masked dense weights (from_pretrained)",
+                      "prunekit": "prunekit compressed (prunekit.load)"}
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -51,10 +53,12 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of calibration sampling and random criteria (default 0)")
     parser.add_argument("--sparsify", action="store_true",
-                        help="swap pruned layers for compressed sparse ones and save a prunekit checkpoint")
+                        help="save a prunekit compressed checkpoint (pruned layers stored compressed; streamed runs "
+                             "write it block by block)")
     parser.add_argument("--format", default="auto", choices=("auto", "2:4", "unstructured"),
-                        help="format of the sparse layers with --sparsify: auto (per layer: sparse only where "
-                             "prunekit's CPU kernel beats dense torch), 2:4 or unstructured (default auto)")
+                        help="format of the sparse layers with --sparsify: auto (per layer, chosen where the "
+                             "checkpoint is loaded: sparse only where prunekit's CPU kernel beats dense torch), 2:4 or "
+                             "unstructured (these prune in memory) (default auto)")
     parser.add_argument("--eval-data", type=Path, metavar="FILE",
                         help="held-out text for the before/after quality (default: standard-library docstrings)")
     parser.add_argument("--eval-samples", type=positive_int, default=64,
@@ -141,10 +145,10 @@ def _prune_run(args, sparsity, config_kwargs, out: Path, torchrun: bool) -> int:
         with stages.stage("sparsify"):
             summary = prunekit.sparsify_(model, SparsifyConfig(format=args.format))
         logger.info("%s", summary)
-        checkpoint["format"] = "prunekit compressed (prunekit.load)"
+        checkpoint["format"] = CHECKPOINT_FORMATS["prunekit"]
         checkpoint["sparsify"] = summary.to_dict()
     else:
-        checkpoint["format"] = "Hugging Face, masked dense weights (from_pretrained)"
+        checkpoint["format"] = CHECKPOINT_FORMATS["hf"]
     with stages.stage("saving"):
         _save_checkpoint(model, tokenizer, out / "model", args.sparsify, torchrun)  # every rank takes part
     if is_main:

@@ -1,5 +1,7 @@
 """``prunekit prune`` streamed: the model directory is pruned block by block with
-:func:`prunekit.prune_pretrained` (the default where it applies; ``--in-memory`` opts out).
+:func:`prunekit.prune_pretrained` (the default where it applies; ``--in-memory`` opts out), which
+writes the Hugging Face directory, or with ``--sparsify`` the prunekit compressed checkpoint (each
+layer's runtime format is chosen when it is loaded).
 
 The quality before and after is measured by loading the dense model, then the pruned output, one at
 a time (never both); ``--no-eval`` skips that, and then no whole model is ever in memory.
@@ -31,8 +33,10 @@ logger = logging.getLogger(__name__)
 
 def streaming_blocker(args, config_kwargs: dict) -> str | None:
     """Why this run cannot be streamed, or None when it can."""
-    if args.sparsify:
-        return "--sparsify writes a compressed checkpoint, which streamed runs do not write"
+    if args.sparsify and args.format != "auto":
+        return (f"--format {args.format} makes sparsify_ swap every pruned layer for one holding that format, which "
+                "needs the model in memory (a streamed --sparsify stores each layer smallest-exact and its runtime "
+                "format is chosen at load: --format auto)")
     config = prunekit.PruneConfig(**config_kwargs)
     if "gradients" in config.criterion.needs:
         return f"--method {config.method_name} needs gradients of the whole model"
@@ -70,9 +74,10 @@ def _tokenizer(directory: Path):
 def run_streamed(args, sparsity, config_kwargs: dict, out: Path, torchrun: bool = False) -> int:
     """The streamed counterpart of ``prune._prune_run``; under torchrun every rank streams the
     blocks over its share of the calibration items and rank 0 writes the checkpoint and report."""
-    from .prune import _default_ignore, _print_prune_summary, _write_prune_report, run_timings
+    from .prune import CHECKPOINT_FORMATS, _default_ignore, _print_prune_summary, _write_prune_report, run_timings
 
     started = time.perf_counter()
+    out_format = "prunekit" if args.sparsify else "hf"
     stages = StageTimer()  # evaluation and pruning (which loads and writes the blocks as it streams)
     directory = Path(resolve_model(args.model))
     dtype = _compute_dtype(directory, args.dtype)
@@ -100,7 +105,7 @@ def run_streamed(args, sparsity, config_kwargs: dict, out: Path, torchrun: bool 
     logger.info("pruning with %s at %s (%s allocation), streamed block by block", args.method, sparsity,
                 args.allocation)
     with stages.stage("pruning"):
-        report = prunekit.prune_pretrained(directory, config, calib, out / "model", dtype=dtype)
+        report = prunekit.prune_pretrained(directory, config, calib, out / "model", dtype=dtype, out_format=out_format)
     if quality is not None:
         evaluation_started = time.perf_counter()
         pruned, _, _ = load_model(str(out / "model"), dtype)
@@ -118,7 +123,7 @@ def run_streamed(args, sparsity, config_kwargs: dict, out: Path, torchrun: bool 
         "config": {"method": args.method, "sparsity": sparsity, "allocation": args.allocation, "refine": args.refine,
                    "ignore": ignore, "seed": args.seed, "dtype": args.dtype},
         "calibration": calib_info, "quality": quality, "streamed": True,
-        "checkpoint": {"path": "model", "format": "Hugging Face, masked dense weights (from_pretrained)"},
+        "checkpoint": {"path": "model", "format": CHECKPOINT_FORMATS[out_format]},
         "prune": report.to_dict(), "machine": machine_info(), "seconds": time.perf_counter() - started,
         "timings": run_timings(stages.seconds, report.timings, time.perf_counter() - started),
     }
