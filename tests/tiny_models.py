@@ -35,13 +35,14 @@ def _embedding(model) -> torch.nn.Embedding:
     return model.get_input_embeddings()
 
 
-def tiny_model(arch: str, *, seed: int = 0, outliers: bool = True) -> torch.nn.Module:
+def tiny_model(arch: str, *, seed: int = 0, outliers: bool = True, **config_fields) -> torch.nn.Module:
     """A tiny ``arch`` model in eval mode. With ``outliers``, a few embedding dimensions are scaled
     up 20x, so that (as in trained LLMs) some input features of every layer are much larger than
-    the rest; activation-aware criteria have something to find."""
+    the rest; activation-aware criteria have something to find. ``config_fields`` override the
+    config's (e.g. ``tie_word_embeddings=True``)."""
     config_cls, model_cls, kwargs = _configs()[arch]
     torch.manual_seed(seed)
-    config = config_cls(**kwargs)
+    config = config_cls(**{**kwargs, **config_fields})
     config._attn_implementation = "eager"
     model = model_cls(config).eval()
     if outliers:

@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prunekit import ops
 from prunekit.solvers import magnitude, parse_pattern, select_mask, wanda, wanda_scores
+from prunekit.solvers.masks import keep_lowest_pruned, keep_lowest_pruned_per_row
 
 
 @pytest.mark.parametrize("shape", [(7, 13), (16, 64), (3, 5), (33, 96)])
@@ -57,3 +60,35 @@ def test_non_finite_scores_are_rejected():
     weight = torch.randn(4, 8)
     with pytest.raises(ValueError, match="NaN"):
         wanda(weight, torch.tensor([float("nan")] + [1.0] * 7), sparsity=0.5)
+
+
+def _stable_sort_keep(scores: torch.Tensor, count: int, per_row: bool) -> torch.Tensor:
+    """The selection by stable sorting that keep_lowest_pruned[_per_row] must reproduce exactly."""
+    rows, _ = scores.shape
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if count <= 0:
+        return keep
+    if not per_row:
+        keep.view(-1)[torch.sort(scores.reshape(-1), stable=True).indices[:count]] = False
+        return keep
+    per, extra = divmod(count, rows)
+    values, order = torch.sort(scores, dim=1, stable=True)
+    keep.scatter_(1, order[:, :per], False)
+    if extra:
+        chosen = torch.sort(values[:, per], stable=True).indices[:extra]
+        keep[chosen, order[chosen, per]] = False
+    return keep
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(1, 9), cols=st.integers(1, 40), levels=st.integers(1, 6), fraction=st.floats(0, 1),
+       per_row=st.booleans(), seed=st.integers(0, 2**31 - 1), negative_zero=st.booleans())
+def test_selection_equals_a_stable_sort_with_ties(rows, cols, levels, fraction, per_row, seed, negative_zero):
+    # Few distinct levels force ties at the threshold; -0.0 and 0.0 compare equal as in a sort.
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (rows, cols), generator=generator).to(torch.float32)
+    if negative_zero:
+        scores[scores == 0] = -0.0
+    count = int(round(fraction * rows * cols))
+    select = keep_lowest_pruned_per_row if per_row else keep_lowest_pruned
+    assert torch.equal(select(scores, count), _stable_sort_keep(scores, count, per_row))

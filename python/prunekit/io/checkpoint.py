@@ -493,9 +493,11 @@ def load(path, model: nn.Module | None = None, *, mmap: bool = True, verify: boo
       :data:`prunekit.nn.DEFAULT_ROWS`).
 
     Returns the model (the skeleton itself when given, changed in place, in eval mode if it was
-    rebuilt). Every check runs before the model changes: a bad checkpoint or a mismatching
-    skeleton raises a ``CheckpointError`` (a ``ValueError``) naming the file or argument, what
-    was expected and what was found.
+    rebuilt). Tied parameters (an LM head tied to the embedding) come back as one Parameter:
+    those the checkpoint stores once, and those the model ties (a rebuilt one as its config says)
+    whose stored tensors are equal. Every check runs before the model changes: a bad checkpoint
+    or a mismatching skeleton raises a ``CheckpointError`` (a ``ValueError``) naming the file or
+    argument, what was expected and what was found.
     """
     if not isinstance(path, (str, Path)) and not hasattr(path, "__fspath__"):
         raise TypeError(f"load: argument 'path' must be a str or os.PathLike, but got {type(path).__name__}")
@@ -559,6 +561,7 @@ def _rebuild_hf(weights: Path, model_info: dict) -> nn.Module:
     no_init = _no_init_weights()
     with no_init():
         model = cls(config)
+    model.tie_weights()  # as from_pretrained does: a class built without initialisation is untied
     from ..surgery.layers import apply_recorded_removals  # a sublayer-pruned model (prune_layers)
     from ..surgery.slicing import restore_sliced_from_config  # a SliceGPT-sliced model (slice_)
 
@@ -817,8 +820,8 @@ def _load_into(weights: Path, info: dict, tensors: dict[str, torch.Tensor], mode
                            weights)
             continue
         buffers[key] = (module, buffer_name)
+    tied = _tied_groups(weights, model, stored)
     # 3. change the model
-    tied = _tied_groups(model)
     for name, module in built.items():
         module.train(model.training)
         for place in [name] + [alias for alias, target in module_aliases.items() if target == name]:
@@ -837,12 +840,49 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _tied_groups(model: nn.Module) -> list[list[str]]:
-    """Parameter names that refer to one Parameter object (tied weights)."""
-    groups: dict[int, list[str]] = {}
+def _tied_groups(weights: Path, model: nn.Module, stored: dict[str, torch.Tensor]) -> list[list[str]]:
+    """The parameter names to tie into one Parameter after loading (tied weights), each group in
+    the model's order: parameters whose stored tensor is one (an alias in ``stored`` holds its
+    key's tensor: one Parameter, or views of the same data, when saved), and parameters ``model``
+    ties whose stored tensors are equal (a checkpoint written part by part stores a tie across
+    parts once per part). A tie of ``model`` whose stored tensors differ is dropped (each
+    parameter gets its own tensor, as transformers' from_pretrained does), with a warning."""
+    order: dict[str, int] = {}
+    by_object: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), []).append(name)
+        if name in stored:
+            order[name] = len(order)
+            by_object.setdefault(id(param), []).append(name)
+    root = {name: name for name in order}
+
+    def find(name: str) -> str:
+        while root[name] != name:
+            name = root[name]
+        return name
+
+    def join(names: list[str]) -> None:
+        for name in names[1:]:
+            root[find(name)] = find(names[0])
+
+    by_tensor: dict[int, list[str]] = {}
+    for name in order:
+        by_tensor.setdefault(id(stored[name]), []).append(name)
+    for names in by_tensor.values():
+        join(names)
+    for names in by_object.values():
+        if all(_same_values(stored[name], stored[names[0]]) for name in names[1:]):
+            join(names)
+        else:
+            logger.warning("load: the model ties parameters %s, but %s stores different tensors for them; each "
+                           "gets its own (untied)", names, weights)
+    groups: dict[str, list[str]] = {}
+    for name in order:  # the first name of a group keeps its Parameter
+        groups.setdefault(find(name), []).append(name)
     return [names for names in groups.values() if len(names) > 1]
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or (a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b))
 
 
 def _retie(model: nn.Module, groups: list[list[str]]) -> None:

@@ -39,14 +39,29 @@ def _check_scores(scores: torch.Tensor, name: str) -> None:
                          "calibration activations)")
 
 
+def _lowest_in_rows(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """(rows, cols) bool: True at the ``count`` lowest entries of each row, ties going to the lower
+    column index: the first ``count`` of a stable ascending sort, found by selection (kthvalue) in
+    linear time instead of sorting every row."""
+    rows, cols = scores.shape
+    if count <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if count >= cols:
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = torch.kthvalue(scores, count, dim=1, keepdim=True).values
+    lowest = scores < threshold
+    ties = scores == threshold
+    # Of the entries equal to the threshold, the first (count - #below) by column are taken.
+    wanted = count - lowest.sum(dim=1, keepdim=True)
+    if bool((ties.sum(dim=1, keepdim=True) > wanted).any()):
+        ties &= torch.cumsum(ties, dim=1) <= wanted
+    lowest |= ties
+    return lowest
+
+
 def keep_lowest_pruned(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Keep-mask pruning the ``count`` lowest scores of the whole tensor (ties: lower flat index)."""
-    flat = scores.reshape(-1)
-    keep = torch.ones(flat.numel(), dtype=torch.bool, device=scores.device)
-    if count > 0:
-        order = torch.sort(flat, stable=True).indices
-        keep[order[:count]] = False
-    return keep.reshape(scores.shape)
+    return ~_lowest_in_rows(scores.reshape(1, -1), count).reshape(scores.shape)
 
 
 def keep_lowest_pruned_per_row(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -54,20 +69,21 @@ def keep_lowest_pruned_per_row(scores: torch.Tensor, count: int) -> torch.Tensor
 
     Every row prunes ``count // rows`` of its lowest scores; the ``count % rows`` remaining
     prunes go to the rows whose next-lowest score is smallest, so the layer hits the exact count
-    even when it is not a multiple of the row count.
+    even when it is not a multiple of the row count. Ties go to the lower index, as a stable sort
+    orders them.
     """
     rows, cols = scores.shape
-    keep = torch.ones_like(scores, dtype=torch.bool)
     if count <= 0:
-        return keep
+        return torch.ones_like(scores, dtype=torch.bool)
     per_row, extra = divmod(count, rows)
-    values, order = torch.sort(scores, dim=1, stable=True)
-    keep.scatter_(1, order[:, :per_row], False)
+    pruned = _lowest_in_rows(scores, per_row)
     if extra:
-        next_best = values[:, per_row]
-        rows_with_extra = torch.sort(next_best, stable=True).indices[:extra]
-        keep[rows_with_extra, order[rows_with_extra, per_row]] = False
-    return keep
+        # Each row's next-lowest score: the lowest kept one (its first column among equals).
+        remaining = scores.masked_fill(pruned, float("inf"))
+        next_best, column = remaining.min(dim=1)
+        rows_with_extra = _lowest_in_rows(next_best.reshape(1, -1), extra).reshape(-1).nonzero().reshape(-1)
+        pruned[rows_with_extra, column[rows_with_extra]] = True
+    return ~pruned
 
 
 def select_mask(scores: torch.Tensor, *, sparsity: float | None = None, pattern=None,
