@@ -267,8 +267,13 @@ class _SharedInputs:
     """
 
     def __init__(self, layers: Mapping[str, PrunableLayer], make_stats: Callable[[PrunableLayer], LayerInputStats],
-                 token_mask_ref: list, share: bool, timer=None):
+                 token_mask_ref: list, share: bool, timer=None, stop_after_last: bool = False):
         self.layers = dict(layers)
+        # Once the first pass showed every layer running once, a later pass may stop the block's
+        # forward at the last layer's input: nothing after it feeds a statistic.
+        self.stop_after_last = stop_after_last
+        self.last: str | None = None
+        self._order: list[str] = []
         self.make_stats = make_stats
         self.token_mask_ref = token_mask_ref
         self.share = share
@@ -308,6 +313,8 @@ class _SharedInputs:
 
     def on_input(self, name: str, x: torch.Tensor) -> None:
         self._calls[name] = self._calls.get(name, 0) + 1
+        if self._first_pass:
+            self._order.append(name)
         try:
             version = x._version
         except RuntimeError:  # an inference tensor tracks no version: never shared
@@ -333,19 +340,35 @@ class _SharedInputs:
         if self.leader and any(self._calls.get(name, 0) != 1 for name in self.layers if name in self.leader
                                or name in self.leader.values()):
             self.consistent = False
+        if self._first_pass and self.stop_after_last and sorted(self._order) == sorted(self.layers):
+            self.last = self._order[-1]
         self._first_pass = False
         self._pass_inputs.clear()
         self._calls.clear()
 
+    def _stop_at_last(self, module, args, name: str) -> None:
+        """Forward pre-hook of every layer: at the last layer's input, once every other layer has
+        run this pass, feeds that input and ends the block's forward (:class:`_StopForward`)."""
+        if name != self.last or len(self._calls) != len(self.layers) - 1 or \
+                any(count != 1 for count in self._calls.values()):
+            return
+        with stage(self.timer, "statistics"):
+            self.on_input(name, args[0])
+        raise _StopForward
+
     @contextlib.contextmanager
     def hooks(self):
-        """Forward hooks feeding each layer's input while the context is open."""
+        """Forward hooks feeding each layer's input while the context is open (and, with
+        ``stop_after_last``, the pre-hooks that end a pass at the last layer's input)."""
         handles = []
         for layer in self.layers.values():
             def hook(module, args, output, name=layer.name):
                 with stage(self.timer, "statistics"):
                     self.on_input(name, args[0])
             handles.append(layer.module.register_forward_hook(hook))
+            if self.stop_after_last:
+                handles.append(layer.module.register_forward_pre_hook(
+                    lambda module, args, name=layer.name: self._stop_at_last(module, args, name)))
         try:
             yield
         finally:
@@ -492,7 +515,8 @@ def _outside_blocks_on(model: nn.Module, blocks_name: str, device: torch.device)
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook once the first block's inputs are recorded."""
+    """Raised by a hook once what a forward is run for is recorded (the first block's inputs, the
+    last layer's input of a statistics pass) to skip the rest of it."""
 
 
 @dataclass
@@ -677,13 +701,17 @@ def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, P
     share = share_inputs
     while True:
         token_mask: list = [None]
-        feed = _SharedInputs(layers, lambda layer: LayerInputStats(layer, needs=needs), token_mask, share, timer)
+        feed = _SharedInputs(layers, lambda layer: LayerInputStats(layer, needs=needs), token_mask, share, timer,
+                             stop_after_last=not keep_dense)
         dense_outputs: list[torch.Tensor] | None = [] if keep_dense else None
         with strategy.guard(f"the statistics pass of {name}"), torch.no_grad(), feed.hooks(), \
                 stage(timer, "calibration_forwards"):
             for item in inputs:
                 token_mask[0] = _effective_token_mask(item.token_mask)
-                output = _block_output(block(item.hidden, *item.args, **item.kwargs))
+                try:
+                    output = _block_output(block(item.hidden, *item.args, **item.kwargs))
+                except _StopForward:
+                    output = None
                 feed.end_pass()
                 if dense_outputs is not None:
                     dense_outputs.append(output.detach())
