@@ -15,7 +15,7 @@ import transformers
 
 import prunekit
 from prunekit.app.cli import main as cli_main
-from prunekit.recovery import MaskedLoRALinear, RecoveryError, recover, text_batches, zero_masks
+from prunekit.recovery import MaskedLoRALinear, RecoveryError, read_text_file, recover, text_batches, zero_masks
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -184,6 +184,27 @@ def test_text_batches_and_checkpoint(tmp_path):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "train.txt"]
+
+
+def test_text_files_read_as_the_cli_reads_them(tmp_path):
+    """text_batches reads a path with read_text_file, the reader the CLI's --data goes through
+    (app.evaluation imports it): paragraphs at blank lines, else lines; bad files name ``what``."""
+    from prunekit.app import evaluation
+
+    assert evaluation.read_text_file is read_text_file
+    tokenizer = word_tokenizer()
+    path = tmp_path / "lines.txt"
+    words = TEXT.split()
+    path.write_text("\n".join(" ".join(words[i:i + 10]) for i in range(0, len(words), 10)))
+    assert read_text_file(path) == [" ".join(words[i:i + 10]) for i in range(0, len(words), 10)]
+    from_path = text_batches(tokenizer, path, seqlen=32, batch_size=3)
+    from_paragraphs = text_batches(tokenizer, read_text_file(path), seqlen=32, batch_size=3)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(from_path, from_paragraphs, strict=True))
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match="--data: .*empty.txt' is empty"):
+        text_batches(tokenizer, tmp_path / "empty.txt", what="--data")
+    with pytest.raises(ValueError, match="train: .* is a directory"):
+        read_text_file(tmp_path, "train")
 
 
 def test_recover_after_layer_pruning_and_sparsify_refusal():

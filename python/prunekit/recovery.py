@@ -48,12 +48,35 @@ from ._measure import causal_lm_nll, count_parameters, forward_seconds, perplexi
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["recover", "RecoveryReport", "TRAIN_MODES", "text_batches", "zero_masks"]
+__all__ = ["recover", "RecoveryReport", "TRAIN_MODES", "read_text_file", "text_batches", "zero_masks"]
 
 TRAIN_MODES = ("all", "norms", "lora")
 
 
 # ----------------------------------------------------------------------------- data
+
+def read_text_file(path: str | os.PathLike, what: str = "data") -> list[str]:
+    """The paragraphs of a UTF-8 text file (split at blank lines; a file without blank lines is
+    split into its lines), whitespace-normalised. Missing, unreadable or empty files raise
+    ValueError naming ``what``."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise ValueError(f"{what}: no such file: {os.fspath(path)!r}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{what}: {os.fspath(path)!r} is a directory; expected a text file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what}: cannot read {os.fspath(path)!r} as UTF-8 text: {error}") from None
+    blocks = [block for block in text.split("\n\n") if block.strip()]
+    if len(blocks) <= 1:
+        blocks = text.splitlines()
+    paragraphs = [" ".join(block.split()) for block in blocks]
+    paragraphs = [p for p in paragraphs if p]
+    if not paragraphs:
+        raise ValueError(f"{what}: {os.fspath(path)!r} is empty; expected some text")
+    return paragraphs
+
 
 def text_batches(tokenizer, text: str | os.PathLike | Sequence[str], seqlen: int = 128, batch_size: int = 4,
                  seed: int = 0, what: str = "data") -> list[dict]:
@@ -65,24 +88,12 @@ def text_batches(tokenizer, text: str | os.PathLike | Sequence[str], seqlen: int
         raise ValueError(f"{what}: expected seqlen >= 2 and batch_size >= 1, but got seqlen={seqlen} and "
                          f"batch_size={batch_size}")
     if isinstance(text, (str, os.PathLike)):
-        path = os.fspath(text)
-        try:
-            with open(path, encoding="utf-8") as file:
-                content = file.read()
-        except FileNotFoundError:
-            raise ValueError(f"{what}: no such file: {path!r}") from None
-        except IsADirectoryError:
-            raise ValueError(f"{what}: {path!r} is a directory; expected a text file") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ValueError(f"{what}: cannot read {path!r} as UTF-8 text: {error}") from None
-        paragraphs = [" ".join(block.split()) for block in content.split("\n\n")]
-        source = repr(path)
+        paragraphs, source = read_text_file(text, what), repr(os.fspath(text))
     else:
-        paragraphs = [" ".join(str(p).split()) for p in text]
+        paragraphs = [p for p in (" ".join(str(p).split()) for p in text) if p]
         source = "the text"
-    paragraphs = [p for p in paragraphs if p]
-    if not paragraphs:
-        raise ValueError(f"{what}: {source} is empty; expected some text to train on")
+        if not paragraphs:
+            raise ValueError(f"{what}: {source} is empty; expected some text to train on")
     ids = tokenizer("\n\n".join(paragraphs), return_tensors="pt", add_special_tokens=False,
                     verbose=False)["input_ids"][0]
     bos = getattr(tokenizer, "bos_token_id", None)

@@ -21,6 +21,8 @@ import warnings
 
 import torch
 
+from ..recovery import read_text_file  # the library's text reader; the CLI calls it from here
+
 logger = logging.getLogger(__name__)
 
 CALIBRATION_MODULES = ("json", "collections", "functools", "itertools", "pathlib", "subprocess", "argparse",
@@ -111,29 +113,6 @@ def lm_quality_batches(tokenizer, nsamples: int = 64, seqlen: int = 128, seed: i
                              batch_size)
     evaluation = lm_eval_windows(tokenizer, held_out_prose(), seqlen, eval_windows, batch_size)
     return calibration, evaluation
-
-
-def read_text_file(path: str | os.PathLike, what: str = "--data") -> list[str]:
-    """The paragraphs of a UTF-8 text file (split at blank lines; a file without blank lines is
-    split into its lines), whitespace-normalised. Missing, unreadable or empty files raise
-    ValueError naming ``what``."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except FileNotFoundError:
-        raise ValueError(f"{what}: no such file: {os.fspath(path)!r}") from None
-    except IsADirectoryError:
-        raise ValueError(f"{what}: {os.fspath(path)!r} is a directory; expected a text file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{what}: cannot read {os.fspath(path)!r} as UTF-8 text: {error}") from None
-    blocks = [block for block in text.split("\n\n") if block.strip()]
-    if len(blocks) <= 1:
-        blocks = text.splitlines()
-    paragraphs = [" ".join(block.split()) for block in blocks]
-    paragraphs = [p for p in paragraphs if p]
-    if not paragraphs:
-        raise ValueError(f"{what}: {os.fspath(path)!r} is empty; expected some text")
-    return paragraphs
 
 
 def sample_sentences(sentences: list[str], n: int, seed: int) -> list[str]:
