@@ -187,19 +187,8 @@ std::tuple<at::Tensor, at::Tensor> admm_loop(const at::Tensor& weight, const at:
   return {pruned, keep.has_value() ? support.clone() : support};
 }
 
-namespace {
-
-std::tuple<at::Tensor, at::Tensor> admm_solve_generic(const at::Tensor& weight, const at::Tensor& hessian,
-                                                      const at::Tensor& inverse, const std::optional<at::Tensor>& keep,
-                                                      double sparsity, int64_t n, int64_t m, bool per_row, double rho,
-                                                      int64_t iterations, int64_t prune_iterations,
-                                                      int64_t pcg_iterations) {
-  return admm_loop(weight, hessian, inverse, keep, sparsity, n, m, per_row, rho, iterations, prune_iterations,
-                   pcg_iterations, aten_project, aten_cg_step);
+TORCH_LIBRARY_IMPL(prunekit, CompositeExplicitAutograd, m) {
+  m.impl("admm_solve", &admm_solve<aten_project, aten_cg_step>);
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(prunekit, CompositeExplicitAutograd, m) { m.impl("admm_solve", &admm_solve_generic); }
 
 }  // namespace prunekit::admm

@@ -262,3 +262,14 @@ def test_generic_kernel_matches_the_fused_cpu_kernel(sparsity, n, m, per_row, fi
     generic, generic_kept = generic_solve(*args)
     assert torch.equal(kept, generic_kept)
     torch.testing.assert_close(pruned, generic, rtol=1e-4, atol=1e-4)
+
+
+def test_an_overflowing_nm_iterate_is_an_error_on_every_kernel():
+    """Finite inputs whose ADMM iterate overflows (W H is inf): the fused CPU kernel's N:M selection
+    (the nm_mask kernel) refuses it, as the generic kernel's nm_mask does, instead of choosing a
+    mask from NaN."""
+    args = (torch.full((4, 8), 3e38), 10 * torch.eye(8), torch.eye(8), None, 0.0, 2, 4, True, 1.0, 3, 1, 0)
+    with pytest.raises(ValueError, match="the ADMM iterate must stay finite, but entry 0 of row 0 became"):
+        OP(*args)
+    with pytest.raises(ValueError, match="nm_mask: argument 'scores' must be finite"):
+        generic_solve(*args)

@@ -46,4 +46,15 @@ std::tuple<at::Tensor, at::Tensor> admm_loop(const at::Tensor& weight, const at:
                                              int64_t iterations, int64_t prune_iterations, int64_t pcg_iterations,
                                              const ProjectStep& project, const CgStep& cg_step);
 
+// The admm_solve kernel of a device with steps `project` and `cg_step` (the op's signature, for
+// m.impl("admm_solve", &admm_solve<project, cg_step>)).
+template <void (*project)(at::Tensor&, at::Tensor&, at::Tensor&, const Target&), void (*cg_step)(CgState&)>
+std::tuple<at::Tensor, at::Tensor> admm_solve(const at::Tensor& weight, const at::Tensor& hessian,
+                                              const at::Tensor& inverse, const std::optional<at::Tensor>& keep,
+                                              double sparsity, int64_t n, int64_t m, bool per_row, double rho,
+                                              int64_t iterations, int64_t prune_iterations, int64_t pcg_iterations) {
+  return admm_loop(weight, hessian, inverse, keep, sparsity, n, m, per_row, rho, iterations, prune_iterations,
+                   pcg_iterations, project, cg_step);
+}
+
 }  // namespace prunekit::admm
