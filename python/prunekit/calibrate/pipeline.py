@@ -527,13 +527,14 @@ class BlockInput:
     token_mask: torch.Tensor | None
 
 
-def _block_output(output) -> torch.Tensor:
-    """A block returns its hidden states, or a tuple/list whose first entry they are."""
+def block_output(output, owner: str = "calibration") -> torch.Tensor:
+    """A block returns its hidden states, or a tuple/list whose first entry they are; anything else
+    is a ValueError naming ``owner``."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
-    raise ValueError(f"calibration: a block returned {type(output).__name__}; expected a tensor or a tuple "
+    raise ValueError(f"{owner}: a block returned {type(output).__name__}; expected a tensor or a tuple "
                      "starting with the hidden states")
 
 
@@ -709,7 +710,7 @@ def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, P
             for item in inputs:
                 token_mask[0] = _effective_token_mask(item.token_mask)
                 try:
-                    output = _block_output(block(item.hidden, *item.args, **item.kwargs))
+                    output = block_output(block(item.hidden, *item.args, **item.kwargs))
                 except _StopForward:
                     output = None
                 feed.end_pass()
@@ -739,7 +740,7 @@ def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, P
                 item.hidden = dense_outputs[i]
                 dense_outputs[i] = None
             else:  # outputs of the pruned block replace the inputs one by one
-                item.hidden = _block_output(block(item.hidden, *item.args, **item.kwargs)).detach()
+                item.hidden = block_output(block(item.hidden, *item.args, **item.kwargs)).detach()
 
 
 def _effective_token_mask(token_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..calibrate.pipeline import block_output
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BlockRefineResult", "check_block_refine_options", "refine_block"]
@@ -59,15 +61,6 @@ def check_block_refine_options(steps, lr, validation, prefix: str = "block_refin
                          f"{validation!r}")
 
 
-def _output(output) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise ValueError(f"refine='block': a block returned {type(output).__name__}; expected a tensor or a tuple "
-                     "starting with the hidden states")
-
-
 def _rows(tensor: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
     if token_mask is not None and tensor.dim() == 3 and tuple(tensor.shape[:2]) == tuple(token_mask.shape):
         return tensor[token_mask]
@@ -94,7 +87,8 @@ def refine_block(block: nn.Module, weights: Mapping[str, nn.Parameter], inputs: 
     for key, weight in weights.items():
         if not weight.dtype.is_floating_point:
             raise ValueError(f"refine='block': {name}: weight {key} has dtype {weight.dtype}; expected floating point")
-    run = run if run is not None else (lambda module, item: _output(module(item.hidden, *item.args, **item.kwargs)))
+    run = run if run is not None else (
+        lambda module, item: block_output(module(item.hidden, *item.args, **item.kwargs), "refine='block'"))
     held_out = 0 if len(inputs) < 2 or validation == 0 else max(1, round(len(inputs) * validation))
     train_items = list(range(len(inputs) - held_out))
     validation_items = list(range(len(inputs) - held_out, len(inputs)))

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from .. import distributed as dist_
 from .._measure import count_parameters, forward_seconds, perplexity
-from ..calibrate.pipeline import (CalibrationBatch, _block_output, _no_cache, capture_block_inputs, find_blocks,
+from ..calibrate.pipeline import (CalibrationBatch, _no_cache, block_output, capture_block_inputs, find_blocks,
                                   model_device)
 
 logger = logging.getLogger(__name__)
@@ -173,12 +173,12 @@ def score_layers(model: nn.Module, calib: Sequence, *, sublayers: bool = False, 
             for index, block in enumerate(bar):
                 live = [s for s in SUBLAYERS if sublayers and not _is_removed(block, s)]
                 for inp in inputs:
-                    out = _block_output(block(inp.hidden, *inp.args, **inp.kwargs))
+                    out = block_output(block(inp.hidden, *inp.args, **inp.kwargs))
                     sums[index, 0] += torch.tensor(_distance_sum(inp.hidden, out, inp.token_mask))
                     for column, sublayer in enumerate(SUBLAYERS, start=1):
                         if sublayer in live:
                             with _Swapped(block, sublayer):
-                                without = _block_output(block(inp.hidden, *inp.args, **inp.kwargs))
+                                without = block_output(block(inp.hidden, *inp.args, **inp.kwargs))
                             sums[index, column] += torch.tensor(_distance_sum(out, without, inp.token_mask))
                     inp.hidden = out
         if strategy.world > 1:
