@@ -103,6 +103,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_calibration_arguments(parser: argparse.ArgumentParser, nsamples: int,
+                              seed: str = "seed of calibration sampling") -> None:
+    """The calibration text options data.calibration_batches reads (--calib, --nsamples, --seqlen,
+    --batch-size, --seed): ``nsamples`` is the default number of sequences, ``seed`` what --seed
+    seeds."""
+    parser.add_argument("--calib", type=Path, metavar="FILE", help="calibration text file (UTF-8)")
+    parser.add_argument("--nsamples", type=positive_int, default=nsamples,
+                        help=f"calibration sequences (default {nsamples})")
+    parser.add_argument("--seqlen", type=positive_int, default=128, help="tokens per sequence (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help=f"{seed} (default 0)")
+
+
 def add_perplexity_arguments(parser: argparse.ArgumentParser) -> None:
     """The before/after perplexity options of the commands that change a causal LM's structure or
     weights (--eval-data, --eval-samples, --no-eval)."""

@@ -13,6 +13,15 @@ from .common import UsageError
 logger = logging.getLogger(__name__)
 
 
+def check_text_files(args) -> None:
+    """Reads --calib and --eval-data (unless --no-eval) once before anything is loaded or written,
+    so that a missing, unreadable or empty file is the first error."""
+    if getattr(args, "calib", None) is not None:
+        evaluation.read_text_file(args.calib, "--calib")
+    if args.eval_data is not None and not args.no_eval:
+        evaluation.read_text_file(args.eval_data, "--eval-data")
+
+
 def calibration_batches(args, model, tokenizer, causal: bool) -> tuple[list[dict], dict]:
     """Calibration batches for ``model`` and a description of them (for the report)."""
     info = {"nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed, "batch_size": args.batch_size}

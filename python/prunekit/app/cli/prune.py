@@ -19,8 +19,8 @@ from prunekit.surgery import SparsifyConfig
 from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
-from .common import DTYPES, parse_sparsity, positive_int, prepare_output
-from .data import calibration_batches, evaluation_batches
+from .common import DTYPES, add_calibration_arguments, parse_sparsity, positive_int, prepare_output
+from .data import calibration_batches, check_text_files, evaluation_batches
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", choices=("dsnot",), default=None, help="mask refinement")
     parser.add_argument("--ignore", action="append", metavar="PATTERN",
                         help="layer name pattern not to prune (repeatable; default: lm_head and pooler when present)")
-    parser.add_argument("--calib", type=Path, metavar="FILE", help="calibration text file (UTF-8)")
-    parser.add_argument("--nsamples", type=positive_int, default=128, help="calibration sequences (default 128)")
-    parser.add_argument("--seqlen", type=positive_int, default=128, help="tokens per sequence (default 128)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward (default 8)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of calibration sampling and random criteria (default 0)")
+    add_calibration_arguments(parser, 128, seed="seed of calibration sampling and random criteria")
     parser.add_argument("--sparsify", action="store_true",
                         help="save a prunekit compressed checkpoint (pruned layers stored compressed; streamed runs "
                              "write it block by block)")
@@ -81,10 +76,7 @@ def run(args: argparse.Namespace) -> int:
                          seed=args.seed, progress=not args.quiet, device=args.device)
     prunekit.PruneConfig(**config_kwargs)  # validates the combination before anything is loaded
     resolve_model(args.model)
-    if args.calib is not None:
-        evaluation.read_text_file(args.calib, "--calib")
-    if args.eval_data is not None and not args.no_eval:
-        evaluation.read_text_file(args.eval_data, "--eval-data")
+    check_text_files(args)
     if not distributed.init_from_env():  # a single process (no torchrun)
         out = reports.prepare_output_dir(args.out, args.overwrite, PRUNE_FILES)
         if not args.in_memory:

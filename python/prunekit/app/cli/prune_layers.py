@@ -16,11 +16,11 @@ from prunekit.hf import load_model, resolve_model
 from prunekit.recovery import save_trained
 from prunekit.surgery.layers import BUDGETS, UNITS
 
-from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
-from .common import DTYPES, UsageError, add_perplexity_arguments, positive_int, prepare_output
-from .data import calibration_batches, evaluation_batches
+from .common import (DTYPES, UsageError, add_calibration_arguments, add_perplexity_arguments, positive_int,
+                     prepare_output)
+from .data import calibration_batches, check_text_files, evaluation_batches
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +46,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                         help="--ratio counts units, or the blocks' parameters (default units)")
     parser.add_argument("--rounds", type=positive_int, default=1,
                         help="remove in this many steps, re-scoring in between (default 1)")
-    parser.add_argument("--calib", type=Path, metavar="FILE", help="calibration text file (UTF-8)")
-    parser.add_argument("--nsamples", type=positive_int, default=64, help="calibration sequences (default 64)")
-    parser.add_argument("--seqlen", type=positive_int, default=128, help="tokens per sequence (default 128)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of calibration sampling (default 0)")
+    add_calibration_arguments(parser, 64)
     add_perplexity_arguments(parser)
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype to load in (default float32)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -77,10 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--ratio: expected a fraction in [0, 1), but got {args.ratio}")
     indices = parse_indices(args.indices, args.unit) if args.indices is not None else None
     resolve_model(args.model)
-    if args.calib is not None:
-        evaluation.read_text_file(args.calib, "--calib")
-    if args.eval_data is not None and not args.no_eval:
-        evaluation.read_text_file(args.eval_data, "--eval-data")
+    check_text_files(args)
     started = time.perf_counter()
     torchrun = distributed.init_from_env()
     try:

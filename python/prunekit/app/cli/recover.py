@@ -18,7 +18,7 @@ from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
 from .common import DTYPES, UsageError, add_perplexity_arguments, positive_int, prepare_output
-from .data import evaluation_batches
+from .data import check_text_files, evaluation_batches
 from .prune_layers import write_report
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def default_lr(train: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     paragraphs = evaluation.read_text_file(args.data, "--data")
-    if args.eval_data is not None and not args.no_eval:
-        evaluation.read_text_file(args.eval_data, "--eval-data")
+    check_text_files(args)
     source = resolve_model(args.model)
     if os.path.abspath(args.out) == os.path.abspath(source):
         raise UsageError(f"--out: {args.out!r} is MODEL's own directory; the input model is never overwritten")

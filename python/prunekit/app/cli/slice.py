@@ -22,8 +22,8 @@ from prunekit.surgery.slicing.slicer import PCA_WEIGHTINGS
 from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
-from .common import DTYPES, UsageError, add_perplexity_arguments, positive_int
-from .data import calibration_batches, evaluation_batches
+from .common import DTYPES, UsageError, add_calibration_arguments, add_perplexity_arguments, positive_int
+from .data import calibration_batches, check_text_files, evaluation_batches
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                              "weighs the same (default energy)")
     parser.add_argument("--round-to", type=positive_int, default=8,
                         help="kept widths are multiples of this (default 8)")
-    parser.add_argument("--calib", type=Path, metavar="FILE", help="calibration text file (UTF-8)")
-    parser.add_argument("--nsamples", type=positive_int, default=128, help="calibration sequences (default 128)")
-    parser.add_argument("--seqlen", type=positive_int, default=128, help="tokens per sequence (default 128)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of calibration sampling (default 0)")
+    add_calibration_arguments(parser, 128)
     add_perplexity_arguments(parser)
     parser.add_argument("--time-runs", type=int, default=5,
                         help="batch-1 forwards of --seqlen tokens timed before and after (default 5; 0: none)")
@@ -104,10 +100,7 @@ def forward_ms(model, seqlen: int, runs: int, vocab: int) -> float | None:
 def run(args: argparse.Namespace) -> int:
     ratio = parse_ratio(args.ratio)
     resolve_model(args.model)
-    if args.calib is not None:
-        evaluation.read_text_file(args.calib, "--calib")
-    if args.eval_data is not None and not args.no_eval:
-        evaluation.read_text_file(args.eval_data, "--eval-data")
+    check_text_files(args)
     if args.time_runs < 0:
         raise UsageError(f"--time-runs: expected a count >= 0, but got {args.time_runs}")
     started = time.perf_counter()
