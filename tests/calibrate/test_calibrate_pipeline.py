@@ -105,3 +105,25 @@ def test_cpu_model_pruned_block_by_block_on_cuda():
     for a, b in zip(report.layers, expected.layers):
         assert a.sparsity == b.sparsity
         assert a.reconstruction_error == pytest.approx(b.reconstruction_error, rel=1e-3)
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_a_block_without_layers_to_prune_before_pruned_ones(sequential, monkeypatch):
+    """Block 0 ignored: the walk passes it through (no statistics pass needed), the statistics
+    pass of block 1 stops at its last layer's input, and the weights equal those of a walk that
+    runs every statistics pass to the end."""
+    from prunekit.calibrate import pipeline
+    from tiny_models import calibration
+
+    calib = calibration("llama", batches=3)
+    config = PruneConfig(method="sparsegpt", sparsity=0.5, progress=False, sequential=sequential,
+                         ignore=("model.layers.0.*", "lm_head"))
+    model = tiny_model("llama")
+    prunekit.prune(model, config, calib)
+    assert all(bool((module.weight != 0).all()) for name, module in model.named_modules()
+               if name.startswith("model.layers.0.") and isinstance(module, torch.nn.Linear))
+    monkeypatch.setattr(pipeline._SharedInputs, "_stop_at_last", lambda self, module, args, name: None)
+    reference = tiny_model("llama")
+    prunekit.prune(reference, config, calib)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -72,3 +72,16 @@ def test_combine_sums_with_the_counts():
     assert asked == ["the test reduction (sample counts)", "the test reduction"]
     assert a.n_samples == 37
     torch.testing.assert_close(a.hessian, both.hessian, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("features", [384, 576, 600, 1000])
+def test_op_on_any_start_matrix_follows_its_formula(features):
+    """hessian_accumulate_ computes beta * H + alpha * X^T X (beta = n_seen / n, alpha = 2 / n) for
+    any H, also where the CPU multiplies only the lower tiles of the symmetric X^T X."""
+    generator = torch.Generator().manual_seed(features)
+    start = torch.randn(features, features, generator=generator, dtype=torch.float64)  # not symmetric
+    x = torch.randn(300, features, generator=generator, dtype=torch.float64)
+    hessian = start.clone()
+    torch.ops.prunekit.hessian_accumulate_(hessian, x, 700)
+    expected = start * (700 / 1000) + (2 / 1000) * x.T @ x
+    torch.testing.assert_close(hessian, expected, rtol=1e-12, atol=1e-12)

@@ -92,3 +92,15 @@ def test_selection_equals_a_stable_sort_with_ties(rows, cols, levels, fraction, 
     count = int(round(fraction * rows * cols))
     select = keep_lowest_pruned_per_row if per_row else keep_lowest_pruned
     assert torch.equal(select(scores, count), _stable_sort_keep(scores, count, per_row))
+
+
+def test_selection_of_integer_bool_and_nan_scores_is_the_stable_sorts():
+    # Integer and bool scores and NaN (last, as a sort orders it) take the stable sort's path.
+    scores = torch.tensor([[3.0, float("nan"), 1.0, 2.0, float("nan"), 0.5]])
+    for count in range(7):
+        assert torch.equal(keep_lowest_pruned(scores, count), _stable_sort_keep(scores, count, False))
+    generator = torch.Generator().manual_seed(0)
+    for scores in (torch.randint(0, 4, (5, 9), generator=generator), torch.rand(5, 9, generator=generator) > 0.5):
+        for count in (7, 22, 45):
+            assert torch.equal(keep_lowest_pruned_per_row(scores, count), _stable_sort_keep(scores, count, True))
+            assert torch.equal(keep_lowest_pruned(scores, count), _stable_sort_keep(scores, count, False))

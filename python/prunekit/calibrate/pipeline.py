@@ -340,7 +340,7 @@ class _SharedInputs:
         if self.leader and any(self._calls.get(name, 0) != 1 for name in self.layers if name in self.leader
                                or name in self.leader.values()):
             self.consistent = False
-        if self._first_pass and self.stop_after_last and sorted(self._order) == sorted(self.layers):
+        if self._first_pass and self.stop_after_last and self._order and sorted(self._order) == sorted(self.layers):
             self.last = self._order[-1]
         self._first_pass = False
         self._pass_inputs.clear()
@@ -707,7 +707,8 @@ def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, P
         dense_outputs: list[torch.Tensor] | None = [] if keep_dense else None
         with strategy.guard(f"the statistics pass of {name}"), torch.no_grad(), feed.hooks(), \
                 stage(timer, "calibration_forwards"):
-            for item in inputs:
+            # A block without layers to prune needs no statistics pass unless its dense outputs are kept.
+            for item in inputs if layers or keep_dense else ():
                 token_mask[0] = _effective_token_mask(item.token_mask)
                 try:
                     output = block_output(block(item.hidden, *item.args, **item.kwargs))

@@ -41,13 +41,17 @@ def _check_scores(scores: torch.Tensor, name: str) -> None:
 
 def _lowest_in_rows(scores: torch.Tensor, count: int) -> torch.Tensor:
     """(rows, cols) bool: True at the ``count`` lowest entries of each row, ties going to the lower
-    column index: the first ``count`` of a stable ascending sort, found by selection (kthvalue) in
-    linear time instead of sorting every row."""
+    column index: the first ``count`` of a stable ascending sort. On CPU, for finite floating-point
+    scores, found by selection (kthvalue) in linear time; otherwise by that sort (NaN last, as it
+    orders them; CUDA's kthvalue is slow on one long row)."""
     rows, cols = scores.shape
     if count <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     if count >= cols:
         return torch.ones_like(scores, dtype=torch.bool)
+    if scores.device.type != "cpu" or not scores.is_floating_point() or bool(torch.isnan(scores).any()):
+        lowest = torch.zeros_like(scores, dtype=torch.bool)
+        return lowest.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :count], True)
     threshold = torch.kthvalue(scores, count, dim=1, keepdim=True).values
     lowest = scores < threshold
     ties = scores == threshold
@@ -79,7 +83,8 @@ def keep_lowest_pruned_per_row(scores: torch.Tensor, count: int) -> torch.Tensor
     pruned = _lowest_in_rows(scores, per_row)
     if extra:
         # Each row's next-lowest score: the lowest kept one (its first column among equals).
-        remaining = scores.masked_fill(pruned, float("inf"))
+        values = scores if scores.is_floating_point() else scores.to(torch.float64)
+        remaining = values.masked_fill(pruned, float("inf"))
         next_best, column = remaining.min(dim=1)
         rows_with_extra = _lowest_in_rows(next_best.reshape(1, -1), extra).reshape(-1).nonzero().reshape(-1)
         pruned[rows_with_extra, column[rows_with_extra]] = True
