@@ -631,7 +631,10 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
     :mod:`prunekit.solvers.block_refine`).
 
     ``needs``: the statistics to gather (names among :data:`INPUT_STATISTICS`; default all):
-    without "hessian", no Hessian is built. ``share_inputs``: layers of a block that read the
+    without "hessian", no Hessian is built. A statistics pass whose block outputs are not kept
+    (sequential, no ``after_block``) runs the block to the end for the first item only and then
+    stops each item at the last layer's input: a hook on the block itself sees the later items'
+    statistics passes end early (their output passes run in full). ``share_inputs``: layers of a block that read the
     same input tensor (q/k/v, gate/up) share one statistics object in the step (one process
     only; see :class:`_SharedInputs`). ``timer``: a :class:`StageTimer` that receives the
     seconds of the block forwards ("calibration_forwards") and of the statistics
