@@ -265,13 +265,14 @@ def run_llm_demo(out: str | Path | None, quick: bool = False, progress: bool = F
     """The whole main job on SmolLM2; writes report.json, report.md and the plots into ``out``
     (None: no files) and returns everything reported (the dict written to report.json, "files"
     listing what was written). ``quick``: 16 calibration and 8 evaluation windows, 50% and 2:4
-    only, one timed generation each; ``methods`` / ``sparsities`` replace the default runs.
+    only, one timed generation each (else two, alternating with the masked dense model; the
+    full comparison is bench/bench_generate.py); ``methods`` / ``sparsities`` replace the default runs.
     ``loaded``: (model, tokenizer) instead of SmolLM2; ``batches``: (calibration, evaluation)
     instead of :func:`~prunekit.app.evaluation.lm_quality_batches`'s."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     configs = demo_configs(quick, methods, sparsities)
-    repeats = repeats if repeats is not None else (1 if quick else 3)
+    repeats = repeats if repeats is not None else (1 if quick else 2)
     model, tokenizer = loaded if loaded is not None else load_smollm2()
     nsamples, eval_windows = (16, 8) if quick else (64, 64)
     sources = ("Python standard-library docstrings", "Alice's Adventures in Wonderland (another domain)")
