@@ -35,12 +35,14 @@ def configurations() -> list[tuple[str, dict, int]]:
         at = f"@{sparsity}"
         base = {"sparsity": sparsity}
         rows += [(f"{method}{at}", {"method": method, **base}, 64) for method in ("wanda", "sparsegpt", "ria")]
-        for damp in (0.01, 0.1, 1.0):
+        for damp in (0.01, 0.1, 1.0, 3.0, 10.0):
             update = {"update": "admm", "admm_iterations": 10, "admm_percdamp": damp}
             rows += [(f"ria+admm(damp {damp}){at}", {"method": "ria", **base, **update}, 64),
                      (f"wanda+admm(damp {damp}){at}", {"method": "wanda", **base, **update}, 64)]
         rows += [(f"admm(damp {damp}){at}", {"method": "admm", **base, "admm_percdamp": damp}, 64)
                  for damp in (0.01, 0.1)]
+        rows += [(f"{method} block{at}", {"method": method, **base, "refine": "block"}, 64)
+                 for method in ("wanda", "ria")]
         if sparsity == 0.7:
             rows += [(f"ria owl{at}", {"method": "ria", **base, "allocation": "owl"}, 64),
                      (f"ria owl+admm(damp 0.1){at}", {"method": "ria", **base, "allocation": "owl", "update": "admm",
@@ -76,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="fnmatch patterns on the labels (e.g. 'ria*@0.5')")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--name", default=NAME, help=f"results/<name>.{{json,md}} (default {NAME})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from _common import RESULTS_DIR, machine_info
@@ -87,7 +90,7 @@ def main() -> None:
     model, tokenizer, _ = load_model("smollm2")
     model.eval()
     dense_state = copy.deepcopy(model.state_dict())
-    path = RESULTS_DIR / f"{NAME}.json"
+    path = RESULTS_DIR / f"{args.name}.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     rows = saved.get("rows", [])
     machine = machine_info()
@@ -113,7 +116,7 @@ def main() -> None:
         temporary = path.with_suffix(".json.tmp")
         temporary.write_text(json.dumps({"machine": machine, "dense": dense, "rows": rows}, indent=2) + "\n")
         temporary.replace(path)
-        markdown_path = RESULTS_DIR / f"{NAME}.md"
+        markdown_path = RESULTS_DIR / f"{args.name}.md"
         temporary = markdown_path.with_suffix(".md.tmp")
         temporary.write_text(markdown(rows, dense, machine))
         temporary.replace(markdown_path)
