@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from prunekit import ops
 from prunekit.solvers import magnitude, parse_pattern, select_mask, wanda, wanda_scores
+from prunekit.ops._reference import lowest_pruned_keep
 from prunekit.solvers.masks import keep_lowest_pruned, keep_lowest_pruned_per_row
 
 
@@ -62,24 +63,6 @@ def test_non_finite_scores_are_rejected():
         wanda(weight, torch.tensor([float("nan")] + [1.0] * 7), sparsity=0.5)
 
 
-def _stable_sort_keep(scores: torch.Tensor, count: int, per_row: bool) -> torch.Tensor:
-    """The selection by stable sorting that keep_lowest_pruned[_per_row] must reproduce exactly."""
-    rows, _ = scores.shape
-    keep = torch.ones_like(scores, dtype=torch.bool)
-    if count <= 0:
-        return keep
-    if not per_row:
-        keep.view(-1)[torch.sort(scores.reshape(-1), stable=True).indices[:count]] = False
-        return keep
-    per, extra = divmod(count, rows)
-    values, order = torch.sort(scores, dim=1, stable=True)
-    keep.scatter_(1, order[:, :per], False)
-    if extra:
-        chosen = torch.sort(values[:, per], stable=True).indices[:extra]
-        keep[chosen, order[chosen, per]] = False
-    return keep
-
-
 @settings(max_examples=200, deadline=None)
 @given(rows=st.integers(1, 9), cols=st.integers(1, 40), levels=st.integers(1, 6), fraction=st.floats(0, 1),
        per_row=st.booleans(), seed=st.integers(0, 2**31 - 1), negative_zero=st.booleans())
@@ -91,16 +74,16 @@ def test_selection_equals_a_stable_sort_with_ties(rows, cols, levels, fraction, 
         scores[scores == 0] = -0.0
     count = int(round(fraction * rows * cols))
     select = keep_lowest_pruned_per_row if per_row else keep_lowest_pruned
-    assert torch.equal(select(scores, count), _stable_sort_keep(scores, count, per_row))
+    assert torch.equal(select(scores, count), lowest_pruned_keep(scores, count, per_row))
 
 
 def test_selection_of_integer_bool_and_nan_scores_is_the_stable_sorts():
     # Integer and bool scores and NaN (last, as a sort orders it) take the stable sort's path.
     scores = torch.tensor([[3.0, float("nan"), 1.0, 2.0, float("nan"), 0.5]])
     for count in range(7):
-        assert torch.equal(keep_lowest_pruned(scores, count), _stable_sort_keep(scores, count, False))
+        assert torch.equal(keep_lowest_pruned(scores, count), lowest_pruned_keep(scores, count, False))
     generator = torch.Generator().manual_seed(0)
     for scores in (torch.randint(0, 4, (5, 9), generator=generator), torch.rand(5, 9, generator=generator) > 0.5):
         for count in (7, 22, 45):
-            assert torch.equal(keep_lowest_pruned_per_row(scores, count), _stable_sort_keep(scores, count, True))
-            assert torch.equal(keep_lowest_pruned(scores, count), _stable_sort_keep(scores, count, False))
+            assert torch.equal(keep_lowest_pruned_per_row(scores, count), lowest_pruned_keep(scores, count, True))
+            assert torch.equal(keep_lowest_pruned(scores, count), lowest_pruned_keep(scores, count, False))

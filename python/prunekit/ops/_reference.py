@@ -345,10 +345,16 @@ def _admm_keep(scores: torch.Tensor, sparsity: float, n: int, m: int, per_row: b
     grouping: count // rows per row, the remainder to the rows with the smallest next score)."""
     if m > 0:
         return nm_mask(scores, n, m)
-    rows, cols = scores.shape
-    count = min(scores.numel(), int(round(sparsity * scores.numel())))
+    return lowest_pruned_keep(scores, min(scores.numel(), int(round(sparsity * scores.numel()))), per_row)
+
+
+def lowest_pruned_keep(scores: torch.Tensor, count: int, per_row: bool) -> torch.Tensor:
+    """Keep-mask pruning the ``count`` lowest scores by stable sorting (ties: lower index), across
+    the layer or per row (``count // rows`` per row, the remainder to the rows with the smallest
+    next score): the reference of prunekit.solvers.masks' selection."""
+    rows, _ = scores.shape
     keep = torch.ones_like(scores, dtype=torch.bool)
-    if count == 0:
+    if count <= 0:
         return keep
     if not per_row:
         order = torch.sort(scores.reshape(-1), stable=True).indices
