@@ -98,38 +98,22 @@ class HessianAccumulator:
 
 
 class HessianDiagonalAccumulator:
-    """The diagonal of :class:`HessianAccumulator`'s H = 2/n sum x x^T, for criteria that read only
-    ||X_j|| (Wanda, RIA), the per-feature variance, or the diagonal error estimate.
+    """The diagonal of :class:`HessianAccumulator`'s H = 2/n sum x x^T alone, for criteria that read
+    only ||X_j|| (Wanda, RIA), the per-feature variance, or the diagonal error estimate.
 
-    The inputs' features are split into consecutive slices of ``slice_width`` (the last one takes
-    the remainder, so every slice is at least ``slice_width`` wide, and a layer narrower than two
-    slices is one slice) and each slice accumulates its own small Hessian through the same
-    ``prunekit::hessian_accumulate_`` call on the same rows. A diagonal entry is then the same
-    dot product of one feature's column with itself, scaled the same way, as in the full Hessian:
-    the values are those of ``torch.diagonal(HessianAccumulator.hessian)`` (the tests check this
-    bit for bit), at ``slice_width / features`` of its cost and memory.
+    The same running mean as the full Hessian (each batch rescales by n_old / n_new and adds
+    2/n_new times the batch's sums of squares), from one pass over the rows: the values equal
+    ``torch.diagonal(HessianAccumulator.hessian)`` up to float rounding (the sums are taken in
+    another order), at 1/features of its cost and memory. Non-finite rows, or squares that
+    overflow float32, are a ValueError, as ``prunekit::hessian_accumulate_`` raises.
     """
 
-    def __init__(self, features: int, *, dtype: torch.dtype = torch.float32, device=None, slice_width: int = 64,
-                 max_rows_per_step: int = 8192):
-        if slice_width < 1:
-            raise ValueError(f"HessianDiagonalAccumulator: slice_width must be >= 1, but got {slice_width}")
+    def __init__(self, features: int, *, dtype: torch.dtype = torch.float32, device=None):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"HessianDiagonalAccumulator: dtype must be float32 or float64, but got {dtype}")
         self.features = int(features)
-        bounds = list(range(0, self.features, slice_width)) + [self.features]
-        if len(bounds) > 2 and bounds[-1] - bounds[-2] < slice_width:
-            del bounds[-2]  # the remainder joins the last full slice
-        self.slices = [(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
-        self.accumulators = [HessianAccumulator(stop - start, dtype=dtype, device=device,
-                                                max_rows_per_step=max_rows_per_step) for start, stop in self.slices]
-
-    @property
-    def n_samples(self) -> int:
-        return self.accumulators[0].n_samples if self.accumulators else 0
-
-    @property
-    def diagonal(self) -> torch.Tensor:
-        """(features,) the Hessian's diagonal."""
-        return torch.cat([torch.diagonal(accumulator.hessian) for accumulator in self.accumulators])
+        self.diagonal = torch.zeros(self.features, dtype=dtype, device=device)
+        self.n_samples = 0
 
     @torch.no_grad()
     def add(self, rows: torch.Tensor) -> None:
@@ -137,14 +121,25 @@ class HessianDiagonalAccumulator:
         if rows.dim() != 2 or rows.shape[1] != self.features:
             raise ValueError(f"HessianDiagonalAccumulator: input must be (rows, {self.features}), but got shape "
                              f"{tuple(rows.shape)}")
-        if len(self.slices) == 1:
-            self.accumulators[0].add(rows)
+        if rows.shape[0] == 0:
             return
-        for (start, stop), accumulator in zip(self.slices, self.accumulators):
-            accumulator.add(rows[:, start:stop])
+        squares = rows.to(self.diagonal.dtype).square().sum(dim=0)
+        if not bool(torch.isfinite(squares).all()):
+            raise ValueError("HessianDiagonalAccumulator: the input rows hold NaN or Inf, or their squares "
+                             f"overflow {self.diagonal.dtype}")
+        total = self.n_samples + rows.shape[0]
+        self.diagonal.mul_(self.n_samples / total).add_(squares, alpha=2.0 / total)
+        self.n_samples = total
 
     @torch.no_grad()
     def combine(self, sum_: Callable[[torch.Tensor, str], torch.Tensor], what: str = "the Hessian reduction") -> None:
-        """As :meth:`HessianAccumulator.combine`, slice by slice."""
-        for index, accumulator in enumerate(self.accumulators):
-            accumulator.combine(sum_, f"{what} (diagonal slice {index})")
+        """As :meth:`HessianAccumulator.combine`: sums of H * n and of n over the processes."""
+        count = torch.tensor([self.n_samples], dtype=torch.int64)
+        sum_(count, f"{what} (sample counts)")
+        total = int(count[0])
+        if self.n_samples:
+            self.diagonal.mul_(self.n_samples)
+        sum_(self.diagonal, what)
+        if total:
+            self.diagonal.div_(total)
+        self.n_samples = total

@@ -120,7 +120,7 @@ class LayerInputStats:
     """Running statistics of a layer's inputs, only those in ``needs`` (default: all of
     :data:`INPUT_STATISTICS`): the Hessian H = 2/n sum x x^T (through
     :class:`HessianAccumulator`), or only its diagonal (:class:`HessianDiagonalAccumulator`,
-    bit-identical to the full Hessian's) when the norms or the variance are needed without H, and
+    equal to the full Hessian's up to rounding) when the norms or the variance are needed without H, and
     the feature sums for the mean and variance. The L2 norm, mean and variance of every input
     feature follow from these. Reading a statistic that was not gathered raises ValueError."""
 
@@ -227,7 +227,7 @@ class LayerInputStats:
 
     @property
     def hessian_diagonal(self) -> torch.Tensor:
-        """(in,) the diagonal of H = 2/n X^T X (bit-identical whether H itself was gathered or not)."""
+        """(in,) the diagonal of H = 2/n X^T X (from H when it was gathered, else from its own sums)."""
         if self.accumulator is not None:
             return torch.diagonal(self.accumulator.hessian)
         if self.diagonal_accumulator is None:
