@@ -288,7 +288,8 @@ def _steps(model: nn.Module, layers: dict[str, PrunableLayer], items: list | Non
         return
     for step in walk_blocks(model, items, layers, sequential=config.sequential, device=config.device,
                             blocks_path=config.blocks, progress=config.progress, strategy=strategy,
-                            block_loader=block_loader, after_block=after_block, needs=needs, timer=timer):
+                            block_loader=block_loader, after_block=after_block, needs=needs, timer=timer,
+                            within_block=config.within_block):
         yield f"pruning the layers of {step.name}", step.name if step.index >= 0 else None, step.layers, step.stats
 
 

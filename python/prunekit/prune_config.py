@@ -20,6 +20,7 @@ from .solvers.ria import check_power
 REFINEMENTS = (None, "dsnot", "block")  # and ("dsnot", "block"): masks refined, then the block
 UPDATES = (None, "admm")
 REPORT_ERRORS = ("auto", "exact", "diagonal", None)
+WITHIN_BLOCK = ("parallel", "sequential")
 
 
 @dataclass
@@ -54,6 +55,13 @@ class PruneConfig:
       covers the layers inside it ("model.layers.0", "*.q_proj", "lm_head").
     - ``sequential``: later blocks calibrate on the pruned outputs of earlier ones (True) or on
       the dense outputs (False, one-shot).
+    - ``within_block``: how the layers of one block calibrate. "parallel" (default): every layer
+      on the dense block's forward, then the block runs again, pruned, for the next block's
+      inputs (the reference Wanda and SparseGPT). "sequential": each group of layers reading one
+      input (q/k/v, o, gate/up, down) calibrates on inputs through the block's layers pruned
+      before it, and the block runs once (GPTQ's "true sequential"): about 40% fewer forward
+      FLOPs; every item's intermediate activations of one block are held at once. Needs
+      ``sequential`` and neither block refinement nor compensation.
     - ``nsamples``: use at most this many calibration items (None: all).
     - ``seed``: seeds the generator of criteria that draw random numbers ("random").
     - ``blocksize``, ``percdamp``: SparseGPT's column block size and Hessian damping.
@@ -97,6 +105,7 @@ class PruneConfig:
     compensate: LowRank | int | None = None
     ignore: Sequence[str] = ()
     sequential: bool = True
+    within_block: str = "parallel"
     nsamples: int | None = None
     seed: int = 0
     blocksize: int = 128
@@ -148,6 +157,16 @@ class PruneConfig:
         if self.compensate is not None and not isinstance(self.compensate, LowRank):
             raise ValueError(f"PruneConfig.compensate: expected None, an int rank or a prunekit.LowRank, but got "
                              f"{self.compensate!r}")
+        if self.within_block not in WITHIN_BLOCK:
+            raise ValueError(f"PruneConfig.within_block: expected one of {', '.join(map(repr, WITHIN_BLOCK))}, but got "
+                             f"{self.within_block!r}")
+        if self.within_block == "sequential":
+            conflicts = [what for what, present in (("sequential=False", not self.sequential),
+                                                    ("refine='block'", "block" in self.refinements),
+                                                    ("compensate", self.compensate is not None)) if present]
+            if conflicts:
+                raise ValueError(f"PruneConfig.within_block: 'sequential' never computes the dense block outputs that "
+                                 f"{' and '.join(conflicts)} need; use within_block='parallel'")
         if isinstance(self.ignore, str):
             self.ignore = (self.ignore,)
         self.ignore = tuple(self.ignore)

@@ -600,7 +600,8 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
                 progress: bool = True, description: str = "prunekit",
                 strategy: SingleProcessStrategy | None = None, block_loader=None,
                 after_block: Callable | None = None, needs: Iterable[str] | None = None,
-                share_inputs: bool = True, timer: StageTimer | None = None) -> Iterator[CalibrationStep]:
+                share_inputs: bool = True, timer: StageTimer | None = None,
+                within_block: str = "parallel") -> Iterator[CalibrationStep]:
     """Yields one :class:`CalibrationStep` per block that holds some of ``layers`` (then one for
     the layers outside the blocks, if any), with statistics gathered; the caller prunes the step's
     layers before asking for the next step, and the next block sees the pruned outputs
@@ -639,7 +640,18 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
     only; see :class:`_SharedInputs`). ``timer``: a :class:`StageTimer` that receives the
     seconds of the block forwards ("calibration_forwards") and of the statistics
     ("statistics").
+
+    ``within_block``: "parallel" (every layer of a block calibrates on the dense block's forward,
+    as the reference Wanda and SparseGPT) or "sequential" (:mod:`.layer_by_layer`: one step per
+    group of layers reading one input, each calibrating on inputs through the block's layers
+    pruned before it; the block runs once instead of twice). "sequential" needs ``sequential``
+    and no ``after_block``.
     """
+    if within_block not in ("parallel", "sequential"):
+        raise ValueError(f"walk_blocks: within_block must be 'parallel' or 'sequential', but got {within_block!r}")
+    if within_block == "sequential" and (not sequential or after_block is not None):
+        raise ValueError("walk_blocks: within_block='sequential' needs sequential=True and no after_block (the dense "
+                         "block outputs are never computed)")
     strategy = strategy if strategy is not None else SingleProcessStrategy()
     needs = INPUT_STATISTICS if needs is None else frozenset(needs)
     # Shared statistics are decided per process; a process group reduces them layer by layer.
@@ -673,16 +685,26 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
             # streamed: the layers outside the blocks calibrate on the last block's outputs
             keep_last_outputs = block_loader is not None and bool(remaining)
             bar = tqdm(range(last + 1), desc=f"{description}: blocks", disable=None if progress else True)
+            plans: dict[tuple, list[list[str]] | None] = {}  # layer groups by kind of block (layer by layer)
             for index in bar:
                 block = blocks[index]
+                name = f"{blocks_name}.{index}"
+                is_last = index == last and not keep_last_outputs
                 with contextlib.nullcontext() if block_loader is None else block_loader.block(index, block):
                     block_home = model_device(block)
                     block.to(device)
                     try:
-                        yield from _walk_one_block(f"{blocks_name}.{index}", index, block, block_layers[index],
-                                                   inputs, sequential, is_last=index == last and not keep_last_outputs,
-                                                   strategy=strategy, after_block=after_block, needs=needs,
-                                                   share_inputs=share_inputs, timer=timer)
+                        groups = None
+                        if within_block == "sequential" and block_layers[index]:
+                            groups = _layer_by_layer_groups(name, block, block_layers[index], inputs, plans,
+                                                            share_inputs, strategy, timer)
+                        if groups is not None:
+                            yield from _walk_layer_by_layer(name, index, block, block_layers[index], groups, inputs,
+                                                            is_last, strategy, needs, timer)
+                        else:
+                            yield from _walk_one_block(name, index, block, block_layers[index], inputs, sequential,
+                                                       is_last=is_last, strategy=strategy, after_block=after_block,
+                                                       needs=needs, share_inputs=share_inputs, timer=timer)
                     finally:
                         block.to(block_home)
             bar.close()
@@ -693,6 +715,50 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
             del inputs
     if remaining:
         yield from _walk_whole_model(model, batches, remaining, home, strategy, indices, needs, timer)
+
+
+def _layer_by_layer_groups(name: str, block: nn.Module, layers: dict[str, PrunableLayer], inputs: list[BlockInput],
+                           plans: dict, share: bool, strategy: SingleProcessStrategy,
+                           timer: StageTimer | None) -> list[list[str]] | None:
+    """The block's layer groups in forward order for the layer-by-layer walk: probed on the first
+    item once per kind of block (``plans``), or None (the block's layers do not each run once: it
+    takes the two passes)."""
+    from .layer_by_layer import layer_groups, plan_signature
+
+    prefix = name + "."
+    signature = plan_signature(prefix, block, layers)
+    if signature not in plans:
+        with strategy.guard(f"the layer order of {name}"), torch.no_grad(), stage(timer, "calibration_forwards"):
+            groups = layer_groups(block, layers, inputs[0], share)
+        plans[signature] = None if groups is None else [[member[len(prefix):] for member in group]
+                                                        for group in groups]
+        strategy.agree({"layer groups": plans[signature]}, f"the layer-by-layer calibration of {name}")
+        if groups is None:
+            logger.info("%s: its layers do not each run once per forward; calibrating it with the two passes", name)
+    relative = plans[signature]
+    return None if relative is None else [[prefix + member for member in group] for group in relative]
+
+
+def _walk_layer_by_layer(name: str, index: int, block: nn.Module, layers: dict[str, PrunableLayer],
+                         groups: list[list[str]], inputs: list[BlockInput], is_last: bool,
+                         strategy: SingleProcessStrategy, needs: frozenset[str],
+                         timer: StageTimer | None) -> Iterator[CalibrationStep]:
+    """One step per group of the block's layers, calibrated layer by layer (see
+    :mod:`.layer_by_layer`); afterwards the items' hidden states are the pruned block's outputs."""
+    from .layer_by_layer import LayerByLayerPass
+
+    walk = LayerByLayerPass(name, block, layers, groups, inputs, lambda layer: LayerInputStats(layer, needs=needs),
+                            _effective_token_mask, timer, finish=not is_last)
+    try:
+        for group, stats in walk.steps(strategy):
+            step = CalibrationStep(name, index, {member: layers[member] for member in group}, stats)
+            step.shared = [group]
+            yield step
+    finally:
+        walk.close()
+    if not is_last:
+        for item, output in zip(inputs, walk.outputs):
+            item.hidden = output
 
 
 def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, PrunableLayer],
