@@ -67,7 +67,7 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
     strategy.agree(lambda: _run_facts(layers, items, config), "prunekit.prune")
     report = PruneReport(method=method.name, sparsity=config.sparsity if config.pattern is None else
                          f"{config.pattern[0]}:{config.pattern[1]}", allocation=config.effective_allocation,
-                         refine=config.refine, sequential=config.sequential,
+                         refine=config.refine, sequential=config.sequential, within_block=config.within_block,
                          calibration_items=0 if items is None else len(items))
 
     timer = StageTimer()

@@ -32,6 +32,8 @@ class PruneReport:
     refine: str | None
     sequential: bool
     layers: list[LayerReport] = field(default_factory=list)
+    within_block: str = "parallel"
+    """PruneConfig.within_block: how the layers of a block calibrated."""
     calibration_items: int = 0
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
@@ -92,6 +94,7 @@ class PruneReport:
             "allocation": self.allocation,
             "refine": self.refine,
             "sequential": self.sequential,
+            "within_block": self.within_block,
             "calibration_items": self.calibration_items,
             "seconds": self.seconds,
             "timings": self.timings,

@@ -26,3 +26,23 @@ def test_prune_report_has_a_time_breakdown(tiny_llama_dir, tmp_path):
     parts = sum(seconds for stage, seconds in in_memory_timings.items()
                 if stage not in ("total", "prune_total") and not stage.startswith("prune_"))
     assert parts + in_memory_timings["prune_total"] == pytest.approx(in_memory_timings["total"], abs=0.05)
+
+
+def test_prune_within_block_sequential_streamed_equals_in_memory(tiny_llama_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["--method", "wanda", "--sparsity", "0.5", "--nsamples", "8", "--seqlen", "16", "--no-eval",
+              "--within-block", "sequential"]
+    streamed, in_memory = run_many(["prune", tiny_llama_dir, *common, "--out", tmp_path / "streamed"],
+                                   ["prune", tiny_llama_dir, *common, "--in-memory", "--out", tmp_path / "memory"])
+    weights = []
+    for result, out in ((streamed, tmp_path / "streamed"), (in_memory, tmp_path / "memory")):
+        assert result.returncode == 0, result.stderr
+        assert json.loads((out / "report.json").read_text())["prune"]["within_block"] == "sequential"
+        tensors = {}
+        for path in sorted((out / "model").glob("*.safetensors")):
+            tensors.update(load_file(path))
+        weights.append(tensors)
+    assert weights[0].keys() == weights[1].keys() and weights[0]
+    for name, tensor in weights[0].items():
+        assert (tensor == weights[1][name]).all(), name

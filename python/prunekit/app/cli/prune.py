@@ -14,6 +14,7 @@ from prunekit import criteria, distributed
 from prunekit.allocation import ALLOCATIONS
 from prunekit.calibrate.timing import StageTimer
 from prunekit.hf import load_model, resolve_model
+from prunekit.prune_config import WITHIN_BLOCK
 from prunekit.surgery import SparsifyConfig
 
 from .. import evaluation
@@ -44,6 +45,10 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--allocation", default="uniform", choices=ALLOCATIONS,
                         help="per-layer sparsity allocation (unstructured only; default uniform)")
     parser.add_argument("--refine", choices=("dsnot",), default=None, help="mask refinement")
+    parser.add_argument("--within-block", choices=WITHIN_BLOCK, default="parallel",
+                        help="parallel: each block's layers calibrate on its dense forward (the reference methods); "
+                             "sequential: each on inputs through the block's layers pruned before it, one forward "
+                             "per block (faster; see PruneConfig.within_block)")
     parser.add_argument("--ignore", action="append", metavar="PATTERN",
                         help="layer name pattern not to prune (repeatable; default: lm_head and pooler when present)")
     add_calibration_arguments(parser, 128, seed="seed of calibration sampling and random criteria")
@@ -73,6 +78,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     sparsity = parse_sparsity(args.sparsity)
     config_kwargs = dict(method=args.method, sparsity=sparsity, allocation=args.allocation, refine=args.refine,
+                         within_block=args.within_block,
                          seed=args.seed, progress=not args.quiet, device=args.device)
     prunekit.PruneConfig(**config_kwargs)  # validates the combination before anything is loaded
     resolve_model(args.model)
