@@ -7,6 +7,7 @@ Training text: prose docstrings of standard-library modules outside the evaluati
 calibration modules and the others in TRAIN_MODULES), never the novel.
 
     python bench/recovery_smollm2.py wanda --train all --steps 60 --lr 2e-4
+    python bench/recovery_smollm2.py wanda --train all --steps 40 --lr 3e-4 --teacher   # distilled
     python bench/recovery_smollm2.py layers --unit block --ratio 0.25 --steps 60
 """
 
@@ -51,40 +52,6 @@ def training_paragraphs() -> list[str]:
     return docstring_paragraphs(modules)
 
 
-@torch.no_grad()
-def wanda_in_script(model, calib, sparsity: float = 0.5) -> None:
-    """Sequential Wanda (|W| * ||X||, the lowest ``sparsity`` of every output row zeroed, blocks
-    calibrated on the pruned outputs of the earlier ones), as prunekit.prune(method="wanda") at
-    its defaults, with only the input norms accumulated (a fallback while the library's
-    calibration is busy with other statistics; the pruned perplexity is recorded to compare)."""
-    from prunekit.calibrate.pipeline import (CalibrationBatch, _block_output, _no_cache, capture_block_inputs,
-                                             find_blocks)
-
-    blocks_name, blocks = find_blocks(model)
-    batches = [CalibrationBatch.from_item(item, i) for i, item in enumerate(calib)]
-    with _no_cache(model):
-        inputs = capture_block_inputs(model, blocks_name, blocks, batches, torch.device("cpu"))
-        for block in blocks:
-            linears = {n: m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
-            squares = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in linears.items()}
-
-            def accumulate(module, args, output, name):
-                squares[name] += args[0].reshape(-1, args[0].shape[-1]).double().pow(2).sum(0)
-
-            hooks = [m.register_forward_hook(lambda mod, args, out, n=n: accumulate(mod, args, out, n))
-                     for n, m in linears.items()]
-            for inp in inputs:
-                block(inp.hidden, *inp.args, **inp.kwargs)
-            for hook in hooks:
-                hook.remove()
-            for n, m in linears.items():
-                scores = m.weight.abs().double() * squares[n].sqrt().unsqueeze(0)
-                pruned = scores.topk(int(m.in_features * sparsity), dim=1, largest=False).indices
-                m.weight.scatter_(1, pruned, 0.0)
-            for inp in inputs:
-                inp.hidden = _block_output(block(inp.hidden, *inp.args, **inp.kwargs))
-
-
 def record(row: dict) -> None:
     row.update(machine=machine_info(), commit=os.popen("git rev-parse --short HEAD").read().strip(),
                threads=torch.get_num_threads())
@@ -107,7 +74,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--indices", help="comma-separated units to remove instead of scoring by --ratio")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--wanda-in-script", action="store_true", help="prune with wanda_in_script()")
+    parser.add_argument("--teacher", action="store_true",
+                        help="distil from the dense SmolLM2 (the loss: KL from its next-token distribution)")
     parser.add_argument("--skip-before", action="store_true", help="no perplexity before recovery (time)")
     parser.add_argument("--dense", action="store_true", help="measure the dense perplexity too (32.87)")
     parser.add_argument("--cache", default="/tmp/prunekit-recovery-wanda50.pt",
@@ -122,13 +90,10 @@ def main() -> int:
             model.load_state_dict(torch.load(args.cache))
         else:
             started = time.perf_counter()
-            if args.wanda_in_script:
-                wanda_in_script(model, calib)
-            else:
-                prunekit.prune(model, prunekit.PruneConfig(method="wanda", sparsity=0.5), calib)
+            prunekit.prune(model, prunekit.PruneConfig(method="wanda", sparsity=0.5), calib)
             row["prune_seconds"] = time.perf_counter() - started
             torch.save(model.state_dict(), args.cache)
-        row["method"] = "wanda 0.5" + (" (in-script)" if args.wanda_in_script else "")
+        row["method"] = "wanda 0.5"
     else:
         if args.dense:
             row["dense_perplexity"] = perplexity(model, heldout)
@@ -145,14 +110,15 @@ def main() -> int:
         row["pruned_perplexity"] = perplexity(model, heldout)
     else:
         batches = text_batches(tokenizer, training_paragraphs(), seqlen=128, batch_size=args.batch_size, seed=0)
-        report = prunekit.recover(model, batches, steps=args.steps, lr=args.lr, train=args.train,
+        teacher = load_model("smollm2")[0].eval() if args.teacher else None
+        report = prunekit.recover(model, batches, steps=args.steps, lr=args.lr, train=args.train, teacher=teacher,
                                   eval_batches=None if args.skip_before else heldout, time_batch=calib[0],
                                   progress=False)
         if args.skip_before:
             report.perplexity_after = perplexity(model, heldout)
         params = dict(model.named_parameters())
         still_zero = all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
-        row.update(train=args.train, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+        row.update(train=args.train, steps=args.steps, lr=args.lr, batch_size=args.batch_size, teacher=args.teacher,
                    training_windows=sum(len(b["input_ids"]) for b in batches), recover=report.to_dict(),
                    pruned_perplexity=report.perplexity_before, recovered_perplexity=report.perplexity_after,
                    still_zero=still_zero,

@@ -15,7 +15,8 @@ import transformers
 
 import prunekit
 from prunekit.app.cli import main as cli_main
-from prunekit.recovery import MaskedLoRALinear, RecoveryError, read_text_file, recover, text_batches, zero_masks
+from prunekit.recovery import (MaskedLoRALinear, RecoveryError, distillation_kl, read_text_file, recover, text_batches,
+                               zero_masks)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -74,6 +75,52 @@ def test_all_weights_train_and_pruned_weights_stay_exactly_zero(sparsity):
     assert torch.equal(embedding.detach(), before["model.embed_tokens.weight"]), "embeddings are left alone"
     assert not model.training and all(p.requires_grad for p in model.parameters())
     json.dumps(report.to_dict())
+
+
+def test_distillation_kl_against_its_definition():
+    teacher, model = tiny_models.tiny_model("llama"), pruned_llama()
+    batch = batches(1)[0]
+    batch["attention_mask"] = batch["attention_mask"].clone()
+    batch["attention_mask"][0, -5:] = 0  # padding is not scored
+    kl, count = distillation_kl(model, teacher, batch)
+    with torch.no_grad():
+        p = torch.log_softmax(teacher(**batch).logits[:, :-1].double(), -1)
+        q = torch.log_softmax(model(**batch).logits[:, :-1].double(), -1)
+    keep = batch["attention_mask"][:, 1:].bool()
+    expected = ((p.exp() * (p - q)).sum(-1) * keep).sum()
+    assert count == int(keep.sum()) and float(kl.detach()) == pytest.approx(float(expected), rel=1e-3, abs=1e-6)
+    same, _ = distillation_kl(teacher, tiny_models.tiny_model("llama"), batch)
+    assert abs(float(same)) < 1e-5
+    kl.backward()  # differentiable in the model
+    assert model.model.layers[0].mlp.down_proj.weight.grad is not None
+
+
+def test_distilling_from_the_dense_model_moves_towards_it_and_keeps_the_zeros():
+    teacher, model = tiny_models.tiny_model("llama"), pruned_llama(0.8)
+    masks = zero_masks(model)
+    distance = lambda: sum(float(distillation_kl(model, teacher, b)[0].detach()) for b in batches(2, seed=9))
+    before = distance()
+    report = recover(model, batches(), steps=12, lr=1e-3, teacher=teacher, progress=False)
+    assert distance() < before and report.loss == "KL from the teacher" and report.loss_last < report.loss_first
+    params = dict(model.named_parameters())
+    assert report.pruned_weights_still_zero and all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
+    assert not teacher.training and all(p.grad is None for p in teacher.parameters())
+
+
+def test_distillation_bad_input():
+    model = pruned_llama()
+    with pytest.raises(ValueError, match="teacher: expected a torch.nn.Module"):
+        recover(model, batches(), steps=1, teacher="dense", progress=False)
+    with pytest.raises(ValueError, match="teacher: expected another model"):
+        recover(model, batches(), steps=1, teacher=model, progress=False)
+    with pytest.raises(ValueError, match="teacher and loss_fn"):
+        recover(model, batches(), steps=1, teacher=tiny_models.tiny_model("llama"), loss_fn=lambda m, b: 0,
+                progress=False)
+    before = snapshot(model)
+    other_vocabulary = tiny_models.tiny_model("llama", vocab_size=tiny_models.VOCAB + 3)
+    with pytest.raises(ValueError, match="teacher: its logits have shape"):
+        recover(model, batches(), steps=1, teacher=other_vocabulary, progress=False)
+    assert all(torch.equal(value, snapshot(model)[name]) for name, value in before.items())
 
 
 def test_norms_mode_trains_only_norms_and_biases():
@@ -281,3 +328,19 @@ def test_cli_recover_trains_and_writes_a_report(tmp_path, capsys):
                      "--no-eval", "--out", os.fspath(tmp_path / "diverged"), "--quiet"])
     assert code == 2 and "restored" in capsys.readouterr().err
     assert not (tmp_path / "diverged" / "model").exists()
+
+
+def test_cli_recover_distils_from_a_teacher(tmp_path):
+    tokenizer = word_tokenizer()
+    model_dir, teacher_dir = tmp_path / "pruned", tmp_path / "dense"
+    pruned_llama(0.8).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    tiny_models.tiny_model("llama").save_pretrained(teacher_dir)
+    data = tmp_path / "train.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "out"
+    code = cli_main(["recover", os.fspath(model_dir), "--data", os.fspath(data), "--steps", "3", "--seqlen", "32",
+                     "--teacher", os.fspath(teacher_dir), "--no-eval", "--out", os.fspath(out), "--quiet"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())["recover"]
+    assert report["loss"] == "KL from the teacher" and report["pruned_weights_still_zero"]

@@ -18,7 +18,11 @@ never adds modules or resizes them). What trains (``train``):
   plain low-rank path ``W x + s B (A x)``.
 
 The loss is a causal LM's next-token cross-entropy (``labels`` in a batch override the targets;
--100 skips a token), or ``loss_fn(model, batch) -> scalar`` for other models.
+-100 skips a token), or, with a ``teacher`` (the dense model before pruning), the KL divergence
+from the teacher's next-token distribution to the model's on the same tokens (distillation: the
+pruned model learns the dense model's function rather than the training text, so what it
+recovers carries over to text of other domains), or ``loss_fn(model, batch) -> scalar`` for other
+models.
 
 Under ``torch.distributed`` (a process group of more than one rank, as for calibration) every
 rank trains on its shard of the batches and the gradients are all-reduced (averaged) before each
@@ -44,11 +48,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import distributed as dist_
-from ._measure import causal_lm_nll, count_parameters, forward_seconds, perplexity
+from ._measure import _no_cache_kwargs, causal_lm_nll, count_parameters, forward_seconds, perplexity
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["recover", "RecoveryReport", "TRAIN_MODES", "read_text_file", "text_batches", "zero_masks"]
+__all__ = ["recover", "RecoveryReport", "TRAIN_MODES", "distillation_kl", "read_text_file", "text_batches",
+           "zero_masks"]
 
 TRAIN_MODES = ("all", "norms", "lora")
 
@@ -245,6 +250,8 @@ class RecoveryReport:
     seconds: float = 0.0
     checkpoint: str | None = None
     lora: dict | None = None
+    loss: str = "next-token cross-entropy"
+    """What was minimised: "next-token cross-entropy", "KL from the teacher" or "loss_fn"."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -265,6 +272,33 @@ class RecoveryError(ValueError):
 
 
 # ----------------------------------------------------------------------------- recover
+
+def _logits(output) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output[0]
+
+
+def distillation_kl(model: nn.Module, teacher: nn.Module, batch: Mapping) -> tuple[torch.Tensor, int]:
+    """(sum over the target tokens of KL(teacher || model) between their next-token
+    distributions, number of target tokens) on a causal-LM batch: the tokens
+    :func:`~prunekit._measure.causal_lm_nll` scores (attention mask, ``labels`` of -100 skipped).
+    Differentiable in ``model``; the teacher runs without gradients."""
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    with torch.no_grad():
+        target = _logits(teacher(**inputs, **_no_cache_kwargs(teacher, batch)))
+    logits = _logits(model(**inputs, **_no_cache_kwargs(model, batch)))
+    if target.shape != logits.shape:
+        raise ValueError(f"recover: teacher: its logits have shape {tuple(target.shape)}, the model's "
+                         f"{tuple(logits.shape)}; expected the same vocabulary (the model before pruning)")
+    labels = batch.get("labels")
+    keep = (labels[:, 1:] != -100) if labels is not None else torch.ones_like(batch["input_ids"][:, 1:], dtype=torch.bool)
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        keep = keep & mask[:, 1:].bool()
+    log_model = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    log_teacher = F.log_softmax(target[:, :-1].float(), dim=-1)
+    kl = F.kl_div(log_model, log_teacher, log_target=True, reduction="none").sum(-1)
+    return (kl * keep).sum(), int(keep.sum())
+
 
 def _check_arguments(train, steps, lr, lora_rank, lora_alpha, weight_decay, max_grad_norm, warmup_steps,
                      accumulation):
@@ -311,8 +345,8 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
             tokenizer=None, seqlen: int = 128, batch_size: int = 4, accumulation: int = 1,
             lora_rank: int = 16, lora_alpha: float = 32.0, weight_decay: float = 0.0,
             max_grad_norm: float | None = 1.0, warmup_steps: int | None = None, train_embeddings: bool = False,
-            loss_fn: Callable | None = None, eval_batches=None, time_batch=None, seed: int = 0,
-            progress: bool = True, checkpoint: str | os.PathLike | None = None,
+            loss_fn: Callable | None = None, teacher: nn.Module | None = None, eval_batches=None, time_batch=None,
+            seed: int = 0, progress: bool = True, checkpoint: str | os.PathLike | None = None,
             distributed: bool | None = None, process_group=None) -> RecoveryReport:
     """Trains ``model`` briefly, in place, keeping every weight that is exactly zero now at zero.
 
@@ -324,6 +358,8 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
       batches taken in order, cycling. Gradients clipped to ``max_grad_norm``.
     - ``train``: "all" | "norms" | "lora" (see the module docstring); embeddings and the LM head
       train only with ``train_embeddings`` (mode "all").
+    - ``teacher``: the model before pruning (same vocabulary), to distil from: the loss becomes
+      :func:`distillation_kl` per target token (a causal LM; not with ``loss_fn``).
     - ``eval_batches``: held-out batches; their perplexity before and after goes in the report.
       ``time_batch``: a batch whose dense forward time before and after goes in the report
       (default: the first training batch).
@@ -350,6 +386,16 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
         batches = text_batches(tokenizer, data, seqlen, batch_size, seed)
     else:
         batches = _check_batches(data)
+    if teacher is not None:
+        if not isinstance(teacher, nn.Module):
+            raise ValueError(f"recover: teacher: expected a torch.nn.Module (the model before pruning), but got "
+                             f"{type(teacher).__name__}")
+        if teacher is model:
+            raise ValueError("recover: teacher: expected another model (the dense one), but got the model being "
+                             "trained")
+        if loss_fn is not None:
+            raise ValueError("recover: teacher and loss_fn: pass one of them (a teacher sets the loss: the KL from "
+                             "its next-token distribution)")
     if loss_fn is None and not all(isinstance(b, Mapping) and "input_ids" in b for b in batches):
         raise ValueError("recover: data: without loss_fn every batch must be a dict holding input_ids (a causal "
                          "LM's next-token loss); pass loss_fn(model, batch) for other models")
@@ -362,7 +408,9 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
     report = RecoveryReport(train=train, steps=steps, lr=float(lr), batches=len(batches),
                             tokens_per_step=accumulation * strategy.world * sum(map(_tokens, shard)) / len(shard),
                             trainable_parameters=0, masked_weights=0, parameters=count_parameters(model),
-                            world_size=strategy.world)
+                            world_size=strategy.world,
+                            loss="loss_fn" if loss_fn is not None else
+                            "KL from the teacher" if teacher is not None else "next-token cross-entropy")
     timing_batch = time_batch if time_batch is not None else batches[0]
     with strategy.guard("measuring the model before recovery"):
         report.forward_seconds_before = forward_seconds(model, timing_batch)
@@ -401,7 +449,7 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
         _train_loop(model, shard, trainable, masks, report, strategy, steps=steps, lr=float(lr),
                     accumulation=accumulation, weight_decay=float(weight_decay), max_grad_norm=max_grad_norm,
                     warmup=warmup_steps if warmup_steps is not None else steps // 10, loss_fn=loss_fn,
-                    progress=progress)
+                    teacher=teacher, progress=progress)
         bad = [f"{name} (adapter)" for name, adapter in adapters.items()
                if not bool(torch.isfinite(adapter.delta()).all())]
         bad += [name for name, param in trainable.items() if not bool(torch.isfinite(param).all())]
@@ -440,13 +488,16 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
 
 
 def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr, accumulation, weight_decay,
-                max_grad_norm, warmup, loss_fn, progress):
+                max_grad_norm, warmup, loss_fn, progress, teacher=None):
     from tqdm.auto import tqdm
 
     params = list(trainable.values())
     masked = [(param, masks[name]) for name, param in trainable.items() if name in masks]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     model.train()
+    teacher_was_training = teacher.training if teacher is not None else False
+    if teacher is not None:
+        teacher.eval()
     losses = []
     position = 0
     bar = tqdm(total=steps, desc="prunekit recover", disable=None if progress and strategy.is_main else True,
@@ -462,7 +513,8 @@ def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr
                     batch = batches[position % len(batches)]
                     position += 1
                     if loss_fn is None:
-                        nll, count = causal_lm_nll(model, batch)
+                        nll, count = (causal_lm_nll(model, batch) if teacher is None else
+                                      distillation_kl(model, teacher, batch))
                         if count == 0:
                             raise ValueError(f"recover: data: batch {position % len(batches)} holds no target tokens")
                         loss = nll / count
@@ -499,6 +551,8 @@ def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr
             bar.set_postfix(loss=f"{mean_loss:.3f}")
     finally:
         bar.close()
+        if teacher is not None:
+            teacher.train(teacher_was_training)
     tenth = max(1, len(losses) // 10)
     report.loss_first = sum(losses[:tenth]) / tenth
     report.loss_last = sum(losses[-tenth:]) / tenth
