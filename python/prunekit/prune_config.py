@@ -161,12 +161,14 @@ class PruneConfig:
             raise ValueError(f"PruneConfig.within_block: expected one of {', '.join(map(repr, WITHIN_BLOCK))}, but got "
                              f"{self.within_block!r}")
         if self.within_block == "sequential":
-            conflicts = [what for what, present in (("sequential=False", not self.sequential),
-                                                    ("refine='block'", "block" in self.refinements),
-                                                    ("compensate", self.compensate is not None)) if present]
+            conflicts = [why for why, present in (
+                ("sequential=False needs the dense block outputs, which it never computes", not self.sequential),
+                ("refine='block' needs the dense block outputs, which it never computes", "block" in self.refinements),
+                ("compensate swaps layers for low-rank ones while the block's forward is paused in it",
+                 self.compensate is not None)) if present]
             if conflicts:
-                raise ValueError(f"PruneConfig.within_block: 'sequential' never computes the dense block outputs that "
-                                 f"{' and '.join(conflicts)} need; use within_block='parallel'")
+                raise ValueError(f"PruneConfig.within_block: 'sequential' cannot run here: {'; '.join(conflicts)}; use "
+                                 "within_block='parallel'")
         if isinstance(self.ignore, str):
             self.ignore = (self.ignore,)
         self.ignore = tuple(self.ignore)

@@ -286,18 +286,21 @@ def distillation_kl(model: nn.Module, teacher: nn.Module, batch: Mapping) -> tup
     with torch.no_grad():
         target = _logits(teacher(**inputs, **_no_cache_kwargs(teacher, batch)))
     logits = _logits(model(**inputs, **_no_cache_kwargs(model, batch)))
-    if target.shape != logits.shape:
-        raise ValueError(f"recover: teacher: its logits have shape {tuple(target.shape)}, the model's "
-                         f"{tuple(logits.shape)}; expected the same vocabulary (the model before pruning)")
+    if target.shape != logits.shape or target.device != logits.device:
+        raise ValueError(f"recover: teacher: its logits are {tuple(target.shape)} on {target.device}, the model's "
+                         f"{tuple(logits.shape)} on {logits.device}; expected the same vocabulary on the same device "
+                         "(the model before pruning)")
     labels = batch.get("labels")
     keep = (labels[:, 1:] != -100) if labels is not None else torch.ones_like(batch["input_ids"][:, 1:], dtype=torch.bool)
     mask = batch.get("attention_mask")
     if mask is not None:
         keep = keep & mask[:, 1:].bool()
-    log_model = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    log_teacher = F.log_softmax(target[:, :-1].float(), dim=-1)
-    kl = F.kl_div(log_model, log_teacher, log_target=True, reduction="none").sum(-1)
-    return (kl * keep).sum(), int(keep.sum())
+    # Only the kept positions: padding cannot bring NaN in, and the (tokens, vocab) temporaries are smaller.
+    log_model = F.log_softmax(logits[:, :-1][keep].float(), dim=-1)
+    log_teacher = F.log_softmax(target[:, :-1][keep].float(), dim=-1)
+    # sum p_t (log p_t - log p_s), with 0 where the teacher gives a token probability 0 (a -inf logit)
+    terms = torch.where(log_teacher.isneginf(), 0.0, log_teacher.exp() * (log_teacher - log_model))
+    return terms.sum(), int(keep.sum())
 
 
 def _check_arguments(train, steps, lr, lora_rank, lora_alpha, weight_decay, max_grad_norm, warmup_steps,

@@ -2,6 +2,7 @@
 equal those of whole-model forwards through everything pruned before it; blocks whose layers do
 not run once fall back to the two passes; departures, errors and early stops end every item thread."""
 
+import contextlib
 import threading
 
 import pytest
@@ -36,8 +37,20 @@ def _reference_hessian(model, calib, layer):
     return stats.hessian
 
 
-@pytest.mark.parametrize("arch", ["llama", "opt", "gpt2", "bert"])
-def test_each_group_calibrates_on_the_layers_pruned_before_it(arch):
+@pytest.mark.parametrize("arch,context", [("llama", None), ("opt", None), ("gpt2", None), ("bert", None),
+                                          ("llama", "autocast"), ("llama", "inference_mode")])
+def test_each_group_calibrates_on_the_layers_pruned_before_it(arch, context):
+    """Also under the caller's autocast or inference mode, which the item threads take over."""
+    with contextlib.ExitStack() as stack:
+        if context == "autocast":
+            # no cast cache: the reference's forwards would reuse casts of the weights from before pruning
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False))
+        elif context == "inference_mode":
+            stack.enter_context(torch.inference_mode())
+        _check_groups_against_whole_model_forwards(arch)
+
+
+def _check_groups_against_whole_model_forwards(arch):
     calib = calibration(arch)
     walked, reference = tiny_model(arch), tiny_model(arch)
     walked_layers, reference_layers = find_prunable_layers(walked), find_prunable_layers(reference)
@@ -165,3 +178,14 @@ def test_within_block_bad_input():
     with pytest.raises(ValueError, match="after_block"):
         next(walk_blocks(model, calibration("llama"), find_prunable_layers(model), within_block="sequential",
                          after_block=lambda *args: None))
+
+
+def test_too_many_item_threads_are_refused(monkeypatch):
+    from prunekit.calibrate import layer_by_layer
+
+    monkeypatch.setattr(layer_by_layer, "MAX_THREADS", 3)
+    threads = threading.active_count()
+    with pytest.raises(ValueError, match=r"one thread per calibration item.*4 items x \d+ threads"):
+        prunekit.prune(tiny_model("llama"), PruneConfig(progress=False, within_block="sequential"),
+                       calibration("llama"))
+    assert threading.active_count() == threads

@@ -108,12 +108,14 @@ class HessianDiagonalAccumulator:
     overflow float32, are a ValueError, as ``prunekit::hessian_accumulate_`` raises.
     """
 
-    def __init__(self, features: int, *, dtype: torch.dtype = torch.float32, device=None):
+    def __init__(self, features: int, *, dtype: torch.dtype = torch.float32, device=None,
+                 max_rows_per_step: int = 8192):
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"HessianDiagonalAccumulator: dtype must be float32 or float64, but got {dtype}")
         self.features = int(features)
         self.diagonal = torch.zeros(self.features, dtype=dtype, device=device)
         self.n_samples = 0
+        self.max_rows_per_step = max_rows_per_step  # bounds the temporary squares of one step
 
     @torch.no_grad()
     def add(self, rows: torch.Tensor) -> None:
@@ -123,10 +125,12 @@ class HessianDiagonalAccumulator:
                              f"{tuple(rows.shape)}")
         if rows.shape[0] == 0:
             return
-        squares = rows.to(self.diagonal.dtype).square().sum(dim=0)
+        squares = sum(chunk.to(self.diagonal.dtype).square().sum(dim=0)
+                      for chunk in rows.split(self.max_rows_per_step))
         if not bool(torch.isfinite(squares).all()):
-            raise ValueError("HessianDiagonalAccumulator: the input rows hold NaN or Inf, or their squares "
-                             f"overflow {self.diagonal.dtype}")
+            feature = int((~torch.isfinite(squares)).nonzero()[0])
+            raise ValueError(f"HessianDiagonalAccumulator: input feature {feature} holds NaN or Inf, or its squares "
+                             f"overflow {self.diagonal.dtype} (sum of squares {float(squares[feature])})")
         total = self.n_samples + rows.shape[0]
         self.diagonal.mul_(self.n_samples / total).add_(squares, alpha=2.0 / total)
         self.n_samples = total

@@ -19,6 +19,7 @@ member) is an error naming the layer: by then part of the block is pruned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -31,8 +32,35 @@ from .timing import StageTimer, stage
 logger = logging.getLogger(__name__)
 
 
+MAX_THREADS = 4096
+"""Item threads times torch's intra-op threads above which the walk refuses to start: each item
+thread that runs torch ops keeps its own pool of OpenMP workers."""
+
+
 class _Abort(BaseException):
     """Ends an item's forward when the walk stops early (an error, the last block's last group)."""
+
+
+def _thread_state():
+    """The caller's thread-local torch state that an item thread must run under: inference mode
+    (else grad mode off), autocast per device type, the current CUDA device."""
+    cache = torch.is_autocast_cache_enabled()
+    autocast = [(device, torch.get_autocast_dtype(device), cache) for device in ("cpu", "cuda")
+                if torch.is_autocast_enabled(device)]
+    cuda_device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.is_inference_mode_enabled(), autocast, cuda_device
+
+
+@contextlib.contextmanager
+def _entered(state):
+    inference, autocast, cuda_device = state
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode() if inference else torch.no_grad())
+        for device, dtype, cache in autocast:
+            stack.enter_context(torch.autocast(device, dtype=dtype, cache_enabled=cache))
+        if cuda_device is not None:
+            stack.enter_context(torch.cuda.device(cuda_device))
+        yield
 
 
 def _version(x: torch.Tensor) -> int | None:
@@ -86,9 +114,18 @@ class LayerByLayerPass:
     calls it once per group, then once more to finish; ``close()`` ends any item still running."""
 
     def __init__(self, name: str, block: nn.Module, layers: dict, groups: list[list[str]], inputs: list,
-                 make_stats, effective_token_mask, timer: StageTimer | None, finish: bool):
+                 make_stats, effective_token_mask, timer: StageTimer | None, finish: bool,
+                 item_numbers: list[int] | None = None):
         self.name, self.block, self.layers, self.groups, self.inputs = name, block, layers, groups, inputs
         self.timer = timer
+        # item positions in the caller's calibration list (this process's share of it), for messages
+        self.item_numbers = list(item_numbers) if item_numbers is not None else list(range(len(inputs)))
+        threads = len(inputs) * max(torch.get_num_threads(), 1)
+        if threads > MAX_THREADS:
+            raise ValueError(f"PruneConfig.within_block='sequential' runs one thread per calibration item, each with its "
+                             f"own torch thread pool: {len(inputs)} items x {torch.get_num_threads()} threads = "
+                             f"{threads}, more than {MAX_THREADS}; pass fewer, larger calibration batches or use "
+                             "within_block='parallel'")
         self.finish = finish  # run the items to the block's end (False: the last block; stop after its last group)
         self.position = {member: (index, member == group[0]) for index, group in enumerate(groups)
                          for member in group}
@@ -100,7 +137,7 @@ class LayerByLayerPass:
                 self.stats[member] = shared
         self.token_masks = [effective_token_mask(item.token_mask) for item in inputs]
         self.next_group = [0] * len(inputs)
-        self.leader_inputs: list = [None] * len(inputs)
+        self.leader_inputs: list = [None] * len(inputs)  # (tensor, version) each item's current group read
         self.ran: list[set] = [set() for _ in inputs]
         self.outputs: list = [None] * len(inputs)
         self.errors: list = [None] * len(inputs)
@@ -109,12 +146,21 @@ class LayerByLayerPass:
         self.aborted = False
         self.condition = threading.Condition()
         self._local = threading.local()
-        self.handles = [layers[name].module.register_forward_pre_hook(
-            lambda module, args, name=name: self._pre_hook(name, args)) for name in self.position]
-        self.threads = [threading.Thread(target=self._run, args=(index,), name=f"prunekit {name} item {index}",
-                                         daemon=True) for index in range(len(inputs))]
-        for thread in self.threads:
-            thread.start()
+        self._state = _thread_state()
+        self.handles: list = []
+        self.threads: list = []
+        try:
+            for layer_name in self.position:
+                self.handles.append(layers[layer_name].module.register_forward_pre_hook(
+                    lambda module, args, layer_name=layer_name: self._pre_hook(layer_name, args)))
+            for index in range(len(inputs)):
+                thread = threading.Thread(target=self._run, args=(index,), name=f"prunekit {name} item {index}",
+                                          daemon=True)
+                thread.start()
+                self.threads.append(thread)
+        except BaseException:
+            self.close()
+            raise
 
     # --------------------------------------------------------------------------- item threads
 
@@ -134,7 +180,7 @@ class LayerByLayerPass:
         try:
             self._wait_for_turn(index)
             item = self.inputs[index]
-            with torch.no_grad():
+            with _entered(self._state):
                 output = self.block(item.hidden, *item.args, **item.kwargs)
             from .pipeline import block_output
             self.outputs[index] = block_output(output).detach()
@@ -151,7 +197,8 @@ class LayerByLayerPass:
 
         raise CalibrationError(
             f"calibration of {self.name} layer by layer (PruneConfig.within_block='sequential'): on calibration item "
-            f"{index} {what}, unlike the forward its layer order was taken from; prune with within_block='parallel'")
+            f"{self.item_numbers[index]} {what}, unlike the forward its layer order was taken from; prune with "
+            "within_block='parallel'")
 
     def _pre_hook(self, name: str, args) -> None:
         index = getattr(self._local, "index", None)
@@ -163,7 +210,9 @@ class LayerByLayerPass:
         group, leads = self.position[name]
         x = args[0]
         if not leads:
-            if group != self.next_group[index] - 1 or self.leader_inputs[index] != (id(x), _version(x)):
+            leader_input = self.leader_inputs[index]
+            if group != self.next_group[index] - 1 or leader_input is None or leader_input[0] is not x or \
+                    leader_input[1] != _version(x):
                 self._departed(index, f"layer {name} did not read the input of {self.groups[group][0]} right after it")
             return
         if group != self.next_group[index]:
@@ -171,7 +220,7 @@ class LayerByLayerPass:
                            if group > self.next_group[index] else f"layer {name} ran again")
         with stage(self.timer, "statistics"):
             self.stats[name].add(x, self.token_masks[index])
-        self.leader_inputs[index] = (id(x), _version(x))
+        self.leader_inputs[index] = (x, _version(x))
         self.next_group[index] = group + 1
         self._hand_back()
         self._wait_for_turn(index)  # until the group is pruned
@@ -218,10 +267,13 @@ class LayerByLayerPass:
     def close(self) -> None:
         """Ends the items' threads (those still running stop at their next layer) and removes
         the hooks."""
-        with self.condition:
-            self.aborted = True
-            self.condition.notify_all()
-        for thread in self.threads:
-            thread.join()
-        for handle in self.handles:
-            handle.remove()
+        try:
+            with self.condition:
+                self.aborted = True
+                self.condition.notify_all()
+            for thread in self.threads:
+                thread.join()
+        finally:
+            for handle in self.handles:
+                handle.remove()
+            self.leader_inputs = [None] * len(self.inputs)

@@ -650,11 +650,14 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
     if within_block not in ("parallel", "sequential"):
         raise ValueError(f"walk_blocks: within_block must be 'parallel' or 'sequential', but got {within_block!r}")
     if within_block == "sequential" and (not sequential or after_block is not None):
-        raise ValueError("walk_blocks: within_block='sequential' needs sequential=True and no after_block (the dense "
-                         "block outputs are never computed)")
+        got = "sequential=False" if not sequential else "an after_block"
+        raise ValueError(f"walk_blocks: within_block='sequential' needs sequential=True and no after_block (the dense "
+                         f"block outputs are never computed), but got {got}")
     strategy = strategy if strategy is not None else SingleProcessStrategy()
     needs = INPUT_STATISTICS if needs is None else frozenset(needs)
-    # Shared statistics are decided per process; a process group reduces them layer by layer.
+    # Shared statistics are decided per process; a process group reduces them layer by layer. The
+    # layer-by-layer walk agrees on its groups over the processes first, so it may share in both.
+    share_groups = share_inputs
     share_inputs = share_inputs and type(strategy) is SingleProcessStrategy
     batches = [CalibrationBatch.from_item(item, i) for i, item in enumerate(calib)]
     if not batches:
@@ -697,10 +700,10 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
                         groups = None
                         if within_block == "sequential" and block_layers[index]:
                             groups = _layer_by_layer_groups(name, block, block_layers[index], inputs, plans,
-                                                            share_inputs, strategy, timer)
+                                                            share_groups, strategy, timer)
                         if groups is not None:
                             yield from _walk_layer_by_layer(name, index, block, block_layers[index], groups, inputs,
-                                                            is_last, strategy, needs, timer)
+                                                            is_last, strategy, needs, timer, indices)
                         else:
                             yield from _walk_one_block(name, index, block, block_layers[index], inputs, sequential,
                                                        is_last=is_last, strategy=strategy, after_block=after_block,
@@ -742,13 +745,15 @@ def _layer_by_layer_groups(name: str, block: nn.Module, layers: dict[str, Prunab
 def _walk_layer_by_layer(name: str, index: int, block: nn.Module, layers: dict[str, PrunableLayer],
                          groups: list[list[str]], inputs: list[BlockInput], is_last: bool,
                          strategy: SingleProcessStrategy, needs: frozenset[str],
-                         timer: StageTimer | None) -> Iterator[CalibrationStep]:
+                         timer: StageTimer | None, indices: list[int]) -> Iterator[CalibrationStep]:
     """One step per group of the block's layers, calibrated layer by layer (see
-    :mod:`.layer_by_layer`); afterwards the items' hidden states are the pruned block's outputs."""
+    :mod:`.layer_by_layer`); afterwards the items' hidden states are the pruned block's outputs.
+    ``indices``: the items' positions in the caller's calibration list."""
     from .layer_by_layer import LayerByLayerPass
 
-    walk = LayerByLayerPass(name, block, layers, groups, inputs, lambda layer: LayerInputStats(layer, needs=needs),
-                            _effective_token_mask, timer, finish=not is_last)
+    with strategy.guard(f"starting the layer-by-layer pass of {name}"):
+        walk = LayerByLayerPass(name, block, layers, groups, inputs, lambda layer: LayerInputStats(layer, needs=needs),
+                                _effective_token_mask, timer, finish=not is_last, item_numbers=indices)
     try:
         for group, stats in walk.steps(strategy):
             step = CalibrationStep(name, index, {member: layers[member] for member in group}, stats)

@@ -33,12 +33,20 @@ BREAK_EVEN_SPARSITY = {
     "conv1x1": {torch.float32: ((None, 0.6),)},
     "conv": {},
 }
-# The tables per kind of CPU kernels (the selected ISA). "avx2": measured by forcing the AVX2
-# kernels, with torch's dense kernels held to AVX2 too (bench/bench_break_even.py --isa avx2);
-# empty until that run on a quiet machine is pasted here, and an empty table keeps dense.
+# The AVX2 kernels against torch's dense kernels held to AVX2 (bench/bench_break_even.py --isa
+# avx2; bench/results/break_even_cpu_avx2.md). Without AVX2 BF16 arithmetic, torch's dense bf16
+# is slow from 4 rows up, so sparse bf16 wins at 50% there.
+BREAK_EVEN_SPARSITY_AVX2 = {
+    "linear": {torch.float32: ((1, 0.7), (4, 0.75), (16, 0.6), (64, 0.5), (None, 0.6)),
+               torch.bfloat16: ((1, 0.85), (None, 0.5))},
+    "conv1x1": {torch.float32: ((None, 0.6),)},
+    "conv": {},
+}
+# The tables per kind of CPU kernels (the selected ISA); a kind without one (NEON, scalar) keeps
+# dense unless PRUNEKIT_AUTO=measure measures this machine.
 BREAK_EVEN_SPARSITY_BY_ISA: dict[str, dict[str, dict[torch.dtype, tuple]]] = {
     "avx512": BREAK_EVEN_SPARSITY,
-    "avx2": {},
+    "avx2": BREAK_EVEN_SPARSITY_AVX2,
 }
 # bf16 linear where prunekit's bf16 path runs on AMX (> 4 rows, build_info()["cpu_bf16_spmm"]):
 # it does not skip zeros but matches dense AMX, so sparse wins lower; above 128 rows unmeasured.

@@ -90,10 +90,13 @@ def run(args: argparse.Namespace) -> int:
         batches = text_batches(tokenizer, paragraphs, args.seqlen, args.batch_size, args.seed, what="--data")
         teacher = None
         if args.teacher is not None:
-            teacher, _, teacher_causal = load_model(args.teacher, args.dtype)
+            teacher, teacher_tokenizer, teacher_causal = load_model(args.teacher, args.dtype)
             if not teacher_causal:
                 raise UsageError(f"--teacher: expected a causal LM (the model before pruning), but {args.teacher!r} "
                                  f"is a {type(teacher).__name__}")
+            if teacher_tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+                raise UsageError(f"--teacher: {args.teacher!r} has another vocabulary than MODEL ({len(teacher_tokenizer)} "
+                                 f"and {len(tokenizer)} tokens); expected the model before pruning")
         eval_batches, eval_source = (None, None) if args.no_eval else evaluation_batches(
             args.eval_data, model, tokenizer, causal, args.eval_samples, args.seqlen, args.seed, 8)
         report = recover(model, batches, steps=args.steps, lr=lr, train=args.train, accumulation=args.accumulation,
@@ -101,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.quiet, checkpoint=out / "model", tokenizer=tokenizer)
         if not torchrun or distributed.is_main_process():
             result = {"command": "recover", "model": args.model, "model_class": type(model).__name__,
-                      "data": os.fspath(args.data), "evaluation": eval_source, "recover": report.to_dict(),
+                      "data": os.fspath(args.data), "teacher": args.teacher, "evaluation": eval_source,
+                      "recover": report.to_dict(),
                       "machine": machine_info(), "seconds": time.perf_counter() - started}
             write_report(out, result, f"prunekit recover: {args.model}", _sections(result))
             print(report.summary())
