@@ -58,7 +58,8 @@ def _worker_prunekit(args) -> dict:
     windows = torch.load(args.calib, weights_only=True)  # the peer's windows, batched as the protocol does
     calib = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in windows.split(args.batch_size)]
     loaded = time.perf_counter()
-    config = prunekit.PruneConfig(method=args.method, sparsity=parse_sparsity(args.sparsity), progress=False)
+    config = prunekit.PruneConfig(method=args.method, sparsity=parse_sparsity(args.sparsity), progress=False,
+                                  within_block=args.within_block)
     report = prunekit.prune(model, config, calib)
     pruned = time.perf_counter()
     result = {"load_s": loaded - started, "prune_s": pruned - loaded, "timings": report.timings,
@@ -186,6 +187,8 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=64,
                         help="calibration windows (default 64, the protocol's; fewer for a smoke run)")
     parser.add_argument("--skip-peer", action="store_true", help="prunekit only (no comparison)")
+    parser.add_argument("--within-block", default="parallel", choices=("parallel", "sequential"),
+                        help="prunekit's PruneConfig.within_block (default parallel, the reference methods)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     # worker arguments
     parser.add_argument("--worker", choices=("prunekit", "llmcompressor"), help=argparse.SUPPRESS)
@@ -235,7 +238,8 @@ def main() -> int:
                         continue
                     if who == "prunekit":
                         result = _run_worker(sys.executable, who, method, args, work,
-                                             ["--calib", os.fspath(calib_path), "--batch-size", str(args.batch_size)])
+                                             ["--calib", os.fspath(calib_path), "--batch-size", str(args.batch_size),
+                                              "--within-block", args.within_block])
                     else:
                         weights = work / f"peer_{method}.safetensors"
                         result = _run_worker(args.peer_python, who, method, args, work,
@@ -264,10 +268,11 @@ def main() -> int:
 
     machine = machine_info()
     name = "peer_llmcompressor" + ("" if args.sparsity == "0.5" else "_" + args.sparsity.replace(":", "of").replace(
-        ".", "p")) + ("" if args.windows == 64 else f"_{args.windows}windows")
+        ".", "p")) + ("" if args.windows == 64 else f"_{args.windows}windows") + (
+        "" if args.within_block == "parallel" else f"_within_block_{args.within_block}")
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{name}.json"
-    json_path.write_text(json.dumps({"machine": machine, "threads": args.threads, "repeats": args.repeats,
+    json_path.write_text(json.dumps({"machine": machine, "threads": args.threads, "repeats": args.repeats, "within_block": args.within_block,
                                      "rows": rows}, indent=2) + "\n")
     columns = [("method", "method", ""), ("sparsity", "sparsity", ""), ("calibration", "calibration", ""),
                ("prunekit_s", "prunekit s", ".1f"), ("llmcompressor_s", "llm-compressor s", ".1f"),
@@ -281,7 +286,8 @@ def main() -> int:
     text = ["# prunekit against llm-compressor: pruning SmolLM2-135M on CPU", "",
             "Machine: " + ", ".join(f"{key}={value}" for key, value in machine.items()), "",
             f"Each pruning in its own subprocess, {args.threads} threads, fastest of {args.repeats}; seconds of the "
-            "pruning call alone (prunekit.prune / llm-compressor oneshot, sequential pipeline), same calibration "
+            f"pruning call alone (prunekit.prune with within_block={args.within_block!r} / llm-compressor oneshot, sequential "
+            "pipeline), same calibration "
             "windows, perplexity on the same held-out text.", "",
             markdown_table(table_rows, columns), "", "prunekit's stages (PruneReport.timings):", "", *stages]
     if rows and "llmcompressor" in rows[0]:

@@ -43,6 +43,14 @@ def configurations() -> list[tuple[str, dict, int]]:
                  for damp in (0.01, 0.1)]
         rows += [(f"{method} block{at}", {"method": method, **base, "refine": "block"}, 64)
                  for method in ("wanda", "ria")]
+        admm = {"method": "ria", **base, "update": "admm", "admm_iterations": 10, "admm_percdamp": 1.0}
+        rows += [(f"ria+admm(damp 1.0) block{at}", {**admm, "refine": "block"}, 64),
+                 (f"ria owl+admm(damp 1.0){at}", {**admm, "allocation": "owl"}, 64),
+                 (f"ria+admm(damp 1.0, 30 iterations){at}", {**admm, "admm_iterations": 30}, 64),
+                 (f"ria+admm(damp 1.0) 128 windows{at}", admm, 128)]
+        rows += [(f"ria+admm(damp 1.0) block({steps} steps, lr {lr:g}){at}",
+                  {**admm, "refine": "block", "block_refine_steps": steps, "block_refine_lr": lr}, 64)
+                 for steps, lr in ((40, 1e-4), (20, 3e-4), (40, 3e-4))]
         if sparsity == 0.7:
             rows += [(f"ria owl{at}", {"method": "ria", **base, "allocation": "owl"}, 64),
                      (f"ria owl+admm(damp 0.1){at}", {"method": "ria", **base, "allocation": "owl", "update": "admm",
