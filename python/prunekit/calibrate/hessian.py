@@ -7,6 +7,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def combine_running_mean(mean: torch.Tensor, n_samples: int, sum_: Callable[[torch.Tensor, str], torch.Tensor],
+                         what: str) -> int:
+    """Turns ``mean`` (over ``n_samples`` rows) in place into the mean over every process's rows,
+    given ``sum_(tensor, what)`` summing a tensor over the processes in place; returns the total
+    row count. Sums are combined, not means: mean * n and n."""
+    count = torch.tensor([n_samples], dtype=torch.int64)
+    sum_(count, f"{what} (sample counts)")
+    total = int(count[0])
+    if n_samples:
+        mean.mul_(n_samples)
+    sum_(mean, what)
+    if total:
+        mean.div_(total)
+    return total
+
+
 class HessianAccumulator:
     """Accumulates the Hessian of a Linear or Conv2d layer's reconstruction loss from its inputs.
 
@@ -73,15 +89,7 @@ class HessianAccumulator:
         that sums a tensor over them in place (a distributed all_reduce): every process ends with
         H = 2/N * sum of x x^T over all their rows and n_samples = N, the result of one accumulator
         fed every row (up to the order of additions). Sums are combined, not means: H * n and n."""
-        count = torch.tensor([self.n_samples], dtype=torch.int64)
-        sum_(count, f"{what} (sample counts)")
-        total = int(count[0])
-        if self.n_samples:
-            self.hessian.mul_(self.n_samples)
-        sum_(self.hessian, what)
-        if total:
-            self.hessian.div_(total)
-        self.n_samples = total
+        self.n_samples = combine_running_mean(self.hessian, self.n_samples, sum_, what)
 
     def attach(self, module: nn.Module | None = None):
         """Registers a forward hook that adds the module's input; returns the hook handle."""
@@ -138,12 +146,4 @@ class HessianDiagonalAccumulator:
     @torch.no_grad()
     def combine(self, sum_: Callable[[torch.Tensor, str], torch.Tensor], what: str = "the Hessian reduction") -> None:
         """As :meth:`HessianAccumulator.combine`: sums of H * n and of n over the processes."""
-        count = torch.tensor([self.n_samples], dtype=torch.int64)
-        sum_(count, f"{what} (sample counts)")
-        total = int(count[0])
-        if self.n_samples:
-            self.diagonal.mul_(self.n_samples)
-        sum_(self.diagonal, what)
-        if total:
-            self.diagonal.div_(total)
-        self.n_samples = total
+        self.n_samples = combine_running_mean(self.diagonal, self.n_samples, sum_, what)
