@@ -9,6 +9,7 @@ calibration modules and the others in TRAIN_MODULES), never the novel.
     python bench/recovery_smollm2.py wanda --train all --steps 60 --lr 2e-4
     python bench/recovery_smollm2.py wanda --train all --steps 40 --lr 3e-4 --teacher   # distilled
     python bench/recovery_smollm2.py layers --unit block --ratio 0.25 --steps 60
+    python bench/recovery_smollm2.py slice --ratio 0.25 --steps 40 --lr 3e-4 --teacher
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def record(row: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("wanda", "layers"))
+    parser.add_argument("part", choices=("wanda", "layers", "slice"))
     parser.add_argument("--train", default="all", choices=("all", "norms", "lora"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -94,6 +95,9 @@ def main() -> int:
             row["prune_seconds"] = time.perf_counter() - started
             torch.save(model.state_dict(), args.cache)
         row["method"] = "wanda 0.5"
+    elif args.part == "slice":
+        report = prunekit.slice_(model, args.ratio, calib, progress=False)
+        row.update(method=f"slice_ {args.ratio} (sublayer bases)", slice_report=report.to_dict())
     else:
         if args.dense:
             row["dense_perplexity"] = perplexity(model, heldout)
