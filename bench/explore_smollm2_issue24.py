@@ -41,6 +41,8 @@ def configurations() -> list[tuple[str, dict, int]]:
                      (f"wanda+admm(damp {damp}){at}", {"method": "wanda", **base, **update}, 64)]
         rows += [(f"admm(damp {damp}){at}", {"method": "admm", **base, "admm_percdamp": damp}, 64)
                  for damp in (0.01, 0.1)]
+        rows += [(f"admm(damp 0.1, 20 iterations){at}", {"method": "admm", **base, "admm_percdamp": 0.1,
+                                                         "admm_iterations": 20, "admm_prune_iterations": 15}, 64)]
         rows += [(f"{method} block{at}", {"method": method, **base, "refine": "block"}, 64)
                  for method in ("wanda", "ria")]
         admm = {"method": "ria", **base, "update": "admm", "admm_iterations": 10, "admm_percdamp": 1.0}
