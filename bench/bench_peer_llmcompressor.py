@@ -272,7 +272,8 @@ def main() -> int:
         "" if args.within_block == "parallel" else f"_within_block_{args.within_block}")
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{name}.json"
-    json_path.write_text(json.dumps({"machine": machine, "threads": args.threads, "repeats": args.repeats, "within_block": args.within_block,
+    json_path.write_text(json.dumps({"machine": machine, "threads": args.threads, "repeats": args.repeats,
+                                     "within_block": args.within_block,
                                      "rows": rows}, indent=2) + "\n")
     columns = [("method", "method", ""), ("sparsity", "sparsity", ""), ("calibration", "calibration", ""),
                ("prunekit_s", "prunekit s", ".1f"), ("llmcompressor_s", "llm-compressor s", ".1f"),
@@ -286,9 +287,8 @@ def main() -> int:
     text = ["# prunekit against llm-compressor: pruning SmolLM2-135M on CPU", "",
             "Machine: " + ", ".join(f"{key}={value}" for key, value in machine.items()), "",
             f"Each pruning in its own subprocess, {args.threads} threads, fastest of {args.repeats}; seconds of the "
-            f"pruning call alone (prunekit.prune with within_block={args.within_block!r} / llm-compressor oneshot, sequential "
-            "pipeline), same calibration "
-            "windows, perplexity on the same held-out text.", "",
+            f"pruning call alone (prunekit.prune with within_block={args.within_block!r} / llm-compressor oneshot, "
+            "sequential pipeline), same calibration windows, perplexity on the same held-out text.", "",
             markdown_table(table_rows, columns), "", "prunekit's stages (PruneReport.timings):", "", *stages]
     if rows and "llmcompressor" in rows[0]:
         text += ["", f"Peer: llmcompressor {rows[0]['llmcompressor']}, transformers {rows[0]['peer_transformers']}, "

@@ -291,7 +291,8 @@ def distillation_kl(model: nn.Module, teacher: nn.Module, batch: Mapping) -> tup
                          f"{tuple(logits.shape)} on {logits.device}; expected the same vocabulary on the same device "
                          "(the model before pruning)")
     labels = batch.get("labels")
-    keep = (labels[:, 1:] != -100) if labels is not None else torch.ones_like(batch["input_ids"][:, 1:], dtype=torch.bool)
+    targets = batch["input_ids"][:, 1:]
+    keep = (labels[:, 1:] != -100) if labels is not None else torch.ones_like(targets, dtype=torch.bool)
     mask = batch.get("attention_mask")
     if mask is not None:
         keep = keep & mask[:, 1:].bool()

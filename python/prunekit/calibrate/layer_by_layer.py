@@ -122,8 +122,8 @@ class LayerByLayerPass:
         self.item_numbers = list(item_numbers) if item_numbers is not None else list(range(len(inputs)))
         threads = len(inputs) * max(torch.get_num_threads(), 1)
         if threads > MAX_THREADS:
-            raise ValueError(f"PruneConfig.within_block='sequential' runs one thread per calibration item, each with its "
-                             f"own torch thread pool: {len(inputs)} items x {torch.get_num_threads()} threads = "
+            raise ValueError(f"PruneConfig.within_block='sequential' runs one thread per calibration item, each with "
+                             f"its own torch thread pool: {len(inputs)} items x {torch.get_num_threads()} threads = "
                              f"{threads}, more than {MAX_THREADS}; pass fewer, larger calibration batches or use "
                              "within_block='parallel'")
         self.finish = finish  # run the items to the block's end (False: the last block; stop after its last group)

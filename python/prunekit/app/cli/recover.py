@@ -95,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--teacher: expected a causal LM (the model before pruning), but {args.teacher!r} "
                                  f"is a {type(teacher).__name__}")
             if teacher_tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-                raise UsageError(f"--teacher: {args.teacher!r} has another vocabulary than MODEL ({len(teacher_tokenizer)} "
-                                 f"and {len(tokenizer)} tokens); expected the model before pruning")
+                raise UsageError(f"--teacher: {args.teacher!r} has another vocabulary than MODEL "
+                                 f"({len(teacher_tokenizer)} and {len(tokenizer)} tokens); expected the model before "
+                                 "pruning")
         eval_batches, eval_source = (None, None) if args.no_eval else evaluation_batches(
             args.eval_data, model, tokenizer, causal, args.eval_samples, args.seqlen, args.seed, 8)
         report = recover(model, batches, steps=args.steps, lr=lr, train=args.train, accumulation=args.accumulation,
