@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .._finite import all_finite
 from ..distributed import SingleProcessStrategy
 from .hessian import HessianAccumulator, HessianDiagonalAccumulator
 from .timing import StageTimer, stage
@@ -185,7 +186,7 @@ class LayerInputStats:
         self._rows_seen += rows.shape[0]
 
     def _check_finite(self, rows: torch.Tensor) -> None:
-        if not bool(torch.isfinite(rows).all()):
+        if not all_finite(rows):
             raise CalibrationError(f"calibration: the input of layer {self.layer.name} holds NaN or Inf "
                                    "activations (check the calibration data and the model's numerics)")
 
@@ -572,7 +573,7 @@ def capture_block_inputs(model: nn.Module, blocks_name: str, blocks: nn.ModuleLi
                     raise ValueError(f"calib: item {index} ran {type(model).__name__}.forward to the end "
                                      f"without reaching {blocks_name}[0]; is that the model's block list?")
                 hidden = captured[-1].hidden
-                if not bool(torch.isfinite(hidden).all()):
+                if not all_finite(hidden):
                     raise ValueError(f"calib: item {index} produces NaN or Inf activations at the input of "
                                      f"{blocks_name}[0]")
     finally:

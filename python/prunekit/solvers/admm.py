@@ -19,6 +19,7 @@ import warnings
 import torch
 
 from .. import ops
+from .._finite import all_finite
 from .patterns import parse_pattern
 from .sparsegpt import FLOAT_DTYPES, _lower_triangular_inverse
 
@@ -63,9 +64,9 @@ def _check_inputs(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tenso
         raise _fail(name, f"keep must be a bool tensor of the weight's shape {tuple(weight.shape)} on "
                     f"{weight.device}, but got {getattr(keep, 'dtype', type(keep))} "
                     f"{tuple(getattr(keep, 'shape', ()))}")
-    if not bool(torch.isfinite(weight).all()):
+    if not all_finite(weight):
         raise _fail(name, "weight must be finite, but it holds NaN or Inf")
-    if not bool(torch.isfinite(hessian).all()):
+    if not all_finite(hessian):
         raise _fail(name, "hessian must be finite, but it holds NaN or Inf (NaN activations in calibration?)")
 
 
@@ -84,7 +85,7 @@ def _factorise(hessian: torch.Tensor, rho: float, percdamp: float, max_retries: 
             # (L L^T)^-1 = L^-T L^-1 from a GEMM-based triangular inverse (LAPACK's potri is far slower).
             lower_inverse = _lower_triangular_inverse(factor)
             inverse = lower_inverse.T @ lower_inverse
-            if bool(torch.isfinite(inverse).all()):
+            if all_finite(inverse):
                 return damped, inverse
         if attempt == max_retries:
             break

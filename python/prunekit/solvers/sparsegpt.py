@@ -11,6 +11,7 @@ import warnings
 
 import torch
 
+from .._finite import all_finite
 from .patterns import parse_pattern
 
 logger = logging.getLogger(__name__)
@@ -37,9 +38,9 @@ def _check_inputs(weight: torch.Tensor, hessian: torch.Tensor, name: str) -> Non
                          f"but got {hessian.device} and {weight.device}")
     if weight.numel() == 0:
         raise ValueError(f"sparsegpt({name}): weight must be non-empty, but got shape {tuple(weight.shape)}")
-    if not torch.isfinite(weight).all():
+    if not all_finite(weight):
         raise ValueError(f"sparsegpt({name}): weight must be finite, but it holds NaN or Inf")
-    if not torch.isfinite(hessian).all():
+    if not all_finite(hessian):
         raise ValueError(f"sparsegpt({name}): hessian must be finite, but it holds NaN or Inf "
                          "(NaN activations in calibration?)")
 
@@ -98,7 +99,7 @@ def inverse_hessian_factor(
         factor, info = torch.linalg.cholesky_ex(reversed_hessian + damp * eye)
         if int(info) == 0:
             upper = _lower_triangular_inverse(factor).flip(0, 1).contiguous()
-            if bool(torch.isfinite(upper).all()):
+            if all_finite(upper):
                 return upper
         if attempt == max_retries:
             break
