@@ -61,7 +61,8 @@ class HessianAccumulator:
         if device is None and self.module is not None:
             device = self.module.weight.device
         if isinstance(max_rows_per_step, bool) or not isinstance(max_rows_per_step, int) or max_rows_per_step < 1:
-            raise ValueError(f"HessianAccumulator: max_rows_per_step must be an int >= 1, but got {max_rows_per_step!r}")
+            raise ValueError(f"HessianAccumulator: max_rows_per_step must be an int >= 1, but got "
+                             f"{max_rows_per_step!r}")
         self.features = features
         self._hessian = torch.zeros(features, features, dtype=dtype, device=device)
         self._n_accumulated = 0  # rows already in _hessian
