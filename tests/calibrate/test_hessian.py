@@ -87,25 +87,6 @@ def test_op_on_any_start_matrix_follows_its_formula(features):
     torch.testing.assert_close(hessian, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_gathered_rows_are_added_when_read():
-    """Rows wait in the buffer until it is full or H is read; n_samples counts them at once, and
-    the result equals the batch formula whatever the batch sizes."""
-    generator = torch.Generator().manual_seed(3)
-    acc = HessianAccumulator(10, max_rows_per_step=16)
-    batches = [torch.randn(rows, 10, generator=generator) for rows in (5, 7, 40, 1, 3)]
-    for batch in batches:
-        acc.add(batch)
-    x = torch.cat(batches)
-    assert acc.n_samples == x.shape[0]
-    torch.testing.assert_close(acc.hessian, 2 / x.shape[0] * x.T @ x, rtol=1e-5, atol=1e-6)
-    more = torch.randn(2, 10, generator=generator)
-    acc.add(more)  # adding after a read continues the same mean
-    x = torch.cat([x, more])
-    torch.testing.assert_close(acc.hessian, 2 / x.shape[0] * x.T @ x, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match=r"max_rows_per_step must be an int >= 1, but got 0"):
-        HessianAccumulator(10, max_rows_per_step=0)
-
-
 def test_bad_rows_leave_the_accumulator_unchanged():
     acc = HessianAccumulator(4)
     acc.add(torch.ones(3, 4))

@@ -487,3 +487,50 @@ def test_forward_with_a_pruned_bias():
     expected = F.linear(x, linear.weight, sparse.bias)
     torch.testing.assert_close(sparse(x), expected)
     assert not torch.allclose(sparse(x), linear(x))  # the pruned bias, not the original
+
+
+def test_one_row_call_is_cached_and_dropped_on_any_change():
+    """A one-row CPU call caches its kernel call; the cached call gives the same result, and a new
+    bias, a load, a move, a low-rank branch or a copy never run a stale one."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40)
+    with torch.no_grad():
+        linear.weight[torch.rand(40, 96) < 0.9] = 0
+    module = SparseLinear.from_dense(linear, format="unstructured")
+    x = torch.randn(1, 96)
+    first = module(x)
+    assert module._one_row_call is not None and module._one_row_call[0] is torch.float32
+    torch.testing.assert_close(module(x), first, rtol=0, atol=0)
+    torch.testing.assert_close(first, F.linear(x, linear.weight, linear.bias), rtol=1e-5, atol=1e-5)
+    module(torch.randn(3, 96))  # more rows: the full path, the cache stays
+    assert module._one_row_call is not None
+
+    module.bias = nn.Parameter(torch.ones(40), requires_grad=False)
+    assert module._one_row_call is None
+    torch.testing.assert_close(module(x), F.linear(x, linear.weight, torch.ones(40)), rtol=1e-5, atol=1e-5)
+
+    state = {key: value.clone() for key, value in module.state_dict().items()}
+    state["values"].mul_(2)
+    module.load_state_dict(state)
+    assert module._one_row_call is None
+    torch.testing.assert_close(module(x), F.linear(x, 2 * linear.weight, torch.ones(40)), rtol=1e-5, atol=1e-5)
+
+    for copied in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        assert copied._one_row_call is None
+        torch.testing.assert_close(copied(x), module(x), rtol=0, atol=0)
+
+    module.set_lowrank(torch.ones(2, 96), torch.ones(40, 2))
+    assert module._one_row_call is None
+    expected = F.linear(x, 2 * linear.weight, torch.ones(40)) + 2 * x.sum()
+    torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-4)
+    assert module._one_row_call is None  # a low-rank branch always takes the full path
+
+    module.set_lowrank(None, None)
+    module(x)
+    module.to(torch.bfloat16)
+    assert module._one_row_call is None
+    out = module(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and module._one_row_call[0] is torch.bfloat16

@@ -6,11 +6,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._finite import all_finite
-
-BUFFER_ELEMENTS = 1 << 24
-"""Rows x features that :class:`HessianAccumulator` gathers before one product (64 MiB in fp32):
-small batches make small GEMMs, which run at half the speed of one product over many rows."""
 
 def combine_running_mean(mean: torch.Tensor, n_samples: int, sum_: Callable[[torch.Tensor, str], torch.Tensor],
                          what: str) -> int:
@@ -32,11 +27,10 @@ class HessianAccumulator:
     """Accumulates the Hessian of a Linear or Conv2d layer's reconstruction loss from its inputs.
 
     H = 2/n * sum over the n input rows x (tokens for Linear, unfolded patches for Conv2d) of
-    x x^T, kept as a running mean: rows are gathered (at most ``max_rows_per_step``, 64 MiB) and
-    each product rescales the accumulator by n_old / n_new and adds 2/n_new * X^T X (one fused
-    ``prunekit::hessian_accumulate_`` call), so activations are never all stored. ``dtype`` is the
-    accumulator's (fp32 default, fp64 for very long calibration); inputs of any float dtype are
-    upcast as they are gathered.
+    x x^T, kept as a running mean: each batch rescales the accumulator by n_old / n_new and adds
+    2/n_new * X^T X (one fused ``prunekit::hessian_accumulate_`` call), so no activations are
+    stored. ``dtype`` is the accumulator's (fp32 default, fp64 for very long calibration); inputs
+    of any float dtype are upcast batch by batch.
 
     Use ``add(x)`` directly, or ``attach(module)`` to feed it from a forward hook.
     """
@@ -60,39 +54,11 @@ class HessianAccumulator:
                              f"but got {type(self.module).__name__}")
         if device is None and self.module is not None:
             device = self.module.weight.device
-        if isinstance(max_rows_per_step, bool) or not isinstance(max_rows_per_step, int) or max_rows_per_step < 1:
-            raise ValueError(f"HessianAccumulator: max_rows_per_step must be an int >= 1, but got "
-                             f"{max_rows_per_step!r}")
         self.features = features
-        self._hessian = torch.zeros(features, features, dtype=dtype, device=device)
-        self._n_accumulated = 0  # rows already in _hessian
+        self.hessian = torch.zeros(features, features, dtype=dtype, device=device)
+        self.n_samples = 0
         self.max_rows_per_step = max_rows_per_step
-        self._pending: torch.Tensor | None = None  # rows gathered for the next product
-        self._filled = 0
         self._handle = None
-
-    @property
-    def hessian(self) -> torch.Tensor:
-        """H = 2/n sum x x^T over every row added so far."""
-        self._flush()
-        return self._hessian
-
-    @property
-    def n_samples(self) -> int:
-        return self._n_accumulated + self._filled
-
-    def _capacity(self) -> int:
-        return max(1, min(self.max_rows_per_step, BUFFER_ELEMENTS // self.features))
-
-    def _accumulate(self, rows: torch.Tensor) -> None:
-        torch.ops.prunekit.hessian_accumulate_(self._hessian, rows, self._n_accumulated)
-        self._n_accumulated += rows.shape[0]
-
-    def _flush(self) -> None:
-        if self._filled:
-            self._accumulate(self._pending[: self._filled])
-            self._filled = 0
-        self._pending = None
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """The input as (rows, features): tokens for Linear, unfolded patches for Conv2d."""
@@ -110,29 +76,12 @@ class HessianAccumulator:
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
-        """Adds a batch of layer inputs. Rows are copied and gathered up to ``max_rows_per_step``
-        (fewer for wide layers: :data:`BUFFER_ELEMENTS`) before one product updates H; reading
-        ``hessian`` adds what is gathered."""
+        """Adds a batch of layer inputs."""
         rows = self._rows(x.detach())
-        if not all_finite(rows):
-            raise ValueError("HessianAccumulator: argument 'x' must be finite, but it holds NaN or Inf "
-                             "(NaN activations?)")
-        capacity, start, count = self._capacity(), 0, rows.shape[0]
-        while start < count:
-            if self._filled == 0 and count - start >= capacity:  # a whole product: no copy
-                self._accumulate(rows[start : start + capacity].contiguous())
-                start += capacity
-                continue
-            if self._pending is None:
-                self._pending = torch.empty(capacity, self.features, dtype=self._hessian.dtype,
-                                            device=self._hessian.device)
-            take = min(capacity - self._filled, count - start)
-            self._pending[self._filled : self._filled + take].copy_(rows[start : start + take])
-            self._filled += take
-            start += take
-            if self._filled == capacity:
-                self._accumulate(self._pending)
-                self._filled = 0
+        for start in range(0, rows.shape[0], self.max_rows_per_step):
+            chunk = rows[start : start + self.max_rows_per_step]
+            torch.ops.prunekit.hessian_accumulate_(self.hessian, chunk.contiguous(), self.n_samples)
+            self.n_samples += chunk.shape[0]
 
     @torch.no_grad()
     def combine(self, sum_: Callable[[torch.Tensor, str], torch.Tensor], what: str = "the Hessian reduction") -> None:
@@ -140,8 +89,7 @@ class HessianAccumulator:
         that sums a tensor over them in place (a distributed all_reduce): every process ends with
         H = 2/N * sum of x x^T over all their rows and n_samples = N, the result of one accumulator
         fed every row (up to the order of additions). Sums are combined, not means: H * n and n."""
-        self._flush()
-        self._n_accumulated = combine_running_mean(self._hessian, self._n_accumulated, sum_, what)
+        self.n_samples = combine_running_mean(self.hessian, self.n_samples, sum_, what)
 
     def attach(self, module: nn.Module | None = None):
         """Registers a forward hook that adds the module's input; returns the hook handle."""

@@ -81,9 +81,32 @@ class SparseWeightModule(nn.Module):
     REPLACES = ""  # what the module stands in for, for messages ("an nn.Linear, Conv1D or SparseLinear")
     GEOMETRY = ""  # the names of geometry()'s entries, for messages ("(out, in)")
 
+    # (x dtype, op, arguments after x) of the CPU kernel a one-row input of that dtype runs, cached
+    # by the first such call: a decode step runs every layer at one row, and deciding the kernel
+    # again each time costs more than a small sparse layer's product. Any attribute set, a move or
+    # a load drops it.
+    _one_row_call: tuple | None = None
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         SparseWeightModule._CLASSES[cls.__name__] = cls
+
+    def __setattr__(self, name: str, value) -> None:
+        self.__dict__["_one_row_call"] = None
+        super().__setattr__(name, value)
+
+    def _cached_one_row_call(self, x: torch.Tensor):
+        """The cached kernel call for ``x`` when it is one row of the cached dtype on CPU, else None."""
+        call = self._one_row_call
+        if call is None or x.dtype is not call[0] or x.numel() != self.cols or not x.is_cpu or \
+                torch.compiler.is_compiling():
+            return None
+        return call
+
+    def _cache_one_row_call(self, x: torch.Tensor, op, arguments: tuple) -> None:
+        """Caches ``op(x, *arguments)`` for one-row inputs of x's dtype (only from eager calls)."""
+        if x.numel() == self.cols and x.is_cpu and not torch.compiler.is_compiling():
+            self.__dict__["_one_row_call"] = (x.dtype, op, arguments)
 
     @classmethod
     def checkpoint_class(cls, name: str) -> type:
@@ -136,6 +159,7 @@ class SparseWeightModule(nn.Module):
         """Derives the runtime tensors for the current device. Corrupt 2:4 metadata raises when
         ``strict``; otherwise (after a move, e.g. ``to_empty``) the runtime view is left out and
         the forward expands the weight with ``decompress_24``, which raises on corrupt data."""
+        self.__dict__["_one_row_call"] = None
         weight_format = self.weight_format
         if not weight_format.compressed:
             return
@@ -212,6 +236,7 @@ class SparseWeightModule(nn.Module):
         they derive from the state, are built again on load, and the CSR16 index is a view into a
         larger buffer whose unwritten part would be pickled with it (``_huge_pages.aligned_copy``)."""
         state = self.__dict__.copy()
+        state.pop("_one_row_call", None)
         state["_buffers"] = {key: None if key in self._RUNTIME else value for key, value in self._buffers.items()}
         return state
 

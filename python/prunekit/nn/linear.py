@@ -243,6 +243,9 @@ class SparseLinear(SparseWeightModule):
         return values.dtype in _LINEAR24_DTYPES and cuda_kernels("sparse_linear_24")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        call = self._cached_one_row_call(x)
+        if call is not None:
+            return call[1](x, *call[2])
         y = self._forward_weight(x)
         lowrank_a = self._parameters.get("lowrank_a")
         if lowrank_a is None:
@@ -271,9 +274,19 @@ class SparseLinear(SparseWeightModule):
         col_indices = self._buffers["runtime_col_indices"]
         if col_indices is not None and csr16_runs(x.numel() // max(self.in_features, 1),
                                                   self._csr16_choices.get(x.dtype, ())):
-            return torch.ops.prunekit.sparse_linear_csr16(x, values, col_indices, row_offsets, self.in_features,
-                                                          bias)
-        return torch.ops.prunekit.sparse_linear(x, values, bitmap, row_offsets, self.in_features, bias)
+            op, arguments = torch.ops.prunekit.sparse_linear_csr16, (values, col_indices, row_offsets)
+        else:
+            op, arguments = torch.ops.prunekit.sparse_linear, (values, bitmap, row_offsets)
+        arguments += (self.in_features, bias)
+        if self._parameters.get("lowrank_a") is None and self._tensors_are_attributes():
+            self._cache_one_row_call(x, op, arguments)
+        return op(x, *arguments)
+
+    def _tensors_are_attributes(self) -> bool:
+        """Whether the weight's tensors are the module's own parameters and buffers (not moved out by
+        torch.nn.utils.prune or a parametrization, whose tensors change at every read)."""
+        names = (*self.weight_format.state_names, "bias")
+        return all(name in self._parameters or name in self._buffers for name in names)
 
     def checkpoint_spec(self) -> dict:
         """What a checkpoint records about this module besides its tensors."""
