@@ -38,6 +38,8 @@ py::dict build_info() {
   info["cpu_bf16_gemv"] = kernels.bitmap_bf16_gemv ? py::object(py::str("avx512bf16")) : py::none();
   // The bf16 x bf16 sparse linear kernel for batch > 4 in use ("amx"), or None (x widened to fp32).
   info["cpu_bf16_spmm"] = kernels.bitmap_bf16_amx.spmm ? py::object(py::str("amx")) : py::none();
+  // How the CSR16 GEMV reads x: "gather" (AVX-512 gathers) or "loads" (scalar loads).
+  info["cpu_csr16_gemv"] = kernels.csr16_gemv_x;
   info["compiler"] = PRUNEKIT_COMPILER;
   info["build_type"] = PRUNEKIT_BUILD_TYPE;
   return info;

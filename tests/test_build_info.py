@@ -16,6 +16,10 @@ def test_build_info_describes_this_build():
     assert set(info["cpu_isas_runnable"]) <= set(info["cpu_isas_compiled"])
     assert info["cpu_isa_selected"] == info["cpu_isas_runnable"][-1]
     assert info["cpu_isa_detected"] in ("scalar", "avx2", "avx512", "neon")
+    # gathers only in the AVX-512 GEMV, and only where they are fast (not on AMD)
+    assert info["cpu_csr16_gemv"] in ("gather", "loads")
+    if info["cpu_csr16_gemv"] == "gather":
+        assert info["cpu_isa_selected"] == "avx512"
 
 
 def test_ops_are_registered_under_torch_ops():

@@ -39,6 +39,15 @@ std::string detected_isa() {
 #endif
 }
 
+bool avx512_gathers_fast() {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return !__builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
 std::vector<std::string> detected_features() {
   std::vector<std::string> features;
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)

@@ -19,6 +19,9 @@ std::vector<std::string> detected_features();
 // one the CPU supports.
 std::string selected_isa();
 
+// Whether AVX-512 gathers run at least as fast as the scalar loads they replace: false on AMD
+// (Zen 4 and 5 execute them as microcode at a fraction of the load ports' rate), true elsewhere.
+bool avx512_gathers_fast();
 // selected_isa() as a number, for the per-call table lookup: deriving the name (vectors of
 // strings) on every call costs more than a small GEMV can spare.
 enum class Isa : int { kScalar, kAvx2, kAvx512, kNeon };

@@ -44,6 +44,8 @@ struct CpuKernelConfig {
   // bf16 x bf16 SpMM past the GEMV's batches (AMX), else null: callers widen x, use bitmap_spmm.
   AmxBf16Kernels bitmap_bf16_amx;
   Csr16GemvFn csr16_gemv = nullptr;
+  // How csr16_gemv reads x: "loads" (one scalar load per nonzero) or "gather" (AVX-512 gathers).
+  const char* csr16_gemv_x = "loads";
   // The largest batch the CSR16 op runs csr16_gemv for (csr16_spmm above): the GEMV gathers x once
   // per nonzero and batch row, the SpMM loads one row of x^T per nonzero.
   int64_t csr16_gemv_max_batch = kGemvMaxBatch;

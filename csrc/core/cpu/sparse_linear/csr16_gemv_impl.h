@@ -4,7 +4,8 @@
 // CPU at two to three per cycle, with no shuffles and no gathers (microcoded on several CPUs).
 // Written once and compiled per ISA: the variant .cc files include this with their own target
 // flags; the AVX2 + FMA build multiplies four nonzeros per instruction, the AVX-512 build sixteen
-// (x by one gather, fast on Intel cores since Ice Lake). Internal linkage, so variants never mix.
+// (x by one gather, fast on Intel cores since Ice Lake; on AMD, where gathers are microcode, the
+// kernel table runs the AVX2 build). Internal linkage, so variants never mix.
 #pragma once
 
 #if defined(__AVX2__)
