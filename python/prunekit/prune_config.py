@@ -10,6 +10,7 @@ import torch
 
 from . import criteria
 from .allocation import ALLOCATIONS
+from .calibrate.pipeline import WITHIN_BLOCK
 from .solvers.admm import check_admm_options
 from .solvers.block_refine import check_block_refine_options
 from .solvers.lowrank import LowRank
@@ -20,7 +21,6 @@ from .solvers.ria import check_power
 REFINEMENTS = (None, "dsnot", "block")  # and ("dsnot", "block"): masks refined, then the block
 UPDATES = (None, "admm")
 REPORT_ERRORS = ("auto", "exact", "diagonal", None)
-WITHIN_BLOCK = ("parallel", "sequential")
 
 
 @dataclass

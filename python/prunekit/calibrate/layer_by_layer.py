@@ -27,6 +27,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
+from .pipeline import tensor_version
 from .timing import StageTimer, stage
 
 logger = logging.getLogger(__name__)
@@ -63,20 +64,13 @@ def _entered(state):
         yield
 
 
-def _version(x: torch.Tensor) -> int | None:
-    try:
-        return x._version
-    except RuntimeError:  # an inference tensor tracks no version
-        return None
-
-
 def layer_groups(block: nn.Module, layers: dict, item, share: bool) -> list[list[str]] | None:
     """The block's layers in the order of a dense forward of ``item`` (a :class:`BlockInput`), in
     groups of consecutive layers that read one input tensor (with ``share``; Linear or Conv1D of
     one width), or None when some layer does not run exactly once."""
     seen: list[tuple[str, torch.Tensor, int | None]] = []
     handles = [layer.module.register_forward_pre_hook(
-        lambda module, args, name=name: seen.append((name, args[0], _version(args[0]))))
+        lambda module, args, name=name: seen.append((name, args[0], tensor_version(args[0]))))
         for name, layer in layers.items()]
     try:
         with torch.no_grad():
@@ -91,8 +85,7 @@ def layer_groups(block: nn.Module, layers: dict, item, share: bool) -> list[list
     for name, x, version in seen:
         leader = layers[groups[-1][0]] if groups else None
         if share and leader is not None and leader_input == (id(x), version) and version is not None and \
-                leader.kind in ("linear", "conv1d") and layers[name].kind in ("linear", "conv1d") and \
-                leader.in_features == layers[name].in_features:
+                leader.reads_rows_like(layers[name]):
             groups[-1].append(name)
             continue
         groups.append([name])
@@ -212,7 +205,7 @@ class LayerByLayerPass:
         if not leads:
             leader_input = self.leader_inputs[index]
             if group != self.next_group[index] - 1 or leader_input is None or leader_input[0] is not x or \
-                    leader_input[1] != _version(x):
+                    leader_input[1] != tensor_version(x):
                 self._departed(index, f"layer {name} did not read the input of {self.groups[group][0]} right after it")
             return
         if group != self.next_group[index]:
@@ -220,7 +213,7 @@ class LayerByLayerPass:
                            if group > self.next_group[index] else f"layer {name} ran again")
         with stage(self.timer, "statistics"):
             self.stats[name].add(x, self.token_masks[index])
-        self.leader_inputs[index] = (x, _version(x))
+        self.leader_inputs[index] = (x, tensor_version(x))
         self.next_group[index] = group + 1
         self._hand_back()
         self._wait_for_turn(index)  # until the group is pruned

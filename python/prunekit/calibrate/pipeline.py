@@ -92,6 +92,12 @@ class PrunableLayer:
         value = matrix.t() if self.kind == "conv1d" else matrix.reshape(weight.shape)
         weight.copy_(value.to(weight.dtype))
 
+    def reads_rows_like(self, other: "PrunableLayer") -> bool:
+        """Whether ``other`` turns one input tensor into the same rows as this layer (both Linear or
+        Conv1D of one width), so that layers reading one tensor can share its statistics."""
+        return self.kind in ("linear", "conv1d") and other.kind in ("linear", "conv1d") and \
+            self.in_features == other.in_features
+
     def input_rows(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The layer input as (rows, in_features): tokens, or unfolded patches for Conv2d.
         ``token_mask`` (batch, seq) drops padding tokens when it matches the input's leading dims."""
@@ -104,6 +110,15 @@ class PrunableLayer:
         if token_mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(token_mask.shape):
             x = x[token_mask]
         return x.reshape(-1, x.shape[-1])
+
+
+def tensor_version(x: torch.Tensor) -> int | None:
+    """``x._version`` (its in-place modification count), or None for an inference tensor, which
+    tracks none: two reads of one tensor at one version saw the same values."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
 
 
 def find_prunable_layers(model: nn.Module) -> dict[str, PrunableLayer]:
@@ -308,22 +323,16 @@ class _SharedInputs:
             members[leader].append(member)
         return list(members.values())
 
-    def _compatible(self, leader: str, member: str) -> bool:
-        a, b = self.layers[leader], self.layers[member]
-        return a.kind in ("linear", "conv1d") and b.kind in ("linear", "conv1d") and a.in_features == b.in_features
-
     def on_input(self, name: str, x: torch.Tensor) -> None:
         self._calls[name] = self._calls.get(name, 0) + 1
         if self._first_pass:
             self._order.append(name)
-        try:
-            version = x._version
-        except RuntimeError:  # an inference tensor tracks no version: never shared
-            version = None
+        version = tensor_version(x)  # None: never shared
         if self.share and version is not None and self._first_pass and name not in self.own and \
                 name not in self.leader:
             for other, (seen, seen_version) in self._pass_inputs.items():
-                if seen is x and seen_version == version and other in self.own and self._compatible(other, name):
+                if seen is x and seen_version == version and other in self.own and \
+                        self.layers[other].reads_rows_like(self.layers[name]):
                     self.leader[name] = other
                     break
         leader = self.leader.get(name)
@@ -583,6 +592,9 @@ def capture_block_inputs(model: nn.Module, blocks_name: str, blocks: nn.ModuleLi
 
 # ----------------------------------------------------------------------------- the walk
 
+WITHIN_BLOCK = ("parallel", "sequential")
+"""How a block's layers calibrate (:func:`walk_blocks`' ``within_block``)."""
+
 @dataclass
 class CalibrationStep:
     """One unit the caller prunes: a block (``index`` >= 0) or the layers outside the blocks
@@ -648,8 +660,9 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
     pruned before it; the block runs once instead of twice). "sequential" needs ``sequential``
     and no ``after_block``.
     """
-    if within_block not in ("parallel", "sequential"):
-        raise ValueError(f"walk_blocks: within_block must be 'parallel' or 'sequential', but got {within_block!r}")
+    if within_block not in WITHIN_BLOCK:
+        raise ValueError(f"walk_blocks: within_block must be one of {', '.join(map(repr, WITHIN_BLOCK))}, but got "
+                         f"{within_block!r}")
     if within_block == "sequential" and (not sequential or after_block is not None):
         got = "sequential=False" if not sequential else "an after_block"
         raise ValueError(f"walk_blocks: within_block='sequential' needs sequential=True and no after_block (the dense "
