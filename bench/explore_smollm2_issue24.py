@@ -60,22 +60,31 @@ def configurations() -> list[tuple[str, dict, int]]:
         rows += [(f"wanda 128 windows{at}", {"method": "wanda", **base}, 128),
                  (f"sparsegpt 128 windows{at}", {"method": "sparsegpt", **base}, 128),
                  (f"ria+admm(damp 0.1) 128 windows{at}", {"method": "ria", **base, "update": "admm",
-                                                          "admm_iterations": 10, "admm_percdamp": 0.1}, 128)]
+                                                          "admm_iterations": 10, "admm_percdamp": 0.1}, 128),
+                 (f"admm(damp 0.1) 128 windows{at}", {"method": "admm", **base, "admm_percdamp": 0.1}, 128)]
     return rows
+
+
+def _baseline_labels(windows: int, sparsity: str) -> tuple[str, str]:
+    """The Wanda and SparseGPT rows a configuration compares with: the same calibration windows."""
+    suffix = "" if windows == 64 else f" {windows} windows"
+    return f"wanda{suffix}@{sparsity}", f"sparsegpt{suffix}@{sparsity}"
 
 
 def markdown(rows: list[dict], dense: float, machine: dict) -> str:
     lines = ["# SmolLM2-135M: issue #24 recipes, out-of-domain perplexity", "",
              "Calibration: Python docstrings (64 or 128 windows x 128 tokens); evaluation: 64 windows of the "
              "held-out novel (another domain). gap = ppl - dense ppl; ratio = gap over the smaller gap of Wanda "
-             "and SparseGPT (64 windows) at the same sparsity. Prune seconds only compare on a quiet machine.", "",
+             "and SparseGPT at the same sparsity and calibration windows; x SparseGPT time against SparseGPT on "
+             "the same windows. Prune seconds only compare on a quiet machine.", "",
              f"Dense perplexity {dense:.2f}. Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "",
              "| configuration | PruneConfig | windows | perplexity | gap | ratio | prune s | x SparseGPT time |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         sparsity = row["label"].rsplit("@", 1)[1]
-        baselines = [r["ppl"] - dense for r in rows if r["label"] in (f"wanda@{sparsity}", f"sparsegpt@{sparsity}")]
-        seconds = [r["prune_seconds"] for r in rows if r["label"] == f"sparsegpt@{sparsity}"]
+        wanda, sparsegpt = _baseline_labels(row["windows"], sparsity)
+        baselines = [r["ppl"] - dense for r in rows if r["label"] in (wanda, sparsegpt)]
+        seconds = [r["prune_seconds"] for r in rows if r["label"] == sparsegpt]
         gap = row["ppl"] - dense
         ratio = f"{gap / min(baselines):.2f}" if baselines and min(baselines) > 0 else "-"
         times = f"{row['prune_seconds'] / seconds[0]:.2f}" if seconds else "-"
