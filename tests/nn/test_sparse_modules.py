@@ -381,7 +381,7 @@ def test_sparse_linear_runs_csr16_at_high_sparsity(dtype, monkeypatch):
     torch.manual_seed(0)
     linear = nn.Linear(300, 70).to(dtype)
     with torch.no_grad():
-        linear.weight[torch.rand(70, 300) < 0.9] = 0
+        linear.weight[torch.rand(70, 300) < 0.95] = 0  # above every 1-row threshold
     module = SparseLinear.from_dense(linear, format="unstructured")
     nnz = int(module.values.numel())
     assert module.runtime_col_indices is not None and module.runtime_col_indices.numel() == nnz
@@ -426,12 +426,17 @@ def test_csr16_thresholds_by_rows_and_cpu(monkeypatch):
     assert runs(1, 0.7) and not runs(1, 0.69)
     assert runs(4, 0.85) and not runs(2, 0.8)
     assert not runs(5, 0.99) and not auto.csr16_runs(1, ())
-    info = {"cpu_isa_selected": "avx512", "cpu_features": ["avx512f", "avx512_bf16"], "cpu_bf16_spmm": "amx"}
+    info = {"cpu_isa_selected": "avx512", "cpu_features": ["avx512f", "avx512_bf16"], "cpu_bf16_spmm": "amx",
+            "cpu_csr16_gemv": "gather"}
     monkeypatch.setattr("prunekit.build_info", lambda: info)
     tables = auto.CSR16_MIN_SPARSITY_BY_ROWS
     fp32 = tables["avx512"][torch.float32]
     assert auto.csr16_table(torch.float32) == fp32
     assert auto.csr16_table(torch.bfloat16) == tables["avx512"][torch.bfloat16]
+    info["cpu_csr16_gemv"] = "loads"  # AMD: the GEMV by scalar loads has its own table
+    assert auto.csr16_table(torch.bfloat16) == tables["avx512 loads"][torch.bfloat16]
+    assert auto.csr16_table(torch.float32) == tables["avx512 loads"][torch.float32]
+    info["cpu_csr16_gemv"] = "gather"
     info["cpu_features"] = ["avx512f"]  # no AVX-512 BF16: bf16 x is widened for the fp32 GEMV
     assert auto.csr16_table(torch.bfloat16) == fp32[:-1] + ((None, None),)
     info["cpu_bf16_spmm"] = None  # no AMX path either: the fp32 SpMM above 4 rows too
