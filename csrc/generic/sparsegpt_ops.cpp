@@ -73,7 +73,7 @@ at::Tensor blocked_solve(at::Tensor& weight, const at::Tensor& hinv, double spar
 namespace {
 
 // Tile width of the symmetric Hessian update on CPU: wide enough for GEMM efficiency.
-constexpr int64_t kHessianTile = 384;
+constexpr int64_t kHessianTile = 192;
 
 void hessian_accumulate_(at::Tensor& hessian, const at::Tensor& x, int64_t n_seen) {
   constexpr const char* op = "hessian_accumulate_";
