@@ -40,7 +40,7 @@ def configurations() -> list[tuple[str, dict, int]]:
             rows += [(f"ria+admm(damp {damp}){at}", {"method": "ria", **base, **update}, 64),
                      (f"wanda+admm(damp {damp}){at}", {"method": "wanda", **base, **update}, 64)]
         rows += [(f"admm(damp {damp}){at}", {"method": "admm", **base, "admm_percdamp": damp}, 64)
-                 for damp in (0.01, 0.1)]
+                 for damp in (0.01, 0.1, 1.0)]
         rows += [(f"admm(damp 0.1, 20 iterations){at}", {"method": "admm", **base, "admm_percdamp": 0.1,
                                                          "admm_iterations": 20, "admm_prune_iterations": 15}, 64)]
         rows += [(f"{method} block{at}", {"method": method, **base, "refine": "block"}, 64)
@@ -53,6 +53,12 @@ def configurations() -> list[tuple[str, dict, int]]:
         rows += [(f"ria+admm(damp 1.0) block({steps} steps, lr {lr:g}){at}",
                   {**admm, "refine": "block", "block_refine_steps": steps, "block_refine_lr": lr}, 64)
                  for steps, lr in ((40, 1e-4), (20, 3e-4), (40, 3e-4))]
+        rows += [(f"ria+admm(damp 1.0) block({steps} steps, lr {lr:g}) 128 windows{at}",
+                  {**admm, "refine": "block", "block_refine_steps": steps, "block_refine_lr": lr}, 128)
+                 for steps, lr in ((10, 3e-4),)]
+        rows += [(f"ria+admm(damp 1.0) block(8 steps, lr 0.0003, 1 held-out item) 128 windows{at}",
+                  {**admm, "refine": "block", "block_refine_steps": 8, "block_refine_lr": 3e-4,
+                   "block_refine_validation": 0.0625}, 128)]
         if sparsity == 0.7:
             rows += [(f"ria owl{at}", {"method": "ria", **base, "allocation": "owl"}, 64),
                      (f"ria owl+admm(damp 0.1){at}", {"method": "ria", **base, "allocation": "owl", "update": "admm",
@@ -61,7 +67,8 @@ def configurations() -> list[tuple[str, dict, int]]:
                  (f"sparsegpt 128 windows{at}", {"method": "sparsegpt", **base}, 128),
                  (f"ria+admm(damp 0.1) 128 windows{at}", {"method": "ria", **base, "update": "admm",
                                                           "admm_iterations": 10, "admm_percdamp": 0.1}, 128),
-                 (f"admm(damp 0.1) 128 windows{at}", {"method": "admm", **base, "admm_percdamp": 0.1}, 128)]
+                 (f"admm(damp 0.1) 128 windows{at}", {"method": "admm", **base, "admm_percdamp": 0.1}, 128),
+                 (f"admm(damp 1.0) 128 windows{at}", {"method": "admm", **base, "admm_percdamp": 1.0}, 128)]
     return rows
 
 
