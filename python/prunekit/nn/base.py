@@ -97,9 +97,10 @@ class SparseWeightModule(nn.Module):
 
     def _cached_one_row_call(self, x: torch.Tensor):
         """The cached kernel call for ``x`` when it is one row of the cached dtype on CPU, else None."""
+        if torch.compiler.is_compiling():  # first: a traced forward never reads (or guards on) the cache
+            return None
         call = self._one_row_call
-        if call is None or x.dtype is not call[0] or x.numel() != self.cols or not x.is_cpu or \
-                torch.compiler.is_compiling():
+        if call is None or x.dtype is not call[0] or x.numel() != self.cols or not x.is_cpu:
             return None
         return call
 
