@@ -91,9 +91,7 @@ void hessian_accumulate_(at::Tensor& hessian, const at::Tensor& x, int64_t n_see
   const int64_t rows = x.size(0);
   if (rows == 0) return;
   const at::Tensor xs = x.to(hessian.scalar_type());
-  // A finite sum of the batch proves it finite (cheap); only a non-finite sum, which finite inputs
-  // reach only by overflow, needs the elementwise test.
-  TORCH_CHECK_VALUE(xs.sum().isfinite().item<bool>() || xs.isfinite().all().item<bool>(), "prunekit.", op,
+  TORCH_CHECK_VALUE(all_finite(xs), "prunekit.", op,
                     ": argument 'x' must be finite, but it holds NaN or Inf (NaN activations?)");
   const double total = double(n_seen) + double(rows);
   // Running mean: old sum rescaled, new batch added with the same 2/n normalisation.

@@ -51,15 +51,14 @@ CpuKernelConfig avx512_config() {
   c.bitmap_gemv = &bitmap_gemv_avx512;
   c.bitmap_spmm = &bitmap_spmm_avx512;
   c.bitmap_spmm_lanes = 1;  // masked vectors
-  // Where gathers are slow the AVX2 GEMV's scalar loads of x run on the AVX-512 CPU instead.
-#if defined(PRUNEKIT_HAVE_AVX2)
-  if (avx512_gathers_fast()) {
-    c.csr16_gemv = &csr16_gemv_avx512;
-    c.csr16_gemv_x = "gather";
-  }
-#else
   c.csr16_gemv = &csr16_gemv_avx512;
   c.csr16_gemv_x = "gather";
+#if defined(PRUNEKIT_HAVE_AVX2)
+  // Where gathers are slow the AVX2 GEMV's scalar loads of x run on the AVX-512 CPU instead.
+  if (!avx512_gathers_fast()) {
+    c.csr16_gemv = &csr16_gemv_avx2;
+    c.csr16_gemv_x = "loads";
+  }
 #endif
   // The SpMM wins from batch 4 here; elsewhere the vector-extension SpMM computes whole vectors
   // (a batch of 4 padded to 8 on AVX2, no faster than the GEMV), so the others keep batch 4.

@@ -62,6 +62,13 @@ inline void check_same_device(const at::Tensor& a, const char* a_arg, const at::
               "' must be on the same device, but got ", a.device(), " and ", b.device());
 }
 
+// Whether every entry is finite. A finite sum proves it (one cheap reduction); only a non-finite
+// sum, which finite entries reach only by overflow, needs the elementwise test.
+inline bool all_finite(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  return t.sum().isfinite().item<bool>() || t.isfinite().all().item<bool>();
+}
+
 // The N:M arguments: 1 <= m, 0 <= n <= m, and the last dim divisible by m.
 inline void check_nm(int64_t n, int64_t m, int64_t last_dim, const char* op) {
   TORCH_CHECK_VALUE(m >= 1, "prunekit.", op, ": argument 'm' must be >= 1, but got ", m);

@@ -168,11 +168,11 @@ CSR16_MIN_SPARSITY = 0.7
 # slow; build_info()["cpu_csr16_gemv"]): against the AVX-512 BF16 bitmap GEMV, bf16 at one row
 # pays from 0.9 only (SmolLM2's 210 block linears at one row, 2-core EPYC Zen 4: bitmap 5.5-6.3
 # ms at 0.8-0.95; CSR16 7.2 at 0.8, 7.3 at 0.85, 5.7 at 0.9, 5.45 at 0.95).
+_CSR16_AVX512 = {torch.float32: ((1, 0.7), (2, 0.8), (4, 0.85), (None, 0.7)),
+                 torch.bfloat16: ((1, 0.75), (4, 0.85), (None, None))}
 CSR16_MIN_SPARSITY_BY_ROWS = {
-    "avx512": {torch.float32: ((1, 0.7), (2, 0.8), (4, 0.85), (None, 0.7)),
-               torch.bfloat16: ((1, 0.75), (4, 0.85), (None, None))},
-    "avx512 loads": {torch.float32: ((1, 0.7), (2, 0.8), (4, 0.85), (None, 0.7)),
-                     torch.bfloat16: ((1, 0.9), (4, 0.85), (None, None))},
+    "avx512": _CSR16_AVX512,
+    "avx512 loads": {**_CSR16_AVX512, torch.bfloat16: ((1, 0.9), (4, 0.85), (None, None))},
     "other": {torch.float32: ((4, 0.7), (None, 0.8)),
               torch.bfloat16: ((4, 0.7), (None, 0.8))},
 }
@@ -186,8 +186,8 @@ def csr16_table(x_dtype: torch.dtype) -> tuple:
 
     info = build_info()
     kind = "avx512" if info["cpu_isa_selected"] == "avx512" else "other"
-    tables = CSR16_MIN_SPARSITY_BY_ROWS[kind if info["cpu_csr16_gemv"] != "loads" or kind == "other"
-                                        else "avx512 loads"]
+    loads = kind == "avx512" and info["cpu_csr16_gemv"] == "loads"
+    tables = CSR16_MIN_SPARSITY_BY_ROWS["avx512 loads" if loads else kind]
     if x_dtype != torch.bfloat16:
         return tables.get(x_dtype, ())
     fp32 = tables[torch.float32]
