@@ -77,6 +77,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--teacher", action="store_true",
                         help="distil from the dense SmolLM2 (the loss: KL from its next-token distribution)")
+    parser.add_argument("--hidden-distillation", type=float, default=0.0,
+                        help="with --teacher: weight of the blocks' hidden-state errors (SquareHead)")
     parser.add_argument("--skip-before", action="store_true", help="no perplexity before recovery (time)")
     parser.add_argument("--dense", action="store_true", help="measure the dense perplexity too (32.87)")
     parser.add_argument("--cache", default="/tmp/prunekit-recovery-wanda50.pt",
@@ -116,6 +118,7 @@ def main() -> int:
         batches = text_batches(tokenizer, training_paragraphs(), seqlen=128, batch_size=args.batch_size, seed=0)
         teacher = load_model("smollm2")[0].eval() if args.teacher else None
         report = prunekit.recover(model, batches, steps=args.steps, lr=args.lr, train=args.train, teacher=teacher,
+                                  hidden_distillation=args.hidden_distillation,
                                   eval_batches=None if args.skip_before else heldout, time_batch=calib[0],
                                   progress=False)
         if args.skip_before:
@@ -123,6 +126,7 @@ def main() -> int:
         params = dict(model.named_parameters())
         still_zero = all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
         row.update(train=args.train, steps=args.steps, lr=args.lr, batch_size=args.batch_size, teacher=args.teacher,
+                   hidden_distillation=args.hidden_distillation,
                    training_windows=sum(len(b["input_ids"]) for b in batches), recover=report.to_dict(),
                    pruned_perplexity=report.perplexity_before, recovered_perplexity=report.perplexity_after,
                    still_zero=still_zero,

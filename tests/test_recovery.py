@@ -118,6 +118,44 @@ def test_distilling_from_the_dense_model_moves_towards_it_and_keeps_the_zeros():
     assert not teacher.training and all(p.grad is None for p in teacher.parameters())
 
 
+def test_hidden_distillation_adds_the_normalised_hidden_state_errors():
+    teacher, model = tiny_models.tiny_model("llama"), pruned_llama()
+    batch = batches(1)[0]
+    batch["attention_mask"] = batch["attention_mask"].clone()
+    batch["attention_mask"][0, -5:] = 0  # padding is not compared
+    kl, count = distillation_kl(model, teacher, batch)
+    both, same_count = distillation_kl(model, teacher, batch, hidden_weight=0.5)
+    keep = batch["attention_mask"].bool()
+    with torch.no_grad():
+        ours = model(**batch, output_hidden_states=True).hidden_states
+        theirs = teacher(**batch, output_hidden_states=True).hidden_states
+    expected = sum(float(((s.double() - t.double())[keep]).pow(2).sum() / t.double()[keep].pow(2).sum(-1).mean())
+                   for s, t in zip(ours[1:], theirs[1:]))
+    assert same_count == count and expected > 0
+    assert float(both.detach()) == pytest.approx(float(kl.detach()) + 0.5 * expected, rel=1e-4)
+    both.backward()  # reaches the first block directly
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    masks = zero_masks(model)
+    report = recover(model, batches(), steps=6, lr=1e-3, teacher=teacher, hidden_distillation=1.0, progress=False)
+    params = dict(model.named_parameters())
+    assert report.loss == "KL from the teacher + 1 x hidden states" and report.loss_last < report.loss_first
+    assert report.pruned_weights_still_zero and all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
+
+
+def test_hidden_distillation_bad_input():
+    model, teacher = pruned_llama(), tiny_models.tiny_model("llama")
+    before = snapshot(model)
+    for weight in (-1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="hidden_distillation: expected a finite weight >= 0"):
+            recover(model, batches(), steps=1, teacher=teacher, hidden_distillation=weight, progress=False)
+    with pytest.raises(ValueError, match="hidden_distillation=1.0 needs a teacher"):
+        recover(model, batches(), steps=1, hidden_distillation=1.0, progress=False)
+    shallower = tiny_models.tiny_model("llama", num_hidden_layers=1)
+    with pytest.raises(ValueError, match="returns 3 hidden states and the teacher 2"):
+        recover(model, batches(), steps=1, teacher=shallower, hidden_distillation=1.0, progress=False)
+    assert all(torch.equal(value, snapshot(model)[name]) for name, value in before.items())
+
+
 def test_distillation_bad_input():
     model = pruned_llama()
     with pytest.raises(ValueError, match="teacher: expected a torch.nn.Module"):
@@ -355,3 +393,13 @@ def test_cli_recover_distils_from_a_teacher(tmp_path):
     assert code == 0
     report = json.loads((out / "report.json").read_text())["recover"]
     assert report["loss"] == "KL from the teacher" and report["pruned_weights_still_zero"]
+    hidden = tmp_path / "hidden"
+    code = cli_main(["recover", os.fspath(model_dir), "--data", os.fspath(data), "--steps", "2", "--seqlen", "32",
+                     "--teacher", os.fspath(teacher_dir), "--hidden-distillation", "0.5", "--no-eval", "--out",
+                     os.fspath(hidden), "--quiet"])
+    assert code == 0
+    report = json.loads((hidden / "report.json").read_text())["recover"]
+    assert report["loss"] == "KL from the teacher + 0.5 x hidden states" and report["pruned_weights_still_zero"]
+    assert cli_main(["recover", os.fspath(model_dir), "--data", os.fspath(data), "--steps", "2",
+                     "--hidden-distillation", "0.5", "--out", os.fspath(tmp_path / "refused"), "--quiet"]) != 0
+    assert not (tmp_path / "refused").exists()

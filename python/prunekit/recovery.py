@@ -251,7 +251,8 @@ class RecoveryReport:
     checkpoint: str | None = None
     lora: dict | None = None
     loss: str = "next-token cross-entropy"
-    """What was minimised: "next-token cross-entropy", "KL from the teacher" or "loss_fn"."""
+    """What was minimised: "next-token cross-entropy", "KL from the teacher" (with "+ w x hidden
+    states" under ``hidden_distillation``) or "loss_fn"."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -277,15 +278,24 @@ def _logits(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output[0]
 
 
-def distillation_kl(model: nn.Module, teacher: nn.Module, batch: Mapping) -> tuple[torch.Tensor, int]:
+def distillation_kl(model: nn.Module, teacher: nn.Module, batch: Mapping,
+                    hidden_weight: float = 0.0) -> tuple[torch.Tensor, int]:
     """(sum over the target tokens of KL(teacher || model) between their next-token
     distributions, number of target tokens) on a causal-LM batch: the tokens
     :func:`~prunekit._measure.causal_lm_nll` scores (attention mask, ``labels`` of -100 skipped).
-    Differentiable in ``model``; the teacher runs without gradients."""
+    Differentiable in ``model``; the teacher runs without gradients.
+
+    ``hidden_weight`` > 0 adds, per token, that weight times the sum over the blocks' hidden states
+    of the squared error to the teacher's, each divided by the teacher's mean squared hidden state
+    over the batch's tokens (SquareHead, Kurtic et al. 2023: every block learns the dense block's
+    output, so the gradient reaches the early blocks directly and the per-block scales, which grow
+    along the residual stream, weigh alike). Needs models that return ``hidden_states``."""
     inputs = {key: value for key, value in batch.items() if key != "labels"}
+    hidden = {"output_hidden_states": True} if hidden_weight > 0 else {}
     with torch.no_grad():
-        target = _logits(teacher(**inputs, **_no_cache_kwargs(teacher, batch)))
-    logits = _logits(model(**inputs, **_no_cache_kwargs(model, batch)))
+        teacher_out = teacher(**inputs, **_no_cache_kwargs(teacher, batch), **hidden)
+    model_out = model(**inputs, **_no_cache_kwargs(model, batch), **hidden)
+    target, logits = _logits(teacher_out), _logits(model_out)
     if target.shape != logits.shape or target.device != logits.device:
         raise ValueError(f"recover: teacher: its logits are {tuple(target.shape)} on {target.device}, the model's "
                          f"{tuple(logits.shape)} on {logits.device}; expected the same vocabulary on the same device "
@@ -301,7 +311,37 @@ def distillation_kl(model: nn.Module, teacher: nn.Module, batch: Mapping) -> tup
     log_teacher = F.log_softmax(target[:, :-1][keep].float(), dim=-1)
     # sum p_t (log p_t - log p_s), with 0 where the teacher gives a token probability 0 (a -inf logit)
     terms = torch.where(log_teacher.isneginf(), 0.0, log_teacher.exp() * (log_teacher - log_model))
-    return terms.sum(), int(keep.sum())
+    loss = terms.sum()
+    if hidden_weight > 0:
+        loss = loss + hidden_weight * _hidden_distance(model_out, teacher_out, mask)
+    return loss, int(keep.sum())
+
+
+def _hidden_distance(model_out, teacher_out, mask: torch.Tensor | None) -> torch.Tensor:
+    """Sum over the tokens (attention mask kept) and the blocks' hidden states (the embeddings
+    excluded: they do not train) of ||h_s - h_t||^2 / mean ||h_t||^2, the mean over the tokens."""
+    states = [getattr(out, "hidden_states", None) for out in (model_out, teacher_out)]
+    if any(not isinstance(found, (tuple, list)) or len(found) < 2 for found in states):
+        raise ValueError("recover: hidden_distillation: the model and the teacher must return hidden_states "
+                         "(a Hugging Face model called with output_hidden_states=True), but "
+                         f"{type(model_out).__name__} has none")
+    ours, theirs = states
+    if len(ours) != len(theirs):
+        raise ValueError(f"recover: hidden_distillation: the model returns {len(ours)} hidden states and the teacher "
+                         f"{len(theirs)}; expected the same blocks (layer pruning changes them: distil the logits "
+                         "only, hidden_distillation=0)")
+    total = torch.zeros((), dtype=torch.float32, device=ours[-1].device)
+    for student, target in zip(ours[1:], theirs[1:]):
+        if student.shape != target.shape:
+            raise ValueError(f"recover: hidden_distillation: hidden states of shape {tuple(student.shape)} and "
+                             f"{tuple(target.shape)} (model, teacher); expected equal (slicing changes them: "
+                             "hidden_distillation=0)")
+        if mask is not None and mask.shape == student.shape[:2]:
+            student, target = student[mask.bool()], target[mask.bool()]
+        target = target.float()
+        scale = target.pow(2).sum(-1).mean().clamp_min(torch.finfo(torch.float32).tiny)
+        total = total + (student.float() - target).pow(2).sum() / scale
+    return total
 
 
 def _check_arguments(train, steps, lr, lora_rank, lora_alpha, weight_decay, max_grad_norm, warmup_steps,
@@ -349,7 +389,8 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
             tokenizer=None, seqlen: int = 128, batch_size: int = 4, accumulation: int = 1,
             lora_rank: int = 16, lora_alpha: float = 32.0, weight_decay: float = 0.0,
             max_grad_norm: float | None = 1.0, warmup_steps: int | None = None, train_embeddings: bool = False,
-            loss_fn: Callable | None = None, teacher: nn.Module | None = None, eval_batches=None, time_batch=None,
+            loss_fn: Callable | None = None, teacher: nn.Module | None = None, hidden_distillation: float = 0.0,
+            eval_batches=None, time_batch=None,
             seed: int = 0, progress: bool = True, checkpoint: str | os.PathLike | None = None,
             distributed: bool | None = None, process_group=None) -> RecoveryReport:
     """Trains ``model`` briefly, in place, keeping every weight that is exactly zero now at zero.
@@ -364,6 +405,8 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
       train only with ``train_embeddings`` (mode "all").
     - ``teacher``: the model before pruning (same vocabulary), to distil from: the loss becomes
       :func:`distillation_kl` per target token (a causal LM; not with ``loss_fn``).
+      ``hidden_distillation`` > 0 adds the blocks' hidden-state errors to the teacher's, with that
+      weight (SquareHead; needs models that return ``hidden_states`` and the same blocks).
     - ``eval_batches``: held-out batches; their perplexity before and after goes in the report.
       ``time_batch``: a batch whose dense forward time before and after goes in the report
       (default: the first training batch).
@@ -400,6 +443,13 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
         if loss_fn is not None:
             raise ValueError("recover: teacher and loss_fn: pass one of them (a teacher sets the loss: the KL from "
                              "its next-token distribution)")
+    if (isinstance(hidden_distillation, bool) or not isinstance(hidden_distillation, (int, float))
+            or not math.isfinite(hidden_distillation) or hidden_distillation < 0):
+        raise ValueError("recover: hidden_distillation: expected a finite weight >= 0, but got "
+                         f"{hidden_distillation!r}")
+    if hidden_distillation > 0 and teacher is None:
+        raise ValueError(f"recover: hidden_distillation={hidden_distillation!r} needs a teacher (the dense model whose "
+                         "hidden states the blocks learn)")
     if loss_fn is None and not all(isinstance(b, Mapping) and "input_ids" in b for b in batches):
         raise ValueError("recover: data: without loss_fn every batch must be a dict holding input_ids (a causal "
                          "LM's next-token loss); pass loss_fn(model, batch) for other models")
@@ -414,7 +464,9 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
                             trainable_parameters=0, masked_weights=0, parameters=count_parameters(model),
                             world_size=strategy.world,
                             loss="loss_fn" if loss_fn is not None else
-                            "KL from the teacher" if teacher is not None else "next-token cross-entropy")
+                            ("KL from the teacher" + (f" + {hidden_distillation:g} x hidden states"
+                                                      if hidden_distillation > 0 else ""))
+                            if teacher is not None else "next-token cross-entropy")
     timing_batch = time_batch if time_batch is not None else batches[0]
     with strategy.guard("measuring the model before recovery"):
         report.forward_seconds_before = forward_seconds(model, timing_batch)
@@ -453,7 +505,7 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
         _train_loop(model, shard, trainable, masks, report, strategy, steps=steps, lr=float(lr),
                     accumulation=accumulation, weight_decay=float(weight_decay), max_grad_norm=max_grad_norm,
                     warmup=warmup_steps if warmup_steps is not None else steps // 10, loss_fn=loss_fn,
-                    teacher=teacher, progress=progress)
+                    teacher=teacher, hidden_distillation=float(hidden_distillation), progress=progress)
         bad = [f"{name} (adapter)" for name, adapter in adapters.items()
                if not bool(torch.isfinite(adapter.delta()).all())]
         bad += [name for name, param in trainable.items() if not bool(torch.isfinite(param).all())]
@@ -492,7 +544,7 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
 
 
 def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr, accumulation, weight_decay,
-                max_grad_norm, warmup, loss_fn, progress, teacher=None):
+                max_grad_norm, warmup, loss_fn, progress, teacher=None, hidden_distillation=0.0):
     from tqdm.auto import tqdm
 
     params = list(trainable.values())
@@ -518,7 +570,7 @@ def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr
                     position += 1
                     if loss_fn is None:
                         nll, count = (causal_lm_nll(model, batch) if teacher is None else
-                                      distillation_kl(model, teacher, batch))
+                                      distillation_kl(model, teacher, batch, hidden_distillation))
                         if count == 0:
                             raise ValueError(f"recover: data: batch {position % len(batches)} holds no target tokens")
                         loss = nll / count

@@ -61,6 +61,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                         help="the model before pruning (directory, hub id or packaged name): distil from it (the "
                              "loss becomes the KL from its next-token distribution; recovers more on text unlike "
                              "--data)")
+    parser.add_argument("--hidden-distillation", type=float, default=0.0, metavar="WEIGHT",
+                        help="with --teacher: add WEIGHT times the blocks' hidden-state errors to the teacher's "
+                             "(SquareHead; default 0: the logits only)")
     add_perplexity_arguments(parser)
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype to load and train in")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -73,6 +76,9 @@ def default_lr(train: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.hidden_distillation and args.teacher is None:
+        raise UsageError("--hidden-distillation: needs --teacher (the dense model whose hidden states the blocks "
+                         "learn)")
     paragraphs = evaluation.read_text_file(args.data, "--data")
     check_text_files(args)
     source = resolve_model(args.model)
@@ -101,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         eval_batches, eval_source = (None, None) if args.no_eval else evaluation_batches(
             args.eval_data, model, tokenizer, causal, args.eval_samples, args.seqlen, args.seed, 8)
         report = recover(model, batches, steps=args.steps, lr=lr, train=args.train, accumulation=args.accumulation,
-                         lora_rank=args.lora_rank, teacher=teacher, eval_batches=eval_batches, seed=args.seed,
+                         lora_rank=args.lora_rank, teacher=teacher, hidden_distillation=args.hidden_distillation,
+                         eval_batches=eval_batches, seed=args.seed,
                          progress=not args.quiet, checkpoint=out / "model", tokenizer=tokenizer)
         if not torchrun or distributed.is_main_process():
             result = {"command": "recover", "model": args.model, "model_class": type(model).__name__,
