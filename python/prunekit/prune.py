@@ -131,7 +131,7 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
                                cost=lambda name: method.cost(*step_layers[name].matrix().shape),
                                replicated=replicated, what=what)
         with timer.stage("solves"):
-            post.after_solve(block, step_layers, step_stats)
+            post.after_solve(step_layers, step_stats)
         for name, layer in step_layers.items():
             report.add_layer(name, layer.shape, layer.weight.numel(), int((layer.matrix() == 0).sum()),
                              sparsities[name], terms[name], block)

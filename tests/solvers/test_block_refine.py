@@ -76,6 +76,21 @@ def test_refine_block_keeps_the_pruned_weights_when_no_step_helps():
         assert torch.equal(p, before[name])
 
 
+def test_refine_block_trains_free_parameters_without_a_mask():
+    block, inputs, targets = _block_problem()
+    masks = {name: block.get_parameter(name) != 0 for name in ("up.weight", "down.weight")}
+    bias = block.down.bias
+    with torch.no_grad():
+        bias.zero_()  # all zeros: a mask would freeze it, a free parameter trains
+    result = refine_block(block, {"up": block.up.weight, "down": block.down.weight}, inputs, targets, steps=30,
+                          lr=1e-3, validation=0.25, free={"down.bias": bias})
+    assert result.kept_step > 0 and bool((bias != 0).any())
+    for name, mask in masks.items():
+        assert torch.equal(block.get_parameter(name) != 0, mask)
+    with pytest.raises(ValueError, match=r"\['up'\] are both masked weights and free parameters"):
+        refine_block(block, {"up": block.up.weight}, inputs, targets, steps=1, lr=1e-3, free={"up": block.up.weight})
+
+
 def test_refine_block_bad_input():
     block, inputs, targets = _block_problem()
     weights = {"up": block.up.weight}
@@ -143,6 +158,18 @@ def test_prune_compensate_and_refine_sparsify_round_trip(tmp_path):
     loaded = prunekit.load(path.parent)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_refinement_trains_the_low_rank_factors_after_compensation():
+    compensated, _ = _prune_copy("llama", method="wanda", sparsity=0.5, compensate=prunekit.LowRank(rank=4))
+    refined, report = _prune_copy("llama", method="wanda", sparsity=0.5, compensate=prunekit.LowRank(rank=4),
+                                  refine="block", block_refine_lr=1e-4, block_refine_steps=10)
+    assert report.block_refinement[0]["kept_step"] > 0
+    first = "model.layers.0.mlp.down_proj"  # block 0 is refined on the same inputs in both runs
+    before, after = compensated.get_submodule(first), refined.get_submodule(first)
+    assert isinstance(after, LowRankLinear) and after.rank == 4
+    assert not torch.equal(before.lowrank_a, after.lowrank_a) and not torch.equal(before.weight, after.weight)
+    assert torch.equal(before.weight == 0, after.weight == 0)
 
 
 def test_compensation_lowers_the_loss_and_budget_ranks():

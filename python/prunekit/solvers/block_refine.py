@@ -69,7 +69,8 @@ def _rows(tensor: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor
 
 def refine_block(block: nn.Module, weights: Mapping[str, nn.Parameter], inputs: Sequence,
                  targets: Sequence[torch.Tensor], *, steps: int, lr: float, validation: float = 0.125,
-                 name: str = "block", run: Callable | None = None) -> BlockRefineResult:
+                 name: str = "block", run: Callable | None = None,
+                 free: Mapping[str, nn.Parameter] | None = None) -> BlockRefineResult:
     """Refines the pruned ``weights`` (name -> parameter of ``block``; zeros are the mask) in place
     so that ``block`` maps ``inputs`` closer to ``targets`` (the dense block's outputs).
 
@@ -77,7 +78,8 @@ def refine_block(block: nn.Module, weights: Mapping[str, nn.Parameter], inputs: 
     walk's :class:`~prunekit.calibrate.pipeline.BlockInput`); ``targets[i]`` is the dense output
     for ``inputs[i]``. ``validation``: the share of items held out to choose the kept step (at
     least one item when there are two or more; none with a single item). ``run(block, item)``
-    overrides how the block is called. Every other parameter of the block stays frozen."""
+    overrides how the block is called. ``free``: parameters that train without a mask (the
+    low-rank factors of compensated layers). Every other parameter of the block stays frozen."""
     check_block_refine_options(steps, lr, validation)
     if len(inputs) != len(targets) or not inputs:
         raise ValueError(f"refine='block': {name}: expected one dense output per calibration input, but got "
@@ -94,7 +96,12 @@ def refine_block(block: nn.Module, weights: Mapping[str, nn.Parameter], inputs: 
     validation_items = list(range(len(inputs) - held_out, len(inputs)))
 
     masks = {key: weight.detach() != 0 for key, weight in weights.items()}
-    trainable = {id(weight) for weight in weights.values()}
+    free = dict(free or {})
+    if set(free) & set(weights):
+        raise ValueError(f"refine='block': {name}: parameters {sorted(set(free) & set(weights))} are both masked "
+                         "weights and free parameters")
+    every = {**weights, **free}
+    trainable = {id(parameter) for parameter in every.values()}
     previous = {parameter: parameter.requires_grad for parameter in block.parameters()}
     scales = [float(_rows(target, inputs[i].token_mask).float().pow(2).sum()) for i, target in enumerate(targets)]
 
@@ -116,13 +123,13 @@ def refine_block(block: nn.Module, weights: Mapping[str, nn.Parameter], inputs: 
     try:
         for parameter in block.parameters():
             parameter.requires_grad_(id(parameter) in trainable)
-        best_state = {key: weight.detach().clone() for key, weight in weights.items()}
+        best_state = {key: parameter.detach().clone() for key, parameter in every.items()}
         first = train_items[:1]  # the training error is followed on the first item (a forward per measure)
         train_before = None
         validation_before = loss_of(validation_items, grad=False) if validation_items else None
         best = validation_before if validation_before is not None else loss_of(train_items, grad=False)
         kept_step = 0
-        optimizer = torch.optim.Adam(list(weights.values()), lr=lr)
+        optimizer = torch.optim.Adam(list(every.values()), lr=lr)
         for step in range(1, steps + 1):
             optimizer.zero_grad(set_to_none=True)
             item = train_items[(step - 1) % len(train_items)]
@@ -142,10 +149,10 @@ def refine_block(block: nn.Module, weights: Mapping[str, nn.Parameter], inputs: 
                 current = loss_of(train_items, grad=False)
             if current is not None and current < best:
                 best, kept_step = current, step
-                best_state = {key: weight.detach().clone() for key, weight in weights.items()}
+                best_state = {key: parameter.detach().clone() for key, parameter in every.items()}
         with torch.no_grad():
-            for key, weight in weights.items():
-                weight.copy_(best_state[key])
+            for key, parameter in every.items():
+                parameter.copy_(best_state[key])
         train_kept = loss_of(first, grad=False) if kept_step else train_before
     finally:
         for parameter, requires_grad in previous.items():

@@ -2,11 +2,14 @@
 (``refine="block"``, :mod:`prunekit.solvers.block_refine`) and then low-rank compensation
 (``compensate=LowRank(...)``, :mod:`prunekit.solvers.lowrank`).
 
-Order: the layers are solved; a block step is then refined (inside the calibration walk, which
-holds the block's inputs and its dense outputs, before the next block's inputs are computed); then
-each pruned ``nn.Linear`` whose ``W - W_s`` (dense minus final weights) is compensated is replaced
-by a :class:`~prunekit.nn.LowRankLinear` sharing its weight, so the next block already sees the
-compensated outputs (sequential mode). Only one block's dense weights are kept at a time.
+Order: the layers are solved; each pruned ``nn.Linear`` whose ``W - W_s`` (dense minus solved
+weights) is compensated is replaced by a :class:`~prunekit.nn.LowRankLinear` sharing its weight;
+a block step is then refined (inside the calibration walk, which holds the block's inputs and its
+dense outputs, before the next block's inputs are computed) with the low-rank factors training
+beside the kept weights, so the next block sees the compensated, refined outputs (sequential
+mode). Compensating after the refinement would pull each layer back towards its own dense output
+and undo what the refinement fitted across the block. Only one block's dense weights are kept at a
+time.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ __all__ = ["PostSolve"]
 class PostSolve:
     """Block refinement and low-rank compensation around the solves of one :func:`prune` run.
 
-    ``before_solve(layers)`` keeps the dense weights a compensation needs; ``after_solve(block,
-    layers, stats)`` compensates at once unless the block is refined first; ``after_block`` is the
-    calibration walk's hook (None without block refinement). ``refinements`` and
+    ``before_solve(layers)`` keeps the dense weights a compensation needs; ``after_solve(layers,
+    stats)`` compensates; ``after_block`` is the calibration walk's hook (None without
+    block refinement), which refines the block's kept weights and low-rank factors. ``refinements`` and
     ``compensation`` hold what was done, by block and by layer."""
 
     def __init__(self, model: nn.Module, *, refine_block: bool, compensate: LowRank | None, steps: int, lr: float,
@@ -55,15 +58,15 @@ class PostSolve:
         if self.lowrank is not None:
             self.dense = {name: layer.matrix().to(torch.float32).clone() for name, layer in layers.items()}
 
-    def after_solve(self, block: str | None, layers: Mapping, stats: Mapping) -> None:
-        if not (self.refine and block is not None):  # a refined block compensates after its refinement
-            self._compensate(layers, stats)
+    def after_solve(self, layers: Mapping, stats: Mapping) -> None:
+        self._compensate(layers, stats)
 
     def _after_block(self, step, block_module: nn.Module, inputs, targets) -> None:
         weights = {name: layer.weight for name, layer in step.layers.items()}
+        factors = {f"{name}.{factor}": getattr(layer.module, factor) for name, layer in step.layers.items()
+                   if isinstance(layer.module, LowRankLinear) for factor in ("lowrank_a", "lowrank_b")}
         self.refinements.append(refine_block(block_module, weights, inputs, targets, steps=self.steps, lr=self.lr,
-                                             validation=self.validation, name=step.name))
-        self._compensate(step.layers, step.stats)
+                                             validation=self.validation, name=step.name, free=factors))
 
     def _compensate(self, layers: Mapping, stats: Mapping) -> None:
         if self.lowrank is None:
