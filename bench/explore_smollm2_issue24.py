@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 NAME = "quality_smollm2_issue24"
+LOWRANK_BUDGETS = (0.01, 0.025, 0.05)  # low-rank factors' bytes per layer, as a share of its dense bytes
 
 
 def configurations() -> list[tuple[str, dict, int]]:
@@ -59,6 +60,10 @@ def configurations() -> list[tuple[str, dict, int]]:
         rows += [(f"ria+admm(damp 1.0) block(8 steps, lr 0.0003, 1 held-out item) 128 windows{at}",
                   {**admm, "refine": "block", "block_refine_steps": 8, "block_refine_lr": 3e-4,
                    "block_refine_validation": 0.0625}, 128)]
+        if sparsity == 0.5:  # the low-rank compensation curve on the best recipe without added parameters
+            best = {**admm, "refine": "block", "block_refine_steps": 10, "block_refine_lr": 3e-4}
+            rows += [(f"ria+admm(damp 1.0) block(10 steps, lr 0.0003) lowrank {budget:g} 128 windows{at}",
+                      {**best, "compensate_budget": budget}, 128) for budget in LOWRANK_BUDGETS]
         if sparsity == 0.7:
             rows += [(f"ria owl{at}", {"method": "ria", **base, "allocation": "owl"}, 64),
                      (f"ria owl+admm(damp 0.1){at}", {"method": "ria", **base, "allocation": "owl", "update": "admm",
@@ -85,8 +90,11 @@ def markdown(rows: list[dict], dense: float, machine: dict) -> str:
              "and SparseGPT at the same sparsity and calibration windows; x SparseGPT time against SparseGPT on "
              "the same windows. Prune seconds only compare on a quiet machine.", "",
              f"Dense perplexity {dense:.2f}. Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), "",
-             "| configuration | PruneConfig | windows | perplexity | gap | ratio | prune s | x SparseGPT time |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Low-rank bytes: the factors `compensate=LowRank(budget=...)` added, as a share of the pruned "
+             "layers' dense bytes; ranks: the distinct ranks the layers got.", "",
+             "| configuration | PruneConfig | windows | perplexity | gap | ratio | prune s | x SparseGPT time "
+             "| low-rank bytes | ranks |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         sparsity = row["label"].rsplit("@", 1)[1]
         wanda, sparsegpt = _baseline_labels(row["windows"], sparsity)
@@ -95,8 +103,11 @@ def markdown(rows: list[dict], dense: float, machine: dict) -> str:
         gap = row["ppl"] - dense
         ratio = f"{gap / min(baselines):.2f}" if baselines and min(baselines) > 0 else "-"
         times = f"{row['prune_seconds'] / seconds[0]:.2f}" if seconds else "-"
+        added = (f"{row['lowrank_bytes']:,} ({100 * row['lowrank_fraction']:.2f}%)" if row.get("lowrank_bytes")
+                 else "-")
+        ranks = ",".join(map(str, row["lowrank_ranks"])) if row.get("lowrank_ranks") else "-"
         lines.append(f"| {row['label']} | `{json.dumps(row['config'])}` | {row['windows']} | {row['ppl']:.2f} | "
-                     f"{gap:.2f} | {ratio} | {row['prune_seconds']:.1f} | {times} |")
+                     f"{gap:.2f} | {ratio} | {row['prune_seconds']:.1f} | {times} | {added} | {ranks} |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,7 +126,6 @@ def main() -> None:
 
     model, tokenizer, _ = load_model("smollm2")
     model.eval()
-    dense_state = copy.deepcopy(model.state_dict())
     path = RESULTS_DIR / f"{args.name}.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     rows = saved.get("rows", [])
@@ -131,13 +141,22 @@ def main() -> None:
         if windows not in batches:
             batches[windows] = lm_quality_batches(tokenizer, nsamples=windows)
         calib, held_out = batches[windows]
-        model.load_state_dict(dense_state)
+        options = dict(config)
+        budget = options.pop("compensate_budget", None)
+        if budget is not None:
+            options["compensate"] = prunekit.LowRank(budget=budget)
+        pruned = copy.deepcopy(model)  # compensation replaces modules: every row starts from the dense model
         started = time.perf_counter()
-        prunekit.prune(model, prunekit.PruneConfig(progress=False, **config), calib)
+        report = prunekit.prune(pruned, prunekit.PruneConfig(progress=False, **options), calib)
         seconds = time.perf_counter() - started
         with torch.no_grad():
-            ppl = perplexity(model, held_out)
-        rows.append({"label": label, "config": config, "windows": windows, "ppl": ppl, "prune_seconds": seconds})
+            ppl = perplexity(pruned, held_out)
+        del pruned
+        layer_bytes = sum(layer.numel for layer in report.layers) * next(model.parameters()).element_size()
+        added = sum(entry.get("bytes", 0) for entry in report.compensation.values())
+        rows.append({"label": label, "config": config, "windows": windows, "ppl": ppl, "prune_seconds": seconds,
+                     "lowrank_bytes": added, "lowrank_fraction": added / layer_bytes if layer_bytes else 0.0,
+                     "lowrank_ranks": sorted({entry["rank"] for entry in report.compensation.values()})})
         print(json.dumps(rows[-1]), flush=True)
         temporary = path.with_suffix(".json.tmp")
         temporary.write_text(json.dumps({"machine": machine, "dense": dense, "rows": rows}, indent=2) + "\n")

@@ -7,7 +7,8 @@ dense inputs of that layer; the block as a whole (attention softmax, gating, res
 what they fit. Here the block runs forward and backward over the calibration inputs, one item per
 step, with Adam on its pruned layers' weights; gradients at pruned positions are zeroed and the
 mask is re-applied after every step, so pruned weights stay exactly zero and the sparsity and N:M
-patterns are unchanged. Only the block is resident (its weights, Adam's two moments, one item's
+patterns are unchanged; low-rank compensation factors, when present, train beside them unmasked.
+Only the block is resident (its weights, Adam's two moments, one item's
 activations).
 
 Overfitting: the calibration text is usually narrow (e.g. docstrings) and the model is used on
