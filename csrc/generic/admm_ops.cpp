@@ -141,8 +141,7 @@ std::tuple<at::Tensor, at::Tensor> admm_loop(const at::Tensor& weight, const at:
                                              int64_t iterations, int64_t prune_iterations, int64_t pcg_iterations,
                                              const ProjectStep& project, const CgStep& cg_step) {
   check_admm_args(weight, hessian, inverse, keep, sparsity, n, m, rho, iterations, prune_iterations, pcg_iterations);
-  TORCH_CHECK_VALUE(all_finite(weight) && all_finite(hessian) && all_finite(inverse),
-                    "prunekit.", kOp,
+  TORCH_CHECK_VALUE(all_finite(weight) && all_finite(hessian) && all_finite(inverse), "prunekit.", kOp,
                     ": arguments 'weight', 'hessian' and 'inverse' must be finite, but one holds "
                     "NaN or Inf");
   const int64_t numel = weight.numel();
