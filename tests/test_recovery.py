@@ -50,6 +50,14 @@ def batches(count=4, seed=5):
     return tiny_models.calibration("llama", batches=count, batch_size=2, seq=16, seed=seed)
 
 
+def padded_batch():
+    """One batch whose first sequence ends in 5 padding tokens (neither scored nor compared)."""
+    batch = batches(1)[0]
+    batch["attention_mask"] = batch["attention_mask"].clone()
+    batch["attention_mask"][0, -5:] = 0
+    return batch
+
+
 def snapshot(model):
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
@@ -79,9 +87,7 @@ def test_all_weights_train_and_pruned_weights_stay_exactly_zero(sparsity):
 
 def test_distillation_kl_against_its_definition():
     teacher, model = tiny_models.tiny_model("llama"), pruned_llama()
-    batch = batches(1)[0]
-    batch["attention_mask"] = batch["attention_mask"].clone()
-    batch["attention_mask"][0, -5:] = 0  # padding is not scored
+    batch = padded_batch()
     kl, count = distillation_kl(model, teacher, batch)
     with torch.no_grad():
         p = torch.log_softmax(teacher(**batch).logits[:, :-1].double(), -1)
@@ -120,9 +126,7 @@ def test_distilling_from_the_dense_model_moves_towards_it_and_keeps_the_zeros():
 
 def test_hidden_distillation_adds_the_normalised_hidden_state_errors():
     teacher, model = tiny_models.tiny_model("llama"), pruned_llama()
-    batch = batches(1)[0]
-    batch["attention_mask"] = batch["attention_mask"].clone()
-    batch["attention_mask"][0, -5:] = 0  # padding is not compared
+    batch = padded_batch()
     kl, count = distillation_kl(model, teacher, batch)
     both, same_count = distillation_kl(model, teacher, batch, hidden_weight=0.5)
     keep = batch["attention_mask"].bool()

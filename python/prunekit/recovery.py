@@ -331,13 +331,14 @@ def _hidden_distance(model_out, teacher_out, mask: torch.Tensor | None) -> torch
                          f"{len(theirs)}; expected the same blocks (layer pruning changes them: distil the logits "
                          "only, hidden_distillation=0)")
     total = torch.zeros((), dtype=torch.float32, device=ours[-1].device)
+    keep = mask.bool() if mask is not None and mask.shape == ours[-1].shape[:2] else None
     for student, target in zip(ours[1:], theirs[1:]):
         if student.shape != target.shape:
             raise ValueError(f"recover: hidden_distillation: hidden states of shape {tuple(student.shape)} and "
                              f"{tuple(target.shape)} (model, teacher); expected equal (slicing changes them: "
                              "hidden_distillation=0)")
-        if mask is not None and mask.shape == student.shape[:2]:
-            student, target = student[mask.bool()], target[mask.bool()]
+        if keep is not None:
+            student, target = student[keep], target[keep]
         target = target.float()
         scale = target.pow(2).sum(-1).mean().clamp_min(torch.finfo(torch.float32).tiny)
         total = total + (student.float() - target).pow(2).sum() / scale
