@@ -60,6 +60,15 @@ def configurations() -> list[tuple[str, dict, int]]:
         rows += [(f"ria+admm(damp 1.0) block(8 steps, lr 0.0003, 1 held-out item) 128 windows{at}",
                   {**admm, "refine": "block", "block_refine_steps": 8, "block_refine_lr": 3e-4,
                    "block_refine_validation": 0.0625}, 128)]
+        if sparsity == 0.5:  # cheaper refinement steps: more of them in the same time
+            fast = {**admm, "admm_iterations": 0, "admm_pcg_iterations": 10, "refine": "block",
+                    "block_refine_lr": 1e-3, "block_refine_validation": 0.0625, "block_refine_batch": 4,
+                    "block_refine_norms": True}
+            rows += [(f"ria+pcg(damp 1.0) block({steps} steps of 4{', bf16' if bf16 else ''}, lr 0.001, norms) "
+                      f"128 windows{at}",
+                      {**fast, "block_refine_steps": steps, "block_refine_validate_every": every,
+                       **({"block_refine_autocast": "bfloat16"} if bf16 else {})}, 128)
+                     for steps, every, bf16 in ((40, 8, False), (72, 12, True))]
         if sparsity == 0.5:  # the low-rank compensation curve on the best recipe without added parameters
             best = {**admm, "refine": "block", "block_refine_steps": 10, "block_refine_lr": 3e-4}
             rows += [(f"ria+admm(damp 1.0) block(10 steps, lr 0.0003) lowrank {budget:g} 128 windows{at}",

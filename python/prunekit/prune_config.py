@@ -9,6 +9,7 @@ from dataclasses import InitVar, dataclass, fields
 import torch
 
 from . import criteria
+from ._names import dtype_name
 from .allocation import ALLOCATIONS
 from .calibrate.pipeline import WITHIN_BLOCK
 from .solvers.admm import check_admm_options
@@ -43,8 +44,12 @@ class PruneConfig:
       "block" (after a block's layers are solved, ``block_refine_steps`` Adam steps at
       ``block_refine_lr`` on the weights they kept, masks fixed, towards the dense block's outputs
       on the calibration inputs; the step with the lowest error on the held-out share
-      ``block_refine_validation`` of the items is kept; any method; one process), or
-      ("dsnot", "block"): both, in that order. See :mod:`prunekit.solvers.block_refine`.
+      ``block_refine_validation`` of the items, measured every ``block_refine_validate_every``
+      steps, is kept; ``block_refine_batch`` sequences per step (None: one calibration item);
+      ``block_refine_norms`` trains the block's normalisation weights too;
+      ``block_refine_autocast`` ("bfloat16" or "float16") runs the steps' forward and backward in
+      that dtype under ``torch.autocast``; any method; one process), or ("dsnot", "block"): both, in that order. See
+      :mod:`prunekit.solvers.block_refine`.
     - ``compensate``: None, or a :class:`prunekit.LowRank` (an int r is ``LowRank(rank=r)``):
       after pruning (and refinement), each pruned ``nn.Linear`` gets a rank-r correction of its
       error fitted in the eigenspace of its calibration inputs (EoRA) and becomes a
@@ -102,6 +107,10 @@ class PruneConfig:
     block_refine_steps: int = 20
     block_refine_lr: float = 1e-4
     block_refine_validation: float = 0.125
+    block_refine_batch: int | None = None
+    block_refine_validate_every: int = 1
+    block_refine_norms: bool = False
+    block_refine_autocast: str | None = None
     compensate: LowRank | int | None = None
     ignore: Sequence[str] = ()
     sequential: bool = True
@@ -150,8 +159,14 @@ class PruneConfig:
         if self.refine not in REFINEMENTS and self.refine != ("dsnot", "block"):
             raise ValueError(f"PruneConfig.refine: expected None, 'dsnot', 'block' or ('dsnot', 'block'), but got "
                              f"{self.refine!r}")
-        check_block_refine_options(self.block_refine_steps, self.block_refine_lr, self.block_refine_validation,
-                                   "PruneConfig.block_refine_")
+        autocast = check_block_refine_options(self.block_refine_steps, self.block_refine_lr,
+                                              self.block_refine_validation, self.block_refine_batch,
+                                              self.block_refine_validate_every, self.block_refine_autocast,
+                                              "PruneConfig.block_refine_")
+        self.block_refine_autocast = None if autocast is None else dtype_name(autocast)
+        if not isinstance(self.block_refine_norms, bool):
+            raise ValueError(f"PruneConfig.block_refine_norms: expected True or False, but got "
+                             f"{self.block_refine_norms!r}")
         if isinstance(self.compensate, int) and not isinstance(self.compensate, bool):
             self.compensate = LowRank(rank=self.compensate)
         if self.compensate is not None and not isinstance(self.compensate, LowRank):

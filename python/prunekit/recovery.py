@@ -196,8 +196,10 @@ def _embedding_parameters(model: nn.Module) -> set[int]:
     return ids
 
 
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)) or \
+def is_normalisation(module: nn.Module) -> bool:
+    """A normalisation layer: torch's layer, group, RMS and batch norms, or a module whose class
+    name says norm (Hugging Face's LlamaRMSNorm and kin)."""
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)) or \
         "norm" in type(module).__name__.lower()
 
 
@@ -209,7 +211,7 @@ def _select_trainable(model: nn.Module, train: str, train_embeddings: bool) -> d
         chosen = {}
         for module_name, module in model.named_modules():
             for name, param in module.named_parameters(recurse=False):
-                if (_is_norm(module) or name == "bias") and id(param) not in embeddings:
+                if (is_normalisation(module) or name == "bias") and id(param) not in embeddings:
                     chosen[f"{module_name}.{name}" if module_name else name] = param
         return chosen
     return {}

@@ -218,3 +218,131 @@ def test_one_shot_refine_block_sees_the_dense_inputs():
     for name, zeros in _zeros(plain).items():  # the same inputs in every block: the same masks
         assert torch.equal(zeros, _zeros(refined)[name]), name
     assert len(report.block_refinement) == 2
+
+
+class _RowScaledBlock(_Block):
+    """A block with per-sequence and broadcast keyword inputs, as a decoder layer has (attention
+    masks per sequence, position embeddings shared): a wrong split fails on their shapes."""
+
+    def forward(self, x, *, row_scale, shared):
+        assert row_scale.shape[0] == x.shape[0] and shared.shape[0] == 1
+        return x + self.down(torch.relu(self.up(self.norm(x * row_scale + shared))))
+
+
+def test_micro_batches_split_per_sequence_inputs_and_share_broadcast_ones():
+    from prunekit.solvers.block_refine import _micro_batches
+
+    hidden, target = torch.randn(5, 3, 4), torch.randn(5, 3, 4)
+    item = BlockInput(hidden, (torch.randn(5, 1, 3, 3),), {"shared": (torch.randn(1, 3, 4), torch.arange(3)),
+                                                           "mask": torch.ones(5, 3, dtype=torch.bool)},
+                      torch.ones(5, 3, dtype=torch.bool))
+    pairs = _micro_batches(item, target, 2)
+    assert [pair[0].hidden.shape[0] for pair in pairs] == [2, 2, 1]
+    assert torch.equal(torch.cat([pair[0].hidden for pair in pairs]), hidden)
+    assert torch.equal(torch.cat([pair[1] for pair in pairs]), target)
+    assert torch.equal(torch.cat([pair[0].args[0] for pair in pairs]), item.args[0])
+    assert torch.equal(torch.cat([pair[0].kwargs["mask"] for pair in pairs]), item.kwargs["mask"])
+    assert torch.equal(torch.cat([pair[0].token_mask for pair in pairs]), item.token_mask)
+    for pair in pairs:  # broadcast and 1-D entries are shared, not cut
+        assert pair[0].kwargs["shared"][0] is item.kwargs["shared"][0]
+        assert pair[0].kwargs["shared"][1] is item.kwargs["shared"][1]
+    assert _micro_batches(item, target, None) == [(item, target)]
+    assert _micro_batches(item, target, 5) == [(item, target)]
+
+
+def test_refine_block_in_micro_batches_counts_steps_and_validates_every_k():
+    block, inputs, targets = _block_problem(items=4)
+    dense = _Block(seed=0)
+    generator = torch.Generator().manual_seed(3)
+    items, outputs = [], []
+    for item in inputs:
+        kwargs = {"row_scale": 1 + 0.1 * torch.rand(4, 1, 1, generator=generator),
+                  "shared": 0.1 * torch.randn(1, 16, 32, generator=generator)}
+        items.append(BlockInput(item.hidden, (), kwargs, None))
+        with torch.no_grad():
+            outputs.append(_RowScaledBlock.forward(dense, item.hidden, **kwargs))
+    scaled = _RowScaledBlock(seed=0)
+    scaled.load_state_dict(block.state_dict())
+    calls = []
+
+    def run(module, item):
+        calls.append(item.hidden.shape[0])
+        return module(item.hidden, *item.args, **item.kwargs)
+
+    masks = {name: scaled.get_parameter(name) != 0 for name in ("up.weight", "down.weight")}
+    result = refine_block(scaled, {"up": scaled.up.weight, "down": scaled.down.weight}, items, outputs, steps=7,
+                          lr=1e-3, validation=0.25, batch=2, validate_every=3, run=run)
+    # 3 training items of 4 sequences: 6 steps of 2 (the 7th wraps); the held-out item is whole and
+    # measured before the first step, after steps 3 and 6 and after the last
+    training, held_out = [n for n in calls if n == 2], [n for n in calls if n == 4]
+    assert len(training) == 7 + (1 if result.kept_step else 0)  # plus the kept weights' training error
+    assert len(held_out) == 4
+    assert result.kept_step in (0, 3, 6, 7) and result.validation_after < result.validation_before
+    for name, mask in masks.items():
+        assert torch.equal(scaled.get_parameter(name) != 0, mask)
+
+
+def test_prune_refine_block_trains_the_norms_only_when_asked():
+    plain, _ = _prune_copy("llama", method="wanda", sparsity=0.5, refine="block", block_refine_lr=1e-3,
+                           block_refine_steps=5)
+    normed, report = _prune_copy("llama", method="wanda", sparsity=0.5, refine="block", block_refine_lr=1e-3,
+                                 block_refine_steps=5, block_refine_norms=True, block_refine_batch=2)
+    dense = tiny_model("llama")
+    norm_names = [name for name, module in dense.named_modules()
+                  if type(module).__name__.endswith("RMSNorm") and ".layers." in name]
+    assert len(norm_names) == 4  # input and post-attention norms of two blocks
+    for name in norm_names:
+        assert torch.equal(plain.get_submodule(name).weight, dense.get_submodule(name).weight)
+    assert any(not torch.equal(normed.get_submodule(name).weight, dense.get_submodule(name).weight)
+               for name in norm_names)
+    assert torch.equal(normed.model.norm.weight, dense.model.norm.weight)  # outside the blocks: untouched
+    for name, zeros in _zeros(normed).items():
+        assert int(zeros.sum()) == int(_zeros(plain)[name].sum()), name
+    assert all(entry["kept_step"] >= 0 for entry in report.block_refinement)
+
+
+def test_normalisation_parameters_are_found_by_kind():
+    from prunekit.solvers.post_solve import normalisation_parameters
+
+    block = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Sequential(nn.RMSNorm(4)), nn.BatchNorm1d(4))
+    assert sorted(normalisation_parameters(block)) == ["1.bias", "1.weight", "2.0.weight", "3.bias", "3.weight"]
+    assert normalisation_parameters(nn.Linear(3, 3)) == {}
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("block_refine_batch", 0, r"PruneConfig.block_refine_batch: expected None \(whole calibration items\) or a "
+                              r"number of sequences >= 1, but got 0"),
+    ("block_refine_batch", True, "PruneConfig.block_refine_batch: expected None"),
+    ("block_refine_batch", 2.0, "PruneConfig.block_refine_batch: expected None"),
+    ("block_refine_validate_every", 0, r"PruneConfig.block_refine_validate_every: expected an int >= 1, but got 0"),
+    ("block_refine_norms", "yes", "PruneConfig.block_refine_norms: expected True or False, but got 'yes'"),
+])
+def test_config_checks_refinement_options(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        prunekit.PruneConfig(refine="block", **{option: value})
+
+
+def test_refine_block_under_bfloat16_autocast_keeps_fp32_weights_and_masks():
+    block, inputs, targets = _block_problem()
+    masks = {name: block.get_parameter(name) != 0 for name in ("up.weight", "down.weight")}
+    seen = []  # (training step?, the dtype the linear computed in)
+    hook = block.up.register_forward_hook(lambda module, args, output: seen.append((torch.is_grad_enabled(),
+                                                                                     output.dtype)))
+    result = refine_block(block, {"up": block.up.weight, "down": block.down.weight}, inputs, targets, steps=20,
+                          lr=1e-3, validation=0.25, autocast="bfloat16")
+    hook.remove()
+    assert {dtype for grad, dtype in seen if grad} == {torch.bfloat16}  # the training steps
+    assert {dtype for grad, dtype in seen if not grad} == {torch.float32}  # the held-out measure
+    assert result.kept_step > 0 and result.validation_after < result.validation_before
+    assert all(p.dtype == torch.float32 for p in block.parameters())
+    for name, mask in masks.items():
+        assert torch.equal(block.get_parameter(name) != 0, mask)
+
+
+def test_config_normalises_the_autocast_dtype():
+    assert prunekit.PruneConfig(refine="block", block_refine_autocast=torch.bfloat16).block_refine_autocast == \
+        "bfloat16"
+    assert prunekit.PruneConfig(refine="block", block_refine_autocast="float16").block_refine_autocast == "float16"
+    with pytest.raises(ValueError, match=r"PruneConfig.block_refine_autocast: expected None, 'bfloat16' or "
+                                         r"'float16' \(or the torch dtypes\), but got torch.float32"):
+        prunekit.PruneConfig(refine="block", block_refine_autocast=torch.float32)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..nn.linear import LowRankLinear
+from ..recovery import is_normalisation
 from .block_refine import BlockRefineResult, refine_block
 from .lowrank import LowRank, eigenspace, eora_factors, lowrank_error_terms
 
@@ -38,7 +39,8 @@ class PostSolve:
     ``compensation`` hold what was done, by block and by layer."""
 
     def __init__(self, model: nn.Module, *, refine_block: bool, compensate: LowRank | None, steps: int, lr: float,
-                 validation: float, world: int = 1):
+                 validation: float, batch: int | None = None, validate_every: int = 1, norms: bool = False,
+                 autocast: str | None = None, world: int = 1):
         if refine_block and world > 1:
             raise ValueError(f"PruneConfig.refine: 'block' runs in one process, but the run is spread over {world} "
                              "ranks; prune with distributed=False")
@@ -46,6 +48,7 @@ class PostSolve:
         self.refine = refine_block
         self.lowrank = compensate
         self.steps, self.lr, self.validation = steps, lr, validation
+        self.batch, self.validate_every, self.norms, self.autocast = batch, validate_every, norms, autocast
         self.dense: dict[str, torch.Tensor] = {}
         self.refinements: list[BlockRefineResult] = []
         self.compensation: dict[str, dict] = {}
@@ -65,8 +68,12 @@ class PostSolve:
         weights = {name: layer.weight for name, layer in step.layers.items()}
         factors = {f"{name}.{factor}": getattr(layer.module, factor) for name, layer in step.layers.items()
                    if isinstance(layer.module, LowRankLinear) for factor in ("lowrank_a", "lowrank_b")}
+        if self.norms:
+            factors.update(normalisation_parameters(block_module))
         self.refinements.append(refine_block(block_module, weights, inputs, targets, steps=self.steps, lr=self.lr,
-                                             validation=self.validation, name=step.name, free=factors))
+                                             validation=self.validation, batch=self.batch,
+                                             validate_every=self.validate_every, autocast=self.autocast,
+                                             name=step.name, free=factors))
 
     def _compensate(self, layers: Mapping, stats: Mapping) -> None:
         if self.lowrank is None:
@@ -107,6 +114,17 @@ class PostSolve:
                 "rank": rank, "bytes": rank * sum(dense.shape) * element,
                 "dense_bytes": dense.numel() * element,
                 "error_before": before / norm if norm > 0 else 0.0, "error_after": after / norm if norm > 0 else 0.0}
+
+
+def normalisation_parameters(block: nn.Module) -> dict[str, nn.Parameter]:
+    """The weights and biases of ``block``'s normalisation layers
+    (:func:`prunekit.recovery.is_normalisation`), by qualified name."""
+    found = {}
+    for module_name, module in block.named_modules():
+        if is_normalisation(module):
+            for parameter_name, parameter in module.named_parameters(recurse=False):
+                found[f"{module_name}.{parameter_name}" if module_name else parameter_name] = parameter
+    return found
 
 
 def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
