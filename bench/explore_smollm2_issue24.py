@@ -69,6 +69,10 @@ def configurations() -> list[tuple[str, dict, int]]:
                       {**fast, "block_refine_steps": steps, "block_refine_validate_every": every,
                        **({"block_refine_autocast": "bfloat16"} if bf16 else {})}, 128)
                      for steps, every, bf16 in ((40, 8, False), (72, 12, True))]
+            best = {**fast, "block_refine_steps": 72, "block_refine_validate_every": 12,
+                    "block_refine_autocast": "bfloat16"}
+            rows += [(f"ria+pcg(damp 1.0) block(72 steps of 4, bf16, lr 0.001, norms) lowrank {budget:g} "
+                      f"128 windows{at}", {**best, "compensate_budget": budget}, 128) for budget in LOWRANK_BUDGETS]
         if sparsity == 0.5:  # the low-rank compensation curve on the best recipe without added parameters
             best = {**admm, "refine": "block", "block_refine_steps": 10, "block_refine_lr": 3e-4}
             rows += [(f"ria+admm(damp 1.0) block(10 steps, lr 0.0003) lowrank {budget:g} 128 windows{at}",
