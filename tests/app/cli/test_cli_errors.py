@@ -45,6 +45,12 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(tiny_llama_dir, tmp_path
         tuple(prune[:-1] + [occupied]): "--overwrite",
         ("prune", tiny_llama_dir, "--method", "sparsegpt", "--sparsity", "0.5", "--refine", "dsnot", "--out", out):
             "cannot be combined with dsnot",
+        tuple(prune + ["--set", "block_refine_steps"]): "--set: expected FIELD=VALUE, but got 'block_refine_steps'",
+        tuple(prune + ["--set", "method=ria"]): "--set: method has its own option (--method)",
+        tuple(prune + ["--set", "no_such_field=1"]): "--set: got 'no_such_field', but expected a PruneConfig field",
+        tuple(prune + ["--set", "loss_fn=mse"]): "--set: got 'loss_fn', but expected",
+        tuple(prune + ["--refine", "block", "--set", "block_refine_steps=0"]):
+            "PruneConfig.block_refine_steps: expected an int in [1, 10000], but got 0",
         ("eval", tmp_path / "missing"): "no such directory",
         ("eval", tiny_llama_dir, "--data", empty): "is empty",
         ("bench", "--only", "nonsense"): "unknown benchmark",

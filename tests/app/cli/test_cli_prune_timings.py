@@ -46,3 +46,19 @@ def test_prune_within_block_sequential_streamed_equals_in_memory(tiny_llama_dir,
     assert weights[0].keys() == weights[1].keys() and weights[0]
     for name, tensor in weights[0].items():
         assert (tensor == weights[1][name]).all(), name
+
+
+def test_prune_sets_other_config_fields_streamed_and_in_memory(tiny_llama_dir, tmp_path):
+    common = ["--method", "ria", "--sparsity", "0.5", "--nsamples", "8", "--seqlen", "16", "--no-eval",
+              "--refine", "block", "--set", "update=admm", "--set", "admm_iterations=0", "--set",
+              "admm_percdamp=1.0", "--set", "block_refine_steps=3", "--set", "block_refine_batch=2",
+              "--set", "block_refine_norms=true", "--set", "block_refine_autocast=bfloat16"]
+    results = run_many(["prune", tiny_llama_dir, *common, "--out", tmp_path / "streamed"],
+                       ["prune", tiny_llama_dir, *common, "--in-memory", "--out", tmp_path / "memory"])
+    for result, out in zip(results, (tmp_path / "streamed", tmp_path / "memory")):
+        assert result.returncode == 0, result.stderr
+        report = json.loads((out / "report.json").read_text())
+        assert report["config"]["update"] == "admm" and report["config"]["block_refine_batch"] == 2
+        assert report["config"]["block_refine_norms"] is True and report["config"]["refine"] == "block"
+        assert report["prune"]["refine"] == "block" and len(report["prune"]["block_refinement"]) == 2
+        assert all(entry["steps"] == 3 for entry in report["prune"]["block_refinement"])

@@ -4,6 +4,8 @@ before and after, and write the pruned checkpoint and a report."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -20,7 +22,7 @@ from prunekit.surgery import SparsifyConfig
 from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
-from .common import DTYPES, add_calibration_arguments, parse_sparsity, positive_int, prepare_output
+from .common import DTYPES, UsageError, add_calibration_arguments, parse_sparsity, positive_int, prepare_output
 from .data import calibration_batches, check_text_files, evaluation_batches
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,12 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparsity", required=True, help="fraction in [0, 1) (e.g. 0.5) or n:m (e.g. 2:4)")
     parser.add_argument("--allocation", default="uniform", choices=ALLOCATIONS,
                         help="per-layer sparsity allocation (unstructured only; default uniform)")
-    parser.add_argument("--refine", choices=("dsnot",), default=None, help="mask refinement")
+    parser.add_argument("--refine", choices=("dsnot", "block"), default=None,
+                        help="dsnot: mask refinement of a criterion; block: a few optimiser steps per block on the "
+                             "kept weights towards the dense block's outputs (see PruneConfig.refine)")
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE", dest="config_fields",
+                        help="any other PruneConfig field (repeatable; VALUE is JSON, else a string), e.g. "
+                             "--set update=admm --set admm_percdamp=1.0 --set block_refine_steps=72")
     parser.add_argument("--within-block", choices=WITHIN_BLOCK, default="parallel",
                         help="parallel: each block's layers calibrate on its dense forward (the reference methods); "
                              "sequential: each on inputs through the block's layers pruned before it, one forward "
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     config_kwargs = dict(method=args.method, sparsity=sparsity, allocation=args.allocation, refine=args.refine,
                          within_block=args.within_block,
                          seed=args.seed, progress=not args.quiet, device=args.device)
+    config_kwargs.update(set_fields(args))
     prunekit.PruneConfig(**config_kwargs)  # validates the combination before anything is loaded
     resolve_model(args.model)
     check_text_files(args)
@@ -106,6 +114,36 @@ def run(args: argparse.Namespace) -> int:
         return _prune_run(args, sparsity, config_kwargs, Path(args.out), torchrun=True)
     finally:
         distributed.shutdown()
+
+
+# PruneConfig fields with their own option, and fields that are objects, not values a command
+# line can give.
+_OWN_OPTION = {"method", "sparsity", "allocation", "refine", "within_block", "seed", "progress", "device", "ignore"}
+_NOT_SETTABLE = {"loss_fn", "process_group", "gblm_loss", "compensate", "distributed"}
+
+
+def set_fields(args: argparse.Namespace) -> dict:
+    """The ``--set FIELD=VALUE`` items as PruneConfig keywords: VALUE parsed as JSON where it is
+    JSON (numbers, true/false, null, lists), else taken as a string. UsageError for an item without
+    "=", a field PruneConfig does not have, or one that has its own option."""
+    owned = _OWN_OPTION
+    fields = {field.name for field in dataclasses.fields(prunekit.PruneConfig)} - _NOT_SETTABLE
+    chosen = {}
+    for item in args.config_fields or ():
+        name, equals, text = item.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise UsageError(f"--set: expected FIELD=VALUE, but got {item!r}")
+        if name in owned:
+            raise UsageError(f"--set: {name} has its own option (--{name.replace('_', '-')}); got --set {item}")
+        if name not in fields:
+            raise UsageError(f"--set: got {name!r}, but expected a PruneConfig field a command line can set: "
+                             f"{', '.join(sorted(fields - owned))}")
+        try:
+            chosen[name] = json.loads(text)
+        except json.JSONDecodeError:
+            chosen[name] = text
+    return chosen
 
 
 def _prune_run(args, sparsity, config_kwargs, out: Path, torchrun: bool) -> int:
@@ -153,7 +191,8 @@ def _prune_run(args, sparsity, config_kwargs, out: Path, torchrun: bool) -> int:
         result = {
             "command": "prune", "model": args.model, "model_class": type(model).__name__, "causal_lm": causal,
             "config": {"method": args.method, "sparsity": sparsity, "allocation": args.allocation,
-                       "refine": args.refine, "ignore": ignore, "seed": args.seed, "dtype": args.dtype},
+                       "refine": args.refine, "ignore": ignore, "seed": args.seed, "dtype": args.dtype,
+                       **set_fields(args)},
             "calibration": calib_info, "quality": quality, "checkpoint": checkpoint, "prune": report.to_dict(),
             "machine": machine_info(), "seconds": time.perf_counter() - started,
             "timings": run_timings(stages.seconds, report.timings, time.perf_counter() - started),

@@ -27,6 +27,7 @@ from prunekit.streaming.source import INDEX_FILE, SINGLE_FILE
 from .. import evaluation
 from ..benchmarks.common import machine_info
 from .data import calibration_batches, evaluation_batches
+from .prune import set_fields
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def run_streamed(args, sparsity, config_kwargs: dict, out: Path, torchrun: bool 
     result = {
         "command": "prune", "model": args.model, "model_class": type(skeleton).__name__, "causal_lm": causal,
         "config": {"method": args.method, "sparsity": sparsity, "allocation": args.allocation, "refine": args.refine,
-                   "ignore": ignore, "seed": args.seed, "dtype": args.dtype},
+                   "ignore": ignore, "seed": args.seed, "dtype": args.dtype, **set_fields(args)},
         "calibration": calib_info, "quality": quality, "streamed": True,
         "checkpoint": {"path": "model", "format": CHECKPOINT_FORMATS[out_format]},
         "prune": report.to_dict(), "machine": machine_info(), "seconds": time.perf_counter() - started,
