@@ -120,11 +120,7 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
         with timer.stage("solves"):
             return solve(layer, stats)
 
-    post = PostSolve(model, refine_block="block" in config.refinements, compensate=config.compensate,
-                     steps=config.block_refine_steps, lr=config.block_refine_lr,
-                     validation=config.block_refine_validation, batch=config.block_refine_batch,
-                     validate_every=config.block_refine_validate_every, norms=config.block_refine_norms,
-                     autocast=config.block_refine_autocast,
+    post = PostSolve(model, refine=config.block_refine_options, compensate=config.compensate,
                      world=getattr(strategy, "world", 1))
     for what, block, step_layers, step_stats in _steps(model, layers, walk_items, config, strategy, block_loader,
                                                        post.after_block, needs, timer):

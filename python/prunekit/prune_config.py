@@ -48,8 +48,8 @@ class PruneConfig:
       steps, is kept; ``block_refine_batch`` sequences per step (None: one calibration item);
       ``block_refine_norms`` trains the block's normalisation weights too;
       ``block_refine_autocast`` ("bfloat16" or "float16") runs the steps' forward and backward in
-      that dtype under ``torch.autocast``; any method; one process), or ("dsnot", "block"): both, in that order. See
-      :mod:`prunekit.solvers.block_refine`.
+      that dtype under ``torch.autocast``; any method; one process), or ("dsnot", "block"): both,
+      in that order. See :mod:`prunekit.solvers.block_refine`.
     - ``compensate``: None, or a :class:`prunekit.LowRank` (an int r is ``LowRank(rank=r)``):
       after pruning (and refinement), each pruned ``nn.Linear`` gets a rank-r correction of its
       error fitted in the eigenspace of its calibration inputs (EoRA) and becomes a
@@ -259,6 +259,17 @@ class PruneConfig:
     def needs_calibration(self) -> bool:
         return (bool(self.criterion.needs & criteria.CALIBRATION_STATISTICS) or self.effective_allocation == "owl"
                 or self.refine is not None or self.update is not None or self.compensate is not None)
+
+    @property
+    def block_refine_options(self) -> dict | None:
+        """The ``block_refine_*`` fields as the block refinement's options (None without
+        ``refine="block"``)."""
+        if "block" not in self.refinements:
+            return None
+        return {"steps": self.block_refine_steps, "lr": self.block_refine_lr,
+                "validation": self.block_refine_validation, "batch": self.block_refine_batch,
+                "validate_every": self.block_refine_validate_every, "autocast": self.block_refine_autocast,
+                "norms": self.block_refine_norms}
 
     @property
     def refinements(self) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
-"""What :func:`prunekit.prune` runs after a step's layers are solved: block refinement
-(``refine="block"``, :mod:`prunekit.solvers.block_refine`) and then low-rank compensation
-(``compensate=LowRank(...)``, :mod:`prunekit.solvers.lowrank`).
+"""What :func:`prunekit.prune` runs after a step's layers are solved: low-rank compensation
+(``compensate=LowRank(...)``, :mod:`prunekit.solvers.lowrank`) and then block refinement
+(``refine="block"``, :mod:`prunekit.solvers.block_refine`).
 
 Order: the layers are solved; each pruned ``nn.Linear`` whose ``W - W_s`` (dense minus solved
 weights) is compensated is replaced by a :class:`~prunekit.nn.LowRankLinear` sharing its weight;
@@ -38,24 +38,24 @@ class PostSolve:
     block refinement), which refines the block's kept weights and low-rank factors. ``refinements`` and
     ``compensation`` hold what was done, by block and by layer."""
 
-    def __init__(self, model: nn.Module, *, refine_block: bool, compensate: LowRank | None, steps: int, lr: float,
-                 validation: float, batch: int | None = None, validate_every: int = 1, norms: bool = False,
-                 autocast: str | None = None, world: int = 1):
-        if refine_block and world > 1:
+    def __init__(self, model: nn.Module, *, refine: dict | None, compensate: LowRank | None, world: int = 1):
+        """``refine``: :func:`~prunekit.solvers.block_refine.refine_block`'s options (steps, lr,
+        validation, batch, validate_every, autocast) and ``norms`` (train the block's
+        normalisation weights too), or None without block refinement."""
+        if refine is not None and world > 1:
             raise ValueError(f"PruneConfig.refine: 'block' runs in one process, but the run is spread over {world} "
                              "ranks; prune with distributed=False")
         self.model = model
-        self.refine = refine_block
+        self.refine = None if refine is None else dict(refine)
+        self.norms = False if refine is None else bool(self.refine.pop("norms", False))
         self.lowrank = compensate
-        self.steps, self.lr, self.validation = steps, lr, validation
-        self.batch, self.validate_every, self.norms, self.autocast = batch, validate_every, norms, autocast
         self.dense: dict[str, torch.Tensor] = {}
         self.refinements: list[BlockRefineResult] = []
         self.compensation: dict[str, dict] = {}
 
     @property
     def after_block(self):
-        return self._after_block if self.refine else None
+        return self._after_block if self.refine is not None else None
 
     def before_solve(self, layers: Mapping) -> None:
         if self.lowrank is not None:
@@ -70,10 +70,8 @@ class PostSolve:
                    if isinstance(layer.module, LowRankLinear) for factor in ("lowrank_a", "lowrank_b")}
         if self.norms:
             factors.update(normalisation_parameters(block_module))
-        self.refinements.append(refine_block(block_module, weights, inputs, targets, steps=self.steps, lr=self.lr,
-                                             validation=self.validation, batch=self.batch,
-                                             validate_every=self.validate_every, autocast=self.autocast,
-                                             name=step.name, free=factors))
+        self.refinements.append(refine_block(block_module, weights, inputs, targets, name=step.name, free=factors,
+                                             **self.refine))
 
     def _compensate(self, layers: Mapping, stats: Mapping) -> None:
         if self.lowrank is None:

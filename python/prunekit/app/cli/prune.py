@@ -126,7 +126,6 @@ def set_fields(args: argparse.Namespace) -> dict:
     """The ``--set FIELD=VALUE`` items as PruneConfig keywords: VALUE parsed as JSON where it is
     JSON (numbers, true/false, null, lists), else taken as a string. UsageError for an item without
     "=", a field PruneConfig does not have, or one that has its own option."""
-    owned = _OWN_OPTION
     fields = {field.name for field in dataclasses.fields(prunekit.PruneConfig)} - _NOT_SETTABLE
     chosen = {}
     for item in args.config_fields or ():
@@ -134,11 +133,11 @@ def set_fields(args: argparse.Namespace) -> dict:
         name = name.strip()
         if not equals or not name:
             raise UsageError(f"--set: expected FIELD=VALUE, but got {item!r}")
-        if name in owned:
+        if name in _OWN_OPTION:
             raise UsageError(f"--set: {name} has its own option (--{name.replace('_', '-')}); got --set {item}")
         if name not in fields:
             raise UsageError(f"--set: got {name!r}, but expected a PruneConfig field a command line can set: "
-                             f"{', '.join(sorted(fields - owned))}")
+                             f"{', '.join(sorted(fields - _OWN_OPTION))}")
         try:
             chosen[name] = json.loads(text)
         except json.JSONDecodeError:
