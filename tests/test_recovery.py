@@ -15,8 +15,8 @@ import transformers
 
 import prunekit
 from prunekit.app.cli import main as cli_main
-from prunekit.recovery import (MaskedLoRALinear, RecoveryError, distillation_kl, read_text_file, recover, text_batches,
-                               zero_masks)
+from prunekit.recovery import (MaskedLoRALinear, RecoveryError, distillation_kl, read_text_file, recover,
+                               teacher_samples, text_batches, zero_masks)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -174,6 +174,87 @@ def test_distillation_bad_input():
     with pytest.raises(ValueError, match="teacher: its logits are"):
         recover(model, batches(), steps=1, teacher=other_vocabulary, progress=False)
     assert all(torch.equal(value, snapshot(model)[name]) for name, value in before.items())
+
+
+def test_training_leaves_no_negative_zeros_at_pruned_weights():
+    model = pruned_llama()
+    masks = zero_masks(model)
+    params = dict(model.named_parameters())
+    negative = {name: torch.signbit(params[name].detach()[~mask]) for name, mask in masks.items()}
+    recover(model, batches(), steps=4, lr=3e-3, progress=False)
+    for name, mask in masks.items():  # the steps multiply by 0/1 masks; none of their -0.0 remains
+        after = torch.signbit(params[name].detach()[~mask])
+        assert not bool((after & ~negative[name]).any()), name
+
+
+def test_autocast_runs_the_forwards_in_bfloat16_and_keeps_the_weights():
+    teacher, model = tiny_models.tiny_model("llama"), pruned_llama(0.8)
+    masks = zero_masks(model)
+    distance = lambda: sum(float(distillation_kl(model, teacher, b)[0].detach()) for b in batches(2, seed=9))
+    before = distance()
+    seen = []
+    hooks = [m.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+             for m in (model.model.layers[0].mlp.down_proj, teacher.model.layers[0].mlp.down_proj)]
+    report = recover(model, batches(), steps=6, lr=1e-3, teacher=teacher, autocast="bfloat16", progress=False)
+    for hook in hooks:
+        hook.remove()
+    assert seen.count(torch.bfloat16) == 2 * 6  # every step's forwards, the model's and the teacher's
+    assert torch.float32 in seen  # the measurements before and after stay in the weights' dtype
+    assert report.autocast == "bfloat16" and distance() < before
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    params = dict(model.named_parameters())
+    assert report.pruned_weights_still_zero and all(bool((params[n].detach()[~m] == 0).all())
+                                                    for n, m in masks.items())
+    json.dumps(report.to_dict())
+    with pytest.raises(ValueError, match=r"recover: autocast: expected None, 'bfloat16' or 'float16'.*'int8'"):
+        recover(pruned_llama(), batches(), steps=1, autocast="int8", progress=False)
+
+
+def test_teacher_samples_start_at_bos_are_seeded_and_leave_the_global_rng_alone():
+    teacher = tiny_models.tiny_model("llama", bos_token_id=1, eos_token_id=2).train()
+    state = torch.random.get_rng_state()
+    first = teacher_samples(teacher, sequences=7, seqlen=9, batch_size=3, generation_batch=4, seed=3, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert [tuple(b["input_ids"].shape) for b in first] == [(3, 9), (3, 9), (1, 9)]
+    ids = torch.cat([b["input_ids"] for b in first])
+    assert bool((ids[:, 0] == 1).all()) and bool((ids[:, 1:] != 2).all()), "BOS first, EOS held back"
+    assert all(torch.equal(b["attention_mask"], torch.ones_like(b["input_ids"])) for b in first)
+    again = teacher_samples(teacher, sequences=7, seqlen=9, batch_size=3, generation_batch=4, seed=3, progress=False)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, again))
+    other = teacher_samples(teacher, sequences=7, seqlen=9, batch_size=3, generation_batch=7, seed=4, progress=False)
+    assert not torch.equal(ids, torch.cat([b["input_ids"] for b in other]))
+    assert teacher.training, "the teacher's mode is restored"
+
+
+def test_distilling_on_teacher_samples_moves_towards_the_teacher():
+    teacher, model = tiny_models.tiny_model("llama", bos_token_id=1, eos_token_id=2), pruned_llama(0.8)
+    samples = teacher_samples(teacher, sequences=8, seqlen=16, batch_size=2, autocast="bfloat16", progress=False)
+    distance = lambda: sum(float(distillation_kl(model, teacher, b)[0].detach()) for b in batches(2, seed=9))
+    before = distance()
+    report = recover(model, samples, steps=12, lr=1e-3, teacher=teacher, progress=False)
+    assert distance() < before and report.pruned_weights_still_zero
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("sequences", 0, r"sequences: expected an integer >= 1, but got 0"),
+    ("seqlen", 1, r"seqlen: expected an integer >= 2, but got 1"),
+    ("top_p", 1.5, r"top_p: expected a probability in \(0, 1\], but got 1.5"),
+    ("top_k", -1, r"top_k: expected an integer >= 0, but got -1"),
+    ("temperature", 0.0, r"temperature: expected a finite value > 0, but got 0.0"),
+    ("autocast", "int4", r"autocast: expected None, 'bfloat16' or 'float16'.*'int4'"),
+])
+def test_teacher_samples_bad_input(option, value, message):
+    teacher = tiny_models.tiny_model("llama", bos_token_id=1, eos_token_id=2)
+    with pytest.raises(ValueError, match=rf"teacher_samples: {message}"):
+        teacher_samples(teacher, progress=False, **{option: value})
+
+
+def test_teacher_samples_needs_a_generating_model_with_a_bos_token():
+    with pytest.raises(ValueError, match=r"teacher_samples: teacher: expected a causal LM with generate\(\).*Linear"):
+        teacher_samples(torch.nn.Linear(2, 2), progress=False)
+    teacher = tiny_models.tiny_model("llama", bos_token_id=None)
+    with pytest.raises(ValueError, match=r"teacher_samples: teacher: LlamaForCausalLM has no BOS token id"):
+        teacher_samples(teacher, progress=False)
 
 
 def test_norms_mode_trains_only_norms_and_biases():

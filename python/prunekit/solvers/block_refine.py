@@ -32,13 +32,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .._names import autocast_dtype
 from ..calibrate.pipeline import BlockInput, block_output
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AUTOCAST_DTYPES", "BlockRefineResult", "check_block_refine_options", "refine_block"]
-
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["BlockRefineResult", "check_block_refine_options", "refine_block"]
 
 
 @dataclass
@@ -73,12 +72,7 @@ def check_block_refine_options(steps, lr, validation, batch=None, validate_every
                          f"but got {batch!r}")
     if isinstance(validate_every, bool) or not isinstance(validate_every, int) or validate_every < 1:
         raise ValueError(f"{prefix}validate_every: expected an int >= 1, but got {validate_every!r}")
-    if autocast is None or autocast in AUTOCAST_DTYPES.values():
-        return autocast
-    if isinstance(autocast, str) and autocast in AUTOCAST_DTYPES:
-        return AUTOCAST_DTYPES[autocast]
-    raise ValueError(f"{prefix}autocast: expected None, 'bfloat16' or 'float16' (or the torch dtypes), but got "
-                     f"{autocast!r}")
+    return autocast_dtype(autocast, f"{prefix}autocast")
 
 
 def _cut_rows(value, rows: int, part: slice):
