@@ -8,6 +8,7 @@ calibration modules and the others in TRAIN_MODULES), never the novel.
 
     python bench/recovery_smollm2.py wanda --train all --steps 60 --lr 2e-4
     python bench/recovery_smollm2.py wanda --train all --steps 40 --lr 3e-4 --teacher   # distilled
+    python bench/recovery_smollm2.py wanda --steps 150 --lr 3e-4 --teacher --teacher-samples 256 --autocast bfloat16
     python bench/recovery_smollm2.py layers --unit block --ratio 0.25 --steps 60
     python bench/recovery_smollm2.py slice --ratio 0.25 --steps 40 --lr 3e-4 --teacher
 """
@@ -28,7 +29,7 @@ from prunekit.app.benchmarks.common import machine_info
 from prunekit.app.evaluation import (CALIBRATION_MODULES, EVALUATION_MODULES, docstring_paragraphs,
                                      lm_quality_batches, perplexity)
 from prunekit.hf import load_model
-from prunekit.recovery import text_batches, zero_masks
+from prunekit.recovery import teacher_samples, text_batches, zero_masks
 
 RESULTS = Path(__file__).resolve().parent / "results" / "recovery_smollm2.jsonl"
 TRAIN_MODULES = CALIBRATION_MODULES + (
@@ -77,6 +78,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--teacher", action="store_true",
                         help="distil from the dense SmolLM2 (the loss: KL from its next-token distribution)")
+    parser.add_argument("--teacher-samples", type=int, default=None, metavar="N",
+                        help="with --teacher: train on N sequences the dense SmolLM2 samples (not the docstrings)")
+    parser.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
+                        help="the forwards (sampling and training) under torch.autocast")
     parser.add_argument("--hidden-distillation", type=float, default=0.0,
                         help="with --teacher: weight of the blocks' hidden-state errors (SquareHead)")
     parser.add_argument("--skip-before", action="store_true", help="no perplexity before recovery (time)")
@@ -84,6 +89,8 @@ def main() -> int:
     parser.add_argument("--cache", default="/tmp/prunekit-recovery-wanda50.pt",
                         help="the Wanda 50%% state dict, reused between runs")
     args = parser.parse_args()
+    if args.teacher_samples and not args.teacher:
+        parser.error("--teacher-samples needs --teacher (the dense model samples them)")
     torch.set_num_threads(args.threads)
     model, tokenizer, _ = load_model("smollm2")
     calib, heldout = lm_quality_batches(tokenizer)
@@ -115,10 +122,16 @@ def main() -> int:
     if args.steps == 0:
         row["pruned_perplexity"] = perplexity(model, heldout)
     else:
-        batches = text_batches(tokenizer, training_paragraphs(), seqlen=128, batch_size=args.batch_size, seed=0)
         teacher = load_model("smollm2")[0].eval() if args.teacher else None
+        if args.teacher_samples:
+            started = time.perf_counter()
+            batches = teacher_samples(teacher, tokenizer, sequences=args.teacher_samples, seqlen=128,
+                                      batch_size=args.batch_size, autocast=args.autocast, progress=False)
+            row["sampling_seconds"] = time.perf_counter() - started
+        else:
+            batches = text_batches(tokenizer, training_paragraphs(), seqlen=128, batch_size=args.batch_size, seed=0)
         report = prunekit.recover(model, batches, steps=args.steps, lr=args.lr, train=args.train, teacher=teacher,
-                                  hidden_distillation=args.hidden_distillation,
+                                  hidden_distillation=args.hidden_distillation, autocast=args.autocast,
                                   eval_batches=None if args.skip_before else heldout, time_batch=calib[0],
                                   progress=False)
         if args.skip_before:
@@ -126,6 +139,7 @@ def main() -> int:
         params = dict(model.named_parameters())
         still_zero = all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
         row.update(train=args.train, steps=args.steps, lr=args.lr, batch_size=args.batch_size, teacher=args.teacher,
+                   teacher_samples=args.teacher_samples, autocast=args.autocast,
                    hidden_distillation=args.hidden_distillation,
                    training_windows=sum(len(b["input_ids"]) for b in batches), recover=report.to_dict(),
                    pruned_perplexity=report.perplexity_before, recovered_perplexity=report.perplexity_after,

@@ -4,6 +4,7 @@ process, failures that restore the weights, and the ``prunekit recover`` command
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -488,3 +489,32 @@ def test_cli_recover_distils_from_a_teacher(tmp_path):
     assert cli_main(["recover", os.fspath(model_dir), "--data", os.fspath(data), "--steps", "2",
                      "--hidden-distillation", "0.5", "--out", os.fspath(tmp_path / "refused"), "--quiet"]) != 0
     assert not (tmp_path / "refused").exists()
+
+
+def test_cli_recover_on_teacher_samples_under_autocast(tmp_path, capsys):
+    tokenizer = word_tokenizer()
+    model_dir, teacher_dir = tmp_path / "pruned", tmp_path / "dense"
+    pruned_llama(0.8).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    tiny_models.tiny_model("llama").save_pretrained(teacher_dir)
+    out = tmp_path / "out"
+    code = cli_main(["recover", os.fspath(model_dir), "--teacher", os.fspath(teacher_dir), "--teacher-samples", "6",
+                     "--seqlen", "16", "--batch-size", "2", "--steps", "4", "--autocast", "bfloat16", "--no-eval",
+                     "--out", os.fspath(out), "--quiet"])
+    assert code == 0
+    result = json.loads((out / "report.json").read_text())
+    report = result["recover"]
+    assert result["data"] == "6 sequences sampled by the teacher"
+    assert report["batches"] == 3 and report["autocast"] == "bfloat16" and report["pruned_weights_still_zero"]
+    capsys.readouterr()
+    for extra, message in (
+            (["--teacher-samples", "4", "--data", os.fspath(out / "report.md")], re.escape(
+                "--data, --teacher-samples: expected one of them (the training text, or the number of sequences the "
+                "teacher samples), but got both")),
+            ([], "--data, --teacher-samples: expected one of them .* but got neither"),
+            (["--teacher-samples", "4"], "--teacher-samples: needs --teacher")):
+        teacher = ["--teacher", os.fspath(teacher_dir)] if "needs" not in message else []
+        refused = tmp_path / "refused"
+        code = cli_main(["recover", os.fspath(model_dir), *teacher, *extra, "--steps", "2", "--out",
+                         os.fspath(refused), "--quiet"])
+        assert code == 2 and re.search(message, capsys.readouterr().err) and not refused.exists(), message

@@ -1,6 +1,6 @@
-"""``prunekit recover``: a short training of a pruned model on a text file that keeps every pruned
-weight exactly zero (alone or data-parallel under torchrun), with the perplexity before and after,
-the trained checkpoint and a report."""
+"""``prunekit recover``: a short training of a pruned model on a text file, or on sequences its
+dense teacher samples, that keeps every pruned weight exactly zero (alone or data-parallel under
+torchrun), with the perplexity before and after, the trained checkpoint and a report."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 from prunekit import distributed
 from prunekit.hf import load_model, resolve_model
-from prunekit.recovery import TRAIN_MODES, recover, text_batches
+from prunekit._names import AUTOCAST_DTYPES
+from prunekit.recovery import TRAIN_MODES, recover, teacher_samples, text_batches
 
 from .. import evaluation
 from .. import report as reports
@@ -41,13 +42,15 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "recover", parents=[common], help="train a pruned model briefly, keeping its pruned weights at zero",
         description="Train MODEL (a pruned Hugging Face folder or prunekit checkpoint) for --steps steps on the text "
-                    "of --data, keeping every weight that is zero now at exactly zero, and write DIR/model, "
+                    "of --data (or on --teacher-samples sequences that the --teacher samples), keeping every weight "
+                    "that is zero now at exactly zero, and write DIR/model, "
                     "report.json and report.md. --train all: every remaining weight (masked AdamW); norms: norm "
                     "weights and biases only; lora: low-rank adapters constrained to the sparsity pattern, merged "
                     "afterwards. Launch under torchrun for data parallelism: torchrun --nproc-per-node 2 -m prunekit "
                     "recover ...")
     parser.add_argument("model", metavar="MODEL", help="local model directory, hub id, or a packaged name (smollm2)")
-    parser.add_argument("--data", required=True, type=Path, metavar="FILE", help="training text (UTF-8)")
+    parser.add_argument("--data", type=Path, metavar="FILE",
+                        help="training text (UTF-8); this or --teacher-samples")
     parser.add_argument("--steps", required=True, type=positive_int, help="optimiser steps")
     parser.add_argument("--train", default="all", choices=TRAIN_MODES, help="what trains (default all)")
     parser.add_argument("--lr", type=positive_float, default=None,
@@ -61,6 +64,13 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                         help="the model before pruning (directory, hub id or packaged name): distil from it (the "
                              "loss becomes the KL from its next-token distribution; recovers more on text unlike "
                              "--data)")
+    parser.add_argument("--teacher-samples", type=positive_int, default=None, metavar="N",
+                        help="train on N sequences of --seqlen tokens that --teacher samples from its BOS token "
+                             "(top-k 50, top-p 0.95; seeded by --seed) instead of --data: distillation that needs no "
+                             "text and carries over to text of other domains")
+    parser.add_argument("--autocast", choices=tuple(AUTOCAST_DTYPES), default=None,
+                        help="run the forwards (training, and sampling) under torch.autocast in this dtype: about "
+                             "half the time on CPUs with bf16 arithmetic (AVX512-BF16, AMX); weights stay --dtype")
     parser.add_argument("--hidden-distillation", type=float, default=0.0, metavar="WEIGHT",
                         help="with --teacher: add WEIGHT times the blocks' hidden-state errors to the teacher's "
                              "(SquareHead; default 0: the logits only)")
@@ -79,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
     if args.hidden_distillation and args.teacher is None:
         raise UsageError("--hidden-distillation: needs --teacher (the dense model whose hidden states the blocks "
                          "learn)")
-    paragraphs = evaluation.read_text_file(args.data, "--data")
+    if (args.data is None) == (args.teacher_samples is None):
+        raise UsageError("--data, --teacher-samples: expected one of them (the training text, or the number of "
+                         f"sequences the teacher samples), but got {'both' if args.data is not None else 'neither'}")
+    if args.teacher_samples is not None and args.teacher is None:
+        raise UsageError("--teacher-samples: needs --teacher (the dense model that samples the sequences)")
+    if args.seqlen < 2:
+        raise UsageError(f"--seqlen: expected at least 2 tokens (one to predict), but got {args.seqlen}")
+    paragraphs = evaluation.read_text_file(args.data, "--data") if args.data is not None else None
     check_text_files(args)
     source = resolve_model(args.model)
     if os.path.abspath(args.out) == os.path.abspath(source):
@@ -93,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
         if not causal or tokenizer is None:
             raise UsageError(f"MODEL: recover trains a causal LM with a tokenizer on --data, but {args.model!r} is a "
                              f"{type(model).__name__}{'' if tokenizer is not None else ' without a tokenizer'}")
-        batches = text_batches(tokenizer, paragraphs, args.seqlen, args.batch_size, args.seed, what="--data")
         teacher = None
         if args.teacher is not None:
             teacher, teacher_tokenizer, teacher_causal = load_model(args.teacher, args.dtype)
@@ -104,15 +120,23 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--teacher: {args.teacher!r} has another vocabulary than MODEL "
                                  f"({len(teacher_tokenizer)} and {len(tokenizer)} tokens); expected the model before "
                                  "pruning")
+        if paragraphs is not None:
+            batches = text_batches(tokenizer, paragraphs, args.seqlen, args.batch_size, args.seed, what="--data")
+        else:
+            batches = teacher_samples(teacher, tokenizer, sequences=args.teacher_samples, seqlen=args.seqlen,
+                                      batch_size=args.batch_size, autocast=args.autocast, seed=args.seed,
+                                      progress=not args.quiet)
         eval_batches, eval_source = (None, None) if args.no_eval else evaluation_batches(
             args.eval_data, model, tokenizer, causal, args.eval_samples, args.seqlen, args.seed, 8)
         report = recover(model, batches, steps=args.steps, lr=lr, train=args.train, accumulation=args.accumulation,
                          lora_rank=args.lora_rank, teacher=teacher, hidden_distillation=args.hidden_distillation,
-                         eval_batches=eval_batches, seed=args.seed,
+                         autocast=args.autocast, eval_batches=eval_batches, seed=args.seed,
                          progress=not args.quiet, checkpoint=out / "model", tokenizer=tokenizer)
         if not torchrun or distributed.is_main_process():
             result = {"command": "recover", "model": args.model, "model_class": type(model).__name__,
-                      "data": os.fspath(args.data), "teacher": args.teacher, "evaluation": eval_source,
+                      "data": os.fspath(args.data) if args.data is not None else
+                      f"{args.teacher_samples} sequences sampled by the teacher",
+                      "teacher": args.teacher, "evaluation": eval_source,
                       "recover": report.to_dict(),
                       "machine": machine_info(), "seconds": time.perf_counter() - started}
             write_report(out, result, f"prunekit recover: {args.model}", _sections(result))
