@@ -15,6 +15,7 @@ for ``--repeats`` rounds (prunekit.app.demo_llm.compare_generation); the speed-u
 the median times; a batch-1 forward of 128 tokens (prefill) is timed the same way.
 
     python bench/bench_slice.py --part quality            # writes bench/results/slicegpt_smollm2_quality.{json,md}
+    python bench/bench_slice.py --part quality --calib teacher-samples  # ..._quality_teacher_samples.{json,md}
     python bench/bench_slice.py --part timing --threads 2 # writes bench/results/slicegpt_smollm2_timing.{json,md}
 """
 
@@ -35,6 +36,7 @@ import prunekit
 from prunekit.app import evaluation
 from prunekit.app.demo_llm import PROMPT, compare_generation, load_smollm2
 from prunekit.app.report import markdown_table
+from prunekit.recovery import teacher_samples
 
 VARIANTS = {  # name -> slice_ keyword arguments
     "sublayer": {"bases": "sublayer"},
@@ -95,6 +97,9 @@ def channel_pruned(model, calib, method: str, max_block_params: int):
 
 def quality(args, model, tokenizer, on_row) -> list[dict]:
     calib, heldout = evaluation.lm_quality_batches(tokenizer)
+    if args.calib == "teacher-samples":  # as many windows, sampled by the dense model from its BOS token
+        calib = teacher_samples(model, tokenizer, sequences=sum(len(b["input_ids"]) for b in calib), seqlen=128,
+                                batch_size=len(calib[0]["input_ids"]), progress=False)
     with torch.no_grad():
         dense_ppl = evaluation.perplexity(model, heldout)
     rows = [{"method": "dense", "variant": "-", "block_params": block_params(model), "block_reduction": 0.0,
@@ -178,6 +183,9 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.25, help="slicing ratio (default 0.25)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--channel-methods", nargs="*", default=list(CHANNEL_METHODS))
+    parser.add_argument("--calib", choices=("docstrings", "teacher-samples"), default="docstrings",
+                        help="quality: calibrate on the protocol's docstrings, or on as many sequences the dense "
+                             "model samples")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     parser.add_argument("--repeats", type=int, default=5, help="alternating dense/sliced rounds (timing)")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per generation (timing)")
@@ -185,12 +193,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_smollm2()
     if args.part == "quality":
+        sampled = args.calib == "teacher-samples"
         quality(args, model, tokenizer, lambda rows: write(
-            "slicegpt_smollm2_quality", "SliceGPT on SmolLM2-135M: parameters and perplexity", rows, QUALITY_COLUMNS,
-            "Perplexity on 64 x 128 held-out tokens of Alice in Wonderland after calibrating on 64 x 128 tokens of "
-              "Python docstrings (`lm_quality_batches`). Channel pruning removes MLP channels until the decoder "
-              "blocks hold at most the sliced model's block parameters. `python bench/bench_slice.py --part "
-              "quality`."))
+            "slicegpt_smollm2_quality" + ("_teacher_samples" if sampled else ""),
+            "SliceGPT on SmolLM2-135M: parameters and perplexity", rows, QUALITY_COLUMNS,
+            "Perplexity on 64 x 128 held-out tokens of Alice in Wonderland after calibrating on "
+            + ("64 sequences of 128 tokens that the dense model samples from its BOS token (`teacher_samples`, "
+               "seed 0)" if sampled else "64 x 128 tokens of Python docstrings (`lm_quality_batches`)")
+            + ". Channel pruning removes MLP channels until the decoder blocks hold at most the sliced model's block "
+              f"parameters. `python bench/bench_slice.py --part quality --calib {args.calib}`."))
     else:
         timing(args, model, tokenizer, lambda rows: write(
             "slicegpt_smollm2_timing", "SliceGPT on SmolLM2-135M: batch-1 generation", rows, TIMING_COLUMNS,
