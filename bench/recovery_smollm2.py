@@ -80,6 +80,7 @@ def main() -> int:
                         help="distil from the dense SmolLM2 (the loss: KL from its next-token distribution)")
     parser.add_argument("--teacher-samples", type=int, default=None, metavar="N",
                         help="with --teacher: train on N sequences the dense SmolLM2 samples (not the docstrings)")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of --teacher-samples (default 0)")
     parser.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
                         help="the forwards (sampling and training) under torch.autocast")
     parser.add_argument("--hidden-distillation", type=float, default=0.0,
@@ -126,7 +127,8 @@ def main() -> int:
         if args.teacher_samples:
             started = time.perf_counter()
             batches = teacher_samples(teacher, tokenizer, sequences=args.teacher_samples, seqlen=128,
-                                      batch_size=args.batch_size, autocast=args.autocast, progress=False)
+                                      batch_size=args.batch_size, autocast=args.autocast, seed=args.sample_seed,
+                                      progress=False)
             row["sampling_seconds"] = time.perf_counter() - started
         else:
             batches = text_batches(tokenizer, training_paragraphs(), seqlen=128, batch_size=args.batch_size, seed=0)
@@ -139,7 +141,7 @@ def main() -> int:
         params = dict(model.named_parameters())
         still_zero = all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
         row.update(train=args.train, steps=args.steps, lr=args.lr, batch_size=args.batch_size, teacher=args.teacher,
-                   teacher_samples=args.teacher_samples, autocast=args.autocast,
+                   teacher_samples=args.teacher_samples, sample_seed=args.sample_seed, autocast=args.autocast,
                    hidden_distillation=args.hidden_distillation,
                    training_windows=sum(len(b["input_ids"]) for b in batches), recover=report.to_dict(),
                    pruned_perplexity=report.perplexity_before, recovered_perplexity=report.perplexity_after,

@@ -470,7 +470,8 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
 
     - ``data``: a list of batches (dicts of tensors for ``model(**batch)``; causal LMs need
       ``input_ids``), or, with ``tokenizer``, a text file path or a list of paragraphs (cut into
-      windows of ``seqlen`` tokens, ``batch_size`` per batch: :func:`text_batches`).
+      windows of ``seqlen`` tokens, ``batch_size`` per batch: :func:`text_batches`); without text of
+      the right domain, the dense model's own samples (:func:`teacher_samples`) with ``teacher``.
     - ``steps`` optimiser steps of AdamW (``lr`` peak; linear warm-up over ``warmup_steps``,
       default a tenth of the steps, then cosine decay), ``accumulation`` batches per step, the
       batches taken in order, cycling. Gradients clipped to ``max_grad_norm``.

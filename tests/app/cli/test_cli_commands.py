@@ -100,6 +100,24 @@ def test_prune_sparsify_into_a_used_directory_then_eval_in_process(tiny_llama_di
     assert printed.startswith("perplexity ") and "; reference " in printed
 
 
+def test_prune_and_slice_calibrate_on_the_models_own_samples(tiny_llama_dir, tmp_path, capsys):
+    """--calib-samples: the model samples its calibration sequences (no tokenizer needed: the
+    config's BOS token starts them); prune runs in memory, saying why."""
+    from prunekit.app.cli import main
+
+    out = tmp_path / "pruned"
+    assert main(["prune", str(tiny_llama_dir), "--method", "wanda", "--sparsity", "0.5", "--calib-samples",
+                 "--nsamples", "4", "--seqlen", "12", "--no-eval", "--out", str(out), "--log-level", "info"]) == 0
+    assert "pruning in memory: --calib-samples samples the calibration sequences" in capsys.readouterr().err
+    calibration = json.loads((out / "report.json").read_text())["calibration"]
+    assert "sampled from its BOS token" in calibration["source"]
+    assert calibration["kind"] == "4 sampled sequences of 12 tokens"
+    sliced = tmp_path / "sliced"
+    assert main(["slice", str(tiny_llama_dir), "--ratio", "0.25", "--calib-samples", "--nsamples", "4", "--seqlen",
+                 "12", "--no-eval", "--out", str(sliced), "--quiet"]) == 0
+    assert "sampled" in json.loads((sliced / "report.json").read_text())["calibration"]["source"]
+
+
 def test_encoder_prune_and_eval_against_the_reference_in_process(tmp_path, capsys):
     """An encoder (tiny BERT, no tokenizer): calibration on random token ids, embedding fidelity
     before and after, and eval against the dense model (through prunekit.app.cli.main, no subprocess)."""

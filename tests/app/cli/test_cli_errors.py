@@ -41,6 +41,9 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(tiny_llama_dir, tmp_path
         ("prune", tiny_llama_dir, "--method", "wanda", "--sparsity", "1.5", "--out", out): "but got '1.5'",
         tuple(prune + ["--calib", empty]): "is empty",
         tuple(prune + ["--calib", tmp_path / "nothing.txt"]): "no such file",
+        tuple(prune + ["--calib", empty, "--calib-samples"]):
+            "--calib, --calib-samples: expected one calibration source (a text file, or the model's own samples), but "
+            "got both",
         tuple(prune[:-1] + [blocker / "out"]): "cannot write",
         tuple(prune[:-1] + [occupied]): "--overwrite",
         ("prune", tiny_llama_dir, "--method", "sparsegpt", "--sparsity", "0.5", "--refine", "dsnot", "--out", out):

@@ -105,10 +105,14 @@ def positive_int(text: str) -> int:
 
 def add_calibration_arguments(parser: argparse.ArgumentParser, nsamples: int,
                               seed: str = "seed of calibration sampling") -> None:
-    """The calibration text options data.calibration_batches reads (--calib, --nsamples, --seqlen,
-    --batch-size, --seed): ``nsamples`` is the default number of sequences, ``seed`` what --seed
+    """The calibration text options data.calibration_batches reads (--calib, --calib-samples,
+    --nsamples, --seqlen, --batch-size, --seed): ``nsamples`` is the default number of sequences, ``seed`` what --seed
     seeds."""
     parser.add_argument("--calib", type=Path, metavar="FILE", help="calibration text file (UTF-8)")
+    parser.add_argument("--calib-samples", action="store_true",
+                        help="calibrate on --nsamples sequences of --seqlen tokens that MODEL (a causal LM) samples "
+                             "itself from its BOS token (top-k 50, top-p 0.95, seeded): no calibration text needed, "
+                             "and general where the default docstrings are narrow")
     parser.add_argument("--nsamples", type=positive_int, default=nsamples,
                         help=f"calibration sequences (default {nsamples})")
     parser.add_argument("--seqlen", type=positive_int, default=128, help="tokens per sequence (default 128)")

@@ -1,12 +1,14 @@
-"""The text a command calibrates and evaluates on: a file of the user's (--calib, --data) or the
-docstrings of the Python standard library (offline, deterministic), tokenized for the model; seeded
-random token ids for a model without a tokenizer."""
+"""The text a command calibrates and evaluates on: a file of the user's (--calib, --data), the
+docstrings of the Python standard library (offline, deterministic), or sequences a causal LM samples
+itself (--calib-samples), tokenized for the model; seeded random token ids for a model without a
+tokenizer."""
 
 from __future__ import annotations
 
 import logging
 import os
 
+from ...recovery import teacher_samples
 from .. import evaluation
 from .common import UsageError
 
@@ -16,6 +18,9 @@ logger = logging.getLogger(__name__)
 def check_text_files(args) -> None:
     """Reads --calib and --eval-data (unless --no-eval) once before anything is loaded or written,
     so that a missing, unreadable or empty file is the first error."""
+    if getattr(args, "calib_samples", False) and getattr(args, "calib", None) is not None:
+        raise UsageError("--calib, --calib-samples: expected one calibration source (a text file, or the model's own "
+                         "samples), but got both")
     if getattr(args, "calib", None) is not None:
         evaluation.read_text_file(args.calib, "--calib")
     if args.eval_data is not None and not args.no_eval:
@@ -25,6 +30,8 @@ def check_text_files(args) -> None:
 def calibration_batches(args, model, tokenizer, causal: bool) -> tuple[list[dict], dict]:
     """Calibration batches for ``model`` and a description of them (for the report)."""
     info = {"nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed, "batch_size": args.batch_size}
+    if getattr(args, "calib_samples", False):
+        return _sampled_calibration(args, model, tokenizer, causal, info)
     if args.calib is not None:
         paragraphs = evaluation.read_text_file(args.calib, "--calib")
         info["source"] = os.fspath(args.calib)
@@ -48,6 +55,26 @@ def calibration_batches(args, model, tokenizer, causal: bool) -> tuple[list[dict
                      evaluation.docstring_sentences(evaluation.CALIBRATION_MODULES, args.nsamples))
         batches = evaluation.tokenize(tokenizer, sentences, args.batch_size, args.seqlen)
         info["kind"] = f"{len(sentences)} sentences, at most {args.seqlen} tokens each"
+    return batches, info
+
+
+def _sampled_calibration(args, model, tokenizer, causal: bool, info: dict) -> tuple[list[dict], dict]:
+    if not causal or not callable(getattr(model, "generate", None)):
+        raise UsageError(f"--calib-samples: MODEL must be a causal LM that generates text, but it is a "
+                         f"{type(model).__name__}")
+    if args.seqlen < 2:
+        raise UsageError(f"--seqlen: --calib-samples needs at least 2 tokens per sequence, but got {args.seqlen}")
+    if not any(True for _ in model.parameters()) or any(p.is_meta for p in model.parameters()):
+        raise UsageError("--calib-samples: the model must be loaded to sample from it; streamed pruning (--stream) "
+                         "never holds it whole: give --calib FILE instead")
+    try:
+        batches = teacher_samples(model, tokenizer, sequences=args.nsamples, seqlen=args.seqlen,
+                                  batch_size=args.batch_size, seed=args.seed,
+                                  progress=not getattr(args, "quiet", False))
+    except ValueError as error:
+        raise UsageError(f"--calib-samples: {error}") from None
+    info["source"] = "sequences the model sampled from its BOS token (top-k 50, top-p 0.95)"
+    info["kind"] = f"{args.nsamples} sampled sequences of {args.seqlen} tokens"
     return batches, info
 
 

@@ -38,6 +38,8 @@ def streaming_blocker(args, config_kwargs: dict) -> str | None:
         return (f"--format {args.format} makes sparsify_ swap every pruned layer for one holding that format, which "
                 "needs the model in memory (a streamed --sparsify stores each layer smallest-exact and its runtime "
                 "format is chosen at load: --format auto)")
+    if getattr(args, "calib_samples", False):
+        return "--calib-samples samples the calibration sequences from the whole model"
     config = prunekit.PruneConfig(**config_kwargs)
     if "gradients" in config.criterion.needs:
         return f"--method {config.method_name} needs gradients of the whole model"
