@@ -9,6 +9,7 @@ are deterministic; prune seconds need a quiet machine.
 
     python bench/quality_smollm2.py                       # writes bench/results/quality_smollm2.{json,md}
     python bench/quality_smollm2.py --only 'wanda*@ 0.5'  # a subset (fnmatch on "label @ sparsity")
+    python bench/quality_smollm2.py --calib samples --only 'wanda @*' 'sparsegpt @*'  # self-calibration
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import _quality  # noqa: E402
 
 def main() -> None:
     parser = _quality.argument_parser(__doc__, "50%% and 2:4 only, one compensation budget", "quality_smollm2")
+    parser.add_argument("--calib", choices=("docstrings", "samples"), default="docstrings",
+                        help="calibrate on the protocol's docstrings, or on as many sequences the dense model samples "
+                             "from its BOS token (prunekit.recovery.teacher_samples, seed 0)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from _common import RESULTS_DIR, machine_info
@@ -42,6 +46,11 @@ def main() -> None:
         model, tokenizer, _ = load_model("smollm2")
         model.eval()
         calib, heldout = lm_quality_batches(tokenizer)
+        if args.calib == "samples":
+            from prunekit.recovery import teacher_samples
+
+            calib = teacher_samples(model, tokenizer, sequences=sum(len(b["input_ids"]) for b in calib), seqlen=128,
+                                    batch_size=len(calib[0]["input_ids"]), progress=False)
 
         def evaluate(pruned) -> dict:
             with torch.no_grad():
@@ -52,7 +61,10 @@ def main() -> None:
         configs = _quality.select(_quality.configs(refine_options, args.quick), args.only)
         dense = evaluate(model)["perplexity"]
         print(f"dense perplexity {dense:.4f}; {len(configs)} configurations", flush=True)
-    name = args.name or ("quality_smollm2_quick" if args.quick else "quality_smollm2")
+    name = args.name or ("quality_smollm2_quick" if args.quick else "quality_smollm2") + (
+        "_self_calibration" if args.calib == "samples" else "")
+    source = ("64 sequences of 128 tokens that the dense model samples from its BOS token" if args.calib == "samples"
+              else "64 x 128 tokens of Python docstrings")
     machine = machine_info()
     RESULTS_DIR.mkdir(exist_ok=True)
     rows: list[dict] = []
@@ -67,7 +79,7 @@ def main() -> None:
                                                              "rows": rows}, indent=2, default=str) + "\n")
         table = _quality.markdown(rows, "perplexity", "perplexity")
         text = ["# SmolLM2-135M-Instruct: held-out perplexity after pruning", "",
-                f"Dense perplexity {dense:.4f}. Calibration: 64 x 128 tokens of Python docstrings; evaluation: 64 x "
+                f"Dense perplexity {dense:.4f}. Calibration: {source}; evaluation: 64 x "
                 "128 tokens of held-out English prose (another domain). gap = perplexity - dense; the ratio divides "
                 "by the smaller gap of plain Wanda and SparseGPT at the same sparsity. Low-rank bytes: the factors "
                 "added, as a share of the pruned layers' dense bytes (per layer at most the budget). Prune seconds "
