@@ -17,7 +17,7 @@ import transformers
 import prunekit
 from prunekit.app.cli import main as cli_main
 from prunekit.recovery import (MaskedLoRALinear, RecoveryError, distillation_kl, read_text_file, recover,
-                               teacher_samples, text_batches, zero_masks)
+                               sample_next_tokens, teacher_samples, text_batches, zero_masks)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -225,6 +225,32 @@ def test_teacher_samples_start_at_bos_are_seeded_and_leave_the_global_rng_alone(
     other = teacher_samples(teacher, sequences=7, seqlen=9, batch_size=3, generation_batch=7, seed=4, progress=False)
     assert not torch.equal(ids, torch.cat([b["input_ids"] for b in other]))
     assert teacher.training, "the teacher's mode is restored"
+
+
+def test_sample_next_tokens_keeps_the_nucleus_of_the_top_k():
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
+    scores = probs.log().expand(20000, 4)
+    generator = torch.Generator().manual_seed(0)
+    drawn = sample_next_tokens(scores, top_k=0, top_p=0.7, temperature=1.0, generator=generator).view(-1)
+    counts = torch.bincount(drawn, minlength=4).double() / len(drawn)
+    assert counts[0] == 0 and counts[2] == 0  # outside the smallest prefix reaching 0.7 (0.5 + 0.3)
+    assert counts[1] == pytest.approx(0.5 / 0.8, abs=0.015) and counts[3] == pytest.approx(0.3 / 0.8, abs=0.015)
+    drawn = sample_next_tokens(scores, top_k=3, top_p=1.0, temperature=1.0, generator=generator).view(-1)
+    assert bool((drawn != 0).all())  # the lowest is not in the top 3
+    assert torch.equal(sample_next_tokens(scores[:5], top_k=1, top_p=1.0, temperature=1.0), torch.ones(5, 1).long())
+    hot = sample_next_tokens(scores, top_k=0, top_p=1.0, temperature=0.25, generator=generator).view(-1)
+    assert float((hot == 1).double().mean()) > 0.8  # a low temperature sharpens towards the most likely
+
+
+def test_teacher_samples_with_top_k_1_are_the_greedy_continuation():
+    teacher = tiny_models.tiny_model("llama", bos_token_id=1, eos_token_id=2)
+    ids = torch.cat([b["input_ids"] for b in teacher_samples(teacher, sequences=3, seqlen=10, top_k=1,
+                                                              progress=False)])
+    prompt = torch.ones(3, 1, dtype=torch.long)
+    with torch.no_grad():
+        greedy = teacher.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                  max_new_tokens=9, min_new_tokens=9, pad_token_id=2)
+    assert torch.equal(ids, greedy)
 
 
 def test_distilling_on_teacher_samples_moves_towards_the_teacher():
