@@ -15,7 +15,7 @@ for ``--repeats`` rounds (prunekit.app.demo_llm.compare_generation); the speed-u
 the median times; a batch-1 forward of 128 tokens (prefill) is timed the same way.
 
     python bench/bench_slice.py --part quality            # writes bench/results/slicegpt_smollm2_quality.{json,md}
-    python bench/bench_slice.py --part quality --calib teacher-samples  # ..._quality_teacher_samples.{json,md}
+    python bench/bench_slice.py --part quality --calib samples  # ..._quality_self_calibration.{json,md}
     python bench/bench_slice.py --part timing --threads 2 # writes bench/results/slicegpt_smollm2_timing.{json,md}
 """
 
@@ -97,7 +97,7 @@ def channel_pruned(model, calib, method: str, max_block_params: int):
 
 def quality(args, model, tokenizer, on_row) -> list[dict]:
     calib, heldout = evaluation.lm_quality_batches(tokenizer)
-    if args.calib == "teacher-samples":  # as many windows, sampled by the dense model from its BOS token
+    if args.calib == "samples":  # as many windows, sampled by the dense model from its BOS token
         calib = teacher_samples(model, tokenizer, sequences=sum(len(b["input_ids"]) for b in calib), seqlen=128,
                                 batch_size=len(calib[0]["input_ids"]), progress=False)
     with torch.no_grad():
@@ -183,7 +183,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.25, help="slicing ratio (default 0.25)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--channel-methods", nargs="*", default=list(CHANNEL_METHODS))
-    parser.add_argument("--calib", choices=("docstrings", "teacher-samples"), default="docstrings",
+    parser.add_argument("--calib", choices=("docstrings", "samples"), default="docstrings",
                         help="quality: calibrate on the protocol's docstrings, or on as many sequences the dense "
                              "model samples")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
@@ -193,9 +193,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_smollm2()
     if args.part == "quality":
-        sampled = args.calib == "teacher-samples"
+        sampled = args.calib == "samples"
         quality(args, model, tokenizer, lambda rows: write(
-            "slicegpt_smollm2_quality" + ("_teacher_samples" if sampled else ""),
+            "slicegpt_smollm2_quality" + ("_self_calibration" if sampled else ""),
             "SliceGPT on SmolLM2-135M: parameters and perplexity", rows, QUALITY_COLUMNS,
             "Perplexity on 64 x 128 held-out tokens of Alice in Wonderland after calibrating on "
             + ("64 sequences of 128 tokens that the dense model samples from its BOS token (`teacher_samples`, "

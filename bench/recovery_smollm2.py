@@ -81,7 +81,7 @@ def main() -> int:
     parser.add_argument("--teacher-samples", type=int, default=None, metavar="N",
                         help="with --teacher: train on N sequences the dense SmolLM2 samples (not the docstrings)")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of --teacher-samples (default 0)")
-    parser.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
+    parser.add_argument("--autocast", choices=("bfloat16",), default=None,
                         help="the forwards (sampling and training) under torch.autocast")
     parser.add_argument("--hidden-distillation", type=float, default=0.0,
                         help="with --teacher: weight of the blocks' hidden-state errors (SquareHead)")
@@ -90,6 +90,8 @@ def main() -> int:
     parser.add_argument("--cache", default="/tmp/prunekit-recovery-wanda50.pt",
                         help="the Wanda 50%% state dict, reused between runs")
     args = parser.parse_args()
+    if args.teacher_samples is not None and args.teacher_samples < 1:
+        parser.error(f"--teacher-samples: expected a positive number of sequences, but got {args.teacher_samples}")
     if args.teacher_samples and not args.teacher:
         parser.error("--teacher-samples needs --teacher (the dense model samples them)")
     torch.set_num_threads(args.threads)

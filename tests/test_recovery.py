@@ -16,8 +16,8 @@ import transformers
 
 import prunekit
 from prunekit.app.cli import main as cli_main
-from prunekit.recovery import (MaskedLoRALinear, RecoveryError, distillation_kl, read_text_file, recover,
-                               sample_next_tokens, teacher_samples, text_batches, zero_masks)
+from prunekit.recovery import (MaskedLoRALinear, RecoveryError, _sample_next_tokens, distillation_kl, read_text_file,
+                               recover, teacher_samples, text_batches, zero_masks)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -100,6 +100,18 @@ def test_distillation_kl_against_its_definition():
     assert abs(float(same.detach())) < 1e-5
     kl.backward()  # differentiable in the model
     assert model.model.layers[0].mlp.down_proj.weight.grad is not None
+
+
+def test_distillation_kl_where_both_models_rule_a_token_out():
+    teacher, model = tiny_models.tiny_model("llama"), pruned_llama()
+    with torch.no_grad():
+        for m in (teacher, model):  # a vocabulary-padding mask the pruned model keeps
+            m.lm_head.bias = torch.nn.Parameter(torch.zeros(tiny_models.VOCAB))
+            m.lm_head.bias[[7, 9]] = float("-inf")
+    kl, count = distillation_kl(model, teacher, batches(1)[0])
+    assert torch.isfinite(kl) and float(kl.detach()) > 0 and count > 0
+    kl.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_distillation_kl_where_the_teacher_rules_a_token_out():
@@ -207,8 +219,10 @@ def test_autocast_runs_the_forwards_in_bfloat16_and_keeps_the_weights():
     assert report.pruned_weights_still_zero and all(bool((params[n].detach()[~m] == 0).all())
                                                     for n, m in masks.items())
     json.dumps(report.to_dict())
-    with pytest.raises(ValueError, match=r"recover: autocast: expected None, 'bfloat16' or 'float16'.*'int8'"):
-        recover(pruned_llama(), batches(), steps=1, autocast="int8", progress=False)
+    for bad in ("int8", "float16"):  # float16 would need loss scaling
+        with pytest.raises(ValueError, match=rf"recover: autocast: expected None, 'bfloat16' \(or the torch dtype\), "
+                                             rf"but got '{bad}'"):
+            recover(pruned_llama(), batches(), steps=1, autocast=bad, progress=False)
 
 
 def test_teacher_samples_start_at_bos_are_seeded_and_leave_the_global_rng_alone():
@@ -231,15 +245,40 @@ def test_sample_next_tokens_keeps_the_nucleus_of_the_top_k():
     probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
     scores = probs.log().expand(20000, 4)
     generator = torch.Generator().manual_seed(0)
-    drawn = sample_next_tokens(scores, top_k=0, top_p=0.7, temperature=1.0, generator=generator).view(-1)
+    drawn = _sample_next_tokens(scores, top_k=0, top_p=0.7, temperature=1.0, generator=generator).view(-1)
     counts = torch.bincount(drawn, minlength=4).double() / len(drawn)
     assert counts[0] == 0 and counts[2] == 0  # outside the smallest prefix reaching 0.7 (0.5 + 0.3)
     assert counts[1] == pytest.approx(0.5 / 0.8, abs=0.015) and counts[3] == pytest.approx(0.3 / 0.8, abs=0.015)
-    drawn = sample_next_tokens(scores, top_k=3, top_p=1.0, temperature=1.0, generator=generator).view(-1)
+    drawn = _sample_next_tokens(scores, top_k=3, top_p=1.0, temperature=1.0, generator=generator).view(-1)
     assert bool((drawn != 0).all())  # the lowest is not in the top 3
-    assert torch.equal(sample_next_tokens(scores[:5], top_k=1, top_p=1.0, temperature=1.0), torch.ones(5, 1).long())
-    hot = sample_next_tokens(scores, top_k=0, top_p=1.0, temperature=0.25, generator=generator).view(-1)
+    assert torch.equal(_sample_next_tokens(scores[:5], top_k=1, top_p=1.0, temperature=1.0), torch.ones(5, 1).long())
+    hot = _sample_next_tokens(scores, top_k=0, top_p=1.0, temperature=0.25, generator=generator).view(-1)
     assert float((hot == 1).double().mean()) > 0.8  # a low temperature sharpens towards the most likely
+    with pytest.raises(ValueError, match=r"teacher_samples: teacher: its next-token scores hold NaN or no finite"):
+        _sample_next_tokens(torch.full((2, 4), float("nan")), 0, 0.9, 1.0)
+
+
+def test_teacher_samples_set_the_teachers_generation_settings_aside():
+    """A chat model's generation config (sampling on, a repetition penalty, dict outputs) changes
+    neither the samples nor the global random state, and stays as it was."""
+    teacher = tiny_models.tiny_model("llama", bos_token_id=1, eos_token_id=2)
+    plain = teacher_samples(teacher, sequences=4, seqlen=12, top_k=1, progress=False)
+    teacher.generation_config.update(do_sample=True, repetition_penalty=3.0, return_dict_in_generate=True, top_k=3)
+    state = torch.random.get_rng_state()
+    chat = teacher_samples(teacher, sequences=4, seqlen=12, top_k=1, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert teacher.generation_config.repetition_penalty == 3.0 and teacher.generation_config.do_sample
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(plain, chat))
+
+
+def test_teacher_samples_hold_back_every_end_of_sequence_id():
+    teacher = tiny_models.tiny_model("llama", bos_token_id=1, eos_token_id=2)
+    sample = lambda: torch.cat([b["input_ids"] for b in teacher_samples(teacher, sequences=16, seqlen=16, top_k=0,
+                                                                        progress=False)])[:, 1:]
+    assert bool((sample() == 5).any()), "token 5 is drawn while only 2 ends a sequence"
+    teacher.generation_config.eos_token_id = [2, 5]  # a chat model's list
+    ids = sample()
+    assert not bool(((ids == 2) | (ids == 5)).any())
 
 
 def test_teacher_samples_with_top_k_1_are_the_greedy_continuation():

@@ -36,7 +36,6 @@ only at the end, atomically (temporary name, then rename).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -49,7 +48,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import distributed as dist_
-from ._names import autocast_dtype, dtype_name
+from ._autocast import autocast_dtype, autocast_or_nothing
+from ._names import dtype_name
 from ._measure import _no_cache_kwargs, causal_lm_nll, count_parameters, forward_seconds, perplexity
 
 logger = logging.getLogger(__name__)
@@ -115,16 +115,24 @@ def text_batches(tokenizer, text: str | os.PathLike | Sequence[str], seqlen: int
     return [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows.split(batch_size)]
 
 
+SAMPLING_TOP_K = 50
+SAMPLING_TOP_P = 0.95
+
+
 def teacher_samples(teacher: nn.Module, tokenizer=None, *, sequences: int = 256, seqlen: int = 128,
-                    batch_size: int = 4, top_p: float = 0.95, top_k: int = 50, temperature: float = 1.0,
-                    generation_batch: int = 128, autocast=None, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Training batches sampled from the dense model itself (data-free distillation): ``sequences``
-    sequences of ``seqlen`` tokens, each the BOS token (the tokenizer's, else the teacher config's)
-    continued by sampling (the ``top_k`` most likely tokens, 0: all, then the nucleus ``top_p``, at
-    ``temperature``; the end-of-sequence token is held back until ``seqlen``),
-    ``generation_batch`` sequences at a time with the KV cache, grouped ``batch_size`` per batch.
-    Seeded, without touching the global random state: the same seed gives the same batches (under
-    ``torch.distributed`` every rank samples the same set and ``recover`` shards it). Distilling on
+                    batch_size: int = 4, top_p: float = SAMPLING_TOP_P, top_k: int = SAMPLING_TOP_K,
+                    temperature: float = 1.0, generation_batch: int = 128, autocast=None, seed: int = 0,
+                    progress: bool = True) -> list[dict]:
+    """Training (or calibration) batches sampled from the dense model itself (data-free
+    distillation): ``sequences`` sequences of ``seqlen`` tokens, each the BOS token (the
+    tokenizer's, else the teacher config's; for chat models often a turn marker) continued by
+    sampling (the ``top_k`` most likely tokens, 0: all, then the nucleus ``top_p``, at
+    ``temperature``; end-of-sequence tokens are never drawn), ``generation_batch`` sequences at a
+    time with the KV cache, grouped ``batch_size`` per batch. The teacher's own generation settings
+    (repetition penalties and the like) are set aside: the samples follow its plain distribution.
+    Seeded, without touching the global random state: the same seed gives the same batches on the
+    same kind of device with the same ``generation_batch`` and ``autocast`` (under
+    ``torch.distributed`` each rank samples the whole set, and ``recover`` shards it). Distilling on
     them teaches the pruned model what the teacher does on text it finds typical, whatever domain
     the calibration text came from.
 
@@ -149,24 +157,24 @@ def teacher_samples(teacher: nn.Module, tokenizer=None, *, sequences: int = 256,
     if bos is None:
         raise ValueError(f"teacher_samples: teacher: {type(teacher).__name__} has no BOS token id (neither the "
                          "tokenizer nor the config names one) to start the samples from")
-    eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
-    eos = eos if eos is not None else getattr(config, "eos_token_id", None)
-    pad = eos[0] if isinstance(eos, (list, tuple)) else (eos if eos is not None else bos)
+    eos = _end_of_sequence_ids(tokenizer, config, getattr(teacher, "generation_config", None))
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, LogitsProcessorList
 
     device = next(teacher.parameters()).device
-    sampler = _sampling_processor(top_k, float(top_p), float(temperature),
-                                  torch.Generator(device=device).manual_seed(seed))
-    # Greedy decoding of the sampler's one-hot scores: the sampler draws each token itself.
+    sampler = _sampling_processor(top_k, float(top_p), float(temperature), seed)
+    # Greedy decoding of the sampler's one-hot scores (the sampler draws each token itself), under a
+    # plain generation config: no penalty, forced or suppressed token of the teacher's own applies.
+    plain = GenerationConfig(bos_token_id=bos, eos_token_id=eos or None, pad_token_id=eos[0] if eos else bos)
     generation = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=seqlen - 1, min_new_tokens=seqlen - 1,
-                                  bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
-    was_training = teacher.training
+                                  use_cache=True, return_dict_in_generate=False, bos_token_id=bos,
+                                  eos_token_id=eos or None, pad_token_id=eos[0] if eos else bos)
+    was_training, own_config = teacher.training, getattr(teacher, "generation_config", None)
     teacher.eval()
     parts = []
     try:
-        with torch.no_grad(), (torch.autocast(device.type, dtype=dtype) if dtype is not None
-                               else contextlib.nullcontext()):
+        teacher.generation_config = plain
+        with torch.no_grad(), autocast_or_nothing(device.type, dtype):
             for start in tqdm(range(0, sequences, generation_batch), desc="prunekit teacher samples",
                               disable=None if progress else True, leave=False):
                 rows = min(generation_batch, sequences - start)
@@ -175,36 +183,57 @@ def teacher_samples(teacher: nn.Module, tokenizer=None, *, sequences: int = 256,
                                        logits_processor=LogitsProcessorList([sampler]))
                 parts.append(out[:, :seqlen].cpu())
     finally:
+        teacher.generation_config = own_config
         teacher.train(was_training)
     ids = torch.cat(parts)
     return [{"input_ids": rows, "attention_mask": torch.ones_like(rows)} for rows in ids.split(batch_size)]
 
 
-def sample_next_tokens(scores: torch.Tensor, top_k: int, top_p: float, temperature: float,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+def _end_of_sequence_ids(tokenizer, *configs) -> list[int]:
+    """Every end-of-sequence id the tokenizer, the model config and its generation config name (a
+    chat model's generation config often lists several)."""
+    ids: list[int] = []
+    for source in (tokenizer, *configs):
+        found = getattr(source, "eos_token_id", None) if source is not None else None
+        for value in (found if isinstance(found, (list, tuple)) else [found]):
+            if isinstance(value, int) and value not in ids:
+                ids.append(value)
+    return ids
+
+
+def _sample_next_tokens(scores: torch.Tensor, top_k: int, top_p: float, temperature: float,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row of next-token ``scores`` (rows, vocabulary), as (rows, 1): softmax at
     ``temperature`` over the ``top_k`` highest scores (0: all), cut to the smallest prefix whose
-    probability reaches ``top_p`` (at least one token), renormalised. The distribution of
-    Hugging Face's temperature / top-k / top-p sampling, without its sort of the whole vocabulary
-    and its draw over it (on a CPU those took about two thirds of a SmolLM2 decode step at 64
-    rows)."""
+    probability reaches ``top_p`` (at least one token; no cut at 1), renormalised: Hugging Face's
+    temperature / top-k / top-p distribution. With a top-k it neither sorts the whole vocabulary
+    nor draws over it, as Hugging Face's sampling does at every step."""
     scores = scores.float() / temperature
     k = scores.shape[-1] if top_k == 0 else min(top_k, scores.shape[-1])
     values, indices = torch.topk(scores, k, dim=-1)  # sorted, highest first
+    if not bool(torch.isfinite(values[:, 0]).all()) or bool(values.isnan().any()):
+        raise ValueError("teacher_samples: teacher: its next-token scores hold NaN or no finite value (an overflow; "
+                         "under autocast='float16' try 'bfloat16' or None)")
     probs = torch.softmax(values, dim=-1)
-    mass_before = probs.cumsum(-1) - probs
-    probs = probs.masked_fill(mass_before >= top_p, 0)
+    if top_p < 1:
+        mass_before = probs.cumsum(-1) - probs
+        probs = probs.masked_fill(mass_before >= top_p, 0)
     return indices.gather(-1, torch.multinomial(probs, 1, generator=generator))
 
 
-def _sampling_processor(top_k: int, top_p: float, temperature: float, generator: torch.Generator):
-    """A transformers logits processor that draws each next token with :func:`sample_next_tokens`
-    and returns scores where only that token is finite (0), for greedy decoding to pick."""
+def _sampling_processor(top_k: int, top_p: float, temperature: float, seed: int):
+    """A transformers logits processor that draws each next token with :func:`_sample_next_tokens`
+    (its own generator, seeded, made on the scores' device) and returns scores where only that
+    token is finite (0), for greedy decoding to pick."""
     from transformers import LogitsProcessor
 
     class SampleNextToken(LogitsProcessor):
+        generator: torch.Generator | None = None
+
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            chosen = sample_next_tokens(scores, top_k, top_p, temperature, generator)
+            if self.generator is None:
+                self.generator = torch.Generator(device=scores.device).manual_seed(seed)
+            chosen = _sample_next_tokens(scores, top_k, top_p, temperature, self.generator)
             return torch.full_like(scores, float("-inf")).scatter_(-1, chosen, 0.0)
 
     return SampleNextToken()
@@ -412,12 +441,13 @@ def distillation_kl(model: nn.Module, teacher: nn.Module, batch: Mapping,
         logits, target = logits[:, :-1].reshape(-1, logits.shape[-1]), target[:, :-1].reshape(-1, target.shape[-1])
     else:
         logits, target = logits[:, :-1][keep], target[:, :-1][keep]
-    # KL = cross-entropy(p_t, p_s) - entropy(p_t): one fused soft-target cross-entropy carries the
-    # gradient; xlogy gives 0 where the teacher rules a token out (probability 0, a -inf logit).
+    # sum p_t (log p_t - log p_s), with 0 where the teacher rules a token out (probability 0, a -inf
+    # logit, which the pruned model often shares: 0 * -inf must not make NaN)
+    log_model = F.log_softmax(logits.float(), dim=-1)
     with torch.no_grad():
         teacher_probs = F.softmax(target.float(), dim=-1)
-        entropy = -torch.special.xlogy(teacher_probs, teacher_probs).sum()
-    loss = F.cross_entropy(logits.float(), teacher_probs, reduction="sum") - entropy
+        teacher_terms = torch.special.xlogy(teacher_probs, teacher_probs)
+    loss = torch.where(teacher_probs > 0, teacher_terms - teacher_probs * log_model, 0.0).sum()
     if hidden_weight > 0:
         loss = loss + hidden_weight * _hidden_distance(model_out, teacher_out, mask)
     return loss, int(keep.sum())
@@ -515,10 +545,10 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
       :func:`distillation_kl` per target token (a causal LM; not with ``loss_fn``).
       ``hidden_distillation`` > 0 adds the blocks' hidden-state errors to the teacher's, with that
       weight (SquareHead; needs models that return ``hidden_states`` and the same blocks).
-    - ``autocast``: None, or "bfloat16" / "float16": the forwards (the model's and the teacher's)
-      run under ``torch.autocast`` in that dtype, about half the time where the CPU has bf16
-      arithmetic (AVX512-BF16, AMX); the weights, AdamW's moments and the loss's softmax stay in
-      the weights' dtype.
+    - ``autocast``: None, or "bfloat16": the forwards (the model's and the teacher's) run under
+      ``torch.autocast`` in bfloat16, about half the time where the CPU has bf16 arithmetic
+      (AVX512-BF16, AMX); the weights and AdamW's moments stay in their dtype and the loss's
+      softmax in float32. (float16 would need loss scaling, which recover does not do.)
     - ``eval_batches``: held-out batches; their perplexity before and after goes in the report.
       ``time_batch``: a batch whose dense forward time before and after goes in the report
       (default: the first training batch).
@@ -532,7 +562,7 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
     """
     _check_arguments(train, steps, lr, lora_rank, float(lora_alpha), float(weight_decay),
                      None if max_grad_norm is None else float(max_grad_norm), warmup_steps, accumulation)
-    autocast = autocast_dtype(autocast, "recover: autocast")
+    autocast = autocast_dtype(autocast, "recover: autocast", allowed=("bfloat16",))
     if not isinstance(model, nn.Module):
         raise ValueError(f"recover: model: expected a torch.nn.Module, but got {type(model).__name__}")
     from .nn import SparseWeightModule
@@ -569,6 +599,7 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
     strategy = dist_.strategy_for(distributed, process_group)
     shard = strategy.shard(batches) if strategy.world > 1 else batches
     strategy.agree({"steps": steps, "lr": lr, "train": train, "batches": len(batches), "accumulation": accumulation,
+                    "autocast": str(autocast),
                     "parameters": [(n, tuple(p.shape)) for n, p in model.named_parameters()]}, "recover")
 
     started = time.perf_counter()
@@ -660,10 +691,12 @@ def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr
     from tqdm.auto import tqdm
 
     params = list(trainable.values())
-    # Masks as 0/1 in the weights' dtype: a multiply is tens of times faster than masked_fill_ with a
-    # bool mask on CPU, and the gradients at pruned positions are zeroed before clipping, so they
-    # count in no norm and AdamW's moments there stay zero.
-    masked = [(param, masks[name].to(param.dtype)) for name, param in trainable.items() if name in masks]
+    # Gradients at pruned positions are zeroed before clipping (they count in no norm and AdamW's
+    # moments there stay zero), and the weights re-masked after each step. On CPU the masks are 0/1
+    # in the weights' dtype: a multiply is tens of times faster there than masked_fill_ with a bool
+    # mask; elsewhere the bool mask multiplies (a quarter of the memory).
+    masked = [(param, masks[name].to(param.dtype) if param.device.type == "cpu" else masks[name])
+              for name, param in trainable.items() if name in masks]
     # The fused kernel: one pass per tensor instead of a dozen (a tenth of a step on a 135M model).
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params) or None
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), fused=fused)
@@ -686,14 +719,13 @@ def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr
                 for _ in range(accumulation):
                     batch = batches[position % len(batches)]
                     position += 1
-                    with (torch.autocast(device_type, dtype=autocast) if autocast is not None
-                          else contextlib.nullcontext()):
+                    with autocast_or_nothing(device_type, autocast):
                         if loss_fn is None:
                             nll, count = (causal_lm_nll(model, batch) if teacher is None else
                                           distillation_kl(model, teacher, batch, hidden_distillation))
                             if count == 0:
-                                raise ValueError(f"recover: data: batch {position % len(batches)} holds no target "
-                                                 "tokens")
+                                raise ValueError(f"recover: data: batch {(position - 1) % len(batches)} holds no "
+                                                 "target tokens")
                             loss = nll / count
                             totals += torch.tensor([float(nll.detach()), count], dtype=torch.float64)
                         else:

@@ -23,7 +23,6 @@ themselves when no step improves on them, with an info log).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -32,12 +31,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .._names import autocast_dtype
+from .._autocast import AUTOCAST_DTYPES, autocast_dtype, autocast_or_nothing
 from ..calibrate.pipeline import BlockInput, block_output
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BlockRefineResult", "check_block_refine_options", "refine_block"]
+__all__ = ["AUTOCAST_DTYPES", "BlockRefineResult", "check_block_refine_options", "refine_block"]
 
 
 @dataclass
@@ -164,9 +163,7 @@ def refine_block(block: nn.Module, weights: Mapping[str, nn.Parameter], inputs: 
     def loss_of(pairs: list[tuple[BlockInput, torch.Tensor, float]], grad: bool) -> float:
         total, scale = 0.0, sum(pair[2] for pair in pairs) or 1.0
         for item, target, _ in pairs:
-            low = torch.autocast(item.hidden.device.type, dtype=autocast) if grad and autocast is not None else \
-                contextlib.nullcontext()
-            with torch.set_grad_enabled(grad), low:
+            with torch.set_grad_enabled(grad), autocast_or_nothing(item.hidden.device.type, autocast if grad else None):
                 output = _rows(run(block, item), item.token_mask)
             with torch.set_grad_enabled(grad):
                 loss = (output.float() - _rows(target, item.token_mask).float()).pow(2).sum() / scale

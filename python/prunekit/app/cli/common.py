@@ -111,8 +111,8 @@ def add_calibration_arguments(parser: argparse.ArgumentParser, nsamples: int,
     parser.add_argument("--calib", type=Path, metavar="FILE", help="calibration text file (UTF-8)")
     parser.add_argument("--calib-samples", action="store_true",
                         help="calibrate on --nsamples sequences of --seqlen tokens that MODEL (a causal LM) samples "
-                             "itself from its BOS token (top-k 50, top-p 0.95, seeded): no calibration text needed, "
-                             "and general where the default docstrings are narrow")
+                             "itself from its BOS token (prunekit.recovery.teacher_samples, seeded by --seed): no "
+                             "calibration text needed, and general where the default docstrings are narrow")
     parser.add_argument("--nsamples", type=positive_int, default=nsamples,
                         help=f"calibration sequences (default {nsamples})")
     parser.add_argument("--seqlen", type=positive_int, default=128, help="tokens per sequence (default 128)")

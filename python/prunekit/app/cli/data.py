@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ...recovery import teacher_samples
+from ...recovery import SAMPLING_TOP_K, SAMPLING_TOP_P, teacher_samples
 from .. import evaluation
 from .common import UsageError
 
@@ -65,15 +65,11 @@ def _sampled_calibration(args, model, tokenizer, causal: bool, info: dict) -> tu
     if args.seqlen < 2:
         raise UsageError(f"--seqlen: --calib-samples needs at least 2 tokens per sequence, but got {args.seqlen}")
     if not any(True for _ in model.parameters()) or any(p.is_meta for p in model.parameters()):
-        raise UsageError("--calib-samples: the model must be loaded to sample from it; streamed pruning (--stream) "
-                         "never holds it whole: give --calib FILE instead")
-    try:
-        batches = teacher_samples(model, tokenizer, sequences=args.nsamples, seqlen=args.seqlen,
-                                  batch_size=args.batch_size, seed=args.seed,
-                                  progress=not getattr(args, "quiet", False))
-    except ValueError as error:
-        raise UsageError(f"--calib-samples: {error}") from None
-    info["source"] = "sequences the model sampled from its BOS token (top-k 50, top-p 0.95)"
+        raise UsageError("--calib-samples: the model must be in memory to sample from it (--in-memory)")
+    batches = teacher_samples(model, tokenizer, sequences=args.nsamples, seqlen=args.seqlen,
+                              batch_size=args.batch_size, seed=args.seed, progress=not getattr(args, "quiet", False))
+    info["source"] = (f"sequences the model sampled from its BOS token (top-k {SAMPLING_TOP_K}, "
+                      f"top-p {SAMPLING_TOP_P})")
     info["kind"] = f"{args.nsamples} sampled sequences of {args.seqlen} tokens"
     return batches, info
 

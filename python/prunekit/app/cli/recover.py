@@ -12,8 +12,7 @@ from pathlib import Path
 
 from prunekit import distributed
 from prunekit.hf import load_model, resolve_model
-from prunekit._names import AUTOCAST_DTYPES
-from prunekit.recovery import TRAIN_MODES, recover, teacher_samples, text_batches
+from prunekit.recovery import SAMPLING_TOP_K, SAMPLING_TOP_P, TRAIN_MODES, recover, teacher_samples, text_batches
 
 from .. import evaluation
 from .. import report as reports
@@ -66,9 +65,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                              "--data)")
     parser.add_argument("--teacher-samples", type=positive_int, default=None, metavar="N",
                         help="train on N sequences of --seqlen tokens that --teacher samples from its BOS token "
-                             "(top-k 50, top-p 0.95; seeded by --seed) instead of --data: distillation that needs no "
-                             "text and carries over to text of other domains")
-    parser.add_argument("--autocast", choices=tuple(AUTOCAST_DTYPES), default=None,
+                             f"(top-k {SAMPLING_TOP_K}, top-p {SAMPLING_TOP_P}; seeded by --seed) instead of --data: "
+                             "distillation that needs no text and carries over to text of other domains")
+    parser.add_argument("--autocast", choices=("bfloat16",), default=None,
                         help="run the forwards (training, and sampling) under torch.autocast in this dtype: about "
                              "half the time on CPUs with bf16 arithmetic (AVX512-BF16, AMX); weights stay --dtype")
     parser.add_argument("--hidden-distillation", type=float, default=0.0, metavar="WEIGHT",
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         out = prepare_output(args, FILES, torchrun)
         model, tokenizer, causal = load_model(args.model, args.dtype)
         if not causal or tokenizer is None:
-            raise UsageError(f"MODEL: recover trains a causal LM with a tokenizer on --data, but {args.model!r} is a "
+            raise UsageError(f"MODEL: recover trains a causal LM with a tokenizer, but {args.model!r} is a "
                              f"{type(model).__name__}{'' if tokenizer is not None else ' without a tokenizer'}")
         teacher = None
         if args.teacher is not None:
