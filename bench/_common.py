@@ -37,3 +37,12 @@ def main(family: str, doc: str, extra_arguments=None, variant=None) -> None:
     name = f"{module.NAME}{variant(args) if variant else ''}{'_quick' if args.quick else ''}"
     paths = write_results(name, rows, module.COLUMNS, module.TITLE)
     print("wrote", *paths)
+
+
+def sampled_like(model, tokenizer, calib: list[dict]) -> list[dict]:
+    """As many sequences as ``calib`` holds, of its length and batching, that ``model`` samples
+    itself from its BOS token (prunekit.recovery.teacher_samples, seed 0): self-calibration."""
+    from prunekit.recovery import teacher_samples
+
+    return teacher_samples(model, tokenizer, sequences=sum(len(b["input_ids"]) for b in calib),
+                           seqlen=calib[0]["input_ids"].shape[1], batch_size=len(calib[0]["input_ids"]), progress=False)

@@ -30,13 +30,12 @@ import time
 
 import torch
 
-from _common import RESULTS_DIR, machine_info
+from _common import RESULTS_DIR, machine_info, sampled_like
 
 import prunekit
 from prunekit.app import evaluation
 from prunekit.app.demo_llm import PROMPT, compare_generation, load_smollm2
 from prunekit.app.report import markdown_table
-from prunekit.recovery import teacher_samples
 
 VARIANTS = {  # name -> slice_ keyword arguments
     "sublayer": {"bases": "sublayer"},
@@ -98,8 +97,7 @@ def channel_pruned(model, calib, method: str, max_block_params: int):
 def quality(args, model, tokenizer, on_row) -> list[dict]:
     calib, heldout = evaluation.lm_quality_batches(tokenizer)
     if args.calib == "samples":  # as many windows, sampled by the dense model from its BOS token
-        calib = teacher_samples(model, tokenizer, sequences=sum(len(b["input_ids"]) for b in calib), seqlen=128,
-                                batch_size=len(calib[0]["input_ids"]), progress=False)
+        calib = sampled_like(model, tokenizer, calib)
     with torch.no_grad():
         dense_ppl = evaluation.perplexity(model, heldout)
     rows = [{"method": "dense", "variant": "-", "block_params": block_params(model), "block_reduction": 0.0,

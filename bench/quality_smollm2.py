@@ -47,10 +47,9 @@ def main() -> None:
         model.eval()
         calib, heldout = lm_quality_batches(tokenizer)
         if args.calib == "samples":
-            from prunekit.recovery import teacher_samples
+            from _common import sampled_like
 
-            calib = teacher_samples(model, tokenizer, sequences=sum(len(b["input_ids"]) for b in calib), seqlen=128,
-                                    batch_size=len(calib[0]["input_ids"]), progress=False)
+            calib = sampled_like(model, tokenizer, calib)
 
         def evaluate(pruned) -> dict:
             with torch.no_grad():
