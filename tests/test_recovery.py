@@ -530,12 +530,17 @@ def test_cli_recover_trains_and_writes_a_report(tmp_path, capsys):
     assert not (tmp_path / "diverged" / "model").exists()
 
 
-def test_cli_recover_distils_from_a_teacher(tmp_path):
-    tokenizer = word_tokenizer()
+def pruned_and_dense_dirs(tmp_path):
+    """A 80%-pruned tiny Llama (with the word tokenizer) and its dense model, saved as folders."""
     model_dir, teacher_dir = tmp_path / "pruned", tmp_path / "dense"
     pruned_llama(0.8).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    word_tokenizer().save_pretrained(model_dir)
     tiny_models.tiny_model("llama").save_pretrained(teacher_dir)
+    return model_dir, teacher_dir
+
+
+def test_cli_recover_distils_from_a_teacher(tmp_path):
+    model_dir, teacher_dir = pruned_and_dense_dirs(tmp_path)
     data = tmp_path / "train.txt"
     data.write_text(TEXT)
     out = tmp_path / "out"
@@ -557,11 +562,7 @@ def test_cli_recover_distils_from_a_teacher(tmp_path):
 
 
 def test_cli_recover_on_teacher_samples_under_autocast(tmp_path, capsys):
-    tokenizer = word_tokenizer()
-    model_dir, teacher_dir = tmp_path / "pruned", tmp_path / "dense"
-    pruned_llama(0.8).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    tiny_models.tiny_model("llama").save_pretrained(teacher_dir)
+    model_dir, teacher_dir = pruned_and_dense_dirs(tmp_path)
     out = tmp_path / "out"
     code = cli_main(["recover", os.fspath(model_dir), "--teacher", os.fspath(teacher_dir), "--teacher-samples", "6",
                      "--seqlen", "16", "--batch-size", "2", "--steps", "4", "--autocast", "bfloat16", "--no-eval",
