@@ -570,7 +570,8 @@ def test_cli_recover_on_teacher_samples_under_autocast(tmp_path, capsys):
     assert code == 0
     result = json.loads((out / "report.json").read_text())
     report = result["recover"]
-    assert result["data"] == "6 sequences sampled by the teacher"
+    assert result["data"] == "6 sequences sampled by the teacher" and result["sampling_seconds"] > 0
+    assert "sampled in" in (out / "report.md").read_text() and "forwards in bfloat16" in (out / "report.md").read_text()
     assert report["batches"] == 3 and report["autocast"] == "bfloat16" and report["pruned_weights_still_zero"]
     capsys.readouterr()
     for extra, message in (

@@ -119,12 +119,15 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--teacher: {args.teacher!r} has another vocabulary than MODEL "
                                  f"({len(teacher_tokenizer)} and {len(tokenizer)} tokens); expected the model before "
                                  "pruning")
+        sampling_seconds = None
         if paragraphs is not None:
             batches = text_batches(tokenizer, paragraphs, args.seqlen, args.batch_size, args.seed, what="--data")
         else:
+            sampling_started = time.perf_counter()
             batches = teacher_samples(teacher, tokenizer, sequences=args.teacher_samples, seqlen=args.seqlen,
                                       batch_size=args.batch_size, autocast=args.autocast, seed=args.seed,
                                       progress=not args.quiet)
+            sampling_seconds = time.perf_counter() - sampling_started
         eval_batches, eval_source = (None, None) if args.no_eval else evaluation_batches(
             args.eval_data, model, tokenizer, causal, args.eval_samples, args.seqlen, args.seed, 8)
         report = recover(model, batches, steps=args.steps, lr=lr, train=args.train, accumulation=args.accumulation,
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             result = {"command": "recover", "model": args.model, "model_class": type(model).__name__,
                       "data": os.fspath(args.data) if args.data is not None else
                       f"{args.teacher_samples} sequences sampled by the teacher",
-                      "teacher": args.teacher, "evaluation": eval_source,
+                      "teacher": args.teacher, "sampling_seconds": sampling_seconds, "evaluation": eval_source,
                       "recover": report.to_dict(),
                       "machine": machine_info(), "seconds": time.perf_counter() - started}
             write_report(out, result, f"prunekit recover: {args.model}", _sections(result))
@@ -155,6 +158,8 @@ def _sections(result: dict) -> list[tuple[str, str]]:
                ("loss_last", "loss last", ".4f"), ("perplexity_before", "perplexity before", ".2f"),
                ("perplexity_after", "after", ".2f"), ("forward_seconds_before", "forward s before", ".4f"),
                ("forward_seconds_after", "after", ".4f"), ("seconds", "seconds", ".1f")]
-    return [("", f"Model `{result['model']}` ({result['model_class']}) trained on `{result['data']}`; perplexity on "
-                 f"{result['evaluation'] or '-'}; checkpoint `model/`."),
+    sampled = f" (sampled in {result['sampling_seconds']:.1f} s)" if result.get("sampling_seconds") is not None else ""
+    forwards = f"; forwards in {report['autocast']}" if report.get("autocast") else ""
+    return [("", f"Model `{result['model']}` ({result['model_class']}) trained on `{result['data']}`{sampled}; loss: "
+                 f"{report['loss']}{forwards}; perplexity on {result['evaluation'] or '-'}; checkpoint `model/`."),
             ("Result", reports.markdown_table([report], columns))]
