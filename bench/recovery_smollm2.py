@@ -81,6 +81,8 @@ def main() -> int:
     parser.add_argument("--teacher-samples", type=int, default=None, metavar="N",
                         help="with --teacher: train on N sequences the dense SmolLM2 samples (not the docstrings)")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of --teacher-samples (default 0)")
+    parser.add_argument("--top-k", type=int, default=50, help="--teacher-samples: top-k (0: all; default 50)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="--teacher-samples: nucleus (default 0.95)")
     parser.add_argument("--autocast", choices=("bfloat16",), default=None,
                         help="the forwards (sampling and training) under torch.autocast")
     parser.add_argument("--hidden-distillation", type=float, default=0.0,
@@ -130,6 +132,7 @@ def main() -> int:
             started = time.perf_counter()
             batches = teacher_samples(teacher, tokenizer, sequences=args.teacher_samples, seqlen=128,
                                       batch_size=args.batch_size, autocast=args.autocast, seed=args.sample_seed,
+                                      top_k=args.top_k, top_p=args.top_p,
                                       progress=False)
             row["sampling_seconds"] = time.perf_counter() - started
         else:
@@ -143,7 +146,8 @@ def main() -> int:
         params = dict(model.named_parameters())
         still_zero = all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
         row.update(train=args.train, steps=args.steps, lr=args.lr, batch_size=args.batch_size, teacher=args.teacher,
-                   teacher_samples=args.teacher_samples, sample_seed=args.sample_seed, autocast=args.autocast,
+                   teacher_samples=args.teacher_samples, sample_seed=args.sample_seed, top_k=args.top_k,
+                   top_p=args.top_p, autocast=args.autocast,
                    hidden_distillation=args.hidden_distillation,
                    training_windows=sum(len(b["input_ids"]) for b in batches), recover=report.to_dict(),
                    pruned_perplexity=report.perplexity_before, recovered_perplexity=report.perplexity_after,
