@@ -164,8 +164,8 @@ def teacher_samples(teacher: nn.Module, tokenizer=None, *, sequences: int = 256,
     device = next(teacher.parameters()).device
     sampler = _sampling_processor(top_k, float(top_p), float(temperature), seed)
     # Greedy decoding of the sampler's one-hot scores (the sampler draws each token itself), under a
-    # plain generation config: no penalty, forced or suppressed token of the teacher's own applies.
-    plain = GenerationConfig(bos_token_id=bos, eos_token_id=eos or None, pad_token_id=eos[0] if eos else bos)
+    # plain generation config in place of the teacher's: no penalty, forced or suppressed token of
+    # its own applies.
     generation = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=seqlen - 1, min_new_tokens=seqlen - 1,
                                   use_cache=True, return_dict_in_generate=False, bos_token_id=bos,
                                   eos_token_id=eos or None, pad_token_id=eos[0] if eos else bos)
@@ -173,13 +173,13 @@ def teacher_samples(teacher: nn.Module, tokenizer=None, *, sequences: int = 256,
     teacher.eval()
     parts = []
     try:
-        teacher.generation_config = plain
+        teacher.generation_config = generation
         with torch.no_grad(), autocast_or_nothing(device.type, dtype):
             for start in tqdm(range(0, sequences, generation_batch), desc="prunekit teacher samples",
                               disable=None if progress else True, leave=False):
                 rows = min(generation_batch, sequences - start)
                 prompt = torch.full((rows, 1), bos, dtype=torch.long, device=device)
-                out = teacher.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=generation,
+                out = teacher.generate(prompt, attention_mask=torch.ones_like(prompt),
                                        logits_processor=LogitsProcessorList([sampler]))
                 parts.append(out[:, :seqlen].cpu())
     finally:

@@ -106,8 +106,8 @@ def positive_int(text: str) -> int:
 def add_calibration_arguments(parser: argparse.ArgumentParser, nsamples: int,
                               seed: str = "seed of calibration sampling") -> None:
     """The calibration text options data.calibration_batches reads (--calib, --calib-samples,
-    --nsamples, --seqlen, --batch-size, --seed): ``nsamples`` is the default number of sequences, ``seed`` what --seed
-    seeds."""
+    --nsamples, --seqlen, --batch-size, --seed): ``nsamples`` is the default number of sequences,
+    ``seed`` what --seed seeds."""
     parser.add_argument("--calib", type=Path, metavar="FILE", help="calibration text file (UTF-8)")
     parser.add_argument("--calib-samples", action="store_true",
                         help="calibrate on --nsamples sequences of --seqlen tokens that MODEL (a causal LM) samples "

@@ -64,8 +64,6 @@ def _sampled_calibration(args, model, tokenizer, causal: bool, info: dict) -> tu
                          f"{type(model).__name__}")
     if args.seqlen < 2:
         raise UsageError(f"--seqlen: --calib-samples needs at least 2 tokens per sequence, but got {args.seqlen}")
-    if not any(True for _ in model.parameters()) or any(p.is_meta for p in model.parameters()):
-        raise UsageError("--calib-samples: the model must be in memory to sample from it (--in-memory)")
     batches = teacher_samples(model, tokenizer, sequences=args.nsamples, seqlen=args.seqlen,
                               batch_size=args.batch_size, seed=args.seed, progress=not getattr(args, "quiet", False))
     info["source"] = (f"sequences the model sampled from its BOS token (top-k {SAMPLING_TOP_K}, "
