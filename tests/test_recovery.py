@@ -301,11 +301,104 @@ def test_distilling_on_teacher_samples_moves_towards_the_teacher():
     assert distance() < before and report.pruned_weights_still_zero
 
 
+def _top_k_targets(teacher, batch, k):
+    with torch.no_grad():
+        logprobs, ids = torch.log_softmax(teacher(**batch).logits[:, :-1].float(), -1).topk(k, dim=-1)
+    return {**batch, "teacher_logprobs": logprobs, "teacher_token_ids": ids}
+
+
+def test_top_k_distillation_is_the_full_kl_when_k_is_the_vocabulary():
+    teacher, model = tiny_models.tiny_model("llama"), pruned_llama(0.8)
+    batch = padded_batch()
+    full, count = distillation_kl(model, teacher, batch)
+    cached, cached_count = distillation_kl(model, None, _top_k_targets(teacher, batch, tiny_models.VOCAB))
+    assert cached_count == count
+    assert float(cached.detach()) == pytest.approx(float(full.detach()), rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 3, 17])
+def test_top_k_distillation_is_the_kl_of_the_coarsened_distributions(k):
+    """The teacher's k tokens and one outcome for all others: at most the full KL; its gradient
+    is finite and reaches the model."""
+    teacher, model = tiny_models.tiny_model("llama"), pruned_llama(0.8)
+    batch = padded_batch()
+    targeted = _top_k_targets(teacher, batch, k)
+    kl, count = distillation_kl(model, None, targeted)
+    with torch.no_grad():
+        p = torch.softmax(teacher(**batch).logits[:, :-1].double(), -1)
+        q = torch.softmax(model(**batch).logits[:, :-1].double(), -1)
+    ids = targeted["teacher_token_ids"]
+    p_top, q_top = p.gather(-1, ids), q.gather(-1, ids)
+    p_coarse = torch.cat([p_top, 1 - p_top.sum(-1, keepdim=True)], -1)
+    q_coarse = torch.cat([q_top, 1 - q_top.sum(-1, keepdim=True)], -1)
+    keep = batch["attention_mask"][:, 1:].bool()
+    expected = ((p_coarse * (p_coarse.log() - q_coarse.log())).sum(-1) * keep).sum()
+    full = ((p * (p.log() - q.log())).sum(-1) * keep).sum()
+    assert count == int(keep.sum())
+    assert float(kl.detach()) == pytest.approx(float(expected), rel=5e-3)  # float32 sums of small terms
+    assert float(kl.detach()) <= float(full) * 1.005
+    kl.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_teacher_samples_keep_the_teachers_top_k_next_token_log_probabilities():
+    teacher = tiny_models.tiny_model("llama", bos_token_id=1, eos_token_id=2)
+    plain = teacher_samples(teacher, sequences=5, seqlen=11, batch_size=2, generation_batch=3, progress=False)
+    kept = teacher_samples(teacher, sequences=5, seqlen=11, batch_size=2, generation_batch=3, target_top_k=4,
+                           progress=False)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(plain, kept)), "the same samples"
+    for batch in kept:
+        rows = batch["input_ids"].shape[0]
+        assert batch["teacher_logprobs"].shape == batch["teacher_token_ids"].shape == (rows, 10, 4)
+        assert batch["teacher_token_ids"].dtype == torch.long and batch["teacher_logprobs"].dtype == torch.float32
+        with torch.no_grad():  # the plain distribution of a full forward (no EOS held back)
+            logprobs, ids = torch.log_softmax(teacher(input_ids=batch["input_ids"]).logits[:, :-1], -1).topk(4, -1)
+        assert torch.equal(batch["teacher_token_ids"], ids)
+        torch.testing.assert_close(batch["teacher_logprobs"], logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_recovery_on_kept_targets_moves_towards_the_teacher_without_running_it():
+    teacher, model = tiny_models.tiny_model("llama", bos_token_id=1, eos_token_id=2), pruned_llama(0.8)
+    samples = teacher_samples(teacher, sequences=8, seqlen=16, batch_size=2, target_top_k=8, progress=False)
+    distance = lambda: sum(float(distillation_kl(model, teacher, b)[0].detach()) for b in batches(2, seed=9))
+    before = distance()
+    calls = []
+    handle = teacher.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        report = recover(model, samples, steps=12, lr=1e-3, progress=False)
+    finally:
+        handle.remove()
+    assert not calls, "the teacher does not run"
+    assert distance() < before and report.pruned_weights_still_zero
+    assert report.loss == "KL from the teacher's top-8 targets in the batches"
+
+
+def test_kept_targets_bad_input():
+    teacher, model = tiny_models.tiny_model("llama", bos_token_id=1, eos_token_id=2), pruned_llama()
+    samples = teacher_samples(teacher, sequences=4, seqlen=8, batch_size=2, target_top_k=3, progress=False)
+    with pytest.raises(ValueError, match=r"recover: data: the batches hold the teacher's top-k targets .*expected no "
+                                         r"teacher as well"):
+        recover(model, samples, steps=1, teacher=teacher, progress=False)
+    with pytest.raises(ValueError, match=r"recover: data: batch 1 holds no teacher targets but batch 0 does"):
+        recover(model, [samples[0], batches(1)[0]], steps=1, progress=False)
+    short = {**samples[0], "teacher_token_ids": samples[0]["teacher_token_ids"][:, :-1]}
+    with pytest.raises(ValueError, match=r"recover: data: expected teacher_logprobs \(float\) and teacher_token_ids "
+                                         r"\(int64\) of shape \(2, 7, 'k'\)"):
+        recover(model, [short], steps=1, progress=False)
+    outside = {**samples[0], "teacher_token_ids": samples[0]["teacher_token_ids"] + tiny_models.VOCAB}
+    with pytest.raises(ValueError, match=rf"teacher_token_ids: expected ids in \[0, {tiny_models.VOCAB}\)"):
+        recover(model, [outside], steps=1, progress=False)
+    with pytest.raises(ValueError, match=rf"target_top_k: expected at most the vocabulary size {tiny_models.VOCAB}"):
+        teacher_samples(teacher, target_top_k=tiny_models.VOCAB + 1, progress=False)
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("sequences", 0, r"sequences: expected an integer >= 1, but got 0"),
     ("seqlen", 1, r"seqlen: expected an integer >= 2, but got 1"),
     ("top_p", 1.5, r"top_p: expected a probability in \(0, 1\], but got 1.5"),
     ("top_k", -1, r"top_k: expected an integer >= 0, but got -1"),
+    ("target_top_k", -2, r"target_top_k: expected an integer >= 0, but got -2"),
     ("temperature", 0.0, r"temperature: expected a finite value > 0, but got 0.0"),
     ("autocast", "int4", r"autocast: expected None, 'bfloat16' or 'float16'.*'int4'"),
 ])

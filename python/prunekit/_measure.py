@@ -31,6 +31,16 @@ def call_model(model: nn.Module, batch):
     return model(batch)
 
 
+# Batch entries that are targets, not model inputs: labels, and the teacher's top-k next-token
+# log-probabilities that prunekit.recovery.teacher_samples keeps for distillation.
+TARGET_KEYS = ("labels", "teacher_logprobs", "teacher_token_ids")
+
+
+def model_inputs(batch: Mapping) -> dict:
+    """The entries of a batch dict that the model takes (``TARGET_KEYS`` left out)."""
+    return {key: value for key, value in batch.items() if key not in TARGET_KEYS}
+
+
 def _no_cache_kwargs(model: nn.Module, batch) -> dict:
     config = getattr(model, "config", None)
     if isinstance(batch, Mapping) and config is not None and getattr(config, "use_cache", None) is not None:
@@ -44,7 +54,8 @@ def forward_seconds(model: nn.Module, batch, repeats: int = 3) -> float:
     was_training = model.training
     model.eval()
     extra = _no_cache_kwargs(model, batch)
-    run = (lambda: model(**batch, **extra)) if isinstance(batch, Mapping) else (lambda: call_model(model, batch))
+    run = (lambda: model(**model_inputs(batch), **extra)) if isinstance(batch, Mapping) else \
+        (lambda: call_model(model, batch))
     try:
         run()
         times = []
@@ -63,8 +74,7 @@ def causal_lm_nll(model: nn.Module, batch: Mapping) -> tuple[torch.Tensor, int]:
     tokens not to predict). Differentiable."""
     input_ids = batch["input_ids"]
     mask = batch.get("attention_mask")
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    outputs = model(**inputs, **_no_cache_kwargs(model, batch))
+    outputs = model(**model_inputs(batch), **_no_cache_kwargs(model, batch))
     logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
     labels = batch.get("labels")
     targets = (labels if labels is not None else input_ids)[:, 1:]

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from . import distributed as dist_
 from ._autocast import autocast_dtype, autocast_or_nothing
 from ._names import dtype_name
-from ._measure import _no_cache_kwargs, causal_lm_nll, count_parameters, forward_seconds, perplexity
+from ._measure import _no_cache_kwargs, causal_lm_nll, count_parameters, forward_seconds, model_inputs, perplexity
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ SAMPLING_TOP_P = 0.95
 def teacher_samples(teacher: nn.Module, tokenizer=None, *, sequences: int = 256, seqlen: int = 128,
                     batch_size: int = 4, top_p: float = SAMPLING_TOP_P, top_k: int = SAMPLING_TOP_K,
                     temperature: float = 1.0, generation_batch: int = 128, autocast=None, seed: int = 0,
-                    progress: bool = True) -> list[dict]:
+                    target_top_k: int = 0, progress: bool = True) -> list[dict]:
     """Training (or calibration) batches sampled from the dense model itself (data-free
     distillation): ``sequences`` sequences of ``seqlen`` tokens, each the BOS token (the
     tokenizer's, else the teacher config's; for chat models often a turn marker) continued by
@@ -136,10 +136,16 @@ def teacher_samples(teacher: nn.Module, tokenizer=None, *, sequences: int = 256,
     them teaches the pruned model what the teacher does on text it finds typical, whatever domain
     the calibration text came from.
 
+    ``target_top_k`` > 0 keeps, at every position but the last, the teacher's ``target_top_k`` most
+    likely next tokens (``teacher_token_ids``, int64) and their log-probabilities under its plain
+    distribution (``teacher_logprobs``, float32; both (batch, seqlen - 1, k)), from the forwards that
+    drew the samples: :func:`recover` then distils from them without running the teacher again.
+
     ``teacher`` must be a causal LM with Hugging Face's ``generate``; ``autocast`` ("bfloat16" /
     "float16") runs its forwards under ``torch.autocast``."""
     for name, value, low in (("sequences", sequences, 1), ("seqlen", seqlen, 2), ("batch_size", batch_size, 1),
-                             ("top_k", top_k, 0), ("generation_batch", generation_batch, 1)):
+                             ("top_k", top_k, 0), ("generation_batch", generation_batch, 1),
+                             ("target_top_k", target_top_k, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"teacher_samples: {name}: expected an integer >= {low}, but got {value!r}")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
@@ -157,21 +163,25 @@ def teacher_samples(teacher: nn.Module, tokenizer=None, *, sequences: int = 256,
     if bos is None:
         raise ValueError(f"teacher_samples: teacher: {type(teacher).__name__} has no BOS token id (neither the "
                          "tokenizer nor the config names one) to start the samples from")
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and target_top_k > vocab:
+        raise ValueError(f"teacher_samples: target_top_k: expected at most the vocabulary size {vocab}, but got "
+                         f"{target_top_k}")
     eos = _end_of_sequence_ids(tokenizer, config, getattr(teacher, "generation_config", None))
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, LogitsProcessorList
 
     device = next(teacher.parameters()).device
-    sampler = _sampling_processor(top_k, float(top_p), float(temperature), seed)
-    # Greedy decoding of the sampler's one-hot scores (the sampler draws each token itself), under a
-    # plain generation config in place of the teacher's: no penalty, forced or suppressed token of
-    # its own applies.
-    generation = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=seqlen - 1, min_new_tokens=seqlen - 1,
-                                  use_cache=True, return_dict_in_generate=False, bos_token_id=bos,
-                                  eos_token_id=eos or None, pad_token_id=eos[0] if eos else bos)
+    sampler = _sampling_processor(top_k, float(top_p), float(temperature), seed, eos, target_top_k)
+    # Greedy decoding of the sampler's one-hot scores (the sampler draws each token itself, never an
+    # end of sequence), under a plain generation config in place of the teacher's: no penalty,
+    # forced or suppressed token of its own applies, so the sampler sees the teacher's raw scores.
+    generation = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=seqlen - 1, use_cache=True,
+                                  return_dict_in_generate=False, bos_token_id=bos, eos_token_id=eos or None,
+                                  pad_token_id=eos[0] if eos else bos)
     was_training, own_config = teacher.training, getattr(teacher, "generation_config", None)
     teacher.eval()
-    parts = []
+    parts, targets = [], []
     try:
         teacher.generation_config = generation
         with torch.no_grad(), autocast_or_nothing(device.type, dtype):
@@ -179,14 +189,25 @@ def teacher_samples(teacher: nn.Module, tokenizer=None, *, sequences: int = 256,
                               disable=None if progress else True, leave=False):
                 rows = min(generation_batch, sequences - start)
                 prompt = torch.full((rows, 1), bos, dtype=torch.long, device=device)
+                sampler.targets = []
                 out = teacher.generate(prompt, attention_mask=torch.ones_like(prompt),
                                        logits_processor=LogitsProcessorList([sampler]))
-                parts.append(out[:, :seqlen].cpu())
+                if out.shape[1] != seqlen:
+                    raise RuntimeError(f"teacher_samples: teacher: generate stopped after {out.shape[1]} of {seqlen} "
+                                       "tokens (a stopping rule of the model's own)")
+                parts.append(out.cpu())
+                if target_top_k:
+                    targets.append([torch.stack(found, dim=1) for found in zip(*sampler.targets)])
     finally:
         teacher.generation_config = own_config
         teacher.train(was_training)
     ids = torch.cat(parts)
-    return [{"input_ids": rows, "attention_mask": torch.ones_like(rows)} for rows in ids.split(batch_size)]
+    batches = [{"input_ids": rows, "attention_mask": torch.ones_like(rows)} for rows in ids.split(batch_size)]
+    if target_top_k:
+        for key, values in zip(("teacher_logprobs", "teacher_token_ids"), zip(*targets)):
+            for batch, part in zip(batches, torch.cat(values).split(batch_size)):
+                batch[key] = part
+    return batches
 
 
 def _end_of_sequence_ids(tokenizer, *configs) -> list[int]:
@@ -202,13 +223,15 @@ def _end_of_sequence_ids(tokenizer, *configs) -> list[int]:
 
 
 def _sample_next_tokens(scores: torch.Tensor, top_k: int, top_p: float, temperature: float,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+                        generator: torch.Generator | None = None, banned: Sequence[int] = ()) -> torch.Tensor:
     """One token per row of next-token ``scores`` (rows, vocabulary), as (rows, 1): softmax at
     ``temperature`` over the ``top_k`` highest scores (0: all), cut to the smallest prefix whose
     probability reaches ``top_p`` (at least one token; no cut at 1), renormalised: Hugging Face's
     temperature / top-k / top-p distribution. With a top-k it neither sorts the whole vocabulary
-    nor draws over it, as Hugging Face's sampling does at every step."""
+    nor draws over it, as Hugging Face's sampling does at every step. ``banned`` ids are never drawn."""
     scores = scores.float() / temperature
+    if banned:
+        scores = scores.index_fill(-1, torch.tensor(list(banned), device=scores.device), float("-inf"))
     k = scores.shape[-1] if top_k == 0 else min(top_k, scores.shape[-1])
     values, indices = torch.topk(scores, k, dim=-1)  # sorted, highest first
     if not bool(torch.isfinite(values[:, 0]).all()) or bool(values.isnan().any()):
@@ -221,10 +244,13 @@ def _sample_next_tokens(scores: torch.Tensor, top_k: int, top_p: float, temperat
     return indices.gather(-1, torch.multinomial(probs, 1, generator=generator))
 
 
-def _sampling_processor(top_k: int, top_p: float, temperature: float, seed: int):
+def _sampling_processor(top_k: int, top_p: float, temperature: float, seed: int, banned: Sequence[int] = (),
+                        target_top_k: int = 0):
     """A transformers logits processor that draws each next token with :func:`_sample_next_tokens`
-    (its own generator, seeded, made on the scores' device) and returns scores where only that
-    token is finite (0), for greedy decoding to pick."""
+    (its own generator, seeded, made on the scores' device; ``banned`` ids never drawn) and returns
+    scores where only that token is finite (0), for greedy decoding to pick. With ``target_top_k``
+    it appends (log-probabilities, ids) of the ``target_top_k`` most likely tokens of the raw scores,
+    on the CPU, to its ``targets`` list at every step."""
     from transformers import LogitsProcessor
 
     class SampleNextToken(LogitsProcessor):
@@ -233,10 +259,15 @@ def _sampling_processor(top_k: int, top_p: float, temperature: float, seed: int)
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             if self.generator is None:
                 self.generator = torch.Generator(device=scores.device).manual_seed(seed)
-            chosen = _sample_next_tokens(scores, top_k, top_p, temperature, self.generator)
+            if target_top_k:
+                logprobs, ids = torch.log_softmax(scores.float(), dim=-1).topk(target_top_k, dim=-1)
+                self.targets.append((logprobs.cpu(), ids.cpu()))
+            chosen = _sample_next_tokens(scores, top_k, top_p, temperature, self.generator, banned)
             return torch.full_like(scores, float("-inf")).scatter_(-1, chosen, 0.0)
 
-    return SampleNextToken()
+    processor = SampleNextToken()
+    processor.targets = []
+    return processor
 
 
 def _check_batches(data, what: str = "data") -> list:
@@ -408,28 +439,43 @@ def _logits(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output[0]
 
 
-def distillation_kl(model: nn.Module, teacher: nn.Module, batch: Mapping,
+def distillation_kl(model: nn.Module, teacher: nn.Module | None, batch: Mapping,
                     hidden_weight: float = 0.0) -> tuple[torch.Tensor, int]:
     """(sum over the target tokens of KL(teacher || model) between their next-token
     distributions, number of target tokens) on a causal-LM batch: the tokens
     :func:`~prunekit._measure.causal_lm_nll` scores (attention mask, ``labels`` of -100 skipped).
     Differentiable in ``model``; the teacher runs without gradients.
 
+    ``teacher`` None: the batch holds the teacher's top-k targets (``teacher_logprobs`` and
+    ``teacher_token_ids``, (batch, tokens - 1, k), from :func:`teacher_samples`), and the KL is
+    between the two distributions coarsened to k + 1 outcomes: each of the teacher's k tokens, and
+    all others together. It is at most the full KL, equal to it when the k tokens hold all the
+    teacher's probability, and needs no teacher forward.
+
     ``hidden_weight`` > 0 adds, per token, that weight times the sum over the blocks' hidden states
     of the squared error to the teacher's, each divided by the teacher's mean squared hidden state
     over the batch's tokens (SquareHead, Kurtic et al. 2023: every block learns the dense block's
     output, so the gradient reaches the early blocks directly and the per-block scales, which grow
     along the residual stream, weigh alike). Needs models that return ``hidden_states``."""
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    inputs = model_inputs(batch)
     hidden = {"output_hidden_states": True} if hidden_weight > 0 else {}
-    with torch.no_grad():
-        teacher_out = teacher(**inputs, **_no_cache_kwargs(teacher, batch), **hidden)
+    if teacher is None and hidden_weight > 0:
+        raise ValueError("recover: hidden_distillation needs a teacher model (the batches' top-k targets hold no "
+                         "hidden states)")
+    teacher_out = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_out = teacher(**inputs, **_no_cache_kwargs(teacher, batch), **hidden)
     model_out = model(**inputs, **_no_cache_kwargs(model, batch), **hidden)
-    target, logits = _logits(teacher_out), _logits(model_out)
-    if target.shape != logits.shape or target.device != logits.device:
-        raise ValueError(f"recover: teacher: its logits are {tuple(target.shape)} on {target.device}, the model's "
-                         f"{tuple(logits.shape)} on {logits.device}; expected the same vocabulary on the same device "
-                         "(the model before pruning)")
+    logits = _logits(model_out)
+    if teacher is not None:
+        target = _logits(teacher_out)
+        if target.shape != logits.shape or target.device != logits.device:
+            raise ValueError(f"recover: teacher: its logits are {tuple(target.shape)} on {target.device}, the model's "
+                             f"{tuple(logits.shape)} on {logits.device}; expected the same vocabulary on the same "
+                             "device (the model before pruning)")
+    else:
+        target = _top_k_targets(batch, logits)
     labels = batch.get("labels")
     targets = batch["input_ids"][:, 1:]
     keep = (labels[:, 1:] != -100) if labels is not None else torch.ones_like(targets, dtype=torch.bool)
@@ -437,20 +483,69 @@ def distillation_kl(model: nn.Module, teacher: nn.Module, batch: Mapping,
     if mask is not None:
         keep = keep & mask[:, 1:].bool()
     # Only the kept positions: padding cannot bring NaN in, and the (tokens, vocab) temporaries are smaller.
+    logits = logits[:, :-1]
+    if teacher is not None:
+        target = target[:, :-1]
     if bool(keep.all()):
-        logits, target = logits[:, :-1].reshape(-1, logits.shape[-1]), target[:, :-1].reshape(-1, target.shape[-1])
+        logits = logits.reshape(-1, logits.shape[-1])
+        target = [part.reshape(-1, part.shape[-1]) for part in target] if teacher is None else \
+            target.reshape(-1, target.shape[-1])
     else:
-        logits, target = logits[:, :-1][keep], target[:, :-1][keep]
-    # sum p_t (log p_t - log p_s), with 0 where the teacher rules a token out (probability 0, a -inf
-    # logit, which the pruned model often shares: 0 * -inf must not make NaN)
+        logits = logits[keep]
+        target = [part[keep] for part in target] if teacher is None else target[keep]
     log_model = F.log_softmax(logits.float(), dim=-1)
-    with torch.no_grad():
-        teacher_probs = F.softmax(target.float(), dim=-1)
-        teacher_terms = torch.special.xlogy(teacher_probs, teacher_probs)
-    loss = torch.where(teacher_probs > 0, teacher_terms - teacher_probs * log_model, 0.0).sum()
+    if teacher is None:
+        loss = _top_k_kl(log_model, *target)
+    else:
+        # sum p_t (log p_t - log p_s), with 0 where the teacher rules a token out (probability 0, a
+        # -inf logit, which the pruned model often shares: 0 * -inf must not make NaN)
+        with torch.no_grad():
+            teacher_probs = F.softmax(target.float(), dim=-1)
+            teacher_terms = torch.special.xlogy(teacher_probs, teacher_probs)
+        loss = torch.where(teacher_probs > 0, teacher_terms - teacher_probs * log_model, 0.0).sum()
     if hidden_weight > 0:
         loss = loss + hidden_weight * _hidden_distance(model_out, teacher_out, mask)
     return loss, int(keep.sum())
+
+
+TEACHER_TARGETS = ("teacher_logprobs", "teacher_token_ids")
+
+
+def _top_k_targets(batch: Mapping, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's (teacher_logprobs, teacher_token_ids), checked against the model's logits."""
+    found = [batch.get(key) for key in TEACHER_TARGETS]
+    if not all(isinstance(value, torch.Tensor) for value in found):
+        raise ValueError("recover: data: without a teacher model, distillation needs batches holding "
+                         f"{' and '.join(TEACHER_TARGETS)} (teacher_samples(..., target_top_k=k))")
+    logprobs, ids = found
+    expected = (logits.shape[0], logits.shape[1] - 1)
+    if (logprobs.shape != ids.shape or tuple(ids.shape[:2]) != expected or ids.dim() != 3
+            or ids.dtype != torch.long or not logprobs.dtype.is_floating_point):
+        raise ValueError(f"recover: data: expected teacher_logprobs (float) and teacher_token_ids (int64) of shape "
+                         f"{expected + ('k',)}, but got {tuple(logprobs.shape)} {logprobs.dtype} and "
+                         f"{tuple(ids.shape)} {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= logits.shape[-1]):
+        raise ValueError(f"recover: data: teacher_token_ids: expected ids in [0, {logits.shape[-1]}), but got "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+    return logprobs.to(logits.device), ids.to(logits.device)
+
+
+def _top_k_kl(log_model: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor) -> torch.Tensor:
+    """Sum over the rows of KL(teacher || model) over the teacher's k tokens and one outcome for all
+    others. ``log_model``: (rows, vocabulary) log-probabilities; the teacher's: (rows, k) with ids."""
+    model_top = log_model.gather(-1, teacher_ids)
+    # the model's log-probability outside the k tokens, from its own log-probabilities with the k
+    # masked out (1 - sum exp would cancel catastrophically when the k hold almost everything)
+    with torch.no_grad():
+        teacher_logprobs = teacher_logprobs.float()
+        teacher_top = teacher_logprobs.exp()
+        teacher_rest = (1 - teacher_top.sum(-1)).clamp_min(0)
+    loss = torch.where(teacher_top > 0, teacher_top * (teacher_logprobs - model_top), 0.0).sum()
+    if teacher_ids.shape[-1] < log_model.shape[-1]:  # else there is no other outcome
+        model_rest = torch.logsumexp(log_model.scatter(-1, teacher_ids, float("-inf")), dim=-1)
+        loss = loss + torch.where(teacher_rest > 0, torch.special.xlogy(teacher_rest, teacher_rest)
+                                  - teacher_rest * model_rest, 0.0).sum()
+    return loss
 
 
 def _hidden_distance(model_out, teacher_out, mask: torch.Tensor | None) -> torch.Tensor:
@@ -586,6 +681,16 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
         if loss_fn is not None:
             raise ValueError("recover: teacher and loss_fn: pass one of them (a teacher sets the loss: the KL from "
                              "its next-token distribution)")
+    cached_targets = [isinstance(b, Mapping) and any(key in b for key in TEACHER_TARGETS) for b in batches]
+    if any(cached_targets):
+        if not all(cached_targets):
+            raise ValueError(f"recover: data: batch {cached_targets.index(False)} holds no teacher targets but "
+                             f"batch {cached_targets.index(True)} does; expected all batches or none to hold them")
+        if teacher is not None or loss_fn is not None:
+            raise ValueError(f"recover: data: the batches hold the teacher's top-k targets ({TEACHER_TARGETS[0]}), "
+                             f"which set the loss; expected no {'teacher' if teacher is not None else 'loss_fn'} "
+                             "as well")
+    distill = teacher is not None or any(cached_targets)
     if (isinstance(hidden_distillation, bool) or not isinstance(hidden_distillation, (int, float))
             or not math.isfinite(hidden_distillation) or hidden_distillation < 0):
         raise ValueError("recover: hidden_distillation: expected a finite weight >= 0, but got "
@@ -610,7 +715,9 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
                             loss="loss_fn" if loss_fn is not None else
                             ("KL from the teacher" + (f" + {hidden_distillation:g} x hidden states"
                                                       if hidden_distillation > 0 else ""))
-                            if teacher is not None else "next-token cross-entropy")
+                            if teacher is not None else
+                            (f"KL from the teacher's top-{batches[0][TEACHER_TARGETS[1]].shape[-1]} targets "
+                             "in the batches" if distill else "next-token cross-entropy"))
     timing_batch = time_batch if time_batch is not None else batches[0]
     with strategy.guard("measuring the model before recovery"):
         report.forward_seconds_before = forward_seconds(model, timing_batch)
@@ -646,7 +753,7 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
         _train_loop(model, shard, trainable, masks, report, strategy, steps=steps, lr=float(lr),
                     accumulation=accumulation, weight_decay=float(weight_decay), max_grad_norm=max_grad_norm,
                     warmup=warmup_steps if warmup_steps is not None else steps // 10, loss_fn=loss_fn,
-                    teacher=teacher, hidden_distillation=float(hidden_distillation), autocast=autocast,
+                    distill=distill, teacher=teacher, hidden_distillation=float(hidden_distillation), autocast=autocast,
                     progress=progress)
         bad = [f"{name} (adapter)" for name, adapter in adapters.items()
                if not bool(torch.isfinite(adapter.delta()).all())]
@@ -687,7 +794,8 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
 
 
 def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr, accumulation, weight_decay,
-                max_grad_norm, warmup, loss_fn, progress, teacher=None, hidden_distillation=0.0, autocast=None):
+                max_grad_norm, warmup, loss_fn, progress, distill=False, teacher=None, hidden_distillation=0.0,
+                autocast=None):
     from tqdm.auto import tqdm
 
     params = list(trainable.values())
@@ -721,8 +829,8 @@ def _train_loop(model, batches, trainable, masks, report, strategy, *, steps, lr
                     position += 1
                     with autocast_or_nothing(device_type, autocast):
                         if loss_fn is None:
-                            nll, count = (causal_lm_nll(model, batch) if teacher is None else
-                                          distillation_kl(model, teacher, batch, hidden_distillation))
+                            nll, count = (distillation_kl(model, teacher, batch, hidden_distillation) if distill
+                                          else causal_lm_nll(model, batch))
                             if count == 0:
                                 raise ValueError(f"recover: data: batch {(position - 1) % len(batches)} holds no "
                                                  "target tokens")
