@@ -666,13 +666,22 @@ def test_cli_recover_on_teacher_samples_under_autocast(tmp_path, capsys):
     assert result["data"] == "6 sequences sampled by the teacher" and result["sampling_seconds"] > 0
     assert "sampled in" in (out / "report.md").read_text() and "forwards in bfloat16" in (out / "report.md").read_text()
     assert report["batches"] == 3 and report["autocast"] == "bfloat16" and report["pruned_weights_still_zero"]
+    assert report["loss"] == "KL from the teacher's top-64 targets in the batches"
+    full = tmp_path / "full"
+    assert cli_main(["recover", os.fspath(model_dir), "--teacher", os.fspath(teacher_dir), "--teacher-samples", "4",
+                     "--teacher-top-k", "0", "--seqlen", "8", "--steps", "1", "--no-eval", "--out", os.fspath(full),
+                     "--quiet"]) == 0
+    assert json.loads((full / "report.json").read_text())["recover"]["loss"] == "KL from the teacher"
     capsys.readouterr()
     for extra, message in (
             (["--teacher-samples", "4", "--data", os.fspath(out / "report.md")], re.escape(
                 "--data, --teacher-samples: expected one of them (the training text, or the number of sequences the "
                 "teacher samples), but got both")),
             ([], "--data, --teacher-samples: expected one of them .* but got neither"),
-            (["--teacher-samples", "4"], "--teacher-samples: needs --teacher")):
+            (["--teacher-samples", "4"], "--teacher-samples: needs --teacher"),
+            (["--teacher-samples", "4", "--hidden-distillation", "1"], re.escape(
+                "--hidden-distillation: needs the teacher to run at every step, but --teacher-top-k 64")),
+            (["--teacher-samples", "4", "--teacher-top-k", "-1"], "--teacher-top-k: .*expected an integer >= 0")):
         teacher = ["--teacher", os.fspath(teacher_dir)] if "needs" not in message else []
         refused = tmp_path / "refused"
         code = cli_main(["recover", os.fspath(model_dir), *teacher, *extra, "--steps", "2", "--out",

@@ -534,15 +534,16 @@ def _top_k_kl(log_model: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_i
     """Sum over the rows of KL(teacher || model) over the teacher's k tokens and one outcome for all
     others. ``log_model``: (rows, vocabulary) log-probabilities; the teacher's: (rows, k) with ids."""
     model_top = log_model.gather(-1, teacher_ids)
-    # the model's log-probability outside the k tokens, from its own log-probabilities with the k
-    # masked out (1 - sum exp would cancel catastrophically when the k hold almost everything)
     with torch.no_grad():
         teacher_logprobs = teacher_logprobs.float()
         teacher_top = teacher_logprobs.exp()
         teacher_rest = (1 - teacher_top.sum(-1)).clamp_min(0)
     loss = torch.where(teacher_top > 0, teacher_top * (teacher_logprobs - model_top), 0.0).sum()
     if teacher_ids.shape[-1] < log_model.shape[-1]:  # else there is no other outcome
-        model_rest = torch.logsumexp(log_model.scatter(-1, teacher_ids, float("-inf")), dim=-1)
+        # The model's probability outside the k tokens, 1 - their sum, in float64 on (rows, k): a
+        # pass over the whole vocabulary would cost three times the rest of the loss. The floor
+        # only acts where float32 rounding puts the sum at 1.
+        model_rest = torch.log((1 - model_top.double().exp().sum(-1)).clamp_min(1e-12)).to(log_model.dtype)
         loss = loss + torch.where(teacher_rest > 0, torch.special.xlogy(teacher_rest, teacher_rest)
                                   - teacher_rest * model_rest, 0.0).sum()
     return loss

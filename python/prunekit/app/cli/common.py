@@ -103,6 +103,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type of sizes where 0 turns something off: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, but got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, but got {text!r}")
+    return value
+
+
 def add_calibration_arguments(parser: argparse.ArgumentParser, nsamples: int,
                               seed: str = "seed of calibration sampling") -> None:
     """The calibration text options data.calibration_batches reads (--calib, --calib-samples,

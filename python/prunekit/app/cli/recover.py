@@ -17,13 +17,14 @@ from prunekit.recovery import SAMPLING_TOP_K, SAMPLING_TOP_P, TRAIN_MODES, recov
 from .. import evaluation
 from .. import report as reports
 from ..benchmarks.common import machine_info
-from .common import DTYPES, UsageError, add_perplexity_arguments, positive_int, prepare_output
+from .common import DTYPES, UsageError, add_perplexity_arguments, non_negative_int, positive_int, prepare_output
 from .data import check_text_files, evaluation_batches
 from .prune_layers import write_report
 
 logger = logging.getLogger(__name__)
 
 FILES = ("model", "report.json", "report.md")
+TEACHER_TOP_K = 64
 
 
 def positive_float(text: str) -> float:
@@ -67,6 +68,11 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                         help="train on N sequences of --seqlen tokens that --teacher samples from its BOS token "
                              f"(top-k {SAMPLING_TOP_K}, top-p {SAMPLING_TOP_P}; seeded by --seed) instead of --data: "
                              "distillation that needs no text and carries over to text of other domains")
+    parser.add_argument("--teacher-top-k", type=non_negative_int, default=TEACHER_TOP_K, metavar="K",
+                        help="with --teacher-samples: keep the teacher's K most likely next tokens at every position "
+                             "while it samples, and distil from them (the KL over those K and all others as one) "
+                             "without running the teacher during training; 0: its whole distribution, one teacher "
+                             f"forward per step (default {TEACHER_TOP_K})")
     parser.add_argument("--autocast", choices=("bfloat16",), default=None,
                         help="run the forwards (training, and sampling) under torch.autocast in this dtype: about "
                              "half the time on CPUs with bf16 arithmetic (AVX512-BF16, AMX); weights stay --dtype")
@@ -93,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
                          f"sequences the teacher samples), but got {'both' if args.data is not None else 'neither'}")
     if args.teacher_samples is not None and args.teacher is None:
         raise UsageError("--teacher-samples: needs --teacher (the dense model that samples the sequences)")
+    target_top_k = args.teacher_top_k if args.teacher_samples is not None else 0
+    if args.hidden_distillation and target_top_k:
+        raise UsageError(f"--hidden-distillation: needs the teacher to run at every step, but --teacher-top-k "
+                         f"{target_top_k} distils from the top-k targets kept while sampling; pass --teacher-top-k 0")
     if args.seqlen < 2:
         raise UsageError(f"--seqlen: expected at least 2 tokens (one to predict), but got {args.seqlen}")
     paragraphs = evaluation.read_text_file(args.data, "--data") if args.data is not None else None
@@ -126,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
             sampling_started = time.perf_counter()
             batches = teacher_samples(teacher, tokenizer, sequences=args.teacher_samples, seqlen=args.seqlen,
                                       batch_size=args.batch_size, autocast=args.autocast, seed=args.seed,
-                                      progress=not args.quiet)
+                                      target_top_k=target_top_k, progress=not args.quiet)
             sampling_seconds = time.perf_counter() - sampling_started
+            if target_top_k:  # the batches hold its targets: it does not run again
+                teacher = None
         eval_batches, eval_source = (None, None) if args.no_eval else evaluation_batches(
             args.eval_data, model, tokenizer, causal, args.eval_samples, args.seqlen, args.seed, 8)
         report = recover(model, batches, steps=args.steps, lr=lr, train=args.train, accumulation=args.accumulation,
