@@ -682,7 +682,7 @@ def test_cli_recover_on_teacher_samples_under_autocast(tmp_path, capsys):
             (["--teacher-samples", "4", "--hidden-distillation", "1"], re.escape(
                 "--hidden-distillation: needs the teacher to run at every step, but --teacher-top-k 64")),
             (["--teacher-samples", "4", "--teacher-top-k", "-1"], "--teacher-top-k: .*expected an integer >= 0")):
-        teacher = ["--teacher", os.fspath(teacher_dir)] if "needs" not in message else []
+        teacher = ["--teacher", os.fspath(teacher_dir)] if "needs --teacher" not in message else []
         refused = tmp_path / "refused"
         code = cli_main(["recover", os.fspath(model_dir), *teacher, *extra, "--steps", "2", "--out",
                          os.fspath(refused), "--quiet"])
