@@ -680,10 +680,13 @@ def test_cli_recover_on_teacher_samples_under_autocast(tmp_path, capsys):
             ([], "--data, --teacher-samples: expected one of them .* but got neither"),
             (["--teacher-samples", "4"], "--teacher-samples: needs --teacher"),
             (["--teacher-samples", "4", "--hidden-distillation", "1"], re.escape(
-                "--hidden-distillation: needs the teacher to run at every step, but --teacher-top-k 64")),
-            (["--teacher-samples", "4", "--teacher-top-k", "-1"], "--teacher-top-k: .*expected an integer >= 0")):
+                "--hidden-distillation: needs the teacher to run at every step, but --teacher-top-k 64"))):
         teacher = ["--teacher", os.fspath(teacher_dir)] if "needs --teacher" not in message else []
         refused = tmp_path / "refused"
         code = cli_main(["recover", os.fspath(model_dir), *teacher, *extra, "--steps", "2", "--out",
                          os.fspath(refused), "--quiet"])
         assert code == 2 and re.search(message, capsys.readouterr().err) and not refused.exists(), message
+    with pytest.raises(SystemExit):
+        cli_main(["recover", os.fspath(model_dir), "--teacher", os.fspath(teacher_dir), "--teacher-samples", "4",
+                  "--teacher-top-k", "-1", "--steps", "2", "--out", os.fspath(tmp_path / "refused")])
+    assert "--teacher-top-k: expected an integer >= 0, but got '-1'" in capsys.readouterr().err
