@@ -9,6 +9,8 @@ calibration modules and the others in TRAIN_MODULES), never the novel.
     python bench/recovery_smollm2.py wanda --train all --steps 60 --lr 2e-4
     python bench/recovery_smollm2.py wanda --train all --steps 40 --lr 3e-4 --teacher   # distilled
     python bench/recovery_smollm2.py wanda --steps 150 --lr 3e-4 --teacher --teacher-samples 256 --autocast bfloat16
+    python bench/recovery_smollm2.py wanda --steps 220 --lr 3e-4 --teacher --teacher-samples 384 --teacher-top-k 64 \
+        --autocast bfloat16 --skip-before
     python bench/recovery_smollm2.py layers --unit block --ratio 0.25 --steps 60
     python bench/recovery_smollm2.py slice --ratio 0.25 --steps 40 --lr 3e-4 --teacher
 """
@@ -83,6 +85,9 @@ def main() -> int:
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of --teacher-samples (default 0)")
     parser.add_argument("--top-k", type=int, default=50, help="--teacher-samples: top-k (0: all; default 50)")
     parser.add_argument("--top-p", type=float, default=0.95, help="--teacher-samples: nucleus (default 0.95)")
+    parser.add_argument("--teacher-top-k", type=int, default=0,
+                        help="--teacher-samples: keep the teacher's top-k targets while sampling and distil from "
+                             "them without a teacher forward per step (default 0: the full distribution)")
     parser.add_argument("--autocast", choices=("bfloat16",), default=None,
                         help="the forwards (sampling and training) under torch.autocast")
     parser.add_argument("--hidden-distillation", type=float, default=0.0,
@@ -132,12 +137,14 @@ def main() -> int:
             started = time.perf_counter()
             batches = teacher_samples(teacher, tokenizer, sequences=args.teacher_samples, seqlen=128,
                                       batch_size=args.batch_size, autocast=args.autocast, seed=args.sample_seed,
-                                      top_k=args.top_k, top_p=args.top_p,
+                                      top_k=args.top_k, top_p=args.top_p, target_top_k=args.teacher_top_k,
                                       progress=False)
             row["sampling_seconds"] = time.perf_counter() - started
         else:
             batches = text_batches(tokenizer, training_paragraphs(), seqlen=128, batch_size=args.batch_size, seed=0)
-        report = prunekit.recover(model, batches, steps=args.steps, lr=args.lr, train=args.train, teacher=teacher,
+        cached = bool(args.teacher_samples and args.teacher_top_k)  # the batches hold the teacher's targets
+        report = prunekit.recover(model, batches, steps=args.steps, lr=args.lr, train=args.train,
+                                  teacher=None if cached else teacher,
                                   hidden_distillation=args.hidden_distillation, autocast=args.autocast,
                                   eval_batches=None if args.skip_before else heldout, time_batch=calib[0],
                                   progress=False)
@@ -147,7 +154,8 @@ def main() -> int:
         still_zero = all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
         row.update(train=args.train, steps=args.steps, lr=args.lr, batch_size=args.batch_size, teacher=args.teacher,
                    teacher_samples=args.teacher_samples, sample_seed=args.sample_seed, top_k=args.top_k,
-                   top_p=args.top_p, autocast=args.autocast,
+                   top_p=args.top_p, teacher_top_k=args.teacher_top_k if args.teacher_samples else None,
+                   autocast=args.autocast,
                    hidden_distillation=args.hidden_distillation,
                    training_windows=sum(len(b["input_ids"]) for b in batches), recover=report.to_dict(),
                    pruned_perplexity=report.perplexity_before, recovered_perplexity=report.perplexity_after,

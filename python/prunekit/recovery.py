@@ -21,8 +21,10 @@ The loss is a causal LM's next-token cross-entropy (``labels`` in a batch overri
 -100 skips a token), or, with a ``teacher`` (the dense model before pruning), the KL divergence
 from the teacher's next-token distribution to the model's on the same tokens (distillation: the
 pruned model learns the dense model's function rather than the training text, so what it
-recovers carries over to text of other domains), or ``loss_fn(model, batch) -> scalar`` for other
-models.
+recovers carries over to text of other domains), or, on batches holding the teacher's top-k
+next tokens and log-probabilities (``teacher_samples(..., target_top_k=k)``, kept from the
+forwards that drew the samples), the KL over those k tokens and one outcome for all others, with
+no teacher forward per step; or ``loss_fn(model, batch) -> scalar`` for other models.
 
 Under ``torch.distributed`` (a process group of more than one rank, as for calibration) every
 rank trains on its shard of the batches and the gradients are all-reduced (averaged) before each
@@ -638,7 +640,9 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
     - ``train``: "all" | "norms" | "lora" (see the module docstring); embeddings and the LM head
       train only with ``train_embeddings`` (mode "all").
     - ``teacher``: the model before pruning (same vocabulary), to distil from: the loss becomes
-      :func:`distillation_kl` per target token (a causal LM; not with ``loss_fn``).
+      :func:`distillation_kl` per target token (a causal LM; not with ``loss_fn``). Batches that
+      hold the teacher's top-k targets (:func:`teacher_samples` with ``target_top_k``) distil from
+      those instead, with no ``teacher`` passed.
       ``hidden_distillation`` > 0 adds the blocks' hidden-state errors to the teacher's, with that
       weight (SquareHead; needs models that return ``hidden_states`` and the same blocks).
     - ``autocast``: None, or "bfloat16": the forwards (the model's and the teacher's) run under
