@@ -32,8 +32,9 @@ def call_model(model: nn.Module, batch):
 
 
 # Batch entries that are targets, not model inputs: labels, and the teacher's top-k next-token
-# log-probabilities that prunekit.recovery.teacher_samples keeps for distillation.
-TARGET_KEYS = ("labels", "teacher_logprobs", "teacher_token_ids")
+# log-probabilities and ids that prunekit.recovery.teacher_samples keeps for distillation.
+TEACHER_TARGET_KEYS = ("teacher_logprobs", "teacher_token_ids")
+TARGET_KEYS = ("labels",) + TEACHER_TARGET_KEYS
 
 
 def model_inputs(batch: Mapping) -> dict:

@@ -52,7 +52,8 @@ import torch.nn.functional as F
 from . import distributed as dist_
 from ._autocast import autocast_dtype, autocast_or_nothing
 from ._names import dtype_name
-from ._measure import _no_cache_kwargs, causal_lm_nll, count_parameters, forward_seconds, model_inputs, perplexity
+from ._measure import (TEACHER_TARGET_KEYS, _no_cache_kwargs, causal_lm_nll, count_parameters, forward_seconds,
+                       model_inputs, perplexity)
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +233,9 @@ def _sample_next_tokens(scores: torch.Tensor, top_k: int, top_p: float, temperat
     temperature / top-k / top-p distribution. With a top-k it neither sorts the whole vocabulary
     nor draws over it, as Hugging Face's sampling does at every step. ``banned`` ids are never drawn."""
     scores = scores.float() / temperature
+    banned = [i for i in banned if 0 <= i < scores.shape[-1]]  # a special token may lie past the logits
     if banned:
-        scores = scores.index_fill(-1, torch.tensor(list(banned), device=scores.device), float("-inf"))
+        scores = scores.index_fill(-1, torch.tensor(banned, device=scores.device), float("-inf"))
     k = scores.shape[-1] if top_k == 0 else min(top_k, scores.shape[-1])
     values, indices = torch.topk(scores, k, dim=-1)  # sorted, highest first
     if not bool(torch.isfinite(values[:, 0]).all()) or bool(values.isnan().any()):
@@ -261,6 +263,9 @@ def _sampling_processor(top_k: int, top_p: float, temperature: float, seed: int,
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             if self.generator is None:
                 self.generator = torch.Generator(device=scores.device).manual_seed(seed)
+            if target_top_k > scores.shape[-1]:
+                raise ValueError(f"teacher_samples: target_top_k: expected at most the teacher's {scores.shape[-1]} "
+                                 f"next-token scores, but got {target_top_k}")
             if target_top_k:
                 logprobs, ids = torch.log_softmax(scores.float(), dim=-1).topk(target_top_k, dim=-1)
                 self.targets.append((logprobs.cpu(), ids.cpu()))
@@ -462,8 +467,8 @@ def distillation_kl(model: nn.Module, teacher: nn.Module | None, batch: Mapping,
     inputs = model_inputs(batch)
     hidden = {"output_hidden_states": True} if hidden_weight > 0 else {}
     if teacher is None and hidden_weight > 0:
-        raise ValueError("recover: hidden_distillation needs a teacher model (the batches' top-k targets hold no "
-                         "hidden states)")
+        raise ValueError(f"distillation_kl: hidden_weight={hidden_weight!r} needs a teacher model, but got None (the "
+                         "batches' top-k targets hold no hidden states)")
     teacher_out = None
     if teacher is not None:
         with torch.no_grad():
@@ -510,21 +515,19 @@ def distillation_kl(model: nn.Module, teacher: nn.Module | None, batch: Mapping,
     return loss, int(keep.sum())
 
 
-TEACHER_TARGETS = ("teacher_logprobs", "teacher_token_ids")
-
-
 def _top_k_targets(batch: Mapping, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's (teacher_logprobs, teacher_token_ids), checked against the model's logits."""
-    found = [batch.get(key) for key in TEACHER_TARGETS]
+    found = [batch.get(key) for key in TEACHER_TARGET_KEYS]
     if not all(isinstance(value, torch.Tensor) for value in found):
-        raise ValueError("recover: data: without a teacher model, distillation needs batches holding "
-                         f"{' and '.join(TEACHER_TARGETS)} (teacher_samples(..., target_top_k=k))")
+        raise ValueError("recover: data: without a teacher model, distillation needs batches holding tensors "
+                         f"{' and '.join(TEACHER_TARGET_KEYS)} (teacher_samples(..., target_top_k=k)), but got a "
+                         f"batch holding {sorted(batch)}")
     logprobs, ids = found
     expected = (logits.shape[0], logits.shape[1] - 1)
-    if (logprobs.shape != ids.shape or tuple(ids.shape[:2]) != expected or ids.dim() != 3
+    if (logprobs.shape != ids.shape or ids.dim() != 3 or tuple(ids.shape[:2]) != expected or ids.shape[-1] < 1
             or ids.dtype != torch.long or not logprobs.dtype.is_floating_point):
         raise ValueError(f"recover: data: expected teacher_logprobs (float) and teacher_token_ids (int64) of shape "
-                         f"{expected + ('k',)}, but got {tuple(logprobs.shape)} {logprobs.dtype} and "
+                         f"{expected + ('k >= 1',)}, but got {tuple(logprobs.shape)} {logprobs.dtype} and "
                          f"{tuple(ids.shape)} {ids.dtype}")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= logits.shape[-1]):
         raise ValueError(f"recover: data: teacher_token_ids: expected ids in [0, {logits.shape[-1]}), but got "
@@ -542,10 +545,16 @@ def _top_k_kl(log_model: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_i
         teacher_rest = (1 - teacher_top.sum(-1)).clamp_min(0)
     loss = torch.where(teacher_top > 0, teacher_top * (teacher_logprobs - model_top), 0.0).sum()
     if teacher_ids.shape[-1] < log_model.shape[-1]:  # else there is no other outcome
-        # The model's probability outside the k tokens, 1 - their sum, in float64 on (rows, k): a
-        # pass over the whole vocabulary would cost three times the rest of the loss. The floor
-        # only acts where float32 rounding puts the sum at 1.
-        model_rest = torch.log((1 - model_top.double().exp().sum(-1)).clamp_min(1e-12)).to(log_model.dtype)
+        # The model's probability outside the k tokens: 1 - their sum, from the (rows, k) values (a
+        # pass over the whole vocabulary costs three times the rest of the loss), except in rows
+        # where that leaves under 1e-4, about a thousand times float32's rounding of the sum: there
+        # from the logsumexp of the others.
+        rest = 1 - model_top.double().exp().sum(-1)
+        model_rest = torch.log(rest.clamp_min(1e-4)).to(log_model.dtype)
+        small = (rest.detach() < 1e-4).nonzero().squeeze(-1)
+        if small.numel():
+            exact = torch.logsumexp(log_model[small].scatter(-1, teacher_ids[small], float("-inf")), dim=-1)
+            model_rest = model_rest.index_put((small,), exact)
         loss = loss + torch.where(teacher_rest > 0, torch.special.xlogy(teacher_rest, teacher_rest)
                                   - teacher_rest * model_rest, 0.0).sum()
     return loss
@@ -686,13 +695,19 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
         if loss_fn is not None:
             raise ValueError("recover: teacher and loss_fn: pass one of them (a teacher sets the loss: the KL from "
                              "its next-token distribution)")
-    cached_targets = [isinstance(b, Mapping) and any(key in b for key in TEACHER_TARGETS) for b in batches]
+    cached_targets = [isinstance(b, Mapping) and any(key in b for key in TEACHER_TARGET_KEYS) for b in batches]
     if any(cached_targets):
+        for index, batch in enumerate(batches):
+            held = [key for key in TEACHER_TARGET_KEYS if key in batch]
+            if held and len(held) < len(TEACHER_TARGET_KEYS):
+                missing = [key for key in TEACHER_TARGET_KEYS if key not in held]
+                raise ValueError(f"recover: data: batch {index} holds {' and '.join(held)} but not "
+                                 f"{' and '.join(missing)}; expected both (teacher_samples(..., target_top_k=k))")
         if not all(cached_targets):
             raise ValueError(f"recover: data: batch {cached_targets.index(False)} holds no teacher targets but "
                              f"batch {cached_targets.index(True)} does; expected all batches or none to hold them")
         if teacher is not None or loss_fn is not None:
-            raise ValueError(f"recover: data: the batches hold the teacher's top-k targets ({TEACHER_TARGETS[0]}), "
+            raise ValueError(f"recover: data: the batches hold the teacher's top-k targets ({TEACHER_TARGET_KEYS[0]}), "
                              f"which set the loss; expected no {'teacher' if teacher is not None else 'loss_fn'} "
                              "as well")
     distill = teacher is not None or any(cached_targets)
@@ -721,7 +736,7 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
                             ("KL from the teacher" + (f" + {hidden_distillation:g} x hidden states"
                                                       if hidden_distillation > 0 else ""))
                             if teacher is not None else
-                            (f"KL from the teacher's top-{batches[0][TEACHER_TARGETS[1]].shape[-1]} targets "
+                            (f"KL from the teacher's top-{batches[0][TEACHER_TARGET_KEYS[1]].shape[-1]} targets "
                              "in the batches" if distill else "next-token cross-entropy"))
     timing_batch = time_batch if time_batch is not None else batches[0]
     with strategy.guard("measuring the model before recovery"):

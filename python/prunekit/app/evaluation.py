@@ -21,6 +21,7 @@ import warnings
 
 import torch
 
+from .._measure import model_inputs
 from ..recovery import read_text_file  # the library's text reader; the CLI calls it from here
 
 logger = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ def perplexity(model: torch.nn.Module, batches: list[dict], progress: bool = Fal
     for batch in _bar(batches, "prunekit eval: perplexity", progress):
         input_ids = batch["input_ids"]
         mask = batch.get("attention_mask", torch.ones_like(input_ids))
-        logits = model(**batch).logits[:, :-1].float()
+        logits = model(**model_inputs(batch)).logits[:, :-1].float()
         targets = input_ids[:, 1:]
         keep = mask[:, 1:].bool()
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .._finite import all_finite
+from .._measure import TEACHER_TARGET_KEYS
 from ..distributed import SingleProcessStrategy
 from .hessian import HessianAccumulator, HessianDiagonalAccumulator
 from .timing import StageTimer, stage
@@ -449,7 +450,8 @@ class CalibrationBatch:
         if isinstance(item, torch.Tensor):
             return cls((item,), {})
         if isinstance(item, Mapping):
-            kwargs = dict(item)
+            # a teacher's distillation targets (teacher_samples) are not model inputs
+            kwargs = {key: value for key, value in item.items() if key not in TEACHER_TARGET_KEYS}
             mask = kwargs.get("attention_mask")
             token_mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
             return cls((), kwargs, token_mask)

@@ -68,7 +68,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                         help="train on N sequences of --seqlen tokens that --teacher samples from its BOS token "
                              f"(top-k {SAMPLING_TOP_K}, top-p {SAMPLING_TOP_P}; seeded by --seed) instead of --data: "
                              "distillation that needs no text and carries over to text of other domains")
-    parser.add_argument("--teacher-top-k", type=non_negative_int, default=TEACHER_TOP_K, metavar="K",
+    parser.add_argument("--teacher-top-k", type=non_negative_int, default=None, metavar="K",
                         help="with --teacher-samples: keep the teacher's K most likely next tokens at every position "
                              "while it samples, and distil from them (the KL over those K and all others as one) "
                              "without running the teacher during training; 0: its whole distribution, one teacher "
@@ -99,7 +99,11 @@ def run(args: argparse.Namespace) -> int:
                          f"sequences the teacher samples), but got {'both' if args.data is not None else 'neither'}")
     if args.teacher_samples is not None and args.teacher is None:
         raise UsageError("--teacher-samples: needs --teacher (the dense model that samples the sequences)")
-    target_top_k = args.teacher_top_k if args.teacher_samples is not None else 0
+    if args.teacher_top_k is not None and args.teacher_samples is None:
+        raise UsageError(f"--teacher-top-k: expected with --teacher-samples (the targets are kept while the teacher "
+                         f"samples), but got --teacher-top-k {args.teacher_top_k} without it")
+    target_top_k = 0 if args.teacher_samples is None else \
+        TEACHER_TOP_K if args.teacher_top_k is None else args.teacher_top_k
     if args.hidden_distillation and target_top_k:
         raise UsageError(f"--hidden-distillation: needs the teacher to run at every step, but --teacher-top-k "
                          f"{target_top_k} distils from the top-k targets kept while sampling; pass --teacher-top-k 0")
