@@ -92,26 +92,23 @@ def parse_sparsity(text: str, what: str = "--sparsity") -> float | str:
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse type of counts (threads, samples, tokens): an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}")
-    return value
+def _int_at_least(low: int, expected: str):
+    """An argparse type: an integer of at least ``low``, refused as "expected {expected}"."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, but got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, but got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type of sizes where 0 turns something off: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, but got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, but got {text!r}")
-    return value
+# counts (threads, samples, tokens); sizes where 0 turns something off
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser, nsamples: int,
