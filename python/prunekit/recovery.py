@@ -179,7 +179,11 @@ def teacher_samples(teacher: nn.Module, tokenizer=None, *, sequences: int = 256,
     # Greedy decoding of the sampler's one-hot scores (the sampler draws each token itself, never an
     # end of sequence), under a plain generation config in place of the teacher's: no penalty,
     # forced or suppressed token of its own applies, so the sampler sees the teacher's raw scores.
+    # A static KV cache where the model has one: the default cache grows by concatenation, copying
+    # itself at every step (a third of the sampling time on SmolLM2 at 128 sequences).
+    static = bool(getattr(teacher, "_can_compile_fullgraph", False))
     generation = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=seqlen - 1, use_cache=True,
+                                  cache_implementation="static" if static else None,
                                   return_dict_in_generate=False, bos_token_id=bos, eos_token_id=eos or None,
                                   pad_token_id=eos[0] if eos else bos)
     was_training, own_config = teacher.training, getattr(teacher, "generation_config", None)
