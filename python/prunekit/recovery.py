@@ -494,20 +494,16 @@ def distillation_kl(model: nn.Module, teacher: nn.Module | None, batch: Mapping,
     if mask is not None:
         keep = keep & mask[:, 1:].bool()
     # Only the kept positions: padding cannot bring NaN in, and the (tokens, vocab) temporaries are smaller.
-    logits = logits[:, :-1]
-    if teacher is not None:
-        target = target[:, :-1]
-    if bool(keep.all()):
-        logits = logits.reshape(-1, logits.shape[-1])
-        target = [part.reshape(-1, part.shape[-1]) for part in target] if teacher is None else \
-            target.reshape(-1, target.shape[-1])
-    else:
-        logits = logits[keep]
-        target = [part[keep] for part in target] if teacher is None else target[keep]
-    log_model = F.log_softmax(logits.float(), dim=-1)
+    every = bool(keep.all())
+
+    def kept(values: torch.Tensor) -> torch.Tensor:  # (batch, tokens - 1, n) -> (kept tokens, n)
+        return values.reshape(-1, values.shape[-1]) if every else values[keep]
+
+    log_model = F.log_softmax(kept(logits[:, :-1]).float(), dim=-1)
     if teacher is None:
-        loss = _top_k_kl(log_model, *target)
+        loss = _top_k_kl(log_model, *map(kept, target))
     else:
+        target = kept(target[:, :-1])
         # sum p_t (log p_t - log p_s), with 0 where the teacher rules a token out (probability 0, a
         # -inf logit, which the pruned model often shares: 0 * -inf must not make NaN)
         with torch.no_grad():
@@ -612,6 +608,18 @@ def _check_arguments(train, steps, lr, lora_rank, lora_alpha, weight_decay, max_
         raise ValueError(f"recover: warmup_steps: expected an integer >= 0 or None, but got {warmup_steps!r}")
     if not isinstance(accumulation, int) or accumulation < 1:
         raise ValueError(f"recover: accumulation: expected an integer >= 1, but got {accumulation!r}")
+
+
+def _loss_name(loss_fn, teacher, hidden_distillation: float, batches: list, distill: bool) -> str:
+    """What the report says the loss is."""
+    if loss_fn is not None:
+        return "loss_fn"
+    if teacher is not None:
+        hidden = f" + {hidden_distillation:g} x hidden states" if hidden_distillation > 0 else ""
+        return "KL from the teacher" + hidden
+    if distill:
+        return f"KL from the teacher's top-{batches[0][TEACHER_TARGET_KEYS[1]].shape[-1]} targets in the batches"
+    return "next-token cross-entropy"
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -736,12 +744,7 @@ def recover(model: nn.Module, data, *, steps: int = 200, lr: float = 1e-4, train
                             tokens_per_step=accumulation * strategy.world * sum(map(_tokens, shard)) / len(shard),
                             trainable_parameters=0, masked_weights=0, parameters=count_parameters(model),
                             world_size=strategy.world, autocast=None if autocast is None else dtype_name(autocast),
-                            loss="loss_fn" if loss_fn is not None else
-                            ("KL from the teacher" + (f" + {hidden_distillation:g} x hidden states"
-                                                      if hidden_distillation > 0 else ""))
-                            if teacher is not None else
-                            (f"KL from the teacher's top-{batches[0][TEACHER_TARGET_KEYS[1]].shape[-1]} targets "
-                             "in the batches" if distill else "next-token cross-entropy"))
+                            loss=_loss_name(loss_fn, teacher, hidden_distillation, batches, distill))
     timing_batch = time_batch if time_batch is not None else batches[0]
     with strategy.guard("measuring the model before recovery"):
         report.forward_seconds_before = forward_seconds(model, timing_batch)
