@@ -91,6 +91,7 @@ void cpu_cg_step(CgState& c) {
   float* direction = c.direction.data_ptr<float>();
   float* curved = c.curved.data_ptr<float>();
   float* product = c.product.data_ptr<float>();
+  const float* solved_below = c.solved_below.data_ptr<float>();
   const float* support = c.support.data_ptr<float>();
   const float* inverse_diag = c.inverse_diag.data_ptr<float>();
   at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
@@ -100,6 +101,7 @@ void cpu_cg_step(CgState& c) {
       float* p = pruned + r * cols;
       float* res = residual + r * cols;
       const float* s = support + r * cols;
+      if (!(product[r] > solved_below[r])) continue;  // solved (see CgState)
       double curvature = 0.0;
       for (int64_t j = 0; j < cols; ++j) {
         q[j] *= s[j];

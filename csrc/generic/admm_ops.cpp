@@ -78,14 +78,15 @@ void aten_project(at::Tensor& current, at::Tensor& signed_split, at::Tensor& kee
 void aten_cg_step(CgState& c) {
   c.curved.mul_(c.support);
   const at::Tensor curvature = (c.direction * c.curved).sum(1);
-  // A row already solved (zero direction) takes no step.
-  const at::Tensor alpha = at::where(curvature > 0, c.product / at::where(curvature > 0, curvature, 1.0), 0.0);
+  // A row already solved (zero direction, or a product down to solved_below) takes no step.
+  const at::Tensor active = (c.product > c.solved_below).logical_and_(curvature > 0);
+  const at::Tensor alpha = at::where(active, c.product / at::where(active, curvature, 1.0), 0.0);
   c.pruned.addcmul_(alpha.unsqueeze(1), c.direction);
   c.residual.addcmul_(alpha.unsqueeze(1), c.curved, -1.0);
   const at::Tensor preconditioned = c.residual * c.inverse_diag;
-  const at::Tensor next_product = (c.residual * preconditioned).sum(1);
-  const at::Tensor beta = at::where(c.product > 0, next_product / at::where(c.product > 0, c.product, 1.0), 0.0);
-  c.direction = preconditioned.addcmul_(beta.unsqueeze(1), c.direction);
+  const at::Tensor next_product = at::where(active, (c.residual * preconditioned).sum(1), c.product);
+  const at::Tensor beta = at::where(active, next_product / at::where(active, c.product, 1.0), 0.0);
+  c.direction = at::where(active.unsqueeze(1), preconditioned.addcmul_(beta.unsqueeze(1), c.direction), c.direction);
   c.product = next_product;
 }
 
@@ -174,7 +175,10 @@ std::tuple<at::Tensor, at::Tensor> admm_loop(const at::Tensor& weight, const at:
     const at::Tensor inverse_diag = hessian.diagonal().reciprocal().unsqueeze(0).contiguous();
     at::Tensor residual = (target - at::mm(pruned, hessian)).mul_(on_support);
     at::Tensor direction = residual * inverse_diag;
-    CgState state{pruned, residual, direction, at::Tensor(), (residual * direction).sum(1), on_support, inverse_diag};
+    const at::Tensor product = (residual * direction).sum(1);
+    const at::Tensor solved_below =
+        (product * kCgSolvedRatio).clamp_min_(double(std::numeric_limits<float>::min()));
+    CgState state{pruned, residual, direction, at::Tensor(), product, solved_below, on_support, inverse_diag};
     for (int64_t step = 0; step < pcg_iterations; ++step) {
       state.curved = at::mm(state.direction, hessian);
       cg_step(state);

@@ -264,6 +264,23 @@ def test_generic_kernel_matches_the_fused_cpu_kernel(sparsity, n, m, per_row, fi
     torch.testing.assert_close(pruned, generic, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("solve", [OP, generic_solve], ids=["cpu", "generic"])
+def test_conjugate_gradients_stay_at_the_solution_however_many_iterations(solve):
+    """Past convergence the rows' residual products fall into fp32 rounding and then denormals,
+    where a step size product / curvature is meaningless: solved rows must stop stepping."""
+    weight, hessian, inverse = op_inputs(24, 64, seed=4)
+    keep = torch.rand(24, 64, generator=torch.Generator().manual_seed(5)) > 0.5
+    exact = torch.zeros(24, 64, dtype=torch.float64)
+    h = hessian.double()
+    for row in range(24):
+        kept = keep[row]
+        exact[row, kept] = torch.linalg.solve(h[kept][:, kept], (h @ weight[row].double())[kept])
+    for iterations in (40, 400, 2000):
+        pruned, _ = solve(weight, hessian, inverse, keep, 0.5, 0, 0, True, 1.0, 0, 0, iterations)
+        assert float((pruned.double() - exact).norm() / exact.norm()) < 1e-5, iterations
+        assert not bool(pruned[~keep].any())
+
+
 def test_an_overflowing_nm_iterate_is_an_error_on_every_kernel():
     """Finite inputs whose ADMM iterate overflows (W H is inf): the fused CPU kernel's N:M selection
     (the nm_mask kernel) refuses it, as the generic kernel's nm_mask does, instead of choosing a

@@ -28,9 +28,12 @@ using ProjectStep =
 
 // One conjugate-gradient update for every row after `curved` = direction H (not yet masked): the
 // step along `direction`, the new residual, preconditioned residual and direction, `product` the
-// rows' residual . preconditioned.
+// rows' residual . preconditioned. A row whose product has fallen to `solved_below` (its first
+// product times kCgSolvedRatio, or float's smallest normal) is solved and takes no more steps:
+// past that point fp32 rounding, and then denormal products, would send the step sizes anywhere.
+constexpr double kCgSolvedRatio = 1e-12;
 struct CgState {
-  at::Tensor pruned, residual, direction, curved, product;
+  at::Tensor pruned, residual, direction, curved, product, solved_below;
   const at::Tensor& support;
   const at::Tensor& inverse_diag;
 };
