@@ -11,6 +11,8 @@ calibration modules and the others in TRAIN_MODULES), never the novel.
     python bench/recovery_smollm2.py wanda --steps 150 --lr 3e-4 --teacher --teacher-samples 256 --autocast bfloat16
     python bench/recovery_smollm2.py wanda --steps 220 --lr 3e-4 --teacher --teacher-samples 384 --teacher-top-k 64 \
         --autocast bfloat16 --skip-before
+    python bench/recovery_smollm2.py wanda --steps 80 --lr 3e-4 --teacher --teacher-samples 256 --teacher-top-k 64 \
+        --reconstruct 64 --autocast bfloat16 --skip-before   # reconstruct, then distil
     python bench/recovery_smollm2.py layers --unit block --ratio 0.25 --steps 60
     python bench/recovery_smollm2.py slice --ratio 0.25 --steps 40 --lr 3e-4 --teacher
 """
@@ -90,6 +92,11 @@ def main() -> int:
                              "them without a teacher forward per step (default 0: the full distribution)")
     parser.add_argument("--autocast", choices=("bfloat16",), default=None,
                         help="the forwards (sampling and training) under torch.autocast")
+    parser.add_argument("--reconstruct", type=int, default=None, metavar="N",
+                        help="with --teacher: prunekit.reconstruct on the first N training sequences before training "
+                             "(a multiple of --batch-size)")
+    parser.add_argument("--reconstruct-steps", type=int, default=72,
+                        help="--reconstruct: block-refinement steps per block (default 72)")
     parser.add_argument("--hidden-distillation", type=float, default=0.0,
                         help="with --teacher: weight of the blocks' hidden-state errors (SquareHead)")
     parser.add_argument("--skip-before", action="store_true", help="no perplexity before recovery (time)")
@@ -101,6 +108,10 @@ def main() -> int:
         parser.error(f"--teacher-samples: expected a positive number of sequences, but got {args.teacher_samples}")
     if args.teacher_samples and not args.teacher:
         parser.error("--teacher-samples needs --teacher (the dense model samples them)")
+    if args.reconstruct is not None and (not args.teacher or args.reconstruct < 1
+                                         or args.reconstruct % args.batch_size):
+        parser.error(f"--reconstruct: expected a positive multiple of --batch-size ({args.batch_size}) with "
+                     f"--teacher, but got {args.reconstruct}")
     torch.set_num_threads(args.threads)
     model, tokenizer, _ = load_model("smollm2")
     calib, heldout = lm_quality_batches(tokenizer)
@@ -142,6 +153,13 @@ def main() -> int:
             row["sampling_seconds"] = time.perf_counter() - started
         else:
             batches = text_batches(tokenizer, training_paragraphs(), seqlen=128, batch_size=args.batch_size, seed=0)
+        if args.reconstruct is not None:
+            reconstruction = prunekit.reconstruct(model, teacher, batches[: args.reconstruct // args.batch_size],
+                                                  refine_steps=args.reconstruct_steps, autocast=args.autocast,
+                                                  progress=False)
+            row.update(reconstruct=reconstruction.to_dict())
+            if not args.skip_before:
+                row["reconstructed_perplexity"] = perplexity(model, heldout)
         cached = bool(args.teacher_samples and args.teacher_top_k)  # the batches hold the teacher's targets
         report = prunekit.recover(model, batches, steps=args.steps, lr=args.lr, train=args.train,
                                   teacher=None if cached else teacher,
@@ -150,6 +168,10 @@ def main() -> int:
                                   progress=False)
         if args.skip_before:
             report.perplexity_after = perplexity(model, heldout)
+        # Sampling, reconstruction and training: what a user waits for (the evaluations excluded).
+        row["recovery_seconds"] = (row.get("sampling_seconds", 0.0) + row.get("reconstruct", {}).get("seconds", 0.0)
+                                   + report.seconds - (report.forward_seconds_before or 0)
+                                   - (report.forward_seconds_after or 0))
         params = dict(model.named_parameters())
         still_zero = all(bool((params[n].detach()[~m] == 0).all()) for n, m in masks.items())
         row.update(train=args.train, steps=args.steps, lr=args.lr, batch_size=args.batch_size, teacher=args.teacher,

@@ -59,6 +59,7 @@ from .streaming import prune_pretrained  # noqa: E402  (models larger than memor
 
 from .surgery.layers import LayerPruneReport, prune_layers  # noqa: E402  (whole blocks or sublayers)
 from .recovery import RecoveryReport, recover  # noqa: E402  (training after pruning)
+from .reconstruction import ReconstructionReport, reconstruct  # noqa: E402  (refitting kept weights)
 from .surgery.slicing import SliceReport, slice_  # noqa: E402  (SliceGPT)
 
 __version__ = _C.build_info()["version"]
@@ -69,5 +70,5 @@ __all__ += ["prune_structured", "StructuredConfig", "StructuredReport", "registe
 __all__ += ["register_criterion"]
 __all__ += ["LowRank"]
 __all__ += ["prune_pretrained"]
-__all__ += ["prune_layers", "LayerPruneReport", "recover", "RecoveryReport"]
+__all__ += ["prune_layers", "LayerPruneReport", "recover", "RecoveryReport", "reconstruct", "ReconstructionReport"]
 __all__ += ["slice_", "SliceReport"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prunekit import distributed
 from prunekit.hf import load_model, resolve_model
+from prunekit.reconstruction import reconstruct
 from prunekit.recovery import SAMPLING_TOP_K, SAMPLING_TOP_P, TRAIN_MODES, recover, teacher_samples, text_batches
 
 from .. import evaluation
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 FILES = ("model", "report.json", "report.md")
 TEACHER_TOP_K = 64
+RECONSTRUCT_STEPS = 72
 
 
 def positive_float(text: str) -> float:
@@ -73,6 +75,13 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
                              "while it samples, and distil from them (the KL over those K and all others as one) "
                              "without running the teacher during training; 0: its whole distribution, one teacher "
                              f"forward per step (default {TEACHER_TOP_K})")
+    parser.add_argument("--reconstruct", type=positive_int, default=None, metavar="N",
+                        help="with --teacher: before training, refit the kept weights to the teacher block by block "
+                             "on the first N training sequences (least squares, then block refinement; "
+                             "prunekit.reconstruct): a cheap first stage that leaves fewer steps to train")
+    parser.add_argument("--reconstruct-steps", type=non_negative_int, default=None, metavar="S",
+                        help=f"with --reconstruct: block-refinement steps per block (default {RECONSTRUCT_STEPS}; "
+                             "0: least squares only)")
     parser.add_argument("--autocast", choices=("bfloat16",), default=None,
                         help="run the forwards (training, and sampling) under torch.autocast in this dtype: about "
                              "half the time on CPUs with bf16 arithmetic (AVX512-BF16, AMX); weights stay --dtype")
@@ -107,6 +116,15 @@ def run(args: argparse.Namespace) -> int:
     if args.hidden_distillation and target_top_k:
         raise UsageError(f"--hidden-distillation: needs the teacher to run at every step, but --teacher-top-k "
                          f"{target_top_k} distils from the top-k targets kept while sampling; pass --teacher-top-k 0")
+    if args.reconstruct is not None and args.teacher is None:
+        raise UsageError(f"--reconstruct: needs --teacher (the dense model the kept weights are refitted to), but got "
+                         f"--reconstruct {args.reconstruct} without it")
+    if args.reconstruct_steps is not None and args.reconstruct is None:
+        raise UsageError(f"--reconstruct-steps: expected with --reconstruct, but got --reconstruct-steps "
+                         f"{args.reconstruct_steps} without it")
+    if args.reconstruct is not None and args.teacher_samples is not None and args.reconstruct > args.teacher_samples:
+        raise UsageError(f"--reconstruct: expected at most --teacher-samples ({args.teacher_samples}) sequences, but "
+                         f"got {args.reconstruct}")
     if args.seqlen < 2:
         raise UsageError(f"--seqlen: expected at least 2 tokens (one to predict), but got {args.seqlen}")
     paragraphs = evaluation.read_text_file(args.data, "--data") if args.data is not None else None
@@ -142,10 +160,20 @@ def run(args: argparse.Namespace) -> int:
                                       batch_size=args.batch_size, autocast=args.autocast, seed=args.seed,
                                       target_top_k=target_top_k, progress=not args.quiet)
             sampling_seconds = time.perf_counter() - sampling_started
-            if target_top_k:  # the batches hold its targets: it does not run again
-                teacher = None
         eval_batches, eval_source = (None, None) if args.no_eval else evaluation_batches(
             args.eval_data, model, tokenizer, causal, args.eval_samples, args.seqlen, args.seed, 8)
+        reconstructed = None
+        if args.reconstruct is not None:
+            if torchrun:
+                raise UsageError("--reconstruct: runs in one process; drop it under torchrun (or reconstruct first "
+                                 "with one process)")
+            calib = _first_sequences(batches, args.reconstruct)
+            reconstructed = reconstruct(
+                model, teacher, calib, autocast=args.autocast, eval_batches=eval_batches, progress=not args.quiet,
+                refine_steps=RECONSTRUCT_STEPS if args.reconstruct_steps is None else args.reconstruct_steps)
+            print(reconstructed.summary())
+        if target_top_k:  # the batches hold its targets: it does not run again
+            teacher = None
         report = recover(model, batches, steps=args.steps, lr=lr, train=args.train, accumulation=args.accumulation,
                          lora_rank=args.lora_rank, teacher=teacher, hidden_distillation=args.hidden_distillation,
                          autocast=args.autocast, eval_batches=eval_batches, seed=args.seed,
@@ -155,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
                       "data": os.fspath(args.data) if args.data is not None else
                       f"{args.teacher_samples} sequences sampled by the teacher",
                       "teacher": args.teacher, "sampling_seconds": sampling_seconds, "evaluation": eval_source,
+                      "reconstruct": None if reconstructed is None else reconstructed.to_dict(),
                       "recover": report.to_dict(),
                       "machine": machine_info(), "seconds": time.perf_counter() - started}
             write_report(out, result, f"prunekit recover: {args.model}", _sections(result))
@@ -164,6 +193,20 @@ def run(args: argparse.Namespace) -> int:
         if torchrun:
             distributed.shutdown()
     return 0
+
+
+def _first_sequences(batches: list, sequences: int) -> list:
+    """The first ``sequences`` sequences of ``batches`` (whole batches, the last one cut)."""
+    taken, count = [], 0
+    for batch in batches:
+        if count >= sequences:
+            break
+        rows = min(int(batch["input_ids"].shape[0]), sequences - count)
+        taken.append({key: value[:rows] for key, value in batch.items()})
+        count += rows
+    if count < sequences:
+        raise UsageError(f"--reconstruct: expected at most the {count} training sequences, but got {sequences}")
+    return taken
 
 
 def _sections(result: dict) -> list[tuple[str, str]]:
@@ -176,6 +219,14 @@ def _sections(result: dict) -> list[tuple[str, str]]:
                ("forward_seconds_after", "after", ".4f"), ("seconds", "seconds", ".1f")]
     sampled = f" (sampled in {result['sampling_seconds']:.1f} s)" if result.get("sampling_seconds") is not None else ""
     forwards = f"; forwards in {report['autocast']}" if report.get("autocast") else ""
-    return [("", f"Model `{result['model']}` ({result['model_class']}) trained on `{result['data']}`{sampled}; loss: "
-                 f"{report['loss']}{forwards}; perplexity on {result['evaluation'] or '-'}; checkpoint `model/`."),
-            ("Result", reports.markdown_table([report], columns))]
+    sections = [("", f"Model `{result['model']}` ({result['model_class']}) trained on `{result['data']}`{sampled}; "
+                     f"loss: {report['loss']}{forwards}; perplexity on {result['evaluation'] or '-'}; checkpoint "
+                     "`model/`.")]
+    if result.get("reconstruct") is not None:
+        stage = result["reconstruct"]
+        refit = [("layers", "layers refitted", ""), ("calibration_items", "batches", ""),
+                 ("refine_steps", "block-refinement steps", ""), ("pruned_weights_still_zero", "all still 0", ""),
+                 ("perplexity_before", "perplexity before", ".2f"), ("perplexity_after", "after", ".2f"),
+                 ("seconds", "seconds", ".1f")]
+        sections.append(("Reconstruction (before training)", reports.markdown_table([stage], refit)))
+    return sections + [("Result", reports.markdown_table([report], columns))]
