@@ -21,8 +21,8 @@ import tiny_models  # noqa: E402
 from test_recovery import pruned_and_dense_dirs  # noqa: E402
 
 
-def dense_and_pruned(sparsity=0.5, method="wanda"):
-    teacher = tiny_models.tiny_model("llama", seed=0)
+def dense_and_pruned(sparsity=0.5, method="wanda", arch="llama"):
+    teacher = tiny_models.tiny_model(arch, seed=0)
     model = copy.deepcopy(teacher)
     if sparsity == 1.0:  # beyond prune's range: every linear weight zero
         with torch.no_grad():
@@ -31,7 +31,7 @@ def dense_and_pruned(sparsity=0.5, method="wanda"):
                     module.weight.zero_()
         return teacher, model
     prunekit.prune(model, prunekit.PruneConfig(method=method, sparsity=sparsity, progress=False),
-                   tiny_models.calibration("llama"))
+                   tiny_models.calibration(arch))
     return teacher, model
 
 
@@ -69,6 +69,20 @@ def test_reconstruct_keeps_every_zero_and_moves_the_outputs_towards_the_teacher(
     assert math.isfinite(report.perplexity_before) and math.isfinite(report.perplexity_after)
     assert json.loads(json.dumps(report.to_dict()))["layers"] == report.layers
     assert "ok" in report.summary() and "perplexity" in report.summary()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "qwen2"])
+def test_reconstruct_other_architectures(arch):
+    """GPT-2's transformers Conv1D (weights stored transposed), OPT's biases, Qwen2's."""
+    teacher, model = dense_and_pruned(0.5, arch=arch)
+    masks = zero_masks(model)
+    held_out = tiny_models.calibration(arch, batches=4, seed=11)
+    error_before = logit_error(model, teacher, held_out)
+    report = prunekit.reconstruct(model, teacher, tiny_models.calibration(arch, batches=8, seed=3), refine_steps=6,
+                                  progress=False)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[name].detach() == 0, ~mask) for name, mask in masks.items())
+    assert report.pruned_weights_still_zero and logit_error(model, teacher, held_out) < 0.8 * error_before
 
 
 def test_least_squares_stage_is_the_closed_form_on_the_fixed_support():
@@ -119,6 +133,9 @@ def test_reconstruct_bad_input():
             ({"refine_steps": -1}, "reconstruct: refine_steps: expected an integer >= 0, but got -1"),
             ({"refine_steps": True}, "reconstruct: refine_steps: expected an integer >= 0, but got True"),
             ({"pcg_iterations": 0}, "reconstruct: pcg_iterations: expected an integer >= 1, but got 0"),
+            ({"refine_lr": 0.0}, "reconstruct: refine_lr: expected a learning rate in (0, 1], but got 0.0"),
+            ({"refine_validate_every": 0}, "reconstruct: refine_validate_every: expected an int >= 1, but got 0"),
+            ({"refine_validation": 1.0}, "reconstruct: refine_validation: expected a share"),
             ({"percdamp": 0.0}, "reconstruct: percdamp: expected a finite value > 0, but got 0.0"),
             ({"percdamp": float("nan")}, "reconstruct: percdamp: expected a finite value > 0, but got nan"),
             ({"percdamp": float("inf")}, "reconstruct: percdamp: expected a finite value > 0, but got inf"),

@@ -80,18 +80,20 @@ def _check_same_parameters(model: nn.Module, teacher: nn.Module) -> None:
 
 
 def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: int = 72, refine_lr: float = 1e-3,
-                refine_batch: int | None = 4, refine_validation: float = 0.0625, refine_norms: bool = True,
+                refine_batch: int | None = 4, refine_validation: float = 0.0625, refine_validate_every: int = 12,
+                refine_norms: bool = True,
                 percdamp: float = 1.0, pcg_iterations: int = 10, autocast=None, eval_batches=None,
                 progress: bool = True) -> ReconstructionReport:
     """Refits ``model``'s kept weights, in place, to ``teacher`` (the same model before pruning),
-    keeping every exact zero of ``model``'s linear layers at zero.
+    keeping every exact zero of ``model``'s prunable layers (linear, convolution) at zero.
 
     - ``calib``: calibration batches as for :func:`prunekit.prune` (e.g. a slice of
       :func:`prunekit.recovery.teacher_samples`; their teacher targets are ignored).
     - ``percdamp``, ``pcg_iterations``: the least-squares step's damping (relative to the mean
       Hessian diagonal) and conjugate-gradient iterations.
     - ``refine_steps`` (0: none), ``refine_lr``, ``refine_batch``, ``refine_validation``,
-      ``refine_norms``: block refinement's options (``PruneConfig.block_refine_*``).
+      ``refine_validate_every``, ``refine_norms``: block refinement's options
+      (``PruneConfig.block_refine_*``; the step with the lowest error on the held-out share is kept).
     - ``autocast``: None or "bfloat16": block refinement's forwards and backwards under
       ``torch.autocast`` (faster where the CPU has bf16 arithmetic).
     - ``eval_batches``: held-out batches whose perplexity before and after goes in the report.
@@ -99,11 +101,12 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
     The work happens on a copy of ``teacher`` that takes ``model``'s masks and its other
     parameters, so ``model`` and ``teacher`` are untouched on error. One process.
     """
+    from .calibrate.pipeline import find_prunable_layers
     from .criteria import Solver
     from .prune import prune
     from .prune_config import PruneConfig
-    from .recovery import zero_masks
     from .solvers.admm import admm
+    from .solvers.block_refine import check_block_refine_options
 
     for what, value in (("model", model), ("teacher", teacher)):
         if not isinstance(value, nn.Module):
@@ -112,6 +115,9 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
         raise ValueError("reconstruct: teacher: expected another model (the dense one), but got the pruned model")
     if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
         raise ValueError(f"reconstruct: refine_steps: expected an integer >= 0, but got {refine_steps!r}")
+    if refine_steps:
+        check_block_refine_options(refine_steps, refine_lr, refine_validation, refine_batch, refine_validate_every,
+                                   None, "reconstruct: refine_")
     if isinstance(pcg_iterations, bool) or not isinstance(pcg_iterations, int) or pcg_iterations < 1:
         raise ValueError(f"reconstruct: pcg_iterations: expected an integer >= 1, but got {pcg_iterations!r}")
     if not isinstance(percdamp, (int, float)) or not percdamp > 0 or percdamp != percdamp or percdamp == float("inf"):
@@ -120,14 +126,14 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
     _check_same_parameters(model, teacher)
 
     started = time.perf_counter()
-    modules = dict(model.named_modules())
-    masks = {name: mask for name, mask in zero_masks(model).items()
-             if name.endswith(".weight") and isinstance(modules.get(name[: -len(".weight")]), nn.Linear)}
+    # prune's view of the layers (Linear, Conv2d, transformers' Conv1D) as (out, in) matrices.
+    found = find_prunable_layers(model)
+    masks = {name: layer.matrix() != 0 for name, layer in found.items()}
+    masks = {name: keep for name, keep in masks.items() if not bool(keep.all())}
     if not masks:
-        raise ValueError("reconstruct: model: expected pruned linear layers (weights with exact zeros), but found "
-                         "none; prune the model first")
-    layers = {name[: -len(".weight")] for name in masks}
-    report = ReconstructionReport(layers=len(layers), masked_weights=int(sum(int((~m).sum()) for m in masks.values())),
+        raise ValueError("reconstruct: model: expected pruned layers (linear or convolution weights with exact "
+                         "zeros), but found none; prune the model first")
+    report = ReconstructionReport(layers=len(masks), masked_weights=int(sum(int((~m).sum()) for m in masks.values())),
                                   calibration_items=0, refine_steps=refine_steps, parameters=count_parameters(model),
                                   autocast=None if autocast is None else dtype_name(autocast))
     if eval_batches is not None:
@@ -136,38 +142,44 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
     # The dense weights of the pruned layers, everything else as the model has it.
     work = copy.deepcopy(teacher)
     ours = dict(model.named_parameters())
+    pruned_weights = {f"{name}.weight" for name in masks}
     with torch.no_grad():
         for name, param in work.named_parameters():
-            if name not in masks:
+            if name not in pruned_weights:
                 param.copy_(ours[name])
         work.to(next(model.parameters()).device)
 
     def refit(weight: torch.Tensor, stats, *, sparsity, pattern, name) -> torch.Tensor:
-        keep = masks[f"{name}.weight"].to(weight.device)
+        keep = masks[name].to(weight.device)
         updated, _ = admm(weight, stats.hessian, keep=keep, iterations=0, prune_iterations=0,
                           pcg_iterations=pcg_iterations, percdamp=float(percdamp), per_row=True, name=name)
         return torch.where(keep, updated, torch.zeros((), dtype=updated.dtype, device=updated.device))
 
     solver = Solver("reconstruct", refit, frozenset({"hessian"}))
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     refine = {} if refine_steps == 0 else dict(
         refine="block", block_refine_steps=refine_steps, block_refine_lr=refine_lr, block_refine_batch=refine_batch,
-        block_refine_validation=refine_validation, block_refine_norms=refine_norms,
+        block_refine_validation=refine_validation, block_refine_validate_every=refine_validate_every,
+        block_refine_norms=refine_norms,
         block_refine_autocast=None if autocast is None else dtype_name(autocast))
     zeros = report.masked_weights / sum(masks[name].numel() for name in masks)
-    config = PruneConfig(method=solver, sparsity=min(zeros, 0.999), ignore=[n for n in linears if n not in layers],
-                         progress=progress, report_errors=None, distributed=False, **refine)
+    config = PruneConfig(method=solver, sparsity=min(zeros, 0.999), progress=progress, report_errors=None,
+                         ignore=[name for name in found if name not in masks], distributed=False, **refine)
     pruned = prune(work, config, calib)
     report.calibration_items = pruned.calibration_items
     report.timings = dict(pruned.timings)
 
-    refitted = dict(work.named_parameters())
+    refitted = find_prunable_layers(work)
+    broken = [name for name, keep in masks.items() if bool((refitted[name].matrix()[~keep.to(
+        refitted[name].weight.device)] != 0).any())]
+    if broken:  # a layer prune would not solve (e.g. one sharing its weight): the model stays as it was
+        raise ValueError(f"reconstruct: model: {broken[0]} could not be refitted with its zeros kept; pass a model "
+                         "whose pruned layers prunekit.prune can solve")
     with torch.no_grad():
-        for name, param in ours.items():
-            param.copy_(refitted[name])
+        for name, param in work.named_parameters():
+            ours[name].copy_(param)
     del work, refitted
-    report.pruned_weights_still_zero = all(bool((ours[name].detach()[~mask] == 0).all())
-                                           for name, mask in masks.items())
+    report.pruned_weights_still_zero = all(bool((found[name].matrix()[~keep] == 0).all())
+                                           for name, keep in masks.items())
     if eval_batches is not None:
         report.perplexity_after = perplexity(model, eval_batches)
     report.seconds = time.perf_counter() - started
