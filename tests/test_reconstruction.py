@@ -129,7 +129,7 @@ def test_reconstruct_bad_input():
             ({"teacher": model}, "reconstruct: teacher: expected another model (the dense one)"),
             ({"teacher": "dense"}, "reconstruct: teacher: expected a torch.nn.Module, but got str"),
             ({"model": teacher, "teacher": copy.deepcopy(teacher)},
-             "reconstruct: model: expected pruned linear layers"),
+             "reconstruct: model: expected pruned layers (linear or convolution weights with exact zeros)"),
             ({"refine_steps": -1}, "reconstruct: refine_steps: expected an integer >= 0, but got -1"),
             ({"refine_steps": True}, "reconstruct: refine_steps: expected an integer >= 0, but got True"),
             ({"pcg_iterations": 0}, "reconstruct: pcg_iterations: expected an integer >= 1, but got 0"),
