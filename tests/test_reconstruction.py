@@ -113,6 +113,47 @@ def test_least_squares_stage_is_the_closed_form_on_the_fixed_support():
     assert torch.equal(got == 0, ~keep)
 
 
+def test_reconstruct_keeps_the_models_dtypes_and_inputs_the_calibration_never_reached():
+    """A bf16 teacher refits an fp32 model without rounding the model's other parameters; an input
+    feature that is zero on every calibration token (a zero norm weight) keeps its weights."""
+    teacher, model = dense_and_pruned(0.5)
+    with torch.no_grad():
+        model.model.layers[0].input_layernorm.weight[5] = 0.0  # q/k/v of block 0 never see feature 5
+    before = state(model)
+    masks = zero_masks(model)
+    prunekit.reconstruct(model, teacher.to(torch.bfloat16), calibration(), refine_steps=0, progress=False)
+    params = dict(model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values())
+    assert all(torch.equal(params[name].detach(), before[name]) for name in params if name not in masks)
+    for projection in ("q_proj", "k_proj", "v_proj"):
+        name = f"model.layers.0.self_attn.{projection}.weight"
+        assert torch.equal(params[name].detach()[:, 5], before[name][:, 5]), name  # kept as they were
+        assert not torch.equal(params[name].detach(), before[name]), name  # the rest refitted
+    assert all(torch.equal(params[name].detach() == 0, ~mask) for name, mask in masks.items())
+
+
+def test_a_refit_that_would_break_a_zero_changes_nothing(monkeypatch):
+    """If a pruned layer comes out of prune with a zero filled (a layer prune could not solve), the
+    error comes before the copy back: the model and the teacher stay as they were."""
+    prune_module = sys.modules["prunekit.prune"]
+    real_prune = prune_module.prune
+
+    def prune_then_fill(work, config, calib):
+        report = real_prune(work, config, calib)
+        with torch.no_grad():
+            work.model.layers[1].mlp.down_proj.weight.fill_(0.5)
+        return report
+
+    monkeypatch.setattr(prune_module, "prune", prune_then_fill)
+    teacher, model = dense_and_pruned(0.5)
+    before, teacher_before = state(model), state(teacher)
+    with pytest.raises(ValueError, match=re.escape("reconstruct: model: model.layers.1.mlp.down_proj could not be "
+                                                   "refitted with its zeros kept")):
+        prunekit.reconstruct(model, teacher, calibration(), refine_steps=2, progress=False)
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+    assert all(torch.equal(value, teacher_before[name]) for name, value in teacher.state_dict().items())
+
+
 def test_reconstruct_leaves_everything_as_it_was_when_it_fails():
     teacher, model = dense_and_pruned(0.5)
     before, teacher_before = state(model), state(teacher)
@@ -139,6 +180,7 @@ def test_reconstruct_bad_input():
             ({"percdamp": 0.0}, "reconstruct: percdamp: expected a finite value > 0, but got 0.0"),
             ({"percdamp": float("nan")}, "reconstruct: percdamp: expected a finite value > 0, but got nan"),
             ({"percdamp": float("inf")}, "reconstruct: percdamp: expected a finite value > 0, but got inf"),
+            ({"percdamp": True}, "reconstruct: percdamp: expected a finite value > 0, but got True"),
             ({"autocast": "float16"}, "reconstruct: autocast")):
         arguments = {"model": model, "teacher": teacher, **kwargs}
         with pytest.raises(ValueError, match=re.escape(message)):

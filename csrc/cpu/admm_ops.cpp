@@ -107,7 +107,7 @@ void cpu_cg_step(CgState& c) {
         q[j] *= s[j];
         curvature += double(d[j]) * q[j];
       }
-      // A row already solved (zero direction) takes no step.
+      // A row without curvature along its direction (a zero direction) takes no step.
       const float alpha = curvature > 0 ? float(product[r] / curvature) : 0.0f;
       double next = 0.0;
       for (int64_t j = 0; j < cols; ++j) {

@@ -78,9 +78,11 @@ void aten_project(at::Tensor& current, at::Tensor& signed_split, at::Tensor& kee
 void aten_cg_step(CgState& c) {
   c.curved.mul_(c.support);
   const at::Tensor curvature = (c.direction * c.curved).sum(1);
-  // A row already solved (zero direction, or a product down to solved_below) takes no step.
-  const at::Tensor active = (c.product > c.solved_below).logical_and_(curvature > 0);
-  const at::Tensor alpha = at::where(active, c.product / at::where(active, curvature, 1.0), 0.0);
+  // A solved row (its product down to solved_below) is left as it is; a row without curvature
+  // along its direction (a zero direction) takes no step but refreshes its direction.
+  const at::Tensor active = c.product > c.solved_below;
+  const at::Tensor stepping = active.logical_and(curvature > 0);
+  const at::Tensor alpha = at::where(stepping, c.product / at::where(stepping, curvature, 1.0), 0.0);
   c.pruned.addcmul_(alpha.unsqueeze(1), c.direction);
   c.residual.addcmul_(alpha.unsqueeze(1), c.curved, -1.0);
   const at::Tensor preconditioned = c.residual * c.inverse_diag;
@@ -176,8 +178,7 @@ std::tuple<at::Tensor, at::Tensor> admm_loop(const at::Tensor& weight, const at:
     at::Tensor residual = (target - at::mm(pruned, hessian)).mul_(on_support);
     at::Tensor direction = residual * inverse_diag;
     const at::Tensor product = (residual * direction).sum(1);
-    const at::Tensor solved_below =
-        (product * kCgSolvedRatio).clamp_min_(double(std::numeric_limits<float>::min()));
+    const at::Tensor solved_below = (product * kCgSolvedRatio).clamp_min_(double(std::numeric_limits<float>::min()));
     CgState state{pruned, residual, direction, at::Tensor(), product, solved_below, on_support, inverse_diag};
     for (int64_t step = 0; step < pcg_iterations; ++step) {
       state.curved = at::mm(state.direction, hessian);

@@ -89,8 +89,9 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
 
     - ``calib``: calibration batches as for :func:`prunekit.prune` (e.g. a slice of
       :func:`prunekit.recovery.teacher_samples`; their teacher targets are ignored).
-    - ``percdamp``, ``pcg_iterations``: the least-squares step's damping (relative to the mean
-      Hessian diagonal) and conjugate-gradient iterations.
+    - ``percdamp``, ``pcg_iterations``: the least-squares step's damping (a ridge towards the dense
+      weights, ``percdamp`` times each input's Hessian diagonal) and conjugate-gradient iterations.
+      Inputs that are zero on every calibration token keep their weights as they are.
     - ``refine_steps`` (0: none), ``refine_lr``, ``refine_batch``, ``refine_validation``,
       ``refine_validate_every``, ``refine_norms``: block refinement's options
       (``PruneConfig.block_refine_*``; the step with the lowest error on the held-out share is kept).
@@ -98,8 +99,8 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
       ``torch.autocast`` (faster where the CPU has bf16 arithmetic).
     - ``eval_batches``: held-out batches whose perplexity before and after goes in the report.
 
-    The work happens on a copy of ``teacher`` that takes ``model``'s masks and its other
-    parameters, so ``model`` and ``teacher`` are untouched on error. One process.
+    The work happens on a copy of ``model`` holding ``teacher``'s weights in its pruned layers, so
+    ``model`` and ``teacher`` are untouched on error. One process.
     """
     from .calibrate.pipeline import find_prunable_layers
     from .criteria import Solver
@@ -120,7 +121,8 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
                                    None, "reconstruct: refine_")
     if isinstance(pcg_iterations, bool) or not isinstance(pcg_iterations, int) or pcg_iterations < 1:
         raise ValueError(f"reconstruct: pcg_iterations: expected an integer >= 1, but got {pcg_iterations!r}")
-    if not isinstance(percdamp, (int, float)) or not percdamp > 0 or percdamp != percdamp or percdamp == float("inf"):
+    if (isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not percdamp > 0
+            or percdamp == float("inf")):
         raise ValueError(f"reconstruct: percdamp: expected a finite value > 0, but got {percdamp!r}")
     autocast = autocast_dtype(autocast, "reconstruct: autocast", allowed=("bfloat16",))
     _check_same_parameters(model, teacher)
@@ -139,20 +141,26 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
     if eval_batches is not None:
         report.perplexity_before = perplexity(model, eval_batches)
 
-    # The dense weights of the pruned layers, everything else as the model has it.
-    work = copy.deepcopy(teacher)
-    ours = dict(model.named_parameters())
-    pruned_weights = {f"{name}.weight" for name in masks}
+    # The model with its pruned layers' dense weights (in the model's dtypes and devices): what
+    # prune solves and block refinement targets.
+    work = copy.deepcopy(model)
+    theirs = dict(teacher.named_parameters())
     with torch.no_grad():
         for name, param in work.named_parameters():
-            if name not in pruned_weights:
-                param.copy_(ours[name])
-        work.to(next(model.parameters()).device)
+            if name.endswith(".weight") and name[: -len(".weight")] in masks:
+                param.copy_(theirs[name].to(device=param.device, dtype=param.dtype))
+    ours = dict(model.named_parameters())
 
     def refit(weight: torch.Tensor, stats, *, sparsity, pattern, name) -> torch.Tensor:
         keep = masks[name].to(weight.device)
+        current = found[name].matrix().to(device=weight.device, dtype=torch.float32)
+        live = torch.diagonal(stats.hessian) > 0
+        if not bool(live.any()):  # no calibration token reached the layer: nothing to fit it to
+            return current
         updated, _ = admm(weight, stats.hessian, keep=keep, iterations=0, prune_iterations=0,
                           pcg_iterations=pcg_iterations, percdamp=float(percdamp), per_row=True, name=name)
+        # Inputs that stayed zero on the calibration data say nothing about their weights: keep them.
+        updated = torch.where(live.unsqueeze(0), updated, current)
         return torch.where(keep, updated, torch.zeros((), dtype=updated.dtype, device=updated.device))
 
     solver = Solver("reconstruct", refit, frozenset({"hessian"}))

@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if args.reconstruct is not None and args.teacher is None:
         raise UsageError(f"--reconstruct: needs --teacher (the dense model the kept weights are refitted to), but got "
                          f"--reconstruct {args.reconstruct} without it")
+    if args.reconstruct_steps is not None and args.reconstruct_steps > 10000:
+        raise UsageError(f"--reconstruct-steps: expected at most 10000, but got {args.reconstruct_steps}")
     if args.reconstruct_steps is not None and args.reconstruct is None:
         raise UsageError(f"--reconstruct-steps: expected with --reconstruct, but got --reconstruct-steps "
                          f"{args.reconstruct_steps} without it")
@@ -136,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else default_lr(args.train)
     torchrun = distributed.init_from_env()
     try:
+        if torchrun and args.reconstruct is not None:
+            raise UsageError("--reconstruct: runs in one process; drop it under torchrun (or reconstruct first "
+                             "with one process)")
         out = prepare_output(args, FILES, torchrun)
         model, tokenizer, causal = load_model(args.model, args.dtype)
         if not causal or tokenizer is None:
@@ -164,9 +169,6 @@ def run(args: argparse.Namespace) -> int:
             args.eval_data, model, tokenizer, causal, args.eval_samples, args.seqlen, args.seed, 8)
         reconstructed = None
         if args.reconstruct is not None:
-            if torchrun:
-                raise UsageError("--reconstruct: runs in one process; drop it under torchrun (or reconstruct first "
-                                 "with one process)")
             calib = _first_sequences(batches, args.reconstruct)
             reconstructed = reconstruct(
                 model, teacher, calib, autocast=args.autocast, eval_batches=eval_batches, progress=not args.quiet,
