@@ -85,6 +85,22 @@ def test_reconstruct_other_architectures(arch):
     assert report.pruned_weights_still_zero and logit_error(model, teacher, held_out) < 0.8 * error_before
 
 
+def test_a_head_tied_to_the_embeddings_is_left_alone():
+    """SmolLM2's LM head is its embedding table (with a few exact zeros from the GGUF file): prune
+    never solves it, so reconstruct neither counts nor touches it."""
+    teacher = tiny_models.tiny_model("llama", seed=0, tie_word_embeddings=True)
+    with torch.no_grad():
+        teacher.model.embed_tokens.weight[3, :4] = 0.0
+    model = copy.deepcopy(teacher)
+    prunekit.prune(model, prunekit.PruneConfig(method="wanda", sparsity=0.5, progress=False),
+                   tiny_models.calibration("llama"))
+    embedding = model.model.embed_tokens.weight.detach().clone()
+    report = prunekit.reconstruct(model, teacher, calibration(), refine_steps=2, progress=False)
+    assert report.layers == 14 and report.pruned_weights_still_zero  # the two blocks' linears
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert torch.equal(model.model.embed_tokens.weight.detach(), embedding)
+
+
 def test_least_squares_stage_is_the_closed_form_on_the_fixed_support():
     """Block 0's q_proj sees the same inputs in both models: its refit minimises, over each row's
     kept weights S, (w - w_dense)^T H' (w - w_dense) with H' = X^T X + percdamp * diag(X^T X) (the

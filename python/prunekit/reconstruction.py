@@ -104,6 +104,7 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
     """
     from .calibrate.pipeline import find_prunable_layers
     from .criteria import Solver
+    from .prune import _select_layers as select_layers
     from .prune import prune
     from .prune_config import PruneConfig
     from .solvers.admm import admm
@@ -128,8 +129,9 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
     _check_same_parameters(model, teacher)
 
     started = time.perf_counter()
-    # prune's view of the layers (Linear, Conv2d, transformers' Conv1D) as (out, in) matrices.
-    found = find_prunable_layers(model)
+    # The layers prune would solve (Linear, Conv2d, transformers' Conv1D as (out, in) matrices;
+    # not an LM head tied to the embeddings), and those of them holding zeros.
+    found = select_layers(model, (), None, 0.5)
     masks = {name: layer.matrix() != 0 for name, layer in found.items()}
     masks = {name: keep for name, keep in masks.items() if not bool(keep.all())}
     if not masks:
@@ -171,7 +173,8 @@ def reconstruct(model: nn.Module, teacher: nn.Module, calib, *, refine_steps: in
         block_refine_autocast=None if autocast is None else dtype_name(autocast))
     zeros = report.masked_weights / sum(masks[name].numel() for name in masks)
     config = PruneConfig(method=solver, sparsity=min(zeros, 0.999), progress=progress, report_errors=None,
-                         ignore=[name for name in found if name not in masks], distributed=False, **refine)
+                         ignore=[name for name in find_prunable_layers(model) if name not in masks], distributed=False,
+                         **refine)
     pruned = prune(work, config, calib)
     report.calibration_items = pruned.calibration_items
     report.timings = dict(pruned.timings)
