@@ -54,12 +54,16 @@ class BlockRefineResult:
     validation_after: float | None
 
 
+MAX_STEPS = 10000
+"""The most block-refinement steps per block that the options accept."""
+
+
 def check_block_refine_options(steps, lr, validation, batch=None, validate_every=1, autocast=None,
                                prefix: str = "block_refine_") -> torch.dtype | None:
     """ValueError naming the option for a step count, learning rate, validation share, batch,
     validation interval or autocast dtype out of range; returns the autocast dtype (None: off)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 10000:
-        raise ValueError(f"{prefix}steps: expected an int in [1, 10000], but got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"{prefix}steps: expected an int in [1, {MAX_STEPS}], but got {steps!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= 1:
         raise ValueError(f"{prefix}lr: expected a learning rate in (0, 1], but got {lr!r}")
     if (isinstance(validation, bool) or not isinstance(validation, (int, float))

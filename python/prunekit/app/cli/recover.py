@@ -14,6 +14,7 @@ from prunekit import distributed
 from prunekit.hf import load_model, resolve_model
 from prunekit.reconstruction import reconstruct
 from prunekit.recovery import SAMPLING_TOP_K, SAMPLING_TOP_P, TRAIN_MODES, recover, teacher_samples, text_batches
+from prunekit.solvers.block_refine import MAX_STEPS
 
 from .. import evaluation
 from .. import report as reports
@@ -119,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if args.reconstruct is not None and args.teacher is None:
         raise UsageError(f"--reconstruct: needs --teacher (the dense model the kept weights are refitted to), but got "
                          f"--reconstruct {args.reconstruct} without it")
-    if args.reconstruct_steps is not None and args.reconstruct_steps > 10000:
-        raise UsageError(f"--reconstruct-steps: expected at most 10000, but got {args.reconstruct_steps}")
+    if args.reconstruct_steps is not None and args.reconstruct_steps > MAX_STEPS:
+        raise UsageError(f"--reconstruct-steps: expected at most {MAX_STEPS}, but got {args.reconstruct_steps}")
     if args.reconstruct_steps is not None and args.reconstruct is None:
         raise UsageError(f"--reconstruct-steps: expected with --reconstruct, but got --reconstruct-steps "
                          f"{args.reconstruct_steps} without it")
