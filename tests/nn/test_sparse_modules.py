@@ -421,9 +421,13 @@ def test_csr16_thresholds_by_rows_and_cpu(monkeypatch):
     from prunekit.nn import auto
 
     table = ((1, 0.7), (4, 0.85), (None, None))
-    assert auto.csr16_choices(0.8, table) == ((1, True), (4, False), (None, False))
-    runs = lambda rows, sparsity: auto.csr16_runs(rows, auto.csr16_choices(sparsity, table))
+    assert auto.csr16_choices(0.8, table, 1000) == ((1, True), (4, False), (None, False))
+    runs = lambda rows, sparsity: auto.csr16_runs(rows, auto.csr16_choices(sparsity, table, 1000))
     assert runs(1, 0.7) and not runs(1, 0.69)
+    # Within one weight per row of a threshold counts: rows pruned to 85% of 576 columns keep 87.
+    assert auto.csr16_runs(4, auto.csr16_choices(1 - 87 / 576, table, 576))
+    assert not auto.csr16_runs(4, auto.csr16_choices(1 - 88 / 576, table, 576))
+    assert auto.reaches_sparsity(518 / 576, 0.9, 576) and not auto.reaches_sparsity(517 / 576, 0.9, 576)
     assert runs(4, 0.85) and not runs(2, 0.8)
     assert not runs(5, 0.99) and not auto.csr16_runs(1, ())
     info = {"cpu_isa_selected": "avx512", "cpu_features": ["avx512f", "avx512_bf16"], "cpu_bf16_spmm": "amx",

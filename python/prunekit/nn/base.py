@@ -36,7 +36,7 @@ from .._names import dtype_name
 from ..formats.csr16 import MAX_COLUMNS as CSR16_MAX_COLUMNS
 from ..formats.bitmap_tiles import TiledBitmapWeight
 from ..formats.csr16 import column_indices
-from .auto import CSR16_MIN_SPARSITY, csr16_choices, csr16_table
+from .auto import CSR16_MIN_SPARSITY, csr16_choices, csr16_table, reaches_sparsity
 
 HELD_FORMATS = ("2:4", "unstructured", "dense")  # the formats a module can hold
 FORMATS = ("auto",) + HELD_FORMATS  # what from_dense and sparsify_ take
@@ -192,10 +192,11 @@ class SparseWeightModule(nn.Module):
             self.dense_weight = weight_format.to_dense(state, self.rows, self.cols)
         elif on_cpu_kernels and view is not None and self._USES_CSR16 and self.cols <= CSR16_MAX_COLUMNS:
             sparsity = self.sparsity  # a count of the nonzeros: once
-            if sparsity >= CSR16_MIN_SPARSITY:  # an index of the stored bitmap (a derived 2:4 view holds zero padding)
+            # An index of the stored bitmap (a derived 2:4 view holds zero padding).
+            if reaches_sparsity(sparsity, CSR16_MIN_SPARSITY, self.cols):
                 self.runtime_col_indices = aligned_copy(column_indices(view.bitmap, self.cols))
                 # Where the forward runs it, per x dtype (this CPU's thresholds, resolved once).
-                self._csr16_choices = {dtype: csr16_choices(sparsity, csr16_table(dtype))
+                self._csr16_choices = {dtype: csr16_choices(sparsity, csr16_table(dtype), self.cols)
                                        for dtype in KERNEL_VALUE_DTYPES}
         if device.type == "cpu":  # the tensors the CPU kernels stream, wherever they were allocated
             use_huge_pages(values, *(() if view is None else (view.bitmap,)))

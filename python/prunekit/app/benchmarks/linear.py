@@ -82,7 +82,7 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
         raise ValueError(f"bench linear: weights must be one of {', '.join(WEIGHTS)}, but got {weights!r}")
     from prunekit import ops
     from prunekit.formats import Csr16Weight
-    from prunekit.nn.auto import CSR16_MIN_SPARSITY, csr16_choices, csr16_runs, csr16_table
+    from prunekit.nn.auto import CSR16_MIN_SPARSITY, csr16_choices, csr16_runs, csr16_table, reaches_sparsity
 
     def weight_source(original, clone, nbytes: int):
         """What each call reads its weight from: one copy (warm) or the next of its cold copies."""
@@ -101,12 +101,12 @@ def run(quick: bool = False, *, shapes: dict | None = None, batches=None, patter
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         for (name, (out_features, in_features)), dtype, pattern in itertools.product(shapes.items(), dtypes, patterns):
             dense, weight = make_weight(out_features, in_features, pattern, dtype, generator)
-            csr16 = (Csr16Weight.from_bitmap(weight)
-                     if pattern != "2:4" and pattern_sparsity(pattern) >= CSR16_MIN_SPARSITY else None)
+            csr16 = (Csr16Weight.from_bitmap(weight) if pattern != "2:4" and reaches_sparsity(
+                pattern_sparsity(pattern), CSR16_MIN_SPARSITY, in_features) else None)
             csr_weight = dense.float().to_sparse_csr() if csr and dtype == torch.float32 and pattern != "2:4" else None
             # The kernel SparseLinear runs for this weight at each batch.
             sparsity = 1.0 - weight.values.numel() / (out_features * in_features)
-            choices = csr16_choices(sparsity, csr16_table(dtype))
+            choices = csr16_choices(sparsity, csr16_table(dtype), in_features)
             kernels = {batch: "csr16" if csr16 is not None and csr16_runs(batch, choices) else "bitmap"
                        for batch in batches}
             sources = {}  # the last case's copies go first
