@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "prunekit/check.h"
+#include "prunekit/half.h"
 #include "prunekit/kernel_config.h"
 #include "prunekit/kernels_cpu.h"
 #include "weight_rows.h"
@@ -78,6 +79,62 @@ at::Tensor in_dtype_of(const at::Tensor& x, const at::Tensor& out) {
   return x.scalar_type() == out.scalar_type() ? out : out.to(x.scalar_type());
 }
 
+// The GEMVs' fp32 operands for x of either dtype. A decode step runs every layer at one row, where
+// a small layer's product takes a few microseconds and each ATen conversion (x.to(), out.to())
+// costs about as much: bf16 x is widened and the fp32 sums narrowed (rounded as torch rounds) here,
+// in this thread's scratch, which stays small (at most kGemvMaxBatch rows).
+class GemvOperands {
+ public:
+  GemvOperands(const at::Tensor& x, const std::vector<int64_t>& out_shape, int64_t out_numel)
+      : x_(x), out_numel_(out_numel), result_(at::empty(out_shape, x.options())) {
+    if (x.scalar_type() == at::kFloat) {
+      sums_ = result_.data_ptr<float>();
+    } else {  // bf16: written from the sums by result()
+      scratch().sums.resize(out_numel);
+      sums_ = scratch().sums.data();
+    }
+  }
+
+  // x in fp32, row-major (batch, k): x's own memory when it already is.
+  const float* x32() {
+    if (x_.scalar_type() == at::kFloat && x_.is_contiguous()) return x_.data_ptr<float>();
+    if (x_.scalar_type() != at::kBFloat16 || !x_.is_contiguous()) {
+      widened_ = x_.to(at::kFloat).contiguous();
+      return widened_.data_ptr<float>();
+    }
+    const int64_t n = x_.numel();
+    const auto* bits = reinterpret_cast<const uint16_t*>(x_.data_ptr<at::BFloat16>());
+    std::vector<float>& wide = scratch().x;
+    wide.resize(n);
+    for (int64_t i = 0; i < n; ++i) wide[i] = bf16_to_float(bits[i]);
+    return wide.data();
+  }
+
+  float* sums() const { return sums_; }
+
+  // The output in x's dtype.
+  at::Tensor result() {
+    if (x_.scalar_type() == at::kFloat) return result_;
+    auto* bits = reinterpret_cast<uint16_t*>(result_.data_ptr<at::BFloat16>());
+    for (int64_t i = 0; i < out_numel_; ++i) bits[i] = float_to_bf16(sums_[i]);
+    return result_;
+  }
+
+ private:
+  struct Scratch {
+    std::vector<float> x, sums;
+  };
+  static Scratch& scratch() {
+    thread_local Scratch buffers;
+    return buffers;
+  }
+
+  const at::Tensor& x_;
+  int64_t out_numel_;
+  at::Tensor result_, widened_;
+  float* sums_ = nullptr;
+};
+
 at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
                          const at::Tensor& row_offsets, int64_t in_features, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "sparse_linear";
@@ -102,12 +159,12 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     // bf16 x bf16 products are exact in fp32: no need to widen x.
     const at::Tensor x16 = contiguous_as(x, at::kBFloat16);
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>());
-    at::Tensor out = float_output();
-    const cpu::GemvBf16Args args{x_bits, batch, bias_ptr, out.data_ptr<float>()};
+    GemvOperands operands(x, out_shape, batch * rows);
+    const cpu::GemvBf16Args args{x_bits, batch, bias_ptr, operands.sums()};
     status = run_weight_rows(op, weight, 16,
                              [&](int64_t begin, int64_t end) { return gemv_bf16(view, args, {begin, end}); });
     check_bitmap_status(status, op, k);
-    return in_dtype_of(x, out);
+    return operands.result();
   }
   const cpu::AmxBf16Kernels& amx = kernels.bitmap_bf16_amx;
   if (batch > cpu::kGemvMaxBatch && type == cpu::ValueType::kBFloat16 && x.scalar_type() == at::kBFloat16 && amx.spmm) {
@@ -127,22 +184,24 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
     check_bitmap_status(status, op, k);
     return out;
   }
-  const at::Tensor x32 = contiguous_as(x, at::kFloat);
-  at::Tensor out = float_output();
   if (batch <= cpu::kGemvMaxBatch) {
     const auto gemv = kernels.bitmap_gemv;
-    const cpu::GemvArgs args{x32.data_ptr<float>(), batch, bias_ptr, out.data_ptr<float>()};
+    GemvOperands operands(x, out_shape, batch * rows);
+    const cpu::GemvArgs args{operands.x32(), batch, bias_ptr, operands.sums()};
     status =
         run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) { return gemv(view, args, {begin, end}); });
-  } else {
-    const auto spmm = kernels.bitmap_spmm;
-    status = spmm_through_transpose(
-        op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), kernels.transpose_f32,
-        kernels.bitmap_spmm_lanes,
-        [&](const float* xt, int64_t width, int64_t stride, float* yt, int64_t begin, int64_t end) {
-          return spmm(view, {xt, stride, width, bias_ptr, cpu::Activation::kNone, yt, stride}, {begin, end});
-        });
+    check_bitmap_status(status, op, k);
+    return operands.result();
   }
+  const at::Tensor x32 = contiguous_as(x, at::kFloat);
+  at::Tensor out = float_output();
+  const auto spmm = kernels.bitmap_spmm;
+  status = spmm_through_transpose(
+      op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), kernels.transpose_f32,
+      kernels.bitmap_spmm_lanes,
+      [&](const float* xt, int64_t width, int64_t stride, float* yt, int64_t begin, int64_t end) {
+        return spmm(view, {xt, stride, width, bias_ptr, cpu::Activation::kNone, yt, stride}, {begin, end});
+      });
   check_bitmap_status(status, op, k);
   return in_dtype_of(x, out);
 }
@@ -168,8 +227,6 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
   const auto [batch, out_shape] = check_linear_input(op, x, k, rows);
   const at::Tensor bias32 = bias_as_float(bias, rows, op);
   const float* bias_ptr = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
-  at::Tensor out = at::empty(out_shape, x.options().dtype(at::kFloat));
-  const at::Tensor x32 = contiguous_as(x, at::kFloat);
   const auto* indices = reinterpret_cast<const uint16_t*>(col_indices.data_ptr<int16_t>());
   const cpu::Csr16WeightView view{values.data_ptr(), value_type(values), indices, offsets, rows, k};
   const cpu::CpuKernelConfig& kernels = cpu::cpu_kernel_config();
@@ -190,23 +247,28 @@ at::Tensor sparse_linear_csr16(const at::Tensor& x, const at::Tensor& values, co
     const int64_t nnz = weight.nnz;
     const int64_t first_bad = std::find_if(indices, indices + nnz, [&](uint16_t c) { return c >= k; }) - indices;
     if (first_bad < nnz) corrupt(std::upper_bound(offsets, offsets + rows + 1, first_bad) - offsets - 1);
-  } else if (batch <= kernels.csr16_gemv_max_batch) {
+    return at::empty(out_shape, x.options());
+  }
+  if (batch <= kernels.csr16_gemv_max_batch) {
     // One pass over the weight, each nonzero's x gathered for every batch row.
     const auto gemv = kernels.csr16_gemv;
-    const cpu::GemvArgs args{x32.data_ptr<float>(), batch, bias_ptr, out.data_ptr<float>()};
+    GemvOperands operands(x, out_shape, batch * rows);
+    const cpu::GemvArgs args{operands.x32(), batch, bias_ptr, operands.sums()};
     const Status status =
         run_weight_rows(op, weight, 16, [&](int64_t begin, int64_t end) { return gemv(view, args, {begin, end}); });
     raise_if_failed(status);
-  } else {
-    // Larger batches: the SpMM on x^T, each nonzero broadcast against a row of batch entries.
-    const auto spmm = kernels.csr16_spmm;
-    raise_if_failed(spmm_through_transpose(
-        op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), kernels.transpose_f32,
-        kernels.csr16_spmm_lanes,
-        [&](const float* xt, int64_t width, int64_t stride, float* yt, int64_t begin, int64_t end) {
-          return spmm(view, {xt, stride, width, bias_ptr, cpu::Activation::kNone, yt, stride}, {begin, end});
-        }));
+    return operands.result();
   }
+  // Larger batches: the SpMM on x^T, each nonzero broadcast against a row of batch entries.
+  at::Tensor out = at::empty(out_shape, x.options().dtype(at::kFloat));
+  const at::Tensor x32 = contiguous_as(x, at::kFloat);
+  const auto spmm = kernels.csr16_spmm;
+  raise_if_failed(spmm_through_transpose(
+      op, weight, x32.data_ptr<float>(), batch, k, out.data_ptr<float>(), out.options(), kernels.transpose_f32,
+      kernels.csr16_spmm_lanes,
+      [&](const float* xt, int64_t width, int64_t stride, float* yt, int64_t begin, int64_t end) {
+        return spmm(view, {xt, stride, width, bias_ptr, cpu::Activation::kNone, yt, stride}, {begin, end});
+      }));
   return in_dtype_of(x, out);
 }
 

@@ -383,6 +383,33 @@ def test_outputs_are_fully_written():
         torch.testing.assert_close(first, F.linear(x, weight), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("value_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
+def test_bf16_x_at_gemv_batches_is_the_fp32_result_rounded(isa, value_dtype, batch):
+    """Where the GEMVs widen bf16 x to fp32 (the fp32 kernels), the bf16 result is exactly their
+    fp32 result on x.float() rounded as torch rounds: NaN, infinities and ties included, x
+    contiguous or not."""
+    rows, cols = 37, 300
+    weight = sparse_weight(rows, cols, 0.9, value_dtype)
+    values, bitmap, row_offsets = ops.compress_bitmap(weight)
+    csr16 = Csr16Weight.from_bitmap(BitmapWeight.from_dense(weight))
+    wide = torch.randn(cols, 2 * batch).bfloat16()
+    wide[3, 0], wide[5, 0], wide[7, 0] = float("nan"), float("inf"), 3e38  # a NaN row, an inf, an overflow
+    bias = torch.randn(rows)
+    for x in (wide.t()[::2].contiguous(), wide.t()[::2]):  # contiguous, then strided
+        bf16_gemv = value_dtype == torch.bfloat16 and prunekit.build_info()["cpu_bf16_gemv"] is not None \
+            and isa == "avx512"
+        calls = [(lambda x, b: ops.sparse_linear_csr16(x, csr16.values, csr16.col_indices, csr16.row_offsets, cols,
+                                                       b))]
+        if not bf16_gemv:  # the AVX-512 BF16 GEMV multiplies bf16 x itself (its own order of sums)
+            calls.append(lambda x, b: ops.sparse_linear(x, values, bitmap, row_offsets, cols, b))
+        for call in calls:
+            for b in (None, bias):
+                out = call(x, b)
+                assert out.dtype == torch.bfloat16 and out.shape == (batch, rows)
+                torch.testing.assert_close(out, call(x.float(), b).bfloat16(), rtol=0, atol=0, equal_nan=True)
+
+
 def _assert_within_twice_widened_error(out, x, weight, bias):
     """The bf16 result's error against the fp32 reference is at most twice that of the same op on
     x, weight and bias widened to fp32, then rounded to bf16 (the design's 2x rule)."""
