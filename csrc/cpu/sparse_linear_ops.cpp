@@ -81,19 +81,13 @@ at::Tensor in_dtype_of(const at::Tensor& x, const at::Tensor& out) {
 
 // The GEMVs' fp32 operands for x of either dtype. A decode step runs every layer at one row, where
 // a small layer's product takes a few microseconds and each ATen conversion (x.to(), out.to())
-// costs about as much: bf16 x is widened and the fp32 sums narrowed (rounded as torch rounds) here,
-// in this thread's scratch, which stays small (at most kGemvMaxBatch rows).
+// costs about as much: bf16 x is widened and the fp32 sums narrowed (to nearest even, as torch
+// rounds) here, in this thread's scratch (kept between calls: batch x (k + rows) floats at most
+// kGemvMaxBatch rows, the largest layer's).
 class GemvOperands {
  public:
   GemvOperands(const at::Tensor& x, const std::vector<int64_t>& out_shape, int64_t out_numel)
-      : x_(x), out_numel_(out_numel), result_(at::empty(out_shape, x.options())) {
-    if (x.scalar_type() == at::kFloat) {
-      sums_ = result_.data_ptr<float>();
-    } else {  // bf16: written from the sums by result()
-      scratch().sums.resize(out_numel);
-      sums_ = scratch().sums.data();
-    }
-  }
+      : x_(x), out_numel_(out_numel), result_(at::empty(out_shape, x.options())) {}
 
   // x in fp32, row-major (batch, k): x's own memory when it already is.
   const float* x32() {
@@ -110,11 +104,23 @@ class GemvOperands {
     return wide.data();
   }
 
-  float* sums() const { return sums_; }
+  // Where the kernel writes its fp32 sums: the result's own memory for fp32 x. Taken after x32()
+  // (a conversion there runs ATen code, which may run another op on this thread's scratch).
+  float* sums() {
+    if (sums_ != nullptr) return sums_;
+    if (x_.scalar_type() == at::kFloat) {
+      sums_ = result_.data_ptr<float>();
+    } else {  // bf16: written from the sums by result()
+      scratch().sums.resize(out_numel_);
+      sums_ = scratch().sums.data();
+    }
+    return sums_;
+  }
 
   // The output in x's dtype.
   at::Tensor result() {
     if (x_.scalar_type() == at::kFloat) return result_;
+    TORCH_CHECK(sums_ != nullptr, "prunekit: internal error: GEMV result read before its sums were written");
     auto* bits = reinterpret_cast<uint16_t*>(result_.data_ptr<at::BFloat16>());
     for (int64_t i = 0; i < out_numel_; ++i) bits[i] = float_to_bf16(sums_[i]);
     return result_;

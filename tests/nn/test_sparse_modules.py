@@ -424,7 +424,7 @@ def test_csr16_thresholds_by_rows_and_cpu(monkeypatch):
     assert auto.csr16_choices(0.8, table, 1000) == ((1, True), (4, False), (None, False))
     runs = lambda rows, sparsity: auto.csr16_runs(rows, auto.csr16_choices(sparsity, table, 1000))
     assert runs(1, 0.7) and not runs(1, 0.69)
-    # Within one weight per row of a threshold counts: rows pruned to 85% of 576 columns keep 87.
+    # Within one weight per row of a threshold counts: 489 of 576 zeros per row (85%, rounded down).
     assert auto.csr16_runs(4, auto.csr16_choices(1 - 87 / 576, table, 576))
     assert not auto.csr16_runs(4, auto.csr16_choices(1 - 88 / 576, table, 576))
     assert auto.reaches_sparsity(518 / 576, 0.9, 576) and not auto.reaches_sparsity(517 / 576, 0.9, 576)
