@@ -168,13 +168,14 @@ CSR16_MIN_SPARSITY = 0.7
 # slow; build_info()["cpu_csr16_gemv"]). Against the AVX-512 BF16 bitmap GEMV, bf16 at one row
 # pays from 0.9 only (SmolLM2's 210 block linears at one row, 2-core EPYC Zen 4: bitmap 5.5-6.3
 # ms at 0.8-0.95; CSR16 7.2 at 0.8, 7.3 at 0.85, 5.7 at 0.9, 5.45 at 0.95). On Zen 5 bf16 CSR16
-# pays from 0.9 at 1-2 rows and 0.95 at 3, and at 4 rows (the CSR16 SpMM) neither dtype pays
-# against the bitmap GEMV at 0.9 (bench/bench_csr16_rows.py; bench/results/csr16_rows_cpu.md).
+# pays from 0.9 at 1-2 rows and 0.95 at 3, and at 4 rows (the CSR16 SpMM against the bitmap
+# GEMV) fp32 from 0.95 and bf16 not even there (bench/bench_csr16_rows.py;
+# bench/results/csr16_rows_cpu.md).
 _CSR16_AVX512 = {torch.float32: ((1, 0.7), (2, 0.8), (4, 0.85), (None, 0.7)),
                  torch.bfloat16: ((1, 0.75), (4, 0.85), (None, None))}
 CSR16_MIN_SPARSITY_BY_ROWS = {
     "avx512": _CSR16_AVX512,
-    "avx512 loads": {torch.float32: ((1, 0.7), (2, 0.8), (3, 0.85), (4, None), (None, 0.7)),
+    "avx512 loads": {torch.float32: ((1, 0.7), (2, 0.8), (3, 0.85), (4, 0.95), (None, 0.7)),
                      torch.bfloat16: ((2, 0.9), (3, 0.95), (4, None), (None, None))},
     "other": {torch.float32: ((4, 0.7), (None, 0.8)),
               torch.bfloat16: ((4, 0.7), (None, 0.8))},
