@@ -36,6 +36,8 @@ py::dict build_info() {
   // The bf16 x bf16 batch <= 4 sparse linear kernel in use, or None (x is then widened to fp32).
   const auto& kernels = prunekit::cpu::cpu_kernel_config();
   info["cpu_bf16_gemv"] = kernels.bitmap_bf16_gemv ? py::object(py::str("avx512bf16")) : py::none();
+  // The largest batch of bf16 x it runs (in chunks of 4 rows past 4), 0 without it.
+  info["cpu_bf16_gemv_max_rows"] = kernels.bitmap_bf16_gemv_max_batch;
   // The bf16 x bf16 sparse linear kernel for batch > 4 in use ("amx"), or None (x widened to fp32).
   info["cpu_bf16_spmm"] = kernels.bitmap_bf16_amx.spmm ? py::object(py::str("amx")) : py::none();
   // How the CSR16 GEMV reads x: "gather" (AVX-512 gathers) or "loads" (scalar loads).

@@ -160,19 +160,31 @@ at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& values, const at
   const cpu::CpuKernelConfig& kernels = cpu::cpu_kernel_config();
   Status status;
   const auto gemv_bf16 = kernels.bitmap_bf16_gemv;
-  if (batch <= cpu::kGemvMaxBatch && gemv_bf16 && type == cpu::ValueType::kBFloat16 &&
-      x.scalar_type() == at::kBFloat16) {
-    // bf16 x bf16 products are exact in fp32: no need to widen x.
+  const cpu::AmxBf16Kernels& amx = kernels.bitmap_bf16_amx;
+  const bool bf16_products = gemv_bf16 && type == cpu::ValueType::kBFloat16 && x.scalar_type() == at::kBFloat16;
+  if (bf16_products && batch <= kernels.bitmap_bf16_gemv_max_batch) {
+    // bf16 x bf16 products are exact in fp32: no need to widen x. Batches past the GEMV's run it on
+    // chunks of its batch (one weight pass each).
     const at::Tensor x16 = contiguous_as(x, at::kBFloat16);
     const auto* x_bits = reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>());
+    const auto run_chunks = [&](float* sums) {
+      for (int64_t first = 0; first < batch; first += cpu::kGemvMaxBatch) {
+        const cpu::GemvBf16Args args{x_bits + first * k, std::min(cpu::kGemvMaxBatch, batch - first), bias_ptr,
+                                     sums + first * rows};
+        status = run_weight_rows(op, weight, 16,
+                                 [&](int64_t begin, int64_t end) { return gemv_bf16(view, args, {begin, end}); });
+        check_bitmap_status(status, op, k);
+      }
+    };
+    if (batch > cpu::kGemvMaxBatch) {  // past the GEMV operands' scratch: the fp32 sums in a tensor
+      at::Tensor out = float_output();
+      run_chunks(out.data_ptr<float>());
+      return in_dtype_of(x, out);
+    }
     GemvOperands operands(x, out_shape, batch * rows);
-    const cpu::GemvBf16Args args{x_bits, batch, bias_ptr, operands.sums()};
-    status = run_weight_rows(op, weight, 16,
-                             [&](int64_t begin, int64_t end) { return gemv_bf16(view, args, {begin, end}); });
-    check_bitmap_status(status, op, k);
+    run_chunks(operands.sums());
     return operands.result();
   }
-  const cpu::AmxBf16Kernels& amx = kernels.bitmap_bf16_amx;
   if (batch > cpu::kGemvMaxBatch && type == cpu::ValueType::kBFloat16 && x.scalar_type() == at::kBFloat16 && amx.spmm) {
     // bf16 x bf16 on AMX tiles: x packed once into the B-tile layout, weight rows expanded
     // block by block inside the kernel.

@@ -24,7 +24,8 @@ def build_info() -> dict:
     those of them this CPU can run (``cpu_isas_runnable``), the best one this CPU supports
     (``cpu_isa_detected``) and the one the kernels use (``cpu_isa_selected``), the CPU features
     seen at run time, the bf16 x bf16 GEMV variant in use (``cpu_bf16_gemv``, None where bf16
-    inputs are widened to fp32), the bf16 x bf16 kernel for more than 4 rows (``cpu_bf16_spmm``:
+    inputs are widened to fp32) and the most rows it runs (``cpu_bf16_gemv_max_rows``: 4 with
+    AMX, 8 without, 0 without the GEMV), the bf16 x bf16 kernel past 4 rows (``cpu_bf16_spmm``:
     "amx" on CPUs with AMX-BF16, else None), how the CSR16 GEMV reads x (``cpu_csr16_gemv``:
     "gather" with AVX-512 gathers, "loads" with scalar loads where gathers are slow, as on AMD),
     the compiler and build type.

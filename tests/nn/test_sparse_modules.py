@@ -431,16 +431,24 @@ def test_csr16_thresholds_by_rows_and_cpu(monkeypatch):
     assert runs(4, 0.85) and not runs(2, 0.8)
     assert not runs(5, 0.99) and not auto.csr16_runs(1, ())
     info = {"cpu_isa_selected": "avx512", "cpu_features": ["avx512f", "avx512_bf16"], "cpu_bf16_spmm": "amx",
-            "cpu_csr16_gemv": "gather"}
+            "cpu_csr16_gemv": "gather", "cpu_bf16_gemv_max_rows": 4}
     monkeypatch.setattr("prunekit.build_info", lambda: info)
     tables = auto.CSR16_MIN_SPARSITY_BY_ROWS
     fp32 = tables["avx512"][torch.float32]
+    up_to_4 = lambda table: tuple(entry for entry in table if entry[0] is None or entry[0] <= 4)
     assert auto.csr16_table(torch.float32) == fp32
-    assert auto.csr16_table(torch.bfloat16) == tables["avx512"][torch.bfloat16]
+    assert auto.csr16_table(torch.bfloat16) == up_to_4(tables["avx512"][torch.bfloat16])  # AMX past 4 rows
     info["cpu_csr16_gemv"] = "loads"  # AMD: the GEMV by scalar loads has its own table
-    assert auto.csr16_table(torch.bfloat16) == tables["avx512 loads"][torch.bfloat16]
+    assert auto.csr16_table(torch.bfloat16) == up_to_4(tables["avx512 loads"][torch.bfloat16])
     assert auto.csr16_table(torch.float32) == tables["avx512 loads"][torch.float32]
-    info["cpu_csr16_gemv"] = "gather"
+    # Without AMX the bf16 GEMV runs 5-8 rows in chunks; the fp32 SpMM's threshold past them.
+    info.update(cpu_bf16_spmm=None, cpu_bf16_gemv_max_rows=8)
+    loads = tables["avx512 loads"]
+    assert auto.csr16_table(torch.bfloat16) == loads[torch.bfloat16][:-1] + loads[torch.float32][-1:]
+    assert auto.csr16_runs(8, auto.csr16_choices(0.9, auto.csr16_table(torch.bfloat16), 1000))
+    assert not auto.csr16_runs(8, auto.csr16_choices(0.85, auto.csr16_table(torch.bfloat16), 1000))
+    assert auto.csr16_runs(9, auto.csr16_choices(0.7, auto.csr16_table(torch.bfloat16), 1000))
+    info.update(cpu_bf16_spmm="amx", cpu_bf16_gemv_max_rows=4, cpu_csr16_gemv="gather")
     info["cpu_features"] = ["avx512f"]  # no AVX-512 BF16: bf16 x is widened for the fp32 GEMV
     assert auto.csr16_table(torch.bfloat16) == fp32[:-1] + ((None, None),)
     info["cpu_bf16_spmm"] = None  # no AMX path either: the fp32 SpMM above 4 rows too

@@ -30,7 +30,7 @@ def test_compress_matches_reference_and_round_trips(dtype, shape, sparsity):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 17, 64, 130])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 8, 16, 17, 64, 130])
 @pytest.mark.parametrize("shape", [(7, 33), (64, 256), (33, 1000)])
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 def test_sparse_linear_matches_reference(isa, dtype, batch, shape, sparsity):

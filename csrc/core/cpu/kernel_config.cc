@@ -68,11 +68,15 @@ CpuKernelConfig avx512_config() {
   c.transpose_f32 = &transpose_f32_avx512;
 #if defined(PRUNEKIT_HAVE_AVX512BF16)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512bf16")) c.bitmap_bf16_gemv = &bitmap_bf16_gemv_avx512bf16;
+  if (__builtin_cpu_supports("avx512bf16")) {
+    c.bitmap_bf16_gemv = &bitmap_bf16_gemv_avx512bf16;
+    c.bitmap_bf16_gemv_max_batch = 2 * kGemvMaxBatch;
+  }
 #endif
 #if defined(PRUNEKIT_HAVE_AMX)
   if (amx_bf16_usable()) {
     c.bitmap_bf16_amx = {&bitmap_bf16_packed_x_elements_amx, &bitmap_bf16_pack_x_amx, &bitmap_bf16_spmm_amx};
+    c.bitmap_bf16_gemv_max_batch = kGemvMaxBatch;  // AMX tiles past it
   }
 #endif
   return c;

@@ -41,6 +41,10 @@ struct CpuKernelConfig {
   int64_t bitmap_spmm_lanes = 1;
   // bf16 x bf16 GEMV (AVX-512 BF16 CPUs), else null: callers then widen x and use bitmap_gemv.
   BitmapBf16GemvFn bitmap_bf16_gemv = nullptr;
+  // The largest batch the bitmap op runs bitmap_bf16_gemv for, on chunks of kGemvMaxBatch rows
+  // (one weight pass each) past kGemvMaxBatch: without AMX, up to 8 rows beat widening x for the
+  // fp32 SpMM at every sparsity (past 8 the SpMM wins from 0.7-0.9).
+  int64_t bitmap_bf16_gemv_max_batch = 0;
   // bf16 x bf16 SpMM past the GEMV's batches (AMX), else null: callers widen x, use bitmap_spmm.
   AmxBf16Kernels bitmap_bf16_amx;
   Csr16GemvFn csr16_gemv = nullptr;

@@ -170,13 +170,16 @@ CSR16_MIN_SPARSITY = 0.7
 # ms at 0.8-0.95; CSR16 7.2 at 0.8, 7.3 at 0.85, 5.7 at 0.9, 5.45 at 0.95). On Zen 5 bf16 CSR16
 # pays from 0.9 at 1-2 rows and 0.95 at 3, and at 4 rows (the CSR16 SpMM against the bitmap
 # GEMV) fp32 from 0.95 and bf16 not even there (bench/bench_csr16_rows.py;
-# bench/results/csr16_rows_cpu.md).
+# bench/results/csr16_rows_cpu.md). Without AMX the bf16 GEMV also runs 5-8 rows (in chunks of
+# 4; build_info()["cpu_bf16_gemv_max_rows"]), against which the CSR16 SpMM pays from 0.9 (Zen 5,
+# 6-8 rows: 1.4-1.7x slower at 0.7-0.8, 0.8x at 0.9; the Xeon's 4-row figures agree).
+_BF16_CHUNKED_GEMV = (8, 0.9)
 _CSR16_AVX512 = {torch.float32: ((1, 0.7), (2, 0.8), (4, 0.85), (None, 0.7)),
-                 torch.bfloat16: ((1, 0.75), (4, 0.85), (None, None))}
+                 torch.bfloat16: ((1, 0.75), (4, 0.85), _BF16_CHUNKED_GEMV, (None, None))}
 CSR16_MIN_SPARSITY_BY_ROWS = {
     "avx512": _CSR16_AVX512,
     "avx512 loads": {torch.float32: ((1, 0.7), (2, 0.8), (3, 0.85), (4, 0.95), (None, 0.7)),
-                     torch.bfloat16: ((2, 0.9), (3, 0.95), (4, None), (None, None))},
+                     torch.bfloat16: ((2, 0.9), (3, 0.95), (4, None), _BF16_CHUNKED_GEMV, (None, None))},
     "other": {torch.float32: ((4, 0.7), (None, 0.8)),
               torch.bfloat16: ((4, 0.7), (None, 0.8))},
 }
@@ -185,7 +188,8 @@ CSR16_MIN_SPARSITY_BY_ROWS = {
 def csr16_table(x_dtype: torch.dtype) -> tuple:
     """This machine's row of :data:`CSR16_MIN_SPARSITY_BY_ROWS` for ``x_dtype`` (by the selected
     CPU kernels). Where the bitmap kernels widen bf16 x and run their fp32 code, bf16 takes the
-    fp32 thresholds: up to 4 rows without AVX-512 BF16, above 4 rows without prunekit's AMX path."""
+    fp32 thresholds: up to 4 rows without AVX-512 BF16, above the bf16 GEMV's rows
+    (``cpu_bf16_gemv_max_rows``: 4 with AMX, 8 without) without prunekit's AMX path."""
     from .. import build_info
 
     info = build_info()
@@ -195,7 +199,8 @@ def csr16_table(x_dtype: torch.dtype) -> tuple:
     if x_dtype != torch.bfloat16:
         return tables.get(x_dtype, ())
     fp32 = tables[torch.float32]
-    few_rows = [entry for entry in tables[torch.bfloat16] if entry[0] is not None]
+    gemv_rows = max(info.get("cpu_bf16_gemv_max_rows", 0), 4)
+    few_rows = [entry for entry in tables[torch.bfloat16] if entry[0] is not None and entry[0] <= gemv_rows]
     if kind == "avx512" and "avx512_bf16" not in info["cpu_features"]:
         few_rows = [entry for entry in fp32 if entry[0] is not None]
     more_rows = (None, None) if info["cpu_bf16_spmm"] == "amx" else fp32[-1]
