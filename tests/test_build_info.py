@@ -20,6 +20,9 @@ def test_build_info_describes_this_build():
     assert info["cpu_csr16_gemv"] in ("gather", "loads")
     if info["cpu_csr16_gemv"] == "gather":
         assert info["cpu_isa_selected"] == "avx512"
+    # the bf16 GEMV's rows: 4 with AMX past it, 8 without (in chunks of 4), 0 without the GEMV
+    expected_rows = 0 if info["cpu_bf16_gemv"] is None else 4 if info["cpu_bf16_spmm"] == "amx" else 8
+    assert info["cpu_bf16_gemv_max_rows"] == expected_rows
 
 
 def test_ops_are_registered_under_torch_ops():

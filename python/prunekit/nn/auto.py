@@ -199,7 +199,7 @@ def csr16_table(x_dtype: torch.dtype) -> tuple:
     if x_dtype != torch.bfloat16:
         return tables.get(x_dtype, ())
     fp32 = tables[torch.float32]
-    gemv_rows = max(info.get("cpu_bf16_gemv_max_rows", 0), 4)
+    gemv_rows = max(info["cpu_bf16_gemv_max_rows"], 4)
     few_rows = [entry for entry in tables[torch.bfloat16] if entry[0] is not None and entry[0] <= gemv_rows]
     if kind == "avx512" and "avx512_bf16" not in info["cpu_features"]:
         few_rows = [entry for entry in fp32 if entry[0] is not None]
