@@ -1,12 +1,16 @@
 // Bitmap sparse linear / 1x1 conv kernels for AVX2 + FMA.
-// GEMV (batch <= 4): AVX2 has no expand, so each byte of the bitmap (8 columns) picks an in-lane
-// permutation and a lane mask from 256-entry tables; the byte's packed values (plain loads; masked
-// loads are slow on Zen) are permuted into their columns and multiplied with x, so the weight
-// streams once. Rows of a 2:4 weight take a faster fixed-offset path (semi24_row).
+// GEMV (batch <= 4): AVX2 has no expand, so each byte of the bitmap (8 columns, two 128-bit lanes
+// of 4) loads the 16 bytes from each half's first packed value and one in-lane byte shuffle
+// (vpshufb, a 256-entry table per value type) moves every marked column's value into its lane and
+// zeroes the others; bf16 values land in the high half of their fp32 lane, so the shuffle widens
+// them too. The weight streams once; rows go in steps of four words with no per-word check (as the
+// AVX-512 GEMV does). Rows of a 2:4 weight take a faster fixed-offset path (semi24_row).
 // SpMM: the shared vector-extension kernel (spmm_generic_impl.h).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstring>
 
 #define PRUNEKIT_VECTOR_BYTES 32
 #include "prunekit/bf16_x86.h"
@@ -15,69 +19,65 @@
 namespace prunekit::cpu {
 namespace {
 
+// The value stream's next reads are data dependent: prefetch this far ahead in software, the first
+// and the last line of each step's values (see bitmap-avx512.cc).
 constexpr int64_t kValuePrefetchBytes = 8192;
 
-// Per byte of the bitmap (8 columns, two 128-bit lanes of 4): lane l of half h takes the packed
-// value of its rank among the half's marked columns (in-lane vpermilps: one fast uop, where the
-// cross-lane vpermps is several on Zen), then unmarked lanes are cleared with `keep`.
-struct ByteTables {
-  alignas(32) int32_t rank[256][8];
-  alignas(32) int32_t keep[256][8];
-  ByteTables() {
+template <ValueType T>
+constexpr int64_t kValueBytes = T == ValueType::kFloat32 ? 4 : 2;
+// A byte's expansion reads 16 bytes from each half's first value: this many values from the
+// second half's first one.
+template <ValueType T>
+constexpr int64_t kReadValues = 16 / kValueBytes<T>;
+
+// Per byte of the bitmap, for the byte shuffle: lane l of half h takes the packed value of its rank
+// among the half's marked columns, counted from the half's first value; unmarked lanes (and the low
+// half of a bf16 lane) take index 0x80, which the shuffle zeroes.
+struct ByteShuffles {
+  alignas(32) uint8_t f32[256][32];
+  alignas(32) uint8_t bf16[256][32];
+  ByteShuffles() {
     for (int bits = 0; bits < 256; ++bits) {
       for (int half = 0; half < 2; ++half) {
-        int rank_in_half = 0;
-        for (int lane = 4 * half; lane < 4 * half + 4; ++lane) {
-          const bool marked = (bits >> lane) & 1;
-          rank[bits][lane] = marked ? rank_in_half++ : 0;
-          keep[bits][lane] = marked ? -1 : 0;
+        int rank = 0;
+        for (int lane = 0; lane < 4; ++lane) {
+          const bool marked = (bits >> (4 * half + lane)) & 1;
+          for (int byte = 0; byte < 4; ++byte) {
+            const int at = 16 * half + 4 * lane + byte;
+            f32[bits][at] = marked ? uint8_t(4 * rank + byte) : 0x80;
+            bf16[bits][at] = marked && byte >= 2 ? uint8_t(2 * rank + byte - 2) : 0x80;
+          }
+          rank += marked;
         }
       }
     }
   }
 };
-const ByteTables kByte;
+const ByteShuffles kShuffle;
 // loadu(kFirstLanes + 8 - n): the first n lanes set.
 alignas(32) constexpr int32_t kFirstLanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
 inline __m256i first_lanes(int n) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kFirstLanes + 8 - n)); }
 
-// The byte's packed values (low half at values[0..], high half popcount(bits & 15) later) as
-// [4 low | 4 high] fp32 lanes, 4 values read whole per half: fast plain loads whose extra lanes
-// the caller clears. `v` must have 8 readable elements.
+// The weights of one byte's 8 columns, zero where unmarked, from the byte's first value `v`:
+// reads kReadValues<T> values from the second half's first one.
 template <ValueType T>
-inline __m256 load_halves(const void* v, int low_count) {
-  if constexpr (T == ValueType::kFloat32) {
-    const float* f = static_cast<const float*>(v);
-    return _mm256_loadu2_m128(f + low_count, f);
-  }
-  const uint16_t* h = static_cast<const uint16_t*>(v);
-  const __m128i halves = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(h)),
-                                            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(h + low_count)));
-  return widen_bf16x8(halves);
+inline __m256 expand_byte(const char* v, uint32_t bits) {
+  const char* high = v + __builtin_popcount(bits & 15) * kValueBytes<T>;
+  const __m256i packed =
+      _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(high), reinterpret_cast<const __m128i*>(v));
+  const uint8_t* shuffle = T == ValueType::kFloat32 ? kShuffle.f32[bits] : kShuffle.bf16[bits];
+  return _mm256_castsi256_ps(_mm256_shuffle_epi8(packed, _mm256_load_si256(reinterpret_cast<const __m256i*>(shuffle))));
 }
 
-// Near the end of the values buffer a whole-half read would pass it: copy the byte's values to
+// Near the end of the values buffer the whole-half reads would pass it: copy the byte's values to
 // zeroed scratch first (taken for the last few bytes of the whole weight only).
 template <ValueType T>
-__attribute__((noinline, cold)) __m256 load_halves_at_end(const void* values, int64_t offset, uint32_t bits) {
-  alignas(32) uint32_t scratch[8] = {};
-  constexpr size_t size = T == ValueType::kFloat32 ? 4 : 2;
-  std::memcpy(scratch, static_cast<const char*>(values) + offset * size, size * __builtin_popcount(bits));
-  return load_halves<T>(scratch, __builtin_popcount(bits & 15));
-}
-
-// The weights of one byte's 8 columns, zero where unmarked; `end` is the size of values.
-template <ValueType T>
-inline __m256 expand_byte(const void* values, int64_t offset, int64_t end, uint32_t bits) {
-  constexpr size_t size = T == ValueType::kFloat32 ? 4 : 2;
-  const __m256 packed =
-      __builtin_expect(offset + 8 <= end, 1)
-          ? load_halves<T>(static_cast<const char*>(values) + offset * size, __builtin_popcount(bits & 15))
-          : load_halves_at_end<T>(values, offset, bits);
-  const __m256i rank = _mm256_load_si256(reinterpret_cast<const __m256i*>(kByte.rank[bits]));
-  const __m256 keep = _mm256_load_ps(reinterpret_cast<const float*>(kByte.keep[bits]));
-  return _mm256_and_ps(_mm256_permutevar_ps(packed, rank), keep);
+__attribute__((noinline, cold)) __m256 expand_byte_at_end(const void* values, int64_t offset, uint32_t bits) {
+  alignas(32) char scratch[48] = {};
+  std::memcpy(scratch, static_cast<const char*>(values) + offset * kValueBytes<T>,
+              kValueBytes<T> * __builtin_popcount(bits));
+  return expand_byte<T>(scratch, bits);
 }
 
 // y[b][r] = sum of `sums[b]`'s lanes + bias[r].
@@ -166,80 +166,100 @@ bool semi24_row(const void* values, const uint16_t* bm, int64_t offset, int64_t 
   return true;
 }
 
-// One row's dot products with B batch rows of x, walked two bitmap words per step: the state the
-// one-row and the two-row GEMVs share. Even and odd words accumulate apart: four FMA chains in
-// flight instead of two.
+// One row's dot products with B batch rows of x: the state the one-row and the two-row GEMVs
+// share. Bytes accumulate into kChains independent FMA chains per batch row.
 template <int B, ValueType T>
 struct RowDot {
-  static constexpr int kValueShift = T == ValueType::kFloat32 ? 2 : 1;
-  const void* values;
+  static constexpr int kChains = B == 1 ? 4 : 2;
+  static constexpr int kStepWords = 4;
+  const char* values;
   const uint16_t* bm;
   const float* x;
   int64_t k, offset, limit, end;
-  bool corrupt = false;
-  __m256 low0[B], high0[B], low1[B], high1[B];
+  __m256 acc[kChains][B];
 
   [[gnu::always_inline]] RowDot(const void* v, const uint16_t* bitmap_row, const float* xs, int64_t cols,
                                 int64_t row_offset, int64_t row_limit, int64_t values_end)
-      : values(v), bm(bitmap_row), x(xs), k(cols), offset(row_offset), limit(row_limit), end(values_end) {
-    for (int b = 0; b < B; ++b) low0[b] = high0[b] = low1[b] = high1[b] = _mm256_setzero_ps();
+      : values(static_cast<const char*>(v)), bm(bitmap_row), x(xs), k(cols), offset(row_offset), limit(row_limit),
+        end(values_end) {
+    for (int c = 0; c < kChains; ++c)
+      for (int b = 0; b < B; ++b) acc[c][b] = _mm256_setzero_ps();
   }
 
-  [[gnu::always_inline]] void word(int64_t w, __m256* low, __m256* high) {
-    const int64_t full_words = k / kBitmapWordBits;
-    const uint32_t tail_bits = uint32_t(k % kBitmapWordBits);
-    const uint32_t word = bm[w];
-    const bool tail = w == full_words;
-    if ((tail && (word & ~((1u << tail_bits) - 1))) || offset + __builtin_popcount(word) > limit) {
-      corrupt = true;
-      return;
-    }
-    const __m256 w_low = expand_byte<T>(values, offset, end, word & 0xff);
-    offset += __builtin_popcount(word & 0xff);
-    const __m256 w_high = expand_byte<T>(values, offset, end, word >> 8);
-    offset += __builtin_popcount(word >> 8);
-    const int64_t c = w * kBitmapWordBits;
-    if (!tail) {
-      for (int b = 0; b < B; ++b) {
-        low[b] = _mm256_fmadd_ps(w_low, _mm256_loadu_ps(x + b * k + c), low[b]);
-        high[b] = _mm256_fmadd_ps(w_high, _mm256_loadu_ps(x + b * k + c + 8), high[b]);
-      }
-    } else {  // columns past k: x is not read there (the bitmap marks none of them)
-      const int low_lanes = tail_bits < 8 ? int(tail_bits) : 8;
-      const __m256i low_valid = first_lanes(low_lanes), high_valid = first_lanes(int(tail_bits) - low_lanes);
-      for (int b = 0; b < B; ++b) {
-        low[b] = _mm256_fmadd_ps(w_low, _mm256_maskload_ps(x + b * k + c, low_valid), low[b]);
-        high[b] = _mm256_fmadd_ps(w_high, _mm256_maskload_ps(x + b * k + c + 8, high_valid), high[b]);
-      }
-    }
+  [[gnu::always_inline]] uint64_t step_bits(int64_t w) const {
+    uint64_t four;
+    std::memcpy(&four, bm + w, sizeof(four));
+    return four;
   }
 
-  // Words w and w + 1 (w + 1 < bitmap_words(k)).
+  // Whether words [w, w + 4) (full words) can run as one step: their whole-half reads stay within
+  // the values. A row that marks more values than its span reads its neighbour's and is caught at
+  // its end (finish), as in the AVX-512 GEMV.
+  [[gnu::always_inline]] bool fits(int64_t w) const {
+    return offset + __builtin_popcountll(step_bits(w)) + kReadValues<T> <= end;
+  }
+
+  // Words [w, w + 4), with no check (fits(w) holds).
   [[gnu::always_inline]] void step(int64_t w) {
-    // Far ahead of the data-dependent value reads (see bitmap-avx512.cc).
-    if ((w & 3) == 0) __builtin_prefetch(static_cast<const char*>(values) + (offset << kValueShift) + kPrefetchBytes);
-    word(w, low0, high0);
-    if (!corrupt) word(w + 1, low1, high1);
+    const uint64_t four = step_bits(w);
+    const int64_t total = __builtin_popcountll(four);
+    // Addresses past the weight are harmless (a prefetch never faults): formed as integers.
+    const uintptr_t ahead = reinterpret_cast<uintptr_t>(values) + kValuePrefetchBytes;
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + offset * kValueBytes<T>), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(ahead + (offset + total) * kValueBytes<T> - 1), _MM_HINT_T0);
+    int64_t at = offset;
+#pragma GCC unroll 8
+    for (int j = 0; j < 2 * kStepWords; ++j) {
+      const uint32_t bits = uint32_t(four >> (8 * j)) & 0xff;
+      const __m256 weights = expand_byte<T>(values + at * kValueBytes<T>, bits);
+      at += __builtin_popcount(bits);
+      const int64_t c = w * kBitmapWordBits + 8 * j;
+      for (int b = 0; b < B; ++b)
+        acc[j % kChains][b] = _mm256_fmadd_ps(weights, _mm256_loadu_ps(x + b * k + c), acc[j % kChains][b]);
+    }
+    offset += total;
   }
 
-  // The last word where the row has an odd number, then the sums into y; false if corrupt.
+  // Words w.. one at a time with every check (the end of the row, near the end of the values, a
+  // partial last word), then the sums into y; false if the row disagrees with its offsets.
   [[gnu::always_inline]] bool finish(int64_t w, const float* bias, float* y, int64_t rows, int64_t r) {
-    if (w < bitmap_words(k) && !corrupt) word(w, low0, high0);
-    if (corrupt || offset != limit) return false;
+    const int64_t words = bitmap_words(k), full_words = k / kBitmapWordBits;
+    const uint32_t tail_bits = uint32_t(k % kBitmapWordBits);
+    for (; w < words; ++w) {
+      const uint32_t word = bm[w];
+      const bool tail = w == full_words;
+      if ((tail && (word & ~((1u << tail_bits) - 1))) || offset + __builtin_popcount(word) > limit) return false;
+      for (int j = 0; j < 2; ++j) {
+        const uint32_t bits = (word >> (8 * j)) & 0xff;
+        const int64_t high = offset + __builtin_popcount(bits & 15);
+        const __m256 weights = high + kReadValues<T> <= end
+                                   ? expand_byte<T>(values + offset * kValueBytes<T>, bits)
+                                   : expand_byte_at_end<T>(values, offset, bits);
+        offset += __builtin_popcount(bits);
+        const int64_t c = w * kBitmapWordBits + 8 * j;
+        // Columns past k: x is not read there (the bitmap marks none of them).
+        const __m256i valid = first_lanes(std::clamp(int(tail_bits) - 8 * j, 0, 8));
+        for (int b = 0; b < B; ++b) {
+          const __m256 xs = tail ? _mm256_maskload_ps(x + b * k + c, valid) : _mm256_loadu_ps(x + b * k + c);
+          acc[j][b] = _mm256_fmadd_ps(weights, xs, acc[j][b]);
+        }
+      }
+    }
+    if (offset != limit) return false;
     __m256 sums[B];
-    for (int b = 0; b < B; ++b)
-      sums[b] = _mm256_add_ps(_mm256_add_ps(low0[b], high0[b]), _mm256_add_ps(low1[b], high1[b]));
+    for (int b = 0; b < B; ++b) {
+      sums[b] = acc[0][b];
+      for (int c = 1; c < kChains; ++c) sums[b] = _mm256_add_ps(sums[b], acc[c][b]);
+    }
     store_row_sums<B>(sums, bias, y, rows, r);
     return true;
   }
-
-  static constexpr int64_t kPrefetchBytes = kValuePrefetchBytes;
 };
 
 template <int B, ValueType T>
 Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
                  const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
-  const int64_t words = bitmap_words(k);
+  const int64_t words = bitmap_words(k), full_words = k / kBitmapWordBits;
   const int64_t end = row_offsets[rows];
   for (int64_t r = row_begin; r < row_end; ++r) {
     const uint16_t* bm = bitmap + r * words;
@@ -250,7 +270,7 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
     }
     RowDot<B, T> row(values, bm, x, k, offset, limit, end);
     int64_t w = 0;
-    for (; w + 2 <= words && !row.corrupt; w += 2) row.step(w);
+    for (; w + RowDot<B, T>::kStepWords <= full_words && row.fits(w); w += RowDot<B, T>::kStepWords) row.step(w);
     if (!row.finish(w, bias, y, rows, r)) return Status{StatusCode::kCorruptMeta, r, 0};
   }
   return Status{};
@@ -263,9 +283,10 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
 template <ValueType T>
 Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
                       const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
-  const int64_t words = bitmap_words(k);
+  const int64_t words = bitmap_words(k), full_words = k / kBitmapWordBits;
   const int64_t end = row_offsets[rows];
   const int64_t half = (row_end - row_begin) / 2;
+  constexpr int64_t kStepWords = RowDot<1, T>::kStepWords;
   for (int64_t a = row_begin; a < row_begin + half; ++a) {
     const int64_t b = a + half;
     const bool semi24 = k % kBitmapWordBits == 0 && row_offsets[a + 1] - row_offsets[a] == k / 2 &&
@@ -280,7 +301,7 @@ Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t*
     RowDot<1, T> row_a(values, bitmap + a * words, x, k, row_offsets[a], row_offsets[a + 1], end);
     RowDot<1, T> row_b(values, bitmap + b * words, x, k, row_offsets[b], row_offsets[b + 1], end);
     int64_t w = 0;
-    for (; w + 2 <= words && !(row_a.corrupt || row_b.corrupt); w += 2) {
+    for (; w + kStepWords <= full_words && row_a.fits(w) && row_b.fits(w); w += kStepWords) {
       row_a.step(w);
       row_b.step(w);
     }
