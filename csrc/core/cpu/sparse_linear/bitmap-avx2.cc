@@ -180,7 +180,12 @@ struct RowDot {
 
   [[gnu::always_inline]] RowDot(const void* v, const uint16_t* bitmap_row, const float* xs, int64_t cols,
                                 int64_t row_offset, int64_t row_limit, int64_t values_end)
-      : values(static_cast<const char*>(v)), bm(bitmap_row), x(xs), k(cols), offset(row_offset), limit(row_limit),
+      : values(static_cast<const char*>(v)),
+        bm(bitmap_row),
+        x(xs),
+        k(cols),
+        offset(row_offset),
+        limit(row_limit),
         end(values_end) {
     for (int c = 0; c < kChains; ++c)
       for (int b = 0; b < B; ++b) acc[c][b] = _mm256_setzero_ps();
@@ -232,9 +237,8 @@ struct RowDot {
       for (int j = 0; j < 2; ++j) {
         const uint32_t bits = (word >> (8 * j)) & 0xff;
         const int64_t high = offset + __builtin_popcount(bits & 15);
-        const __m256 weights = high + kReadValues<T> <= end
-                                   ? expand_byte<T>(values + offset * kValueBytes<T>, bits)
-                                   : expand_byte_at_end<T>(values, offset, bits);
+        const __m256 weights = high + kReadValues<T> <= end ? expand_byte<T>(values + offset * kValueBytes<T>, bits)
+                                                            : expand_byte_at_end<T>(values, offset, bits);
         offset += __builtin_popcount(bits);
         const int64_t c = w * kBitmapWordBits + 8 * j;
         // Columns past k: x is not read there (the bitmap marks none of them).
