@@ -91,78 +91,77 @@ inline void store_row_sums(const __m256* sums, const float* bias, float* y, int6
   }
 }
 
-// Rows with two marked columns in every group of four (2:4 weights) have exactly 8 values per
-// 16-column word, so no popcounts and no offset chain: the word's values are one load, and x is
-// brought to them instead of the reverse. pairs_low[byte] moves the two marked x of group 0 (the
-// byte's low nibble) to lanes 0-1 and of group 1 to lanes 4-5, pairs_high those of groups 2 and 3
-// to lanes 2-3 and 6-7 (in-lane vpermilps, which reads only bits 0-1 of each control lane); one
-// blend gives x as [g0 g0 g2 g2 | g1 g1 g3 g3], the values' order after a 64-bit-pair permute.
-// A byte that is not two-and-two has the sign bit set in every control lane, so OR-ing the
-// controls of a row tells whether it was a 2:4 row (else the general kernel redoes it).
-struct Semi24Tables {
-  alignas(32) int32_t pairs_low[256][8];
-  alignas(32) int32_t pairs_high[256][8];
-  Semi24Tables() {
+// Rows with two marked columns in every group of four (2:4 weights) have exactly 4 values per
+// byte of the bitmap, so no popcounts and no offset chain: each byte broadcasts its 4 values into
+// both 128-bit lanes and one byte shuffle places them (group 0 in lane 0, group 1 in lane 1) and
+// zeroes the rest, widening bf16 as the general expansion does. A byte that is not two-and-two
+// has kNotSemi24 set in every entry of its shuffle (bit 7 too, so the shuffle zeroes), and OR-ing
+// a row's shuffles tells whether it was a 2:4 row (else the general kernel redoes it).
+constexpr uint8_t kNotSemi24 = 0x40;
+struct Semi24Shuffles {
+  alignas(32) uint8_t f32[256][32];
+  alignas(32) uint8_t bf16[256][32];
+  Semi24Shuffles() {
     for (int bits = 0; bits < 256; ++bits) {
       const bool valid = __builtin_popcount(bits & 15) == 2 && __builtin_popcount(bits >> 4) == 2;
-      const int32_t flag = valid ? 0 : INT32_MIN;
       for (int half = 0; half < 2; ++half) {
-        int marked[2] = {0, 0}, count = 0;
+        int rank = 2 * half;  // the byte's values: group 0's two, then group 1's
         for (int lane = 0; lane < 4; ++lane) {
-          if ((bits >> (4 * half + lane)) & 1 && count < 2) marked[count++] = lane;
-        }
-        for (int lane = 0; lane < 4; ++lane) {
-          pairs_low[bits][4 * half + lane] = (lane < 2 ? marked[lane] : 0) | flag;
-          pairs_high[bits][4 * half + lane] = (lane >= 2 ? marked[lane - 2] : 0) | flag;
+          const bool marked = (bits >> (4 * half + lane)) & 1;
+          for (int byte = 0; byte < 4; ++byte) {
+            const int at = 16 * half + 4 * lane + byte;
+            f32[bits][at] = !valid ? 0x80 | kNotSemi24 : marked ? uint8_t(4 * rank + byte) : 0x80;
+            bf16[bits][at] = !valid ? 0x80 | kNotSemi24 : marked && byte >= 2 ? uint8_t(2 * rank + byte - 2) : 0x80;
+          }
+          rank += marked;
         }
       }
     }
   }
 };
-const Semi24Tables kSemi24;
-
-// A 16-column word's 8 values as fp32 in the order [0 1 4 5 | 2 3 6 7].
-template <ValueType T>
-inline __m256 load_semi24_values(const void* values, int64_t offset) {
-  if constexpr (T == ValueType::kFloat32) {
-    const __m256 v = _mm256_loadu_ps(static_cast<const float*>(values) + offset);
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
-  }
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(values) + offset));
-  return widen_bf16x8(_mm_shuffle_epi32(h, 0xD8));
-}
+const Semi24Shuffles kSemi24;
 
 // Row r as a 2:4 row (k % 16 == 0 and exactly k / 2 values, checked by the caller); false, with
 // nothing written, when some group of four does not mark exactly two columns.
 template <int B, ValueType T>
 bool semi24_row(const void* values, const uint16_t* bm, int64_t offset, int64_t k, const float* x, const float* bias,
                 float* y, int64_t rows, int64_t r) {
-  __m256 even[B], odd[B];
-  for (int b = 0; b < B; ++b) even[b] = odd[b] = _mm256_setzero_ps();
-  __m256i bad = _mm256_setzero_si256();
-  auto word_dot = [&](int64_t w, __m256* sums) {
-    const uint32_t word = bm[w];
-    const __m256i low = _mm256_load_si256(reinterpret_cast<const __m256i*>(kSemi24.pairs_low[word & 0xff]));
-    const __m256i high = _mm256_load_si256(reinterpret_cast<const __m256i*>(kSemi24.pairs_high[word >> 8]));
-    bad = _mm256_or_si256(bad, _mm256_or_si256(low, high));
-    const __m256 v = load_semi24_values<T>(values, offset + 8 * w);
-    for (int b = 0; b < B; ++b) {
-      const float* xw = x + b * k + 16 * w;
-      const __m256 picked = _mm256_blend_ps(_mm256_permutevar_ps(_mm256_loadu_ps(xw), low),
-                                            _mm256_permutevar_ps(_mm256_loadu_ps(xw + 8), high), 0xCC);
-      sums[b] = _mm256_fmadd_ps(v, picked, sums[b]);
+  constexpr int kChains = B == 1 ? 4 : 2;
+  __m256 acc[kChains][B];
+  for (int c = 0; c < kChains; ++c)
+    for (int b = 0; b < B; ++b) acc[c][b] = _mm256_setzero_ps();
+  __m256i seen = _mm256_setzero_si256();
+  const char* v = static_cast<const char*>(values) + offset * kValueBytes<T>;
+  const int64_t bytes = k / 8;
+  auto byte_dot = [&](int64_t i, __m256* sums) {
+    const uint32_t bits = reinterpret_cast<const uint8_t*>(bm)[i];
+    const uint8_t* table = T == ValueType::kFloat32 ? kSemi24.f32[bits] : kSemi24.bf16[bits];
+    const __m256i shuffle = _mm256_load_si256(reinterpret_cast<const __m256i*>(table));
+    seen = _mm256_or_si256(seen, shuffle);
+    const char* four = v + 4 * i * kValueBytes<T>;
+    __m256i packed;
+    if constexpr (T == ValueType::kFloat32) {
+      packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(four)));
+    } else {
+      int64_t bits64;
+      std::memcpy(&bits64, four, sizeof(bits64));
+      packed = _mm256_set1_epi64x(bits64);
     }
+    const __m256 weights = _mm256_castsi256_ps(_mm256_shuffle_epi8(packed, shuffle));
+    for (int b = 0; b < B; ++b) sums[b] = _mm256_fmadd_ps(weights, _mm256_loadu_ps(x + b * k + 8 * i), sums[b]);
   };
-  const int64_t words = k / kBitmapWordBits;
-  int64_t w = 0;
-  for (; w + 2 <= words; w += 2) {
-    word_dot(w, even);
-    word_dot(w + 1, odd);
+  int64_t i = 0;
+  for (; i + kChains <= bytes; i += kChains) {
+    for (int c = 0; c < kChains; ++c) byte_dot(i + c, acc[c]);
   }
-  if (w < words) word_dot(w, even);
-  if (_mm256_movemask_ps(_mm256_castsi256_ps(bad))) return false;
-  for (int b = 0; b < B; ++b) even[b] = _mm256_add_ps(even[b], odd[b]);
-  store_row_sums<B>(even, bias, y, rows, r);
+  for (; i < bytes; ++i) byte_dot(i, acc[0]);
+  if (_mm256_movemask_epi8(_mm256_slli_epi16(seen, 1))) return false;  // kNotSemi24 seen
+  __m256 sums[B];
+  for (int b = 0; b < B; ++b) {
+    sums[b] = acc[0][b];
+    for (int c = 1; c < kChains; ++c) sums[b] = _mm256_add_ps(sums[b], acc[c][b]);
+  }
+  store_row_sums<B>(sums, bias, y, rows, r);
   return true;
 }
 
