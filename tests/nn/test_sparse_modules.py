@@ -453,9 +453,11 @@ def test_csr16_thresholds_by_rows_and_cpu(monkeypatch):
     assert auto.csr16_table(torch.bfloat16) == fp32[:-1] + ((None, None),)
     info["cpu_bf16_spmm"] = None  # no AMX path either: the fp32 SpMM above 4 rows too
     assert auto.csr16_table(torch.bfloat16) == fp32
-    info.update(cpu_isa_selected="avx2", cpu_features=["avx2"])
+    info.update(cpu_isa_selected="avx2", cpu_features=["avx2"], cpu_bf16_gemv_max_rows=0, cpu_bf16_spmm=None)
+    assert auto.csr16_table(torch.float32) == tables["avx2"][torch.float32]
+    assert auto.csr16_table(torch.bfloat16) == tables["avx2"][torch.bfloat16]
+    info.update(cpu_isa_selected="neon", cpu_features=[])
     assert auto.csr16_table(torch.float32) == tables["other"][torch.float32]
-    assert auto.csr16_table(torch.bfloat16) == tables["other"][torch.bfloat16]
     assert auto.csr16_table(torch.float16) == ()
     # Every table: rows in increasing order, ending with the catch-all.
     for kind in tables.values():

@@ -163,7 +163,7 @@ CSR16_MIN_SPARSITY = 0.7
 
 # From which sparsity CSR16 beats the bitmap kernels, per x dtype, on CPUs whose bitmap kernels
 # are the AVX-512 ones (one expansion instruction per 16 columns, bf16 on AVX-512 BF16 and AMX)
-# and on the others (AVX2: a permute per 8 columns, so CSR16 pays earlier). None: never.
+# and on the others (AVX2: a byte shuffle per 8 columns, so CSR16 pays earlier). None: never.
 # "avx512 loads": the AVX-512 kernels with the CSR16 GEMV by scalar loads (AMD, where gathers are
 # slow; build_info()["cpu_csr16_gemv"]). Against the AVX-512 BF16 bitmap GEMV, bf16 at one row
 # pays from 0.9 only (SmolLM2's 210 block linears at one row, 2-core EPYC Zen 4: bitmap 5.5-6.3
@@ -180,6 +180,11 @@ CSR16_MIN_SPARSITY_BY_ROWS = {
     "avx512": _CSR16_AVX512,
     "avx512 loads": {torch.float32: ((1, 0.7), (2, 0.8), (3, 0.85), (4, 0.95), (None, 0.7)),
                      torch.bfloat16: ((2, 0.9), (3, 0.95), (4, None), _BF16_CHUNKED_GEMV, (None, None))},
+    # AVX2 (AMD Zen 3; bench/bench_csr16_rows.py): 1 row from 0.7, 2-4 rows from 0.8; above 4 rows
+    # (the SpMMs) as measured on the Xeon with the AVX2 kernels.
+    "avx2": {torch.float32: ((1, 0.7), (4, 0.8), (None, 0.8)),
+             torch.bfloat16: ((1, 0.7), (4, 0.8), (None, 0.8))},
+    # NEON and scalar: not measured; the AVX2 kernels' thresholds as they were before Zen 3's.
     "other": {torch.float32: ((4, 0.7), (None, 0.8)),
               torch.bfloat16: ((4, 0.7), (None, 0.8))},
 }
@@ -193,7 +198,7 @@ def csr16_table(x_dtype: torch.dtype) -> tuple:
     from .. import build_info
 
     info = build_info()
-    kind = "avx512" if info["cpu_isa_selected"] == "avx512" else "other"
+    kind = info["cpu_isa_selected"] if info["cpu_isa_selected"] in ("avx512", "avx2") else "other"
     loads = kind == "avx512" and info["cpu_csr16_gemv"] == "loads"
     tables = CSR16_MIN_SPARSITY_BY_ROWS["avx512 loads" if loads else kind]
     if x_dtype != torch.bfloat16:
