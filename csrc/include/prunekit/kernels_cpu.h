@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "prunekit/dtypes.h"
 
@@ -91,6 +92,25 @@ inline uint32_t bitmap_last_word_bits(int64_t k) {
 inline bool bitmap_block_in_span(const uint16_t* row_bitmap, int64_t words, uint32_t last_word_bits, bool last,
                                  int64_t at, int64_t nnz, int64_t limit) {
   return at + nnz <= limit && !(last && ((row_bitmap[words - 1] & ~last_word_bits) || at + nnz != limit));
+}
+
+// Whether a row of `words` full bitmap words marks exactly two columns in every group of four (a 2:4
+// row, for the kernels' fixed-offset paths); stops at the first group that does not, so a row of
+// an unstructured weight with exactly half its columns kept (Wanda at 50%) costs a word or two.
+inline bool bitmap_row_is_semi24(const uint16_t* row_bitmap, int64_t words) {
+  auto counts = [](uint64_t bits) {  // each group of four bits replaced by its popcount
+    bits -= (bits >> 1) & 0x5555555555555555u;
+    return (bits & 0x3333333333333333u) + ((bits >> 2) & 0x3333333333333333u);
+  };
+  int64_t w = 0;
+  for (; w + 4 <= words; w += 4) {
+    uint64_t four;
+    std::memcpy(&four, row_bitmap + w, sizeof(four));
+    if (counts(four) != 0x2222222222222222u) return false;
+  }
+  for (; w < words; ++w)
+    if (counts(row_bitmap[w]) != 0x2222u) return false;
+  return true;
 }
 
 enum class ValueType : int { kFloat32, kBFloat16 };

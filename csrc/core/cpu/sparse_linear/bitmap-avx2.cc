@@ -94,24 +94,20 @@ inline void store_row_sums(const __m256* sums, const float* bias, float* y, int6
 // Rows with two marked columns in every group of four (2:4 weights) have exactly 4 values per
 // byte of the bitmap, so no popcounts and no offset chain: each byte broadcasts its 4 values into
 // both 128-bit lanes and one byte shuffle places them (group 0 in lane 0, group 1 in lane 1) and
-// zeroes the rest, widening bf16 as the general expansion does. A byte that is not two-and-two
-// has kNotSemi24 set in every entry of its shuffle (bit 7 too, so the shuffle zeroes), and OR-ing
-// a row's shuffles tells whether it was a 2:4 row (else the general kernel redoes it).
-constexpr uint8_t kNotSemi24 = 0x40;
+// zeroes the rest, widening bf16 as the general expansion does.
 struct Semi24Shuffles {
   alignas(32) uint8_t f32[256][32];
   alignas(32) uint8_t bf16[256][32];
   Semi24Shuffles() {
     for (int bits = 0; bits < 256; ++bits) {
-      const bool valid = __builtin_popcount(bits & 15) == 2 && __builtin_popcount(bits >> 4) == 2;
       for (int half = 0; half < 2; ++half) {
         int rank = 2 * half;  // the byte's values: group 0's two, then group 1's
         for (int lane = 0; lane < 4; ++lane) {
           const bool marked = (bits >> (4 * half + lane)) & 1;
           for (int byte = 0; byte < 4; ++byte) {
             const int at = 16 * half + 4 * lane + byte;
-            f32[bits][at] = !valid ? 0x80 | kNotSemi24 : marked ? uint8_t(4 * rank + byte) : 0x80;
-            bf16[bits][at] = !valid ? 0x80 | kNotSemi24 : marked && byte >= 2 ? uint8_t(2 * rank + byte - 2) : 0x80;
+            f32[bits][at] = marked ? uint8_t(4 * rank + byte) : 0x80;
+            bf16[bits][at] = marked && byte >= 2 ? uint8_t(2 * rank + byte - 2) : 0x80;
           }
           rank += marked;
         }
@@ -121,23 +117,26 @@ struct Semi24Shuffles {
 };
 const Semi24Shuffles kSemi24;
 
-// Row r as a 2:4 row (k % 16 == 0 and exactly k / 2 values, checked by the caller); false, with
-// nothing written, when some group of four does not mark exactly two columns.
+// Whether row r of the weight is a 2:4 row, for semi24_row.
+inline bool is_semi24_row(const uint16_t* bitmap, const int64_t* row_offsets, int64_t k, int64_t r) {
+  return k % kBitmapWordBits == 0 && row_offsets[r + 1] - row_offsets[r] == k / 2 &&
+         bitmap_row_is_semi24(bitmap + r * (k / kBitmapWordBits), k / kBitmapWordBits);
+}
+
+// Row r as a 2:4 row (is_semi24_row holds).
 template <int B, ValueType T>
-bool semi24_row(const void* values, const uint16_t* bm, int64_t offset, int64_t k, const float* x, const float* bias,
+void semi24_row(const void* values, const uint16_t* bm, int64_t offset, int64_t k, const float* x, const float* bias,
                 float* y, int64_t rows, int64_t r) {
   constexpr int kChains = B == 1 ? 4 : 2;
   __m256 acc[kChains][B];
   for (int c = 0; c < kChains; ++c)
     for (int b = 0; b < B; ++b) acc[c][b] = _mm256_setzero_ps();
-  __m256i seen = _mm256_setzero_si256();
   const char* v = static_cast<const char*>(values) + offset * kValueBytes<T>;
   const int64_t bytes = k / 8;
   auto byte_dot = [&](int64_t i, __m256* sums) {
     const uint32_t bits = reinterpret_cast<const uint8_t*>(bm)[i];
     const uint8_t* table = T == ValueType::kFloat32 ? kSemi24.f32[bits] : kSemi24.bf16[bits];
     const __m256i shuffle = _mm256_load_si256(reinterpret_cast<const __m256i*>(table));
-    seen = _mm256_or_si256(seen, shuffle);
     const char* four = v + 4 * i * kValueBytes<T>;
     __m256i packed;
     if constexpr (T == ValueType::kFloat32) {
@@ -155,14 +154,12 @@ bool semi24_row(const void* values, const uint16_t* bm, int64_t offset, int64_t 
     for (int c = 0; c < kChains; ++c) byte_dot(i + c, acc[c]);
   }
   for (; i < bytes; ++i) byte_dot(i, acc[0]);
-  if (_mm256_movemask_epi8(_mm256_slli_epi16(seen, 1))) return false;  // kNotSemi24 seen
   __m256 sums[B];
   for (int b = 0; b < B; ++b) {
     sums[b] = acc[0][b];
     for (int c = 1; c < kChains; ++c) sums[b] = _mm256_add_ps(sums[b], acc[c][b]);
   }
   store_row_sums<B>(sums, bias, y, rows, r);
-  return true;
 }
 
 // One row's dot products with B batch rows of x: the state the one-row and the two-row GEMVs
@@ -267,8 +264,8 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
   for (int64_t r = row_begin; r < row_end; ++r) {
     const uint16_t* bm = bitmap + r * words;
     const int64_t offset = row_offsets[r], limit = row_offsets[r + 1];
-    if (k % kBitmapWordBits == 0 && limit - offset == k / 2 &&
-        semi24_row<B, T>(values, bm, offset, k, x, bias, y, rows, r)) {
+    if (is_semi24_row(bitmap, row_offsets, k, r)) {
+      semi24_row<B, T>(values, bm, offset, k, x, bias, y, rows, r);
       continue;
     }
     RowDot<B, T> row(values, bm, x, k, offset, limit, end);
@@ -281,7 +278,7 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
 
 // Batch 1: rows from the two halves of [row_begin, row_end) in lockstep, two value streams far
 // apart in flight instead of one (see bitmap-avx512.cc). 2:4 rows go one at a time through their
-// fixed-offset path, which reads x twice per value and gains nothing from a second stream. A
+// fixed-offset path. A
 // corrupt pair is walked again row by row, so that the status names the first corrupt row.
 template <ValueType T>
 Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
@@ -292,9 +289,7 @@ Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t*
   constexpr int64_t kStepWords = RowDot<1, T>::kStepWords;
   for (int64_t a = row_begin; a < row_begin + half; ++a) {
     const int64_t b = a + half;
-    const bool semi24 = k % kBitmapWordBits == 0 && row_offsets[a + 1] - row_offsets[a] == k / 2 &&
-                        row_offsets[b + 1] - row_offsets[b] == k / 2;
-    if (semi24) {
+    if (is_semi24_row(bitmap, row_offsets, k, a) || is_semi24_row(bitmap, row_offsets, k, b)) {
       if (!gemv_rows<1, T>(values, bitmap, row_offsets, rows, k, x, bias, y, a, a + 1).ok() ||
           !gemv_rows<1, T>(values, bitmap, row_offsets, rows, k, x, bias, y, b, b + 1).ok()) {
         return gemv_rows<1, T>(values, bitmap, row_offsets, rows, k, x, bias, y, row_begin, row_end);

@@ -81,21 +81,13 @@ struct Semi24Table {
 };
 const Semi24Table kSemi24;
 
-// Whether every nibble of the word marks exactly two columns.
-inline bool two_in_each_nibble(uint32_t word) {
-  uint32_t n = word - ((word >> 1) & 0x5555u);
-  n = (n & 0x3333u) + ((n >> 2) & 0x3333u);
-  return n == 0x2222u;
-}
-
 // Row r as a 2:4 row (k % 16 == 0 and exactly k / 2 values, checked by the caller); false, with
 // nothing written, when some group of four does not mark exactly two columns.
 template <int B>
 bool semi24_row(const void* values, ValueType type, const uint16_t* bm, int64_t offset, int64_t k, const float* x,
                 const float* bias, float* y, int64_t rows, int64_t r) {
   const int64_t words = k / kBitmapWordBits;
-  for (int64_t w = 0; w < words; ++w)
-    if (!two_in_each_nibble(bm[w])) return false;
+  if (!bitmap_row_is_semi24(bm, words)) return false;
   float32x4_t low[B], high[B];
   for (int b = 0; b < B; ++b) low[b] = high[b] = vdupq_n_f32(0.0f);
   for (int64_t w = 0; w < words; ++w) {
