@@ -7,8 +7,8 @@ is never applied to another kind. They are measured by ``bench/bench_break_even.
 forces a kind; figures in docs/performance.md and bench/results/break_even_cpu*.md); each is
 ((max rows, entry), ...) in increasing rows, None rows = any more.
 
-A kind without a table (nothing measured for it yet: today "neon" and "scalar", and "avx2" until
-its table is filled in) keeps every weight dense, unless ``PRUNEKIT_AUTO=measure``: then a short
+A kind without a table (nothing measured for it yet: today "neon" and "scalar") keeps every
+weight dense, unless ``PRUNEKIT_AUTO=measure``: then a short
 measurement on this machine (:mod:`prunekit.nn.measure`, a few seconds, cached per machine under
 the prunekit cache directory) gives the table, for every kind.
 """
@@ -33,12 +33,13 @@ BREAK_EVEN_SPARSITY = {
     "conv1x1": {torch.float32: ((None, 0.6),)},
     "conv": {},
 }
-# The AVX2 kernels against torch's dense kernels held to AVX2 (bench/bench_break_even.py --isa
-# avx2; bench/results/break_even_cpu_avx2.md). Without AVX2 BF16 arithmetic, torch's dense bf16
-# is slow from 4 rows up, so sparse bf16 wins at 50% there.
+# The AVX2 kernels against torch's dense kernels (bench/bench_break_even.py --isa avx2;
+# bench/results/break_even_cpu_avx2.md), measured on an AVX2-only AMD EPYC Zen 3. Above 4 rows (the
+# SpMM) each entry is the higher of Zen 3's and an AVX-512 Zen 5's with both held to AVX2. Torch's
+# dense bf16 has no bf16 arithmetic there, so sparse bf16 wins from 50% at every row count.
 BREAK_EVEN_SPARSITY_AVX2 = {
-    "linear": {torch.float32: ((1, 0.7), (4, 0.75), (16, 0.6), (64, 0.5), (None, 0.6)),
-               torch.bfloat16: ((1, 0.85), (None, 0.5))},
+    "linear": {torch.float32: ((4, 0.5), (32, 0.7), (64, 0.6), (None, 0.7)),
+               torch.bfloat16: ((None, 0.5),)},
     "conv1x1": {torch.float32: ((None, 0.6),)},
     "conv": {},
 }
