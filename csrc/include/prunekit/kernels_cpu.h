@@ -94,22 +94,25 @@ inline bool bitmap_block_in_span(const uint16_t* row_bitmap, int64_t words, uint
   return at + nnz <= limit && !(last && ((row_bitmap[words - 1] & ~last_word_bits) || at + nnz != limit));
 }
 
-// Whether a row of `words` full bitmap words marks exactly two columns in every group of four (a 2:4
-// row, for the kernels' fixed-offset paths); stops at the first group that does not, so a row of
-// an unstructured weight with exactly half its columns kept (Wanda at 50%) costs a word or two.
+// Each group of four bits of `bits` replaced by its popcount: a stretch of bitmap words marks two
+// columns in every group of four (2:4) where this is kTwoInEachNibble (in the words' bits).
+inline uint64_t nibble_popcounts(uint64_t bits) {
+  bits -= (bits >> 1) & 0x5555555555555555u;
+  return (bits & 0x3333333333333333u) + ((bits >> 2) & 0x3333333333333333u);
+}
+constexpr uint64_t kTwoInEachNibble = 0x2222222222222222u;
+
+// Whether a row of `words` full bitmap words is a 2:4 row, for the kernels' fixed-offset paths;
+// stops at the first group of four that does not mark exactly two columns.
 inline bool bitmap_row_is_semi24(const uint16_t* row_bitmap, int64_t words) {
-  auto counts = [](uint64_t bits) {  // each group of four bits replaced by its popcount
-    bits -= (bits >> 1) & 0x5555555555555555u;
-    return (bits & 0x3333333333333333u) + ((bits >> 2) & 0x3333333333333333u);
-  };
   int64_t w = 0;
   for (; w + 4 <= words; w += 4) {
     uint64_t four;
     std::memcpy(&four, row_bitmap + w, sizeof(four));
-    if (counts(four) != 0x2222222222222222u) return false;
+    if (nibble_popcounts(four) != kTwoInEachNibble) return false;
   }
   for (; w < words; ++w)
-    if (counts(row_bitmap[w]) != 0x2222u) return false;
+    if (nibble_popcounts(row_bitmap[w]) != (kTwoInEachNibble & 0xffffu)) return false;
   return true;
 }
 
