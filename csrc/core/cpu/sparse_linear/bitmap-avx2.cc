@@ -31,15 +31,17 @@ template <ValueType T>
 constexpr int64_t kReadValues = 16 / kValueBytes<T>;
 
 // Per byte of the bitmap, for the byte shuffle: lane l of half h takes the packed value of its rank
-// among the half's marked columns, counted from the half's first value; unmarked lanes (and the low
-// half of a bf16 lane) take index 0x80, which the shuffle zeroes.
+// among the half's marked columns, counted from the first value the half's 16 bytes start at;
+// unmarked lanes (and the low half of a bf16 lane) take index 0x80, which the shuffle zeroes.
+// `one_load`: both halves hold the same 16 bytes from the byte's first value (the 2:4 path), so
+// the high half's ranks follow the low half's marked columns; else each half starts at its own.
 struct ByteShuffles {
   alignas(32) uint8_t f32[256][32];
   alignas(32) uint8_t bf16[256][32];
-  ByteShuffles() {
+  explicit ByteShuffles(bool one_load) {
     for (int bits = 0; bits < 256; ++bits) {
       for (int half = 0; half < 2; ++half) {
-        int rank = 0;
+        int rank = one_load && half ? __builtin_popcount(bits & 15) : 0;
         for (int lane = 0; lane < 4; ++lane) {
           const bool marked = (bits >> (4 * half + lane)) & 1;
           for (int byte = 0; byte < 4; ++byte) {
@@ -53,7 +55,7 @@ struct ByteShuffles {
     }
   }
 };
-const ByteShuffles kShuffle;
+const ByteShuffles kShuffle(false);
 // loadu(kFirstLanes + 8 - n): the first n lanes set.
 alignas(32) constexpr int32_t kFirstLanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 
@@ -95,27 +97,7 @@ inline void store_row_sums(const __m256* sums, const float* bias, float* y, int6
 // byte of the bitmap, so no popcounts and no offset chain: each byte broadcasts its 4 values into
 // both 128-bit lanes and one byte shuffle places them (group 0 in lane 0, group 1 in lane 1) and
 // zeroes the rest, widening bf16 as the general expansion does.
-struct Semi24Shuffles {
-  alignas(32) uint8_t f32[256][32];
-  alignas(32) uint8_t bf16[256][32];
-  Semi24Shuffles() {
-    for (int bits = 0; bits < 256; ++bits) {
-      for (int half = 0; half < 2; ++half) {
-        int rank = 2 * half;  // the byte's values: group 0's two, then group 1's
-        for (int lane = 0; lane < 4; ++lane) {
-          const bool marked = (bits >> (4 * half + lane)) & 1;
-          for (int byte = 0; byte < 4; ++byte) {
-            const int at = 16 * half + 4 * lane + byte;
-            f32[bits][at] = marked ? uint8_t(4 * rank + byte) : 0x80;
-            bf16[bits][at] = marked && byte >= 2 ? uint8_t(2 * rank + byte - 2) : 0x80;
-          }
-          rank += marked;
-        }
-      }
-    }
-  }
-};
-const Semi24Shuffles kSemi24;
+const ByteShuffles kSemi24(true);
 
 // Row r as a 2:4 row (k % 16 == 0 and exactly k / 2 values, checked by the caller); false, with
 // nothing written, at the first group of four that does not mark exactly two columns (checked
