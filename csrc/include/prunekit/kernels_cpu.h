@@ -102,8 +102,9 @@ inline uint64_t nibble_popcounts(uint64_t bits) {
 }
 constexpr uint64_t kTwoInEachNibble = 0x2222222222222222u;
 
-// Whether a row of `words` full bitmap words is a 2:4 row, for the kernels' fixed-offset paths;
-// stops at the first group of four that does not mark exactly two columns.
+// Whether a row of `words` full bitmap words is a 2:4 row, checked before a fixed-offset path runs
+// (NEON; the AVX2 path checks each step as it goes); stops at the first group of four that does
+// not mark exactly two columns.
 inline bool bitmap_row_is_semi24(const uint16_t* row_bitmap, int64_t words) {
   int64_t w = 0;
   for (; w + 4 <= words; w += 4) {

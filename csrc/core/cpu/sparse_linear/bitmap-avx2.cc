@@ -34,7 +34,8 @@ constexpr int64_t kReadValues = 16 / kValueBytes<T>;
 // among the half's marked columns, counted from the first value the half's 16 bytes start at;
 // unmarked lanes (and the low half of a bf16 lane) take index 0x80, which the shuffle zeroes.
 // `one_load`: both halves hold the same 16 bytes from the byte's first value (the 2:4 path), so
-// the high half's ranks follow the low half's marked columns; else each half starts at its own.
+// the high half's ranks follow the low half's marked columns (entries of bytes that are not two
+// and two are never used); else each half starts at its own.
 struct ByteShuffles {
   alignas(32) uint8_t f32[256][32];
   alignas(32) uint8_t bf16[256][32];
@@ -265,8 +266,8 @@ Status gemv_rows(const void* values, const uint16_t* bitmap, const int64_t* row_
 
 // Batch 1: rows from the two halves of [row_begin, row_end) in lockstep, two value streams far
 // apart in flight instead of one (see bitmap-avx512.cc). 2:4 rows go one at a time through their
-// fixed-offset path. A
-// corrupt pair is walked again row by row, so that the status names the first corrupt row.
+// fixed-offset path. A corrupt pair is walked again row by row, so that the status names the first
+// corrupt row.
 template <ValueType T>
 Status gemv_row_pairs(const void* values, const uint16_t* bitmap, const int64_t* row_offsets, int64_t rows, int64_t k,
                       const float* x, const float* bias, float* y, int64_t row_begin, int64_t row_end) {
