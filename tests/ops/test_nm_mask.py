@@ -42,11 +42,17 @@ def test_negative_zero_ties_with_zero(device):
     assert ops.nm_mask(scores, 2, 4).cpu().tolist() == [[True, True, False, False]]
 
 
-@pytest.mark.parametrize("m", [17, 64])
-def test_large_groups_use_selection_and_match(device, m, generator):
-    scores = torch.randint(0, 5, (9, 4 * m), generator=generator).float().to(device)  # many ties
-    for n in (0, 1, m // 2, m - 1, m):
-        assert torch.equal(ops.nm_mask(scores, n, m).cpu(), ref.nm_mask(scores.cpu(), n, m))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [17, 64, 576])
+def test_large_groups_use_selection_and_match(device, dtype, m, generator):
+    # many ties, both signs, +0.0 and -0.0 mixed (equal, as the reference compares them)
+    scores = torch.randint(-2, 3, (9, 4 * m), generator=generator).to(dtype)
+    scores[(scores == 0) & (torch.rand(scores.shape, generator=generator) < 0.5)] = -0.0
+    spread = torch.randn(9, 4 * m, generator=generator).to(dtype)
+    for values in (scores, spread, -spread.abs()):
+        values = values.to(device)
+        for n in (0, 1, 2, m // 2, m - 1, m):
+            assert torch.equal(ops.nm_mask(values, n, m).cpu(), ref.nm_mask(values.cpu(), n, m))
 
 
 @settings(max_examples=60, deadline=None)

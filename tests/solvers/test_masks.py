@@ -64,14 +64,19 @@ def test_non_finite_scores_are_rejected():
 
 
 @settings(max_examples=200, deadline=None)
-@given(rows=st.integers(1, 9), cols=st.integers(1, 40), levels=st.integers(1, 6), fraction=st.floats(0, 1),
-       per_row=st.booleans(), seed=st.integers(0, 2**31 - 1), negative_zero=st.booleans())
-def test_selection_equals_a_stable_sort_with_ties(rows, cols, levels, fraction, per_row, seed, negative_zero):
-    # Few distinct levels force ties at the threshold; -0.0 and 0.0 compare equal as in a sort.
+@given(rows=st.integers(1, 9), cols=st.integers(1, 300), levels=st.integers(1, 6), fraction=st.floats(0, 1),
+       per_row=st.booleans(), seed=st.integers(0, 2**31 - 1), negative_zero=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+       spread=st.sampled_from([0.0, 1e-3, 1e30]))
+def test_selection_equals_a_stable_sort_with_ties(rows, cols, levels, fraction, per_row, seed, negative_zero, dtype,
+                                                  spread):
+    # Few distinct levels (of both signs) force ties at the threshold; -0.0 and 0.0 compare equal
+    # as in a sort. Rows wider than 16 take the radix selection, narrower ones the rank count.
     generator = torch.Generator().manual_seed(seed)
-    scores = torch.randint(0, levels, (rows, cols), generator=generator).to(torch.float32)
+    scores = torch.randint(-levels, levels, (rows, cols), generator=generator).to(torch.float64)
+    scores = (scores * (1 + spread * torch.rand(rows, cols, dtype=torch.float64, generator=generator))).to(dtype)
     if negative_zero:
-        scores[scores == 0] = -0.0
+        scores[(scores == 0) & (torch.rand(rows, cols, generator=generator) < 0.5)] = -0.0
     count = int(round(fraction * rows * cols))
     select = keep_lowest_pruned_per_row if per_row else keep_lowest_pruned
     assert torch.equal(select(scores, count), lowest_pruned_keep(scores, count, per_row))
@@ -80,8 +85,10 @@ def test_selection_equals_a_stable_sort_with_ties(rows, cols, levels, fraction, 
 def test_selection_of_integer_bool_and_nan_scores_is_the_stable_sorts():
     # Integer and bool scores and NaN (last, as a sort orders it) take the stable sort's path.
     scores = torch.tensor([[3.0, float("nan"), 1.0, 2.0, float("nan"), 0.5]])
+    infinite = torch.tensor([[3.0, float("inf"), 1.0, -float("inf"), 2.0, 0.5]])
     for count in range(7):
         assert torch.equal(keep_lowest_pruned(scores, count), lowest_pruned_keep(scores, count, False))
+        assert torch.equal(keep_lowest_pruned(infinite, count), lowest_pruned_keep(infinite, count, False))
     generator = torch.Generator().manual_seed(0)
     for scores in (torch.randint(0, 4, (5, 9), generator=generator), torch.rand(5, 9, generator=generator) > 0.5):
         for count in (7, 22, 45):

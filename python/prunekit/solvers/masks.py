@@ -14,6 +14,9 @@ import torch
 from .. import ops
 from .patterns import parse_pattern
 
+SELECTION_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+"""Score dtypes that ``prunekit::nm_mask`` selects in (the per-row selection runs on it)."""
+
 
 def check_sparsity(sparsity, what: str = "sparsity") -> float:
     """A sparsity as a float in [0, 1), or a ValueError naming ``what``."""
@@ -34,7 +37,8 @@ def _check_scores(scores: torch.Tensor, name: str) -> None:
     if scores.dim() != 2:
         raise ValueError(f"{name}: scores must be 2-D (out_features, in_features), but got shape "
                          f"{tuple(scores.shape)}")
-    if not bool(torch.isfinite(scores).all()):
+    # amax propagates NaN and keeps Inf: one reduction instead of a mask the size of the scores
+    if scores.numel() and not bool(torch.isfinite(scores.detach().abs().amax())):
         raise ValueError(f"{name}: importance scores hold NaN or Inf (non-finite weights or "
                          "calibration activations)")
 
@@ -42,16 +46,20 @@ def _check_scores(scores: torch.Tensor, name: str) -> None:
 def _lowest_in_rows(scores: torch.Tensor, count: int) -> torch.Tensor:
     """(rows, cols) bool: True at the ``count`` lowest entries of each row, ties going to the lower
     column index: the first ``count`` of a stable ascending sort. On CPU, for finite floating-point
-    scores, found by selection (kthvalue) in linear time; otherwise by that sort (NaN last, as it
-    orders them; CUDA's kthvalue is slow on one long row)."""
+    scores, found by selection in linear time (``nm_mask`` of the negated scores, one group per row,
+    or kthvalue for dtypes it does not take); otherwise by that sort (NaN last, as it orders them;
+    CUDA's kthvalue is slow on one long row)."""
     rows, cols = scores.shape
     if count <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     if count >= cols:
         return torch.ones_like(scores, dtype=torch.bool)
-    if scores.device.type != "cpu" or not scores.is_floating_point() or bool(torch.isnan(scores).any()):
+    if scores.device.type != "cpu" or not scores.is_floating_point() or not bool(torch.isfinite(scores.abs().amax())):
         lowest = torch.zeros_like(scores, dtype=torch.bool)
         return lowest.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :count], True)
+    if scores.dtype in SELECTION_DTYPES:
+        # keeping the count largest of -scores (ties: lower index) prunes the count lowest of scores
+        return ops.nm_mask(torch.neg(scores).contiguous(), count, cols)
     threshold = torch.kthvalue(scores, count, dim=1, keepdim=True).values
     lowest = scores < threshold
     ties = scores == threshold

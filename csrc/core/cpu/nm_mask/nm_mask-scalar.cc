@@ -2,7 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <numeric>
+#include <cstring>
 #include <vector>
 
 #include "prunekit/half.h"
@@ -11,7 +11,66 @@
 namespace prunekit::cpu {
 namespace {
 
-// Groups up to this size are ranked by counting (m^2 compares, no scratch); larger ones sort.
+// Floating-point scores as unsigned integers of the same order (-0.0 read as +0.0, its equal), so
+// that selection runs on digits: counting passes without data-dependent branches, where a
+// comparison-based selection mispredicts about every other comparison.
+template <typename Compute>
+struct OrderedKey;
+template <>
+struct OrderedKey<float> {
+  using Type = uint32_t;
+};
+template <>
+struct OrderedKey<double> {
+  using Type = uint64_t;
+};
+
+template <typename Compute>
+typename OrderedKey<Compute>::Type to_key(Compute value) {
+  using Key = typename OrderedKey<Compute>::Type;
+  constexpr Key sign = Key{1} << (8 * sizeof(Key) - 1);
+  value += Compute(0);  // -0.0 -> +0.0
+  Key bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return (bits & sign) ? ~bits : (bits | sign);
+}
+
+template <typename Compute>
+Compute from_key(typename OrderedKey<Compute>::Type key) {
+  using Key = typename OrderedKey<Compute>::Type;
+  constexpr Key sign = Key{1} << (8 * sizeof(Key) - 1);
+  const Key bits = (key & sign) ? (key & ~sign) : ~key;
+  Compute value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// The n-th largest (1 <= n < m) of m finite scores, by most-significant-digit radix selection:
+// each 8-bit digit's histogram names the bucket holding it, and only that bucket's keys go on.
+// ``keys`` and ``candidates`` are scratch of m entries.
+template <typename Compute, typename Key>
+Compute nth_largest(const Compute* values, int64_t m, int64_t n, std::vector<Key>& keys, std::vector<Key>& candidates) {
+  for (int64_t i = 0; i < m; ++i) keys[i] = to_key(values[i]);
+  const Key* current = keys.data();
+  int64_t count = m, rank = n;  // the rank-th largest of current[0, count)
+  for (int shift = 8 * int(sizeof(Key)) - 8; shift >= 0; shift -= 8) {
+    int64_t histogram[256] = {};
+    for (int64_t i = 0; i < count; ++i) ++histogram[(current[i] >> shift) & 0xff];
+    int digit = 255;
+    while (histogram[digit] < rank) rank -= histogram[digit--];
+    if (histogram[digit] == count) continue;  // every key shares this digit
+    int64_t kept = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      candidates[kept] = current[i];
+      kept += int(((current[i] >> shift) & 0xff) == Key(digit));
+    }
+    current = candidates.data();
+    count = kept;
+  }
+  return from_key<Compute>(current[0]);
+}
+
+// Groups up to this size are ranked by counting (m^2 compares, no scratch); larger ones select.
 constexpr int64_t kMaxCountingGroup = 16;
 
 // Rank counting with m known at compile time (2, 4, 8, 16: the common patterns): the pair loops
@@ -59,7 +118,8 @@ Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t
   }
   std::vector<Compute> group(m);
   std::vector<int64_t> rank(m <= kMaxCountingGroup ? m : 0);
-  std::vector<int64_t> order(m > kMaxCountingGroup ? m : 0);
+  std::vector<typename OrderedKey<Compute>::Type> keys(m > kMaxCountingGroup ? m : 0);
+  std::vector<typename OrderedKey<Compute>::Type> candidates(keys.size());
   for (int64_t row = row_begin; row < row_end; ++row) {
     for (int64_t start = 0; start < k; start += m) {
       const int64_t base = row * k + start;
@@ -79,12 +139,22 @@ Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t
           }
         }
         for (int64_t i = 0; i < m; ++i) out[i] = rank[i] < n;
+      } else if (n <= 0 || n >= m) {
+        std::fill(out, out + m, n > 0);
       } else {
-        std::iota(order.begin(), order.end(), int64_t{0});
-        auto before = [&](int64_t a, int64_t b) { return group[a] > group[b] || (group[a] == group[b] && a < b); };
-        if (n > 0 && n < m) std::nth_element(order.begin(), order.begin() + n, order.end(), before);
-        for (int64_t i = 0; i < m; ++i) out[i] = false;
-        for (int64_t i = 0; i < n; ++i) out[order[i]] = true;
+        const Compute threshold = nth_largest(group.data(), m, n, keys, candidates);
+        // Every score above the threshold is kept, then the first ties by index until n are kept.
+        int64_t ties = n;
+        for (int64_t i = 0; i < m; ++i) {
+          out[i] = group[i] > threshold;
+          ties -= out[i];
+        }
+        for (int64_t i = 0; ties > 0; ++i) {
+          if (group[i] == threshold) {
+            out[i] = true;
+            --ties;
+          }
+        }
       }
     }
   }
