@@ -46,12 +46,12 @@ Compute from_key(typename OrderedKey<Compute>::Type key) {
 }
 
 // The n-th largest (1 <= n < m) of m finite scores, by most-significant-digit radix selection:
-// each 8-bit digit's histogram names the bucket holding it, and only that bucket's keys go on.
-// ``keys`` and ``candidates`` are scratch of m entries.
+// each 8-bit digit's histogram names the bucket holding it, and only that bucket's keys go on,
+// compacted in place. ``keys`` is scratch of m entries.
 template <typename Compute, typename Key>
-Compute nth_largest(const Compute* values, int64_t m, int64_t n, std::vector<Key>& keys, std::vector<Key>& candidates) {
+Compute nth_largest(const Compute* values, int64_t m, int64_t n, std::vector<Key>& keys) {
   for (int64_t i = 0; i < m; ++i) keys[i] = to_key(values[i]);
-  const Key* current = keys.data();
+  Key* current = keys.data();
   int64_t count = m, rank = n;  // the rank-th largest of current[0, count)
   for (int shift = 8 * int(sizeof(Key)) - 8; shift >= 0; shift -= 8) {
     int64_t histogram[256] = {};
@@ -61,10 +61,10 @@ Compute nth_largest(const Compute* values, int64_t m, int64_t n, std::vector<Key
     if (histogram[digit] == count) continue;  // every key shares this digit
     int64_t kept = 0;
     for (int64_t i = 0; i < count; ++i) {
-      candidates[kept] = current[i];
-      kept += int(((current[i] >> shift) & 0xff) == Key(digit));
+      const Key key = current[i];
+      current[kept] = key;  // kept <= i: nothing unread is overwritten
+      kept += int(((key >> shift) & 0xff) == Key(digit));
     }
-    current = candidates.data();
     count = kept;
   }
   return from_key<Compute>(current[0]);
@@ -119,7 +119,6 @@ Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t
   std::vector<Compute> group(m);
   std::vector<int64_t> rank(m <= kMaxCountingGroup ? m : 0);
   std::vector<typename OrderedKey<Compute>::Type> keys(m > kMaxCountingGroup ? m : 0);
-  std::vector<typename OrderedKey<Compute>::Type> candidates(keys.size());
   for (int64_t row = row_begin; row < row_end; ++row) {
     for (int64_t start = 0; start < k; start += m) {
       const int64_t base = row * k + start;
@@ -142,7 +141,7 @@ Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t
       } else if (n <= 0 || n >= m) {
         std::fill(out, out + m, n > 0);
       } else {
-        const Compute threshold = nth_largest(group.data(), m, n, keys, candidates);
+        const Compute threshold = nth_largest(group.data(), m, n, keys);
         // Every score above the threshold is kept, then the first ties by index until n are kept.
         int64_t ties = n;
         for (int64_t i = 0; i < m; ++i) {
