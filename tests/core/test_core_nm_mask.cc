@@ -1,11 +1,13 @@
 // Torch-free tests of the N:M keep-mask kernel: the n largest of each group kept (ties: lower
 // index), the output poisoned first, a NaN score reported with its column; groups wider than the
-// rank count (radix selection) against a stable sort, with ties, both signs and both zeros.
+// rank count (radix selection) against a stable sort, with ties, both signs, both zeros,
+// subnormals and the largest finite values.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -56,6 +58,19 @@ void wide_groups_match_a_stable_sort(prunekit::ScoreType type) {
       for (auto& score : scores) {
         const int value = level(random);
         score = value == 0 && (random() & 1) ? T(-0.0) : T(value) * T(0.37);
+      }
+      if (levels == 2) {  // the extremes of the key order, next to each other and to both zeros
+        const T extremes[] = {std::numeric_limits<T>::max(),
+                              -std::numeric_limits<T>::max(),
+                              std::numeric_limits<T>::denorm_min(),
+                              -std::numeric_limits<T>::denorm_min(),
+                              std::numeric_limits<T>::min(),
+                              -std::numeric_limits<T>::min(),
+                              T(0.0),
+                              T(-0.0)};
+        for (auto& score : scores) {
+          if (random() & 1) score = extremes[random() % 8];
+        }
       }
       for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{2}, m / 3, m / 2, m - 1, m}) {
         std::vector<unsigned char> keep(scores.size(), 0x55);

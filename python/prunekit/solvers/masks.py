@@ -33,42 +33,39 @@ def prune_count(numel: int, sparsity: float) -> int:
     return min(numel, int(round(sparsity * numel)))
 
 
+def _all_finite(scores: torch.Tensor) -> bool:
+    """Whether every score is finite (True when there are none): aminmax propagates NaN and keeps
+    Inf, one reduction with no temporary the size of the scores."""
+    if scores.numel() == 0:
+        return True
+    low, high = torch.aminmax(scores.detach())
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 def _check_scores(scores: torch.Tensor, name: str) -> None:
     if scores.dim() != 2:
         raise ValueError(f"{name}: scores must be 2-D (out_features, in_features), but got shape "
                          f"{tuple(scores.shape)}")
-    # amax propagates NaN and keeps Inf: one reduction instead of a mask the size of the scores
-    if scores.numel() and not bool(torch.isfinite(scores.detach().abs().amax())):
+    if scores.is_floating_point() and not _all_finite(scores):
         raise ValueError(f"{name}: importance scores hold NaN or Inf (non-finite weights or "
                          "calibration activations)")
 
 
 def _lowest_in_rows(scores: torch.Tensor, count: int) -> torch.Tensor:
     """(rows, cols) bool: True at the ``count`` lowest entries of each row, ties going to the lower
-    column index: the first ``count`` of a stable ascending sort. On CPU, for finite floating-point
-    scores, found by selection in linear time (``nm_mask`` of the negated scores, one group per row,
-    or kthvalue for dtypes it does not take); otherwise by that sort (NaN last, as it orders them;
-    CUDA's kthvalue is slow on one long row)."""
+    column index: the first ``count`` of a stable ascending sort. On CPU, for finite fp32, fp64,
+    fp16 and bf16 scores, found by selection in linear time (``nm_mask`` of the negated scores, one
+    group per row); otherwise by that sort (NaN last, as it orders them)."""
     rows, cols = scores.shape
     if count <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     if count >= cols:
         return torch.ones_like(scores, dtype=torch.bool)
-    if scores.device.type != "cpu" or not scores.is_floating_point() or not bool(torch.isfinite(scores.abs().amax())):
-        lowest = torch.zeros_like(scores, dtype=torch.bool)
-        return lowest.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :count], True)
-    if scores.dtype in SELECTION_DTYPES:
+    if scores.device.type == "cpu" and scores.dtype in SELECTION_DTYPES and _all_finite(scores):
         # keeping the count largest of -scores (ties: lower index) prunes the count lowest of scores
-        return ops.nm_mask(torch.neg(scores).contiguous(), count, cols)
-    threshold = torch.kthvalue(scores, count, dim=1, keepdim=True).values
-    lowest = scores < threshold
-    ties = scores == threshold
-    # Of the entries equal to the threshold, the first (count - #below) by column are taken.
-    wanted = count - lowest.sum(dim=1, keepdim=True)
-    if bool((ties.sum(dim=1, keepdim=True) > wanted).any()):
-        ties &= torch.cumsum(ties, dim=1) <= wanted
-    lowest |= ties
-    return lowest
+        return ops.nm_mask(torch.neg(scores.detach()).contiguous(), count, cols)
+    lowest = torch.zeros_like(scores, dtype=torch.bool)
+    return lowest.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :count], True)
 
 
 def keep_lowest_pruned(scores: torch.Tensor, count: int) -> torch.Tensor:
