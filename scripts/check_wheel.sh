@@ -41,13 +41,12 @@ cd "$work"
 import pathlib, sys
 import prunekit
 source, installed = pathlib.Path(sys.argv[1]), pathlib.Path(prunekit.__file__).parent
-missing = [str(path.relative_to(source)) for path in source.rglob("*")
-           if path.is_file() and "__pycache__" not in path.parts and not path.name.startswith("_C.")
-           and not (installed / path.relative_to(source)).is_file()]
+files = [path.relative_to(source) for path in source.rglob("*")
+         if path.is_file() and "__pycache__" not in path.parts and not path.name.startswith("_C.")]
+missing = [str(path) for path in files if not (installed / path).is_file()]
 if missing:
     sys.exit(f"check_wheel: the wheel lacks {len(missing)} file(s) of python/prunekit: {', '.join(missing[:10])}")
-print(f"check_wheel: all {sum(1 for p in source.rglob('*') if p.is_file() and '__pycache__' not in p.parts)} "
-      "source package files are in the wheel")
+print(f"check_wheel: all {len(files)} files of python/prunekit are in the wheel")
 PY
 if [ "$full" = 1 ]; then
   "$work/venv/bin/python" -m pytest tests -q -p no:cacheprovider

@@ -30,8 +30,6 @@ fi
 
 if [ "${PRUNEKIT_CUDA_COMPILE:-1}" = 0 ]; then
   echo "== KERNELS_ONLY skipped: PRUNEKIT_CUDA_COMPILE=0"
-elif command -v nvcc >/dev/null && [ "${PRUNEKIT_FULL_CUDA_BUILD_FOLLOWS:-0}" = 1 ]; then
-  echo "== KERNELS_ONLY skipped: the full CUDA build that follows compiles the same kernels"
 elif command -v nvcc >/dev/null; then
   echo "== KERNELS_ONLY: CUDA kernels for sm_80 and sm_90a (no GPU needed)"
   cmake -S . -B build/kernels-only -G Ninja -DPRUNEKIT_CUDA=KERNELS_ONLY -DPython_EXECUTABLE="$(command -v "$PYTHON")" >/dev/null
