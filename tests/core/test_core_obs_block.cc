@@ -1,10 +1,14 @@
 // Torch-free tests of SparseGPT's in-block OBS kernel: every kernel of the tables of the ISAs this
 // CPU runs, against a naive column-by-column loop, for unstructured (given mask) and N:M (chosen in the
-// kernel) patterns, odd row counts and block widths.
+// kernel) patterns, odd row counts and block widths; the block's exact-count prune mask (radix
+// selection) against a stable sort, with ties, both zeros and extreme values.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -69,10 +73,46 @@ void check(const char* name, ObsBlockUpdateFn fn, std::mt19937& rng) {
   std::printf("obs_block (%s) checked\n", name);
 }
 
+// keep[i] false for the k smallest scores by a stable ascending sort (ties: lower index pruned).
+void prune_mask_matches_a_stable_sort(std::mt19937& rng) {
+  for (int64_t count : {1, 2, 17, 300, 5000}) {
+    for (int levels : {1, 3, 1 << 20}) {
+      std::vector<float> scores(count);
+      std::uniform_int_distribution<int> level(0, levels);
+      for (auto& score : scores) {
+        const int value = level(rng);
+        score = value == 0 && (rng() & 1) ? -0.0f : float(value) * 0.37f;
+      }
+      if (levels == 1) {  // the extremes of the key order among ties and both zeros
+        const float extremes[] = {std::numeric_limits<float>::max(),
+                                  std::numeric_limits<float>::denorm_min(),
+                                  std::numeric_limits<float>::min(),
+                                  std::numeric_limits<float>::infinity(),
+                                  0.0f,
+                                  -0.0f};
+        for (auto& score : scores) {
+          if (rng() & 1) score = extremes[rng() % 6];
+        }
+      }
+      std::vector<int64_t> order(count);
+      std::iota(order.begin(), order.end(), int64_t{0});
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return scores[a] < scores[b]; });
+      for (int64_t k : {int64_t{-1}, int64_t{0}, int64_t{1}, count / 3, count / 2, count - 1, count, count + 1}) {
+        std::vector<unsigned char> keep(count, 0x55);
+        prune_mask_smallest_scalar(scores.data(), count, k, reinterpret_cast<bool*>(keep.data()));
+        std::vector<unsigned char> expected(count, 1);
+        for (int64_t i = 0; i < std::clamp<int64_t>(k, 0, count); ++i) expected[order[i]] = 0;
+        EXPECT(keep == expected);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   std::mt19937 rng(0);
+  prune_mask_matches_a_stable_sort(rng);
   for (const auto* table : tables_with_own(&CpuKernelConfig::obs_block_update)) {
     check(isa_name(table->isa), table->obs_block_update, rng);
   }

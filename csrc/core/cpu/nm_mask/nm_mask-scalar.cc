@@ -2,73 +2,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "prunekit/half.h"
 #include "prunekit/kernels_cpu.h"
+#include "prunekit/radix_select.h"
 
 namespace prunekit::cpu {
 namespace {
-
-// Floating-point scores as unsigned integers of the same order (-0.0 read as +0.0, its equal), so
-// that selection runs on digits: counting passes without data-dependent branches, where a
-// comparison-based selection mispredicts about every other comparison.
-template <typename Compute>
-struct OrderedKey;
-template <>
-struct OrderedKey<float> {
-  using Type = uint32_t;
-};
-template <>
-struct OrderedKey<double> {
-  using Type = uint64_t;
-};
-
-template <typename Compute>
-typename OrderedKey<Compute>::Type to_key(Compute value) {
-  using Key = typename OrderedKey<Compute>::Type;
-  constexpr Key sign = Key{1} << (8 * sizeof(Key) - 1);
-  value += Compute(0);  // -0.0 -> +0.0
-  Key bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  return (bits & sign) ? ~bits : (bits | sign);
-}
-
-template <typename Compute>
-Compute from_key(typename OrderedKey<Compute>::Type key) {
-  using Key = typename OrderedKey<Compute>::Type;
-  constexpr Key sign = Key{1} << (8 * sizeof(Key) - 1);
-  const Key bits = (key & sign) ? (key & ~sign) : ~key;
-  Compute value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-}
-
-// The n-th largest (1 <= n < m) of m finite scores, by most-significant-digit radix selection:
-// each 8-bit digit's histogram names the bucket holding it, and only that bucket's keys go on,
-// compacted in place. ``keys`` is scratch of m entries.
-template <typename Compute, typename Key>
-Compute nth_largest(const Compute* values, int64_t m, int64_t n, std::vector<Key>& keys) {
-  for (int64_t i = 0; i < m; ++i) keys[i] = to_key(values[i]);
-  Key* current = keys.data();
-  int64_t count = m, rank = n;  // the rank-th largest of current[0, count)
-  for (int shift = 8 * int(sizeof(Key)) - 8; shift >= 0; shift -= 8) {
-    int64_t histogram[256] = {};
-    for (int64_t i = 0; i < count; ++i) ++histogram[(current[i] >> shift) & 0xff];
-    int digit = 255;
-    while (histogram[digit] < rank) rank -= histogram[digit--];
-    if (histogram[digit] == count) continue;  // every key shares this digit
-    int64_t kept = 0;
-    for (int64_t i = 0; i < count; ++i) {
-      const Key key = current[i];
-      current[kept] = key;  // kept <= i: nothing unread is overwritten
-      kept += int(((key >> shift) & 0xff) == Key(digit));
-    }
-    count = kept;
-  }
-  return from_key<Compute>(current[0]);
-}
 
 // Groups up to this size are ranked by counting (m^2 compares, no scratch); larger ones select.
 constexpr int64_t kMaxCountingGroup = 16;
@@ -118,7 +59,7 @@ Status mask_rows(Load load, bool* keep, int64_t k, int64_t n, int64_t m, int64_t
   }
   std::vector<Compute> group(m);
   std::vector<int64_t> rank(m <= kMaxCountingGroup ? m : 0);
-  std::vector<typename OrderedKey<Compute>::Type> keys(m > kMaxCountingGroup ? m : 0);
+  std::vector<OrderedKey<Compute>> keys(m > kMaxCountingGroup ? m : 0);
   for (int64_t row = row_begin; row < row_end; ++row) {
     for (int64_t start = 0; start < k; start += m) {
       const int64_t base = row * k + start;

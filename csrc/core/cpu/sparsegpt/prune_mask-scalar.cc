@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "prunekit/kernels_cpu.h"
+#include "prunekit/radix_select.h"
 
 namespace prunekit::cpu {
 
@@ -15,9 +16,8 @@ void prune_mask_smallest_scalar(const float* scores, int64_t count, int64_t k, b
     std::fill(keep, keep + count, false);
     return;
   }
-  std::vector<float> sorted(scores, scores + count);
-  std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end());
-  const float threshold = sorted[k - 1];
+  std::vector<OrderedKey<float>> keys(count);
+  const float threshold = nth_largest(scores, count, count - k + 1, keys);  // the k-th smallest
   int64_t below = 0;
   for (int64_t i = 0; i < count; ++i) below += scores[i] < threshold;
   int64_t ties_to_prune = k - below;
