@@ -24,6 +24,7 @@ import torch.nn as nn
 from . import criteria
 from .allocation import global_allocation, owl_layer_sparsities, uniform_allocation
 from .calibrate.gradients import gradient_norms, language_model_loss
+from .calibrate.hessian import hessian_quadratic_forms
 from .calibrate.pipeline import (INPUT_STATISTICS, CalibrationBatch, LayerInputStats, PrunableLayer,
                                  find_prunable_layers, walk_blocks)
 from .calibrate.timing import StageTimer
@@ -337,10 +338,7 @@ def _error_terms(dense: torch.Tensor, pruned: torch.Tensor, stats: LayerInputSta
         numerator = float((delta.square() * diagonal).sum())
         denominator = float((dense.square() * diagonal).sum())
         return max(numerator, 0.0), denominator
-    hessian = stats.hessian.to(torch.float32)
-    delta = dense - pruned
-    numerator = float(((delta @ hessian) * delta).sum())
-    denominator = float(((dense @ hessian) * dense).sum())
+    numerator, denominator = hessian_quadratic_forms([dense - pruned, dense], stats.hessian)
     return max(numerator, 0.0), denominator
 
 

@@ -1,10 +1,11 @@
 """The running layer Hessian (calibrate/hessian.py) and its op: batch formula, Conv2d patches,
-chunking, bad inputs."""
+chunking, bad inputs; its quadratic forms (the report's exact errors)."""
 
 import pytest
 import torch
 
 from prunekit.calibrate import HessianAccumulator
+from prunekit.calibrate.hessian import hessian_quadratic_forms
 
 
 class TestHessianAccumulator:
@@ -103,3 +104,18 @@ def test_all_finite_confirms_an_overflowing_sum():
     assert not all_finite(torch.tensor([1.0, float("nan")]))
     assert not all_finite(torch.tensor([float("inf"), float("-inf")]))
     assert all_finite(torch.empty(0))
+
+
+@pytest.mark.parametrize("cols", [5, 191, 384, 577, 1000])
+def test_hessian_quadratic_forms_match_the_full_product(cols):
+    # Below 3 tiles of 192 the whole product runs; from 3 up only the lower tiles, odd widths included.
+    generator = torch.Generator().manual_seed(cols)
+    inputs = torch.randn(3 * cols, cols, generator=generator, dtype=torch.float64)
+    hessian = (inputs.T @ inputs / inputs.shape[0]).float()
+    matrices = [torch.randn(rows, cols, generator=generator) for rows in (1, 7, 130)]
+    forms = hessian_quadratic_forms(matrices, hessian)
+    for matrix, form in zip(matrices, forms):
+        expected = float(((matrix.double() @ hessian.double()) * matrix.double()).sum())
+        assert form == pytest.approx(expected, rel=1e-5)
+    assert hessian_quadratic_forms([matrices[1]], hessian)[0] == pytest.approx(forms[1], rel=1e-6)
+    assert hessian_quadratic_forms([torch.zeros(4, cols)], hessian) == [0.0]
