@@ -109,7 +109,7 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
         if stats is not None and error_kind is not None:
             with timer.stage("errors"):
                 error_terms = _error_terms(dense, pruned, stats, error_kind)
-        layer.set_matrix(pruned)
+        layer.set_matrix(pruned, adopt=True)
         return error_terms
 
     # A criterion drawing random numbers takes them from one generator in layer order, so every
@@ -127,7 +127,7 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
                                                        post.after_block, needs, timer):
         post.before_solve(step_layers)
         terms = strategy.solve(list(step_layers), lambda name: timed_solve(step_layers[name], step_stats.get(name)),
-                               outputs={name: layer.weight.detach() for name, layer in step_layers.items()},
+                               weight=lambda name: step_layers[name].weight.detach(),
                                cost=lambda name: method.cost(*step_layers[name].matrix().shape),
                                replicated=replicated, what=what)
         with timer.stage("solves"):

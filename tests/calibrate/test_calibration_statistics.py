@@ -240,3 +240,23 @@ def test_stage_timer_is_exclusive():
     assert timer.seconds["inner"] >= 0.03 and timer.seconds["outer"] >= 0.02
     assert timer.seconds["outer"] + timer.seconds["inner"] <= total  # the inner stage is not counted twice
     assert timer.seconds["outer"] <= total - timer.seconds["inner"]
+
+
+def test_set_matrix_adopts_the_matrix_only_where_it_fits():
+    linear = nn.Linear(6, 4)
+    layer, param = PrunableLayer("fc", linear), linear.weight
+    fresh = torch.randn(4, 6)
+    layer.set_matrix(fresh, adopt=True)
+    assert linear.weight is param and param.data_ptr() == fresh.data_ptr() and param.requires_grad
+    # Copied: a view into a larger buffer or another dtype (adopt asked), or adopt not asked.
+    for matrix, adopt in ((torch.randn(8, 6)[2:6], True), (torch.randn(4, 6, dtype=torch.float64), True),
+                          (torch.randn(4, 6), False)):
+        before = param.data_ptr()
+        layer.set_matrix(matrix, adopt=adopt)
+        assert param.data_ptr() == before and torch.equal(param.detach(), matrix.to(param.dtype))
+    # A transformers Conv1D holds (in, out): the transposed matrix is not contiguous, so it is copied.
+    conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D(4, 6)
+    layer = PrunableLayer("c", conv1d)
+    matrix = torch.randn(4, 6)
+    layer.set_matrix(matrix, adopt=True)
+    assert torch.equal(conv1d.weight.detach(), matrix.t()) and conv1d.weight.data_ptr() != matrix.data_ptr()

@@ -16,7 +16,7 @@ def test_single_process_seams_do_the_work_in_order():
     strategy.reduce_sums_({"a": tensor}, "the test")
     assert torch.equal(tensor, torch.ones(3))
     order = []
-    results = strategy.solve(["b", "a"], lambda name: order.append(name) or (1.0, 2.0), outputs={}, cost=None,
+    results = strategy.solve(["b", "a"], lambda name: order.append(name) or (1.0, 2.0), weight=None, cost=None,
                              replicated=False, what="the test")
     assert order == ["b", "a"] and results == {"b": (1.0, 2.0), "a": (1.0, 2.0)}
 

@@ -87,11 +87,19 @@ class PrunableLayer:
         return weight.reshape(weight.shape[0], -1)
 
     @torch.no_grad()
-    def set_matrix(self, matrix: torch.Tensor) -> None:
-        """Writes a (out_features, in_features) matrix back into the weight, in place."""
+    def set_matrix(self, matrix: torch.Tensor, *, adopt: bool = False) -> None:
+        """Writes a (out_features, in_features) matrix back into the weight (the same Parameter).
+
+        ``adopt``: the weight takes over ``matrix``'s memory (the caller keeps no other use of it)
+        where the dtype, device and layout allow, instead of copying into its own. The first write
+        into memory the weight was loaded into can cost a page fault per page (a memory-mapped
+        checkpoint's pages are copied on write), more than the copy itself."""
         weight = self.module.weight
         value = matrix.t() if self.kind == "conv1d" else matrix.reshape(weight.shape)
-        weight.copy_(value.to(weight.dtype))
+        if adopt and _can_adopt(weight, value):
+            weight.data = value
+        else:
+            weight.copy_(value.to(weight.dtype))
 
     def reads_rows_like(self, other: "PrunableLayer") -> bool:
         """Whether ``other`` turns one input tensor into the same rows as this layer (both Linear or
@@ -111,6 +119,14 @@ class PrunableLayer:
         if token_mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(token_mask.shape):
             x = x[token_mask]
         return x.reshape(-1, x.shape[-1])
+
+
+def _can_adopt(weight: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether ``value`` can become ``weight``'s data as it is: same dtype, device, shape and
+    (contiguous) strides, and its storage holds nothing else (no larger buffer kept alive)."""
+    return (value.dtype == weight.dtype and value.device == weight.device and value.shape == weight.shape
+            and weight.is_contiguous() and value.is_contiguous() and value.storage_offset() == 0
+            and value.untyped_storage().nbytes() == value.numel() * value.element_size())
 
 
 def tensor_version(x: torch.Tensor) -> int | None:

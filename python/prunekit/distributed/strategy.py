@@ -60,11 +60,11 @@ class SingleProcessStrategy:
         """Sums each tensor over the processes, in place: they are complete already."""
 
     def solve(self, names: Sequence[str], solve: Callable[[str], tuple[float, float] | None], *,
-              outputs: Mapping[str, torch.Tensor], cost: Callable[[str], float], replicated: bool,
+              weight: Callable[[str], torch.Tensor], cost: Callable[[str], float], replicated: bool,
               what: str) -> dict[str, tuple[float, float] | None]:
         """Runs ``solve(name)`` for every name, in order, and returns its results by name.
 
-        ``solve`` prunes a layer in place (its weight is ``outputs[name]``) and returns the terms
+        ``solve`` prunes a layer (its weight is then ``weight(name)``) and returns the terms
         of its reconstruction error; ``cost(name)`` is its relative cost; ``replicated``: every
         process must solve every layer itself, in order (a criterion drawing random numbers)."""
         return {name: solve(name) for name in names}
@@ -154,7 +154,7 @@ class ProcessGroupStrategy(SingleProcessStrategy):
         """The rank that solves each job, balanced by ``costs`` (see :func:`assign_owners`)."""
         return assign_owners(costs, self.world)
 
-    def solve(self, names, solve, *, outputs, cost, replicated, what):
+    def solve(self, names, solve, *, weight, cost, replicated, what):
         """Each layer is solved by one rank (balanced by ``cost``, the same assignment on every
         rank), its pruned weight broadcast from there and the error terms summed, so every rank
         ends with the same layers and terms. ``replicated``: every rank solves every layer."""
@@ -168,7 +168,7 @@ class ProcessGroupStrategy(SingleProcessStrategy):
                 if owners[name] == self.rank:
                     terms[i] = torch.tensor(solve(name), dtype=torch.float64)
         for name in names:
-            self.broadcast_(outputs[name], owners[name],
+            self.broadcast_(weight(name), owners[name],
                             what=f"the broadcast of {name}'s pruned weight from rank {owners[name]}")
         self.all_reduce_sum_(terms, what=f"the reconstruction errors after {what}")
         return {name: (float(terms[i, 0]), float(terms[i, 1])) for i, name in enumerate(names)}
