@@ -25,6 +25,7 @@ from . import criteria
 from .allocation import global_allocation, owl_layer_sparsities, uniform_allocation
 from .calibrate.gradients import gradient_norms, language_model_loss
 from .calibrate.hessian import hessian_quadratic_forms
+from .calibrate.linear_backend import resolve_linear_backend
 from .calibrate.pipeline import (INPUT_STATISTICS, CalibrationBatch, LayerInputStats, PrunableLayer,
                                  find_prunable_layers, walk_blocks)
 from .calibrate.timing import StageTimer
@@ -75,6 +76,10 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
     needs, error_kind = _statistics_needed(config, method)
     report.reconstruction_error_kind = error_kind if items is not None else None
     walk_items = items if (needs or _walk_needed(config)) else None  # nothing to gather: no forwards
+    if items is not None:
+        report.linear_backend = resolve_linear_backend(
+            config.linear_backend, single_process=type(strategy) is SingleProcessStrategy,
+            owner="PruneConfig.linear_backend")
     with strategy.guard("the sparsity allocation"), timer.stage("allocation"):
         sparsities = _allocate(model, layers, items, config, strategy,
                                None if block_loader is None else block_loader.reading(), timer)
@@ -258,7 +263,8 @@ def _allocate(model: nn.Module, layers: dict[str, PrunableLayer], items: list | 
         return global_allocation(scores, config.target_sparsity, min_keep=config.min_keep)
     walk = walk_blocks(model, items, layers, sequential=False, device=config.device, blocks_path=config.blocks,
                        progress=config.progress, description="prunekit OWL statistics", strategy=strategy,
-                       block_loader=block_loader, needs={"input_norms"}, timer=timer)
+                       block_loader=block_loader, needs={"input_norms"}, timer=timer,
+                       linear_backend=config.linear_backend)
     return owl_layer_sparsities(walk, config.target_sparsity, outlier_threshold=config.owl_threshold,
                                 lam=config.owl_lambda)
 
@@ -289,7 +295,7 @@ def _steps(model: nn.Module, layers: dict[str, PrunableLayer], items: list | Non
     for step in walk_blocks(model, items, layers, sequential=config.sequential, device=config.device,
                             blocks_path=config.blocks, progress=config.progress, strategy=strategy,
                             block_loader=block_loader, after_block=after_block, needs=needs, timer=timer,
-                            within_block=config.within_block):
+                            within_block=config.within_block, linear_backend=config.linear_backend):
         yield f"pruning the layers of {step.name}", step.name if step.index >= 0 else None, step.layers, step.stats
 
 

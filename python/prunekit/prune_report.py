@@ -34,6 +34,9 @@ class PruneReport:
     layers: list[LayerReport] = field(default_factory=list)
     within_block: str = "parallel"
     """PruneConfig.within_block: how the layers of a block calibrated."""
+    linear_backend: str | None = None
+    """The GEMM library of the calibration forwards' fp32 CPU linears ("aten" or "onednn"; see
+    PruneConfig.linear_backend), None without calibration forwards."""
     calibration_items: int = 0
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
@@ -95,6 +98,7 @@ class PruneReport:
             "refine": self.refine,
             "sequential": self.sequential,
             "within_block": self.within_block,
+            "linear_backend": self.linear_backend,
             "calibration_items": self.calibration_items,
             "seconds": self.seconds,
             "timings": self.timings,

@@ -30,6 +30,7 @@ from .._finite import all_finite
 from .._measure import TEACHER_TARGET_KEYS
 from ..distributed import SingleProcessStrategy
 from .hessian import HessianAccumulator, HessianDiagonalAccumulator
+from .linear_backend import linears_through, resolve_linear_backend
 from .timing import StageTimer, stage
 
 logger = logging.getLogger(__name__)
@@ -632,7 +633,7 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
                 strategy: SingleProcessStrategy | None = None, block_loader=None,
                 after_block: Callable | None = None, needs: Iterable[str] | None = None,
                 share_inputs: bool = True, timer: StageTimer | None = None,
-                within_block: str = "parallel") -> Iterator[CalibrationStep]:
+                within_block: str = "parallel", linear_backend: str = "auto") -> Iterator[CalibrationStep]:
     """Yields one :class:`CalibrationStep` per block that holds some of ``layers`` (then one for
     the layers outside the blocks, if any), with statistics gathered; the caller prunes the step's
     layers before asking for the next step, and the next block sees the pruned outputs
@@ -677,6 +678,9 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
     group of layers reading one input, each calibrating on inputs through the block's layers
     pruned before it; the block runs once instead of twice). "sequential" needs ``sequential``
     and no ``after_block``.
+
+    ``linear_backend``: the GEMM library of the blocks' fp32 CPU linears during the walk ("auto",
+    "aten" or "onednn"; see :mod:`.linear_backend`).
     """
     if within_block not in WITHIN_BLOCK:
         raise ValueError(f"walk_blocks: within_block must be one of {', '.join(map(repr, WITHIN_BLOCK))}, but got "
@@ -691,6 +695,8 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
     # layer-by-layer walk agrees on its groups over the processes first, so it may share in both.
     share_groups = share_inputs
     share_inputs = share_inputs and type(strategy) is SingleProcessStrategy
+    backend = resolve_linear_backend(linear_backend, single_process=type(strategy) is SingleProcessStrategy,
+                                     owner="walk_blocks: linear_backend")
     batches = [CalibrationBatch.from_item(item, i) for i, item in enumerate(calib)]
     if not batches:
         raise ValueError("calib: expected at least one calibration input, but got none")
@@ -725,7 +731,8 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
                 block = blocks[index]
                 name = f"{blocks_name}.{index}"
                 is_last = index == last and not keep_last_outputs
-                with contextlib.nullcontext() if block_loader is None else block_loader.block(index, block):
+                loading = contextlib.nullcontext() if block_loader is None else block_loader.block(index, block)
+                with loading, linears_through(block, backend):
                     block_home = model_device(block)
                     block.to(device)
                     try:
