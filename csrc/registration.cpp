@@ -11,8 +11,9 @@ TORCH_LIBRARY(prunekit, m) {
   m.def("compress_24(Tensor dense) -> (Tensor values, Tensor meta)", tags);
   // values + meta -> the dense (rows, k) matrix, exactly.
   m.def("decompress_24(Tensor values, Tensor meta) -> Tensor", tags);
-  // Running layer Hessian: hessian <- hessian * n_seen / (n_seen + rows) + 2 / (n_seen + rows) * x^T x.
-  m.def("hessian_accumulate_(Tensor(a!) hessian, Tensor x, int n_seen) -> ()", tags);
+  // Running layer Hessian: hessian <- hessian * n_seen / (n_seen + rows) + 2 / (n_seen + rows) * x^T x;
+  // gemm "aten" (the device's BLAS) or "onednn" (oneDNN's linear for an fp32 CPU Hessian).
+  m.def("hessian_accumulate_(Tensor(a!) hessian, Tensor x, int n_seen, str gemm=\"aten\") -> ()", tags);
   // Unstructured sparse (rows, k) -> packed nonzeros, bitmap (rows, ceil(k/16)) int16, row offsets (rows + 1).
   m.def("compress_bitmap(Tensor dense) -> (Tensor values, Tensor bitmap, Tensor row_offsets)", tags);
   // The bitmap format back to the dense (rows, cols) matrix, exactly.

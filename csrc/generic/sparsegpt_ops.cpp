@@ -6,9 +6,12 @@
 // without a fused kernel runs it; CPU and CUDA register their own (the tests reach this one through
 // the dispatcher's kernel for a backend without a registration, torch.library.get_kernel).
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
+#include <vector>
 
 #include "prunekit/sparsegpt_glue.h"
 
@@ -75,7 +78,22 @@ namespace {
 // Tile width of the symmetric Hessian update on CPU: wide enough for GEMM efficiency.
 constexpr int64_t kHessianTile = 192;
 
-void hessian_accumulate_(at::Tensor& hessian, const at::Tensor& x, int64_t n_seen) {
+// left_t @ right_t^T = X_i^T X_j for row-major X^T slices, by oneDNN's linear: the op torch's
+// CPU wheels register as mkldnn::_linear_pointwise (called boxed: no link to its C++ symbol).
+at::Tensor onednn_product(const at::Tensor& left_t, const at::Tensor& right_t) {
+  static const c10::OperatorHandle linear =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  std::vector<c10::IValue> stack{left_t,
+                                 right_t,
+                                 c10::IValue(),
+                                 c10::IValue(std::string("none")),
+                                 c10::IValue(c10::List<std::optional<at::Scalar>>()),
+                                 c10::IValue(std::string(""))};
+  linear.callBoxed(&stack);
+  return stack.at(0).toTensor();
+}
+
+void hessian_accumulate_(at::Tensor& hessian, const at::Tensor& x, int64_t n_seen, c10::string_view gemm) {
   constexpr const char* op = "hessian_accumulate_";
   check_dtype(hessian, op, "hessian", {at::kFloat, at::kDouble});
   check_dim(hessian, op, "hessian", 2);
@@ -88,6 +106,8 @@ void hessian_accumulate_(at::Tensor& hessian, const at::Tensor& x, int64_t n_see
                     " columns (the Hessian's size), but got shape ", x.sizes());
   check_same_device(hessian, "hessian", x, "x", op);
   TORCH_CHECK_VALUE(n_seen >= 0, "prunekit.", op, ": argument 'n_seen' must be >= 0, but got ", n_seen);
+  TORCH_CHECK_VALUE(gemm == "aten" || gemm == "onednn", "prunekit.", op,
+                    ": argument 'gemm' must be 'aten' or 'onednn', but got '", gemm, "'");
   const int64_t rows = x.size(0);
   if (rows == 0) return;
   const at::Tensor xs = x.to(hessian.scalar_type());
@@ -98,8 +118,20 @@ void hessian_accumulate_(at::Tensor& hessian, const at::Tensor& x, int64_t n_see
   const double beta = double(n_seen) / total, alpha = 2.0 / total;
   const int64_t features = hessian.size(0);
   const int64_t tiles = (features + kHessianTile - 1) / kHessianTile;
+  // oneDNN's linear runs fp32 on CPU; anything else takes the device's BLAS.
+  const bool onednn = gemm == "onednn" && hessian.is_cpu() && hessian.scalar_type() == at::kFloat;
+  const at::Tensor xt = onednn ? xs.t().contiguous() : at::Tensor();
+  // X_i^T X_j for the column ranges [i, i + rows_i) and [j, j + cols_j) of X.
+  const auto product = [&](int64_t i, int64_t rows_i, int64_t j, int64_t cols_j) {
+    return onednn ? onednn_product(xt.narrow(0, i, rows_i), xt.narrow(0, j, cols_j))
+                  : at::mm(xs.narrow(1, i, rows_i).t(), xs.narrow(1, j, cols_j));
+  };
   if (!hessian.is_cpu() || tiles < 3) {
-    hessian.addmm_(xs.t(), xs, beta, alpha);
+    if (onednn) {
+      hessian.mul_(beta).add_(product(0, features, 0, features), alpha);
+    } else {
+      hessian.addmm_(xs.t(), xs, beta, alpha);
+    }
     return;
   }
   // X^T X is symmetric: on CPU only the tiles on and below the diagonal are multiplied (at 3+
@@ -109,17 +141,16 @@ void hessian_accumulate_(at::Tensor& hessian, const at::Tensor& x, int64_t n_see
   const int64_t width = (features + tiles - 1) / tiles;
   for (int64_t i = 0; i < features; i += width) {
     const int64_t rows_i = std::min(width, features - i);
-    const at::Tensor xi = xs.narrow(1, i, rows_i);
     for (int64_t j = 0; j <= i; j += width) {
       const int64_t cols_j = std::min(width, features - j);
       at::Tensor lower = hessian.narrow(0, i, rows_i).narrow(1, j, cols_j);
-      if (j == i) {
-        lower.addmm_(xi.t(), xs.narrow(1, j, cols_j), beta, alpha);
+      if (j == i && !onednn) {
+        lower.addmm_(xs.narrow(1, i, rows_i).t(), xs.narrow(1, j, cols_j), beta, alpha);
         continue;
       }
-      const at::Tensor product = at::mm(xi.t(), xs.narrow(1, j, cols_j));
-      lower.mul_(beta).add_(product, alpha);
-      hessian.narrow(0, j, cols_j).narrow(1, i, rows_i).mul_(beta).add_(product.t(), alpha);
+      const at::Tensor tile = product(i, rows_i, j, cols_j);
+      lower.mul_(beta).add_(tile, alpha);
+      if (j != i) hessian.narrow(0, j, cols_j).narrow(1, i, rows_i).mul_(beta).add_(tile.t(), alpha);
     }
   }
 }

@@ -6,6 +6,7 @@ import torch
 
 from prunekit.calibrate import HessianAccumulator
 from prunekit.calibrate.hessian import hessian_quadratic_forms
+from prunekit.calibrate.linear_backend import onednn_available
 
 
 class TestHessianAccumulator:
@@ -86,6 +87,41 @@ def test_op_on_any_start_matrix_follows_its_formula(features):
     torch.ops.prunekit.hessian_accumulate_(hessian, x, 700)
     expected = start * (700 / 1000) + (2 / 1000) * x.T @ x
     torch.testing.assert_close(hessian, expected, rtol=1e-12, atol=1e-12)
+
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("features", [5, 191, 576, 577])
+def test_op_through_onednn_follows_its_formula(features):
+    """gemm="onednn": the same formula on an fp32 CPU Hessian (whole product below 3 tiles, lower
+    tiles mirrored from 3 up), to fp32 rounding; an fp64 Hessian takes ATen's GEMM."""
+    generator = torch.Generator().manual_seed(features)
+    start = torch.randn(features, features, generator=generator)
+    x = torch.randn(300, features, generator=generator)
+    hessian = start.clone()
+    torch.ops.prunekit.hessian_accumulate_(hessian, x, 700, "onednn")
+    expected = start.double() * (700 / 1000) + (2 / 1000) * x.double().T @ x.double()
+    torch.testing.assert_close(hessian.double(), expected, rtol=1e-5, atol=1e-5)
+    symmetric = torch.zeros(features, features)
+    torch.ops.prunekit.hessian_accumulate_(symmetric, x, 0, "onednn")
+    assert torch.equal(symmetric, symmetric.T)
+    double = start.double()
+    torch.ops.prunekit.hessian_accumulate_(double, x.double(), 700, "onednn")
+    torch.testing.assert_close(double, expected, rtol=1e-12, atol=1e-12)
+    torch.library.opcheck(torch.ops.prunekit.hessian_accumulate_.default, (torch.zeros(5, 5), x[:5, :5], 3, "onednn"))
+    accumulator = HessianAccumulator(features, gemm="onednn")
+    accumulator.add(x)
+    torch.testing.assert_close(accumulator.hessian, symmetric)
+
+
+def test_op_and_accumulator_refuse_an_unknown_gemm():
+    with pytest.raises(ValueError, match=r"hessian_accumulate_: argument 'gemm' must be 'aten' or 'onednn', "
+                                         r"but got 'mkl'"):
+        torch.ops.prunekit.hessian_accumulate_(torch.zeros(4, 4), torch.ones(2, 4), 0, "mkl")
+    with pytest.raises(ValueError, match=r"HessianAccumulator: gemm must be 'aten' or 'onednn', but got 'blas'"):
+        HessianAccumulator(4, gemm="blas")
 
 
 def test_bad_rows_leave_the_accumulator_unchanged():

@@ -32,13 +32,17 @@ class HessianAccumulator:
     stored. ``dtype`` is the accumulator's (fp32 default, fp64 for very long calibration); inputs
     of any float dtype are upcast batch by batch.
 
-    Use ``add(x)`` directly, or ``attach(module)`` to feed it from a forward hook.
+    Use ``add(x)`` directly, or ``attach(module)`` to feed it from a forward hook. ``gemm``: the
+    products' library, "aten" or "onednn" (fp32 on CPU; see :mod:`.linear_backend`).
     """
 
     def __init__(self, module_or_features, *, dtype: torch.dtype = torch.float32, device=None,
-                 max_rows_per_step: int = 8192):
+                 max_rows_per_step: int = 8192, gemm: str = "aten"):
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"HessianAccumulator: dtype must be float32 or float64, but got {dtype}")
+        if gemm not in ("aten", "onednn"):
+            raise ValueError(f"HessianAccumulator: gemm must be 'aten' or 'onednn', but got {gemm!r}")
+        self.gemm = gemm
         self.module = module_or_features if isinstance(module_or_features, nn.Module) else None
         if self.module is None:
             features = int(module_or_features)
@@ -80,7 +84,7 @@ class HessianAccumulator:
         rows = self._rows(x.detach())
         for start in range(0, rows.shape[0], self.max_rows_per_step):
             chunk = rows[start : start + self.max_rows_per_step]
-            torch.ops.prunekit.hessian_accumulate_(self.hessian, chunk.contiguous(), self.n_samples)
+            torch.ops.prunekit.hessian_accumulate_(self.hessian, chunk.contiguous(), self.n_samples, self.gemm)
             self.n_samples += chunk.shape[0]
 
     @torch.no_grad()

@@ -156,9 +156,11 @@ class LayerInputStats:
     :class:`HessianAccumulator`), or only its diagonal (:class:`HessianDiagonalAccumulator`,
     equal to the full Hessian's up to rounding) when the norms or the variance are needed without H, and
     the feature sums for the mean and variance. The L2 norm, mean and variance of every input
-    feature follow from these. Reading a statistic that was not gathered raises ValueError."""
+    feature follow from these. Reading a statistic that was not gathered raises ValueError.
+    ``linear_backend``: the Hessian products' library ("aten" or "onednn", resolved)."""
 
-    def __init__(self, layer: PrunableLayer, device=None, needs: Iterable[str] | None = None):
+    def __init__(self, layer: PrunableLayer, device=None, needs: Iterable[str] | None = None,
+                 linear_backend: str = "aten"):
         self.layer = layer
         self.needs = INPUT_STATISTICS if needs is None else frozenset(needs)
         unknown = sorted(self.needs - INPUT_STATISTICS)
@@ -167,7 +169,8 @@ class LayerInputStats:
                              f"{unknown}")
         features = layer.in_features
         self.device = torch.device(device) if device is not None else layer.weight.device
-        self.accumulator = HessianAccumulator(features, device=self.device) if "hessian" in self.needs else None
+        self.accumulator = (HessianAccumulator(features, device=self.device, gemm=linear_backend)
+                            if "hessian" in self.needs else None)
         self.diagonal_accumulator = None
         if self.accumulator is None and self.needs & {"input_norms", "input_var"}:
             self.diagonal_accumulator = HessianDiagonalAccumulator(features, device=self.device)
@@ -742,11 +745,12 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
                                                             share_groups, strategy, timer)
                         if groups is not None:
                             yield from _walk_layer_by_layer(name, index, block, block_layers[index], groups, inputs,
-                                                            is_last, strategy, needs, timer, indices)
+                                                            is_last, strategy, needs, timer, indices, backend)
                         else:
                             yield from _walk_one_block(name, index, block, block_layers[index], inputs, sequential,
                                                        is_last=is_last, strategy=strategy, after_block=after_block,
-                                                       needs=needs, share_inputs=share_inputs, timer=timer)
+                                                       needs=needs, share_inputs=share_inputs, timer=timer,
+                                                       linear_backend=backend)
                     finally:
                         block.to(block_home)
             bar.close()
@@ -784,14 +788,16 @@ def _layer_by_layer_groups(name: str, block: nn.Module, layers: dict[str, Prunab
 def _walk_layer_by_layer(name: str, index: int, block: nn.Module, layers: dict[str, PrunableLayer],
                          groups: list[list[str]], inputs: list[BlockInput], is_last: bool,
                          strategy: SingleProcessStrategy, needs: frozenset[str],
-                         timer: StageTimer | None, indices: list[int]) -> Iterator[CalibrationStep]:
+                         timer: StageTimer | None, indices: list[int],
+                         linear_backend: str = "aten") -> Iterator[CalibrationStep]:
     """One step per group of the block's layers, calibrated layer by layer (see
     :mod:`.layer_by_layer`); afterwards the items' hidden states are the pruned block's outputs.
     ``indices``: the items' positions in the caller's calibration list."""
     from .layer_by_layer import LayerByLayerPass
 
     with strategy.guard(f"starting the layer-by-layer pass of {name}"):
-        walk = LayerByLayerPass(name, block, layers, groups, inputs, lambda layer: LayerInputStats(layer, needs=needs),
+        walk = LayerByLayerPass(name, block, layers, groups, inputs,
+                                lambda layer: LayerInputStats(layer, needs=needs, linear_backend=linear_backend),
                                 _effective_token_mask, timer, finish=not is_last, item_numbers=indices)
     try:
         for group, stats in walk.steps(strategy):
@@ -809,13 +815,14 @@ def _walk_one_block(name: str, index: int, block: nn.Module, layers: dict[str, P
                     inputs: list[BlockInput], sequential: bool, is_last: bool,
                     strategy: SingleProcessStrategy, after_block: Callable | None = None,
                     needs: frozenset[str] = INPUT_STATISTICS, share_inputs: bool = True,
-                    timer: StageTimer | None = None) -> Iterator[CalibrationStep]:
+                    timer: StageTimer | None = None, linear_backend: str = "aten") -> Iterator[CalibrationStep]:
     need_outputs = not is_last
     keep_dense = (need_outputs and not sequential) or after_block is not None
     share = share_inputs
     while True:
         token_mask: list = [None]
-        feed = _SharedInputs(layers, lambda layer: LayerInputStats(layer, needs=needs), token_mask, share, timer,
+        feed = _SharedInputs(layers, lambda layer: LayerInputStats(layer, needs=needs, linear_backend=linear_backend),
+                             token_mask, share, timer,
                              stop_after_last=not keep_dense)
         dense_outputs: list[torch.Tensor] | None = [] if keep_dense else None
         with strategy.guard(f"the statistics pass of {name}"), torch.no_grad(), feed.hooks(), \

@@ -64,7 +64,7 @@ def _decompress_24_fake(values: torch.Tensor, meta: torch.Tensor) -> torch.Tenso
 
 
 @torch.library.register_fake("prunekit::hessian_accumulate_")
-def _hessian_accumulate_fake(hessian: torch.Tensor, x: torch.Tensor, n_seen: int) -> None:
+def _hessian_accumulate_fake(hessian: torch.Tensor, x: torch.Tensor, n_seen: int, gemm: str = "aten") -> None:
     _check_same_device("hessian_accumulate_", "hessian", hessian=hessian, x=x)
     return None
 
