@@ -35,7 +35,10 @@ def test_onednn_missing_is_a_clear_error(monkeypatch):
 
 
 @needs_onednn
-def test_patched_linears_match_f_linear_keep_hooks_and_are_restored():
+def test_patched_linears_match_f_linear_keep_hooks_and_are_restored(monkeypatch):
+    calls = []
+    onednn_linear = linear_backend.onednn_linear
+    monkeypatch.setattr(linear_backend, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
     torch.manual_seed(0)
     block = nn.Sequential(nn.Linear(37, 53), nn.ReLU(), nn.Linear(53, 11, bias=False))
     seen = []
@@ -46,7 +49,12 @@ def test_patched_linears_match_f_linear_keep_hooks_and_are_restored():
         assert "forward" in block[0].__dict__ and "forward" in block[2].__dict__
         got = block(x)
     torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-5)
-    assert seen == [x.shape, x.shape]
+    assert seen == [x.shape, x.shape] and len(calls) == 2  # both linears ran through oneDNN
+    strided = torch.randn(5, 3, 37).transpose(0, 1)  # a non-contiguous input
+    with torch.no_grad():
+        expected = block(strided)
+        with linears_through(block, "onednn"):
+            torch.testing.assert_close(block(strided), expected, rtol=1e-5, atol=1e-5)
     assert "forward" not in block[0].__dict__ and "forward" not in block[2].__dict__
     with linears_through(block, "aten"):
         assert "forward" not in block[0].__dict__
