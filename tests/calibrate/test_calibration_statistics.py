@@ -254,6 +254,11 @@ def test_set_matrix_adopts_the_matrix_only_where_it_fits():
         before = param.data_ptr()
         layer.set_matrix(matrix, adopt=adopt)
         assert param.data_ptr() == before and torch.equal(param.detach(), matrix.to(param.dtype))
+    # A weight inside a larger buffer (a flat parameter) is written in place, where the buffer sees it.
+    flat = torch.zeros(30)
+    linear.weight = nn.Parameter(flat[6:30].view(4, 6))
+    layer.set_matrix(torch.randn(4, 6), adopt=True)
+    assert torch.equal(flat[6:].view(4, 6), linear.weight.detach()) and bool(flat[6:].ne(0).all())
     # A transformers Conv1D holds (in, out): the transposed matrix is not contiguous, so it is copied.
     conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D(4, 6)
     layer = PrunableLayer("c", conv1d)

@@ -122,12 +122,17 @@ class PrunableLayer:
         return x.reshape(-1, x.shape[-1])
 
 
+def _owns_storage(tensor: torch.Tensor) -> bool:
+    return (tensor.is_contiguous() and tensor.storage_offset() == 0
+            and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size())
+
+
 def _can_adopt(weight: torch.Tensor, value: torch.Tensor) -> bool:
-    """Whether ``value`` can become ``weight``'s data as it is: same dtype, device, shape and
-    (contiguous) strides, and its storage holds nothing else (no larger buffer kept alive)."""
+    """Whether ``value`` can become ``weight``'s data as it is: same dtype, device and shape, both
+    contiguous, and each alone in its storage (a weight inside a larger buffer, such as a flat
+    parameter, is written in place, where its buffer sees it; no larger buffer is kept alive)."""
     return (value.dtype == weight.dtype and value.device == weight.device and value.shape == weight.shape
-            and weight.is_contiguous() and value.is_contiguous() and value.storage_offset() == 0
-            and value.untyped_storage().nbytes() == value.numel() * value.element_size())
+            and _owns_storage(weight) and _owns_storage(value))
 
 
 def tensor_version(x: torch.Tensor) -> int | None:
