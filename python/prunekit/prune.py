@@ -27,7 +27,7 @@ from .calibrate.gradients import gradient_norms, language_model_loss
 from .calibrate.hessian import hessian_quadratic_forms
 from .calibrate.linear_backend import resolve_linear_backend
 from .calibrate.pipeline import (INPUT_STATISTICS, CalibrationBatch, LayerInputStats, PrunableLayer,
-                                 find_prunable_layers, walk_blocks)
+                                 find_prunable_layers, model_device, walk_blocks)
 from .calibrate.timing import StageTimer
 from .distributed import SingleProcessStrategy, strategy_for
 from .prune_config import PruneConfig
@@ -76,9 +76,10 @@ def _prune(model: nn.Module, config: PruneConfig | None, calib, *, block_loader=
     needs, error_kind = _statistics_needed(config, method)
     report.reconstruction_error_kind = error_kind if items is not None else None
     walk_items = items if (needs or _walk_needed(config)) else None  # nothing to gather: no forwards
-    if items is not None:
+    if walk_items is not None:
         report.linear_backend = resolve_linear_backend(
             config.linear_backend, single_process=type(strategy) is SingleProcessStrategy,
+            device=config.device if config.device is not None else model_device(model),
             owner="PruneConfig.linear_backend")
     with strategy.guard("the sparsity allocation"), timer.stage("allocation"):
         sparsities = _allocate(model, layers, items, config, strategy,

@@ -245,12 +245,16 @@ def test_stage_timer_is_exclusive():
 def test_set_matrix_adopts_the_matrix_only_where_it_fits():
     linear = nn.Linear(6, 4)
     layer, param = PrunableLayer("fc", linear), linear.weight
-    fresh = torch.randn(4, 6)
+    fresh, version = torch.randn(4, 6), param._version
     layer.set_matrix(fresh, adopt=True)
     assert linear.weight is param and param.data_ptr() == fresh.data_ptr() and param.requires_grad
-    # Copied: a view into a larger buffer or another dtype (adopt asked), or adopt not asked.
+    assert param._version > version  # as an in-place copy: autograd sees the weight changed
+    # Copied: a view into a larger buffer, another dtype or an inference tensor (adopt asked), or
+    # adopt not asked.
+    with torch.inference_mode():
+        inference = torch.randn(4, 6)
     for matrix, adopt in ((torch.randn(8, 6)[2:6], True), (torch.randn(4, 6, dtype=torch.float64), True),
-                          (torch.randn(4, 6), False)):
+                          (inference, True), (torch.randn(4, 6), False)):
         before = param.data_ptr()
         layer.set_matrix(matrix, adopt=adopt)
         assert param.data_ptr() == before and torch.equal(param.detach(), matrix.to(param.dtype))

@@ -114,6 +114,12 @@ def test_op_through_onednn_follows_its_formula(features):
     accumulator = HessianAccumulator(features, gemm="onednn")
     accumulator.add(x)
     torch.testing.assert_close(accumulator.hessian, symmetric)
+    # The products come from oneDNN's linear with "onednn" only.
+    for gemm in ("aten", "onednn"):
+        with torch.profiler.profile() as trace:
+            torch.ops.prunekit.hessian_accumulate_(torch.zeros(features, features), x, 0, gemm)
+        ran = any(event.key == "mkldnn::_linear_pointwise" for event in trace.key_averages())
+        assert ran == (gemm == "onednn"), gemm
 
 
 def test_op_and_accumulator_refuse_an_unknown_gemm():

@@ -15,11 +15,22 @@ from tiny_models import calibration, tiny_model
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
 
 
-def test_resolve_settings_and_bad_input():
+def test_resolve_settings_and_bad_input(monkeypatch):
     assert resolve_linear_backend("aten") == "aten"
     assert resolve_linear_backend("auto", single_process=False) == "aten"
     assert resolve_linear_backend("auto") in ("aten", "onednn")
-    assert resolve_linear_backend("auto") == resolve_linear_backend("auto")  # measured once per process
+    # "auto" measures once per process and thread count, without touching the global random stream.
+    measured = []
+    monkeypatch.setattr(linear_backend, "_measured", {})
+    monkeypatch.setattr(linear_backend, "onednn_available", lambda: True)
+    monkeypatch.setattr(linear_backend, "_measure", lambda: measured.append(1) or "onednn")
+    assert [resolve_linear_backend("auto") for _ in range(3)] == ["onednn"] * 3 and measured == [1]
+    assert resolve_linear_backend("auto", device="meta") == "onednn"
+    assert resolve_linear_backend("auto", device="cuda") == resolve_linear_backend("onednn", device="cuda") == "aten"
+    monkeypatch.undo()
+    state = torch.random.get_rng_state()
+    linear_backend._measure()
+    assert torch.equal(torch.random.get_rng_state(), state)
     with pytest.raises(ValueError, match=r"PruneConfig.linear_backend: expected one of 'auto', 'aten', "
                                          r"'onednn', but got 'mkl'"):
         prunekit.PruneConfig(method="wanda", linear_backend="mkl")
@@ -61,33 +72,40 @@ def test_patched_linears_match_f_linear_keep_hooks_and_are_restored(monkeypatch)
 
 
 @needs_onednn
-@pytest.mark.parametrize("case", ["bf16", "grad", "autocast", "1-D"])
-def test_patched_linears_fall_back_to_f_linear(case):
+@pytest.mark.parametrize("case", ["bf16", "grad", "bias grad", "autocast", "1-D"])
+def test_patched_linears_fall_back_to_f_linear(case, monkeypatch):
+    monkeypatch.setattr(linear_backend, "onednn_linear", lambda *args: pytest.fail("oneDNN ran"))
     torch.manual_seed(0)
     linear = nn.Linear(8, 4)
     x = torch.randn(8) if case == "1-D" else torch.randn(2, 8)
     if case == "bf16":
         linear, x = linear.to(torch.bfloat16), x.to(torch.bfloat16)
-    with linears_through(linear, "onednn"), torch.set_grad_enabled(case == "grad"):
+    if case == "bias grad":
+        linear.weight.requires_grad_(False)
+    with linears_through(linear, "onednn"), torch.set_grad_enabled("grad" in case):
         if case == "autocast":
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 got, expected = linear(x), F.linear(x, linear.weight, linear.bias)
         else:
             got, expected = linear(x), F.linear(x, linear.weight, linear.bias)
     assert torch.equal(got, expected) and got.dtype == expected.dtype
-    assert got.requires_grad == (case == "grad")
+    assert got.requires_grad == ("grad" in case)
 
 
 @needs_onednn
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_prune_with_onednn_matches_aten_up_to_rounding(method):
+def test_prune_with_onednn_matches_aten_up_to_rounding(method, monkeypatch):
     calib = calibration("llama")
-    reports, weights = {}, {}
+    reports, weights, calls = {}, {}, []
+    onednn_linear = linear_backend.onednn_linear
+    monkeypatch.setattr(linear_backend, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
     for backend in ("aten", "onednn"):
+        calls.clear()
         model = tiny_model("llama")
         reports[backend] = prunekit.prune(model, prunekit.PruneConfig(method=method, sparsity=0.5, progress=False,
                                                                      linear_backend=backend), calib)
         weights[backend] = {name: p.detach().clone() for name, p in model.named_parameters()}
+        assert bool(calls) == (backend == "onednn")  # the walk's linears ran through oneDNN, or never
     assert reports["aten"].linear_backend == "aten" and reports["onednn"].linear_backend == "onednn"
     assert reports["onednn"].to_dict()["linear_backend"] == "onednn"
     assert reports["onednn"].total_sparsity == reports["aten"].total_sparsity

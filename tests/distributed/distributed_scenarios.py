@@ -43,7 +43,8 @@ def run_scenario(name: str, *, fail_rank: int | None = None, fail_block: int = F
                 os._exit(3)
             raise RuntimeError("injected failure in the MLP forward")
         model.model.layers[fail_block].mlp.register_forward_hook(hook)
-    config = PruneConfig(**RUNS[name], progress=False, distributed=distributed)
+    # A distributed run keeps ATen's GEMMs (PruneConfig.linear_backend): the reference does too.
+    config = PruneConfig(**RUNS[name], progress=False, distributed=distributed, linear_backend="aten")
     report = prunekit.prune(model, config, calib())
     return model, report
 

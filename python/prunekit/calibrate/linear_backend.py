@@ -48,21 +48,26 @@ def _fastest_of_five(run) -> float:
 
 
 def _measure() -> str:
-    x, weight = torch.randn(512, 1024), torch.randn(1024, 1024)
+    generator = torch.Generator().manual_seed(0)  # the caller's random stream stays untouched
+    x, weight = torch.randn(512, 1024, generator=generator), torch.randn(1024, 1024, generator=generator)
     aten = _fastest_of_five(lambda: F.linear(x, weight))
     onednn = _fastest_of_five(lambda: onednn_linear(x, weight, None))
     return "onednn" if aten >= _CLEARLY_FASTER * onednn else "aten"
 
 
-def resolve_linear_backend(setting: str, *, single_process: bool = True, owner: str = "linear_backend") -> str:
+def resolve_linear_backend(setting: str, *, single_process: bool = True, device=None,
+                           owner: str = "linear_backend") -> str:
     """"aten" or "onednn" for ``setting`` ("auto", "aten" or "onednn"). "auto" measures once per
-    process and thread count; it keeps ATen where oneDNN is missing and across several processes
-    (every rank must compute alike, and each would measure on its own)."""
+    process and thread count; it keeps ATen where oneDNN is missing, across several processes
+    (every rank must compute alike, and each would measure on its own) and for blocks running on
+    another ``device`` than the CPU (where the oneDNN path never applies)."""
     if setting not in LINEAR_BACKENDS:
         raise ValueError(f"{owner}: expected one of {', '.join(map(repr, LINEAR_BACKENDS))}, but got {setting!r}")
     if setting == "onednn" and not onednn_available():
         raise ValueError(f"{owner}: 'onednn' needs a torch build with oneDNN (torch.backends.mkldnn) on a CPU "
                          "it supports; use 'auto' or 'aten'")
+    if device is not None and torch.device(device).type not in ("cpu", "meta"):  # meta: streamed, loads to CPU
+        return "aten"
     if setting != "auto":
         return setting
     if not single_process or not onednn_available():
@@ -73,11 +78,17 @@ def resolve_linear_backend(setting: str, *, single_process: bool = True, owner: 
     return _measured[threads]
 
 
+# Tensor subclasses (quantized or distributed weights) keep their own F.linear handling.
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
 def _onednn_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     weight, bias = self.weight, self.bias
     if (x.dtype == weight.dtype == torch.float32 and x.device.type == weight.device.type == "cpu"
             and x.dim() >= 2 and weight.is_contiguous() and (bias is None or bias.dtype == torch.float32)
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and type(x) is torch.Tensor and type(weight) in _PLAIN and (bias is None or type(bias) in _PLAIN)
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                  or (bias is not None and bias.requires_grad)))
             and not torch.is_autocast_enabled("cpu")):
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
@@ -86,8 +97,8 @@ def _onednn_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def linears_through(module: nn.Module, backend: str):
     """Within the context, the plain ``nn.Linear`` modules inside ``module`` run fp32 CPU inputs
-    through oneDNN when ``backend`` is "onednn" (anything else, anything with autograd and
-    anything under CPU autocast runs as before); their hooks run as usual."""
+    through oneDNN when ``backend`` is "onednn" (anything else, anything with autograd, tensor
+    subclasses and anything under CPU autocast run as before); their hooks run as usual."""
     patched = []
     if backend == "onednn":
         for linear in module.modules():

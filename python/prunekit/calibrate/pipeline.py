@@ -99,6 +99,7 @@ class PrunableLayer:
         value = matrix.t() if self.kind == "conv1d" else matrix.reshape(weight.shape)
         if adopt and _can_adopt(weight, value):
             weight.data = value
+            torch.autograd.graph.increment_version(weight)  # as copy_ would: saved graphs see the change
         else:
             weight.copy_(value.to(weight.dtype))
 
@@ -129,9 +130,11 @@ def _owns_storage(tensor: torch.Tensor) -> bool:
 
 def _can_adopt(weight: torch.Tensor, value: torch.Tensor) -> bool:
     """Whether ``value`` can become ``weight``'s data as it is: same dtype, device and shape, both
-    contiguous, and each alone in its storage (a weight inside a larger buffer, such as a flat
-    parameter, is written in place, where its buffer sees it; no larger buffer is kept alive)."""
+    contiguous, plain tensors outside inference mode, and each alone in its storage (a weight
+    inside a larger buffer, such as a flat parameter, is written in place, where its buffer sees
+    it; no larger buffer is kept alive)."""
     return (value.dtype == weight.dtype and value.device == weight.device and value.shape == weight.shape
+            and not value.is_inference() and not weight.is_inference() and type(value) is torch.Tensor
             and _owns_storage(weight) and _owns_storage(value))
 
 
@@ -704,6 +707,7 @@ def walk_blocks(model: nn.Module, calib: list, layers: Mapping[str, PrunableLaye
     share_groups = share_inputs
     share_inputs = share_inputs and type(strategy) is SingleProcessStrategy
     backend = resolve_linear_backend(linear_backend, single_process=type(strategy) is SingleProcessStrategy,
+                                     device=device if device is not None else model_device(model),
                                      owner="walk_blocks: linear_backend")
     batches = [CalibrationBatch.from_item(item, i) for i, item in enumerate(calib)]
     if not batches:
