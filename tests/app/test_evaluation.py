@@ -1,10 +1,16 @@
 """The text the application calibrates and evaluates on: standard-library docstrings (offline),
-text files, language-model windows and random token ids."""
+text files, language-model windows and random token ids; perplexity through either GEMM library."""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from prunekit.app import evaluation
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/tiny_models.py
+from tiny_models import calibration, tiny_model  # noqa: E402
 
 
 def test_offline_text():
@@ -55,3 +61,13 @@ def test_lm_windows_are_seeded():
     random_ids = evaluation.random_token_batches(100, nsamples=3, seqlen=8, seed=0, batch_size=2)
     assert [b["input_ids"].shape for b in random_ids] == [(2, 8), (1, 8)]
     assert int(max(b["input_ids"].max() for b in random_ids)) < 100
+
+
+def test_perplexity_is_the_same_through_either_gemm_library():
+    model, batches = tiny_model("llama"), calibration("llama")
+    aten = evaluation.perplexity(model, batches, linear_backend="aten")
+    assert evaluation.perplexity(model, batches) == pytest.approx(aten, rel=1e-5)
+    if torch.backends.mkldnn.is_available():
+        assert evaluation.perplexity(model, batches, linear_backend="onednn") == pytest.approx(aten, rel=1e-5)
+    with pytest.raises(ValueError, match="perplexity: linear_backend: expected one of"):
+        evaluation.perplexity(model, batches, linear_backend="blas")
