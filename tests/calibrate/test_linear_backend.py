@@ -38,6 +38,15 @@ def test_resolve_settings_and_bad_input(monkeypatch):
         resolve_linear_backend("blas", owner="walk")
 
 
+def test_onednn_turned_off_by_the_user_is_not_used(monkeypatch):
+    monkeypatch.setattr(linear_backend, "_measured", {})
+    monkeypatch.setattr(linear_backend, "_measure", lambda: "onednn")
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert not onednn_available() and resolve_linear_backend("auto") == "aten"
+    with pytest.raises(ValueError, match="and oneDNN enabled"):
+        resolve_linear_backend("onednn")
+
+
 def test_onednn_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(linear_backend, "onednn_available", lambda: False)
     assert resolve_linear_backend("auto") == "aten"

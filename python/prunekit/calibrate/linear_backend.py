@@ -28,8 +28,10 @@ _measured: dict[int, str] = {}  # "auto"'s choice by thread count, once per proc
 
 
 def onednn_available() -> bool:
-    """Whether this torch build has oneDNN's linear op and it runs on this CPU."""
-    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether this torch build has oneDNN's linear op, it runs on this CPU, and oneDNN is enabled
+    (``torch.backends.mkldnn.enabled``: a user who turns it off gets ATen)."""
+    return (bool(torch.backends.mkldnn.is_available()) and bool(torch.backends.mkldnn.enabled)
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -65,7 +67,7 @@ def resolve_linear_backend(setting: str, *, single_process: bool = True, device=
         raise ValueError(f"{owner}: expected one of {', '.join(map(repr, LINEAR_BACKENDS))}, but got {setting!r}")
     if setting == "onednn" and not onednn_available():
         raise ValueError(f"{owner}: 'onednn' needs a torch build with oneDNN (torch.backends.mkldnn) on a CPU "
-                         "it supports; use 'auto' or 'aten'")
+                         "it supports, and oneDNN enabled; use 'auto' or 'aten'")
     if device is not None and torch.device(device).type not in ("cpu", "meta"):  # meta: streamed, loads to CPU
         return "aten"
     if setting != "auto":
