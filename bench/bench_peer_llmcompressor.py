@@ -59,10 +59,11 @@ def _worker_prunekit(args) -> dict:
     calib = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in windows.split(args.batch_size)]
     loaded = time.perf_counter()
     config = prunekit.PruneConfig(method=args.method, sparsity=parse_sparsity(args.sparsity), progress=False,
-                                  within_block=args.within_block)
+                                  within_block=args.within_block, linear_backend=args.linear_backend)
     report = prunekit.prune(model, config, calib)
     pruned = time.perf_counter()
     result = {"load_s": loaded - started, "prune_s": pruned - loaded, "timings": report.timings,
+              "linear_backend": report.linear_backend,
               "reconstruction_error_kind": report.reconstruction_error_kind,
               "total_sparsity": report.total_sparsity, "threads": torch.get_num_threads()}
     result["perplexity"] = perplexity(model, heldout)
@@ -189,6 +190,8 @@ def main() -> int:
     parser.add_argument("--skip-peer", action="store_true", help="prunekit only (no comparison)")
     parser.add_argument("--within-block", default="parallel", choices=("parallel", "sequential"),
                         help="prunekit's PruneConfig.within_block (default parallel, the reference methods)")
+    parser.add_argument("--linear-backend", default="auto", choices=("auto", "aten", "onednn"),
+                        help="prunekit's PruneConfig.linear_backend (default auto)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     # worker arguments
     parser.add_argument("--worker", choices=("prunekit", "llmcompressor"), help=argparse.SUPPRESS)
@@ -239,7 +242,8 @@ def main() -> int:
                     if who == "prunekit":
                         result = _run_worker(sys.executable, who, method, args, work,
                                              ["--calib", os.fspath(calib_path), "--batch-size", str(args.batch_size),
-                                              "--within-block", args.within_block])
+                                              "--within-block", args.within_block,
+                                              "--linear-backend", args.linear_backend])
                     else:
                         weights = work / f"peer_{method}.safetensors"
                         result = _run_worker(args.peer_python, who, method, args, work,
@@ -256,7 +260,7 @@ def main() -> int:
             row = {"method": method, "sparsity": args.sparsity, "calibration": f"{windows.shape[0]}x{windows.shape[1]}",
                    "dense_ppl": dense_perplexity, "prunekit_s": ours["prune_s"], "prunekit_ppl": ours["perplexity"],
                    "prunekit_sparsity": ours["total_sparsity"], "prunekit_timings": ours["timings"],
-                   "prunekit_process_s": ours["process_s"]}
+                   "prunekit_process_s": ours["process_s"], "prunekit_linear_backend": ours["linear_backend"]}
             if peer is not None:
                 row.update(llmcompressor_s=peer["prune_s"], llmcompressor_ppl=peer["perplexity"],
                            llmcompressor_sparsity=peer["total_sparsity"], llmcompressor_process_s=peer["process_s"],
@@ -269,7 +273,8 @@ def main() -> int:
     machine = machine_info()
     name = "peer_llmcompressor" + ("" if args.sparsity == "0.5" else "_" + args.sparsity.replace(":", "of").replace(
         ".", "p")) + ("" if args.windows == 64 else f"_{args.windows}windows") + (
-        "" if args.within_block == "parallel" else f"_within_block_{args.within_block}")
+        "" if args.within_block == "parallel" else f"_within_block_{args.within_block}") + (
+        "" if args.linear_backend == "auto" else f"_{args.linear_backend}")
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{name}.json"
     json_path.write_text(json.dumps({"machine": machine, "threads": args.threads, "repeats": args.repeats,
@@ -287,7 +292,9 @@ def main() -> int:
     text = ["# prunekit against llm-compressor: pruning SmolLM2-135M on CPU", "",
             "Machine: " + ", ".join(f"{key}={value}" for key, value in machine.items()), "",
             f"Each pruning in its own subprocess, {args.threads} threads, fastest of {args.repeats}; seconds of the "
-            f"pruning call alone (prunekit.prune with within_block={args.within_block!r} / llm-compressor oneshot, "
+            f"pruning call alone (prunekit.prune with within_block={args.within_block!r}, linear_backend="
+            f"{args.linear_backend!r}: {', '.join(sorted({str(row['prunekit_linear_backend']) for row in rows}))} / "
+            "llm-compressor oneshot, "
             "sequential pipeline), same calibration windows, perplexity on the same held-out text.", "",
             markdown_table(table_rows, columns), "", "prunekit's stages (PruneReport.timings):", "", *stages]
     if rows and "llmcompressor" in rows[0]:
