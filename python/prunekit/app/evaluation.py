@@ -22,6 +22,7 @@ import warnings
 import torch
 
 from ..calibrate.linear_backend import linears_through, resolve_linear_backend
+from ..calibrate.pipeline import model_device
 from .._measure import model_inputs
 from ..recovery import read_text_file  # the library's text reader; the CLI calls it from here
 
@@ -228,8 +229,7 @@ def perplexity(model: torch.nn.Module, batches: list[dict], progress: bool = Fal
     over the non-padding target tokens. ``linear_backend``: the GEMM library of the model's fp32
     CPU linears, as ``PruneConfig.linear_backend`` (by default oneDNN where clearly faster: the
     values differ by float rounding)."""
-    device = next((p.device for p in model.parameters()), None)
-    backend = resolve_linear_backend(linear_backend, device=device, owner="perplexity: linear_backend")
+    backend = resolve_linear_backend(linear_backend, device=model_device(model), owner="perplexity: linear_backend")
     with linears_through(model, backend):
         return _perplexity(model, batches, progress)
 

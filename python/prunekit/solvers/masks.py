@@ -12,6 +12,7 @@ import math
 import torch
 
 from .. import ops
+from .._finite import all_finite
 from .patterns import parse_pattern
 
 SELECTION_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -33,20 +34,11 @@ def prune_count(numel: int, sparsity: float) -> int:
     return min(numel, int(round(sparsity * numel)))
 
 
-def _all_finite(scores: torch.Tensor) -> bool:
-    """Whether every score is finite (True when there are none): aminmax propagates NaN and keeps
-    Inf, one reduction with no temporary the size of the scores."""
-    if scores.numel() == 0:
-        return True
-    low, high = torch.aminmax(scores.detach())
-    return bool(torch.isfinite(low) & torch.isfinite(high))
-
-
 def _check_scores(scores: torch.Tensor, name: str) -> None:
     if scores.dim() != 2:
         raise ValueError(f"{name}: scores must be 2-D (out_features, in_features), but got shape "
                          f"{tuple(scores.shape)}")
-    if scores.is_floating_point() and not _all_finite(scores):
+    if scores.is_floating_point() and not all_finite(scores.detach()):
         raise ValueError(f"{name}: importance scores hold NaN or Inf (non-finite weights or "
                          "calibration activations)")
 
@@ -61,7 +53,7 @@ def _lowest_in_rows(scores: torch.Tensor, count: int) -> torch.Tensor:
         return torch.zeros_like(scores, dtype=torch.bool)
     if count >= cols:
         return torch.ones_like(scores, dtype=torch.bool)
-    if scores.device.type == "cpu" and scores.dtype in SELECTION_DTYPES and _all_finite(scores):
+    if scores.device.type == "cpu" and scores.dtype in SELECTION_DTYPES and all_finite(scores.detach()):
         # keeping the count largest of -scores (ties: lower index) prunes the count lowest of scores
         return ops.nm_mask(torch.neg(scores.detach()).contiguous(), count, cols)
     lowest = torch.zeros_like(scores, dtype=torch.bool)
